@@ -1,0 +1,382 @@
+/*
+ * common.c — errors, bounded buffers, time and hex helpers.
+ */
+#include "common.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+
+/* ====================================================================== errors */
+
+const char *cairn_strerror(int err)
+{
+    switch (err) {
+    case CAIRN_OK: return "ok";
+    case CAIRN_EINVAL: return "invalid input";
+    case CAIRN_ENOMEM: return "out of memory";
+    case CAIRN_EIO: return "I/O error";
+    case CAIRN_EDB: return "database error";
+    case CAIRN_ECONFLICT: return "conflict";
+    case CAIRN_ECORRUPT: return "corrupt data";
+    case CAIRN_ENOTFOUND: return "not found";
+    case CAIRN_EBUSY: return "busy, retry later";
+    case CAIRN_ETOOBIG: return "too large";
+    case CAIRN_ECLOSED: return "closed";
+    case CAIRN_EMAPFULL: return "map full";
+    }
+    return "unknown error";
+}
+
+void cairn_error_clear(struct cairn_error *e)
+{
+    if (!e)
+        return;
+    e->code = NULL;
+    e->field[0] = '\0';
+    e->message[0] = '\0';
+}
+
+int cairn_error_set(struct cairn_error *e, const char *code, const char *field, const char *fmt,
+                    ...)
+{
+    if (!e)
+        return CAIRN_EINVAL;
+    e->code = code;
+    snprintf(e->field, sizeof e->field, "%s", field ? field : "");
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(e->message, sizeof e->message, fmt, ap);
+    va_end(ap);
+    return CAIRN_EINVAL;
+}
+
+/* ====================================================================== buffers */
+
+void cairn_buf_init(struct cairn_buf *b, size_t max)
+{
+    b->data = NULL;
+    b->len = 0;
+    b->cap = 0;
+    b->max = max;
+}
+
+void cairn_buf_deinit(struct cairn_buf *b)
+{
+    free(b->data);
+    b->data = NULL;
+    b->len = b->cap = 0;
+}
+
+void cairn_buf_reset(struct cairn_buf *b)
+{
+    b->len = 0;
+}
+
+int cairn_buf_reserve(struct cairn_buf *b, size_t extra)
+{
+    if (extra > b->max || b->len > b->max - extra)
+        return CAIRN_ETOOBIG;
+    size_t need = b->len + extra;
+    if (need <= b->cap)
+        return 0;
+    size_t cap = b->cap ? b->cap : 256;
+    while (cap < need)
+        cap = cap > SIZE_MAX / 2 ? need : cap * 2;
+    if (cap > b->max)
+        cap = b->max;
+    uint8_t *p = realloc(b->data, cap);
+    if (!p)
+        return CAIRN_ENOMEM;
+    b->data = p;
+    b->cap = cap;
+    return 0;
+}
+
+int cairn_buf_append(struct cairn_buf *b, const void *p, size_t n)
+{
+    int rc = cairn_buf_reserve(b, n);
+    if (rc)
+        return rc;
+    if (n)
+        memcpy(b->data + b->len, p, n);
+    b->len += n;
+    return 0;
+}
+
+int cairn_buf_putc(struct cairn_buf *b, char c)
+{
+    if (b->len < b->cap) {
+        b->data[b->len++] = (uint8_t)c;
+        return 0;
+    }
+    return cairn_buf_append(b, &c, 1);
+}
+
+int cairn_buf_puts(struct cairn_buf *b, const char *s)
+{
+    return cairn_buf_append(b, s, strlen(s));
+}
+
+int cairn_buf_printf(struct cairn_buf *b, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    int n = vsnprintf(NULL, 0, fmt, ap);
+    va_end(ap);
+    if (n < 0)
+        return CAIRN_EINVAL;
+    int rc = cairn_buf_reserve(b, (size_t)n + 1);
+    if (rc)
+        return rc;
+    va_start(ap, fmt);
+    vsnprintf((char *)b->data + b->len, (size_t)n + 1, fmt, ap);
+    va_end(ap);
+    b->len += (size_t)n;
+    return 0;
+}
+
+int cairn_buf_json_str(struct cairn_buf *b, const char *s, size_t n)
+{
+    static const char hex[] = "0123456789abcdef";
+    /* Worst case every byte becomes \u00XX. */
+    int rc = cairn_buf_reserve(b, n * 6 + 2);
+    if (rc)
+        return rc;
+    uint8_t *o = b->data + b->len;
+    *o++ = '"';
+    for (size_t i = 0; i < n; i++) {
+        uint8_t c = (uint8_t)s[i];
+        if (c == '"' || c == '\\') {
+            *o++ = '\\';
+            *o++ = c;
+        } else if (c >= 0x20) {
+            *o++ = c;
+        } else if (c == '\n') {
+            *o++ = '\\';
+            *o++ = 'n';
+        } else if (c == '\r') {
+            *o++ = '\\';
+            *o++ = 'r';
+        } else if (c == '\t') {
+            *o++ = '\\';
+            *o++ = 't';
+        } else {
+            memcpy(o, "\\u00", 4);
+            o[4] = hex[c >> 4];
+            o[5] = hex[c & 15];
+            o += 6;
+        }
+    }
+    *o++ = '"';
+    b->len = (size_t)(o - b->data);
+    return 0;
+}
+
+/* ====================================================================== time */
+
+int64_t cairn_now_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (int64_t)ts.tv_sec * 1000000000LL + ts.tv_nsec;
+}
+
+/* Days since 1970-01-01 of a proleptic Gregorian date (Howard Hinnant's
+ * days_from_civil), so no timegm/TZ dependence. */
+static int64_t days_from_civil(int64_t y, unsigned m, unsigned d)
+{
+    y -= m <= 2;
+    int64_t era = (y >= 0 ? y : y - 399) / 400;
+    unsigned yoe = (unsigned)(y - era * 400);
+    unsigned doy = (153 * (m + (m > 2 ? -3 : 9)) + 2) / 5 + d - 1;
+    unsigned doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    return era * 146097 + (int64_t)doe - 719468;
+}
+
+static void civil_from_days(int64_t z, int64_t *y, unsigned *m, unsigned *d)
+{
+    z += 719468;
+    int64_t era = (z >= 0 ? z : z - 146096) / 146097;
+    unsigned doe = (unsigned)(z - era * 146097);
+    unsigned yoe = (doe - doe / 1460 + doe / 36524 - doe / 146096) / 365;
+    unsigned doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    unsigned mp = (5 * doy + 2) / 153;
+    *d = doy - (153 * mp + 2) / 5 + 1;
+    *m = mp < 10 ? mp + 3 : mp - 9;
+    *y = (int64_t)yoe + era * 400 + (*m <= 2);
+}
+
+/* Reads exactly `w` digits at s[*i]. */
+static int digits(const char *s, size_t n, size_t *i, int w, int *out)
+{
+    int v = 0;
+    for (int k = 0; k < w; k++, (*i)++) {
+        if (*i >= n || s[*i] < '0' || s[*i] > '9')
+            return -1;
+        v = v * 10 + (s[*i] - '0');
+    }
+    *out = v;
+    return 0;
+}
+
+static int expect(const char *s, size_t n, size_t *i, const char *set)
+{
+    if (*i >= n || !strchr(set, s[*i]))
+        return -1;
+    (*i)++;
+    return 0;
+}
+
+int cairn_time_parse(const char *s, size_t n, int64_t *out)
+{
+    static const unsigned mdays[] = {31, 29, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31};
+    size_t i = 0;
+    int Y, M, D, h, mi, sec, frac = 0, fd = 0;
+    if (digits(s, n, &i, 4, &Y) || expect(s, n, &i, "-") || digits(s, n, &i, 2, &M) ||
+        expect(s, n, &i, "-") || digits(s, n, &i, 2, &D) || expect(s, n, &i, "Tt ") ||
+        digits(s, n, &i, 2, &h) || expect(s, n, &i, ":") || digits(s, n, &i, 2, &mi) ||
+        expect(s, n, &i, ":") || digits(s, n, &i, 2, &sec))
+        return CAIRN_EINVAL;
+    if (M < 1 || M > 12 || D < 1 || (unsigned)D > mdays[M - 1] || h > 23 || mi > 59 || sec > 60)
+        return CAIRN_EINVAL;
+    bool leap = (Y % 4 == 0 && Y % 100 != 0) || Y % 400 == 0;
+    if (M == 2 && D == 29 && !leap)
+        return CAIRN_EINVAL;
+    if (i < n && s[i] == '.') {
+        i++;
+        while (i < n && s[i] >= '0' && s[i] <= '9') {
+            if (fd < 9) {
+                frac = frac * 10 + (s[i] - '0');
+                fd++;
+            }
+            i++;
+        }
+        if (fd == 0)
+            return CAIRN_EINVAL;
+        for (int k = fd; k < 9; k++)
+            frac *= 10;
+    }
+    int64_t off = 0;
+    if (i < n && (s[i] == 'Z' || s[i] == 'z')) {
+        i++;
+    } else if (i < n && (s[i] == '+' || s[i] == '-')) {
+        int sign = s[i++] == '-' ? -1 : 1, oh, om;
+        if (digits(s, n, &i, 2, &oh) || expect(s, n, &i, ":") || digits(s, n, &i, 2, &om) ||
+            oh > 23 || om > 59)
+            return CAIRN_EINVAL;
+        off = sign * (oh * 3600 + om * 60);
+    } else {
+        return CAIRN_EINVAL;
+    }
+    if (i != n)
+        return CAIRN_EINVAL;
+    if (sec == 60) /* a leap second is folded onto the next second */
+        sec = 59, frac = 999999999;
+    int64_t secs = days_from_civil(Y, (unsigned)M, (unsigned)D) * 86400 + h * 3600 + mi * 60 + sec -
+                   off;
+    /* int64 ns covers 1677..2262; refuse what would overflow. */
+    if (secs < -9223372035LL || secs > 9223372035LL)
+        return CAIRN_EINVAL;
+    *out = secs * 1000000000LL + frac;
+    return 0;
+}
+
+size_t cairn_time_format(int64_t ns, char *out, size_t cap)
+{
+    int64_t secs = ns / 1000000000LL, frac = ns % 1000000000LL;
+    if (frac < 0)
+        frac += 1000000000LL, secs -= 1;
+    int64_t days = secs / 86400, rem = secs % 86400;
+    if (rem < 0)
+        rem += 86400, days -= 1;
+    int64_t y;
+    unsigned m, d;
+    civil_from_days(days, &y, &m, &d);
+    int n = snprintf(out, cap, "%04lld-%02u-%02uT%02d:%02d:%02d", (long long)y, m, d,
+                     (int)(rem / 3600), (int)(rem / 60 % 60), (int)(rem % 60));
+    if (frac) {
+        if (frac % 1000000 == 0)
+            n += snprintf(out + n, cap - (size_t)n, ".%03lld", (long long)(frac / 1000000));
+        else if (frac % 1000 == 0)
+            n += snprintf(out + n, cap - (size_t)n, ".%06lld", (long long)(frac / 1000));
+        else
+            n += snprintf(out + n, cap - (size_t)n, ".%09lld", (long long)frac);
+    }
+    n += snprintf(out + n, cap - (size_t)n, "Z");
+    return (size_t)n;
+}
+
+/* ====================================================================== hex and integers */
+
+void cairn_hex(const uint8_t *p, size_t n, char *out)
+{
+    static const char hex[] = "0123456789abcdef";
+    for (size_t i = 0; i < n; i++) {
+        out[2 * i] = hex[p[i] >> 4];
+        out[2 * i + 1] = hex[p[i] & 15];
+    }
+    out[2 * n] = '\0';
+}
+
+static int unhex1(char c)
+{
+    if (c >= '0' && c <= '9')
+        return c - '0';
+    if (c >= 'a' && c <= 'f')
+        return c - 'a' + 10;
+    if (c >= 'A' && c <= 'F')
+        return c - 'A' + 10;
+    return -1;
+}
+
+int cairn_unhex(const char *s, size_t n, uint8_t *out)
+{
+    if (n % 2)
+        return CAIRN_EINVAL;
+    for (size_t i = 0; i < n; i += 2) {
+        int hi = unhex1(s[i]), lo = unhex1(s[i + 1]);
+        if (hi < 0 || lo < 0)
+            return CAIRN_EINVAL;
+        out[i / 2] = (uint8_t)(hi << 4 | lo);
+    }
+    return 0;
+}
+
+void cairn_be64_put(uint8_t *p, uint64_t v)
+{
+    for (int i = 7; i >= 0; i--, v >>= 8)
+        p[i] = (uint8_t)v;
+}
+
+uint64_t cairn_be64_get(const uint8_t *p)
+{
+    uint64_t v = 0;
+    for (int i = 0; i < 8; i++)
+        v = v << 8 | p[i];
+    return v;
+}
+
+/* ====================================================================== files */
+
+int cairn_mkdirs(const char *path)
+{
+    char tmp[4096];
+    int n = snprintf(tmp, sizeof tmp, "%s", path);
+    if (n <= 0 || (size_t)n >= sizeof tmp)
+        return CAIRN_EINVAL;
+    for (char *p = tmp + 1; *p; p++) {
+        if (*p != '/')
+            continue;
+        *p = '\0';
+        if (mkdir(tmp, 0755) && errno != EEXIST)
+            return CAIRN_EIO;
+        *p = '/';
+    }
+    if (mkdir(tmp, 0755) && errno != EEXIST)
+        return CAIRN_EIO;
+    return 0;
+}

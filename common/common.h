@@ -1,0 +1,231 @@
+/*
+ * common.h — the base every Cairn module stands on: error codes, every limit
+ * with the reason for its value, growable buffers with a maximum, time, hex,
+ * the JSON <-> msgpack codec and an LMDB environment that grows its own map.
+ *
+ * This folder is not in DESIGN.md's list; it exists because log/, schemas/,
+ * engine/ and api/ all need the same error type and limits, and a module must
+ * not include another module's private header. It depends only on LMDB,
+ * jansson and msgpack-c.
+ *
+ * Conventions (STYLE.md): functions return 0 or a negative CAIRN_E* code;
+ * results go through out-parameters; a pointer returned without _new is
+ * borrowed and its lifetime is stated next to the function.
+ */
+#ifndef CAIRN_COMMON_H
+#define CAIRN_COMMON_H
+
+#include <jansson.h>
+#include <lmdb.h>
+#include <stdarg.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+/* ======================================================================
+ * Limits. Each is the single source of truth for its value; the README's
+ * "Limits" table mirrors this section.
+ * ==================================================================== */
+
+/* Tenant names appear in every index key and in URLs; 64 bytes of
+ * [A-Za-z0-9._-] is enough for a slug or UUID and keeps keys short. */
+#define CAIRN_TENANT_MAX 64
+/* Entity keys (device id, order id, "account/region") go into the keys
+ * index, whose LMDB key is tenant + key and must stay under LMDB's 511-byte
+ * key limit: 1 + 64 + 2 + 256 = 323. */
+#define CAIRN_KEY_MAX 256
+/* Idempotency ids (Stripe's evt_… are ~30 bytes, UUIDs 36); same LMDB bound
+ * as keys since the dedup key is tenant + id. */
+#define CAIRN_ID_MAX 256
+/* Event type names ("geofence.define"). */
+#define CAIRN_TYPE_MAX 64
+/* Source labels ("http", "nats:circl.iot.x", "cli"). */
+#define CAIRN_SOURCE_MAX 128
+/* Default payload limit (msgpack-encoded size). A discovery scan of one
+ * region is the largest realistic input; bigger scans are split. */
+#define CAIRN_PAYLOAD_MAX_DEFAULT (1u << 20)
+/* Hard ceiling for the configurable payload limit. */
+#define CAIRN_PAYLOAD_MAX_CEILING (16u << 20)
+/* A JSON input line may be larger than its msgpack payload (JSON is more
+ * verbose); lines over this are refused before parsing. */
+#define CAIRN_LINE_MAX (4u * CAIRN_PAYLOAD_MAX_CEILING)
+/* Nesting depth of a payload: bounds the recursion of the codec and the
+ * schema validator. Real documents (AWS describe output) nest < 12 deep. */
+#define CAIRN_DEPTH_MAX 32
+/* Events per group commit: large enough to amortise one fsync over
+ * hundreds of microseconds of work, small enough to keep write txns short. */
+#define CAIRN_BATCH_MAX_DEFAULT 1024
+#define CAIRN_BATCH_MAX_CEILING 65536
+/* Default time the writer waits for more events to fill a batch. 0: take
+ * what is queued; the fsync of the previous batch is the natural window. */
+#define CAIRN_BATCH_WAIT_US_DEFAULT 0
+/* Events waiting for the writer; producers block or get "busy" (HTTP 429)
+ * beyond it, so memory stays bounded under overload. */
+#define CAIRN_QUEUE_MAX_DEFAULT 65536
+/* Dedup window in event time: Stripe retries for up to 3 days. */
+#define CAIRN_DEDUP_WINDOW_NS_DEFAULT (72LL * 3600 * 1000000000LL)
+/* Expired dedup ids removed per batch: pruning never stalls ingest. */
+#define CAIRN_DEDUP_PRUNE_PER_BATCH 4096
+/* Initial LMDB map; it doubles when full (see cairn_env_grow). */
+#define CAIRN_MAP_SIZE_DEFAULT (256ull << 20)
+/* Largest map we grow to: 1 TiB of address space. */
+#define CAIRN_MAP_SIZE_CEILING (1ull << 40)
+/* Longest field path (JSON pointer) kept in an error. */
+#define CAIRN_ERR_FIELD_MAX 256
+#define CAIRN_ERR_MSG_MAX 512
+
+/* ======================================================================
+ * Errors
+ * ==================================================================== */
+
+enum cairn_err {
+    CAIRN_OK = 0,
+    CAIRN_EINVAL = -1,    /* bad input; struct cairn_error says which field */
+    CAIRN_ENOMEM = -2,    /* allocation failed */
+    CAIRN_EIO = -3,       /* file or OS failure */
+    CAIRN_EDB = -4,       /* LMDB failure other than a full map */
+    CAIRN_ECONFLICT = -5, /* expected_seq did not match */
+    CAIRN_ECORRUPT = -6,  /* stored data failed a check */
+    CAIRN_ENOTFOUND = -7, /* no such entry */
+    CAIRN_EBUSY = -8,     /* queue full: retry later */
+    CAIRN_ETOOBIG = -9,   /* a buffer or input passed its limit */
+    CAIRN_ECLOSED = -10,  /* the component is shutting down */
+    CAIRN_EMAPFULL = -11, /* internal: map full, grow and retry */
+};
+
+/* A static, human-readable description of a CAIRN_E* code. */
+const char *cairn_strerror(int err);
+
+/* The reason an input was refused. `code` is a static snake_case string
+ * ("missing_field", "out_of_range", …) that clients may switch on; `field`
+ * is a JSON pointer into the input ("/payload/lat"), "" when the input as a
+ * whole is at fault. */
+struct cairn_error {
+    const char *code;
+    char field[CAIRN_ERR_FIELD_MAX];
+    char message[CAIRN_ERR_MSG_MAX];
+};
+
+void cairn_error_clear(struct cairn_error *e);
+/* Fills e (if not NULL) and returns CAIRN_EINVAL, so callers can write
+ * `return cairn_error_set(e, "too_long", "/key", "…");`. */
+int cairn_error_set(struct cairn_error *e, const char *code, const char *field,
+                    const char *fmt, ...) __attribute__((format(printf, 4, 5)));
+
+/* ======================================================================
+ * Growable buffer with a maximum (curl's dynbuf): every append checks the
+ * maximum first and fails with CAIRN_ETOOBIG instead of growing past it.
+ * ==================================================================== */
+
+struct cairn_buf {
+    uint8_t *data;
+    size_t len;
+    size_t cap;
+    size_t max;
+};
+
+void cairn_buf_init(struct cairn_buf *b, size_t max);
+void cairn_buf_deinit(struct cairn_buf *b);
+void cairn_buf_reset(struct cairn_buf *b); /* len = 0, keeps memory */
+int cairn_buf_reserve(struct cairn_buf *b, size_t extra);
+int cairn_buf_append(struct cairn_buf *b, const void *p, size_t n);
+int cairn_buf_putc(struct cairn_buf *b, char c);
+int cairn_buf_puts(struct cairn_buf *b, const char *s);
+int cairn_buf_printf(struct cairn_buf *b, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
+/* Appends s as a JSON string literal, quotes included. */
+int cairn_buf_json_str(struct cairn_buf *b, const char *s, size_t n);
+
+/* ======================================================================
+ * Time: int64 nanoseconds since the Unix epoch, UTC.
+ * ==================================================================== */
+
+int64_t cairn_now_ns(void);
+/* RFC 3339 ("2026-11-21T10:00:00.250Z", "…+02:00"), up to 9 fraction
+ * digits. Returns 0 or CAIRN_EINVAL. */
+int cairn_time_parse(const char *s, size_t n, int64_t *out);
+/* Formats as RFC 3339 in UTC with the shortest of 0/3/6/9 fraction digits
+ * that is exact. `out` needs 36 bytes. Returns the length. */
+size_t cairn_time_format(int64_t ns, char *out, size_t cap);
+
+/* ======================================================================
+ * Hex and big-endian integers (index keys sort as numbers).
+ * ==================================================================== */
+
+void cairn_hex(const uint8_t *p, size_t n, char *out); /* out: 2n+1 bytes */
+int cairn_unhex(const char *s, size_t n, uint8_t *out); /* n even */
+void cairn_be64_put(uint8_t *p, uint64_t v);
+uint64_t cairn_be64_get(const uint8_t *p);
+
+/* ======================================================================
+ * Codec. Payloads are stored as msgpack; inputs and outputs are JSON.
+ *
+ *   JSON           msgpack
+ *   null/bool      nil/bool
+ *   integer        int (positive ints as uint, negative as int)
+ *   real           float64
+ *   string         str
+ *   array/object   array/map (object key order kept)
+ *
+ * Reals are written as the shortest decimal that reads back to the same
+ * double, always with a '.' or exponent so they stay reals; never through
+ * the locale. NaN and infinities are not valid JSON and are refused.
+ * ==================================================================== */
+
+/* Encodes v into out. Fails with CAIRN_EINVAL (and e) for depth over
+ * CAIRN_DEPTH_MAX, CAIRN_ETOOBIG when out's maximum is passed. */
+int cairn_json_to_msgpack(const json_t *v, struct cairn_buf *out, struct cairn_error *e);
+/* Writes the msgpack value at p as JSON text into out. On success *used
+ * (optional) is the number of bytes of p consumed. CAIRN_ECORRUPT when p is
+ * not one well-formed msgpack value. */
+int cairn_msgpack_to_json(const uint8_t *p, size_t n, struct cairn_buf *out, size_t *used);
+/* Decodes the msgpack value at p into a new jansson value (*out, caller
+ * decrefs). Map keys must be strings; bin becomes a hex string. */
+int cairn_msgpack_to_jansson(const uint8_t *p, size_t n, json_t **out, size_t *used,
+                             struct cairn_error *e);
+
+/* Shortest round-trip formatting of a finite double into out (>= 32 bytes);
+ * returns the length. */
+size_t cairn_fmt_double(double d, char *out, size_t cap);
+
+/* ======================================================================
+ * LMDB environment with a map that grows (no MDB_MAP_FULL reaches users).
+ *
+ * mdb_env_set_mapsize() may only run while this process has no open
+ * transaction, so every transaction is taken through these functions: read
+ * and write transactions hold a shared lock, growing takes it exclusively.
+ * Keep read transactions short; a long one delays growth (never data).
+ * ==================================================================== */
+
+struct cairn_env;
+
+/* Opens (creating) the directory `path` as an LMDB environment.
+ * `flags` are extra mdb_env_open flags (MDB_RDONLY for read-only). */
+int cairn_env_open(struct cairn_env **out, const char *path, unsigned maxdbs, size_t mapsize,
+                   unsigned flags);
+void cairn_env_close(struct cairn_env *env);
+MDB_env *cairn_env_mdb(struct cairn_env *env);
+
+/* Begins a read-only transaction; end it with cairn_env_read_end. */
+int cairn_env_read_begin(struct cairn_env *env, MDB_txn **txn);
+void cairn_env_read_end(struct cairn_env *env, MDB_txn *txn);
+/* Ends a read transaction by committing it: DBI handles it opened stay
+ * open for the environment (LMDB closes them on abort). */
+int cairn_env_read_commit(struct cairn_env *env, MDB_txn *txn);
+/* Begins a write transaction. Finish with cairn_env_write_commit or
+ * cairn_env_write_abort. A commit that fails with CAIRN_EMAPFULL has
+ * already aborted; call cairn_env_grow and redo the work. */
+int cairn_env_write_begin(struct cairn_env *env, MDB_txn **txn);
+int cairn_env_write_commit(struct cairn_env *env, MDB_txn *txn);
+void cairn_env_write_abort(struct cairn_env *env, MDB_txn *txn);
+/* Doubles the map (up to CAIRN_MAP_SIZE_CEILING). No transaction of this
+ * process may be held by the caller. */
+int cairn_env_grow(struct cairn_env *env);
+/* Translates an LMDB return code: MDB_MAP_FULL -> CAIRN_EMAPFULL,
+ * MDB_NOTFOUND -> CAIRN_ENOTFOUND, others -> CAIRN_EDB. */
+int cairn_mdb_err(int rc);
+
+/* mkdir -p; returns 0 or CAIRN_EIO. */
+int cairn_mkdirs(const char *path);
+
+#endif

@@ -1,0 +1,75 @@
+/*
+ * engine.h — turning producer input into log inputs (ingest).
+ *
+ * An input is one JSON object (or the same object in msgpack):
+ *
+ *   {"type": "telemetry", "tenant": "acme", "key": "dev-17", "id": "msg-123",
+ *    "time": "2026-11-21T10:00:00.250Z", "expected_seq": 41, "payload": {…}}
+ *
+ * type, tenant and payload are required; key defaults from the payload (see
+ * ingest_default_key); time is RFC 3339 or integer epoch nanoseconds and
+ * defaults to the ingest time; id is the idempotency id; expected_seq is the
+ * seq of the last event of tenant + key the producer saw (0: none).
+ * Unknown top-level fields are refused, so a typo ("tennant") is an error,
+ * not a silently defaulted value.
+ */
+#ifndef CAIRN_ENGINE_H
+#define CAIRN_ENGINE_H
+
+#include "common.h"
+#include "log.h"
+#include "schemas.h"
+
+struct ingest;
+
+struct ingest_config {
+    const char *schema_dir; /* NULL: the built-in default (CAIRN_SCHEMA_DIR) */
+    size_t payload_max;     /* 0: CAIRN_PAYLOAD_MAX_DEFAULT */
+};
+
+/* Loads the schemas. CAIRN_EINVAL with e when a schema file is bad. */
+int ingest_open(struct ingest **out, const struct ingest_config *cfg, struct cairn_error *e);
+void ingest_close(struct ingest *ing);
+const struct schema_set *ingest_schemas(const struct ingest *ing);
+/* The schema directory in use (borrowed). */
+const char *ingest_schema_dir(const struct ingest *ing);
+
+/* One accepted input: `in` points into `mem`, which the event owns. */
+struct ingest_event {
+    struct log_input in;
+    uint8_t *mem;
+};
+
+/* Parses one JSON text. On success fills ev (release with
+ * ingest_event_deinit). On bad input returns CAIRN_EINVAL with e naming the
+ * field (a JSON pointer) and the reason. `source` labels where it came from
+ * ("cli", "http"); `now` is the default event time. */
+int ingest_parse_json(struct ingest *ing, const char *text, size_t n, const char *source,
+                      int64_t now, struct ingest_event *ev, struct cairn_error *e);
+/* The same for one msgpack-encoded input object. */
+int ingest_parse_msgpack(struct ingest *ing, const uint8_t *p, size_t n, size_t *used,
+                         const char *source, int64_t now, struct ingest_event *ev,
+                         struct cairn_error *e);
+/* The same for an already parsed object (borrowed). `engine_only` allows
+ * types only the engine may append (tick). */
+int ingest_parse_value(struct ingest *ing, const json_t *obj, const char *source, int64_t now,
+                       bool engine_only, struct ingest_event *ev, struct cairn_error *e);
+void ingest_event_deinit(struct ingest_event *ev);
+
+/* Writes the entity key a payload of `type` implies into out (cap bytes):
+ *   telemetry, location  payload.device_id
+ *   order                payload.order_id
+ *   payment              data.object.customer, or data.object.id when the
+ *                        object is a customer
+ *   metric               the series: name{a="x",b="y"} (labels sorted)
+ *   discovery            account_id/region
+ * Returns the length, 0 when the type implies none, or CAIRN_ETOOBIG. */
+int ingest_default_key(const char *type, const json_t *payload, char *out, size_t cap);
+
+/* Formats a result line of `cairn append` / POST /v1/events:
+ * {"line":N,"seq":S} / ,"duplicate":true / {"line":N,"error":{…}}.
+ * line 0 omits "line". */
+int ingest_result_json(struct cairn_buf *b, unsigned long line, const struct log_result *r,
+                       const struct cairn_error *e);
+
+#endif

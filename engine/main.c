@@ -1,0 +1,167 @@
+/*
+ * main.c — the `cairn` command: option handling and subcommand dispatch.
+ */
+#include "cli_int.h"
+
+#include <errno.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdlib.h>
+#include <string.h>
+
+static const char usage[] =
+    "usage: cairn <command> [--data DIR] [--schemas DIR] [options]\n"
+    "\n"
+    "commands:\n"
+    "  append [FILE|-]          append NDJSON events; one JSON result line per input line\n"
+    "  tail [--from SEQ] [--limit N] [--follow] [--tenant T --key K]\n"
+    "                           print the log (or one entity's events) as NDJSON\n"
+    "  verify [--from SEQ] [--to SEQ]\n"
+    "                           recompute every hash of the chain\n"
+    "  head                     print the head {seq, hash}\n"
+    "  serve                    run the daemon (see README)\n"
+    "\n"
+    "--data DIR defaults to $CAIRN_DATA or ./data; --schemas DIR to $CAIRN_SCHEMAS or the\n"
+    "schemas/ folder of the source tree.\n";
+
+void cli_fail(const char *code, const char *fmt, ...)
+{
+    char msg[CAIRN_ERR_MSG_MAX];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof msg, fmt, ap);
+    va_end(ap);
+    struct cairn_buf b;
+    cairn_buf_init(&b, 4096);
+    cairn_buf_printf(&b, "{\"error\":{\"code\":\"%s\",\"message\":", code);
+    cairn_buf_json_str(&b, msg, strlen(msg));
+    cairn_buf_puts(&b, "}}\n");
+    fwrite(b.data, 1, b.len, stderr);
+    cairn_buf_deinit(&b);
+}
+
+bool cli_opt(struct cli *c, int *i, const char *name, const char **val)
+{
+    const char *a = c->argv[*i];
+    size_t n = strlen(name);
+    if (strncmp(a, name, n))
+        return false;
+    if (a[n] == '=') {
+        *val = a + n + 1;
+        return true;
+    }
+    if (a[n] != '\0')
+        return false;
+    if (*i + 1 >= c->argc) {
+        cli_fail("usage", "%s needs a value", name);
+        exit(CLI_FAIL);
+    }
+    *val = c->argv[++*i];
+    return true;
+}
+
+bool cli_u64(const char *name, const char *s, uint64_t *out)
+{
+    char *end;
+    errno = 0;
+    unsigned long long v = strtoull(s, &end, 10);
+    if (errno || end == s || *end || s[0] == '-') {
+        cli_fail("usage", "%s must be a non-negative integer, got '%s'", name, s);
+        exit(CLI_FAIL);
+    }
+    *out = v;
+    return true;
+}
+
+int cli_open_log(const struct cli *c, bool readonly, struct log **out)
+{
+    char dir[4096];
+    if (snprintf(dir, sizeof dir, "%s/log", c->data) >= (int)sizeof dir)
+        return CAIRN_EINVAL;
+    struct log_config cfg = {.dir = dir, .readonly = readonly};
+    int rc = log_open(out, &cfg);
+    if (rc)
+        cli_fail("open", "cannot open the log in %s: %s", dir, cairn_strerror(rc));
+    return rc;
+}
+
+/* ====================================================================== serve */
+
+static int cmd_serve(struct cli *c)
+{
+    struct log *log;
+    struct log_writer *w;
+    sigset_t set;
+    int sig;
+    /* Signals are taken synchronously by sigwait, so block them first. */
+    sigemptyset(&set);
+    sigaddset(&set, SIGINT);
+    sigaddset(&set, SIGTERM);
+    pthread_sigmask(SIG_BLOCK, &set, NULL);
+    if (cli_open_log(c, false, &log))
+        return CLI_FAIL;
+    if (log_writer_start(&w, log, NULL, NULL)) {
+        log_close(log);
+        return CLI_FAIL;
+    }
+    uint64_t head;
+    log_head(log, &head, NULL);
+    fprintf(stderr, "cairn: serving %s (log head %llu); the HTTP API is not built yet, "
+                    "stop with SIGINT or SIGTERM\n",
+            c->data, (unsigned long long)head);
+    sigwait(&set, &sig);
+    fprintf(stderr, "cairn: stopping (signal %d)\n", sig);
+    log_writer_stop(w);
+    log_close(log);
+    return CLI_OK;
+}
+
+/* ====================================================================== dispatch */
+
+static const struct {
+    const char *name;
+    int (*run)(struct cli *);
+} commands[] = {
+    {"append", cmd_append}, {"tail", cmd_tail},   {"verify", cmd_verify},
+    {"head", cmd_head},     {"serve", cmd_serve},
+};
+
+int main(int argc, char **argv)
+{
+    if (argc < 2 || !strcmp(argv[1], "-h") || !strcmp(argv[1], "--help") ||
+        !strcmp(argv[1], "help")) {
+        fputs(usage, argc < 2 ? stderr : stdout);
+        return argc < 2 ? CLI_FAIL : CLI_OK;
+    }
+    struct cli c = {.data = getenv("CAIRN_DATA"), .schemas = getenv("CAIRN_SCHEMAS")};
+    if (!c.data || !*c.data)
+        c.data = "./data";
+    if (c.schemas && !*c.schemas)
+        c.schemas = NULL;
+    /* Pull the common options out; the rest goes to the command. */
+    char **rest = calloc((size_t)argc, sizeof *rest);
+    if (!rest)
+        return CLI_FAIL;
+    struct cli all = {.argc = argc, .argv = argv};
+    for (int i = 2; i < argc; i++) {
+        const char *v;
+        if (cli_opt(&all, &i, "--data", &v))
+            c.data = v;
+        else if (cli_opt(&all, &i, "--schemas", &v))
+            c.schemas = v;
+        else
+            rest[c.argc++] = argv[i];
+    }
+    c.argv = rest;
+    int status = -1;
+    for (size_t k = 0; k < sizeof commands / sizeof *commands; k++)
+        if (!strcmp(argv[1], commands[k].name))
+            status = commands[k].run(&c);
+    if (status < 0) {
+        cli_fail("usage", "unknown command '%s' (try cairn help)", argv[1]);
+        status = CLI_FAIL;
+    }
+    free(rest);
+    return status;
+}
