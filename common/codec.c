@@ -71,7 +71,8 @@ static int pack_json(msgpack_packer *pk, const json_t *v, int depth, struct cair
         const char *k;
         json_t *item;
         rc = msgpack_pack_map(pk, json_object_size(v));
-        json_object_foreach((json_t *)v, k, item) {
+        json_object_foreach((json_t *)v, k, item)
+        {
             if (rc)
                 break;
             rc = msgpack_pack_str_with_body(pk, k, strlen(k));
@@ -105,7 +106,8 @@ static int obj_to_json(const msgpack_object *o, struct cairn_buf *out, int depth
     switch (o->type) {
     case MSGPACK_OBJECT_NIL: return cairn_buf_append(out, "null", 4);
     case MSGPACK_OBJECT_BOOLEAN:
-        return o->via.boolean ? cairn_buf_append(out, "true", 4) : cairn_buf_append(out, "false", 5);
+        return o->via.boolean ? cairn_buf_append(out, "true", 4)
+                              : cairn_buf_append(out, "false", 5);
     case MSGPACK_OBJECT_POSITIVE_INTEGER:
         return cairn_buf_printf(out, "%llu", (unsigned long long)o->via.u64);
     case MSGPACK_OBJECT_NEGATIVE_INTEGER:

@@ -276,8 +276,8 @@ int cairn_time_parse(const char *s, size_t n, int64_t *out)
         return CAIRN_EINVAL;
     if (sec == 60) /* a leap second is folded onto the next second */
         sec = 59, frac = 999999999;
-    int64_t secs = days_from_civil(Y, (unsigned)M, (unsigned)D) * 86400 + h * 3600 + mi * 60 + sec -
-                   off;
+    int64_t secs =
+        days_from_civil(Y, (unsigned)M, (unsigned)D) * 86400 + h * 3600 + mi * 60 + sec - off;
     /* int64 ns covers 1677..2262; refuse what would overflow. */
     if (secs < -9223372035LL || secs > 9223372035LL)
         return CAIRN_EINVAL;

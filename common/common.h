@@ -109,8 +109,8 @@ struct cairn_error {
 void cairn_error_clear(struct cairn_error *e);
 /* Fills e (if not NULL) and returns CAIRN_EINVAL, so callers can write
  * `return cairn_error_set(e, "too_long", "/key", "…");`. */
-int cairn_error_set(struct cairn_error *e, const char *code, const char *field,
-                    const char *fmt, ...) __attribute__((format(printf, 4, 5)));
+int cairn_error_set(struct cairn_error *e, const char *code, const char *field, const char *fmt,
+                    ...) __attribute__((format(printf, 4, 5)));
 
 /* ======================================================================
  * Growable buffer with a maximum (curl's dynbuf): every append checks the
@@ -152,7 +152,7 @@ size_t cairn_time_format(int64_t ns, char *out, size_t cap);
  * Hex and big-endian integers (index keys sort as numbers).
  * ==================================================================== */
 
-void cairn_hex(const uint8_t *p, size_t n, char *out); /* out: 2n+1 bytes */
+void cairn_hex(const uint8_t *p, size_t n, char *out);  /* out: 2n+1 bytes */
 int cairn_unhex(const char *s, size_t n, uint8_t *out); /* n even */
 void cairn_be64_put(uint8_t *p, uint64_t v);
 uint64_t cairn_be64_get(const uint8_t *p);

@@ -98,8 +98,8 @@ static bool lines_ready(struct lines *l)
 
 struct line {
     unsigned long no;
-    int ev;                   /* index into evs, or -1 */
-    struct cairn_error *err;  /* when refused before the log */
+    int ev;                  /* index into evs, or -1 */
+    struct cairn_error *err; /* when refused before the log */
 };
 
 struct chunk {
@@ -229,10 +229,10 @@ static void chunk_add(struct chunk *ch, struct ingest *ing, unsigned long no, co
     ln->ev = -1;
     ln->err = NULL;
     cairn_error_clear(&e);
-    int rc = n == SIZE_MAX ? cairn_error_set(&e, "too_large", "", "line is over the %u-byte limit",
-                                             (unsigned)CAIRN_LINE_MAX)
-                           : ingest_parse_json(ing, p, n, "cli", cairn_now_ns(),
-                                               &ch->evs[ch->nev], &e);
+    int rc = n == SIZE_MAX
+                 ? cairn_error_set(&e, "too_large", "", "line is over the %u-byte limit",
+                                   (unsigned)CAIRN_LINE_MAX)
+                 : ingest_parse_json(ing, p, n, "cli", cairn_now_ns(), &ch->evs[ch->nev], &e);
     if (rc == 0) {
         ln->ev = (int)ch->nev++;
         return;
@@ -347,7 +347,8 @@ static int tail_once(struct log *log, struct tail_opts *o, struct cairn_buf *out
     int rc = log_snap_begin(log, &s);
     if (rc)
         return rc;
-    if ((rc = log_iter_open(s, o->from, entity ? &o->tenant : NULL, entity ? &o->key : NULL, &it))) {
+    if ((rc =
+             log_iter_open(s, o->from, entity ? &o->tenant : NULL, entity ? &o->key : NULL, &it))) {
         log_snap_end(s);
         return rc;
     }

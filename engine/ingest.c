@@ -25,7 +25,7 @@ struct ingest {
 /* Types only the engine may append. */
 static const char *const engine_only_types[] = {"tick", NULL};
 
-static const char *const envelope_fields[] = {"type", "tenant", "key",          "id",
+static const char *const envelope_fields[] = {"type", "tenant",  "key",          "id",
                                               "time", "payload", "expected_seq", NULL};
 
 int ingest_open(struct ingest **out, const struct ingest_config *cfg, struct cairn_error *e)
@@ -88,8 +88,8 @@ static bool tenant_char_ok(char c)
 }
 
 /* Reads an optional string field: *s NULL when absent. */
-static int get_str(const json_t *obj, const char *name, size_t max, bool required,
-                   const char **s, size_t *n, struct cairn_error *e)
+static int get_str(const json_t *obj, const char *name, size_t max, bool required, const char **s,
+                   size_t *n, struct cairn_error *e)
 {
     char field[72];
     snprintf(field, sizeof field, "/%s", name);
@@ -121,7 +121,8 @@ static int check_fields(const json_t *obj, struct cairn_error *e)
 {
     const char *k;
     json_t *v;
-    json_object_foreach((json_t *)obj, k, v) {
+    json_object_foreach((json_t *)obj, k, v)
+    {
         if (!in_list(k, envelope_fields)) {
             char field[CAIRN_ERR_FIELD_MAX];
             snprintf(field, sizeof field, "/%.200s", k);
@@ -196,7 +197,8 @@ static int metric_series(const json_t *payload, char *out, size_t cap)
     int n = snprintf(out, cap, "%s", json_string_value(json_object_get(payload, "name")));
     if (n < 0 || (size_t)n >= cap)
         return CAIRN_ETOOBIG;
-    json_object_foreach((json_t *)labels, k, v) {
+    json_object_foreach((json_t *)labels, k, v)
+    {
         if (nl == sizeof names / sizeof *names)
             return CAIRN_ETOOBIG;
         names[nl++] = k;
@@ -239,7 +241,8 @@ int ingest_default_key(const char *type, const json_t *payload, char *out, size_
     if (!strcmp(type, "metric"))
         return metric_series(payload, out, cap);
     if (!strcmp(type, "discovery")) {
-        const json_t *a = json_object_get(payload, "account_id"), *r = json_object_get(payload, "region");
+        const json_t *a = json_object_get(payload, "account_id"),
+                     *r = json_object_get(payload, "region");
         if (!json_is_string(a) || !json_is_string(r))
             return 0;
         int n = snprintf(out, cap, "%s/%s", json_string_value(a), json_string_value(r));

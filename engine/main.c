@@ -107,8 +107,9 @@ static int cmd_serve(struct cli *c)
     }
     uint64_t head;
     log_head(log, &head, NULL);
-    fprintf(stderr, "cairn: serving %s (log head %llu); the HTTP API is not built yet, "
-                    "stop with SIGINT or SIGTERM\n",
+    fprintf(stderr,
+            "cairn: serving %s (log head %llu); the HTTP API is not built yet, "
+            "stop with SIGINT or SIGTERM\n",
             c->data, (unsigned long long)head);
     sigwait(&set, &sig);
     fprintf(stderr, "cairn: stopping (signal %d)\n", sig);

@@ -9,7 +9,6 @@
  */
 #include "log_int.h"
 
-
 #include <msgpack.h>
 #include <string.h>
 

@@ -77,8 +77,8 @@ static int read_meta(struct log *log, MDB_txn *txn)
     if (rc)
         return cairn_mdb_err(rc);
     const uint8_t *vp = v.mv_data;
-    if (v.mv_size != 4 || ((uint32_t)vp[0] << 24 | vp[1] << 16 | vp[2] << 8 | vp[3]) !=
-                              LOG_FORMAT_VERSION) {
+    if (v.mv_size != 4 ||
+        ((uint32_t)vp[0] << 24 | vp[1] << 16 | vp[2] << 8 | vp[3]) != LOG_FORMAT_VERSION) {
         fprintf(stderr, "cairn: log format version is not %d\n", LOG_FORMAT_VERSION);
         return CAIRN_ECORRUPT;
     }
@@ -169,7 +169,8 @@ int log_open(struct log **out, const struct log_config *cfg)
     if (!cfg->readonly && (rc = lock_writer(log)))
         goto fail;
     MDB_txn *txn;
-    rc = cfg->readonly ? cairn_env_read_begin(log->env, &txn) : cairn_env_write_begin(log->env, &txn);
+    rc = cfg->readonly ? cairn_env_read_begin(log->env, &txn)
+                       : cairn_env_write_begin(log->env, &txn);
     if (rc)
         goto fail;
     rc = open_dbis(log, txn);
@@ -367,8 +368,7 @@ static int write_meta(struct log *log, MDB_txn *txn)
     return cairn_mdb_err(rc);
 }
 
-static int append_try(struct log *log, const struct log_input *in, struct log_result *res,
-                      size_t n)
+static int append_try(struct log *log, const struct log_input *in, struct log_result *res, size_t n)
 {
     MDB_txn *txn;
     uint64_t head_seq = log->head_seq;
@@ -593,7 +593,8 @@ static int verify_chunk(struct log *log, uint64_t to, uint8_t prev[LOG_HASH_LEN]
             break;
         }
         const char *why = rc == CAIRN_ECORRUPT ? "malformed envelope"
-                                               : rc ? NULL : verify_one(&ev, *next, prev, md);
+                          : rc                 ? NULL
+                                               : verify_one(&ev, *next, prev, md);
         if (rc && rc != CAIRN_ECORRUPT)
             break;
         rc = 0;

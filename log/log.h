@@ -43,13 +43,13 @@ struct log;        /* an open DATA/log environment */
 struct log_writer; /* the single writer thread and its bounded queue */
 
 struct log_config {
-    const char *dir;          /* the DATA/log directory (created) */
-    bool readonly;            /* open for reading only */
-    int64_t dedup_window_ns;  /* 0: CAIRN_DEDUP_WINDOW_NS_DEFAULT */
-    size_t map_size;          /* 0: CAIRN_MAP_SIZE_DEFAULT; grows by itself */
-    unsigned batch_max;       /* writer: events per commit (0: default) */
-    unsigned batch_wait_us;   /* writer: wait for a fuller batch */
-    unsigned queue_max;       /* writer: events queued (0: default) */
+    const char *dir;         /* the DATA/log directory (created) */
+    bool readonly;           /* open for reading only */
+    int64_t dedup_window_ns; /* 0: CAIRN_DEDUP_WINDOW_NS_DEFAULT */
+    size_t map_size;         /* 0: CAIRN_MAP_SIZE_DEFAULT; grows by itself */
+    unsigned batch_max;      /* writer: events per commit (0: default) */
+    unsigned batch_wait_us;  /* writer: wait for a fuller batch */
+    unsigned queue_max;      /* writer: events queued (0: default) */
 };
 
 /* ====================================================================== opening */
@@ -114,8 +114,7 @@ struct log_req {
  * engine applies handlers here. */
 typedef void (*log_commit_fn)(void *arg, uint64_t first_seq, uint64_t last_seq);
 
-int log_writer_start(struct log_writer **out, struct log *log, log_commit_fn on_commit,
-                     void *arg);
+int log_writer_start(struct log_writer **out, struct log *log, log_commit_fn on_commit, void *arg);
 /* Queues a request. With block, waits while the queue is full; without,
  * answers CAIRN_EBUSY. CAIRN_ETOOBIG if n exceeds the queue itself,
  * CAIRN_ECLOSED once stopping. When it returns an error, done is never
@@ -185,10 +184,10 @@ int log_head(struct log *log, uint64_t *seq, uint8_t hash[LOG_HASH_LEN]);
 
 struct log_verify_report {
     bool ok;
-    uint64_t events;                /* events checked */
-    uint64_t bad_seq;               /* first failing seq when !ok */
-    const char *reason;             /* static: "hash mismatch", "broken link", … */
-    uint8_t head[LOG_HASH_LEN];     /* hash of the last event checked */
+    uint64_t events;            /* events checked */
+    uint64_t bad_seq;           /* first failing seq when !ok */
+    const char *reason;         /* static: "hash mismatch", "broken link", … */
+    uint8_t head[LOG_HASH_LEN]; /* hash of the last event checked */
 };
 
 /* Walks seqs [from, to] (to == 0: the head), recomputing every hash and
