@@ -254,3 +254,77 @@ int cairn_msgpack_to_jansson(const uint8_t *p, size_t n, json_t **out, size_t *u
         *used = off;
     return 0;
 }
+
+/* ====================================================================== canonical reader */
+
+int cairn_rd_key(struct cairn_rd *r, const char *name)
+{
+    size_t n = strlen(name);
+    if (r->end - r->p < (ptrdiff_t)(n + 1) || r->p[0] != (0xa0 | n) || memcmp(r->p + 1, name, n))
+        return CAIRN_ECORRUPT;
+    r->p += n + 1;
+    return 0;
+}
+
+static int rd_be(struct cairn_rd *r, unsigned w, uint64_t *v)
+{
+    if (r->end - r->p < (ptrdiff_t)w)
+        return CAIRN_ECORRUPT;
+    *v = 0;
+    for (unsigned i = 0; i < w; i++)
+        *v = *v << 8 | r->p[i];
+    r->p += w;
+    return 0;
+}
+
+int cairn_rd_int(struct cairn_rd *r, int64_t *out)
+{
+    if (r->p >= r->end)
+        return CAIRN_ECORRUPT;
+    uint8_t t = *r->p++;
+    uint64_t v;
+    if (t <= 0x7f)
+        return *out = t, 0;
+    if (t >= 0xe0)
+        return *out = (int8_t)t, 0;
+    if (t >= 0xcc && t <= 0xcf) { /* uint 8..64 */
+        if (rd_be(r, 1u << (t - 0xcc), &v) || v > INT64_MAX)
+            return CAIRN_ECORRUPT;
+        return *out = (int64_t)v, 0;
+    }
+    if (t >= 0xd0 && t <= 0xd3) { /* int 8..64 */
+        unsigned w = 1u << (t - 0xd0);
+        if (rd_be(r, w, &v))
+            return CAIRN_ECORRUPT;
+        if (w < 8 && (v >> (8 * w - 1)) & 1) /* sign-extend */
+            v |= ~(uint64_t)0 << (8 * w);
+        return *out = (int64_t)v, 0;
+    }
+    return CAIRN_ECORRUPT;
+}
+
+int cairn_rd_str(struct cairn_rd *r, struct cairn_str *s, bool nil_ok)
+{
+    if (r->p >= r->end)
+        return CAIRN_ECORRUPT;
+    uint8_t t = *r->p++;
+    uint64_t n;
+    if (t == 0xc0 && nil_ok) {
+        s->p = NULL;
+        s->n = 0;
+        return 0;
+    }
+    if ((t & 0xe0) == 0xa0)
+        n = t & 0x1f;
+    else if (t >= 0xd9 && t <= 0xdb) {
+        if (rd_be(r, 1u << (t - 0xd9), &n))
+            return CAIRN_ECORRUPT;
+    } else
+        return CAIRN_ECORRUPT;
+    if ((uint64_t)(r->end - r->p) < n)
+        return CAIRN_ECORRUPT;
+    s->p = (const char *)r->p;
+    s->n = (size_t)n;
+    r->p += n;
+    return 0;
+}

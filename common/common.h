@@ -62,6 +62,10 @@
 /* Events waiting for the writer; producers block or get "busy" (HTTP 429)
  * beyond it, so memory stays bounded under overload. */
 #define CAIRN_QUEUE_MAX_DEFAULT 65536
+/* Derived events one handler may emit for one input: a complete discovery
+ * scan that drops many resources resolves one violation per resource and
+ * rule, so this is generous; past it the batch fails loudly. */
+#define CAIRN_EMIT_PER_EVENT_MAX 65536
 /* Dedup window in event time: Stripe retries for up to 3 days. */
 #define CAIRN_DEDUP_WINDOW_NS_DEFAULT (72LL * 3600 * 1000000000LL)
 /* Expired dedup ids removed per batch: pruning never stalls ingest. */
@@ -73,6 +77,12 @@
 /* Longest field path (JSON pointer) kept in an error. */
 #define CAIRN_ERR_FIELD_MAX 256
 #define CAIRN_ERR_MSG_MAX 512
+
+/* A string that need not be NUL-terminated. */
+struct cairn_str {
+    const char *p;
+    size_t n;
+};
 
 /* ======================================================================
  * Errors
@@ -183,6 +193,17 @@ int cairn_msgpack_to_json(const uint8_t *p, size_t n, struct cairn_buf *out, siz
  * decrefs). Map keys must be strings; bin becomes a hex string. */
 int cairn_msgpack_to_jansson(const uint8_t *p, size_t n, json_t **out, size_t *used,
                              struct cairn_error *e);
+
+/* A reader for msgpack that Cairn wrote itself in a canonical shape (the
+ * log envelope, derived envelopes): it checks each key in order and gives
+ * strings as spans into the input, with no allocation. Each call returns
+ * 0 or CAIRN_ECORRUPT and advances p. */
+struct cairn_rd {
+    const uint8_t *p, *end;
+};
+int cairn_rd_key(struct cairn_rd *r, const char *name); /* a fixstr key equal to name */
+int cairn_rd_int(struct cairn_rd *r, int64_t *out);     /* any int/uint format <= INT64_MAX */
+int cairn_rd_str(struct cairn_rd *r, struct cairn_str *s, bool nil_ok);
 
 /* Shortest round-trip formatting of a finite double into out (>= 32 bytes);
  * returns the length. */

@@ -285,12 +285,19 @@ static int append_feed(struct lines *in, struct ingest *ing, struct log_writer *
 
 int cmd_append(struct cli *c)
 {
-    const char *file = c->argc > 0 ? c->argv[0] : "-";
+    const char *file = "-";
+    bool engine_types = false;
+    for (int i = 0; i < c->argc; i++) {
+        if (!strcmp(c->argv[i], "--engine"))
+            engine_types = true;
+        else if (c->argv[i][0] == '-' && c->argv[i][1]) {
+            cli_fail("usage", "append: unknown option %s", c->argv[i]);
+            return CLI_FAIL;
+        } else
+            file = c->argv[i];
+    }
     struct lines in = {.fd = strcmp(file, "-") ? open(file, O_RDONLY | O_CLOEXEC) : 0};
-    struct ingest *ing = NULL;
-    struct log *log = NULL;
-    struct log_writer *w = NULL;
-    struct cairn_error e;
+    struct engine *eng = NULL;
     struct printer pr = {.status = CLI_OK};
     pthread_t printer;
     int status = CLI_FAIL;
@@ -300,17 +307,12 @@ int cmd_append(struct cli *c)
         cli_fail("io", "cannot open %s: %s", file, strerror(errno));
         goto out;
     }
-    cairn_error_clear(&e);
-    if (ingest_open(&ing, &(struct ingest_config){.schema_dir = c->schemas}, &e)) {
-        cli_fail("schemas", "cannot load schemas: %s %s", e.field, e.message);
-        goto out;
-    }
-    if (cli_open_log(c, false, &log) || log_writer_start(&w, log, NULL, NULL))
+    if (cli_open_engine(c, engine_types, &eng) || engine_start(eng))
         goto out;
     pthread_mutex_init(&pr.mu, NULL);
     pthread_cond_init(&pr.cv, NULL);
     pthread_create(&printer, NULL, printer_main, &pr);
-    int fed = append_feed(&in, ing, w, &pr);
+    int fed = append_feed(&in, engine_ingest(eng), engine_writer(eng), &pr);
     pthread_mutex_lock(&pr.mu);
     pr.eof = true;
     pthread_cond_broadcast(&pr.cv);
@@ -320,9 +322,7 @@ int cmd_append(struct cli *c)
     pthread_cond_destroy(&pr.cv);
     status = fed == CLI_FAIL ? CLI_FAIL : pr.status;
 out:
-    log_writer_stop(w);
-    log_close(log);
-    ingest_close(ing);
+    engine_close(eng); /* drains the writer: every result was printed */
     if (in.fd > 0)
         close(in.fd);
     cairn_buf_deinit(&in.b);

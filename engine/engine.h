@@ -17,15 +17,25 @@
 #define CAIRN_ENGINE_H
 
 #include "common.h"
+#include "handler.h"
 #include "log.h"
+#include "proj.h"
 #include "schemas.h"
 
 struct ingest;
 
 struct ingest_config {
-    const char *schema_dir; /* NULL: the built-in default (CAIRN_SCHEMA_DIR) */
-    size_t payload_max;     /* 0: CAIRN_PAYLOAD_MAX_DEFAULT */
+    const char *schema_dir;  /* NULL: the built-in default (CAIRN_SCHEMA_DIR) */
+    size_t payload_max;      /* 0: CAIRN_PAYLOAD_MAX_DEFAULT */
+    bool allow_engine_types; /* accept `tick` in parsed input (tools, tests) */
+    /* Handlers whose `validate` refuses bad control inputs at ingest
+     * (NULL: handler_table). */
+    const struct handler *const *handlers;
 };
+
+/* The tenant the engine appends its ticks under. Tenants starting with
+ * '_' are reserved for the engine and refused from producers. */
+#define ENGINE_TENANT "_engine"
 
 /* Loads the schemas. CAIRN_EINVAL with e when a schema file is bad. */
 int ingest_open(struct ingest **out, const struct ingest_config *cfg, struct cairn_error *e);
@@ -71,5 +81,55 @@ int ingest_default_key(const char *type, const json_t *payload, char *out, size_
  * line 0 omits "line". */
 int ingest_result_json(struct cairn_buf *b, unsigned long line, const struct log_result *r,
                        const struct cairn_error *e);
+
+/* ======================================================================
+ * The engine: log + state + handlers, applied in log order.
+ * ==================================================================== */
+
+struct engine;
+
+struct engine_config {
+    const char *data;       /* DATA directory (log/ and state/ inside) */
+    const char *state_dir;  /* NULL: DATA/state */
+    const char *schema_dir; /* NULL: built-in */
+    bool log_readonly;      /* replay --into: read the log only */
+    bool allow_engine_types;
+    const json_t *config;                  /* the config document, borrowed ({"handlers": {...}}) */
+    const struct handler *const *handlers; /* NULL: handler_table */
+    uint64_t apply_to;                     /* catch up only to this seq (0: the head) */
+    struct log_config log;                 /* batch/queue settings (dir is filled in) */
+};
+
+/* Opens the log (and, unless log_readonly, takes the writer lock), the
+ * schemas, the state and every handler in dependency order, then brings
+ * the state up to the log head (or apply_to). A handler cycle is refused
+ * with e naming the handlers. */
+int engine_open(struct engine **out, const struct engine_config *cfg, struct cairn_error *e);
+/* Stops the writer (if started) and closes everything. */
+void engine_close(struct engine *eng);
+/* Starts the writer thread; each commit is applied to the state right
+ * after it (on the writer thread). */
+int engine_start(struct engine *eng);
+struct log *engine_log(struct engine *eng);
+struct log_writer *engine_writer(struct engine *eng);
+struct ingest *engine_ingest(struct engine *eng);
+struct proj *engine_proj(struct engine *eng);
+/* Applies the log up to `to` (0: the head) to the state. */
+int engine_catch_up(struct engine *eng, uint64_t to);
+/* Appends one tick with event time `now` through the writer (or directly
+ * when the writer is not running). */
+int engine_tick(struct engine *eng, int64_t now, int64_t interval_ns);
+/* The handler order the engine uses (borrowed). */
+size_t engine_handlers(struct engine *eng, const struct handler *const **order);
+
+/* Orders `table` so every producer precedes its consumers (registry order
+ * breaks ties). Refuses unknown versions, bad names and cycles, with e. */
+int engine_order(const struct handler *const *table, const struct handler **out, size_t *n,
+                 struct cairn_error *e);
+
+/* Rebuilds the state from the log into `into` (a fresh directory), up to
+ * seq `to` (0: the head). */
+int engine_replay(const struct engine_config *cfg, const char *into, uint64_t to,
+                  struct cairn_error *e);
 
 #endif

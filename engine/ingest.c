@@ -19,6 +19,8 @@
 struct ingest {
     struct schema_set *schemas;
     size_t payload_max;
+    bool allow_engine_types;
+    const struct handler *const *handlers;
     char schema_dir[1024];
 };
 
@@ -36,6 +38,8 @@ int ingest_open(struct ingest **out, const struct ingest_config *cfg, struct cai
     const char *dir = cfg->schema_dir ? cfg->schema_dir : CAIRN_SCHEMA_DIR;
     snprintf(ing->schema_dir, sizeof ing->schema_dir, "%s", dir);
     ing->payload_max = cfg->payload_max ? cfg->payload_max : CAIRN_PAYLOAD_MAX_DEFAULT;
+    ing->allow_engine_types = cfg->allow_engine_types;
+    ing->handlers = cfg->handlers ? cfg->handlers : handler_table;
     if (ing->payload_max > CAIRN_PAYLOAD_MAX_CEILING)
         ing->payload_max = CAIRN_PAYLOAD_MAX_CEILING;
     int rc = schema_set_open(&ing->schemas, dir, e);
@@ -251,6 +255,47 @@ int ingest_default_key(const char *type, const json_t *payload, char *out, size_
     return 0;
 }
 
+/* ====================================================================== handler validation */
+
+/* Lets the handlers that consume this type refuse a bad control input
+ * (a malformed rule, an invalid fence) before it enters the log. */
+static int handler_validate(struct ingest *ing, const struct ingest_event *iev,
+                            struct cairn_error *e)
+{
+    int rc = 0;
+    msgpack_unpacked body;
+    bool decoded = false;
+    for (const struct handler *const *h = ing->handlers; *h && !rc; h++) {
+        if (!(*h)->validate)
+            continue;
+        bool consumes = false;
+        for (const char *const *t = (*h)->consumes; *t && !consumes; t++)
+            consumes = strlen(*t) == iev->in.type.n && !memcmp(*t, iev->in.type.p, iev->in.type.n);
+        if (!consumes)
+            continue;
+        if (!decoded) {
+            msgpack_unpacked_init(&body);
+            if (msgpack_unpack_next(&body, (const char *)iev->in.payload, iev->in.payload_len,
+                                    NULL) != MSGPACK_UNPACK_SUCCESS) {
+                msgpack_unpacked_destroy(&body);
+                return CAIRN_EINVAL;
+            }
+            decoded = true;
+        }
+        struct event ev = {.type = iev->in.type,
+                           .tenant = iev->in.tenant,
+                           .key = iev->in.key,
+                           .time = iev->in.time,
+                           .payload = iev->in.payload,
+                           .payload_len = iev->in.payload_len,
+                           .body = &body.data};
+        rc = (*h)->validate(&ev, e);
+    }
+    if (decoded)
+        msgpack_unpacked_destroy(&body);
+    return rc;
+}
+
 /* ====================================================================== assembling */
 
 /* Copies the strings and payload into one block owned by ev. */
@@ -299,11 +344,15 @@ static int check_type(struct ingest *ing, const json_t *obj, bool engine_only, c
     return 0;
 }
 
-static int check_tenant(const json_t *obj, struct cairn_str *t, struct cairn_error *e)
+static int check_tenant(const json_t *obj, bool engine_only, struct cairn_str *t,
+                        struct cairn_error *e)
 {
     int rc = get_str(obj, "tenant", CAIRN_TENANT_MAX, true, &t->p, &t->n, e);
     if (rc)
         return rc;
+    if (!engine_only && t->p[0] == '_')
+        return cairn_error_set(e, "reserved_tenant", "/tenant",
+                               "tenants starting with '_' are reserved for the engine");
     for (size_t i = 0; i < t->n; i++)
         if (!tenant_char_ok(t->p[i]))
             return cairn_error_set(e, "invalid_value", "/tenant",
@@ -325,7 +374,7 @@ int ingest_parse_value(struct ingest *ing, const json_t *obj, const char *source
     if (!rc)
         rc = check_type(ing, obj, engine_only, &type, &schema, e);
     if (!rc)
-        rc = check_tenant(obj, &parts[1], e);
+        rc = check_tenant(obj, engine_only, &parts[1], e);
     if (!rc)
         rc = get_str(obj, "key", CAIRN_KEY_MAX, false, &parts[2].p, &parts[2].n, e);
     if (!rc)
@@ -365,6 +414,8 @@ int ingest_parse_value(struct ingest *ing, const json_t *obj, const char *source
     if (!rc)
         rc = build_event(ev, parts, source, &mp);
     cairn_buf_deinit(&mp);
+    if (!rc && (rc = handler_validate(ing, ev, e)))
+        ingest_event_deinit(ev);
     return rc;
 }
 
@@ -380,7 +431,7 @@ int ingest_parse_json(struct ingest *ing, const char *text, size_t n, const char
     if (!obj)
         return cairn_error_set(e, "invalid_json", "", "not valid JSON at byte %d: %s", je.position,
                                je.text);
-    int rc = ingest_parse_value(ing, obj, source, now, false, ev, e);
+    int rc = ingest_parse_value(ing, obj, source, now, ing->allow_engine_types, ev, e);
     json_decref(obj);
     return rc;
 }
@@ -393,7 +444,7 @@ int ingest_parse_msgpack(struct ingest *ing, const uint8_t *p, size_t n, size_t 
     int rc = cairn_msgpack_to_jansson(p, n, &obj, used, e);
     if (rc)
         return rc;
-    rc = ingest_parse_value(ing, obj, source, now, false, ev, e);
+    rc = ingest_parse_value(ing, obj, source, now, ing->allow_engine_types, ev, e);
     json_decref(obj);
     return rc;
 }

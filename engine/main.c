@@ -14,16 +14,27 @@ static const char usage[] =
     "usage: cairn <command> [--data DIR] [--schemas DIR] [options]\n"
     "\n"
     "commands:\n"
-    "  append [FILE|-]          append NDJSON events; one JSON result line per input line\n"
+    "  append [FILE|-] [--engine]\n"
+    "                           append NDJSON events; one JSON result line per input line\n"
+    "                           (--engine also accepts engine inputs such as tick)\n"
     "  tail [--from SEQ] [--limit N] [--follow] [--tenant T --key K]\n"
     "                           print the log (or one entity's events) as NDJSON\n"
     "  verify [--from SEQ] [--to SEQ]\n"
     "                           recompute every hash of the chain\n"
     "  head                     print the head {seq, hash}\n"
-    "  serve                    run the daemon (see README)\n"
+    "  serve [--tick-interval-ms N]\n"
+    "                           run the daemon (see README)\n"
+    "  replay [--to SEQ] [--into DIR]\n"
+    "                           rebuild the state from the log\n"
+    "  digest [--state DIR]     print {checkpoint, digest} of the state\n"
+    "  show <view> [KEY] [--tenant T]\n"
+    "                           print a view (NDJSON) or one entity\n"
+    "  stream <name> [--from DSEQ] [--follow] [--tenant T]\n"
+    "                           print a derived stream as NDJSON\n"
+    "  tick [--time T]          append one engine tick (operators, tests)\n"
     "\n"
     "--data DIR defaults to $CAIRN_DATA or ./data; --schemas DIR to $CAIRN_SCHEMAS or the\n"
-    "schemas/ folder of the source tree.\n";
+    "schemas/ folder of the source tree; --config FILE (JSON) to $CAIRN_CONFIG.\n";
 
 void cli_fail(const char *code, const char *fmt, ...)
 {
@@ -86,46 +97,15 @@ int cli_open_log(const struct cli *c, bool readonly, struct log **out)
     return rc;
 }
 
-/* ====================================================================== serve */
-
-static int cmd_serve(struct cli *c)
-{
-    struct log *log;
-    struct log_writer *w;
-    sigset_t set;
-    int sig;
-    /* Signals are taken synchronously by sigwait, so block them first. */
-    sigemptyset(&set);
-    sigaddset(&set, SIGINT);
-    sigaddset(&set, SIGTERM);
-    pthread_sigmask(SIG_BLOCK, &set, NULL);
-    if (cli_open_log(c, false, &log))
-        return CLI_FAIL;
-    if (log_writer_start(&w, log, NULL, NULL)) {
-        log_close(log);
-        return CLI_FAIL;
-    }
-    uint64_t head;
-    log_head(log, &head, NULL);
-    fprintf(stderr,
-            "cairn: serving %s (log head %llu); the HTTP API is not built yet, "
-            "stop with SIGINT or SIGTERM\n",
-            c->data, (unsigned long long)head);
-    sigwait(&set, &sig);
-    fprintf(stderr, "cairn: stopping (signal %d)\n", sig);
-    log_writer_stop(w);
-    log_close(log);
-    return CLI_OK;
-}
-
 /* ====================================================================== dispatch */
 
 static const struct {
     const char *name;
     int (*run)(struct cli *);
 } commands[] = {
-    {"append", cmd_append}, {"tail", cmd_tail},   {"verify", cmd_verify},
-    {"head", cmd_head},     {"serve", cmd_serve},
+    {"append", cmd_append}, {"tail", cmd_tail},     {"verify", cmd_verify}, {"head", cmd_head},
+    {"serve", cmd_serve},   {"replay", cmd_replay}, {"digest", cmd_digest}, {"show", cmd_show},
+    {"stream", cmd_stream}, {"tick", cmd_tick},
 };
 
 int main(int argc, char **argv)
@@ -145,16 +125,29 @@ int main(int argc, char **argv)
     if (!rest)
         return CLI_FAIL;
     struct cli all = {.argc = argc, .argv = argv};
+    const char *cfg_file = getenv("CAIRN_CONFIG");
     for (int i = 2; i < argc; i++) {
         const char *v;
         if (cli_opt(&all, &i, "--data", &v))
             c.data = v;
         else if (cli_opt(&all, &i, "--schemas", &v))
             c.schemas = v;
+        else if (cli_opt(&all, &i, "--config", &v))
+            cfg_file = v;
         else
             rest[c.argc++] = argv[i];
     }
     c.argv = rest;
+    json_error_t je;
+    c.config = cfg_file && *cfg_file ? json_load_file(cfg_file, JSON_REJECT_DUPLICATES, &je)
+                                     : json_object();
+    if (!json_is_object(c.config)) {
+        cli_fail("config", "%s: line %d: %s", cfg_file, je.line,
+                 c.config ? "the config must be a JSON object" : je.text);
+        json_decref(c.config);
+        free(rest);
+        return CLI_FAIL;
+    }
     int status = -1;
     for (size_t k = 0; k < sizeof commands / sizeof *commands; k++)
         if (!strcmp(argv[1], commands[k].name))
@@ -163,6 +156,7 @@ int main(int argc, char **argv)
         cli_fail("usage", "unknown command '%s' (try cairn help)", argv[1]);
         status = CLI_FAIL;
     }
+    json_decref(c.config);
     free(rest);
     return status;
 }

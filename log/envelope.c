@@ -86,82 +86,6 @@ int log_envelope_encode(struct cairn_buf *b, EVP_MD_CTX *md, const struct log_in
 
 /* ====================================================================== decoding */
 
-struct rd {
-    const uint8_t *p, *end;
-};
-
-static int rd_key(struct rd *r, const char *name)
-{
-    size_t n = strlen(name);
-    if (r->end - r->p < (ptrdiff_t)(n + 1) || r->p[0] != (0xa0 | n) || memcmp(r->p + 1, name, n))
-        return CAIRN_ECORRUPT;
-    r->p += n + 1;
-    return 0;
-}
-
-static int rd_be(struct rd *r, unsigned w, uint64_t *v)
-{
-    if (r->end - r->p < (ptrdiff_t)w)
-        return CAIRN_ECORRUPT;
-    *v = 0;
-    for (unsigned i = 0; i < w; i++)
-        *v = *v << 8 | r->p[i];
-    r->p += w;
-    return 0;
-}
-
-static int rd_int(struct rd *r, int64_t *out)
-{
-    if (r->p >= r->end)
-        return CAIRN_ECORRUPT;
-    uint8_t t = *r->p++;
-    uint64_t v;
-    if (t <= 0x7f)
-        return *out = t, 0;
-    if (t >= 0xe0)
-        return *out = (int8_t)t, 0;
-    if (t >= 0xcc && t <= 0xcf) { /* uint 8..64 */
-        if (rd_be(r, 1u << (t - 0xcc), &v) || v > INT64_MAX)
-            return CAIRN_ECORRUPT;
-        return *out = (int64_t)v, 0;
-    }
-    if (t >= 0xd0 && t <= 0xd3) { /* int 8..64 */
-        unsigned w = 1u << (t - 0xd0);
-        if (rd_be(r, w, &v))
-            return CAIRN_ECORRUPT;
-        if (w < 8 && (v >> (8 * w - 1)) & 1) /* sign-extend */
-            v |= ~(uint64_t)0 << (8 * w);
-        return *out = (int64_t)v, 0;
-    }
-    return CAIRN_ECORRUPT;
-}
-
-static int rd_str(struct rd *r, struct cairn_str *s, bool nil_ok)
-{
-    if (r->p >= r->end)
-        return CAIRN_ECORRUPT;
-    uint8_t t = *r->p++;
-    uint64_t n;
-    if (t == 0xc0 && nil_ok) {
-        s->p = NULL;
-        s->n = 0;
-        return 0;
-    }
-    if ((t & 0xe0) == 0xa0)
-        n = t & 0x1f;
-    else if (t >= 0xd9 && t <= 0xdb) {
-        if (rd_be(r, 1u << (t - 0xd9), &n))
-            return CAIRN_ECORRUPT;
-    } else
-        return CAIRN_ECORRUPT;
-    if ((uint64_t)(r->end - r->p) < n)
-        return CAIRN_ECORRUPT;
-    s->p = (const char *)r->p;
-    s->n = (size_t)n;
-    r->p += n;
-    return 0;
-}
-
 static int rd_tail_field(const uint8_t *p, const char *name, const uint8_t **hash)
 {
     if (p[0] != 0xa4 || memcmp(p + 1, name, 4) || p[5] != 0xc4 || p[6] != LOG_HASH_LEN)
@@ -172,17 +96,19 @@ static int rd_tail_field(const uint8_t *p, const char *name, const uint8_t **has
 
 int log_event_decode(const uint8_t *p, size_t n, struct log_event *ev)
 {
-    struct rd r = {p + 1, p + n};
+    struct cairn_rd r = {p + 1, p + n};
     int64_t seq;
     if (n < 1 + TAIL_LEN || p[0] != 0x8b)
         return CAIRN_ECORRUPT;
     r.end = p + n - TAIL_LEN;
-    if (rd_key(&r, "seq") || rd_int(&r, &seq) || seq <= 0 || rd_key(&r, "time") ||
-        rd_int(&r, &ev->time) || rd_key(&r, "ingested") || rd_int(&r, &ev->ingested) ||
-        rd_key(&r, "type") || rd_str(&r, &ev->type, false) || rd_key(&r, "tenant") ||
-        rd_str(&r, &ev->tenant, false) || rd_key(&r, "key") || rd_str(&r, &ev->key, false) ||
-        rd_key(&r, "id") || rd_str(&r, &ev->id, true) || rd_key(&r, "source") ||
-        rd_str(&r, &ev->source, false) || rd_key(&r, "payload"))
+    if (cairn_rd_key(&r, "seq") || cairn_rd_int(&r, &seq) || seq <= 0 || cairn_rd_key(&r, "time") ||
+        cairn_rd_int(&r, &ev->time) || cairn_rd_key(&r, "ingested") ||
+        cairn_rd_int(&r, &ev->ingested) || cairn_rd_key(&r, "type") ||
+        cairn_rd_str(&r, &ev->type, false) || cairn_rd_key(&r, "tenant") ||
+        cairn_rd_str(&r, &ev->tenant, false) || cairn_rd_key(&r, "key") ||
+        cairn_rd_str(&r, &ev->key, false) || cairn_rd_key(&r, "id") ||
+        cairn_rd_str(&r, &ev->id, true) || cairn_rd_key(&r, "source") ||
+        cairn_rd_str(&r, &ev->source, false) || cairn_rd_key(&r, "payload"))
         return CAIRN_ECORRUPT;
     if (r.p >= r.end || (*r.p & 0xf0) != 0x80) { /* payload is a map */
         if (r.p >= r.end || (*r.p != 0xde && *r.p != 0xdf))

@@ -142,10 +142,8 @@ static int lock_writer(struct log *log)
     log->lock_fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0644);
     if (log->lock_fd < 0)
         return CAIRN_EIO;
-    if (flock(log->lock_fd, LOCK_EX | LOCK_NB)) {
-        fprintf(stderr, "cairn: another process is writing to %s\n", log->cfg.dir);
+    if (flock(log->lock_fd, LOCK_EX | LOCK_NB))
         return errno == EWOULDBLOCK ? CAIRN_EBUSY : CAIRN_EIO;
-    }
     return 0;
 }
 

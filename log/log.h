@@ -62,12 +62,6 @@ struct cairn_env *log_env(struct log *log);
 
 /* ====================================================================== appending */
 
-/* A string that need not be NUL-terminated. */
-struct cairn_str {
-    const char *p;
-    size_t n;
-};
-
 /* One input ready for the log: validated by the caller (engine/ingest).
  * All pointers are borrowed until the append that takes it has finished. */
 struct log_input {

@@ -1,0 +1,436 @@
+/*
+ * engine.c — applying the log to the state through the handlers.
+ *
+ * For every input, in log order, handlers run in dependency order; each
+ * gets the input (if it consumes its type) and every derived event emitted
+ * earlier for the same input (if it consumes that type). A batch of inputs
+ * is one state transaction that also writes the checkpoint, so a crash
+ * between the log commit and the state commit only means the engine
+ * re-applies (checkpoint, head] at the next start: exactly once.
+ */
+#include "engine.h"
+
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* Inputs per state transaction while catching up or replaying: big enough
+ * to amortise the commit, small enough to bound the dirty pages. */
+#define APPLY_BATCH 65536
+#define HANDLERS_MAX 64
+
+struct engine {
+    struct engine_config cfg;
+    struct log *log;
+    struct log_writer *writer;
+    struct ingest *ing;
+    struct proj *proj;
+    const struct handler *order[HANDLERS_MAX];
+    struct hctx *ctx[HANDLERS_MAX];
+    size_t n;
+    const struct event **pending; /* the input and its derived events */
+    size_t npending, cap;
+    int apply_rc; /* last apply failure (the writer thread retries) */
+    /* Test hook (CAIRN_TEST_CRASH_BEFORE_APPLY=N): SIGKILL ourselves after
+     * the Nth log commit, before its state transaction — the window the
+     * exactly-once test needs to hit. 0: off. */
+    long crash_countdown;
+};
+
+/* ====================================================================== ordering */
+
+static bool name_ok(const char *s)
+{
+    if (!s || !*s || !strcmp(s, "stream") || !strcmp(s, "meta"))
+        return false;
+    for (; *s; s++)
+        if (!((*s >= 'a' && *s <= 'z') || (*s >= '0' && *s <= '9') || *s == '_'))
+            return false;
+    return true;
+}
+
+static bool in_list(const char *const *list, const char *s, size_t n)
+{
+    for (; list && *list; list++)
+        if (strlen(*list) == n && !memcmp(*list, s, n))
+            return true;
+    return false;
+}
+
+/* Does b consume something a emits? */
+static bool feeds(const struct handler *a, const struct handler *b)
+{
+    for (const char *const *t = a->emits; t && *t; t++)
+        if (in_list(b->consumes, *t, strlen(*t)))
+            return true;
+    return false;
+}
+
+static int check_handler(const struct handler *h, struct cairn_error *e)
+{
+    if (h->version != HANDLER_VERSION)
+        return cairn_error_set(e, "handler", "", "handler %s has version %u, the engine speaks %u",
+                               h->name ? h->name : "?", h->version, HANDLER_VERSION);
+    if (!name_ok(h->name))
+        return cairn_error_set(e, "handler", "",
+                               "handler name '%s' must be [a-z0-9_]+ and not "
+                               "'stream' or 'meta'",
+                               h->name ? h->name : "");
+    if (!h->open || !h->apply || !h->consumes)
+        return cairn_error_set(e, "handler", "", "handler %s lacks open, apply or consumes",
+                               h->name);
+    if (feeds(h, h))
+        return cairn_error_set(e, "cycle", "", "handler %s consumes what it emits", h->name);
+    return 0;
+}
+
+int engine_order(const struct handler *const *table, const struct handler **out, size_t *n,
+                 struct cairn_error *e)
+{
+    size_t cnt = 0, done = 0;
+    bool placed[HANDLERS_MAX] = {false};
+    while (table[cnt]) {
+        if (cnt == HANDLERS_MAX)
+            return cairn_error_set(e, "handler", "", "more than %d handlers", HANDLERS_MAX);
+        int rc = check_handler(table[cnt], e);
+        if (rc)
+            return rc;
+        for (size_t j = 0; j < cnt; j++)
+            if (!strcmp(table[j]->name, table[cnt]->name))
+                return cairn_error_set(e, "handler", "", "two handlers named %s", table[j]->name);
+        cnt++;
+    }
+    /* Kahn's algorithm, taking the first ready handler in table order. */
+    while (done < cnt) {
+        size_t pick = cnt;
+        for (size_t i = 0; i < cnt && pick == cnt; i++) {
+            if (placed[i])
+                continue;
+            bool ready = true;
+            for (size_t j = 0; j < cnt && ready; j++)
+                ready = placed[j] || j == i || !feeds(table[j], table[i]);
+            if (ready)
+                pick = i;
+        }
+        if (pick == cnt) {
+            char names[256] = "";
+            for (size_t i = 0, at = 0; i < cnt; i++)
+                if (!placed[i] && at < sizeof names)
+                    at += (size_t)snprintf(names + at, sizeof names - at, "%s%s", at ? ", " : "",
+                                           table[i]->name);
+            return cairn_error_set(e, "cycle", "",
+                                   "handlers %s consume each other's events in a cycle", names);
+        }
+        placed[pick] = true;
+        out[done++] = table[pick];
+    }
+    *n = cnt;
+    return 0;
+}
+
+/* ====================================================================== dispatch */
+
+static int push_pending(struct engine *eng, const struct event *ev)
+{
+    if (eng->npending == eng->cap) {
+        size_t cap = eng->cap ? eng->cap * 2 : 64;
+        const struct event **p = realloc(eng->pending, cap * sizeof *p);
+        if (!p)
+            return CAIRN_ENOMEM;
+        eng->pending = p;
+        eng->cap = cap;
+    }
+    eng->pending[eng->npending++] = ev;
+    return 0;
+}
+
+/* Runs one input through every handler in order. */
+static int apply_input(struct engine *eng, const struct event *in)
+{
+    int rc = 0;
+    eng->npending = 0;
+    push_pending(eng, in);
+    for (size_t i = 0; i < eng->n && !rc; i++) {
+        const struct handler *h = eng->order[i];
+        size_t upto = eng->npending; /* a handler never sees its own emits */
+        for (size_t k = 0; k < upto && !rc; k++) {
+            const struct event *ev = eng->pending[k];
+            if (in_list(h->consumes, ev->type.p, ev->type.n))
+                rc = h->apply(eng->ctx[i], ev);
+        }
+        const struct event *em;
+        size_t nem = proj_hctx_emitted(eng->ctx[i], &em);
+        for (size_t k = 0; k < nem && !rc; k++)
+            rc = push_pending(eng, &em[k]);
+    }
+    for (size_t i = 0; i < eng->n; i++)
+        proj_hctx_clear(eng->ctx[i]);
+    return rc;
+}
+
+static int apply_log_event(struct engine *eng, const struct log_event *le)
+{
+    msgpack_unpacked body;
+    msgpack_unpacked_init(&body);
+    if (msgpack_unpack_next(&body, (const char *)le->payload, le->payload_len, NULL) !=
+        MSGPACK_UNPACK_SUCCESS) {
+        msgpack_unpacked_destroy(&body);
+        return CAIRN_ECORRUPT;
+    }
+    struct event in = {.seq = le->seq,
+                       .type = le->type,
+                       .tenant = le->tenant,
+                       .key = le->key,
+                       .time = le->time,
+                       .payload = le->payload,
+                       .payload_len = le->payload_len,
+                       .body = &body.data};
+    int rc = apply_input(eng, &in);
+    msgpack_unpacked_destroy(&body);
+    return rc;
+}
+
+/* Applies (from-1, to] in one state transaction. */
+static int apply_chunk(struct engine *eng, uint64_t from, uint64_t to)
+{
+    for (;;) {
+        struct log_snap *s;
+        struct log_iter *it = NULL;
+        struct log_event le;
+        int rc = proj_begin(eng->proj);
+        if (rc)
+            return rc;
+        if (!(rc = log_snap_begin(eng->log, &s))) {
+            rc = log_iter_open(s, from, NULL, NULL, &it);
+            uint64_t want = from;
+            while (!rc && want <= to && !(rc = log_iter_next(it, &le))) {
+                rc = le.seq == want ? apply_log_event(eng, &le) : CAIRN_ECORRUPT;
+                want++;
+            }
+            log_iter_close(it);
+            log_snap_end(s);
+        }
+        if (rc) {
+            proj_abort(eng->proj);
+        } else {
+            rc = proj_commit(eng->proj, to);
+        }
+        if (rc != CAIRN_EMAPFULL)
+            return rc;
+        if ((rc = proj_grow(eng->proj)))
+            return rc;
+    }
+}
+
+int engine_catch_up(struct engine *eng, uint64_t to)
+{
+    uint64_t head;
+    int rc = log_head(eng->log, &head, NULL);
+    if (rc)
+        return rc;
+    if (!to || to > head)
+        to = head;
+    uint64_t cp = proj_checkpoint(eng->proj);
+    while (!rc && cp < to) {
+        uint64_t end = to - cp > APPLY_BATCH ? cp + APPLY_BATCH : to;
+        rc = apply_chunk(eng, cp + 1, end);
+        cp = proj_checkpoint(eng->proj);
+    }
+    return rc;
+}
+
+/* Runs on the writer thread after each durable log commit. A failure is
+ * kept (readiness reports it) and retried with the next commit: the state
+ * simply lags, it never skips. */
+static void on_commit(void *arg, uint64_t first, uint64_t last)
+{
+    struct engine *eng = arg;
+    (void)first;
+    if (eng->crash_countdown && --eng->crash_countdown == 0)
+        raise(SIGKILL);
+    int rc = engine_catch_up(eng, last);
+    if (rc && rc != eng->apply_rc)
+        fprintf(stderr, "cairn: applying the log to the state failed: %s (will retry)\n",
+                cairn_strerror(rc));
+    eng->apply_rc = rc;
+}
+
+/* ====================================================================== life cycle */
+
+static int open_handlers(struct engine *eng, struct cairn_error *e)
+{
+    const struct handler *const *table = eng->cfg.handlers ? eng->cfg.handlers : handler_table;
+    int rc = engine_order(table, eng->order, &eng->n, e);
+    if (rc)
+        return rc;
+    const json_t *hcfg = json_object_get(eng->cfg.config, "handlers");
+    for (size_t i = 0; i < eng->n && !rc; i++)
+        rc = proj_hctx_new(eng->proj, eng->order[i], json_object_get(hcfg, eng->order[i]->name),
+                           &eng->ctx[i]);
+    if (rc)
+        return rc;
+    /* DBIs are created in one transaction that commits, so their handles
+     * stay valid for every later transaction. */
+    if ((rc = proj_begin(eng->proj)))
+        return rc;
+    for (size_t i = 0; i < eng->n && !rc; i++) {
+        rc = eng->order[i]->open(eng->ctx[i]);
+        if (rc)
+            cairn_error_set(e, "handler", "", "handler %s failed to open: %s", eng->order[i]->name,
+                            cairn_strerror(rc));
+    }
+    if (rc) {
+        proj_abort(eng->proj);
+        return rc;
+    }
+    return proj_commit(eng->proj, proj_checkpoint(eng->proj));
+}
+
+static int open_parts(struct engine *eng, struct cairn_error *e)
+{
+    char dir[4096];
+    struct log_config lc = eng->cfg.log;
+    snprintf(dir, sizeof dir, "%s/log", eng->cfg.data);
+    lc.dir = dir;
+    lc.readonly = eng->cfg.log_readonly;
+    int rc = log_open(&eng->log, &lc);
+    if (rc)
+        return cairn_error_set(e, "open", "", "cannot open the log in %s: %s", dir,
+                               cairn_strerror(rc)),
+               rc;
+    struct ingest_config ic = {.schema_dir = eng->cfg.schema_dir,
+                               .allow_engine_types = eng->cfg.allow_engine_types,
+                               .handlers = eng->cfg.handlers};
+    if ((rc = ingest_open(&eng->ing, &ic, e)))
+        return rc;
+    char sdir[4096];
+    if (eng->cfg.state_dir)
+        snprintf(sdir, sizeof sdir, "%s", eng->cfg.state_dir);
+    else
+        snprintf(sdir, sizeof sdir, "%s/state", eng->cfg.data);
+    if ((rc = proj_open(&eng->proj, &(struct proj_config){.dir = sdir})))
+        return cairn_error_set(e, "open", "", "cannot open the state in %s: %s", sdir,
+                               cairn_strerror(rc)),
+               rc;
+    return 0;
+}
+
+int engine_open(struct engine **out, const struct engine_config *cfg, struct cairn_error *e)
+{
+    struct engine *eng = calloc(1, sizeof *eng);
+    if (!eng)
+        return CAIRN_ENOMEM;
+    eng->cfg = *cfg;
+    const char *crash = getenv("CAIRN_TEST_CRASH_BEFORE_APPLY");
+    if (crash)
+        eng->crash_countdown = strtol(crash, NULL, 10);
+    int rc = open_parts(eng, e);
+    if (!rc)
+        rc = open_handlers(eng, e);
+    uint64_t head = 0;
+    if (!rc && !(rc = log_head(eng->log, &head, NULL)) && proj_checkpoint(eng->proj) > head) {
+        rc = cairn_error_set(e, "state_ahead", "",
+                             "the state is at seq %llu but the log ends at %llu: it was built "
+                             "from another log; remove it and run cairn replay",
+                             (unsigned long long)proj_checkpoint(eng->proj),
+                             (unsigned long long)head);
+    }
+    if (!rc && (rc = engine_catch_up(eng, cfg->apply_to)))
+        cairn_error_set(e, "apply", "", "catching up the state failed: %s", cairn_strerror(rc));
+    if (rc) {
+        engine_close(eng);
+        return rc;
+    }
+    *out = eng;
+    return 0;
+}
+
+void engine_close(struct engine *eng)
+{
+    if (!eng)
+        return;
+    log_writer_stop(eng->writer);
+    for (size_t i = 0; i < eng->n; i++) {
+        if (eng->ctx[i] && eng->order[i]->close)
+            eng->order[i]->close(eng->ctx[i]);
+        proj_hctx_free(eng->ctx[i]);
+    }
+    proj_close(eng->proj);
+    ingest_close(eng->ing);
+    log_close(eng->log);
+    free(eng->pending);
+    free(eng);
+}
+
+int engine_start(struct engine *eng)
+{
+    return log_writer_start(&eng->writer, eng->log, on_commit, eng);
+}
+
+struct log *engine_log(struct engine *eng)
+{
+    return eng->log;
+}
+
+struct log_writer *engine_writer(struct engine *eng)
+{
+    return eng->writer;
+}
+
+struct ingest *engine_ingest(struct engine *eng)
+{
+    return eng->ing;
+}
+
+struct proj *engine_proj(struct engine *eng)
+{
+    return eng->proj;
+}
+
+size_t engine_handlers(struct engine *eng, const struct handler *const **order)
+{
+    *order = eng->order;
+    return eng->n;
+}
+
+int engine_tick(struct engine *eng, int64_t now, int64_t interval_ns)
+{
+    json_t *obj =
+        json_pack("{s:s, s:s, s:I, s:{s:I}}", "type", "tick", "tenant", ENGINE_TENANT, "time",
+                  (json_int_t)now, "payload", "interval_ms", (json_int_t)(interval_ns / 1000000));
+    struct ingest_event ev;
+    struct log_result res;
+    struct cairn_error e;
+    if (!obj)
+        return CAIRN_ENOMEM;
+    int rc = ingest_parse_value(eng->ing, obj, "engine", now, true, &ev, &e);
+    json_decref(obj);
+    if (rc)
+        return rc;
+    if (eng->writer) {
+        rc = log_writer_append_wait(eng->writer, &ev.in, &res, 1);
+    } else {
+        rc = log_append(eng->log, &ev.in, &res, 1);
+        if (!rc)
+            rc = engine_catch_up(eng, 0);
+    }
+    ingest_event_deinit(&ev);
+    return rc ? rc : res.rc;
+}
+
+int engine_replay(const struct engine_config *cfg, const char *into, uint64_t to,
+                  struct cairn_error *e)
+{
+    struct engine_config rc_cfg = *cfg;
+    struct engine *eng;
+    rc_cfg.state_dir = into;
+    rc_cfg.apply_to = to;
+    int rc = engine_open(&eng, &rc_cfg, e);
+    if (rc)
+        return rc;
+    if (proj_checkpoint(eng->proj) != 0 && to && proj_checkpoint(eng->proj) > to)
+        rc = cairn_error_set(e, "replay", "", "%s is not empty", into);
+    engine_close(eng);
+    return rc;
+}

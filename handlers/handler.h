@@ -1,0 +1,158 @@
+/*
+ * handler.h — the plug-in contract between the engine and its handlers.
+ *
+ * A handler derives state and derived events from the log. It is a table of
+ * function pointers (struct handler) listed once in handlers/registry.c.
+ * Adding a handler is one folder under handlers/ and one line in that
+ * table; nothing in the engine changes.
+ *
+ * The engine orders handlers so every producer of a derived type runs
+ * before its consumers (a cycle is refused at start-up), and for each input
+ * calls, in that order, every handler that consumes the input's type or
+ * the type of a derived event emitted earlier for the same input. All of it
+ * happens in one state transaction per log batch, together with the
+ * checkpoint, so every input is applied exactly once.
+ *
+ * Rules every handler keeps (DESIGN.md):
+ *  1. Deterministic: reads only the event, its own state and its config.
+ *     Event time, never the wall clock; no locale; no unseeded randomness.
+ *  2. Touches only its own DBIs (hctx_db names them "<handler>.<name>"; it
+ *     cannot name another's); talks to others only through derived events.
+ *  3. Bounded: a bad or huge input is refused or skipped with a reason,
+ *     never crashes, never allocates without limit.
+ *  4. No side effects in apply: outbox consumers read derived streams.
+ */
+#ifndef CAIRN_HANDLER_H
+#define CAIRN_HANDLER_H
+
+#include "common.h"
+
+#include <msgpack.h>
+
+#define HANDLER_VERSION 1
+
+/* An event as a handler sees it: an input from the log or a derived event.
+ * All pointers are borrowed for the duration of the call. */
+struct event {
+    bool derived;
+    uint64_t seq;            /* input: its log seq; derived: the cause's log seq */
+    uint64_t dseq;           /* derived only: its seq in its stream */
+    struct cairn_str stream; /* derived only: the stream (the emitting handler) */
+    struct cairn_str type, tenant, key;
+    int64_t time;           /* event time, ns (a derived event has its cause's) */
+    const uint8_t *payload; /* msgpack map */
+    size_t payload_len;
+    const msgpack_object *body; /* the payload, decoded */
+};
+
+struct hctx; /* a handler's view of the state: its DBIs, config, emit */
+
+struct handler {
+    unsigned version;            /* HANDLER_VERSION; members are only ever appended */
+    const char *name;            /* [a-z0-9_]+: DBI prefix, stream and view name */
+    const char *const *consumes; /* NULL-terminated input and/or derived types */
+    const char *const *emits;    /* NULL-terminated derived types (may be NULL) */
+    /* Required. Opens its DBIs (hctx_db) and reads its config. Runs once
+     * per state transaction set-up; must be idempotent. */
+    int (*open)(struct hctx *ctx);
+    /* Optional (may be NULL): refuses a bad control input it owns at ingest
+     * (before it enters the log), naming the field and reason in e. */
+    int (*validate)(const struct event *ev, struct cairn_error *e);
+    /* Required. Applies one event: updates its DBIs, emits derived events.
+     * A negative return aborts the whole batch (use it for I/O failures
+     * only: bad data is skipped or recorded, never fatal). */
+    int (*apply)(struct hctx *ctx, const struct event *ev);
+    /* Optional: releases what open allocated. */
+    void (*close)(struct hctx *ctx);
+    /* Optional: the DBI (a name given to hctx_db) holding the handler's
+     * view — tenant-prefixed keys (hkey_*) to msgpack documents — that
+     * `cairn show <name>` and the HTTP API serve. NULL: no view. */
+    const char *view;
+};
+
+/* The registered handlers, NULL-terminated (handlers/registry.c). */
+extern const struct handler *const handler_table[];
+
+/* ====================================================================== state access */
+
+/* Opens (creating) the handler's DBI "<handler>.<name>" and returns its
+ * index in *db. `name` is [a-z0-9_]+ — a handler cannot name another's
+ * DBI. flags: MDB_DUPSORT etc. Only from open(). */
+int hctx_db(struct hctx *ctx, const char *name, unsigned flags, unsigned *db);
+
+/* Reads a value: 0 with v set (valid until the next write to db or the end
+ * of the transaction), CAIRN_ENOTFOUND, or a failure. */
+int hctx_get(struct hctx *ctx, unsigned db, const void *k, size_t kn, MDB_val *v);
+int hctx_put(struct hctx *ctx, unsigned db, const void *k, size_t kn, const void *v, size_t vn);
+/* Deletes; deleting a missing key is not an error. */
+int hctx_del(struct hctx *ctx, unsigned db, const void *k, size_t kn);
+
+/* Iterates keys starting with prefix, in key order. */
+struct hcursor;
+int hctx_cursor_open(struct hctx *ctx, unsigned db, const void *prefix, size_t pn,
+                     struct hcursor **out);
+/* 0 with k/v set, CAIRN_ENOTFOUND past the prefix, or a failure. */
+int hctx_cursor_next(struct hcursor *c, MDB_val *k, MDB_val *v);
+/* Deletes the entry the cursor is on. */
+int hctx_cursor_del(struct hcursor *c);
+void hctx_cursor_close(struct hcursor *c);
+
+/* Emits a derived event on the handler's stream: type must be one of its
+ * `emits`; tenant and key default (NULL) to the cause's; payload is a
+ * msgpack map (copied). It is stored in stream.<handler> with the next
+ * dseq, with the cause's seq and time, and fed to consumers in the same
+ * transaction. */
+int hctx_emit(struct hctx *ctx, const struct event *cause, const char *type,
+              const struct cairn_str *tenant, const struct cairn_str *key, const uint8_t *payload,
+              size_t n);
+
+/* The handler's configuration object (the "handlers.<name>" section of
+ * the engine config; an empty object when absent). Borrowed. */
+const json_t *hctx_config(struct hctx *ctx);
+/* Per-handler scratch the handler may set in open (freed by its close). */
+void **hctx_user(struct hctx *ctx);
+/* The handler this context belongs to. */
+const struct handler *hctx_handler(struct hctx *ctx);
+
+/* ====================================================================== helpers */
+
+/* Key layout shared by views: tlen u8 | tenant | rest. Returns length. */
+size_t hkey_make(uint8_t *out, size_t cap, const struct cairn_str *tenant,
+                 const struct cairn_str *rest);
+/* Splits such a key; false when malformed. */
+bool hkey_split(const uint8_t *k, size_t n, struct cairn_str *tenant, struct cairn_str *rest);
+
+/* msgpack map lookups (NULL / false when absent or of another type). */
+const msgpack_object *mp_get(const msgpack_object *map, const char *key);
+bool mp_str(const msgpack_object *o, struct cairn_str *out);
+bool mp_num(const msgpack_object *o, double *out);
+bool mp_i64(const msgpack_object *o, int64_t *out);
+bool mp_bool(const msgpack_object *o, bool *out);
+/* Path lookup: mp_path(body, "data", "object", "customer", NULL). */
+const msgpack_object *mp_path(const msgpack_object *map, ...);
+/* str equality with a C string. */
+bool mp_str_eq(const msgpack_object *o, const char *s);
+
+/* A packer writing into a cairn_buf; a failed append marks the buffer and
+ * mpw_finish reports it, so callers pack without checking each call. */
+struct mpw {
+    msgpack_packer pk;
+    struct cairn_buf *buf;
+    int err;
+};
+void mpw_init(struct mpw *w, struct cairn_buf *buf);
+void mpw_str(struct mpw *w, const char *s);
+void mpw_strn(struct mpw *w, const struct cairn_str *s);
+/* key then value helpers for maps */
+void mpw_kv_str(struct mpw *w, const char *k, const struct cairn_str *v); /* nil if v->p NULL */
+void mpw_kv_cstr(struct mpw *w, const char *k, const char *v);            /* nil if NULL */
+void mpw_kv_i64(struct mpw *w, const char *k, int64_t v);
+void mpw_kv_u64(struct mpw *w, const char *k, uint64_t v);
+void mpw_kv_num(struct mpw *w, const char *k, double v);
+void mpw_kv_bool(struct mpw *w, const char *k, bool v);
+void mpw_kv_time(struct mpw *w, const char *k, int64_t ns);             /* RFC 3339 string */
+void mpw_kv_obj(struct mpw *w, const char *k, const msgpack_object *o); /* nil if NULL */
+void mpw_obj(struct mpw *w, const msgpack_object *o);
+int mpw_finish(struct mpw *w);
+
+#endif

@@ -1,0 +1,14 @@
+/*
+ * registry.c — the handler table. Adding a handler: a folder under
+ * handlers/ with its .c file(s), one `extern` and one line here, and its
+ * sources in handlers/CMakeLists.txt. The engine orders them by what they
+ * consume and emit; the order here only breaks ties.
+ */
+#include "handler.h"
+
+extern const struct handler devices_handler;
+
+const struct handler *const handler_table[] = {
+    &devices_handler,
+    NULL,
+};

@@ -1,0 +1,208 @@
+/*
+ * mp.c — small helpers handlers use (declared in handlers/handler.h):
+ * view keys, msgpack map lookups and a packer that remembers failure.
+ */
+#include "proj.h"
+
+#include <stdarg.h>
+#include <string.h>
+
+/* ====================================================================== keys */
+
+size_t hkey_make(uint8_t *out, size_t cap, const struct cairn_str *tenant,
+                 const struct cairn_str *rest)
+{
+    if (tenant->n > CAIRN_TENANT_MAX || 1 + tenant->n + rest->n > cap)
+        return 0;
+    out[0] = (uint8_t)tenant->n;
+    memcpy(out + 1, tenant->p, tenant->n);
+    if (rest->n)
+        memcpy(out + 1 + tenant->n, rest->p, rest->n);
+    return 1 + tenant->n + rest->n;
+}
+
+bool hkey_split(const uint8_t *k, size_t n, struct cairn_str *tenant, struct cairn_str *rest)
+{
+    if (n < 1 || (size_t)k[0] + 1 > n)
+        return false;
+    *tenant = (struct cairn_str){(const char *)k + 1, k[0]};
+    *rest = (struct cairn_str){(const char *)k + 1 + k[0], n - 1 - k[0]};
+    return true;
+}
+
+/* ====================================================================== lookups */
+
+const msgpack_object *mp_get(const msgpack_object *map, const char *key)
+{
+    if (!map || map->type != MSGPACK_OBJECT_MAP)
+        return NULL;
+    size_t n = strlen(key);
+    for (uint32_t i = 0; i < map->via.map.size; i++) {
+        const msgpack_object *k = &map->via.map.ptr[i].key;
+        if (k->type == MSGPACK_OBJECT_STR && k->via.str.size == n &&
+            !memcmp(k->via.str.ptr, key, n))
+            return &map->via.map.ptr[i].val;
+    }
+    return NULL;
+}
+
+const msgpack_object *mp_path(const msgpack_object *map, ...)
+{
+    va_list ap;
+    va_start(ap, map);
+    for (const char *k = va_arg(ap, const char *); k && map; k = va_arg(ap, const char *))
+        map = mp_get(map, k);
+    va_end(ap);
+    return map;
+}
+
+bool mp_str(const msgpack_object *o, struct cairn_str *out)
+{
+    if (!o || o->type != MSGPACK_OBJECT_STR)
+        return false;
+    *out = (struct cairn_str){o->via.str.ptr, o->via.str.size};
+    return true;
+}
+
+bool mp_str_eq(const msgpack_object *o, const char *s)
+{
+    size_t n = strlen(s);
+    return o && o->type == MSGPACK_OBJECT_STR && o->via.str.size == n &&
+           !memcmp(o->via.str.ptr, s, n);
+}
+
+bool mp_num(const msgpack_object *o, double *out)
+{
+    if (!o)
+        return false;
+    switch (o->type) {
+    case MSGPACK_OBJECT_POSITIVE_INTEGER: *out = (double)o->via.u64; return true;
+    case MSGPACK_OBJECT_NEGATIVE_INTEGER: *out = (double)o->via.i64; return true;
+    case MSGPACK_OBJECT_FLOAT32:
+    case MSGPACK_OBJECT_FLOAT64: *out = o->via.f64; return true;
+    default: return false;
+    }
+}
+
+bool mp_i64(const msgpack_object *o, int64_t *out)
+{
+    if (!o)
+        return false;
+    if (o->type == MSGPACK_OBJECT_POSITIVE_INTEGER && o->via.u64 <= INT64_MAX) {
+        *out = (int64_t)o->via.u64;
+        return true;
+    }
+    if (o->type == MSGPACK_OBJECT_NEGATIVE_INTEGER) {
+        *out = o->via.i64;
+        return true;
+    }
+    return false;
+}
+
+bool mp_bool(const msgpack_object *o, bool *out)
+{
+    if (!o || o->type != MSGPACK_OBJECT_BOOLEAN)
+        return false;
+    *out = o->via.boolean;
+    return true;
+}
+
+/* ====================================================================== writing */
+
+static int mpw_write(void *data, const char *p, size_t n)
+{
+    struct mpw *w = data;
+    if (w->err)
+        return -1;
+    w->err = cairn_buf_append(w->buf, p, n);
+    return w->err ? -1 : 0;
+}
+
+void mpw_init(struct mpw *w, struct cairn_buf *buf)
+{
+    w->buf = buf;
+    w->err = 0;
+    msgpack_packer_init(&w->pk, w, mpw_write);
+}
+
+void mpw_str(struct mpw *w, const char *s)
+{
+    msgpack_pack_str_with_body(&w->pk, s, strlen(s));
+}
+
+void mpw_strn(struct mpw *w, const struct cairn_str *s)
+{
+    msgpack_pack_str_with_body(&w->pk, s->p, s->n);
+}
+
+void mpw_kv_str(struct mpw *w, const char *k, const struct cairn_str *v)
+{
+    mpw_str(w, k);
+    if (v && v->p)
+        mpw_strn(w, v);
+    else
+        msgpack_pack_nil(&w->pk);
+}
+
+void mpw_kv_cstr(struct mpw *w, const char *k, const char *v)
+{
+    mpw_str(w, k);
+    if (v)
+        mpw_str(w, v);
+    else
+        msgpack_pack_nil(&w->pk);
+}
+
+void mpw_kv_i64(struct mpw *w, const char *k, int64_t v)
+{
+    mpw_str(w, k);
+    msgpack_pack_int64(&w->pk, v);
+}
+
+void mpw_kv_u64(struct mpw *w, const char *k, uint64_t v)
+{
+    mpw_str(w, k);
+    msgpack_pack_uint64(&w->pk, v);
+}
+
+void mpw_kv_num(struct mpw *w, const char *k, double v)
+{
+    mpw_str(w, k);
+    msgpack_pack_double(&w->pk, v);
+}
+
+void mpw_kv_bool(struct mpw *w, const char *k, bool v)
+{
+    mpw_str(w, k);
+    if (v)
+        msgpack_pack_true(&w->pk);
+    else
+        msgpack_pack_false(&w->pk);
+}
+
+void mpw_kv_time(struct mpw *w, const char *k, int64_t ns)
+{
+    char t[40];
+    size_t n = cairn_time_format(ns, t, sizeof t);
+    mpw_str(w, k);
+    msgpack_pack_str_with_body(&w->pk, t, n);
+}
+
+void mpw_obj(struct mpw *w, const msgpack_object *o)
+{
+    if (o)
+        msgpack_pack_object(&w->pk, *o);
+    else
+        msgpack_pack_nil(&w->pk);
+}
+
+void mpw_kv_obj(struct mpw *w, const char *k, const msgpack_object *o)
+{
+    mpw_str(w, k);
+    mpw_obj(w, o);
+}
+
+int mpw_finish(struct mpw *w)
+{
+    return w->err;
+}

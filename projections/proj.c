@@ -1,0 +1,742 @@
+/*
+ * proj.c — the DATA/state environment: the write transaction, checkpoint,
+ * handler contexts (the hctx half of handler.h), derived streams, readers
+ * and the digest.
+ */
+#include "proj.h"
+
+#include <openssl/evp.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define HCTX_DBS_MAX 16
+/* Named DBIs in DATA/state: handlers x their DBIs + streams + meta. */
+#define PROJ_DBIS_MAX 500
+
+struct proj {
+    struct cairn_env *env;
+    MDB_dbi meta;
+    bool readonly;
+    MDB_txn *txn;           /* the open write transaction, if any */
+    unsigned gen;           /* bumped by every proj_begin */
+    uint64_t checkpoint;    /* last committed */
+    pthread_mutex_t dbi_mu; /* guards the handle cache below */
+    /* Every named DBI of the environment with its handle, opened for the
+     * whole environment so any later snapshot may use it. */
+    char *names[PROJ_DBIS_MAX];
+    MDB_dbi dbis[PROJ_DBIS_MAX];
+    size_t ndbis;
+};
+
+struct proj_snap {
+    struct proj *p;
+    MDB_txn *txn;
+};
+
+/* One derived event kept for the consumers of the same input. */
+struct emitted {
+    msgpack_unpacked body;
+    size_t len;
+    uint8_t data[]; /* type | tenant | key | payload */
+};
+
+struct hctx {
+    struct proj *p;
+    const struct handler *h;
+    json_t *config;
+    void *user;
+    MDB_dbi dbs[HCTX_DBS_MAX];
+    unsigned ndbs;
+    MDB_dbi stream;
+    uint64_t stream_head;
+    unsigned gen; /* stream_head is valid for this proj gen */
+    struct event *evs;
+    struct emitted **mems;
+    size_t nem, cap;
+    struct cairn_buf enc;
+};
+
+struct hcursor {
+    MDB_cursor *c;
+    uint8_t prefix[512];
+    size_t pn;
+    bool started;
+};
+
+/* ====================================================================== opening */
+
+static int open_meta(struct proj *p)
+{
+    MDB_txn *txn;
+    int rc = p->readonly ? cairn_env_read_begin(p->env, &txn) : cairn_env_write_begin(p->env, &txn);
+    if (rc)
+        return rc;
+    int mrc = mdb_dbi_open(txn, "meta", p->readonly ? 0 : MDB_CREATE, &p->meta);
+    if (!mrc && !p->readonly) {
+        uint8_t ver[4] = {0, 0, 0, PROJ_FORMAT_VERSION};
+        MDB_val k = {7, "version"}, v = {4, ver};
+        mrc = mdb_put(txn, p->meta, &k, &v, MDB_NOOVERWRITE);
+        if (mrc == MDB_KEYEXIST)
+            mrc = 0;
+    }
+    MDB_val k = {10, "checkpoint"}, v;
+    if (!mrc && mdb_get(txn, p->meta, &k, &v) == 0 && v.mv_size == 8)
+        p->checkpoint = cairn_be64_get(v.mv_data);
+    if (mrc) {
+        (p->readonly ? cairn_env_read_end : cairn_env_write_abort)(p->env, txn);
+        return cairn_mdb_err(mrc);
+    }
+    return p->readonly ? cairn_env_read_commit(p->env, txn) : cairn_env_write_commit(p->env, txn);
+}
+
+int proj_open(struct proj **out, const struct proj_config *cfg)
+{
+    struct proj *p = calloc(1, sizeof *p);
+    if (!p)
+        return CAIRN_ENOMEM;
+    p->readonly = cfg->readonly;
+    pthread_mutex_init(&p->dbi_mu, NULL);
+    int rc = cairn_env_open(&p->env, cfg->dir, PROJ_DBIS_MAX + 2, cfg->map_size,
+                            cfg->readonly ? MDB_RDONLY : 0);
+    if (!rc)
+        rc = open_meta(p);
+    if (rc) {
+        proj_close(p);
+        return rc;
+    }
+    *out = p;
+    return 0;
+}
+
+void proj_close(struct proj *p)
+{
+    if (!p)
+        return;
+    if (p->txn)
+        proj_abort(p);
+    cairn_env_close(p->env);
+    for (size_t i = 0; i < p->ndbis; i++)
+        free(p->names[i]);
+    pthread_mutex_destroy(&p->dbi_mu);
+    free(p);
+}
+
+struct cairn_env *proj_env(struct proj *p)
+{
+    return p->env;
+}
+
+uint64_t proj_checkpoint(struct proj *p)
+{
+    return p->checkpoint;
+}
+
+/* ====================================================================== the write transaction */
+
+int proj_begin(struct proj *p)
+{
+    assert(!p->txn && !p->readonly);
+    p->gen++;
+    return cairn_env_write_begin(p->env, &p->txn);
+}
+
+int proj_commit(struct proj *p, uint64_t checkpoint)
+{
+    uint8_t cp[8];
+    cairn_be64_put(cp, checkpoint);
+    MDB_val k = {10, "checkpoint"}, v = {8, cp};
+    int rc = cairn_mdb_err(mdb_put(p->txn, p->meta, &k, &v, 0));
+    if (rc) {
+        proj_abort(p);
+        return rc;
+    }
+    rc = cairn_env_write_commit(p->env, p->txn);
+    p->txn = NULL;
+    if (!rc)
+        p->checkpoint = checkpoint;
+    return rc;
+}
+
+void proj_abort(struct proj *p)
+{
+    if (!p->txn)
+        return;
+    cairn_env_write_abort(p->env, p->txn);
+    p->txn = NULL;
+}
+
+int proj_grow(struct proj *p)
+{
+    return cairn_env_grow(p->env);
+}
+
+/* ====================================================================== handler contexts */
+
+int proj_hctx_new(struct proj *p, const struct handler *h, const json_t *config, struct hctx **out)
+{
+    struct hctx *ctx = calloc(1, sizeof *ctx);
+    if (!ctx)
+        return CAIRN_ENOMEM;
+    ctx->p = p;
+    ctx->h = h;
+    ctx->config = config ? json_incref((json_t *)config) : json_object();
+    cairn_buf_init(&ctx->enc, CAIRN_PAYLOAD_MAX_CEILING + 4096);
+    if (!ctx->config) {
+        free(ctx);
+        return CAIRN_ENOMEM;
+    }
+    ctx->gen = (unsigned)-1;
+    *out = ctx;
+    return 0;
+}
+
+void proj_hctx_free(struct hctx *ctx)
+{
+    if (!ctx)
+        return;
+    proj_hctx_clear(ctx);
+    free(ctx->evs);
+    free(ctx->mems);
+    json_decref(ctx->config);
+    cairn_buf_deinit(&ctx->enc);
+    free(ctx);
+}
+
+const json_t *hctx_config(struct hctx *ctx)
+{
+    return ctx->config;
+}
+
+void **hctx_user(struct hctx *ctx)
+{
+    return &ctx->user;
+}
+
+const struct handler *hctx_handler(struct hctx *ctx)
+{
+    return ctx->h;
+}
+
+static bool name_ok(const char *s)
+{
+    if (!*s)
+        return false;
+    for (; *s; s++)
+        if (!((*s >= 'a' && *s <= 'z') || (*s >= '0' && *s <= '9') || *s == '_'))
+            return false;
+    return true;
+}
+
+int hctx_db(struct hctx *ctx, const char *name, unsigned flags, unsigned *db)
+{
+    char full[128];
+    if (!name_ok(name) || ctx->ndbs == HCTX_DBS_MAX || !ctx->p->txn)
+        return CAIRN_EINVAL;
+    if (snprintf(full, sizeof full, "%s.%s", ctx->h->name, name) >= (int)sizeof full)
+        return CAIRN_EINVAL;
+    int rc = mdb_dbi_open(ctx->p->txn, full, flags | MDB_CREATE, &ctx->dbs[ctx->ndbs]);
+    if (rc)
+        return cairn_mdb_err(rc);
+    if (ctx->h->emits && ctx->h->emits[0] && ctx->ndbs == 0) {
+        snprintf(full, sizeof full, PROJ_STREAM_PREFIX "%s", ctx->h->name);
+        if ((rc = mdb_dbi_open(ctx->p->txn, full, MDB_CREATE, &ctx->stream)))
+            return cairn_mdb_err(rc);
+    }
+    *db = ctx->ndbs++;
+    return 0;
+}
+
+int hctx_get(struct hctx *ctx, unsigned db, const void *k, size_t kn, MDB_val *v)
+{
+    assert(db < ctx->ndbs);
+    MDB_val key = {kn, (void *)k};
+    return cairn_mdb_err(mdb_get(ctx->p->txn, ctx->dbs[db], &key, v));
+}
+
+int hctx_put(struct hctx *ctx, unsigned db, const void *k, size_t kn, const void *v, size_t vn)
+{
+    assert(db < ctx->ndbs);
+    MDB_val key = {kn, (void *)k}, val = {vn, (void *)v};
+    return cairn_mdb_err(mdb_put(ctx->p->txn, ctx->dbs[db], &key, &val, 0));
+}
+
+int hctx_del(struct hctx *ctx, unsigned db, const void *k, size_t kn)
+{
+    assert(db < ctx->ndbs);
+    MDB_val key = {kn, (void *)k};
+    int rc = mdb_del(ctx->p->txn, ctx->dbs[db], &key, NULL);
+    return rc == MDB_NOTFOUND ? 0 : cairn_mdb_err(rc);
+}
+
+int hctx_cursor_open(struct hctx *ctx, unsigned db, const void *prefix, size_t pn,
+                     struct hcursor **out)
+{
+    assert(db < ctx->ndbs);
+    struct hcursor *c = calloc(1, sizeof *c);
+    if (!c)
+        return CAIRN_ENOMEM;
+    if (pn > sizeof c->prefix) {
+        free(c);
+        return CAIRN_EINVAL;
+    }
+    if (pn)
+        memcpy(c->prefix, prefix, pn);
+    c->pn = pn;
+    int rc = mdb_cursor_open(ctx->p->txn, ctx->dbs[db], &c->c);
+    if (rc) {
+        free(c);
+        return cairn_mdb_err(rc);
+    }
+    *out = c;
+    return 0;
+}
+
+int hctx_cursor_next(struct hcursor *c, MDB_val *k, MDB_val *v)
+{
+    int rc;
+    if (!c->started) {
+        *k = (MDB_val){c->pn, c->prefix};
+        rc = c->pn ? mdb_cursor_get(c->c, k, v, MDB_SET_RANGE)
+                   : mdb_cursor_get(c->c, k, v, MDB_FIRST);
+        c->started = true;
+    } else {
+        rc = mdb_cursor_get(c->c, k, v, MDB_NEXT);
+    }
+    if (rc)
+        return cairn_mdb_err(rc);
+    if (k->mv_size < c->pn || memcmp(k->mv_data, c->prefix, c->pn))
+        return CAIRN_ENOTFOUND;
+    return 0;
+}
+
+int hctx_cursor_del(struct hcursor *c)
+{
+    return cairn_mdb_err(mdb_cursor_del(c->c, 0));
+}
+
+void hctx_cursor_close(struct hcursor *c)
+{
+    if (!c)
+        return;
+    mdb_cursor_close(c->c);
+    free(c);
+}
+
+/* ====================================================================== derived streams */
+
+static int load_stream_head(struct hctx *ctx)
+{
+    MDB_cursor *c;
+    MDB_val k, v;
+    int rc = mdb_cursor_open(ctx->p->txn, ctx->stream, &c);
+    if (rc)
+        return cairn_mdb_err(rc);
+    rc = mdb_cursor_get(c, &k, &v, MDB_LAST);
+    ctx->stream_head = rc == 0 && k.mv_size == 8 ? cairn_be64_get(k.mv_data) : 0;
+    mdb_cursor_close(c);
+    ctx->gen = ctx->p->gen;
+    return rc == 0 || rc == MDB_NOTFOUND ? 0 : cairn_mdb_err(rc);
+}
+
+static bool emits_type(const struct handler *h, const char *type)
+{
+    for (const char *const *t = h->emits; t && *t; t++)
+        if (!strcmp(*t, type))
+            return true;
+    return false;
+}
+
+static void pack_s(msgpack_packer *pk, const char *k, const char *s, size_t n)
+{
+    msgpack_pack_str_with_body(pk, k, strlen(k));
+    msgpack_pack_str_with_body(pk, s, n);
+}
+
+static int buf_write(void *data, const char *p, size_t n)
+{
+    return cairn_buf_append(data, p, n) ? -1 : 0;
+}
+
+static int encode_derived(struct cairn_buf *b, const struct proj_derived *d)
+{
+    msgpack_packer pk;
+    cairn_buf_reset(b);
+    msgpack_packer_init(&pk, b, buf_write);
+    int rc = msgpack_pack_map(&pk, 8);
+    pack_s(&pk, "stream", d->stream.p, d->stream.n);
+    msgpack_pack_str_with_body(&pk, "dseq", 4);
+    msgpack_pack_uint64(&pk, d->dseq);
+    msgpack_pack_str_with_body(&pk, "cause", 5);
+    msgpack_pack_uint64(&pk, d->cause);
+    pack_s(&pk, "type", d->type.p, d->type.n);
+    pack_s(&pk, "tenant", d->tenant.p, d->tenant.n);
+    pack_s(&pk, "key", d->key.p, d->key.n);
+    msgpack_pack_str_with_body(&pk, "time", 4);
+    msgpack_pack_int64(&pk, d->time);
+    msgpack_pack_str_with_body(&pk, "payload", 7);
+    if (rc || cairn_buf_append(b, d->payload, d->payload_len))
+        return CAIRN_ETOOBIG;
+    /* A packer failure leaves the buffer short: check before writing. */
+    struct proj_derived check;
+    return proj_derived_decode(b->data, b->len, &check) || check.dseq != d->dseq ? CAIRN_ETOOBIG
+                                                                                 : 0;
+}
+
+/* Keeps a copy of the event for the consumers of the same input. */
+static int keep_emitted(struct hctx *ctx, const struct proj_derived *d)
+{
+    if (ctx->nem == CAIRN_EMIT_PER_EVENT_MAX)
+        return CAIRN_ETOOBIG;
+    if (ctx->nem == ctx->cap) {
+        size_t cap = ctx->cap ? ctx->cap * 2 : 16;
+        struct event *evs = realloc(ctx->evs, cap * sizeof *evs);
+        if (evs)
+            ctx->evs = evs;
+        struct emitted **mems = realloc(ctx->mems, cap * sizeof *mems);
+        if (mems)
+            ctx->mems = mems;
+        if (!evs || !mems)
+            return CAIRN_ENOMEM;
+        ctx->cap = cap;
+    }
+    size_t len = d->type.n + d->tenant.n + d->key.n + d->payload_len;
+    struct emitted *m = malloc(sizeof *m + len);
+    if (!m)
+        return CAIRN_ENOMEM;
+    uint8_t *at = m->data;
+    struct event *ev = &ctx->evs[ctx->nem];
+    const struct cairn_str *src[] = {&d->type, &d->tenant, &d->key};
+    struct cairn_str *dst[] = {&ev->type, &ev->tenant, &ev->key};
+    for (int i = 0; i < 3; i++) {
+        if (src[i]->n)
+            memcpy(at, src[i]->p, src[i]->n);
+        *dst[i] = (struct cairn_str){(const char *)at, src[i]->n};
+        at += src[i]->n;
+    }
+    memcpy(at, d->payload, d->payload_len);
+    msgpack_unpacked_init(&m->body);
+    if (msgpack_unpack_next(&m->body, (const char *)at, d->payload_len, NULL) !=
+        MSGPACK_UNPACK_SUCCESS) {
+        msgpack_unpacked_destroy(&m->body);
+        free(m);
+        return CAIRN_EINVAL;
+    }
+    ev->derived = true;
+    ev->seq = d->cause;
+    ev->dseq = d->dseq;
+    ev->stream = (struct cairn_str){ctx->h->name, strlen(ctx->h->name)};
+    ev->time = d->time;
+    ev->payload = at;
+    ev->payload_len = d->payload_len;
+    ev->body = &m->body.data;
+    ctx->mems[ctx->nem++] = m;
+    return 0;
+}
+
+int hctx_emit(struct hctx *ctx, const struct event *cause, const char *type,
+              const struct cairn_str *tenant, const struct cairn_str *key, const uint8_t *payload,
+              size_t n)
+{
+    /* Emitting an undeclared type is a programming error in the handler:
+     * the engine's ordering of consumers relies on the declaration. */
+    assert(emits_type(ctx->h, type));
+    int rc = ctx->gen == ctx->p->gen ? 0 : load_stream_head(ctx);
+    if (rc)
+        return rc;
+    struct proj_derived d = {
+        .stream = {ctx->h->name, strlen(ctx->h->name)},
+        .type = {type, strlen(type)},
+        .tenant = tenant ? *tenant : cause->tenant,
+        .key = key ? *key : cause->key,
+        .dseq = ctx->stream_head + 1,
+        .cause = cause->seq,
+        .time = cause->time,
+        .payload = payload,
+        .payload_len = n,
+    };
+    if ((rc = encode_derived(&ctx->enc, &d)))
+        return rc;
+    uint8_t k8[8];
+    cairn_be64_put(k8, d.dseq);
+    MDB_val k = {8, k8}, v = {ctx->enc.len, ctx->enc.data};
+    if ((rc = cairn_mdb_err(mdb_put(ctx->p->txn, ctx->stream, &k, &v, MDB_APPEND))))
+        return rc;
+    ctx->stream_head = d.dseq;
+    return keep_emitted(ctx, &d);
+}
+
+size_t proj_hctx_emitted(struct hctx *ctx, const struct event **evs)
+{
+    *evs = ctx->evs;
+    return ctx->nem;
+}
+
+void proj_hctx_clear(struct hctx *ctx)
+{
+    for (size_t i = 0; i < ctx->nem; i++) {
+        msgpack_unpacked_destroy(&ctx->mems[i]->body);
+        free(ctx->mems[i]);
+    }
+    ctx->nem = 0;
+}
+
+/* ====================================================================== reading */
+
+/* Opens, for the whole environment, every named DBI not in the cache yet.
+ * A handle is only usable in transactions that begin after it was opened,
+ * so this runs before each snapshot begins. A DBI opened in a read
+ * transaction survives only if that transaction commits. Called with the
+ * cache lock held and no transaction of this thread open. */
+static int refresh_dbis(struct proj *p)
+{
+    MDB_txn *txn;
+    MDB_dbi main;
+    MDB_cursor *c;
+    MDB_val k, v;
+    char name[256];
+    int rc = cairn_env_read_begin(p->env, &txn);
+    if (rc)
+        return rc;
+    rc = mdb_dbi_open(txn, NULL, 0, &main);
+    if (!rc)
+        rc = mdb_cursor_open(txn, main, &c);
+    for (int mrc = rc ? rc : mdb_cursor_get(c, &k, &v, MDB_FIRST); mrc == 0 && !rc;
+         mrc = mdb_cursor_get(c, &k, &v, MDB_NEXT)) {
+        if (k.mv_size >= sizeof name || p->ndbis == PROJ_DBIS_MAX)
+            continue;
+        memcpy(name, k.mv_data, k.mv_size);
+        name[k.mv_size] = '\0';
+        bool known = false;
+        for (size_t i = 0; i < p->ndbis && !known; i++)
+            known = !strcmp(p->names[i], name);
+        if (known || !(p->names[p->ndbis] = strdup(name)))
+            continue;
+        if ((rc = mdb_dbi_open(txn, name, 0, &p->dbis[p->ndbis])))
+            free(p->names[p->ndbis]);
+        else
+            p->ndbis++;
+    }
+    if (!rc)
+        mdb_cursor_close(c);
+    if (rc) {
+        cairn_env_read_end(p->env, txn);
+        return cairn_mdb_err(rc);
+    }
+    return cairn_env_read_commit(p->env, txn);
+}
+
+int proj_snap_begin(struct proj *p, struct proj_snap **out)
+{
+    struct proj_snap *s = malloc(sizeof *s);
+    if (!s)
+        return CAIRN_ENOMEM;
+    s->p = p;
+    pthread_mutex_lock(&p->dbi_mu);
+    int rc = refresh_dbis(p);
+    pthread_mutex_unlock(&p->dbi_mu);
+    if (!rc)
+        rc = cairn_env_read_begin(p->env, &s->txn);
+    if (rc) {
+        free(s);
+        return rc;
+    }
+    *out = s;
+    return 0;
+}
+
+void proj_snap_end(struct proj_snap *s)
+{
+    if (!s)
+        return;
+    cairn_env_read_end(s->p->env, s->txn);
+    free(s);
+}
+
+MDB_txn *proj_snap_txn(struct proj_snap *s)
+{
+    return s->txn;
+}
+
+uint64_t proj_snap_checkpoint(struct proj_snap *s)
+{
+    MDB_val k = {10, "checkpoint"}, v;
+    if (mdb_get(s->txn, s->p->meta, &k, &v) == 0 && v.mv_size == 8)
+        return cairn_be64_get(v.mv_data);
+    return 0;
+}
+
+int proj_snap_dbi(struct proj_snap *s, const char *name, MDB_dbi *dbi)
+{
+    int rc = CAIRN_ENOTFOUND;
+    pthread_mutex_lock(&s->p->dbi_mu);
+    for (size_t i = 0; i < s->p->ndbis && rc; i++)
+        if (!strcmp(s->p->names[i], name)) {
+            *dbi = s->p->dbis[i];
+            rc = 0;
+        }
+    pthread_mutex_unlock(&s->p->dbi_mu);
+    /* Created after this snapshot began: not part of it. */
+    unsigned flags;
+    if (!rc && mdb_dbi_flags(s->txn, *dbi, &flags))
+        rc = CAIRN_ENOTFOUND;
+    return rc;
+}
+
+int proj_snap_streams(struct proj_snap *s, char ***names, size_t *n)
+{
+    MDB_dbi main;
+    MDB_cursor *c;
+    MDB_val k, v;
+    size_t cap = 0, cnt = 0, bytes = 0;
+    int rc = cairn_mdb_err(mdb_dbi_open(s->txn, NULL, 0, &main));
+    if (rc || (rc = cairn_mdb_err(mdb_cursor_open(s->txn, main, &c))))
+        return rc;
+    const size_t pl = strlen(PROJ_STREAM_PREFIX);
+    /* Two passes: count, then fill one block (array + strings). */
+    for (int pass = 0; pass < 2; pass++) {
+        char **arr = pass ? *names : NULL;
+        char *str = pass ? (char *)(arr + cap) : NULL;
+        cnt = 0;
+        k = (MDB_val){pl, PROJ_STREAM_PREFIX};
+        for (rc = mdb_cursor_get(c, &k, &v, MDB_SET_RANGE); rc == 0;
+             rc = mdb_cursor_get(c, &k, &v, MDB_NEXT)) {
+            if (k.mv_size <= pl || memcmp(k.mv_data, PROJ_STREAM_PREFIX, pl))
+                break;
+            size_t ln = k.mv_size - pl;
+            if (pass) {
+                memcpy(str, (char *)k.mv_data + pl, ln);
+                str[ln] = '\0';
+                arr[cnt] = str;
+                str += ln + 1;
+            } else {
+                bytes += ln + 1;
+            }
+            cnt++;
+        }
+        if (!pass) {
+            cap = cnt;
+            if (!(*names = malloc(cap * sizeof(char *) + bytes + 1))) {
+                mdb_cursor_close(c);
+                return CAIRN_ENOMEM;
+            }
+        }
+    }
+    mdb_cursor_close(c);
+    *n = cnt;
+    return 0;
+}
+
+/* ====================================================================== derived envelopes */
+
+int proj_derived_decode(const uint8_t *p, size_t n, struct proj_derived *d)
+{
+    /* Canonical shape (encode_derived): the payload is last, so its bytes
+     * run to the end of the value and no payload parsing is needed. */
+    struct cairn_rd r = {p + 1, p + n};
+    int64_t dseq, cause;
+    if (n < 2 || p[0] != 0x88 || cairn_rd_key(&r, "stream") ||
+        cairn_rd_str(&r, &d->stream, false) || cairn_rd_key(&r, "dseq") ||
+        cairn_rd_int(&r, &dseq) || cairn_rd_key(&r, "cause") || cairn_rd_int(&r, &cause) ||
+        cairn_rd_key(&r, "type") || cairn_rd_str(&r, &d->type, false) ||
+        cairn_rd_key(&r, "tenant") || cairn_rd_str(&r, &d->tenant, false) ||
+        cairn_rd_key(&r, "key") || cairn_rd_str(&r, &d->key, false) || cairn_rd_key(&r, "time") ||
+        cairn_rd_int(&r, &d->time) || cairn_rd_key(&r, "payload") || r.p >= r.end)
+        return CAIRN_ECORRUPT;
+    d->dseq = (uint64_t)dseq;
+    d->cause = (uint64_t)cause;
+    d->payload = r.p;
+    d->payload_len = (size_t)(r.end - r.p);
+    return 0;
+}
+
+int proj_derived_json(const struct proj_derived *d, struct cairn_buf *b)
+{
+    char t[40];
+    cairn_time_format(d->time, t, sizeof t);
+    int rc = cairn_buf_puts(b, "{\"stream\":");
+    if (!rc)
+        rc = cairn_buf_json_str(b, d->stream.p, d->stream.n);
+    if (!rc)
+        rc = cairn_buf_printf(b, ",\"dseq\":%llu,\"cause\":%llu,\"type\":",
+                              (unsigned long long)d->dseq, (unsigned long long)d->cause);
+    if (!rc)
+        rc = cairn_buf_json_str(b, d->type.p, d->type.n);
+    if (!rc)
+        rc = cairn_buf_puts(b, ",\"tenant\":");
+    if (!rc)
+        rc = cairn_buf_json_str(b, d->tenant.p, d->tenant.n);
+    if (!rc)
+        rc = cairn_buf_puts(b, ",\"key\":");
+    if (!rc)
+        rc = cairn_buf_json_str(b, d->key.p, d->key.n);
+    if (!rc)
+        rc = cairn_buf_printf(b, ",\"time\":\"%s\",\"payload\":", t);
+    if (!rc)
+        rc = cairn_msgpack_to_json(d->payload, d->payload_len, b, NULL);
+    return rc ? rc : cairn_buf_putc(b, '}');
+}
+
+/* ====================================================================== digest */
+
+static void digest_item(EVP_MD_CTX *md, const void *p, size_t n)
+{
+    uint8_t len[8];
+    cairn_be64_put(len, n);
+    EVP_DigestUpdate(md, len, 8);
+    EVP_DigestUpdate(md, p, n);
+}
+
+static int digest_dbi(EVP_MD_CTX *md, MDB_txn *txn, MDB_dbi dbi)
+{
+    MDB_cursor *c;
+    MDB_val k, v;
+    int rc = mdb_cursor_open(txn, dbi, &c);
+    if (rc)
+        return cairn_mdb_err(rc);
+    for (rc = mdb_cursor_get(c, &k, &v, MDB_FIRST); rc == 0;
+         rc = mdb_cursor_get(c, &k, &v, MDB_NEXT)) {
+        digest_item(md, k.mv_data, k.mv_size);
+        digest_item(md, v.mv_data, v.mv_size);
+    }
+    mdb_cursor_close(c);
+    return rc == MDB_NOTFOUND ? 0 : cairn_mdb_err(rc);
+}
+
+int proj_snap_digest(struct proj_snap *s, uint8_t out[32])
+{
+    MDB_dbi main;
+    MDB_cursor *c;
+    MDB_val k, v;
+    char name[512];
+    EVP_MD_CTX *md = EVP_MD_CTX_new();
+    if (!md)
+        return CAIRN_ENOMEM;
+    EVP_DigestInit_ex(md, EVP_sha256(), NULL);
+    int rc = cairn_mdb_err(mdb_dbi_open(s->txn, NULL, 0, &main));
+    if (!rc)
+        rc = cairn_mdb_err(mdb_cursor_open(s->txn, main, &c));
+    if (rc)
+        goto out;
+    int mrc;
+    for (mrc = mdb_cursor_get(c, &k, &v, MDB_FIRST); mrc == 0 && !rc;
+         mrc = mdb_cursor_get(c, &k, &v, MDB_NEXT)) {
+        if (k.mv_size >= sizeof name)
+            continue;
+        memcpy(name, k.mv_data, k.mv_size);
+        name[k.mv_size] = '\0';
+        MDB_dbi dbi;
+        if ((rc = proj_snap_dbi(s, name, &dbi)))
+            break;
+        digest_item(md, name, k.mv_size);
+        rc = digest_dbi(md, s->txn, dbi);
+    }
+    mdb_cursor_close(c);
+    unsigned int hl;
+    if (!rc)
+        EVP_DigestFinal_ex(md, out, &hl);
+out:
+    EVP_MD_CTX_free(md);
+    return rc;
+}

@@ -1,0 +1,95 @@
+/*
+ * proj.h — DATA/state: everything derived from the log.
+ *
+ * DBIs of DATA/state:
+ *
+ *   meta              "checkpoint" -> last applied log seq (u64 BE)
+ *                     "version"    -> u32 BE (PROJ_FORMAT_VERSION)
+ *   <handler>.<name>  owned by one handler (hctx_db); layout its own
+ *   stream.<handler>  dseq (u64 BE) -> derived envelope (msgpack map):
+ *                     stream str · dseq u64 · cause u64 · type str ·
+ *                     tenant str · key str · time i64 · payload map
+ *
+ * The checkpoint is written in the same transaction as the state it
+ * covers: after a crash the state is exactly "the log up to checkpoint",
+ * and the engine continues from checkpoint + 1 — each input applied once.
+ *
+ * One thread writes (the engine, on the log writer thread); readers use
+ * read-only snapshots (MVCC) and never block it.
+ */
+#ifndef CAIRN_PROJ_H
+#define CAIRN_PROJ_H
+
+#include "common.h"
+#include "handler.h"
+
+#define PROJ_FORMAT_VERSION 1
+#define PROJ_STREAM_PREFIX "stream."
+
+struct proj;
+
+struct proj_config {
+    const char *dir; /* the DATA/state directory (created unless readonly) */
+    bool readonly;
+    size_t map_size; /* 0: default; grows by itself */
+};
+
+int proj_open(struct proj **out, const struct proj_config *cfg);
+void proj_close(struct proj *p);
+struct cairn_env *proj_env(struct proj *p);
+
+/* ====================================================================== writing (the engine) */
+
+/* Begins the state write transaction all hctx calls go to. */
+int proj_begin(struct proj *p);
+/* Writes the checkpoint and commits. CAIRN_EMAPFULL: already aborted;
+ * call proj_grow and redo the batch. */
+int proj_commit(struct proj *p, uint64_t checkpoint);
+void proj_abort(struct proj *p);
+int proj_grow(struct proj *p);
+/* The last committed checkpoint (0: nothing applied). */
+uint64_t proj_checkpoint(struct proj *p);
+
+/* A handler's context. Created once; its DBIs are opened by the
+ * handler's open() inside a proj_begin/proj_commit pair. */
+int proj_hctx_new(struct proj *p, const struct handler *h, const json_t *config, struct hctx **out);
+void proj_hctx_free(struct hctx *ctx);
+
+/* Derived events emitted through ctx since the last proj_hctx_clear, in
+ * emission order; borrowed until then. */
+size_t proj_hctx_emitted(struct hctx *ctx, const struct event **evs);
+void proj_hctx_clear(struct hctx *ctx);
+
+/* ====================================================================== reading */
+
+/* A read-only snapshot of the state. */
+struct proj_snap;
+int proj_snap_begin(struct proj *p, struct proj_snap **out);
+void proj_snap_end(struct proj_snap *s);
+MDB_txn *proj_snap_txn(struct proj_snap *s);
+uint64_t proj_snap_checkpoint(struct proj_snap *s);
+/* Opens a DBI by full name ("devices.view", "stream.orders") for reading.
+ * CAIRN_ENOTFOUND when it does not exist (yet). */
+int proj_snap_dbi(struct proj_snap *s, const char *name, MDB_dbi *dbi);
+
+/* Names of the derived streams (without the prefix), sorted; the caller
+ * frees the array with free() (strings live in it). */
+int proj_snap_streams(struct proj_snap *s, char ***names, size_t *n);
+
+/* A decoded derived envelope; pointers into the stored value. */
+struct proj_derived {
+    struct cairn_str stream, type, tenant, key;
+    uint64_t dseq, cause;
+    int64_t time;
+    const uint8_t *payload;
+    size_t payload_len;
+};
+int proj_derived_decode(const uint8_t *p, size_t n, struct proj_derived *d);
+/* {"stream":…,"dseq":…,"cause":…,"type":…,"tenant":…,"key":…,"time":…,"payload":{…}} */
+int proj_derived_json(const struct proj_derived *d, struct cairn_buf *out);
+
+/* SHA-256 over every DBI of the snapshot in name order, and every entry in
+ * key order (length-prefixed), so equal states give equal digests. */
+int proj_snap_digest(struct proj_snap *s, uint8_t out[32]);
+
+#endif
