@@ -27,6 +27,9 @@
  *   pattern_mismatch `pattern`
  *   no_match        no branch of `anyOf` / `oneOf` matched
  *   ambiguous       more than one branch of `oneOf` matched
+ *   too_deep        the instance nests deeper than CAIRN_DEPTH_MAX where the
+ *                   schema descends into it (a limit, not a mismatch: it is
+ *                   reported even from inside anyOf / oneOf / not)
  * `field` is a JSON pointer to the offending value, prefixed by the caller's
  * `where` ("/payload"), and the message says the reason in words
  * ("must be <= 90", "must be one of: online, offline, …").
@@ -41,7 +44,12 @@ struct schema_set; /* the schemas of a directory, by input type */
 
 /* Compiles a schema document. The document is borrowed only during the
  * call. CAIRN_EINVAL with e set when the schema itself is invalid
- * (unsupported keyword, bad $ref, bad pattern, wrong keyword type). */
+ * (unsupported keyword, bad $ref, bad pattern, wrong keyword type): code
+ * "invalid_schema", field the JSON pointer of the keyword in the schema.
+ * `$ref` is a JSON pointer into the same document ("#", "#/$defs/x",
+ * "#/definitions/x", any "#/…" naming a subschema); a ref cycle that never
+ * descends into the instance is refused. `items` has its 2020-12 meaning
+ * (one schema for every item). CAIRN_ENOMEM when memory runs out. */
 int schema_new(struct schema **out, const json_t *doc, struct cairn_error *e);
 void schema_free(struct schema *s);
 
@@ -56,7 +64,9 @@ const json_t *schema_doc(const struct schema *s);
 
 /* Loads every `*.json` file of `dir`; the type is the file name without
  * `.json`. CAIRN_EINVAL with e naming the file on a bad schema, CAIRN_EIO
- * when the directory cannot be read. */
+ * when the directory cannot be read. Subdirectories (examples/) and hidden
+ * files are skipped; a type name must be 1 to CAIRN_TYPE_MAX characters of
+ * [A-Za-z0-9._-]. */
 int schema_set_open(struct schema_set **out, const char *dir, struct cairn_error *e);
 void schema_set_close(struct schema_set *set);
 
