@@ -66,53 +66,6 @@ static void close_state(struct engine *eng, struct proj *ro)
     proj_close(ro);
 }
 
-/* ====================================================================== serve */
-
-int cmd_serve(struct cli *c)
-{
-    uint64_t tick_ms = 1000;
-    for (int i = 0; i < c->argc; i++) {
-        const char *v;
-        if (cli_opt(c, &i, "--tick-interval-ms", &v))
-            cli_u64("--tick-interval-ms", v, &tick_ms);
-        else {
-            cli_fail("usage", "serve: unknown option %s", c->argv[i]);
-            return CLI_FAIL;
-        }
-    }
-    if (tick_ms == 0 || tick_ms > 3600000) {
-        cli_fail("usage", "--tick-interval-ms must be in 1..3600000");
-        return CLI_FAIL;
-    }
-    /* Signals are taken synchronously (sigtimedwait), so block them. */
-    sigset_t set;
-    sigemptyset(&set);
-    sigaddset(&set, SIGINT);
-    sigaddset(&set, SIGTERM);
-    pthread_sigmask(SIG_BLOCK, &set, NULL);
-    struct engine *eng;
-    if (cli_open_engine(c, false, &eng) || engine_start(eng)) {
-        engine_close(NULL);
-        return CLI_FAIL;
-    }
-    uint64_t head;
-    log_head(engine_log(eng), &head, NULL);
-    fprintf(stderr,
-            "cairn: serving %s (log head %llu, ticks every %llu ms); the HTTP API is "
-            "not built yet; stop with SIGINT or SIGTERM\n",
-            c->data, (unsigned long long)head, (unsigned long long)tick_ms);
-    struct timespec ts = {(time_t)(tick_ms / 1000), (long)(tick_ms % 1000) * 1000000L};
-    int sig;
-    while ((sig = sigtimedwait(&set, NULL, &ts)) < 0) {
-        int rc = engine_tick(eng, cairn_now_ns(), (int64_t)tick_ms * 1000000LL);
-        if (rc)
-            fprintf(stderr, "cairn: appending a tick failed: %s\n", cairn_strerror(rc));
-    }
-    fprintf(stderr, "cairn: stopping (signal %d)\n", sig);
-    engine_close(eng);
-    return CLI_OK;
-}
-
 /* ====================================================================== replay, digest */
 
 static int print_digest(struct proj *p, const char *extra)

@@ -11,9 +11,11 @@
 #include "engine.h"
 
 #include <signal.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 /* Inputs per state transaction while catching up or replaying: big enough
  * to amortise the commit, small enough to bound the dirty pages. */
@@ -32,6 +34,7 @@ struct engine {
     const struct event **pending; /* the input and its derived events */
     size_t npending, cap;
     int apply_rc; /* last apply failure (the writer thread retries) */
+    _Atomic uint64_t applied[HANDLERS_MAX], apply_ns[HANDLERS_MAX];
     /* Test hook (CAIRN_TEST_CRASH_BEFORE_APPLY=N): SIGKILL ourselves after
      * the Nth log commit, before its state transaction — the window the
      * exactly-once test needs to hit. 0: off. */
@@ -145,6 +148,13 @@ static int push_pending(struct engine *eng, const struct event *ev)
     return 0;
 }
 
+static int64_t mono_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000000000LL + ts.tv_nsec;
+}
+
 /* Runs one input through every handler in order. */
 static int apply_input(struct engine *eng, const struct event *in)
 {
@@ -156,8 +166,12 @@ static int apply_input(struct engine *eng, const struct event *in)
         size_t upto = eng->npending; /* a handler never sees its own emits */
         for (size_t k = 0; k < upto && !rc; k++) {
             const struct event *ev = eng->pending[k];
-            if (in_list(h->consumes, ev->type.p, ev->type.n))
-                rc = h->apply(eng->ctx[i], ev);
+            if (!in_list(h->consumes, ev->type.p, ev->type.n))
+                continue;
+            int64_t t0 = mono_ns();
+            rc = h->apply(eng->ctx[i], ev);
+            eng->apply_ns[i] += (uint64_t)(mono_ns() - t0);
+            eng->applied[i]++;
         }
         const struct event *em;
         size_t nem = proj_hctx_emitted(eng->ctx[i], &em);
@@ -254,6 +268,8 @@ static void on_commit(void *arg, uint64_t first, uint64_t last)
         fprintf(stderr, "cairn: applying the log to the state failed: %s (will retry)\n",
                 cairn_strerror(rc));
     eng->apply_rc = rc;
+    if (eng->cfg.on_applied)
+        eng->cfg.on_applied(eng->cfg.on_applied_arg, proj_checkpoint(eng->proj));
 }
 
 /* ====================================================================== life cycle */
@@ -363,6 +379,12 @@ void engine_close(struct engine *eng)
     free(eng);
 }
 
+void engine_stop(struct engine *eng)
+{
+    log_writer_stop(eng->writer);
+    eng->writer = NULL;
+}
+
 int engine_start(struct engine *eng)
 {
     return log_writer_start(&eng->writer, eng->log, on_commit, eng);
@@ -386,6 +408,20 @@ struct ingest *engine_ingest(struct engine *eng)
 struct proj *engine_proj(struct engine *eng)
 {
     return eng->proj;
+}
+
+size_t engine_handler_stats(struct engine *eng, struct engine_handler_stats *out, size_t cap)
+{
+    size_t n = eng->n < cap ? eng->n : cap;
+    for (size_t i = 0; i < n; i++)
+        out[i] =
+            (struct engine_handler_stats){eng->order[i]->name, eng->applied[i], eng->apply_ns[i]};
+    return n;
+}
+
+int engine_apply_error(struct engine *eng)
+{
+    return eng->apply_rc;
 }
 
 size_t engine_handlers(struct engine *eng, const struct handler *const **order)
@@ -417,6 +453,45 @@ int engine_tick(struct engine *eng, int64_t now, int64_t interval_ns)
     }
     ingest_event_deinit(&ev);
     return rc ? rc : res.rc;
+}
+
+struct tick_req {
+    struct log_req req;
+    struct ingest_event ev;
+    struct log_result res;
+};
+
+static void tick_done(struct log_req *req)
+{
+    struct tick_req *t = (struct tick_req *)req;
+    if (req->rc)
+        fprintf(stderr, "cairn: appending a tick failed: %s\n", cairn_strerror(req->rc));
+    ingest_event_deinit(&t->ev);
+    free(t);
+}
+
+int engine_tick_submit(struct engine *eng, int64_t now, int64_t interval_ns)
+{
+    struct tick_req *t = calloc(1, sizeof *t);
+    struct cairn_error e;
+    if (!t)
+        return CAIRN_ENOMEM;
+    json_t *obj =
+        json_pack("{s:s, s:s, s:I, s:{s:I}}", "type", "tick", "tenant", ENGINE_TENANT, "time",
+                  (json_int_t)now, "payload", "interval_ms", (json_int_t)(interval_ns / 1000000));
+    int rc =
+        obj ? ingest_parse_value(eng->ing, obj, "engine", now, true, &t->ev, &e) : CAIRN_ENOMEM;
+    json_decref(obj);
+    if (rc) {
+        free(t);
+        return rc;
+    }
+    t->req = (struct log_req){.inputs = &t->ev.in, .results = &t->res, .n = 1, .done = tick_done};
+    if ((rc = log_writer_submit(eng->writer, &t->req, false))) {
+        ingest_event_deinit(&t->ev);
+        free(t);
+    }
+    return rc;
 }
 
 int engine_replay(const struct engine_config *cfg, const char *into, uint64_t to,

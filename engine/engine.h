@@ -98,6 +98,11 @@ struct engine_config {
     const struct handler *const *handlers; /* NULL: handler_table */
     uint64_t apply_to;                     /* catch up only to this seq (0: the head) */
     struct log_config log;                 /* batch/queue settings (dir is filled in) */
+    /* Called on the writer thread after the state applied up to
+     * `checkpoint` (the API wakes subscribers and min_seq waiters). Must
+     * be quick; may be NULL. */
+    void (*on_applied)(void *arg, uint64_t checkpoint);
+    void *on_applied_arg;
 };
 
 /* Opens the log (and, unless log_readonly, takes the writer lock), the
@@ -105,6 +110,8 @@ struct engine_config {
  * the state up to the log head (or apply_to). A handler cycle is refused
  * with e naming the handlers. */
 int engine_open(struct engine **out, const struct engine_config *cfg, struct cairn_error *e);
+/* Stops the writer thread, draining its queue (every request answered). */
+void engine_stop(struct engine *eng);
 /* Stops the writer (if started) and closes everything. */
 void engine_close(struct engine *eng);
 /* Starts the writer thread; each commit is applied to the state right
@@ -119,6 +126,20 @@ int engine_catch_up(struct engine *eng, uint64_t to);
 /* Appends one tick with event time `now` through the writer (or directly
  * when the writer is not running). */
 int engine_tick(struct engine *eng, int64_t now, int64_t interval_ns);
+/* Per-handler counters for /metrics (approximate while running). */
+struct engine_handler_stats {
+    const char *name;
+    uint64_t applied;  /* events given to apply */
+    uint64_t apply_ns; /* time spent in apply */
+};
+size_t engine_handler_stats(struct engine *eng, struct engine_handler_stats *out, size_t cap);
+/* 0, or the last failure applying the log to the state (retried). */
+int engine_apply_error(struct engine *eng);
+
+/* Queues one tick to the running writer without waiting (the serve loop's
+ * clock). CAIRN_EBUSY when the queue is full: the next tick comes soon. */
+int engine_tick_submit(struct engine *eng, int64_t now, int64_t interval_ns);
+
 /* The handler order the engine uses (borrowed). */
 size_t engine_handlers(struct engine *eng, const struct handler *const **order);
 

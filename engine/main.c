@@ -22,8 +22,11 @@ static const char usage[] =
     "  verify [--from SEQ] [--to SEQ]\n"
     "                           recompute every hash of the chain\n"
     "  head                     print the head {seq, hash}\n"
-    "  serve [--tick-interval-ms N]\n"
-    "                           run the daemon (see README)\n"
+    "  serve [--listen HOST:PORT] [--jwt-secret-file F] [--stripe-secret TENANT=F]...\n"
+    "        [--insecure-no-auth] [--tick-interval-ms N]\n"
+    "                           run the daemon: HTTP API, writer, ticks\n"
+    "  token --tenant T --role R[,R] [--ttl S] [--jwt-secret-file F]\n"
+    "                           mint a bearer token (roles: ingest, read, audit, admin)\n"
     "  replay [--to SEQ] [--into DIR]\n"
     "                           rebuild the state from the log\n"
     "  digest [--state DIR]     print {checkpoint, digest} of the state\n"
@@ -105,7 +108,7 @@ static const struct {
 } commands[] = {
     {"append", cmd_append}, {"tail", cmd_tail},     {"verify", cmd_verify}, {"head", cmd_head},
     {"serve", cmd_serve},   {"replay", cmd_replay}, {"digest", cmd_digest}, {"show", cmd_show},
-    {"stream", cmd_stream}, {"tick", cmd_tick},
+    {"stream", cmd_stream}, {"tick", cmd_tick},     {"token", cmd_token},
 };
 
 int main(int argc, char **argv)

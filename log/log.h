@@ -121,9 +121,13 @@ int log_writer_append_wait(struct log_writer *w, const struct log_input *inputs,
 void log_writer_stop(struct log_writer *w);
 
 /* Counters for /metrics and benchmarks (approximate while running). */
+#define LOG_BATCH_BUCKETS 17  /* batch sizes <= 1, 2, 4, ... 65536 */
+#define LOG_COMMIT_BUCKETS 12 /* commit latency <= 0.1 ms * 2^i, i < 12 (~205 ms), +Inf */
 struct log_writer_stats {
     uint64_t batches, events, duplicates, conflicts;
     uint64_t commit_ns_total;
+    uint64_t batch_hist[LOG_BATCH_BUCKETS];       /* cumulative counts per bucket */
+    uint64_t commit_hist[LOG_COMMIT_BUCKETS + 1]; /* last: +Inf */
 };
 void log_writer_stats(struct log_writer *w, struct log_writer_stats *out);
 

@@ -37,7 +37,21 @@ struct log_writer {
     struct log_input *in;
     struct log_result *res;
     _Atomic uint64_t batches, events, duplicates, conflicts, commit_ns;
+    _Atomic uint64_t batch_hist[LOG_BATCH_BUCKETS], commit_hist[LOG_COMMIT_BUCKETS + 1];
 };
+
+/* Non-cumulative bucket counts; made cumulative when read. */
+static void observe(struct log_writer *w, size_t n, int64_t ns)
+{
+    unsigned b = 0;
+    while (b + 1 < LOG_BATCH_BUCKETS && ((size_t)1 << b) < n)
+        b++;
+    w->batch_hist[b]++;
+    unsigned c = 0;
+    while (c < LOG_COMMIT_BUCKETS && ns > 100000LL << c)
+        c++;
+    w->commit_hist[c]++;
+}
 
 static int64_t mono_ns(void)
 {
@@ -91,7 +105,9 @@ static void commit_batch(struct log_writer *w, struct log_req *reqs, size_t n)
     log_head_cached(w->log, &before);
     int64_t t0 = mono_ns();
     int rc = log_append(w->log, w->in, w->res, n);
-    w->commit_ns += (uint64_t)(mono_ns() - t0);
+    int64_t took = mono_ns() - t0;
+    w->commit_ns += (uint64_t)took;
+    observe(w, n, took);
     log_head_cached(w->log, &after);
     w->batches++;
     w->events += after - before;
@@ -264,4 +280,10 @@ void log_writer_stats(struct log_writer *w, struct log_writer_stats *out)
     out->duplicates = w->duplicates;
     out->conflicts = w->conflicts;
     out->commit_ns_total = w->commit_ns;
+    uint64_t acc = 0;
+    for (unsigned i = 0; i < LOG_BATCH_BUCKETS; i++)
+        out->batch_hist[i] = acc += w->batch_hist[i];
+    acc = 0;
+    for (unsigned i = 0; i <= LOG_COMMIT_BUCKETS; i++)
+        out->commit_hist[i] = acc += w->commit_hist[i];
 }

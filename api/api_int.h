@@ -1,0 +1,150 @@
+/*
+ * api_int.h — shared between the files of api/ only.
+ */
+#ifndef CAIRN_API_INT_H
+#define CAIRN_API_INT_H
+
+#include "api.h"
+
+#include <http_parser.h>
+#include <pthread.h>
+#include <stdatomic.h>
+
+#define API_URL_MAX 8192
+#define API_HDR_VALUE_MAX 8192
+#define API_ROUTE_NAMES_MAX 32
+#define API_METRIC_TYPES_MAX 64
+
+struct conn;
+
+/* One parsed request and, once handled, its response. */
+struct req {
+    struct conn *c;
+    enum http_method method;
+    char url[API_URL_MAX];
+    size_t url_len;
+    char path[API_URL_MAX];  /* percent-decoded path */
+    char query[API_URL_MAX]; /* raw query string (without '?') */
+    char auth[API_HDR_VALUE_MAX];
+    char content_type[256];
+    char accept[256];
+    char last_event_id[32];
+    char stripe_sig[1024];
+    struct cairn_buf body;
+    bool keep_alive;
+    int64_t started_ns; /* monotonic, for latency */
+    /* After routing. */
+    int route;            /* index for metrics, -1: none */
+    struct api_token tok; /* the caller (auth) */
+    bool any_tenant;      /* admin without ?tenant= / insecure mode */
+    uint64_t min_seq;     /* waiting for the state to apply this */
+    /* Ingest in flight. */
+    struct log_req lreq;
+    struct ingest_event *evs;
+    struct log_input *ins;
+    struct log_result *res;
+    struct cairn_error *errs; /* per line, code NULL when parsed */
+    size_t nlines, nev;
+    bool batch;
+    bool in_writer;        /* queued to the writer: owned by it until done */
+    struct api *api;       /* set before the writer sees the request */
+    struct req *next_done; /* writer -> loop completion list */
+};
+
+struct sse;
+
+struct conn {
+    uv_tcp_t tcp; /* first: handle -> conn */
+    uv_timer_t timer;
+    struct api *a;
+    http_parser parser;
+    struct cairn_buf in;
+    size_t in_off;
+    struct req *cur;    /* being parsed */
+    struct req *active; /* dispatched, response not yet written */
+    char hdr_name[64];  /* current header name (lower case, truncated) */
+    size_t hdr_name_len;
+    bool hdr_name_done;
+    size_t header_bytes;
+    bool parsing, closing, waiting_min_seq;
+    int parse_error; /* status to answer on a parser error (400, 413, 431) */
+    struct sse *sse;
+    int handles_open;
+    struct conn *prev, *next;
+};
+
+struct api {
+    uv_loop_t *loop;
+    uv_tcp_t listener;
+    uv_async_t done_async, applied_async;
+    uv_timer_t heartbeat;
+    struct engine *eng;
+    struct api_config cfg;
+    http_parser_settings settings;
+    struct conn *conns;
+    unsigned nconns;
+    struct sse *subs;
+    unsigned nsubs;
+    pthread_mutex_t done_mu;
+    struct req *done; /* requests whose commit returned (LIFO) */
+    _Atomic uint64_t applied;
+    bool closing;
+    int handles_open;
+    /* Metrics (loop thread only). */
+    uint64_t http_counts[API_ROUTE_NAMES_MAX][6]; /* by route, by status class 1xx..5xx */
+    uint64_t ingested[API_METRIC_TYPES_MAX];
+    char ingested_type[API_METRIC_TYPES_MAX][CAIRN_TYPE_MAX + 1];
+    uint64_t ingest_latency[API_METRIC_TYPES_MAX][12]; /* histogram buckets */
+    double ingest_latency_sum[API_METRIC_TYPES_MAX];
+    uint64_t rejected[32];
+    char rejected_code[32][32];
+};
+
+/* api.c */
+void api_maybe_free(struct api *a);
+
+/* http.c */
+void http_respond(struct req *r, int status, const char *ctype, const void *body, size_t n,
+                  const char *extra_headers);
+void http_respond_json(struct req *r, int status, const struct cairn_buf *body);
+/* {"error":{"code","message","field"?}} with the status. */
+void http_error(struct req *r, int status, const char *code, const char *field, const char *fmt,
+                ...) __attribute__((format(printf, 5, 6)));
+void http_error_from(struct req *r, int status, const struct cairn_error *e);
+/* The request's response is complete (used by async paths). */
+void http_resume(struct conn *c);
+/* Starts the connection's timer (used for ?min_seq waits). */
+void http_arm(struct conn *c, unsigned ms);
+/* Writes raw bytes on the connection (SSE); _final closes it after. */
+int http_write_raw(struct conn *c, const void *p, size_t n);
+int http_write_final(struct conn *c, const void *p, size_t n);
+void http_close(struct conn *c);
+void req_free(struct req *r);
+
+/* routes.c */
+void routes_dispatch(struct req *r);
+/* Re-runs a request parked on ?min_seq once the state caught up. */
+void routes_retry(struct req *r);
+/* Query parameter (percent-decoded) into out; false if absent. */
+bool query_get(const struct req *r, const char *name, char *out, size_t cap);
+const char *routes_name(int route);
+size_t routes_count(void);
+
+/* ingest.c (api) */
+void api_post_events(struct req *r);
+void api_post_stripe(struct req *r, const char *tenant);
+void api_ingest_done(struct req *r);
+
+/* sse.c */
+void sse_start(struct req *r, const char *stream, uint64_t from);
+void sse_wake_all(struct api *a);
+void sse_heartbeat(struct api *a);
+void sse_drop(struct conn *c);
+
+/* metrics.c */
+void metrics_render(struct api *a, struct cairn_buf *out);
+void metrics_http(struct api *a, int route, int status);
+void metrics_ingested(struct api *a, const struct cairn_str *type, int64_t latency_ns);
+void metrics_rejected(struct api *a, const char *code);
+
+#endif
