@@ -162,7 +162,7 @@ static void render_http(struct api *a, struct cairn_buf *b)
 
 void metrics_render(struct api *a, struct cairn_buf *b)
 {
-    uint64_t head = 0, cp = proj_checkpoint(engine_proj(a->eng));
+    uint64_t head = 0, cp = (uint64_t)a->applied;
     log_head(engine_log(a->eng), &head, NULL);
     gauge(b, "cairn_log_head_seq", "Seq of the last event in the log.", head);
     gauge(b, "cairn_state_checkpoint_seq", "Last log seq applied to the state.", cp);

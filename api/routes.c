@@ -301,7 +301,7 @@ static bool wait_min_seq(struct req *r, bool *answered)
         *answered = true;
         return false;
     }
-    if (min <= proj_checkpoint(engine_proj(a->eng)) || min <= a->applied)
+    if (min <= (uint64_t)a->applied)
         return false;
     r->min_seq = min;
     r->c->waiting_min_seq = true;
@@ -331,7 +331,7 @@ static void get_healthz(struct req *r, char **args)
 static void get_readyz(struct req *r, char **args)
 {
     struct engine *eng = r->c->a->eng;
-    uint64_t head = 0, cp = proj_checkpoint(engine_proj(eng));
+    uint64_t head = 0, cp = (uint64_t)r->c->a->applied;
     struct cairn_buf b;
     (void)args;
     log_head(engine_log(eng), &head, NULL);
@@ -526,7 +526,7 @@ static void get_view_list(struct req *r, char **args)
     struct proj_snap *s;
     if (open_view(r, args[0], &s, &dbi))
         return;
-    uint64_t cp = s ? proj_snap_checkpoint(s) : proj_checkpoint(engine_proj(r->c->a->eng));
+    uint64_t cp = s ? proj_snap_checkpoint(s) : (uint64_t)r->c->a->applied;
     cairn_buf_init(&pg.b, 64u << 20);
     cairn_buf_printf(&pg.b, "{\"seq\":%llu,\"items\":[", (unsigned long long)cp);
     if (s && !mdb_cursor_open(proj_snap_txn(s), dbi, &cur)) {
