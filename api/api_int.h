@@ -67,7 +67,10 @@ struct conn {
     bool hdr_name_done;
     size_t header_bytes;
     bool parsing, closing, waiting_min_seq;
-    int parse_error; /* status to answer on a parser error (400, 413, 431) */
+    bool eof;          /* the client half-closed: answer what was received, then close */
+    bool read_stopped; /* pipelined too far ahead: reading paused */
+    int writes;        /* writes not yet completed */
+    int parse_error;   /* status to answer on a parser error (400, 413, 431) */
     struct sse *sse;
     int handles_open;
     struct conn *prev, *next;

@@ -62,11 +62,23 @@ struct wreq {
     char data[];
 };
 
+/* After a half-close, the connection ends once nothing is left to answer
+ * or to write. */
+static void close_if_drained(struct conn *c)
+{
+    if (c->eof && !c->closing && !c->active && c->writes == 0)
+        http_close(c);
+}
+
 static void on_written(uv_write_t *w, int status)
 {
     struct wreq *wr = (struct wreq *)w;
-    if ((status || wr->close_after) && !wr->c->closing)
-        http_close(wr->c);
+    struct conn *c = wr->c;
+    c->writes--;
+    if ((status || wr->close_after) && !c->closing)
+        http_close(c);
+    else
+        close_if_drained(c);
     free(wr);
 }
 
@@ -89,6 +101,7 @@ static int write_buf(struct conn *c, const void *hdr, size_t hn, const void *bod
         http_close(c);
         return CAIRN_EIO;
     }
+    c->writes++;
     return 0;
 }
 
@@ -430,6 +443,9 @@ static void parse_failed(struct conn *c)
                    http_errno_description(HTTP_PARSER_ERRNO(&c->parser)));
 }
 
+static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf);
+static void on_read(uv_stream_t *s, ssize_t n, const uv_buf_t *buf);
+
 void http_resume(struct conn *c)
 {
     if (c->parsing || c->closing || c->active)
@@ -459,9 +475,14 @@ void http_resume(struct conn *c)
         c->in.len = 0;
         c->in_off = 0;
     }
+    if (c->read_stopped && !c->eof && !c->closing && c->in.len - c->in_off <= IN_BUF_MAX / 2) {
+        c->read_stopped = false;
+        uv_read_start((uv_stream_t *)&c->tcp, on_alloc, on_read);
+    }
     if (!c->active && !c->cur && !c->closing)
         arm(c, c->a->cfg.idle_timeout_ms);
     c->parsing = false;
+    close_if_drained(c);
 }
 
 static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
@@ -483,13 +504,22 @@ static void on_read(uv_stream_t *s, ssize_t n, const uv_buf_t *buf)
 {
     struct conn *c = s->data;
     (void)buf;
+    if (n == UV_EOF && !c->closing) {
+        c->eof = true;
+        uv_read_stop(s);
+        http_resume(c);
+        close_if_drained(c);
+        return;
+    }
     if (n < 0) {
         http_close(c);
         return;
     }
     c->in.len += (size_t)n;
-    if (c->in.len - c->in_off > IN_BUF_MAX / 2 && c->active)
+    if (c->in.len - c->in_off > IN_BUF_MAX / 2 && c->active) {
         uv_read_stop(s); /* pipelined far ahead: wait for us to catch up */
+        c->read_stopped = true;
+    }
     http_resume(c);
 }
 
