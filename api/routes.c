@@ -217,11 +217,17 @@ static int64_t now_s(const struct api *a)
 static bool authorize(struct req *r, const struct route *rt)
 {
     struct api *a = r->c->a;
-    char tenant[CAIRN_TENANT_MAX + 2] = "";
+    char tenant[512] = "";
     bool has_tenant = query_get(r, "tenant", tenant, sizeof tenant);
+    size_t tn = strlen(tenant);
+    if (has_tenant && (tn == 0 || tn > CAIRN_TENANT_MAX)) {
+        http_error(r, 400, "invalid_parameter", "tenant", "tenant must be 1..%d bytes",
+                   CAIRN_TENANT_MAX);
+        return false;
+    }
     if (a->cfg.insecure_no_auth) {
         r->tok.roles = API_ROLE_ADMIN | API_ROLE_READ | API_ROLE_INGEST | API_ROLE_AUDIT;
-        snprintf(r->tok.tenant, sizeof r->tok.tenant, "%s", tenant);
+        memcpy(r->tok.tenant, tenant, tn + 1);
         r->any_tenant = !has_tenant;
         return true;
     }
@@ -247,7 +253,7 @@ static bool authorize(struct req *r, const struct route *rt)
                        r->tok.tenant);
             return false;
         }
-        snprintf(r->tok.tenant, sizeof r->tok.tenant, "%s", tenant);
+        memcpy(r->tok.tenant, tenant, tn + 1);
     }
     return true;
 }

@@ -92,7 +92,7 @@ int cairn_json_to_msgpack(const json_t *v, struct cairn_buf *out, struct cairn_e
 {
     msgpack_packer pk;
     msgpack_packer_init(&pk, out, buf_write);
-    return pack_json(&pk, v, 0, e);
+    return pack_json(&pk, v, 1, e);
 }
 
 /* ====================================================================== msgpack -> JSON text */
@@ -245,7 +245,7 @@ int cairn_msgpack_to_jansson(const uint8_t *p, size_t n, json_t **out, size_t *u
         return cairn_error_set(e, "invalid_msgpack", "", "not a complete msgpack value");
     }
     cairn_error_clear(e);
-    json_t *v = obj_to_jansson(&u.data, 0, e);
+    json_t *v = obj_to_jansson(&u.data, 1, e);
     msgpack_unpacked_destroy(&u);
     if (!v)
         return e && e->code ? CAIRN_EINVAL : CAIRN_ENOMEM;

@@ -49,9 +49,13 @@
 /* A JSON input line may be larger than its msgpack payload (JSON is more
  * verbose); lines over this are refused before parsing. */
 #define CAIRN_LINE_MAX (4u * CAIRN_PAYLOAD_MAX_CEILING)
-/* Nesting depth of a payload: bounds the recursion of the codec and the
- * schema validator. Real documents (AWS describe output) nest < 12 deep. */
-#define CAIRN_DEPTH_MAX 32
+/* Nesting depth of a payload, in levels (the payload object is level 1):
+ * bounds the recursion of the codec and the schema validator. Real
+ * documents (AWS describe output) nest < 12 deep. It must stay well under
+ * msgpack-c's unpacker limit of 32 levels (MSGPACK_EMBED_STACK_SIZE), so a
+ * handler can embed a payload fragment a few levels down in a document and
+ * still read the document back. */
+#define CAIRN_DEPTH_MAX 24
 /* Events per group commit: large enough to amortise one fsync over
  * hundreds of microseconds of work, small enough to keep write txns short. */
 #define CAIRN_BATCH_MAX_DEFAULT 1024
@@ -68,6 +72,10 @@
 #define CAIRN_EMIT_PER_EVENT_MAX 65536
 /* Dedup window in event time: Stripe retries for up to 3 days. */
 #define CAIRN_DEDUP_WINDOW_NS_DEFAULT (72LL * 3600 * 1000000000LL)
+/* Event times Cairn accepts: 1970-01-01 .. 2200-01-01 (ns). Bounded so
+ * time arithmetic (windows, offsets) can never overflow int64. */
+#define CAIRN_TIME_MIN 0LL
+#define CAIRN_TIME_MAX 7258118400000000000LL
 /* Expired dedup ids removed per batch: pruning never stalls ingest. */
 #define CAIRN_DEDUP_PRUNE_PER_BATCH 4096
 /* Initial LMDB map; it doubles when full (see cairn_env_grow). */

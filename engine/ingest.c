@@ -147,6 +147,9 @@ static int get_time(const json_t *obj, int64_t now, int64_t *out, struct cairn_e
     }
     if (json_is_integer(v)) {
         *out = json_integer_value(v);
+        if (*out < CAIRN_TIME_MIN || *out > CAIRN_TIME_MAX)
+            return cairn_error_set(e, "out_of_range", "/time",
+                                   "time must be between 1970-01-01 and 2200-01-01");
         return 0;
     }
     if (!json_is_string(v))
@@ -155,6 +158,9 @@ static int get_time(const json_t *obj, int64_t now, int64_t *out, struct cairn_e
     if (cairn_time_parse(json_string_value(v), json_string_length(v), out))
         return cairn_error_set(e, "invalid_time", "/time",
                                "time is not RFC 3339 (e.g. 2026-11-21T10:00:00.250Z)");
+    if (*out < CAIRN_TIME_MIN || *out > CAIRN_TIME_MAX)
+        return cairn_error_set(e, "out_of_range", "/time",
+                               "time must be between 1970-01-01 and 2200-01-01");
     return 0;
 }
 
@@ -191,6 +197,25 @@ static int label_cmp(const void *a, const void *b)
     return strcmp(*(const char *const *)a, *(const char *const *)b);
 }
 
+/* Appends s to out[*n..cap) with Prometheus label-value escaping (\\, \",
+ * \n), so distinct label sets never give the same series key. */
+static bool put_escaped(char *out, size_t cap, int *n, const char *s)
+{
+    for (; *s; s++) {
+        const char *esc = *s == '\\' ? "\\\\" : *s == '"' ? "\\\"" : *s == '\n' ? "\\n" : NULL;
+        size_t k = esc ? 2 : 1;
+        if ((size_t)*n + k >= cap)
+            return false;
+        if (esc)
+            memcpy(out + *n, esc, 2);
+        else
+            out[*n] = *s;
+        *n += (int)k;
+    }
+    out[*n] = '\0';
+    return true;
+}
+
 /* name{a="x",b="y"}: the Prometheus series identity, labels sorted. */
 static int metric_series(const json_t *payload, char *out, size_t cap)
 {
@@ -209,11 +234,15 @@ static int metric_series(const json_t *payload, char *out, size_t cap)
     }
     qsort(names, nl, sizeof *names, label_cmp);
     for (size_t i = 0; i < nl; i++) {
-        int m = snprintf(out + n, cap - (size_t)n, "%s%s=\"%s\"", i ? "," : "{", names[i],
-                         json_string_value(json_object_get(labels, names[i])));
+        int m = snprintf(out + n, cap - (size_t)n, "%s%s=\"", i ? "," : "{", names[i]);
         if (m < 0 || (size_t)(n + m) >= cap)
             return CAIRN_ETOOBIG;
         n += m;
+        const char *val = json_string_value(json_object_get(labels, names[i]));
+        if (!put_escaped(out, cap, &n, val ? val : "") || (size_t)n + 2 >= cap)
+            return CAIRN_ETOOBIG;
+        out[n++] = '"';
+        out[n] = '\0';
     }
     if (nl) {
         if ((size_t)n + 2 > cap)
@@ -427,7 +456,8 @@ int ingest_parse_json(struct ingest *ing, const char *text, size_t n, const char
         return cairn_error_set(e, "too_large", "", "input is over the %u-byte limit",
                                (unsigned)CAIRN_LINE_MAX);
     /* REJECT_DUPLICATES: {"tenant":"a","tenant":"b"} must not pick one. */
-    json_t *obj = json_loadb(text, n, JSON_REJECT_DUPLICATES, &je);
+    /* DECODE_ANY: a scalar is valid JSON but not an event (not_object). */
+    json_t *obj = json_loadb(text, n, JSON_REJECT_DUPLICATES | JSON_DECODE_ANY, &je);
     if (!obj)
         return cairn_error_set(e, "invalid_json", "", "not valid JSON at byte %d: %s", je.position,
                                je.text);

@@ -80,8 +80,9 @@ extern const struct handler *const handler_table[];
  * DBI. flags: MDB_DUPSORT etc. Only from open(). */
 int hctx_db(struct hctx *ctx, const char *name, unsigned flags, unsigned *db);
 
-/* Reads a value: 0 with v set (valid until the next write to db or the end
- * of the transaction), CAIRN_ENOTFOUND, or a failure. */
+/* Reads a value: 0 with v set, CAIRN_ENOTFOUND, or a failure. v points into
+ * the database and is valid only until the next write (to ANY DBI) in the
+ * transaction — LMDB may move pages — so copy or decode it first. */
 int hctx_get(struct hctx *ctx, unsigned db, const void *k, size_t kn, MDB_val *v);
 int hctx_put(struct hctx *ctx, unsigned db, const void *k, size_t kn, const void *v, size_t vn);
 /* Deletes; deleting a missing key is not an error. */

@@ -7,8 +7,12 @@
 #include "handler.h"
 
 extern const struct handler devices_handler;
+extern const struct handler orders_handler;
+extern const struct handler subscriptions_handler;
 
 const struct handler *const handler_table[] = {
     &devices_handler,
+    &orders_handler,
+    &subscriptions_handler,
     NULL,
 };

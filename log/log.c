@@ -92,7 +92,10 @@ static int read_meta(struct log *log, MDB_txn *txn)
     k = (MDB_val){7, "maxtime"};
     if (mdb_get(txn, log->meta, &k, &v) == 0 && v.mv_size == 8)
         log->max_time = unbias(cairn_be64_get(v.mv_data));
-    if (log->head_seq) {
+    /* The head's ingested time keeps ingested monotonic across restarts; only
+     * an appender needs it, and a reader must open a damaged log so verify
+     * can report the damage. */
+    if (log->head_seq && !log->cfg.readonly) {
         uint8_t sk[8];
         struct log_event ev;
         cairn_be64_put(sk, log->head_seq);
@@ -156,7 +159,7 @@ int log_open(struct log **out, const struct log_config *cfg)
     log->lock_fd = -1;
     if (!log->cfg.dedup_window_ns)
         log->cfg.dedup_window_ns = CAIRN_DEDUP_WINDOW_NS_DEFAULT;
-    log->max_time = INT64_MIN;
+    log->max_time = CAIRN_TIME_MIN; /* times are bounded below by it */
     cairn_buf_init(&log->enc, CAIRN_PAYLOAD_MAX_CEILING + 4096);
     int rc = CAIRN_ENOMEM;
     if (!(log->md = EVP_MD_CTX_new()))
@@ -234,9 +237,19 @@ static int last_of(MDB_txn *txn, MDB_dbi keys, const struct cairn_str *tenant,
     return rc == 0 || rc == MDB_NOTFOUND ? 0 : cairn_mdb_err(rc);
 }
 
+/* The dedup clock: the newest event time seen, but never ahead of the
+ * writer's wall clock. Without the cap, one event dated in the future —
+ * from any tenant — would expire every tenant's ids at once. Event times
+ * are bounded (CAIRN_TIME_MIN/MAX), so the subtractions cannot overflow. */
+static int64_t dedup_clock(const struct log *log, int64_t t, int64_t wall)
+{
+    int64_t c = t > log->max_time ? t : log->max_time;
+    return c < wall ? c : wall;
+}
+
 /* 1 when the id was seen within the dedup window (res filled), 0 if not. */
 static int dedup_check(struct log *log, MDB_txn *txn, const struct log_input *in,
-                       struct log_result *res)
+                       struct log_result *res, int64_t wall)
 {
     uint8_t dk[1 + CAIRN_TENANT_MAX + CAIRN_ID_MAX];
     MDB_val k = {tenant_key(dk, &in->tenant, &in->id), dk}, v;
@@ -248,7 +261,7 @@ static int dedup_check(struct log *log, MDB_txn *txn, const struct log_input *in
     if (v.mv_size != 16)
         return CAIRN_ECORRUPT;
     int64_t t = unbias(cairn_be64_get((uint8_t *)v.mv_data + 8));
-    int64_t now = in->time > log->max_time ? in->time : log->max_time;
+    int64_t now = dedup_clock(log, in->time, wall);
     if (t < now - log->cfg.dedup_window_ns)
         return 0; /* expired: the id may be used again */
     res->seq = cairn_be64_get(v.mv_data);
@@ -287,7 +300,9 @@ static int append_one(struct log *log, MDB_txn *txn, const struct log_input *in,
 {
     memset(res, 0, sizeof *res);
     int rc;
-    if (in->id.n && (rc = dedup_check(log, txn, in, res)) != 0)
+    if (in->time < CAIRN_TIME_MIN || in->time > CAIRN_TIME_MAX)
+        return res->rc = CAIRN_EINVAL, 0; /* ingest refuses these; never trust it blindly */
+    if (in->id.n && (rc = dedup_check(log, txn, in, res, now)) != 0)
         return rc < 0 ? rc : 0;
     if (in->expected_seq >= 0) {
         uint64_t last;
@@ -318,8 +333,7 @@ static int append_one(struct log *log, MDB_txn *txn, const struct log_input *in,
     log->head_seq = seq;
     memcpy(log->head_hash, hash, LOG_HASH_LEN);
     log->last_ingested = ingested;
-    if (in->time > log->max_time)
-        log->max_time = in->time;
+    log->max_time = dedup_clock(log, in->time, now);
     res->seq = seq;
     return 0;
 }

@@ -1,0 +1,666 @@
+/*
+ * test_ingest.c — turning producer input into log inputs, against the real
+ * schemas of the source tree (CAIRN_SCHEMA_DIR).
+ *
+ * Every refusal is checked for its exact code and field (JSON pointer) and
+ * a piece of its message; every acceptance for the exact log input it
+ * produced (type, tenant, key, id, time, expected_seq, payload). Then the
+ * default entity keys of each type and the result lines of `cairn append`.
+ */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include <cmocka.h>
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "engine.h"
+
+#define NS 1000000000LL
+#define T0 (1795255200LL * NS) /* 2026-11-21T10:00:00Z */
+#define NOW 424242LL           /* the default event time handed to ingest */
+
+static struct ingest *g_ing;
+
+static struct ingest *open_ingest(size_t payload_max)
+{
+    struct ingest *ing = NULL;
+    struct cairn_error e;
+    cairn_error_clear(&e);
+    struct ingest_config cfg = {.schema_dir = CAIRN_SCHEMA_DIR, .payload_max = payload_max};
+    int rc = ingest_open(&ing, &cfg, &e);
+    if (rc)
+        fail_msg("ingest_open(%s): %d %s %s %s", CAIRN_SCHEMA_DIR, rc, e.code ? e.code : "",
+                 e.field, e.message);
+    return ing;
+}
+
+static int setup(void **state)
+{
+    (void)state;
+    g_ing = open_ingest(0);
+    return 0;
+}
+
+static int teardown(void **state)
+{
+    (void)state;
+    ingest_close(g_ing);
+    return 0;
+}
+
+/* ====================================================================== refusals */
+
+static void refused_by(struct ingest *ing, const char *text, const char *code, const char *field,
+                       const char *msg_part)
+{
+    struct ingest_event ev;
+    struct cairn_error e;
+    cairn_error_clear(&e);
+    memset(&ev, 0x5a, sizeof ev);
+    int rc = ingest_parse_json(ing, text, strlen(text), "test", NOW, &ev, &e);
+    if (rc != CAIRN_EINVAL || !e.code || strcmp(e.code, code) || strcmp(e.field, field) ||
+        !strstr(e.message, msg_part)) {
+        if (rc == 0)
+            ingest_event_deinit(&ev);
+        fail_msg("%.200s\n  got rc %d code %s field \"%s\" message \"%s\"\n  want code %s field "
+                 "\"%s\" message containing \"%s\"",
+                 text, rc, e.code ? e.code : "(none)", e.field, e.message, code, field, msg_part);
+    }
+}
+
+static void refused(const char *text, const char *code, const char *field, const char *msg_part)
+{
+    refused_by(g_ing, text, code, field, msg_part);
+}
+
+#define TELEMETRY "{\"device_id\":\"dev-1\",\"event_type\":\"status\"}"
+
+static void test_not_json(void **state)
+{
+    (void)state;
+    refused("", "invalid_json", "", "not valid JSON");
+    refused("{", "invalid_json", "", "not valid JSON");
+    refused("{\"type\":\"telemetry\",}", "invalid_json", "", "not valid JSON");
+    refused("nope", "invalid_json", "", "not valid JSON");
+    refused("{\"type\":\"telemetry\"} {}", "invalid_json", "", "not valid JSON");
+    /* a key twice is not silently resolved */
+    refused("{\"type\":\"telemetry\",\"tenant\":\"a\",\"tenant\":\"b\",\"payload\":" TELEMETRY "}",
+            "invalid_json", "", "duplicate");
+    /* JSON that is not an object */
+    refused("[1,2]", "not_object", "", "must be a JSON object");
+    refused("[]", "not_object", "", "must be a JSON object");
+}
+
+/* Valid JSON texts that are not objects are "not an object", not "not JSON". */
+static void test_not_object_scalars(void **state)
+{
+    (void)state;
+    refused("42", "not_object", "", "must be a JSON object");
+    refused("\"telemetry\"", "not_object", "", "must be a JSON object");
+    refused("null", "not_object", "", "must be a JSON object");
+}
+
+static void test_envelope_fields(void **state)
+{
+    (void)state;
+    /* unknown type, missing type/tenant/payload */
+    refused("{\"type\":\"nope\",\"tenant\":\"acme\",\"payload\":{}}", "unknown_type", "/type",
+            "unknown type nope");
+    refused("{\"tenant\":\"acme\",\"payload\":" TELEMETRY "}", "missing_field", "/type",
+            "type is required");
+    refused("{\"type\":null,\"tenant\":\"acme\",\"payload\":" TELEMETRY "}", "missing_field",
+            "/type", "type is required");
+    refused("{\"type\":\"telemetry\",\"payload\":" TELEMETRY "}", "missing_field", "/tenant",
+            "tenant is required");
+    refused("{\"type\":\"telemetry\",\"tenant\":\"acme\"}", "missing_field", "/payload",
+            "payload is required");
+    /* wrongly typed */
+    refused("{\"type\":7,\"tenant\":\"acme\",\"payload\":" TELEMETRY "}", "wrong_type", "/type",
+            "type must be a string");
+    refused("{\"type\":\"telemetry\",\"tenant\":5,\"payload\":" TELEMETRY "}", "wrong_type",
+            "/tenant", "tenant must be a string");
+    refused("{\"type\":\"telemetry\",\"tenant\":\"acme\",\"payload\":[]}", "wrong_type", "/payload",
+            "must be an object, got array");
+    refused("{\"type\":\"telemetry\",\"tenant\":\"acme\",\"payload\":null}", "wrong_type",
+            "/payload", "must be an object, got null");
+    refused("{\"type\":\"telemetry\",\"tenant\":\"acme\",\"time\":true,\"payload\":" TELEMETRY "}",
+            "wrong_type", "/time", "RFC 3339 string or integer");
+    refused("{\"type\":\"telemetry\",\"tenant\":\"acme\",\"time\":1.5,\"payload\":" TELEMETRY "}",
+            "wrong_type", "/time", "RFC 3339 string or integer");
+    refused("{\"type\":\"telemetry\",\"tenant\":\"acme\",\"key\":5,\"payload\":" TELEMETRY "}",
+            "wrong_type", "/key", "key must be a string");
+    refused("{\"type\":\"telemetry\",\"tenant\":\"acme\",\"id\":[],\"payload\":" TELEMETRY "}",
+            "wrong_type", "/id", "id must be a string");
+    refused(
+        "{\"type\":\"telemetry\",\"tenant\":\"acme\",\"expected_seq\":\"3\",\"payload\":" TELEMETRY
+        "}",
+        "wrong_type", "/expected_seq", "must be an integer");
+    refused(
+        "{\"type\":\"telemetry\",\"tenant\":\"acme\",\"expected_seq\":3.0,\"payload\":" TELEMETRY
+        "}",
+        "wrong_type", "/expected_seq", "must be an integer");
+    /* unknown top-level field: a typo is an error */
+    refused("{\"type\":\"telemetry\",\"tennant\":\"acme\",\"payload\":" TELEMETRY "}",
+            "unknown_field", "/tennant", "unknown field");
+    refused("{\"type\":\"telemetry\",\"tenant\":\"acme\",\"payload\":" TELEMETRY ",\"seq\":1}",
+            "unknown_field", "/seq", "unknown field");
+    /* bad time string */
+    refused("{\"type\":\"telemetry\",\"tenant\":\"acme\",\"time\":\"2026-13-01T00:00:00Z\","
+            "\"payload\":" TELEMETRY "}",
+            "invalid_time", "/time", "not RFC 3339");
+    refused(
+        "{\"type\":\"telemetry\",\"tenant\":\"acme\",\"time\":\"yesterday\",\"payload\":" TELEMETRY
+        "}",
+        "invalid_time", "/time", "not RFC 3339");
+    /* expected_seq */
+    refused("{\"type\":\"telemetry\",\"tenant\":\"acme\",\"expected_seq\":-1,\"payload\":" TELEMETRY
+            "}",
+            "out_of_range", "/expected_seq", ">= 0");
+    /* a payment whose object names no customer implies no key */
+    refused("{\"type\":\"payment\",\"tenant\":\"acme\",\"expected_seq\":0,\"payload\":"
+            "{\"id\":\"evt_1\",\"type\":\"charge.refunded\",\"created\":1,"
+            "\"data\":{\"object\":{\"id\":\"ch_1\",\"object\":\"charge\"}}}}",
+            "missing_field", "/key", "expected_seq needs a key");
+    /* producers may not append engine inputs */
+    refused("{\"type\":\"tick\",\"tenant\":\"acme\",\"payload\":{\"interval_ms\":1000}}",
+            "reserved_type", "/type", "engine");
+}
+
+static void test_tenant(void **state)
+{
+    (void)state;
+    static const char *const bad[] = {"ac me", "ac/me", "acme!", "caf\\u00e9", "a:b", "a\\u0001b"};
+    char text[512];
+    for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {
+        snprintf(text, sizeof text,
+                 "{\"type\":\"telemetry\",\"tenant\":\"%s\",\"payload\":" TELEMETRY "}", bad[i]);
+        /* a control character is refused as such, others as not allowed chars */
+        if (strstr(bad[i], "\\u0001"))
+            refused(text, "invalid_value", "/tenant", "control characters");
+        else
+            refused(text, "invalid_value", "/tenant", "letters, digits");
+    }
+    refused("{\"type\":\"telemetry\",\"tenant\":\"\",\"payload\":" TELEMETRY "}", "too_short",
+            "/tenant", "must not be empty");
+    refused("{\"type\":\"telemetry\",\"tenant\":\"_engine\",\"payload\":" TELEMETRY "}",
+            "reserved_tenant", "/tenant", "reserved");
+}
+
+/* {"type":"telemetry","tenant":T,"key":K,"id":I,"payload":…} with strings of
+ * n repeated characters. */
+static char *with_lengths(size_t tenant_n, size_t key_n, size_t id_n)
+{
+    size_t cap = tenant_n + key_n + id_n + 256;
+    char *s = malloc(cap), *t = malloc(tenant_n + 1), *k = malloc(key_n + 1), *i = malloc(id_n + 1);
+    memset(t, 't', tenant_n);
+    t[tenant_n] = '\0';
+    memset(k, 'k', key_n);
+    k[key_n] = '\0';
+    memset(i, 'i', id_n);
+    i[id_n] = '\0';
+    snprintf(s, cap,
+             "{\"type\":\"telemetry\",\"tenant\":\"%s\",\"key\":\"%s\",\"id\":\"%s\","
+             "\"payload\":" TELEMETRY "}",
+             t, k, i);
+    free(t);
+    free(k);
+    free(i);
+    return s;
+}
+
+static void accepted(const char *text, struct ingest_event *ev)
+{
+    struct cairn_error e;
+    cairn_error_clear(&e);
+    int rc = ingest_parse_json(g_ing, text, strlen(text), "test", NOW, ev, &e);
+    if (rc)
+        fail_msg("%.300s\n  refused: rc %d %s %s %s", text, rc, e.code ? e.code : "", e.field,
+                 e.message);
+}
+
+/* out = s repeated n times (out must hold it). */
+static void repeat(char *out, const char *s, int n)
+{
+    size_t len = strlen(s);
+    for (int i = 0; i < n; i++)
+        memcpy(out + (size_t)i * len, s, len);
+    out[(size_t)n * len] = '\0';
+}
+
+static void test_limits(void **state)
+{
+    (void)state;
+    struct ingest_event ev;
+    char *s = with_lengths(CAIRN_TENANT_MAX, CAIRN_KEY_MAX, CAIRN_ID_MAX);
+    accepted(s, &ev);
+    assert_int_equal(ev.in.tenant.n, 64);
+    assert_int_equal(ev.in.key.n, 256);
+    assert_int_equal(ev.in.id.n, 256);
+    ingest_event_deinit(&ev);
+    free(s);
+    s = with_lengths(CAIRN_TENANT_MAX + 1, 1, 1);
+    refused(s, "too_long", "/tenant", "65 bytes, the limit is 64");
+    free(s);
+    s = with_lengths(1, CAIRN_KEY_MAX + 1, 1);
+    refused(s, "too_long", "/key", "257 bytes, the limit is 256");
+    free(s);
+    s = with_lengths(1, 1, CAIRN_ID_MAX + 1);
+    refused(s, "too_long", "/id", "257 bytes, the limit is 256");
+    free(s);
+    /* limits are in bytes: 129 two-byte characters are 258 bytes */
+    char key[600], text[900];
+    repeat(key, "\xc3\xa9", 129);
+    snprintf(text, sizeof text,
+             "{\"type\":\"telemetry\",\"tenant\":\"acme\",\"key\":\"%s\",\"payload\":" TELEMETRY
+             "}",
+             key);
+    refused(text, "too_long", "/key", "258 bytes");
+    /* a key derived from the payload obeys the same limit: a device_id of
+     * 200 characters passes the schema (maxLength counts characters) but is
+     * 400 bytes */
+    char dev[600];
+    repeat(dev, "\xc3\xa9", 200);
+    snprintf(text, sizeof text,
+             "{\"type\":\"telemetry\",\"tenant\":\"acme\",\"payload\":{\"device_id\":\"%s\","
+             "\"event_type\":\"status\"}}",
+             dev);
+    refused(text, "too_long", "/key", "derived from the payload");
+    /* control characters in key or id */
+    refused("{\"type\":\"telemetry\",\"tenant\":\"acme\",\"key\":\"a\\nb\",\"payload\":" TELEMETRY
+            "}",
+            "invalid_value", "/key", "control characters");
+    refused("{\"type\":\"telemetry\",\"tenant\":\"acme\",\"id\":\"a\\tb\",\"payload\":" TELEMETRY
+            "}",
+            "invalid_value", "/id", "control characters");
+    /* a type name over its limit is refused as such */
+    char type[100];
+    memset(type, 'x', 65);
+    type[65] = '\0';
+    snprintf(text, sizeof text, "{\"type\":\"%s\",\"tenant\":\"acme\",\"payload\":{}}", type);
+    refused(text, "too_long", "/type", "limit is 64");
+}
+
+static void test_payload(void **state)
+{
+    (void)state;
+    /* the schema's verdict, with the field inside the payload */
+    refused("{\"type\":\"location\",\"tenant\":\"acme\",\"payload\":"
+            "{\"device_id\":\"d\",\"lat\":95,\"lon\":0}}",
+            "out_of_range", "/payload/lat", "must be <= 90");
+    refused("{\"type\":\"location\",\"tenant\":\"acme\",\"payload\":"
+            "{\"device_id\":\"d\",\"lat\":0,\"lon\":-180.5}}",
+            "out_of_range", "/payload/lon", "must be >= -180");
+    refused(
+        "{\"type\":\"location\",\"tenant\":\"acme\",\"payload\":{\"device_id\":\"d\",\"lat\":0}}",
+        "missing_field", "/payload/lon", "is required");
+    refused("{\"type\":\"location\",\"tenant\":\"acme\",\"payload\":"
+            "{\"device_id\":\"d\",\"lat\":\"0\",\"lon\":0}}",
+            "wrong_type", "/payload/lat", "must be a number, got string");
+    refused("{\"type\":\"telemetry\",\"tenant\":\"acme\",\"payload\":"
+            "{\"device_id\":\"d\",\"event_type\":\"status\",\"status\":\"asleep\"}}",
+            "not_allowed", "/payload/status", "must be one of");
+    refused("{\"type\":\"telemetry\",\"tenant\":\"acme\",\"payload\":"
+            "{\"device_id\":\"d\",\"event_type\":\"status\",\"colour\":\"red\"}}",
+            "unknown_field", "/payload/colour", "");
+    refused("{\"type\":\"order\",\"tenant\":\"acme\",\"payload\":{\"order_id\":\"o\","
+            "\"event_type\":\"order.created\",\"items\":[{\"product_id\":\"p\",\"quantity\":0,"
+            "\"price\":1}]}}",
+            "out_of_range", "/payload/items/0/quantity", "must be >= 1");
+    /* nesting past the depth limit, where the schema does not look */
+    char text[4096];
+    int n = snprintf(text, sizeof text,
+                     "{\"type\":\"telemetry\",\"tenant\":\"acme\",\"payload\":{\"device_id\":\"d\","
+                     "\"event_type\":\"status\",\"data\":");
+    for (int i = 0; i < 40; i++)
+        n += snprintf(text + n, sizeof text - (size_t)n, "{\"a\":");
+    n += snprintf(text + n, sizeof text - (size_t)n, "1");
+    for (int i = 0; i < 40; i++)
+        n += snprintf(text + n, sizeof text - (size_t)n, "}");
+    snprintf(text + n, sizeof text - (size_t)n, "}}");
+    refused(text, "too_deep", "/payload", "deeper than 24");
+    /* event times outside 1970..2200 are refused: time arithmetic stays in range */
+    refused("{\"type\":\"telemetry\",\"tenant\":\"acme\",\"time\":-5,\"payload\":" TELEMETRY "}",
+            "out_of_range", "/time", "between 1970-01-01 and 2200-01-01");
+    refused("{\"type\":\"telemetry\",\"tenant\":\"acme\",\"time\":\"2250-01-01T00:00:00Z\","
+            "\"payload\":" TELEMETRY "}",
+            "out_of_range", "/time", "between 1970-01-01 and 2200-01-01");
+
+    /* over the payload limit (msgpack size): a small limit for the test */
+    struct ingest *small = open_ingest(64);
+    refused_by(small,
+               "{\"type\":\"telemetry\",\"tenant\":\"acme\",\"payload\":{\"device_id\":\"d\","
+               "\"event_type\":\"status\",\"data\":{\"blob\":\"" /* > 64 bytes */
+               "0123456789012345678901234567890123456789012345678901234567890123456789\"}}}",
+               "too_large", "/payload", "over the 64-byte limit");
+    /* just under it is fine: {"device_id":"d","event_type":"status"} is 31 bytes */
+    struct ingest_event ev;
+    struct cairn_error e;
+    const char *ok = "{\"type\":\"telemetry\",\"tenant\":\"acme\",\"payload\":" TELEMETRY "}";
+    assert_int_equal(ingest_parse_json(small, ok, strlen(ok), "test", NOW, &ev, &e), 0);
+    assert_true(ev.in.payload_len <= 64);
+    ingest_event_deinit(&ev);
+    ingest_close(small);
+}
+
+/* ====================================================================== acceptance */
+
+static bool str_is(struct cairn_str s, const char *want)
+{
+    return s.n == strlen(want) && (s.n == 0 || !memcmp(s.p, want, s.n));
+}
+
+#define assert_str(s, want)                                                                        \
+    do {                                                                                           \
+        if (!str_is((s), (want)))                                                                  \
+            fail_msg("%s is \"%.*s\", want \"%s\"", #s, (int)(s).n, (s).p ? (s).p : "", (want));   \
+    } while (0)
+
+/* The payload of ev decoded back to JSON equals `want` (JSON text). */
+static void assert_payload(const struct ingest_event *ev, const char *want)
+{
+    json_t *got = NULL, *w = json_loads(want, 0, NULL);
+    assert_non_null(w);
+    assert_int_equal(cairn_msgpack_to_jansson(ev->in.payload, ev->in.payload_len, &got, NULL, NULL),
+                     0);
+    if (!json_equal(got, w)) {
+        char *g = json_dumps(got, JSON_COMPACT);
+        fail_msg("payload %s, want %s", g, want);
+    }
+    json_decref(got);
+    json_decref(w);
+}
+
+static void test_accepted(void **state)
+{
+    (void)state;
+    struct ingest_event ev;
+    accepted("{\"type\":\"telemetry\",\"tenant\":\"acme\",\"key\":\"k-1\",\"id\":\"msg-123\","
+             "\"time\":\"2026-11-21T10:00:00.250Z\",\"expected_seq\":41,"
+             "\"payload\":{\"device_id\":\"dev-17\",\"event_type\":\"reading\",\"battery\":87.5,"
+             "\"data\":{\"temp\":21,\"ok\":true}}}",
+             &ev);
+    assert_str(ev.in.type, "telemetry");
+    assert_str(ev.in.tenant, "acme");
+    assert_str(ev.in.key, "k-1"); /* an explicit key wins over the default */
+    assert_str(ev.in.id, "msg-123");
+    assert_str(ev.in.source, "test");
+    assert_int_equal(ev.in.time, T0 + 250000000);
+    assert_int_equal(ev.in.expected_seq, 41);
+    assert_payload(&ev, "{\"device_id\":\"dev-17\",\"event_type\":\"reading\",\"battery\":87.5,"
+                        "\"data\":{\"temp\":21,\"ok\":true}}");
+    ingest_event_deinit(&ev);
+    assert_null(ev.mem);
+
+    /* the smallest event: defaults everywhere */
+    accepted("{\"type\":\"telemetry\",\"tenant\":\"acme\",\"payload\":" TELEMETRY "}", &ev);
+    assert_str(ev.in.key, "dev-1");
+    assert_int_equal(ev.in.id.n, 0);
+    assert_int_equal(ev.in.time, NOW); /* no time: the ingest time */
+    assert_int_equal(ev.in.expected_seq, -1);
+    ingest_event_deinit(&ev);
+
+    /* nulls are absent values */
+    accepted("{\"type\":\"telemetry\",\"tenant\":\"acme\",\"key\":null,\"id\":null,\"time\":null,"
+             "\"expected_seq\":null,\"payload\":" TELEMETRY "}",
+             &ev);
+    assert_str(ev.in.key, "dev-1");
+    assert_int_equal(ev.in.id.n, 0);
+    assert_int_equal(ev.in.time, NOW);
+    assert_int_equal(ev.in.expected_seq, -1);
+    ingest_event_deinit(&ev);
+
+    /* expected_seq 0: "no event yet" */
+    accepted("{\"type\":\"telemetry\",\"tenant\":\"acme\",\"expected_seq\":0,\"payload\":" TELEMETRY
+             "}",
+             &ev);
+    assert_int_equal(ev.in.expected_seq, 0);
+    ingest_event_deinit(&ev);
+
+    /* the allowed tenant characters */
+    accepted("{\"type\":\"telemetry\",\"tenant\":\"Acme-01_eu.west\",\"payload\":" TELEMETRY "}",
+             &ev);
+    assert_str(ev.in.tenant, "Acme-01_eu.west");
+    ingest_event_deinit(&ev);
+}
+
+static void test_time(void **state)
+{
+    (void)state;
+    static const struct {
+        const char *time;
+        int64_t want;
+    } cases[] = {
+        {"\"2026-11-21T10:00:00Z\"", T0},
+        {"\"2026-11-21T12:00:00+02:00\"", T0},
+        {"\"2026-11-21T10:00:00.123456789Z\"", T0 + 123456789},
+        {"1795255200250000000", T0 + 250000000}, /* integer epoch nanoseconds */
+        {"0", 0},
+        {"7258118400000000000", CAIRN_TIME_MAX}, /* 2200-01-01, the last accepted */
+    };
+    char text[512];
+    for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
+        struct ingest_event ev;
+        snprintf(text, sizeof text,
+                 "{\"type\":\"telemetry\",\"tenant\":\"acme\",\"time\":%s,\"payload\":" TELEMETRY
+                 "}",
+                 cases[i].time);
+        accepted(text, &ev);
+        if (ev.in.time != cases[i].want)
+            fail_msg("time %s -> %lld, want %lld", cases[i].time, (long long)ev.in.time,
+                     (long long)cases[i].want);
+        ingest_event_deinit(&ev);
+    }
+}
+
+static void key_is(const char *type, const char *payload, const char *want)
+{
+    char text[2048];
+    struct ingest_event ev;
+    snprintf(text, sizeof text, "{\"type\":\"%s\",\"tenant\":\"acme\",\"payload\":%s}", type,
+             payload);
+    accepted(text, &ev);
+    if (!str_is(ev.in.key, want))
+        fail_msg("%s: key \"%.*s\", want \"%s\"", text, (int)ev.in.key.n, ev.in.key.p, want);
+    ingest_event_deinit(&ev);
+    /* ingest_default_key says the same */
+    json_t *p = json_loads(payload, 0, NULL);
+    char out[CAIRN_KEY_MAX + 1];
+    int n = ingest_default_key(type, p, out, sizeof out);
+    assert_int_equal(n, strlen(want));
+    assert_memory_equal(out, want, (size_t)n);
+    json_decref(p);
+}
+
+static void test_default_keys(void **state)
+{
+    (void)state;
+    key_is("telemetry", "{\"device_id\":\"dev-17\",\"event_type\":\"status\"}", "dev-17");
+    key_is("location", "{\"device_id\":\"truck-9\",\"lat\":52.5,\"lon\":13.4}", "truck-9");
+    key_is("order", "{\"order_id\":\"ord-1\",\"event_type\":\"order.created\"}", "ord-1");
+    key_is("payment",
+           "{\"id\":\"evt_1\",\"type\":\"invoice.payment_failed\",\"created\":1,"
+           "\"data\":{\"object\":{\"id\":\"in_1\",\"object\":\"invoice\",\"customer\":\"cus_A\"}}}",
+           "cus_A");
+    key_is("payment",
+           "{\"id\":\"evt_2\",\"type\":\"invoice.paid\",\"created\":1,"
+           "\"data\":{\"object\":{\"id\":\"in_2\",\"customer\":{\"id\":\"cus_B\"}}}}",
+           "cus_B");
+    key_is("payment",
+           "{\"id\":\"evt_3\",\"type\":\"customer.updated\",\"created\":1,"
+           "\"data\":{\"object\":{\"id\":\"cus_C\",\"object\":\"customer\"}}}",
+           "cus_C");
+    key_is("payment",
+           "{\"id\":\"evt_4\",\"type\":\"charge.refunded\",\"created\":1,"
+           "\"data\":{\"object\":{\"id\":\"ch_1\",\"object\":\"charge\"}}}",
+           "");
+    key_is("metric",
+           "{\"name\":\"http_requests_total\",\"labels\":{\"path\":\"/api\",\"method\":\"GET\","
+           "\"code\":\"200\"},\"value\":3}",
+           "http_requests_total{code=\"200\",method=\"GET\",path=\"/api\"}");
+    key_is("metric", "{\"name\":\"up\",\"value\":1}", "up");
+    key_is("metric", "{\"name\":\"up\",\"labels\":{},\"value\":1}", "up");
+    key_is("metric", "{\"name\":\"up\",\"labels\":{\"b\":\"y\",\"a\":\"x\"},\"value\":1}",
+           "up{a=\"x\",b=\"y\"}");
+    key_is("discovery",
+           "{\"account_id\":\"123456789012\",\"region\":\"us-east-1\",\"resources\":[]}",
+           "123456789012/us-east-1");
+    /* the explicit key wins */
+    struct ingest_event ev;
+    accepted("{\"type\":\"location\",\"tenant\":\"acme\",\"key\":\"mine\",\"payload\":"
+             "{\"device_id\":\"truck-9\",\"lat\":1,\"lon\":2}}",
+             &ev);
+    assert_str(ev.in.key, "mine");
+    ingest_event_deinit(&ev);
+    /* an implied key over the limit */
+    char out[8];
+    json_t *p = json_pack("{s:s,s:s}", "device_id", "0123456789", "event_type", "status");
+    assert_int_equal(ingest_default_key("telemetry", p, out, sizeof out), CAIRN_ETOOBIG);
+    assert_int_equal(ingest_default_key("nope", p, out, sizeof out), 0);
+    json_decref(p);
+}
+
+/* Two different label sets must not name the same series: label values are
+ * quoted, so a quote inside one must be escaped (as Prometheus does). */
+static void test_metric_key_escaping(void **state)
+{
+    (void)state;
+    json_t *a = json_pack("{s:s,s:{s:s},s:i}", "name", "m", "labels", "a", "x\",b=\"y", "value", 1);
+    json_t *b =
+        json_pack("{s:s,s:{s:s,s:s},s:i}", "name", "m", "labels", "a", "x", "b", "y", "value", 1);
+    char ka[CAIRN_KEY_MAX + 1], kb[CAIRN_KEY_MAX + 1];
+    int na = ingest_default_key("metric", a, ka, sizeof ka);
+    int nb = ingest_default_key("metric", b, kb, sizeof kb);
+    assert_true(na > 0 && nb > 0);
+    assert_string_equal(kb, "m{a=\"x\",b=\"y\"}");
+    if (na == nb && !memcmp(ka, kb, (size_t)na))
+        fail_msg("labels {a: 'x\",b=\"y'} and {a: x, b: y} both give the key %s", ka);
+    assert_string_equal(ka, "m{a=\"x\\\",b=\\\"y\"}");
+    json_decref(a);
+    json_decref(b);
+}
+
+static void test_engine_only(void **state)
+{
+    (void)state;
+    json_t *tick = json_pack("{s:s,s:s,s:{s:i}}", "type", "tick", "tenant", "_engine", "payload",
+                             "interval_ms", 1000);
+    struct ingest_event ev;
+    struct cairn_error e;
+    cairn_error_clear(&e);
+    assert_int_equal(ingest_parse_value(g_ing, tick, "engine", 7, true, &ev, &e), 0);
+    assert_str(ev.in.type, "tick");
+    assert_str(ev.in.tenant, "_engine");
+    assert_str(ev.in.source, "engine");
+    assert_int_equal(ev.in.time, 7);
+    ingest_event_deinit(&ev);
+    cairn_error_clear(&e);
+    assert_int_equal(ingest_parse_value(g_ing, tick, "http", 7, false, &ev, &e), CAIRN_EINVAL);
+    assert_string_equal(e.code, "reserved_type");
+    assert_string_equal(e.field, "/type");
+    json_decref(tick);
+    /* the tick schema applies to the engine too */
+    tick = json_pack("{s:s,s:s,s:{s:i}}", "type", "tick", "tenant", "_engine", "payload",
+                     "interval_ms", 0);
+    cairn_error_clear(&e);
+    assert_int_equal(ingest_parse_value(g_ing, tick, "engine", 7, true, &ev, &e), CAIRN_EINVAL);
+    assert_string_equal(e.code, "out_of_range");
+    assert_string_equal(e.field, "/payload/interval_ms");
+    json_decref(tick);
+}
+
+static void test_msgpack_input(void **state)
+{
+    (void)state;
+    json_t *obj = json_pack("{s:s,s:s,s:s,s:{s:s,s:f,s:f}}", "type", "location", "tenant", "acme",
+                            "id", "m-1", "payload", "device_id", "d-1", "lat", 10.5, "lon", -20.25);
+    struct cairn_buf mp;
+    cairn_buf_init(&mp, 4096);
+    assert_int_equal(cairn_json_to_msgpack(obj, &mp, NULL), 0);
+    assert_int_equal(cairn_buf_putc(&mp, (char)0xc0), 0); /* a second value follows */
+    struct ingest_event ev;
+    struct cairn_error e;
+    size_t used = 0;
+    cairn_error_clear(&e);
+    assert_int_equal(ingest_parse_msgpack(g_ing, mp.data, mp.len, &used, "nats", NOW, &ev, &e), 0);
+    assert_int_equal(used, mp.len - 1);
+    assert_str(ev.in.type, "location");
+    assert_str(ev.in.key, "d-1");
+    assert_str(ev.in.id, "m-1");
+    assert_str(ev.in.source, "nats");
+    assert_payload(&ev, "{\"device_id\":\"d-1\",\"lat\":10.5,\"lon\":-20.25}");
+    ingest_event_deinit(&ev);
+    /* not a map; cut short */
+    static const uint8_t arr[] = {0x91, 0x01};
+    cairn_error_clear(&e);
+    assert_int_equal(ingest_parse_msgpack(g_ing, arr, sizeof arr, NULL, "nats", NOW, &ev, &e),
+                     CAIRN_EINVAL);
+    assert_string_equal(e.code, "not_object");
+    cairn_error_clear(&e);
+    assert_int_equal(ingest_parse_msgpack(g_ing, mp.data, 5, NULL, "nats", NOW, &ev, &e),
+                     CAIRN_EINVAL);
+    assert_string_equal(e.code, "invalid_msgpack");
+    json_decref(obj);
+    cairn_buf_deinit(&mp);
+}
+
+/* ====================================================================== result lines */
+
+static void result_is(unsigned long line, const struct log_result *r, const struct cairn_error *e,
+                      const char *want)
+{
+    struct cairn_buf b;
+    cairn_buf_init(&b, 4096);
+    assert_int_equal(ingest_result_json(&b, line, r, e), 0);
+    assert_int_equal(cairn_buf_putc(&b, '\0'), 0);
+    assert_string_equal((const char *)b.data, want);
+    cairn_buf_deinit(&b);
+}
+
+static void test_result_json(void **state)
+{
+    (void)state;
+    struct log_result r = {.seq = 17};
+    result_is(3, &r, NULL, "{\"line\":3,\"seq\":17}");
+    result_is(0, &r, NULL, "{\"seq\":17}");
+    r.duplicate = true;
+    result_is(4, &r, NULL, "{\"line\":4,\"seq\":17,\"duplicate\":true}");
+    struct cairn_error e;
+    cairn_error_clear(&e);
+    result_is(5, &(struct log_result){.seq = 9}, &e, "{\"line\":5,\"seq\":9}"); /* no code: ok */
+    cairn_error_set(&e, "missing_field", "/tenant", "tenant is required");
+    result_is(2, NULL, &e,
+              "{\"line\":2,\"error\":{\"code\":\"missing_field\",\"field\":\"/tenant\","
+              "\"message\":\"tenant is required\"}}");
+    cairn_error_set(&e, "invalid_json", "", "bad \"quote\"\n");
+    result_is(0, NULL, &e,
+              "{\"error\":{\"code\":\"invalid_json\",\"field\":\"\","
+              "\"message\":\"bad \\\"quote\\\"\\n\"}}");
+    /* refused by the log rather than by ingest */
+    struct log_result c = {.rc = CAIRN_ECONFLICT, .actual_seq = 9};
+    result_is(7, &c, NULL,
+              "{\"line\":7,\"error\":{\"code\":\"conflict\",\"field\":\"/expected_seq\","
+              "\"message\":\"the last event of this tenant and key is seq 9\",\"actual_seq\":9}}");
+    struct log_result big = {.rc = CAIRN_ETOOBIG};
+    result_is(8, &big, NULL,
+              "{\"line\":8,\"error\":{\"code\":\"too_large\",\"field\":\"/payload\","
+              "\"message\":\"the envelope is too large\"}}");
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_not_json),        cmocka_unit_test(test_not_object_scalars),
+        cmocka_unit_test(test_envelope_fields), cmocka_unit_test(test_tenant),
+        cmocka_unit_test(test_limits),          cmocka_unit_test(test_payload),
+        cmocka_unit_test(test_accepted),        cmocka_unit_test(test_time),
+        cmocka_unit_test(test_default_keys),    cmocka_unit_test(test_metric_key_escaping),
+        cmocka_unit_test(test_engine_only),     cmocka_unit_test(test_msgpack_input),
+        cmocka_unit_test(test_result_json),
+    };
+    return cmocka_run_group_tests(tests, setup, teardown);
+}
