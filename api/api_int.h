@@ -136,6 +136,8 @@ size_t routes_count(void);
 /* ingest.c (api) */
 void api_post_events(struct req *r);
 void api_post_stripe(struct req *r, const char *tenant);
+/* Appends one input object (borrowed) as POST /v1/events would. */
+void api_post_object(struct req *r, json_t *obj);
 void api_ingest_done(struct req *r);
 
 /* sse.c */

@@ -275,6 +275,22 @@ fail:
         http_error(r, 500, "internal", NULL, "%s", cairn_strerror(rc));
 }
 
+void api_post_object(struct req *r, json_t *obj)
+{
+    r->api = r->c->a;
+    if (alloc_lines(r, 1)) {
+        http_error(r, 500, "internal", NULL, "out of memory");
+        return;
+    }
+    r->nlines = 1;
+    take_object(r, obj, &r->errs[0]);
+    if (!r->nev) {
+        http_error_from(r, !strcmp(r->errs[0].code, "forbidden") ? 403 : 400, &r->errs[0]);
+        return;
+    }
+    submit(r);
+}
+
 /* ====================================================================== Stripe */
 
 void api_post_stripe(struct req *r, const char *tenant)

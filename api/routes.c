@@ -30,6 +30,10 @@ struct route {
 };
 
 static void get_healthz(struct req *r, char **args);
+static void json_reply(struct req *r, int status, struct cairn_buf *b);
+static bool wait_min_seq(struct req *r, bool *answered);
+static void handler_route(struct req *r, const struct handler *h, const struct handler_route *hr,
+                          char **args);
 static void get_readyz(struct req *r, char **args);
 static void get_metrics(struct req *r, char **args);
 static void post_events(struct req *r, char **args);
@@ -59,7 +63,10 @@ static const struct route routes[] = {
     {HTTP_GET, "/v1/log", API_ROLE_AUDIT, get_log, "log"},
     {HTTP_GET, "/v1/log/head", API_ROLE_AUDIT, get_log_head, "log_head"},
     {HTTP_GET, "/v1/log/verify", API_ROLE_AUDIT, get_log_verify, "log_verify"},
-    /* Views last: "{view}" must name a handler with a view (see match). */
+    /* Then each handler's own routes (handler.h), then the views: "{view}"
+     * must name a handler with a view (see match). */
+    {HTTP_GET, "*handler", API_ROLE_READ, NULL, "handler_get"},
+    {HTTP_POST, "*handler", API_ROLE_INGEST, NULL, "handler_post"},
     {HTTP_GET, "/v1/{view}", API_ROLE_READ, get_view_list, "view_list"},
     {HTTP_GET, "/v1/{view}/{}", API_ROLE_READ, get_view_item, "view_item"},
 };
@@ -184,6 +191,35 @@ static const struct handler *view_handler(const char *name)
     return NULL;
 }
 
+/* Matches "/v1/" + a handler route's path; the route found goes to *hr. */
+static bool match_handler(char **segs, int n, char **args, const struct handler **hh,
+                          const struct handler_route **hr)
+{
+    if (n < 2 || strcmp(segs[0], "v1"))
+        return false;
+    for (const struct handler *const *h = handler_table; *h; h++) {
+        for (const struct handler_route *rt = (*h)->routes; rt && rt->path; rt++) {
+            char pat[128];
+            int k = 1, na = 0;
+            snprintf(pat, sizeof pat, "%s", rt->path);
+            bool ok = true;
+            for (char *p = pat, *s; p && ok; p = s, k++) {
+                s = strchr(p, '/');
+                if (s)
+                    *s++ = '\0';
+                ok = k < n &&
+                     (!strcmp(p, "{}") ? (args[na++] = segs[k], true) : !strcmp(p, segs[k]));
+            }
+            if (ok && k == n) {
+                *hh = *h;
+                *hr = rt;
+                return true;
+            }
+        }
+    }
+    return false;
+}
+
 static bool match(const struct route *rt, char **segs, int n, char **args)
 {
     char pat[64];
@@ -267,7 +303,22 @@ static void dispatch(struct req *r, bool retry)
         return;
     }
     bool path_known = false;
+    const struct handler *hh = NULL;
+    const struct handler_route *hr = NULL;
     for (size_t i = 0; i < sizeof routes / sizeof *routes; i++) {
+        if (routes[i].pattern[0] == '*') {
+            if (!match_handler(segs, n, args, &hh, &hr))
+                continue;
+            path_known = true;
+            if (routes[i].method != r->method ||
+                !(r->method == HTTP_GET ? (void *)hr->get : (void *)hr->post))
+                continue;
+            r->route = (int)i;
+            if (!retry && !authorize(r, &routes[i]))
+                return;
+            handler_route(r, hh, hr, args);
+            return;
+        }
         if (!match(&routes[i], segs, n, args))
             continue;
         path_known = true;
@@ -284,6 +335,58 @@ static void dispatch(struct req *r, bool retry)
                    http_method_str(r->method));
     else
         http_error(r, 404, "not_found", NULL, "no route for this path");
+}
+
+static bool param_cb(void *arg, const char *name, char *out, size_t cap)
+{
+    return query_get(arg, name, out, cap);
+}
+
+/* GET: the handler answers from a snapshot. POST: the handler turns the
+ * body into one input event, appended like POST /v1/events. */
+static void handler_route(struct req *r, const struct handler *h, const struct handler_route *hr,
+                          char **args)
+{
+    struct hread rd = {
+        .h = h, .tenant = r->any_tenant ? NULL : r->tok.tenant, .param = param_cb, .arg = r};
+    struct cairn_error e;
+    bool answered;
+    if (r->method == HTTP_GET && (wait_min_seq(r, &answered) || answered))
+        return;
+    if (proj_snap_begin(engine_proj(r->c->a->eng), &rd.snap)) {
+        http_error(r, 503, "unavailable", NULL, "cannot read the state");
+        return;
+    }
+    cairn_error_clear(&e);
+    if (r->method == HTTP_GET) {
+        struct cairn_buf b;
+        cairn_buf_init(&b, 64u << 20);
+        int status = hr->get(&rd, args, &b, &e);
+        proj_snap_end(rd.snap);
+        if (status >= 400)
+            http_error_from(r, status, &e);
+        else
+            json_reply(r, status, &b);
+        cairn_buf_deinit(&b);
+        return;
+    }
+    json_error_t je;
+    json_t *body = r->body.len ? json_loadb((const char *)r->body.data, r->body.len,
+                                            JSON_REJECT_DUPLICATES, &je)
+                               : json_object();
+    json_t *event = NULL;
+    int status = 400;
+    if (body)
+        status = hr->post(&rd, args, body, &event, &e);
+    else
+        cairn_error_set(&e, "invalid_json", "", "the body is not JSON: %s", je.text);
+    proj_snap_end(rd.snap);
+    json_decref(body);
+    if (status)
+        http_error_from(r, status >= 400 ? status : 400, &e);
+    else
+        api_post_object(r, event);
+    json_decref(event);
 }
 
 void routes_dispatch(struct req *r)

@@ -45,7 +45,27 @@ struct event {
     const msgpack_object *body; /* the payload, decoded */
 };
 
-struct hctx; /* a handler's view of the state: its DBIs, config, emit */
+struct hctx;  /* a handler's view of the state: its DBIs, config, emit */
+struct hread; /* a read request against a snapshot of the state (routes) */
+
+/* An extra HTTP route a handler serves, under /v1/. `path` is matched
+ * segment by segment, "{}" matching one segment (e.g. "compliance/{}",
+ * "fences/{}/inside", "nearby"). Routes are matched before the generic
+ * view routes, in registry order.
+ *
+ * get: answers a GET (role read) from a snapshot: writes a JSON body to
+ *      out and returns the HTTP status; on an error status, fill e (the
+ *      API renders it). args are the "{}" segments, percent-decoded.
+ * post: turns a POST (role ingest) into one input event for the log:
+ *      sets *event to a new JSON object {"type", "key"?, "id"?, "payload"}
+ *      (the tenant is the caller's) and returns 0, or returns an HTTP
+ *      status >= 400 with e. The API appends it like POST /v1/events. */
+struct handler_route {
+    const char *path;
+    int (*get)(struct hread *rd, char **args, struct cairn_buf *out, struct cairn_error *e);
+    int (*post)(struct hread *rd, char **args, const json_t *body, json_t **event,
+                struct cairn_error *e);
+};
 
 struct handler {
     unsigned version;            /* HANDLER_VERSION; members are only ever appended */
@@ -68,6 +88,8 @@ struct handler {
      * view — tenant-prefixed keys (hkey_*) to msgpack documents — that
      * `cairn show <name>` and the HTTP API serve. NULL: no view. */
     const char *view;
+    /* Optional: extra routes, terminated by an entry with path NULL. */
+    const struct handler_route *routes;
 };
 
 /* The registered handlers, NULL-terminated (handlers/registry.c). */
@@ -114,6 +136,21 @@ const json_t *hctx_config(struct hctx *ctx);
 void **hctx_user(struct hctx *ctx);
 /* The handler this context belongs to. */
 const struct handler *hctx_handler(struct hctx *ctx);
+
+/* ====================================================================== reading (routes) */
+
+/* The snapshot transaction (valid during the route call). */
+MDB_txn *hread_txn(struct hread *rd);
+/* Opens the handler's own DBI "<handler>.<name>" in the snapshot;
+ * CAIRN_ENOTFOUND when it does not exist yet (nothing derived). */
+int hread_db(struct hread *rd, const char *name, MDB_dbi *dbi);
+/* The caller's tenant, or NULL when the caller may see every tenant (an
+ * admin without ?tenant=, or --insecure-no-auth). */
+const char *hread_tenant(struct hread *rd);
+/* A query parameter, percent-decoded into out; false when absent. */
+bool hread_param(struct hread *rd, const char *name, char *out, size_t cap);
+/* The log seq the snapshot reflects (put it in answers as "seq"). */
+uint64_t hread_seq(struct hread *rd);
 
 /* ====================================================================== helpers */
 

@@ -740,3 +740,34 @@ out:
     EVP_MD_CTX_free(md);
     return rc;
 }
+
+/* ====================================================================== handler routes */
+
+MDB_txn *hread_txn(struct hread *rd)
+{
+    return rd->snap->txn;
+}
+
+int hread_db(struct hread *rd, const char *name, MDB_dbi *dbi)
+{
+    char full[160];
+    if (!name_ok(name) ||
+        snprintf(full, sizeof full, "%s.%s", rd->h->name, name) >= (int)sizeof full)
+        return CAIRN_EINVAL;
+    return proj_snap_dbi(rd->snap, full, dbi);
+}
+
+const char *hread_tenant(struct hread *rd)
+{
+    return rd->tenant;
+}
+
+bool hread_param(struct hread *rd, const char *name, char *out, size_t cap)
+{
+    return rd->param && rd->param(rd->arg, name, out, cap);
+}
+
+uint64_t hread_seq(struct hread *rd)
+{
+    return proj_snap_checkpoint(rd->snap);
+}

@@ -88,6 +88,15 @@ int proj_derived_decode(const uint8_t *p, size_t n, struct proj_derived *d);
 /* {"stream":…,"dseq":…,"cause":…,"type":…,"tenant":…,"key":…,"time":…,"payload":{…}} */
 int proj_derived_json(const struct proj_derived *d, struct cairn_buf *out);
 
+/* The context of a handler route (handler.h): filled by the API. */
+struct hread {
+    struct proj_snap *snap;
+    const struct handler *h;
+    const char *tenant; /* NULL: every tenant */
+    bool (*param)(void *arg, const char *name, char *out, size_t cap);
+    void *arg;
+};
+
 /* SHA-256 over every DBI of the snapshot in name order, and every entry in
  * key order (length-prefixed), so equal states give equal digests. */
 int proj_snap_digest(struct proj_snap *s, uint8_t out[32]);
