@@ -205,6 +205,25 @@ static int apply_log_event(struct engine *eng, const struct log_event *le)
     return rc;
 }
 
+static int open_all(struct engine *eng, struct cairn_error *e);
+
+/* After an aborted state transaction, handlers may hold in-memory caches
+ * (a spatial index, compiled rules) that saw the aborted work: close and
+ * open every handler again so they rebuild from the committed state. */
+static int reopen_handlers(struct engine *eng)
+{
+    struct cairn_error e;
+    for (size_t i = 0; i < eng->n; i++) {
+        if (eng->order[i]->close)
+            eng->order[i]->close(eng->ctx[i]);
+        proj_hctx_reset(eng->ctx[i]);
+    }
+    int rc = open_all(eng, &e);
+    if (rc)
+        fprintf(stderr, "cairn: reopening handlers failed: %s\n", e.message);
+    return rc;
+}
+
 /* Applies (from-1, to] in one state transaction. */
 static int apply_chunk(struct engine *eng, uint64_t from, uint64_t to)
 {
@@ -225,13 +244,17 @@ static int apply_chunk(struct engine *eng, uint64_t from, uint64_t to)
             log_iter_close(it);
             log_snap_end(s);
         }
-        if (rc) {
+        if (rc)
             proj_abort(eng->proj);
-        } else {
+        else
             rc = proj_commit(eng->proj, to);
-        }
+        if (!rc)
+            return 0;
+        int rrc = reopen_handlers(eng); /* the transaction is gone either way */
         if (rc != CAIRN_EMAPFULL)
             return rc;
+        if (rrc)
+            return rrc;
         if ((rc = proj_grow(eng->proj)))
             return rc;
     }
@@ -286,9 +309,15 @@ static int open_handlers(struct engine *eng, struct cairn_error *e)
                            &eng->ctx[i]);
     if (rc)
         return rc;
-    /* DBIs are created in one transaction that commits, so their handles
-     * stay valid for every later transaction. */
-    if ((rc = proj_begin(eng->proj)))
+    return open_all(eng, e);
+}
+
+/* Runs every handler's open in one transaction that commits, so the DBI
+ * handles they create stay valid for every later transaction. */
+static int open_all(struct engine *eng, struct cairn_error *e)
+{
+    int rc = proj_begin(eng->proj);
+    if (rc)
         return rc;
     for (size_t i = 0; i < eng->n && !rc; i++) {
         rc = eng->order[i]->open(eng->ctx[i]);

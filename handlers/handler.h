@@ -72,8 +72,10 @@ struct handler {
     const char *name;            /* [a-z0-9_]+: DBI prefix, stream and view name */
     const char *const *consumes; /* NULL-terminated input and/or derived types */
     const char *const *emits;    /* NULL-terminated derived types (may be NULL) */
-    /* Required. Opens its DBIs (hctx_db) and reads its config. Runs once
-     * per state transaction set-up; must be idempotent. */
+    /* Required. Opens its DBIs (hctx_db) and reads its config; may build
+     * in-memory caches from its DBIs. Runs at start-up, and again (after
+     * close) whenever a state transaction was aborted, so caches never
+     * keep work that did not commit. */
     int (*open)(struct hctx *ctx);
     /* Optional (may be NULL): refuses a bad control input it owns at ingest
      * (before it enters the log), naming the field and reason in e. */

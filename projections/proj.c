@@ -204,6 +204,14 @@ void proj_hctx_free(struct hctx *ctx)
     free(ctx);
 }
 
+void proj_hctx_reset(struct hctx *ctx)
+{
+    proj_hctx_clear(ctx);
+    ctx->ndbs = 0;
+    ctx->user = NULL;
+    ctx->gen = (unsigned)-1;
+}
+
 const json_t *hctx_config(struct hctx *ctx)
 {
     return ctx->config;

@@ -54,6 +54,9 @@ uint64_t proj_checkpoint(struct proj *p);
  * handler's open() inside a proj_begin/proj_commit pair. */
 int proj_hctx_new(struct proj *p, const struct handler *h, const json_t *config, struct hctx **out);
 void proj_hctx_free(struct hctx *ctx);
+/* Forgets the DBIs and scratch of ctx (after the handler's close), so its
+ * open can run again. */
+void proj_hctx_reset(struct hctx *ctx);
 
 /* Derived events emitted through ctx since the last proj_hctx_clear, in
  * emission order; borrowed until then. */
