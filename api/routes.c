@@ -84,14 +84,6 @@ size_t routes_count(void)
 
 /* ====================================================================== URLs */
 
-static int unhex1(char c)
-{
-    return c >= '0' && c <= '9'   ? c - '0'
-           : c >= 'a' && c <= 'f' ? c - 'a' + 10
-           : c >= 'A' && c <= 'F' ? c - 'A' + 10
-                                  : -1;
-}
-
 /* Percent-decodes s[0..n) into out (NUL-terminated); false on bad escapes,
  * NUL bytes or overflow. '+' is a space only in queries. */
 static bool pct_decode(const char *s, size_t n, char *out, size_t cap, bool plus)
@@ -102,7 +94,7 @@ static bool pct_decode(const char *s, size_t n, char *out, size_t cap, bool plus
         if (ch == '%') {
             if (i + 2 >= n)
                 return false;
-            int hi = unhex1(s[i + 1]), lo = unhex1(s[i + 2]);
+            int hi = cairn_hex_digit(s[i + 1]), lo = cairn_hex_digit(s[i + 2]);
             if (hi < 0 || lo < 0)
                 return false;
             ch = (char)(hi << 4 | lo);

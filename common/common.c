@@ -322,7 +322,7 @@ void cairn_hex(const uint8_t *p, size_t n, char *out)
     out[2 * n] = '\0';
 }
 
-static int unhex1(char c)
+int cairn_hex_digit(char c)
 {
     if (c >= '0' && c <= '9')
         return c - '0';
@@ -338,7 +338,7 @@ int cairn_unhex(const char *s, size_t n, uint8_t *out)
     if (n % 2)
         return CAIRN_EINVAL;
     for (size_t i = 0; i < n; i += 2) {
-        int hi = unhex1(s[i]), lo = unhex1(s[i + 1]);
+        int hi = cairn_hex_digit(s[i]), lo = cairn_hex_digit(s[i + 1]);
         if (hi < 0 || lo < 0)
             return CAIRN_EINVAL;
         out[i / 2] = (uint8_t)(hi << 4 | lo);

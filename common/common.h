@@ -172,6 +172,7 @@ size_t cairn_time_format(int64_t ns, char *out, size_t cap);
 
 void cairn_hex(const uint8_t *p, size_t n, char *out);  /* out: 2n+1 bytes */
 int cairn_unhex(const char *s, size_t n, uint8_t *out); /* n even */
+int cairn_hex_digit(char c);                            /* 0..15, or -1 */
 void cairn_be64_put(uint8_t *p, uint64_t v);
 uint64_t cairn_be64_get(const uint8_t *p);
 

@@ -767,17 +767,6 @@ static int build_node(struct build *b, const json_t *j, struct node **out)
 
 /* ====================================================================== link: $ref */
 
-static int hex_digit(char c)
-{
-    if (c >= '0' && c <= '9')
-        return c - '0';
-    if (c >= 'a' && c <= 'f')
-        return c - 'a' + 10;
-    if (c >= 'A' && c <= 'F')
-        return c - 'A' + 10;
-    return -1;
-}
-
 /* The fragment of a URI is percent-encoded (RFC 3986); it is decoded before
  * it is read as a JSON pointer, so "%25" is "%" and "%2F" a separator. */
 static bool percent_decode(const char *in, char *out, size_t *outlen)
@@ -788,7 +777,7 @@ static bool percent_decode(const char *in, char *out, size_t *outlen)
             out[n++] = in[i];
             continue;
         }
-        int hi = hex_digit(in[i + 1]), lo = hi < 0 ? -1 : hex_digit(in[i + 2]);
+        int hi = cairn_hex_digit(in[i + 1]), lo = hi < 0 ? -1 : cairn_hex_digit(in[i + 2]);
         if (hi < 0 || lo < 0)
             return false;
         out[n++] = (char)(hi * 16 + lo);
