@@ -9,10 +9,12 @@
 extern const struct handler devices_handler;
 extern const struct handler orders_handler;
 extern const struct handler subscriptions_handler;
+extern const struct handler alerts_handler;
 
 const struct handler *const handler_table[] = {
     &devices_handler,
     &orders_handler,
     &subscriptions_handler,
+    &alerts_handler,
     NULL,
 };
