@@ -192,8 +192,12 @@ static void *printer_main(void *arg)
     return NULL;
 }
 
+/* Hands the chunk to the printer (and the writer). Once it is linked in,
+ * the printer may free it as soon as it is done: nothing below reads ch
+ * after that unless the writer refused it (then it was never done). */
 static int chunk_submit(struct printer *pr, struct log_writer *w, struct chunk *ch)
 {
+    const size_t nev = ch->nev;
     ch->req = (struct log_req){
         .inputs = ch->ins, .results = ch->res, .n = ch->nev, .done = chunk_done, .arg = pr};
     for (size_t i = 0; i < ch->nev; i++)
@@ -204,12 +208,12 @@ static int chunk_submit(struct printer *pr, struct log_writer *w, struct chunk *
     else
         pr->head = ch;
     pr->tail = ch;
-    if (ch->nev == 0) {
+    if (nev == 0) {
         ch->done = true;
         pthread_cond_broadcast(&pr->cv);
     }
     pthread_mutex_unlock(&pr->mu);
-    if (ch->nev == 0)
+    if (nev == 0)
         return 0;
     int rc = log_writer_submit(w, &ch->req, true);
     if (rc) { /* never queued: answer it here */
