@@ -45,6 +45,7 @@ int cmd_show(struct cli *c);
 int cmd_stream(struct cli *c);
 int cmd_tick(struct cli *c);
 int cmd_token(struct cli *c);
+int cmd_rules(struct cli *c);
 int cmd_tail(struct cli *c);
 int cmd_verify(struct cli *c);
 int cmd_head(struct cli *c);

@@ -35,6 +35,8 @@ static const char usage[] =
     "  stream <name> [--from DSEQ] [--follow] [--tenant T]\n"
     "                           print a derived stream as NDJSON\n"
     "  tick [--time T]          append one engine tick (operators, tests)\n"
+    "  rules load DIR --tenant T append DIR/*.json as rule.define inputs (unchanged rules "
+    "skipped)\n"
     "\n"
     "--data DIR defaults to $CAIRN_DATA or ./data; --schemas DIR to $CAIRN_SCHEMAS or the\n"
     "schemas/ folder of the source tree; --config FILE (JSON) to $CAIRN_CONFIG.\n";
@@ -108,7 +110,7 @@ static const struct {
 } commands[] = {
     {"append", cmd_append}, {"tail", cmd_tail},     {"verify", cmd_verify}, {"head", cmd_head},
     {"serve", cmd_serve},   {"replay", cmd_replay}, {"digest", cmd_digest}, {"show", cmd_show},
-    {"stream", cmd_stream}, {"tick", cmd_tick},     {"token", cmd_token},
+    {"stream", cmd_stream}, {"tick", cmd_tick},     {"token", cmd_token},   {"rules", cmd_rules},
 };
 
 int main(int argc, char **argv)

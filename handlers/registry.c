@@ -9,12 +9,16 @@
 extern const struct handler devices_handler;
 extern const struct handler orders_handler;
 extern const struct handler subscriptions_handler;
+extern const struct handler geofence_handler;
+extern const struct handler violations_handler;
 extern const struct handler alerts_handler;
 
 const struct handler *const handler_table[] = {
     &devices_handler,
     &orders_handler,
     &subscriptions_handler,
+    &geofence_handler,
+    &violations_handler,
     &alerts_handler,
     NULL,
 };

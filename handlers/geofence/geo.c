@@ -1,0 +1,857 @@
+/*
+ * geo.c — fence geometry and the grid index (see geo.h for the rules:
+ * planar edges in lon/lat, boundary counts as inside, antimeridian split by
+ * the producer, haversine circles).
+ */
+#include "geo.h"
+#include "handler.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define DEG2RAD (M_PI / 180.0)
+/* Tolerance, in degrees, of the on-edge test: ~1 mm. GPS fixes are never
+ * that precise, so the rule only matters for points given exactly on an
+ * edge (hand-written tests, snapped coordinates). */
+#define EDGE_EPS 1e-8
+
+/* ====================================================================== parsing */
+
+struct parse {
+    const char *where;
+    struct cairn_error *e;
+    char path[CAIRN_ERR_FIELD_MAX];
+};
+
+static int bad(struct parse *ps, const char *fmt, double a, double b)
+{
+    char msg[200];
+    snprintf(msg, sizeof msg, fmt, a, b);
+    return cairn_error_set(ps->e, "invalid_geometry", ps->path, "%s", msg);
+}
+
+static void at(struct parse *ps, const char *suffix_fmt, long a, long b, long c)
+{
+    char s[96];
+    snprintf(s, sizeof s, suffix_fmt, a, b, c);
+    snprintf(ps->path, sizeof ps->path, "%s%s", ps->where, s);
+}
+
+static bool num(const msgpack_object *o, double *v)
+{
+    return mp_num(o, v);
+}
+
+static bool is_array(const msgpack_object *o)
+{
+    return o && o->type == MSGPACK_OBJECT_ARRAY;
+}
+
+/* Checks a position array at coordinates path; fills lon/lat. */
+static int parse_pos(struct parse *ps, const msgpack_object *p, double *lon, double *lat)
+{
+    if (!is_array(p) || p->via.array.size < 2 || p->via.array.size > 3)
+        return bad(ps, "a position is an array [lon, lat]", 0, 0);
+    if (!num(&p->via.array.ptr[0], lon) || !num(&p->via.array.ptr[1], lat))
+        return bad(ps, "a position holds numbers", 0, 0);
+    if (!isfinite(*lon) || !isfinite(*lat))
+        return bad(ps, "coordinates must be finite (no NaN or infinity)", 0, 0);
+    if (*lon < -180 || *lon > 180 || *lat < -90 || *lat > 90)
+        return bad(ps,
+                   "coordinate out of range: lon %g, lat %g (lon in [-180, 180], lat in [-90, 90])",
+                   *lon, *lat);
+    return 0;
+}
+
+static bool seg_cross(double ax, double ay, double bx, double by, double cx, double cy, double dx,
+                      double dy, bool proper);
+
+/* Proper intersection between two non-adjacent edges of a ring. */
+static int check_selfx(struct parse *ps, const struct geo_ring *r, long pi, long ri)
+{
+    uint32_t n = r->n;
+    if (n > GEO_SELFX_CHECK_MAX)
+        return 0;
+    for (uint32_t i = 0; i < n; i++) {
+        const double *a = r->xy + 2 * i, *b = r->xy + 2 * ((i + 1) % n);
+        for (uint32_t j = i + 2; j < n; j++) {
+            if (i == 0 && j == n - 1)
+                continue; /* adjacent through the closing vertex */
+            const double *c = r->xy + 2 * j, *d = r->xy + 2 * ((j + 1) % n);
+            if (seg_cross(a[0], a[1], b[0], b[1], c[0], c[1], d[0], d[1], false)) {
+                if (pi >= 0)
+                    at(ps, "/coordinates/%ld/%ld/%ld", pi, ri, (long)j);
+                else
+                    at(ps, "/coordinates/%ld/%ld", ri, (long)j, 0);
+                return bad(ps, "the ring intersects itself (edges %g and %g)", i, j);
+            }
+        }
+    }
+    return 0;
+}
+
+/* A ring: >= 4 positions, closed, no long-way edges, not self-intersecting. */
+static int parse_ring(struct parse *ps, const msgpack_object *o, long pi, long ri,
+                      struct geo_ring *r, double **xy, struct geo_shape *s)
+{
+#define RING_AT(k)                                                                                 \
+    (pi >= 0 ? at(ps, "/coordinates/%ld/%ld/%ld", pi, ri, (long)(k))                               \
+             : at(ps, "/coordinates/%ld/%ld", ri, (long)(k), 0))
+    if (pi >= 0)
+        at(ps, "/coordinates/%ld/%ld", pi, ri, 0);
+    else
+        at(ps, "/coordinates/%ld", ri, 0, 0);
+    if (!is_array(o))
+        return bad(ps, "a ring is an array of positions", 0, 0);
+    uint32_t n = o->via.array.size;
+    if (n < 4)
+        return bad(ps, "a ring needs at least 4 positions (first = last), it has %g", n, 0);
+    if (s->nverts + n - 1 > GEO_VERTICES_MAX)
+        return bad(ps, "over %g vertices in one fence", GEO_VERTICES_MAX, 0);
+    r->n = n - 1;
+    r->xy = *xy;
+    for (uint32_t k = 0; k < n; k++) {
+        double lon, lat;
+        RING_AT(k);
+        int rc = parse_pos(ps, &o->via.array.ptr[k], &lon, &lat);
+        if (rc)
+            return rc;
+        if (k == n - 1) {
+            if (lon != r->xy[0] || lat != r->xy[1])
+                return bad(ps, "the ring is not closed: its last position must equal the first", 0,
+                           0);
+            break;
+        }
+        if (k > 0) {
+            double plon = r->xy[2 * k - 2];
+            bool full_parallel = fabs(plon) == 180 && fabs(lon) == 180 && lat == r->xy[2 * k - 1];
+            if (fabs(lon - plon) > 180 && !full_parallel)
+                return bad(ps,
+                           "an edge spans %g degrees of longitude: a fence across the antimeridian "
+                           "must be split at +-180 into a MultiPolygon",
+                           fabs(lon - plon), 0);
+        }
+        r->xy[2 * k] = lon;
+        r->xy[2 * k + 1] = lat;
+        if (lon < s->minx)
+            s->minx = lon;
+        if (lon > s->maxx)
+            s->maxx = lon;
+        if (lat < s->miny)
+            s->miny = lat;
+        if (lat > s->maxy)
+            s->maxy = lat;
+    }
+    /* the closing edge */
+    double l0 = r->xy[0], ln = r->xy[2 * (r->n - 1)];
+    if (fabs(l0 - ln) > 180 &&
+        !(fabs(l0) == 180 && fabs(ln) == 180 && r->xy[1] == r->xy[2 * r->n - 1])) {
+        RING_AT(n - 1);
+        return bad(ps, "an edge spans %g degrees of longitude: split the fence at +-180",
+                   fabs(l0 - ln), 0);
+    }
+    *xy += 2 * r->n;
+    s->nverts += r->n;
+#undef RING_AT
+    return check_selfx(ps, r, pi, ri);
+}
+
+/* Counts rings and positions first so one block holds everything. */
+static int count(const msgpack_object *coords, bool multi, size_t *npolys, size_t *nrings,
+                 size_t *npos)
+{
+    *npolys = multi ? coords->via.array.size : 1;
+    *nrings = *npos = 0;
+    for (size_t p = 0; p < *npolys; p++) {
+        const msgpack_object *poly = multi ? &coords->via.array.ptr[p] : coords;
+        if (!is_array(poly))
+            return -1;
+        *nrings += poly->via.array.size;
+        for (size_t r = 0; r < poly->via.array.size; r++)
+            if (is_array(&poly->via.array.ptr[r]))
+                *npos += poly->via.array.ptr[r].via.array.size;
+    }
+    return 0;
+}
+
+static int parse_polys(struct parse *ps, const msgpack_object *coords, bool multi,
+                       struct geo_shape *s)
+{
+    at(ps, "/coordinates", 0, 0, 0);
+    if (!is_array(coords))
+        return bad(ps, "coordinates must be an array", 0, 0);
+    if (coords->via.array.size == 0)
+        return bad(ps,
+                   multi ? "a MultiPolygon needs at least one polygon"
+                         : "a Polygon needs an outer ring",
+                   0, 0);
+    if (multi && coords->via.array.size > GEO_POLYS_MAX)
+        return bad(ps, "over %g polygons", GEO_POLYS_MAX, 0);
+    size_t np, nr, npos;
+    if (count(coords, multi, &np, &nr, &npos)) {
+        return bad(ps, "a polygon is an array of rings", 0, 0);
+    }
+    if (npos > GEO_VERTICES_MAX + nr)
+        return bad(ps, "over %g vertices in one fence", GEO_VERTICES_MAX, 0);
+    size_t bytes =
+        np * sizeof(struct geo_poly) + nr * sizeof(struct geo_ring) + npos * 2 * sizeof(double);
+    s->mem = calloc(1, bytes ? bytes : 1);
+    if (!s->mem)
+        return CAIRN_ENOMEM;
+    s->polys = s->mem;
+    struct geo_ring *rings = (struct geo_ring *)(s->polys + np);
+    double *xy = (double *)(rings + nr);
+    s->npolys = (uint32_t)np;
+    s->minx = s->miny = 1e9;
+    s->maxx = s->maxy = -1e9;
+    for (size_t p = 0; p < np; p++) {
+        const msgpack_object *poly = multi ? &coords->via.array.ptr[p] : coords;
+        if (poly->via.array.size == 0 || poly->via.array.size > GEO_RINGS_MAX) {
+            if (multi)
+                at(ps, "/coordinates/%ld", (long)p, 0, 0);
+            return bad(ps, "a polygon has 1 to %g rings (outer ring, then holes)", GEO_RINGS_MAX,
+                       0);
+        }
+        s->polys[p].nrings = poly->via.array.size;
+        s->polys[p].rings = rings;
+        for (uint32_t r = 0; r < poly->via.array.size; r++) {
+            int rc =
+                parse_ring(ps, &poly->via.array.ptr[r], multi ? (long)p : -1, r, &rings[r], &xy, s);
+            if (rc)
+                return rc;
+        }
+        rings += poly->via.array.size;
+    }
+    return 0;
+}
+
+static int parse_circle(struct parse *ps, const msgpack_object *g, struct geo_shape *s)
+{
+    const msgpack_object *c = mp_get(g, "center");
+    at(ps, "/center", 0, 0, 0);
+    if (!c)
+        return bad(ps, "a Circle needs a center [lon, lat]", 0, 0);
+    int rc = parse_pos(ps, c, &s->cx, &s->cy);
+    if (rc)
+        return rc;
+    at(ps, "/radius_m", 0, 0, 0);
+    if (!num(mp_get(g, "radius_m"), &s->r) || !isfinite(s->r) || s->r <= 0 || s->r > GEO_RADIUS_MAX)
+        return bad(ps, "radius_m must be a number in (0, %g]", GEO_RADIUS_MAX, 0);
+    double dlat = s->r / GEO_EARTH_R / DEG2RAD;
+    s->miny = s->cy - dlat;
+    s->maxy = s->cy + dlat;
+    double cl = cos(s->cy * DEG2RAD);
+    double dlon = cl > 1e-9 ? dlat / cl : 360;
+    s->minx = s->cx - dlon;
+    s->maxx = s->cx + dlon;
+    /* Across a pole or the antimeridian: every longitude (the distance test
+     * is exact; only the index gets coarser for such rare circles). */
+    if (s->miny < -90 || s->maxy > 90 || s->minx < -180 || s->maxx > 180 || dlon >= 180) {
+        s->minx = -180;
+        s->maxx = 180;
+    }
+    if (s->miny < -90)
+        s->miny = -90;
+    if (s->maxy > 90)
+        s->maxy = 90;
+    s->nverts = 1;
+    return 0;
+}
+
+int geo_parse(const msgpack_object *g, const char *where, struct geo_shape *s,
+              struct cairn_error *e)
+{
+    struct parse ps = {.where = where ? where : "", .e = e};
+    memset(s, 0, sizeof *s);
+    at(&ps, "", 0, 0, 0);
+    if (!g || g->type != MSGPACK_OBJECT_MAP)
+        return bad(&ps, "geometry must be an object", 0, 0);
+    const msgpack_object *t = mp_get(g, "type");
+    int rc;
+    if (mp_str_eq(t, "Polygon") || mp_str_eq(t, "MultiPolygon")) {
+        s->kind = GEO_POLYGON;
+        rc = parse_polys(&ps, mp_get(g, "coordinates"), mp_str_eq(t, "MultiPolygon"), s);
+    } else if (mp_str_eq(t, "Circle")) {
+        s->kind = GEO_CIRCLE;
+        rc = parse_circle(&ps, g, s);
+    } else if (mp_str_eq(t, "Roam")) {
+        s->kind = GEO_ROAM;
+        at(&ps, "/radius_m", 0, 0, 0);
+        rc = 0;
+        if (!num(mp_get(g, "radius_m"), &s->r) || !isfinite(s->r) || s->r <= 0 || s->r > 100000)
+            rc = bad(&ps, "radius_m must be a number in (0, %g]", 100000, 0);
+        s->minx = -180, s->maxx = 180, s->miny = -90, s->maxy = 90;
+    } else {
+        at(&ps, "/type", 0, 0, 0);
+        rc = bad(&ps, "type must be Polygon, MultiPolygon, Circle or Roam", 0, 0);
+    }
+    if (rc)
+        geo_shape_free(s);
+    return rc;
+}
+
+void geo_shape_free(struct geo_shape *s)
+{
+    free(s->mem);
+    s->mem = NULL;
+    s->polys = NULL;
+    s->npolys = 0;
+}
+
+/* ====================================================================== packing */
+
+/* kind u8 | bbox 4 x f64 | circle: cx cy r | polygon: npolys u32, per
+ * polygon nrings u32, per ring n u32 + 2n f64. Native byte order: the
+ * packed form only lives in this machine's state (it is rebuilt by
+ * replay), and digests compare states built on the same architecture. */
+static int put(struct cairn_buf *b, const void *p, size_t n)
+{
+    return cairn_buf_append(b, p, n);
+}
+
+int geo_pack(const struct geo_shape *s, struct cairn_buf *b)
+{
+    uint8_t k = (uint8_t)s->kind;
+    double box[4] = {s->minx, s->miny, s->maxx, s->maxy};
+    int rc = put(b, &k, 1);
+    if (!rc)
+        rc = put(b, box, sizeof box);
+    if (rc || s->kind != GEO_POLYGON) {
+        double c[3] = {s->cx, s->cy, s->r};
+        return rc ? rc : put(b, c, sizeof c);
+    }
+    rc = put(b, &s->npolys, 4);
+    for (uint32_t p = 0; p < s->npolys && !rc; p++) {
+        rc = put(b, &s->polys[p].nrings, 4);
+        for (uint32_t r = 0; r < s->polys[p].nrings && !rc; r++) {
+            const struct geo_ring *g = &s->polys[p].rings[r];
+            rc = put(b, &g->n, 4);
+            if (!rc)
+                rc = put(b, g->xy, g->n * 2 * sizeof(double));
+        }
+    }
+    return rc;
+}
+
+int geo_unpack(const uint8_t *p, size_t n, struct geo_shape *s)
+{
+    const uint8_t *end = p + n;
+    memset(s, 0, sizeof *s);
+    if (n < 33)
+        return CAIRN_ECORRUPT;
+    s->kind = p[0];
+    double box[4];
+    memcpy(box, p + 1, sizeof box);
+    s->minx = box[0], s->miny = box[1], s->maxx = box[2], s->maxy = box[3];
+    p += 33;
+    if (s->kind != GEO_POLYGON) {
+        double c[3];
+        if (end - p < (long)sizeof c)
+            return CAIRN_ECORRUPT;
+        memcpy(c, p, sizeof c);
+        s->cx = c[0], s->cy = c[1], s->r = c[2];
+        return 0;
+    }
+    /* first pass: sizes */
+    const uint8_t *q = p;
+    uint32_t np, nr = 0, npos = 0;
+    if (end - q < 4)
+        return CAIRN_ECORRUPT;
+    memcpy(&np, q, 4);
+    q += 4;
+    for (uint32_t i = 0; i < np; i++) {
+        uint32_t k;
+        if (end - q < 4)
+            return CAIRN_ECORRUPT;
+        memcpy(&k, q, 4);
+        q += 4;
+        nr += k;
+        for (uint32_t j = 0; j < k; j++) {
+            uint32_t m;
+            if (end - q < 4)
+                return CAIRN_ECORRUPT;
+            memcpy(&m, q, 4);
+            q += 4;
+            if ((size_t)(end - q) < (size_t)m * 16)
+                return CAIRN_ECORRUPT;
+            q += (size_t)m * 16;
+            npos += m;
+        }
+    }
+    s->mem = malloc(np * sizeof(struct geo_poly) + nr * sizeof(struct geo_ring) + npos * 16 + 1);
+    if (!s->mem)
+        return CAIRN_ENOMEM;
+    s->polys = s->mem;
+    s->npolys = np;
+    struct geo_ring *rings = (struct geo_ring *)(s->polys + np);
+    double *xy = (double *)(rings + nr);
+    q = p + 4;
+    for (uint32_t i = 0; i < np; i++) {
+        memcpy(&s->polys[i].nrings, q, 4);
+        q += 4;
+        s->polys[i].rings = rings;
+        for (uint32_t j = 0; j < s->polys[i].nrings; j++) {
+            memcpy(&rings[j].n, q, 4);
+            q += 4;
+            rings[j].xy = xy;
+            memcpy(xy, q, (size_t)rings[j].n * 16);
+            q += (size_t)rings[j].n * 16;
+            xy += 2 * rings[j].n;
+            s->nverts += rings[j].n;
+        }
+        rings += s->polys[i].nrings;
+    }
+    return 0;
+}
+
+/* ====================================================================== tests */
+
+double geo_dist(double lon1, double lat1, double lon2, double lat2)
+{
+    double p1 = lat1 * DEG2RAD, p2 = lat2 * DEG2RAD;
+    double dp = p2 - p1, dl = (lon2 - lon1) * DEG2RAD;
+    double a = sin(dp / 2) * sin(dp / 2) + cos(p1) * cos(p2) * sin(dl / 2) * sin(dl / 2);
+    if (a > 1)
+        a = 1;
+    return 2 * GEO_EARTH_R * asin(sqrt(a));
+}
+
+static double orient(double ax, double ay, double bx, double by, double cx, double cy)
+{
+    return (bx - ax) * (cy - ay) - (by - ay) * (cx - ax);
+}
+
+static bool on_segment(double px, double py, double ax, double ay, double bx, double by)
+{
+    if (px < fmin(ax, bx) - EDGE_EPS || px > fmax(ax, bx) + EDGE_EPS ||
+        py < fmin(ay, by) - EDGE_EPS || py > fmax(ay, by) + EDGE_EPS)
+        return false;
+    double dx = bx - ax, dy = by - ay, len = sqrt(dx * dx + dy * dy);
+    if (len == 0)
+        return fabs(px - ax) <= EDGE_EPS && fabs(py - ay) <= EDGE_EPS;
+    return fabs(orient(ax, ay, bx, by, px, py)) / len <= EDGE_EPS;
+}
+
+/* Segments ab and cd intersect (proper only when `proper`: touching at an
+ * end does not count then). */
+static bool seg_cross(double ax, double ay, double bx, double by, double cx, double cy, double dx,
+                      double dy, bool proper)
+{
+    double d1 = orient(cx, cy, dx, dy, ax, ay), d2 = orient(cx, cy, dx, dy, bx, by);
+    double d3 = orient(ax, ay, bx, by, cx, cy), d4 = orient(ax, ay, bx, by, dx, dy);
+    if (((d1 > 0 && d2 < 0) || (d1 < 0 && d2 > 0)) && ((d3 > 0 && d4 < 0) || (d3 < 0 && d4 > 0)))
+        return true;
+    if (proper)
+        return false;
+    return (d1 == 0 && on_segment(ax, ay, cx, cy, dx, dy)) ||
+           (d2 == 0 && on_segment(bx, by, cx, cy, dx, dy)) ||
+           (d3 == 0 && on_segment(cx, cy, ax, ay, bx, by)) ||
+           (d4 == 0 && on_segment(dx, dy, ax, ay, bx, by));
+}
+
+/* 1 inside, 0 outside, 2 on the boundary. */
+static int ring_test(const struct geo_ring *r, double x, double y)
+{
+    bool in = false;
+    for (uint32_t i = 0, j = r->n - 1; i < r->n; j = i++) {
+        double xi = r->xy[2 * i], yi = r->xy[2 * i + 1], xj = r->xy[2 * j], yj = r->xy[2 * j + 1];
+        if (on_segment(x, y, xj, yj, xi, yi))
+            return 2;
+        if ((yi > y) != (yj > y) && x < (xj - xi) * (y - yi) / (yj - yi) + xi)
+            in = !in;
+    }
+    return in;
+}
+
+static bool poly_contains(const struct geo_poly *p, double x, double y)
+{
+    int t = ring_test(&p->rings[0], x, y);
+    if (t != 1)
+        return t == 2;
+    for (uint32_t h = 1; h < p->nrings; h++) {
+        t = ring_test(&p->rings[h], x, y);
+        if (t == 2)
+            return true; /* the hole's edge belongs to the fence */
+        if (t == 1)
+            return false;
+    }
+    return true;
+}
+
+static bool contains1(const struct geo_shape *s, double x, double y)
+{
+    if (x < s->minx - EDGE_EPS || x > s->maxx + EDGE_EPS || y < s->miny - EDGE_EPS ||
+        y > s->maxy + EDGE_EPS)
+        return false;
+    for (uint32_t p = 0; p < s->npolys; p++)
+        if (poly_contains(&s->polys[p], x, y))
+            return true;
+    return false;
+}
+
+bool geo_contains(const struct geo_shape *s, double lon, double lat)
+{
+    if (s->kind == GEO_CIRCLE)
+        return geo_dist(s->cx, s->cy, lon, lat) <= s->r;
+    if (s->kind != GEO_POLYGON)
+        return false;
+    if (contains1(s, lon, lat))
+        return true;
+    if (lon == 180 || lon == -180)
+        return contains1(s, -lon, lat);
+    return false;
+}
+
+/* Distance in metres from p to segment ab, in a local equirectangular
+ * projection around p. */
+static double seg_dist_m(double px, double py, double ax, double ay, double bx, double by)
+{
+    double k = cos(py * DEG2RAD);
+    double ux = (ax - px) * k, uy = ay - py, vx = (bx - px) * k, vy = by - py;
+    double dx = vx - ux, dy = vy - uy, l2 = dx * dx + dy * dy;
+    double t = l2 > 0 ? -(ux * dx + uy * dy) / l2 : 0;
+    if (t < 0)
+        t = 0;
+    if (t > 1)
+        t = 1;
+    double qx = ux + t * dx, qy = uy + t * dy;
+    return sqrt(qx * qx + qy * qy) * DEG2RAD * GEO_EARTH_R;
+}
+
+double geo_boundary_dist(const struct geo_shape *s, double lon, double lat)
+{
+    if (s->kind == GEO_CIRCLE)
+        return fabs(geo_dist(s->cx, s->cy, lon, lat) - s->r);
+    double best = INFINITY;
+    for (uint32_t p = 0; p < s->npolys; p++)
+        for (uint32_t r = 0; r < s->polys[p].nrings; r++) {
+            const struct geo_ring *g = &s->polys[p].rings[r];
+            for (uint32_t i = 0, j = g->n - 1; i < g->n; j = i++) {
+                double d = seg_dist_m(lon, lat, g->xy[2 * j], g->xy[2 * j + 1], g->xy[2 * i],
+                                      g->xy[2 * i + 1]);
+                if (d < best)
+                    best = d;
+            }
+        }
+    return best;
+}
+
+bool geo_segment_hits(const struct geo_shape *s, double ax, double ay, double bx, double by)
+{
+    if (s->kind == GEO_CIRCLE) {
+        /* local projection around the center */
+        double k = cos(s->cy * DEG2RAD);
+        double ux = (ax - s->cx) * k, uy = ay - s->cy, vx = (bx - s->cx) * k, vy = by - s->cy;
+        double dx = vx - ux, dy = vy - uy, l2 = dx * dx + dy * dy;
+        double t = l2 > 0 ? -(ux * dx + uy * dy) / l2 : 0;
+        if (t < 0)
+            t = 0;
+        if (t > 1)
+            t = 1;
+        double qx = ux + t * dx, qy = uy + t * dy;
+        return sqrt(qx * qx + qy * qy) * DEG2RAD * GEO_EARTH_R <= s->r;
+    }
+    if (s->kind != GEO_POLYGON)
+        return false;
+    if (fmax(ax, bx) < s->minx || fmin(ax, bx) > s->maxx || fmax(ay, by) < s->miny ||
+        fmin(ay, by) > s->maxy)
+        return false;
+    if (contains1(s, ax, ay) || contains1(s, bx, by))
+        return true;
+    for (uint32_t p = 0; p < s->npolys; p++)
+        for (uint32_t r = 0; r < s->polys[p].nrings; r++) {
+            const struct geo_ring *g = &s->polys[p].rings[r];
+            for (uint32_t i = 0, j = g->n - 1; i < g->n; j = i++)
+                if (seg_cross(ax, ay, bx, by, g->xy[2 * j], g->xy[2 * j + 1], g->xy[2 * i],
+                              g->xy[2 * i + 1], false))
+                    return true;
+        }
+    return false;
+}
+
+/* ====================================================================== the index */
+
+#define LEVELS 20 /* level 19: cells of 360/2^19 deg ~ 76 m */
+/* A box query covering more cells than this at one level scans that
+ * level's whole table instead (same answer, bounded work). */
+#define BOX_CELLS_MAX 4096
+
+struct bucket {
+    uint64_t key; /* 0: empty */
+    uint32_t n, cap;
+    uint32_t *ids;
+};
+
+struct geo_index {
+    struct bucket *tab;
+    size_t cap, used;
+    uint32_t level_count[LEVELS];
+    uint32_t *stamp; /* per id, for box dedup */
+    size_t nstamp;
+    uint32_t epoch;
+};
+
+static double cell_deg(int level)
+{
+    return 360.0 / (double)(1u << level);
+}
+
+static uint64_t cell_key(uint32_t space, int level, uint32_t cx, uint32_t cy)
+{
+    /* space 20 bits | level 5 | cx 19 | cy 19 — plus 1 so 0 stays "empty" */
+    return (((uint64_t)space & 0xFFFFF) << 43 | (uint64_t)level << 38 | (uint64_t)cx << 19 | cy) +
+           1;
+}
+
+static uint32_t cell_of(double v, double base, int level)
+{
+    double c = floor((v + base) / cell_deg(level));
+    uint32_t max = (1u << level) - 1;
+    return c < 0 ? 0 : c > max ? max : (uint32_t)c;
+}
+
+static uint64_t mix(uint64_t x)
+{
+    x ^= x >> 33;
+    x *= 0xff51afd7ed558ccdULL;
+    x ^= x >> 33;
+    x *= 0xc4ceb9fe1a85ec53ULL;
+    x ^= x >> 33;
+    return x;
+}
+
+static int level_for(const struct geo_shape *s)
+{
+    double w = s->maxx - s->minx, h = s->maxy - s->miny, m = w > h ? w : h;
+    int l = 0;
+    while (l + 1 < LEVELS && cell_deg(l + 1) >= m)
+        l++;
+    return l;
+}
+
+int geo_index_new(struct geo_index **out)
+{
+    struct geo_index *ix = calloc(1, sizeof *ix);
+    if (!ix)
+        return CAIRN_ENOMEM;
+    ix->cap = 1024;
+    ix->tab = calloc(ix->cap, sizeof *ix->tab);
+    if (!ix->tab) {
+        free(ix);
+        return CAIRN_ENOMEM;
+    }
+    *out = ix;
+    return 0;
+}
+
+void geo_index_free(struct geo_index *ix)
+{
+    if (!ix)
+        return;
+    for (size_t i = 0; i < ix->cap; i++)
+        free(ix->tab[i].ids);
+    free(ix->tab);
+    free(ix->stamp);
+    free(ix);
+}
+
+static struct bucket *find(struct geo_index *ix, uint64_t key, bool create)
+{
+    size_t m = ix->cap - 1, i = mix(key) & m;
+    for (;;) {
+        struct bucket *b = &ix->tab[i];
+        if (b->key == key)
+            return b;
+        if (b->key == 0) {
+            if (!create)
+                return NULL;
+            b->key = key;
+            ix->used++;
+            return b;
+        }
+        i = (i + 1) & m;
+    }
+}
+
+static int grow(struct geo_index *ix)
+{
+    if (ix->used * 2 < ix->cap)
+        return 0;
+    struct bucket *old = ix->tab;
+    size_t ocap = ix->cap;
+    ix->tab = calloc(ocap * 2, sizeof *ix->tab);
+    if (!ix->tab) {
+        ix->tab = old;
+        return CAIRN_ENOMEM;
+    }
+    ix->cap = ocap * 2;
+    ix->used = 0;
+    for (size_t i = 0; i < ocap; i++)
+        if (old[i].key) {
+            struct bucket *b = find(ix, old[i].key, true);
+            *b = old[i];
+        }
+    free(old);
+    return 0;
+}
+
+static int bucket_add(struct geo_index *ix, uint64_t key, uint32_t id)
+{
+    int rc = grow(ix);
+    if (rc)
+        return rc;
+    struct bucket *b = find(ix, key, true);
+    if (b->n == b->cap) {
+        uint32_t cap = b->cap ? b->cap * 2 : 2;
+        uint32_t *p = realloc(b->ids, cap * sizeof *p);
+        if (!p)
+            return CAIRN_ENOMEM;
+        b->ids = p;
+        b->cap = cap;
+    }
+    b->ids[b->n++] = id;
+    return 0;
+}
+
+/* Buckets are never removed from the table (keeps probing simple); an
+ * empty one costs 24 bytes. */
+static void bucket_del(struct geo_index *ix, uint64_t key, uint32_t id)
+{
+    struct bucket *b = find(ix, key, false);
+    if (!b)
+        return;
+    for (uint32_t i = 0; i < b->n; i++)
+        if (b->ids[i] == id) {
+            b->ids[i] = b->ids[--b->n];
+            return;
+        }
+}
+
+int geo_index_add(struct geo_index *ix, uint32_t space, uint32_t id, const struct geo_shape *s)
+{
+    int l = level_for(s);
+    uint32_t x0 = cell_of(s->minx, 180, l), x1 = cell_of(s->maxx, 180, l);
+    uint32_t y0 = cell_of(s->miny, 90, l), y1 = cell_of(s->maxy, 90, l);
+    if (id >= ix->nstamp) {
+        size_t n = ix->nstamp ? ix->nstamp : 1024;
+        while (n <= id)
+            n *= 2;
+        uint32_t *p = realloc(ix->stamp, n * sizeof *p);
+        if (!p)
+            return CAIRN_ENOMEM;
+        memset(p + ix->nstamp, 0, (n - ix->nstamp) * sizeof *p);
+        ix->stamp = p;
+        ix->nstamp = n;
+    }
+    for (uint32_t y = y0; y <= y1; y++)
+        for (uint32_t x = x0; x <= x1; x++) {
+            int rc = bucket_add(ix, cell_key(space, l, x, y), id);
+            if (rc)
+                return rc;
+        }
+    ix->level_count[l]++;
+    return 0;
+}
+
+void geo_index_del(struct geo_index *ix, uint32_t space, uint32_t id, const struct geo_shape *s)
+{
+    int l = level_for(s);
+    uint32_t x0 = cell_of(s->minx, 180, l), x1 = cell_of(s->maxx, 180, l);
+    uint32_t y0 = cell_of(s->miny, 90, l), y1 = cell_of(s->maxy, 90, l);
+    for (uint32_t y = y0; y <= y1; y++)
+        for (uint32_t x = x0; x <= x1; x++)
+            bucket_del(ix, cell_key(space, l, x, y), id);
+    ix->level_count[l]--;
+}
+
+static int push(uint32_t **ids, size_t *cap, size_t n, uint32_t id)
+{
+    if (n == *cap) {
+        size_t c = *cap ? *cap * 2 : 64;
+        uint32_t *p = realloc(*ids, c * sizeof *p);
+        if (!p)
+            return CAIRN_ENOMEM;
+        *ids = p;
+        *cap = c;
+    }
+    (*ids)[n] = id;
+    return 0;
+}
+
+int geo_index_point(struct geo_index *ix, uint32_t space, double lon, double lat, uint32_t **ids,
+                    size_t *cap)
+{
+    size_t n = 0;
+    for (int l = 0; l < LEVELS; l++) {
+        if (!ix->level_count[l])
+            continue;
+        /* A point on a cell line may be on the edge of a fence of the cell
+         * before it (cells are half-open): the box query looks there too. */
+        double d = cell_deg(l), fx = (lon + 180) / d, fy = (lat + 90) / d;
+        if (fx == floor(fx) || fy == floor(fy))
+            return geo_index_box(ix, space, lon, lat, lon, lat, ids, cap);
+    }
+    for (int l = 0; l < LEVELS; l++) {
+        if (!ix->level_count[l])
+            continue;
+        struct bucket *b =
+            find(ix, cell_key(space, l, cell_of(lon, 180, l), cell_of(lat, 90, l)), false);
+        for (uint32_t i = 0; b && i < b->n; i++)
+            if (push(ids, cap, n++, b->ids[i]))
+                return CAIRN_ENOMEM;
+    }
+    return (int)n;
+}
+
+int geo_index_box(struct geo_index *ix, uint32_t space, double minx, double miny, double maxx,
+                  double maxy, uint32_t **ids, size_t *cap)
+{
+    size_t n = 0;
+    if (++ix->epoch == 0) {
+        memset(ix->stamp, 0, ix->nstamp * sizeof *ix->stamp);
+        ix->epoch = 1;
+    }
+    for (int l = 0; l < LEVELS; l++) {
+        if (!ix->level_count[l])
+            continue;
+        uint32_t x0 = cell_of(minx, 180, l), x1 = cell_of(maxx, 180, l);
+        uint32_t y0 = cell_of(miny, 90, l), y1 = cell_of(maxy, 90, l);
+        /* cells are half-open: a box ending on a cell line also meets the
+         * cell before it */
+        x0 = x0 ? x0 - 1 : 0;
+        y0 = y0 ? y0 - 1 : 0;
+        uint64_t cells = (uint64_t)(x1 - x0 + 1) * (y1 - y0 + 1);
+        for (size_t t = 0; cells > BOX_CELLS_MAX && t < ix->cap; t++) {
+            struct bucket *b = &ix->tab[t];
+            if (!b->key || ((b->key - 1) >> 38) != (((uint64_t)space & 0xFFFFF) << 5 | (uint64_t)l))
+                continue;
+            for (uint32_t i = 0; i < b->n; i++)
+                if (ix->stamp[b->ids[i]] != ix->epoch) {
+                    ix->stamp[b->ids[i]] = ix->epoch;
+                    if (push(ids, cap, n++, b->ids[i]))
+                        return CAIRN_ENOMEM;
+                }
+        }
+        for (uint32_t y = y0; cells <= BOX_CELLS_MAX && y <= y1; y++)
+            for (uint32_t x = x0; x <= x1; x++) {
+                struct bucket *b = find(ix, cell_key(space, l, x, y), false);
+                for (uint32_t i = 0; b && i < b->n; i++)
+                    if (ix->stamp[b->ids[i]] != ix->epoch) {
+                        ix->stamp[b->ids[i]] = ix->epoch;
+                        if (push(ids, cap, n++, b->ids[i]))
+                            return CAIRN_ENOMEM;
+                    }
+            }
+    }
+    return (int)n;
+}
+
+size_t geo_index_bytes(const struct geo_index *ix)
+{
+    size_t n = ix->cap * sizeof *ix->tab + ix->nstamp * sizeof *ix->stamp;
+    for (size_t i = 0; i < ix->cap; i++)
+        n += ix->tab[i].cap * sizeof(uint32_t);
+    return n;
+}

@@ -1,0 +1,1553 @@
+/*
+ * geofence — fences as inputs, detection on every `location`, roam
+ * (device proximity) and order arrival. Emits on stream `geofence`.
+ *
+ * Inputs: geofence.define, geofence.delete (control), location, order.
+ * Key layouts: geofence_int.h. Rules of geometry: geo.h.
+ *
+ * Semantics (README, "Geofencing"):
+ *  - State per (device, fence): outside (no record), pending (inside but
+ *    min_dwell_s not yet elapsed) or inside, since when. A fix inside a
+ *    fence makes it pending, or inside at once when min_dwell_s is 0; a
+ *    pending fence becomes inside (geofence.enter) at the first fix still
+ *    inside at least min_dwell_s after it became pending; a fix outside
+ *    drops a pending fence silently. An inside fence exits (geofence.exit
+ *    with dwell_s) at the first fix farther than margin_m outside its
+ *    boundary (margin 0: any fix outside); likewise a pending fence is
+ *    dropped only by a fix farther than margin_m outside, so GPS jitter
+ *    along the border neither flaps nor restarts the dwell.
+ *  - A fix older than the device's last fix is ignored (late). A fix with
+ *    accuracy > max_accuracy_m of a fence changes nothing for that fence.
+ *  - geofence.inside: every fix inside a fence that asks for it (after its
+ *    enter). geofence.outside: every fix of a device matching the fence's
+ *    `devices` filter (required for `outside`) that is not inside it.
+ *    geofence.cross: the segment from the previous fix to this one touches
+ *    a fence that contains neither fix.
+ *  - Redefining a fence takes effect at once for new fixes; devices inside
+ *    are re-evaluated at their next fix against the new definition.
+ *    Deleting it emits geofence.exit (reason "deleted") for the devices
+ *    inside (up to GF_DELETE_EXITS_MAX; any other at its next fix).
+ *  - Emission order for one fix: memberships in fence id order (exit,
+ *    enter, inside), then new fences in id order, cross, outside, roam
+ *    (nearby/faraway), order.arrived — every list sorted by id, so the
+ *    order never depends on the in-memory index.
+ *
+ * In memory: every fence (geometry + options) and the grid index, rebuilt
+ * in open from geofence.fences/geom, so an aborted batch is forgotten.
+ */
+#include "geofence_int.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+static const char *const consumes[] = {"geofence.define", "geofence.delete", "location", "order",
+                                       NULL};
+static const char *const emits[] = {
+    "geofence.enter",  "geofence.exit",    "geofence.inside",  "geofence.outside", "geofence.cross",
+    "geofence.nearby", "geofence.faraway", "geofence.refused", "order.arrived",    NULL};
+const char *const gf_hit_names[] = {"",        "enter", "exit",   "inside",
+                                    "outside", "cross", "nearby", "faraway"};
+static const char *const detect_names[] = {"enter", "exit", "inside", "outside", "cross"};
+
+/* ====================================================================== in-memory fences */
+
+struct fence {
+    char *id; /* NULL: free slot */
+    uint8_t idlen;
+    uint32_t tenant;
+    uint8_t detect;
+    struct geo_shape shape;
+    int64_t dwell_ns;
+    double margin, max_acc;
+    uint16_t nfilters;
+    char **filters; /* "abc" exact, "abc*" prefix */
+    char *target;   /* roam */
+    uint32_t next_free;
+};
+
+struct tenant {
+    char name[CAIRN_TENANT_MAX + 1];
+    uint8_t tn;
+    uint32_t nfences, ncross;
+    uint32_t noutside, nroam;
+    uint32_t outside[GF_OUTSIDE_PER_TENANT_MAX];
+    uint32_t roam[GF_ROAM_PER_TENANT_MAX];
+    int64_t open_orders;
+};
+
+struct gf {
+    unsigned fences, geom, dev, inside, hits, dhits, pos, near, orders, oby;
+    double arrival_default;
+    struct fence *f;
+    uint32_t nf, capf, free_head; /* free list through next_free, UINT32_MAX: none */
+    uint32_t *idmap;              /* open addressing: slot + 1, 0 empty */
+    size_t idcap, idused;
+    struct tenant **t;
+    uint32_t nt;
+    struct geo_index *ix;
+    uint32_t *cand;
+    size_t candcap;
+    uint32_t *mark; /* per slot: epoch when in the current fix's inside set */
+    uint32_t epoch;
+    struct cairn_buf rec, tmp;
+};
+
+static struct gf *self(struct hctx *ctx)
+{
+    return *hctx_user(ctx);
+}
+
+static uint64_t hash_id(uint32_t tenant, const char *id, size_t n)
+{
+    uint64_t h = 1469598103934665603ULL ^ tenant;
+    for (size_t i = 0; i < n; i++)
+        h = (h ^ (uint8_t)id[i]) * 1099511628211ULL;
+    return h ^ (h >> 29);
+}
+
+static int tenant_get(struct gf *g, const struct cairn_str *name, bool create, uint32_t *out)
+{
+    for (uint32_t i = 0; i < g->nt; i++)
+        if (g->t[i]->tn == name->n && !memcmp(g->t[i]->name, name->p, name->n)) {
+            *out = i;
+            return 0;
+        }
+    if (!create)
+        return CAIRN_ENOTFOUND;
+    if (name->n > CAIRN_TENANT_MAX || g->nt >= (1u << 20))
+        return CAIRN_ETOOBIG;
+    struct tenant **p = realloc(g->t, (g->nt + 1) * sizeof *p);
+    if (!p)
+        return CAIRN_ENOMEM;
+    g->t = p;
+    struct tenant *t = calloc(1, sizeof *t);
+    if (!t)
+        return CAIRN_ENOMEM;
+    memcpy(t->name, name->p, name->n);
+    t->tn = (uint8_t)name->n;
+    g->t[g->nt] = t;
+    *out = g->nt++;
+    return 0;
+}
+
+static uint32_t fence_find(struct gf *g, uint32_t tenant, const char *id, size_t n)
+{
+    if (!g->idcap)
+        return UINT32_MAX;
+    size_t m = g->idcap - 1;
+    for (size_t i = hash_id(tenant, id, n) & m;; i = (i + 1) & m) {
+        uint32_t s = g->idmap[i];
+        if (!s)
+            return UINT32_MAX;
+        struct fence *f = &g->f[s - 1];
+        if (f->tenant == tenant && f->idlen == n && !memcmp(f->id, id, n))
+            return s - 1;
+    }
+}
+
+static int idmap_grow(struct gf *g)
+{
+    if ((g->idused + 1) * 2 < g->idcap)
+        return 0;
+    size_t cap = g->idcap ? g->idcap * 2 : 1024;
+    uint32_t *m = calloc(cap, sizeof *m);
+    if (!m)
+        return CAIRN_ENOMEM;
+    for (size_t i = 0; i < g->idcap; i++)
+        if (g->idmap[i]) {
+            struct fence *f = &g->f[g->idmap[i] - 1];
+            size_t j = hash_id(f->tenant, f->id, f->idlen) & (cap - 1);
+            while (m[j])
+                j = (j + 1) & (cap - 1);
+            m[j] = g->idmap[i];
+        }
+    free(g->idmap);
+    g->idmap = m;
+    g->idcap = cap;
+    return 0;
+}
+
+static void idmap_put(struct gf *g, uint32_t slot)
+{
+    struct fence *f = &g->f[slot];
+    size_t m = g->idcap - 1, i = hash_id(f->tenant, f->id, f->idlen) & m;
+    while (g->idmap[i])
+        i = (i + 1) & m;
+    g->idmap[i] = slot + 1;
+    g->idused++;
+}
+
+/* Linear probing deletion by backward shift. */
+static void idmap_del(struct gf *g, uint32_t slot)
+{
+    size_t m = g->idcap - 1, i = 0;
+    struct fence *f = &g->f[slot];
+    for (i = hash_id(f->tenant, f->id, f->idlen) & m; g->idmap[i] != slot + 1; i = (i + 1) & m)
+        ;
+    g->idmap[i] = 0;
+    g->idused--;
+    for (size_t j = (i + 1) & m; g->idmap[j]; j = (j + 1) & m) {
+        struct fence *h = &g->f[g->idmap[j] - 1];
+        size_t home = hash_id(h->tenant, h->id, h->idlen) & m;
+        /* move j to i when home is not in (i, j] (cyclically) */
+        if ((j > i && (home <= i || home > j)) || (j < i && home <= i && home > j)) {
+            g->idmap[i] = g->idmap[j];
+            g->idmap[j] = 0;
+            i = j;
+        }
+    }
+}
+
+static void fence_release(struct fence *f)
+{
+    free(f->id);
+    for (uint16_t i = 0; i < f->nfilters; i++)
+        free(f->filters[i]);
+    free(f->filters);
+    free(f->target);
+    geo_shape_free(&f->shape);
+    memset(f, 0, sizeof *f);
+}
+
+static void list_del(uint32_t *list, uint32_t *n, uint32_t slot)
+{
+    for (uint32_t i = 0; i < *n; i++)
+        if (list[i] == slot) {
+            list[i] = list[--*n];
+            return;
+        }
+}
+
+static void fence_remove(struct gf *g, uint32_t slot)
+{
+    struct fence *f = &g->f[slot];
+    struct tenant *t = g->t[f->tenant];
+    idmap_del(g, slot);
+    if (f->shape.kind != GEO_ROAM)
+        geo_index_del(g->ix, f->tenant, slot, &f->shape);
+    else
+        list_del(t->roam, &t->nroam, slot);
+    if (f->detect & D_OUTSIDE)
+        list_del(t->outside, &t->noutside, slot);
+    if (f->detect & D_CROSS)
+        t->ncross--;
+    t->nfences--;
+    fence_release(f);
+    f->next_free = g->free_head;
+    g->free_head = slot;
+}
+
+static int slot_alloc(struct gf *g, uint32_t *out)
+{
+    if (g->free_head != UINT32_MAX) {
+        *out = g->free_head;
+        g->free_head = g->f[*out].next_free;
+        return 0;
+    }
+    if (g->nf == g->capf) {
+        uint32_t cap = g->capf ? g->capf * 2 : 1024;
+        struct fence *f = realloc(g->f, cap * sizeof *f);
+        uint32_t *mk = realloc(g->mark, cap * sizeof *mk);
+        if (mk)
+            g->mark = mk;
+        if (!f || !mk) {
+            if (f)
+                g->f = f;
+            return CAIRN_ENOMEM;
+        }
+        memset(mk + g->capf, 0, (cap - g->capf) * sizeof *mk);
+        g->f = f;
+        g->capf = cap;
+    }
+    memset(&g->f[g->nf], 0, sizeof g->f[g->nf]);
+    *out = g->nf++;
+    return 0;
+}
+
+/* ====================================================================== fence options */
+
+static char *dupn(const char *p, size_t n)
+{
+    char *s = malloc(n + 1);
+    if (s) {
+        memcpy(s, p, n);
+        s[n] = 0;
+    }
+    return s;
+}
+
+static int read_options(const msgpack_object *def, struct fence *f)
+{
+    const msgpack_object *d = mp_get(def, "detect");
+    f->detect = 0;
+    for (uint32_t i = 0; d && d->type == MSGPACK_OBJECT_ARRAY && i < d->via.array.size; i++)
+        for (int k = 0; k < 5; k++)
+            if (mp_str_eq(&d->via.array.ptr[i], detect_names[k]))
+                f->detect |= (uint8_t)(1 << k);
+    double v;
+    f->dwell_ns = mp_num(mp_get(def, "min_dwell_s"), &v) && v > 0 ? (int64_t)(v * 1e9) : 0;
+    f->margin = mp_num(mp_get(def, "margin_m"), &v) && v > 0 ? v : 0;
+    f->max_acc = mp_num(mp_get(def, "max_accuracy_m"), &v) && v > 0 ? v : 0;
+    const msgpack_object *fl = mp_get(def, "devices");
+    if (fl && fl->type == MSGPACK_OBJECT_ARRAY && fl->via.array.size) {
+        uint32_t n = fl->via.array.size > GF_FILTERS_MAX ? GF_FILTERS_MAX : fl->via.array.size;
+        f->filters = calloc(n, sizeof *f->filters);
+        if (!f->filters)
+            return CAIRN_ENOMEM;
+        for (uint32_t i = 0; i < n; i++) {
+            struct cairn_str s = {"", 0};
+            mp_str(&fl->via.array.ptr[i], &s);
+            if (!(f->filters[f->nfilters++] = dupn(s.p, s.n)))
+                return CAIRN_ENOMEM;
+        }
+    }
+    struct cairn_str tp;
+    if (mp_str(mp_path(def, "geometry", "target_prefix", NULL), &tp) &&
+        !(f->target = dupn(tp.p, tp.n)))
+        return CAIRN_ENOMEM;
+    return 0;
+}
+
+static bool match_filter(char *const *filters, uint16_t n, const struct cairn_str *dev)
+{
+    if (!n)
+        return true;
+    for (uint16_t i = 0; i < n; i++) {
+        size_t l = strlen(filters[i]);
+        if (l && filters[i][l - 1] == '*') {
+            if (dev->n >= l - 1 && !memcmp(dev->p, filters[i], l - 1))
+                return true;
+        } else if (l == dev->n && !memcmp(dev->p, filters[i], l)) {
+            return true;
+        }
+    }
+    return false;
+}
+
+/* Puts a parsed fence (shape moved in) into memory. */
+static int fence_insert(struct gf *g, uint32_t tenant, const struct cairn_str *id,
+                        const msgpack_object *def, struct geo_shape *shape)
+{
+    struct tenant *t = g->t[tenant];
+    uint32_t old = fence_find(g, tenant, id->p, id->n), slot;
+    if (old != UINT32_MAX)
+        fence_remove(g, old);
+    int rc = idmap_grow(g);
+    if (!rc)
+        rc = slot_alloc(g, &slot);
+    if (rc)
+        return rc;
+    struct fence *f = &g->f[slot];
+    f->tenant = tenant;
+    f->shape = *shape;
+    memset(shape, 0, sizeof *shape);
+    f->idlen = (uint8_t)id->n;
+    if (!(f->id = dupn(id->p, id->n)) || (rc = read_options(def, f))) {
+        fence_release(f);
+        f->next_free = g->free_head;
+        g->free_head = slot;
+        return rc ? rc : CAIRN_ENOMEM;
+    }
+    idmap_put(g, slot);
+    t->nfences++;
+    if (f->shape.kind == GEO_ROAM)
+        t->roam[t->nroam++] = slot;
+    else
+        rc = geo_index_add(g->ix, tenant, slot, &f->shape);
+    if (f->detect & D_OUTSIDE && f->shape.kind != GEO_ROAM)
+        t->outside[t->noutside++] = slot;
+    else
+        f->detect &= (uint8_t)~D_OUTSIDE;
+    if (f->detect & D_CROSS)
+        t->ncross++;
+    return rc;
+}
+
+/* ====================================================================== open / close */
+
+static int load_fences(struct hctx *ctx)
+{
+    struct gf *g = self(ctx);
+    struct hcursor *c;
+    MDB_val k, v, gv;
+    int rc = hctx_cursor_open(ctx, g->fences, NULL, 0, &c);
+    while (!rc && !(rc = hctx_cursor_next(c, &k, &v))) {
+        struct cairn_str tn, id;
+        if (!hkey_split(k.mv_data, k.mv_size, &tn, &id))
+            rc = CAIRN_ECORRUPT;
+        msgpack_unpacked doc;
+        msgpack_unpacked_init(&doc);
+        struct geo_shape s;
+        uint32_t ti;
+        if (!rc && msgpack_unpack_next(&doc, v.mv_data, v.mv_size, NULL) != MSGPACK_UNPACK_SUCCESS)
+            rc = CAIRN_ECORRUPT;
+        if (!rc)
+            rc = hctx_get(ctx, g->geom, k.mv_data, k.mv_size, &gv);
+        if (!rc && !(rc = geo_unpack(gv.mv_data, gv.mv_size, &s))) {
+            rc = tenant_get(g, &tn, true, &ti);
+            if (!rc)
+                rc = fence_insert(g, ti, &id, &doc.data, &s);
+            geo_shape_free(&s);
+        }
+        msgpack_unpacked_destroy(&doc);
+    }
+    hctx_cursor_close(c);
+    if (rc == CAIRN_ENOTFOUND)
+        rc = 0;
+    /* open orders per tenant */
+    if (!rc)
+        rc = hctx_cursor_open(ctx, g->oby, NULL, 0, &c);
+    else
+        return rc;
+    while (!rc && !(rc = hctx_cursor_next(c, &k, &v))) {
+        struct cairn_str tn, rest;
+        uint32_t ti;
+        if (hkey_split(k.mv_data, k.mv_size, &tn, &rest) && !tenant_get(g, &tn, true, &ti))
+            g->t[ti]->open_orders++;
+    }
+    hctx_cursor_close(c);
+    return rc == CAIRN_ENOTFOUND ? 0 : rc;
+}
+
+static void gf_close(struct hctx *ctx)
+{
+    struct gf *g = self(ctx);
+    if (!g)
+        return;
+    for (uint32_t i = 0; i < g->nf; i++)
+        if (g->f[i].id)
+            fence_release(&g->f[i]);
+    free(g->f);
+    free(g->mark);
+    free(g->idmap);
+    for (uint32_t i = 0; i < g->nt; i++)
+        free(g->t[i]);
+    free(g->t);
+    geo_index_free(g->ix);
+    free(g->cand);
+    cairn_buf_deinit(&g->rec);
+    cairn_buf_deinit(&g->tmp);
+    free(g);
+    *hctx_user(ctx) = NULL;
+}
+
+static int gf_open(struct hctx *ctx)
+{
+    struct gf *g = calloc(1, sizeof *g);
+    if (!g)
+        return CAIRN_ENOMEM;
+    *hctx_user(ctx) = g;
+    g->free_head = UINT32_MAX;
+    cairn_buf_init(&g->rec, 1u << 20);
+    cairn_buf_init(&g->tmp, CAIRN_PAYLOAD_MAX_CEILING);
+    const json_t *ar = json_object_get(hctx_config(ctx), "arrival_radius_m");
+    g->arrival_default = json_is_number(ar) && json_number_value(ar) > 0
+                             ? json_number_value(ar)
+                             : GF_ARRIVAL_RADIUS_DEFAULT;
+    int rc = geo_index_new(&g->ix);
+    struct {
+        const char *name;
+        unsigned *db;
+    } dbs[] = {{"fences", &g->fences}, {"geom", &g->geom}, {"dev", &g->dev},
+               {"inside", &g->inside}, {"hits", &g->hits}, {"dhits", &g->dhits},
+               {"pos", &g->pos},       {"near", &g->near}, {"orders", &g->orders},
+               {"oby", &g->oby}};
+    for (size_t i = 0; !rc && i < sizeof dbs / sizeof *dbs; i++)
+        rc = hctx_db(ctx, dbs[i].name, 0, dbs[i].db);
+    if (!rc)
+        rc = load_fences(ctx);
+    if (rc)
+        gf_close(ctx);
+    return rc;
+}
+
+/* ====================================================================== validate */
+
+static int gf_validate(const struct event *ev, struct cairn_error *e)
+{
+    if (!(ev->type.n == 15 && !memcmp(ev->type.p, "geofence.define", 15)))
+        return 0;
+    struct geo_shape s;
+    int rc = geo_parse(mp_get(ev->body, "geometry"), "/payload/geometry", &s, e);
+    if (rc)
+        return rc;
+    const msgpack_object *d = mp_get(ev->body, "detect");
+    const msgpack_object *devs = mp_get(ev->body, "devices");
+    bool outside = false;
+    for (uint32_t i = 0; d && d->type == MSGPACK_OBJECT_ARRAY && i < d->via.array.size; i++)
+        outside |= mp_str_eq(&d->via.array.ptr[i], "outside");
+    if (s.kind == GEO_ROAM && !mp_get(mp_get(ev->body, "geometry"), "target_prefix"))
+        rc = cairn_error_set(e, "invalid_geometry", "/payload/geometry/target_prefix",
+                             "a Roam fence needs target_prefix");
+    else if (outside && (!devs || devs->type != MSGPACK_OBJECT_ARRAY || !devs->via.array.size))
+        rc = cairn_error_set(e, "invalid_value", "/payload/devices",
+                             "detect outside needs a devices filter (it fires on every fix of "
+                             "every matching device)");
+    geo_shape_free(&s);
+    return rc;
+}
+
+/* ====================================================================== emitting */
+
+struct fix {
+    const struct event *ev;
+    struct cairn_str dev;
+    double lat, lon, acc;
+    bool has_acc;
+};
+
+/* Emits a hit and indexes it in hits / dhits. extra: 0 none, 1 dwell_s,
+ * 2 since, 3 from (cross). */
+static int emit_hit(struct hctx *ctx, const struct fix *x, const struct fence *f, int kind,
+                    const char *reason, int64_t since, const double *from)
+{
+    struct gf *g = self(ctx);
+    uint8_t tmp[1024];
+    struct cairn_buf b = {.data = tmp, .cap = sizeof tmp, .max = sizeof tmp};
+    struct mpw w;
+    mpw_init(&w, &b);
+    uint32_t n =
+        5 + (kind == HIT_EXIT ? 3 : 0) + (kind == HIT_ENTER ? 1 : 0) + (kind == HIT_CROSS ? 1 : 0);
+    msgpack_pack_map(&w.pk, n);
+    struct cairn_str fid = {f ? f->id : "", f ? f->idlen : 0};
+    mpw_kv_str(&w, "fence_id", &fid);
+    mpw_kv_str(&w, "device_id", &x->dev);
+    mpw_kv_num(&w, "lat", x->lat);
+    mpw_kv_num(&w, "lon", x->lon);
+    mpw_kv_time(&w, "at", x->ev->time);
+    if (kind == HIT_ENTER)
+        mpw_kv_time(&w, "since", since);
+    if (kind == HIT_EXIT) {
+        mpw_kv_time(&w, "since", since);
+        mpw_kv_num(&w, "dwell_s", (double)(x->ev->time - since) / 1e9);
+        mpw_kv_cstr(&w, "reason", reason);
+    }
+    if (kind == HIT_CROSS) {
+        mpw_str(&w, "from");
+        msgpack_pack_map(&w.pk, 2);
+        mpw_kv_num(&w, "lat", from[1]);
+        mpw_kv_num(&w, "lon", from[0]);
+    }
+    int rc = mpw_finish(&w);
+    char type[32];
+    snprintf(type, sizeof type, "geofence.%s", gf_hit_names[kind]);
+    if (!rc)
+        rc = hctx_emit(ctx, x->ev, type, NULL, &x->dev, b.data, b.len);
+    const struct cairn_str *t = &x->ev->tenant;
+    struct gf_key k;
+    uint8_t kb = (uint8_t)kind;
+    gk_tenant(&k, t->p, t->n);
+    gk_u8str(&k, fid.p, fid.n);
+    gk_be64(&k, gf_time_key(x->ev->time));
+    gk_raw(&k, &kb, 1);
+    gk_raw(&k, x->dev.p, x->dev.n);
+    if (!rc && !k.over)
+        rc = hctx_put(ctx, g->hits, k.b, k.n, b.data, b.len);
+    gk_tenant(&k, t->p, t->n);
+    gk_u16str(&k, x->dev.p, x->dev.n);
+    gk_be64(&k, gf_time_key(x->ev->time));
+    gk_raw(&k, &kb, 1);
+    gk_raw(&k, fid.p, fid.n);
+    if (!rc && !k.over)
+        rc = hctx_put(ctx, g->dhits, k.b, k.n, b.data, b.len);
+    return rc;
+}
+
+static int inside_key(struct gf_key *k, const struct cairn_str *t, const char *fid, size_t fn,
+                      const struct cairn_str *dev)
+{
+    gk_tenant(k, t->p, t->n);
+    gk_u8str(k, fid, fn);
+    gk_raw(k, dev->p, dev->n);
+    return k->over ? CAIRN_ETOOBIG : 0;
+}
+
+static int set_inside(struct hctx *ctx, const struct fix *x, const char *fid, size_t fn,
+                      int64_t since, bool in)
+{
+    struct gf *g = self(ctx);
+    struct gf_key k;
+    if (inside_key(&k, &x->ev->tenant, fid, fn, &x->dev))
+        return 0;
+    if (!in)
+        return hctx_del(ctx, g->inside, k.b, k.n);
+    uint8_t v[8];
+    cairn_be64_put(v, (uint64_t)since);
+    return hctx_put(ctx, g->inside, k.b, k.n, v, 8);
+}
+
+/* ====================================================================== the device record */
+
+struct mem {
+    uint8_t state;
+    int64_t since;
+    uint8_t idlen;
+    char id[GF_FENCE_ID_MAX + 1];
+};
+
+struct devrec {
+    bool exists;
+    double lat, lon;
+    int64_t time;
+    uint32_t n;
+    struct mem *m; /* points into a caller buffer */
+};
+
+static double get_f64(const uint8_t *p)
+{
+    uint64_t b = cairn_be64_get(p);
+    double d;
+    memcpy(&d, &b, 8);
+    return d;
+}
+
+static void put_f64(uint8_t *p, double d)
+{
+    uint64_t b;
+    memcpy(&b, &d, 8);
+    cairn_be64_put(p, b);
+}
+
+static int rec_decode(const uint8_t *p, size_t n, struct devrec *r, struct mem *mems)
+{
+    if (n < 27 || p[0] != 1)
+        return CAIRN_ECORRUPT;
+    r->exists = true;
+    r->lat = get_f64(p + 1);
+    r->lon = get_f64(p + 9);
+    r->time = (int64_t)cairn_be64_get(p + 17);
+    r->n = (uint32_t)p[25] << 8 | p[26];
+    r->m = mems;
+    size_t at = 27;
+    if (r->n > GF_MEMBERSHIPS_MAX)
+        return CAIRN_ECORRUPT;
+    for (uint32_t i = 0; i < r->n; i++) {
+        if (at + 10 > n || at + 10 + p[at + 9] > n || p[at + 9] > GF_FENCE_ID_MAX)
+            return CAIRN_ECORRUPT;
+        mems[i].state = p[at];
+        mems[i].since = (int64_t)cairn_be64_get(p + at + 1);
+        mems[i].idlen = p[at + 9];
+        memcpy(mems[i].id, p + at + 10, mems[i].idlen);
+        at += 10 + mems[i].idlen;
+    }
+    return 0;
+}
+
+static int cmp_mem(const void *a, const void *b)
+{
+    const struct mem *x = a, *y = b;
+    int c = memcmp(x->id, y->id, x->idlen < y->idlen ? x->idlen : y->idlen);
+    return c ? c : (int)x->idlen - (int)y->idlen;
+}
+
+static int rec_write(struct hctx *ctx, const struct fix *x, struct mem *m, uint32_t n,
+                     const struct gf_key *k)
+{
+    struct gf *g = self(ctx);
+    if (n > 1)
+        qsort(m, n, sizeof *m, cmp_mem);
+    cairn_buf_reset(&g->rec);
+    uint8_t h[27];
+    h[0] = 1;
+    put_f64(h + 1, x->lat);
+    put_f64(h + 9, x->lon);
+    cairn_be64_put(h + 17, (uint64_t)x->ev->time);
+    h[25] = (uint8_t)(n >> 8);
+    h[26] = (uint8_t)n;
+    int rc = cairn_buf_append(&g->rec, h, sizeof h);
+    for (uint32_t i = 0; i < n && !rc; i++) {
+        uint8_t e[10];
+        e[0] = m[i].state;
+        cairn_be64_put(e + 1, (uint64_t)m[i].since);
+        e[9] = m[i].idlen;
+        rc = cairn_buf_append(&g->rec, e, 10);
+        if (!rc)
+            rc = cairn_buf_append(&g->rec, m[i].id, m[i].idlen);
+    }
+    return rc ? rc : hctx_put(ctx, g->dev, k->b, k->n, g->rec.data, g->rec.len);
+}
+
+/* ====================================================================== detection */
+
+static int cmp_slot_id(const void *a, const void *b, void *arg);
+static struct gf *sort_g; /* qsort has no context argument; apply is single-threaded */
+
+static int cmp_slot(const void *a, const void *b)
+{
+    return cmp_slot_id(a, b, sort_g);
+}
+
+static int cmp_slot_id(const void *a, const void *b, void *arg)
+{
+    struct gf *g = arg;
+    const struct fence *x = &g->f[*(const uint32_t *)a], *y = &g->f[*(const uint32_t *)b];
+    int c = memcmp(x->id, y->id, x->idlen < y->idlen ? x->idlen : y->idlen);
+    return c ? c : (int)x->idlen - (int)y->idlen;
+}
+
+static void sort_slots(struct gf *g, uint32_t *s, size_t n)
+{
+    sort_g = g;
+    if (n > 1)
+        qsort(s, n, sizeof *s, cmp_slot);
+}
+
+static bool acc_ok(const struct fence *f, const struct fix *x)
+{
+    return !(f->max_acc > 0 && x->has_acc && x->acc > f->max_acc);
+}
+
+static bool applies(const struct fence *f, const struct fix *x)
+{
+    return f->shape.kind != GEO_ROAM && acc_ok(f, x) &&
+           match_filter(f->filters, f->nfilters, &x->dev);
+}
+
+/* Fences containing the fix, sorted by id, into g->cand; marks them. */
+static int find_inside(struct gf *g, uint32_t ti, const struct fix *x, size_t *out)
+{
+    int n = geo_index_point(g->ix, ti, x->lon, x->lat, &g->cand, &g->candcap);
+    if (n >= 0 && fabs(x->lon) == 180) { /* the same meridian: query the other side */
+        uint32_t *more = NULL;
+        size_t cap = 0;
+        int m = geo_index_point(g->ix, ti, -x->lon, x->lat, &more, &cap);
+        for (int i = 0; i < m && n >= 0; i++) {
+            bool dup = false;
+            for (int j = 0; j < n && !dup; j++)
+                dup = g->cand[j] == more[i];
+            if (dup)
+                continue;
+            if ((size_t)n == g->candcap) {
+                uint32_t *p = realloc(g->cand, (g->candcap * 2 + 8) * sizeof *p);
+                if (!p)
+                    n = CAIRN_ENOMEM;
+                else
+                    g->cand = p, g->candcap = g->candcap * 2 + 8;
+            }
+            if (n >= 0)
+                g->cand[n++] = more[i];
+        }
+        free(more);
+    }
+    if (n < 0)
+        return n;
+    if (++g->epoch == 0) {
+        memset(g->mark, 0, g->capf * sizeof *g->mark);
+        g->epoch = 1;
+    }
+    size_t k = 0;
+    for (int i = 0; i < n; i++) {
+        const struct fence *f = &g->f[g->cand[i]];
+        if (applies(f, x) && geo_contains(&f->shape, x->lon, x->lat)) {
+            g->mark[g->cand[i]] = g->epoch;
+            g->cand[k++] = g->cand[i];
+        }
+    }
+    sort_slots(g, g->cand, k);
+    *out = k;
+    return 0;
+}
+
+/* Re-evaluates one existing membership; *keep says whether it stays. */
+static int eval_member(struct hctx *ctx, const struct fix *x, uint32_t ti, struct mem *m,
+                       bool *keep)
+{
+    struct gf *g = self(ctx);
+    uint32_t s = fence_find(g, ti, m->id, m->idlen);
+    struct fence *f = s == UINT32_MAX ? NULL : &g->f[s];
+    struct fence gone = {.id = m->id, .idlen = m->idlen};
+    int rc = 0;
+    *keep = true;
+    if (!f || f->shape.kind == GEO_ROAM || !match_filter(f->filters, f->nfilters, &x->dev)) {
+        *keep = false;
+        if (m->state == GF_INSIDE) {
+            if (!f || f->detect & D_EXIT)
+                rc = emit_hit(ctx, x, f ? f : &gone, HIT_EXIT, f ? "filtered" : "deleted", m->since,
+                              NULL);
+            if (!rc)
+                rc = set_inside(ctx, x, m->id, m->idlen, 0, false);
+        }
+        return rc;
+    }
+    if (!acc_ok(f, x))
+        return 0;
+    bool in = g->mark[s] == g->epoch; /* in the fix's inside set */
+    g->mark[s] = 0;                   /* handled: not a new membership */
+    if (in) {
+        if (m->state == GF_PENDING && x->ev->time - m->since >= f->dwell_ns) {
+            m->state = GF_INSIDE;
+            if (f->detect & D_ENTER)
+                rc = emit_hit(ctx, x, f, HIT_ENTER, NULL, m->since, NULL);
+            if (!rc)
+                rc = set_inside(ctx, x, m->id, m->idlen, m->since, true);
+        }
+        if (!rc && m->state == GF_INSIDE && f->detect & D_INSIDE)
+            rc = emit_hit(ctx, x, f, HIT_INSIDE, NULL, 0, NULL);
+        return rc;
+    }
+    if (f->margin > 0 && geo_boundary_dist(&f->shape, x->lon, x->lat) <= f->margin)
+        return 0; /* within the margin: still inside or pending (hysteresis) */
+    *keep = false;
+    if (m->state == GF_PENDING)
+        return 0;
+    if (f->detect & D_EXIT)
+        rc = emit_hit(ctx, x, f, HIT_EXIT, "left", m->since, NULL);
+    return rc ? rc : set_inside(ctx, x, m->id, m->idlen, 0, false);
+}
+
+static int enter_new(struct hctx *ctx, const struct fix *x, uint32_t s, struct mem *m)
+{
+    struct gf *g = self(ctx);
+    const struct fence *f = &g->f[s];
+    m->idlen = f->idlen;
+    memcpy(m->id, f->id, f->idlen);
+    m->since = x->ev->time;
+    m->state = f->dwell_ns > 0 ? GF_PENDING : GF_INSIDE;
+    if (m->state == GF_PENDING)
+        return 0;
+    int rc = f->detect & D_ENTER ? emit_hit(ctx, x, f, HIT_ENTER, NULL, m->since, NULL) : 0;
+    if (!rc)
+        rc = set_inside(ctx, x, f->id, f->idlen, m->since, true);
+    if (!rc && f->detect & D_INSIDE)
+        rc = emit_hit(ctx, x, f, HIT_INSIDE, NULL, 0, NULL);
+    return rc;
+}
+
+static int detect_cross(struct hctx *ctx, const struct fix *x, uint32_t ti, const struct devrec *r)
+{
+    struct gf *g = self(ctx);
+    int n = geo_index_box(g->ix, ti, fmin(r->lon, x->lon), fmin(r->lat, x->lat),
+                          fmax(r->lon, x->lon), fmax(r->lat, x->lat), &g->cand, &g->candcap);
+    if (n < 0)
+        return n;
+    size_t k = 0;
+    for (int i = 0; i < n; i++) {
+        const struct fence *f = &g->f[g->cand[i]];
+        if ((f->detect & D_CROSS) && applies(f, x) &&
+            geo_segment_hits(&f->shape, r->lon, r->lat, x->lon, x->lat) &&
+            !geo_contains(&f->shape, x->lon, x->lat) && !geo_contains(&f->shape, r->lon, r->lat))
+            g->cand[k++] = g->cand[i];
+    }
+    sort_slots(g, g->cand, k);
+    double from[2] = {r->lon, r->lat};
+    int rc = 0;
+    for (size_t i = 0; i < k && !rc; i++)
+        rc = emit_hit(ctx, x, &g->f[g->cand[i]], HIT_CROSS, NULL, 0, from);
+    return rc;
+}
+
+static int detect_outside(struct hctx *ctx, const struct fix *x, struct tenant *t,
+                          const struct mem *m, uint32_t nm)
+{
+    struct gf *g = self(ctx);
+    uint32_t list[GF_OUTSIDE_PER_TENANT_MAX];
+    uint32_t n = 0;
+    for (uint32_t i = 0; i < t->noutside; i++) {
+        const struct fence *f = &g->f[t->outside[i]];
+        if (!applies(f, x) || geo_contains(&f->shape, x->lon, x->lat))
+            continue;
+        bool member = false;
+        for (uint32_t j = 0; j < nm && !member; j++)
+            member = m[j].state == GF_INSIDE && m[j].idlen == f->idlen &&
+                     !memcmp(m[j].id, f->id, f->idlen);
+        if (!member)
+            list[n++] = t->outside[i];
+    }
+    sort_slots(g, list, n);
+    int rc = 0;
+    for (uint32_t i = 0; i < n && !rc; i++)
+        rc = emit_hit(ctx, x, &g->f[list[i]], HIT_OUTSIDE, NULL, 0, NULL);
+    return rc;
+}
+
+/* ====================================================================== the device grid */
+
+static void pos_cell(double lon, double lat, uint32_t *cx, uint32_t *cy)
+{
+    *cx = (uint32_t)floor((lon + 180) / GF_POS_CELL_DEG);
+    *cy = (uint32_t)floor((lat + 90) / GF_POS_CELL_DEG);
+}
+
+static int pos_move(struct hctx *ctx, const struct fix *x, const struct devrec *r)
+{
+    struct gf *g = self(ctx);
+    uint32_t ncx, ncy, ocx = 0, ocy = 0;
+    pos_cell(x->lon, x->lat, &ncx, &ncy);
+    if (r->exists) {
+        pos_cell(r->lon, r->lat, &ocx, &ocy);
+        if (ocx == ncx && ocy == ncy)
+            return 0;
+    }
+    struct gf_key k;
+    const struct cairn_str *t = &x->ev->tenant;
+    int rc = 0;
+    if (r->exists) {
+        gk_tenant(&k, t->p, t->n);
+        gk_be32(&k, ocy);
+        gk_be32(&k, ocx);
+        gk_raw(&k, x->dev.p, x->dev.n);
+        rc = hctx_del(ctx, g->pos, k.b, k.n);
+    }
+    gk_tenant(&k, t->p, t->n);
+    gk_be32(&k, ncy);
+    gk_be32(&k, ncx);
+    gk_raw(&k, x->dev.p, x->dev.n);
+    return rc ? rc : hctx_put(ctx, g->pos, k.b, k.n, "", 0);
+}
+
+/* ====================================================================== roam */
+
+struct other {
+    char id[CAIRN_KEY_MAX];
+    uint16_t n;
+    double dist;
+};
+
+static int cmp_other(const void *a, const void *b)
+{
+    const struct other *x = a, *y = b;
+    int c = memcmp(x->id, y->id, x->n < y->n ? x->n : y->n);
+    return c ? c : (int)x->n - (int)y->n;
+}
+
+static bool has_prefix(const struct cairn_str *s, const char *p)
+{
+    size_t l = strlen(p);
+    return s->n >= l && !memcmp(s->p, p, l);
+}
+
+/* Devices within radius of the fix that pair with it under fence f. */
+static int roam_scan(struct hctx *ctx, const struct fix *x, const struct fence *f, double radius,
+                     struct other *out, uint32_t *nout)
+{
+    struct gf *g = self(ctx);
+    bool src = match_filter(f->filters, f->nfilters, &x->dev), tgt = has_prefix(&x->dev, f->target);
+    double dlat = radius / GEO_EARTH_R * 180 / M_PI;
+    double cl = cos(x->lat * M_PI / 180);
+    double dlon = cl > 1e-6 ? dlat / cl : 360;
+    uint32_t x0, y0, x1, y1;
+    pos_cell(fmax(x->lon - dlon, -180), fmax(x->lat - dlat, -90), &x0, &y0);
+    pos_cell(fmin(x->lon + dlon, 180), fmin(x->lat + dlat, 90), &x1, &y1);
+    int rc = 0;
+    *nout = 0;
+    for (uint32_t cy = y0; cy <= y1 && !rc; cy++)
+        for (uint32_t cx = x0; cx <= x1 && !rc; cx++) {
+            struct gf_key k;
+            gk_tenant(&k, x->ev->tenant.p, x->ev->tenant.n);
+            gk_be32(&k, cy);
+            gk_be32(&k, cx);
+            size_t pn = k.n;
+            struct hcursor *c;
+            MDB_val kk, vv;
+            if ((rc = hctx_cursor_open(ctx, g->pos, k.b, pn, &c)))
+                break;
+            while (!rc && !(rc = hctx_cursor_next(c, &kk, &vv))) {
+                struct cairn_str o = {(const char *)kk.mv_data + pn, kk.mv_size - pn};
+                if ((o.n == x->dev.n && !memcmp(o.p, x->dev.p, o.n)) || *nout >= GF_NEAR_MAX)
+                    continue;
+                if (!((src && has_prefix(&o, f->target)) ||
+                      (tgt && match_filter(f->filters, f->nfilters, &o))))
+                    continue;
+                struct other *ot = &out[*nout];
+                memcpy(ot->id, o.p, o.n);
+                ot->n = (uint16_t)o.n;
+                ot->dist = -1;
+                (*nout)++;
+            }
+            hctx_cursor_close(c);
+            if (rc == CAIRN_ENOTFOUND)
+                rc = 0;
+        }
+    /* positions: from the dev records (after the cursors are closed) */
+    uint32_t k = 0;
+    for (uint32_t i = 0; i < *nout && !rc; i++) {
+        struct gf_key dk;
+        MDB_val v;
+        gk_tenant(&dk, x->ev->tenant.p, x->ev->tenant.n);
+        gk_raw(&dk, out[i].id, out[i].n);
+        if ((rc = hctx_get(ctx, g->dev, dk.b, dk.n, &v)) || v.mv_size < 27) {
+            rc = rc == CAIRN_ENOTFOUND ? 0 : rc;
+            continue;
+        }
+        double d = geo_dist(x->lon, x->lat, get_f64((uint8_t *)v.mv_data + 9),
+                            get_f64((uint8_t *)v.mv_data + 1));
+        if (d <= radius) {
+            out[i].dist = d;
+            out[k++] = out[i];
+        }
+    }
+    *nout = k;
+    if (k > 1)
+        qsort(out, k, sizeof *out, cmp_other);
+    return rc;
+}
+
+static int near_key(struct gf_key *k, const struct cairn_str *t, const struct fence *f,
+                    const char *a, size_t an, const char *b, size_t bn)
+{
+    gk_tenant(k, t->p, t->n);
+    gk_u8str(k, f->id, f->idlen);
+    gk_u16str(k, a, an);
+    gk_raw(k, b, bn);
+    return k->over ? CAIRN_ETOOBIG : 0;
+}
+
+static int emit_pair(struct hctx *ctx, const struct fix *x, const struct fence *f,
+                     const struct other *o, int kind)
+{
+    struct gf *g = self(ctx);
+    uint8_t tmp[1024];
+    struct cairn_buf b = {.data = tmp, .cap = sizeof tmp, .max = sizeof tmp};
+    struct mpw w;
+    struct cairn_str fid = {f->id, f->idlen}, oid = {o->id, o->n};
+    mpw_init(&w, &b);
+    msgpack_pack_map(&w.pk, 5);
+    mpw_kv_str(&w, "fence_id", &fid);
+    mpw_kv_str(&w, "device_id", &x->dev);
+    mpw_kv_str(&w, "other_id", &oid);
+    mpw_kv_num(&w, "distance_m", o->dist);
+    mpw_kv_time(&w, "at", x->ev->time);
+    int rc = mpw_finish(&w);
+    if (!rc)
+        rc = hctx_emit(ctx, x->ev, kind == HIT_NEARBY ? "geofence.nearby" : "geofence.faraway",
+                       NULL, &x->dev, b.data, b.len);
+    struct gf_key k, k2;
+    int pk = near_key(&k, &x->ev->tenant, f, x->dev.p, x->dev.n, o->id, o->n);
+    int pk2 = near_key(&k2, &x->ev->tenant, f, o->id, o->n, x->dev.p, x->dev.n);
+    if (!rc && !pk && !pk2) {
+        if (kind == HIT_NEARBY) {
+            rc = hctx_put(ctx, g->near, k.b, k.n, "", 0);
+            if (!rc)
+                rc = hctx_put(ctx, g->near, k2.b, k2.n, "", 0);
+        } else {
+            rc = hctx_del(ctx, g->near, k.b, k.n);
+            if (!rc)
+                rc = hctx_del(ctx, g->near, k2.b, k2.n);
+        }
+    }
+    return rc;
+}
+
+static int roam_one(struct hctx *ctx, const struct fix *x, const struct fence *f, struct other *cur,
+                    struct other *old)
+{
+    struct gf *g = self(ctx);
+    uint32_t nc, no = 0;
+    /* pairs keep until beyond radius + margin (hysteresis) */
+    int rc = roam_scan(ctx, x, f, f->shape.r + f->margin, cur, &nc);
+    struct gf_key k;
+    if (rc || near_key(&k, &x->ev->tenant, f, x->dev.p, x->dev.n, "", 0))
+        return rc;
+    struct hcursor *c;
+    MDB_val kk, vv;
+    size_t pn = k.n;
+    if ((rc = hctx_cursor_open(ctx, g->near, k.b, pn, &c)))
+        return rc;
+    while (!(rc = hctx_cursor_next(c, &kk, &vv)) && no < GF_NEAR_MAX) {
+        old[no].n = (uint16_t)(kk.mv_size - pn);
+        memcpy(old[no].id, (const char *)kk.mv_data + pn, old[no].n);
+        old[no++].dist = -1;
+    }
+    hctx_cursor_close(c);
+    if (rc && rc != CAIRN_ENOTFOUND)
+        return rc;
+    rc = 0;
+    /* merge two sorted lists */
+    uint32_t i = 0, j = 0;
+    while (!rc && (i < nc || j < no)) {
+        int cmpv = i < nc && j < no ? cmp_other(&cur[i], &old[j]) : i < nc ? -1 : 1;
+        if (cmpv < 0) {
+            if (cur[i].dist <= f->shape.r)
+                rc = emit_pair(ctx, x, f, &cur[i], HIT_NEARBY);
+            i++;
+        } else if (cmpv > 0) {
+            rc = emit_pair(ctx, x, f, &old[j], HIT_FARAWAY);
+            j++;
+        } else {
+            i++, j++;
+        }
+    }
+    return rc;
+}
+
+static int detect_roam(struct hctx *ctx, const struct fix *x, struct tenant *t)
+{
+    struct gf *g = self(ctx);
+    if (!t->nroam)
+        return 0;
+    uint32_t list[GF_ROAM_PER_TENANT_MAX], n = 0;
+    for (uint32_t i = 0; i < t->nroam; i++) {
+        const struct fence *f = &g->f[t->roam[i]];
+        if (match_filter(f->filters, f->nfilters, &x->dev) || has_prefix(&x->dev, f->target))
+            list[n++] = t->roam[i];
+    }
+    if (!n)
+        return 0;
+    sort_slots(g, list, n);
+    struct other *buf = malloc(2 * GF_NEAR_MAX * sizeof *buf);
+    if (!buf)
+        return CAIRN_ENOMEM;
+    int rc = 0;
+    for (uint32_t i = 0; i < n && !rc; i++)
+        rc = roam_one(ctx, x, &g->f[list[i]], buf, buf + GF_NEAR_MAX);
+    free(buf);
+    return rc;
+}
+
+/* ====================================================================== order arrival */
+
+static int check_arrivals(struct hctx *ctx, const struct fix *x, struct tenant *t)
+{
+    struct gf *g = self(ctx);
+    if (t->open_orders <= 0)
+        return 0;
+    struct gf_key k;
+    gk_tenant(&k, x->ev->tenant.p, x->ev->tenant.n);
+    gk_u16str(&k, x->dev.p, x->dev.n);
+    if (k.over)
+        return 0;
+    size_t pn = k.n;
+    struct hcursor *c;
+    MDB_val kk, vv;
+    char ids[16][CAIRN_KEY_MAX];
+    size_t idn[16], n = 0;
+    int rc = hctx_cursor_open(ctx, g->oby, k.b, pn, &c);
+    while (!rc && n < 16 && !(rc = hctx_cursor_next(c, &kk, &vv))) {
+        idn[n] = kk.mv_size - pn;
+        memcpy(ids[n++], (const char *)kk.mv_data + pn, kk.mv_size - pn);
+    }
+    if (c)
+        hctx_cursor_close(c);
+    rc = rc == CAIRN_ENOTFOUND ? 0 : rc;
+    for (size_t i = 0; i < n && !rc; i++) {
+        struct gf_key ok;
+        MDB_val v;
+        gk_tenant(&ok, x->ev->tenant.p, x->ev->tenant.n);
+        gk_raw(&ok, ids[i], idn[i]);
+        if ((rc = hctx_get(ctx, g->orders, ok.b, ok.n, &v)))
+            break;
+        msgpack_unpacked o;
+        msgpack_unpacked_init(&o);
+        double lat = 0, lon = 0, radius = 0;
+        if (msgpack_unpack_next(&o, v.mv_data, v.mv_size, NULL) == MSGPACK_UNPACK_SUCCESS) {
+            mp_num(mp_get(&o.data, "lat"), &lat);
+            mp_num(mp_get(&o.data, "lon"), &lon);
+            mp_num(mp_get(&o.data, "radius_m"), &radius);
+        }
+        msgpack_unpacked_destroy(&o);
+        double d = geo_dist(lon, lat, x->lon, x->lat);
+        if (d > radius)
+            continue;
+        uint8_t tmp[1024];
+        struct cairn_buf b = {.data = tmp, .cap = sizeof tmp, .max = sizeof tmp};
+        struct mpw w;
+        struct cairn_str oid = {ids[i], idn[i]};
+        mpw_init(&w, &b);
+        msgpack_pack_map(&w.pk, 6);
+        mpw_kv_str(&w, "order_id", &oid);
+        mpw_kv_str(&w, "device_id", &x->dev);
+        mpw_kv_time(&w, "at", x->ev->time);
+        mpw_kv_num(&w, "distance_m", d);
+        mpw_kv_num(&w, "lat", x->lat);
+        mpw_kv_num(&w, "lon", x->lon);
+        rc = mpw_finish(&w);
+        if (!rc)
+            rc = hctx_emit(ctx, x->ev, "order.arrived", NULL, &oid, b.data, b.len);
+        gk_tenant(&k, x->ev->tenant.p, x->ev->tenant.n);
+        gk_u16str(&k, x->dev.p, x->dev.n);
+        gk_raw(&k, ids[i], idn[i]);
+        if (!rc)
+            rc = hctx_del(ctx, g->oby, k.b, k.n);
+        t->open_orders--;
+        /* the order record remembers the arrival */
+        if (!rc) {
+            cairn_buf_reset(&g->tmp);
+            mpw_init(&w, &g->tmp);
+            msgpack_pack_map(&w.pk, 5);
+            mpw_kv_str(&w, "device_id", &x->dev);
+            mpw_kv_num(&w, "lat", lat);
+            mpw_kv_num(&w, "lon", lon);
+            mpw_kv_num(&w, "radius_m", radius);
+            mpw_kv_time(&w, "arrived_at", x->ev->time);
+            rc = mpw_finish(&w);
+            if (!rc)
+                rc = hctx_put(ctx, g->orders, ok.b, ok.n, g->tmp.data, g->tmp.len);
+        }
+    }
+    return rc;
+}
+
+/* ====================================================================== location */
+
+static int on_location(struct hctx *ctx, const struct event *ev)
+{
+    struct gf *g = self(ctx);
+    struct fix x = {.ev = ev};
+    if (!mp_str(mp_get(ev->body, "device_id"), &x.dev) || x.dev.n > CAIRN_KEY_MAX ||
+        !mp_num(mp_get(ev->body, "lat"), &x.lat) || !mp_num(mp_get(ev->body, "lon"), &x.lon) ||
+        !isfinite(x.lat) || !isfinite(x.lon))
+        return 0;
+    x.has_acc = mp_num(mp_get(ev->body, "accuracy"), &x.acc);
+    struct gf_key dk;
+    gk_tenant(&dk, ev->tenant.p, ev->tenant.n);
+    gk_raw(&dk, x.dev.p, x.dev.n);
+    if (dk.over)
+        return 0;
+    static struct mem mems[GF_MEMBERSHIPS_MAX + 1]; /* apply runs on one thread */
+    struct devrec r = {.m = mems};
+    MDB_val v;
+    int rc = hctx_get(ctx, g->dev, dk.b, dk.n, &v);
+    if (rc == 0)
+        rc = rec_decode(v.mv_data, v.mv_size, &r, mems);
+    else if (rc == CAIRN_ENOTFOUND)
+        rc = 0;
+    if (rc)
+        return rc;
+    if (r.exists && ev->time < r.time)
+        return 0; /* late fix: ignored */
+    uint32_t ti;
+    struct tenant *t = NULL;
+    if (!tenant_get(g, &ev->tenant, false, &ti))
+        t = g->t[ti];
+    uint32_t nm = r.n;
+    if (t && t->nfences) {
+        size_t nin;
+        if ((rc = find_inside(g, ti, &x, &nin)))
+            return rc;
+        uint32_t k = 0;
+        for (uint32_t i = 0; i < r.n && !rc; i++) {
+            bool keep;
+            rc = eval_member(ctx, &x, ti, &mems[i], &keep);
+            if (keep)
+                mems[k++] = mems[i];
+        }
+        nm = k;
+        /* g->cand still holds the inside set: eval_member only looks up */
+        for (size_t i = 0; i < nin && !rc; i++)
+            if (g->mark[g->cand[i]] == g->epoch && nm < GF_MEMBERSHIPS_MAX)
+                rc = enter_new(ctx, &x, g->cand[i], &mems[nm++]);
+        if (!rc && t->ncross && r.exists)
+            rc = detect_cross(ctx, &x, ti, &r);
+        if (!rc && t->noutside)
+            rc = detect_outside(ctx, &x, t, mems, nm);
+    }
+    if (!rc)
+        rc = rec_write(ctx, &x, mems, nm, &dk);
+    if (!rc)
+        rc = pos_move(ctx, &x, &r);
+    if (!rc && t)
+        rc = detect_roam(ctx, &x, t);
+    if (!rc && t)
+        rc = check_arrivals(ctx, &x, t);
+    return rc;
+}
+
+/* ====================================================================== define / delete */
+
+static int emit_refused(struct hctx *ctx, const struct event *ev, const struct cairn_str *id,
+                        const char *reason)
+{
+    uint8_t tmp[512];
+    struct cairn_buf b = {.data = tmp, .cap = sizeof tmp, .max = sizeof tmp};
+    struct mpw w;
+    mpw_init(&w, &b);
+    msgpack_pack_map(&w.pk, 2);
+    mpw_kv_str(&w, "fence_id", id);
+    mpw_kv_cstr(&w, "reason", reason);
+    int rc = mpw_finish(&w);
+    return rc ? rc : hctx_emit(ctx, ev, "geofence.refused", NULL, id, b.data, b.len);
+}
+
+/* The stored document: the definition as given plus what Cairn derived. */
+static int write_doc(struct hctx *ctx, const struct event *ev, const struct cairn_str *id,
+                     const struct geo_shape *s, const struct gf_key *k)
+{
+    struct gf *g = self(ctx);
+    const msgpack_object *b = ev->body;
+    static const char *const opt[] = {"name",     "detect",         "devices", "min_dwell_s",
+                                      "margin_m", "max_accuracy_m", "geometry"};
+    uint32_t n = 6;
+    for (size_t i = 0; i < 7; i++)
+        n += mp_get(b, opt[i]) != NULL;
+    cairn_buf_reset(&g->tmp);
+    struct mpw w;
+    mpw_init(&w, &g->tmp);
+    msgpack_pack_map(&w.pk, n);
+    mpw_kv_str(&w, "fence_id", id);
+    mpw_kv_str(&w, "tenant", &ev->tenant);
+    for (size_t i = 0; i < 7; i++)
+        if (mp_get(b, opt[i]))
+            mpw_kv_obj(&w, opt[i], mp_get(b, opt[i]));
+    mpw_kv_u64(&w, "vertices", s->kind == GEO_POLYGON ? s->nverts : 0);
+    mpw_str(&w, "bbox");
+    msgpack_pack_array(&w.pk, 4);
+    msgpack_pack_double(&w.pk, s->minx);
+    msgpack_pack_double(&w.pk, s->miny);
+    msgpack_pack_double(&w.pk, s->maxx);
+    msgpack_pack_double(&w.pk, s->maxy);
+    mpw_kv_time(&w, "defined_at", ev->time);
+    mpw_kv_u64(&w, "version", ev->seq);
+    int rc = mpw_finish(&w);
+    if (!rc)
+        rc = hctx_put(ctx, g->fences, k->b, k->n, g->tmp.data, g->tmp.len);
+    cairn_buf_reset(&g->tmp);
+    if (!rc)
+        rc = geo_pack(s, &g->tmp);
+    if (!rc)
+        rc = hctx_put(ctx, g->geom, k->b, k->n, g->tmp.data, g->tmp.len);
+    return rc;
+}
+
+static int on_define(struct hctx *ctx, const struct event *ev)
+{
+    struct gf *g = self(ctx);
+    struct cairn_str id;
+    struct geo_shape s;
+    struct cairn_error e;
+    if (!mp_str(mp_get(ev->body, "fence_id"), &id) || id.n == 0 || id.n > GF_FENCE_ID_MAX)
+        return 0;
+    /* Validated at ingest; an old log may hold what a newer rule refuses. */
+    if (gf_validate(ev, &e))
+        return emit_refused(ctx, ev, &id, e.message);
+    if (geo_parse(mp_get(ev->body, "geometry"), "/payload/geometry", &s, &e))
+        return emit_refused(ctx, ev, &id, e.message);
+    uint32_t ti;
+    int rc = tenant_get(g, &ev->tenant, true, &ti);
+    struct tenant *t = rc ? NULL : g->t[ti];
+    uint32_t old = t ? fence_find(g, ti, id.p, id.n) : UINT32_MAX;
+    const struct fence *of = old == UINT32_MAX ? NULL : &g->f[old];
+    const char *why = NULL;
+    bool outside = false;
+    const msgpack_object *d = mp_get(ev->body, "detect");
+    for (uint32_t i = 0; d && d->type == MSGPACK_OBJECT_ARRAY && i < d->via.array.size; i++)
+        outside |= mp_str_eq(&d->via.array.ptr[i], "outside");
+    if (!rc && !of && t->nfences >= GF_FENCES_PER_TENANT_MAX)
+        why = "the tenant has the maximum number of fences (1000000)";
+    else if (!rc && s.kind == GEO_ROAM && !(of && of->shape.kind == GEO_ROAM) &&
+             t->nroam >= GF_ROAM_PER_TENANT_MAX)
+        why = "the tenant has the maximum number of Roam fences (100)";
+    else if (!rc && outside && s.kind != GEO_ROAM && !(of && of->detect & D_OUTSIDE) &&
+             t->noutside >= GF_OUTSIDE_PER_TENANT_MAX)
+        why = "the tenant has the maximum number of fences detecting outside (1000)";
+    if (rc || why) {
+        geo_shape_free(&s);
+        return rc ? rc : emit_refused(ctx, ev, &id, why);
+    }
+    struct gf_key k;
+    gk_tenant(&k, ev->tenant.p, ev->tenant.n);
+    gk_raw(&k, id.p, id.n);
+    rc = write_doc(ctx, ev, &id, &s, &k);
+    if (!rc)
+        rc = fence_insert(g, ti, &id, ev->body, &s);
+    geo_shape_free(&s);
+    return rc;
+}
+
+static int delete_exits(struct hctx *ctx, const struct event *ev, const struct cairn_str *id)
+{
+    struct gf *g = self(ctx);
+    struct gf_key k;
+    gk_tenant(&k, ev->tenant.p, ev->tenant.n);
+    gk_u8str(&k, id->p, id->n);
+    size_t pn = k.n;
+    struct fence gone = {.id = (char *)id->p, .idlen = (uint8_t)id->n};
+    int rc = 0;
+    for (int n = 0; !rc && n < GF_DELETE_EXITS_MAX; n++) {
+        struct hcursor *c;
+        MDB_val kk, vv;
+        /* one entry at a time: the emits and puts below invalidate cursors */
+        if ((rc = hctx_cursor_open(ctx, g->inside, k.b, pn, &c)))
+            break;
+        rc = hctx_cursor_next(c, &kk, &vv);
+        char dev[CAIRN_KEY_MAX];
+        size_t dn = rc ? 0 : kk.mv_size - pn;
+        int64_t since = rc || vv.mv_size != 8 ? 0 : (int64_t)cairn_be64_get(vv.mv_data);
+        if (!rc) {
+            memcpy(dev, (const char *)kk.mv_data + pn, dn);
+            rc = hctx_cursor_del(c);
+        }
+        hctx_cursor_close(c);
+        if (rc)
+            break;
+        /* the device's record: drop the membership, keep the position */
+        struct fix x = {.ev = ev, .dev = {dev, dn}};
+        struct gf_key dk;
+        MDB_val v;
+        static struct mem mems[GF_MEMBERSHIPS_MAX + 1];
+        struct devrec r;
+        gk_tenant(&dk, ev->tenant.p, ev->tenant.n);
+        gk_raw(&dk, dev, dn);
+        if (!hctx_get(ctx, g->dev, dk.b, dk.n, &v) && !rec_decode(v.mv_data, v.mv_size, &r, mems)) {
+            uint32_t m = 0;
+            for (uint32_t i = 0; i < r.n; i++)
+                if (!(mems[i].idlen == id->n && !memcmp(mems[i].id, id->p, id->n)))
+                    mems[m++] = mems[i];
+            x.lat = r.lat, x.lon = r.lon;
+            struct event at = *ev;
+            at.time = r.time; /* rec_write stores the fix time, not the delete's */
+            struct fix rx = x;
+            rx.ev = &at;
+            rc = rec_write(ctx, &rx, mems, m, &dk);
+        }
+        if (!rc)
+            rc = emit_hit(ctx, &x, &gone, HIT_EXIT, "deleted", since, NULL);
+    }
+    return rc == CAIRN_ENOTFOUND ? 0 : rc;
+}
+
+static int on_delete(struct hctx *ctx, const struct event *ev)
+{
+    struct gf *g = self(ctx);
+    struct cairn_str id;
+    uint32_t ti;
+    if (!mp_str(mp_get(ev->body, "fence_id"), &id) || id.n == 0 || id.n > GF_FENCE_ID_MAX ||
+        tenant_get(g, &ev->tenant, false, &ti))
+        return 0;
+    uint32_t s = fence_find(g, ti, id.p, id.n);
+    if (s == UINT32_MAX)
+        return 0;
+    fence_remove(g, s);
+    struct gf_key k;
+    gk_tenant(&k, ev->tenant.p, ev->tenant.n);
+    gk_raw(&k, id.p, id.n);
+    int rc = hctx_del(ctx, g->fences, k.b, k.n);
+    if (!rc)
+        rc = hctx_del(ctx, g->geom, k.b, k.n);
+    return rc ? rc : delete_exits(ctx, ev, &id);
+}
+
+/* ====================================================================== orders */
+
+static bool is_status(const struct cairn_str *et, const char *s)
+{
+    return et->n == strlen(s) && !memcmp(et->p, s, et->n);
+}
+
+/* The order record: device, destination, radius; while open, complete
+ * and not arrived, oby holds (device, order). */
+static int on_order(struct hctx *ctx, const struct event *ev)
+{
+    struct gf *g = self(ctx);
+    struct cairn_str oid, et, dev = {NULL, 0};
+    if (!mp_str(mp_get(ev->body, "order_id"), &oid) || oid.n > CAIRN_KEY_MAX ||
+        !mp_str(mp_get(ev->body, "event_type"), &et))
+        return 0;
+    struct gf_key k;
+    gk_tenant(&k, ev->tenant.p, ev->tenant.n);
+    gk_raw(&k, oid.p, oid.n);
+    MDB_val v;
+    msgpack_unpacked o;
+    msgpack_unpacked_init(&o);
+    int rc = hctx_get(ctx, g->orders, k.b, k.n, &v);
+    if (rc && rc != CAIRN_ENOTFOUND)
+        return rc;
+    char devbuf[CAIRN_KEY_MAX];
+    double lat = NAN, lon = NAN, radius = g->arrival_default;
+    bool arrived = false, closed = false;
+    if (!rc && msgpack_unpack_next(&o, v.mv_data, v.mv_size, NULL) == MSGPACK_UNPACK_SUCCESS) {
+        struct cairn_str d;
+        if (mp_str(mp_get(&o.data, "device_id"), &d) && d.n <= sizeof devbuf) {
+            memcpy(devbuf, d.p, d.n);
+            dev = (struct cairn_str){devbuf, d.n};
+        }
+        mp_num(mp_get(&o.data, "lat"), &lat);
+        mp_num(mp_get(&o.data, "lon"), &lon);
+        mp_num(mp_get(&o.data, "radius_m"), &radius);
+        arrived = mp_get(&o.data, "arrived_at") != NULL;
+        closed = mp_get(&o.data, "closed") != NULL;
+    }
+    msgpack_unpacked_destroy(&o);
+    struct cairn_str odev = dev;
+    bool was_waiting = !arrived && !closed && odev.p && isfinite(lat);
+    struct cairn_str nd;
+    if (mp_str(mp_get(ev->body, "assigned_device_id"), &nd) && nd.n <= CAIRN_KEY_MAX)
+        dev = nd; /* borrowed from the event, valid for the call */
+    const msgpack_object *dst = mp_get(ev->body, "destination");
+    if (dst) {
+        mp_num(mp_get(dst, "lat"), &lat);
+        mp_num(mp_get(dst, "lon"), &lon);
+        mp_num(mp_get(dst, "arrival_radius_m"), &radius);
+    }
+    if (is_status(&et, "order.delivered") || is_status(&et, "order.cancelled"))
+        closed = true;
+    bool waiting = !arrived && !closed && dev.p && isfinite(lat);
+    uint32_t ti;
+    if ((rc = tenant_get(g, &ev->tenant, true, &ti)))
+        return rc;
+    struct gf_key bk;
+    if (was_waiting) {
+        gk_tenant(&bk, ev->tenant.p, ev->tenant.n);
+        gk_u16str(&bk, odev.p, odev.n);
+        gk_raw(&bk, oid.p, oid.n);
+        if ((rc = hctx_del(ctx, g->oby, bk.b, bk.n)))
+            return rc;
+        g->t[ti]->open_orders--;
+    }
+    if (waiting) {
+        gk_tenant(&bk, ev->tenant.p, ev->tenant.n);
+        gk_u16str(&bk, dev.p, dev.n);
+        gk_raw(&bk, oid.p, oid.n);
+        if (!bk.over && (rc = hctx_put(ctx, g->oby, bk.b, bk.n, "", 0)))
+            return rc;
+        g->t[ti]->open_orders += !bk.over;
+    }
+    cairn_buf_reset(&g->tmp);
+    struct mpw w;
+    mpw_init(&w, &g->tmp);
+    msgpack_pack_map(&w.pk, 4 + (uint32_t)closed);
+    mpw_kv_str(&w, "device_id", &dev);
+    mpw_kv_num(&w, "lat", lat);
+    mpw_kv_num(&w, "lon", lon);
+    mpw_kv_num(&w, "radius_m", radius);
+    if (closed)
+        mpw_kv_bool(&w, "closed", true);
+    rc = mpw_finish(&w);
+    return rc ? rc : hctx_put(ctx, g->orders, k.b, k.n, g->tmp.data, g->tmp.len);
+}
+
+/* ====================================================================== apply */
+
+static int gf_apply(struct hctx *ctx, const struct event *ev)
+{
+    const struct cairn_str *t = &ev->type;
+    if (t->n == 8 && !memcmp(t->p, "location", 8))
+        return on_location(ctx, ev);
+    if (t->n == 5 && !memcmp(t->p, "order", 5))
+        return on_order(ctx, ev);
+    if (t->n == 15 && !memcmp(t->p, "geofence.define", 15))
+        return on_define(ctx, ev);
+    if (t->n == 15 && !memcmp(t->p, "geofence.delete", 15))
+        return on_delete(ctx, ev);
+    return 0;
+}
+
+/* For the benchmark: heap bytes of the in-memory fences and index. */
+size_t geofence_memory(struct hctx *ctx)
+{
+    struct gf *g = self(ctx);
+    size_t n =
+        (size_t)g->capf * (sizeof *g->f + sizeof *g->mark) + g->idcap * 4 + geo_index_bytes(g->ix);
+    for (uint32_t i = 0; i < g->nf; i++)
+        if (g->f[i].id) {
+            const struct geo_shape *s = &g->f[i].shape;
+            n += g->f[i].idlen + 1 + s->npolys * sizeof(struct geo_poly) + (size_t)s->nverts * 16;
+            for (uint32_t p = 0; p < s->npolys; p++)
+                n += s->polys[p].nrings * sizeof(struct geo_ring);
+        }
+    return n;
+}
+
+const struct handler geofence_handler = {
+    .version = HANDLER_VERSION,
+    .name = "geofence",
+    .consumes = consumes,
+    .emits = emits,
+    .open = gf_open,
+    .validate = gf_validate,
+    .apply = gf_apply,
+    .close = gf_close,
+    .view = "fences",
+    .routes = gf_routes,
+};

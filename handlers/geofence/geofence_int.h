@@ -1,0 +1,126 @@
+/*
+ * geofence_int.h — shared by the geofence handler's files: limits, key
+ * layouts of its DBIs, the device record.
+ *
+ * DBIs (all keys start with tlen u8 | tenant):
+ *
+ *   geofence.fences  T | fence_id                      -> the fence document (msgpack; the view)
+ *   geofence.geom    T | fence_id                      -> packed geometry (geo_pack)
+ *   geofence.dev     T | device_id                     -> device record (below)
+ *   geofence.inside  T | flen u8 | fence_id | device   -> since (i64 BE): devices inside (WITHIN)
+ *   geofence.hits    T | flen u8 | fence_id | time i64 BE biased | kind u8 | device
+ *                                                      -> hit payload (msgpack)
+ *   geofence.dhits   T | dlen u16 BE | device | time | kind u8 | fence_id -> hit payload
+ *   geofence.pos     T | cy u32 BE | cx u32 BE | device -> "" (device grid, POS_CELL_DEG cells)
+ *   geofence.near    T | flen u8 | fence_id | alen u16 BE | a | b -> "" (roam pairs, both ways)
+ *   geofence.orders  T | order_id                      -> order record (msgpack)
+ *   geofence.oby     T | dlen u16 BE | device | order_id -> "" (open orders awaiting arrival)
+ *
+ * Device record (geofence.dev), fixed byte order:
+ *
+ *   +-----+---------+---------+---------+------+---------------------------------------+
+ *   | ver | lat f64 | lon f64 | time i64| nmem | nmem x (state u8 | since i64 | idlen u8 | id) |
+ *   | u8  | bits BE | bits BE | BE      | u16  | sorted by id                          |
+ *   +-----+---------+---------+---------+------+---------------------------------------+
+ */
+#ifndef CAIRN_GEOFENCE_INT_H
+#define CAIRN_GEOFENCE_INT_H
+
+#include "geo.h"
+#include "handler.h"
+
+/* Per tenant: 1 M fences is the scale the issue asks for (~600 MB of RAM
+ * at 36 vertices each); raise with care. */
+#define GF_FENCES_PER_TENANT_MAX 1000000
+/* Fences detecting `outside` are checked on every fix of the devices they
+ * watch, so they are few by construction. */
+#define GF_OUTSIDE_PER_TENANT_MAX 1000
+/* Roam fences: each costs a grid query per fix of a matching device. */
+#define GF_ROAM_PER_TENANT_MAX 100
+/* Fences one device can be inside (or pending) at once. */
+#define GF_MEMBERSHIPS_MAX 1024
+/* Exits emitted by one geofence.delete (the rest exit at their next fix). */
+#define GF_DELETE_EXITS_MAX 10000
+/* Roam pairs per (fence, device). */
+#define GF_NEAR_MAX 1000
+#define GF_FENCE_ID_MAX 128
+#define GF_FILTERS_MAX 100
+/* Device grid: 1/64 degree cells (~1.7 km of latitude). */
+#define GF_POS_CELL_DEG (1.0 / 64)
+#define GF_NEARBY_RADIUS_MAX 100000.0
+#define GF_ARRIVAL_RADIUS_DEFAULT 100.0
+
+#define GF_KEY_MAX 511
+
+enum gf_state { GF_PENDING = 1, GF_INSIDE = 2 };
+enum gf_hit {
+    HIT_ENTER = 1,
+    HIT_EXIT,
+    HIT_INSIDE,
+    HIT_OUTSIDE,
+    HIT_CROSS,
+    HIT_NEARBY,
+    HIT_FARAWAY
+};
+enum gf_detect {
+    D_ENTER = 1,
+    D_EXIT = 2,
+    D_INSIDE = 4,
+    D_OUTSIDE = 8,
+    D_CROSS = 16,
+};
+
+struct gf_key {
+    uint8_t b[GF_KEY_MAX + 1];
+    size_t n;
+    bool over;
+};
+
+static inline void gk_raw(struct gf_key *k, const void *p, size_t n)
+{
+    if (k->n + n > GF_KEY_MAX) {
+        k->over = true;
+        return;
+    }
+    if (n)
+        __builtin_memcpy(k->b + k->n, p, n);
+    k->n += n;
+}
+static inline void gk_u8str(struct gf_key *k, const char *p, size_t n)
+{
+    uint8_t l = (uint8_t)(n > 255 ? 255 : n);
+    gk_raw(k, &l, 1);
+    gk_raw(k, p, l);
+}
+static inline void gk_u16str(struct gf_key *k, const char *p, size_t n)
+{
+    uint8_t l[2] = {(uint8_t)(n >> 8), (uint8_t)n};
+    gk_raw(k, l, 2);
+    gk_raw(k, p, n);
+}
+static inline void gk_be64(struct gf_key *k, uint64_t v)
+{
+    uint8_t b[8];
+    cairn_be64_put(b, v);
+    gk_raw(k, b, 8);
+}
+static inline void gk_be32(struct gf_key *k, uint32_t v)
+{
+    uint8_t b[4] = {(uint8_t)(v >> 24), (uint8_t)(v >> 16), (uint8_t)(v >> 8), (uint8_t)v};
+    gk_raw(k, b, 4);
+}
+static inline void gk_tenant(struct gf_key *k, const char *p, size_t n)
+{
+    k->n = 0;
+    k->over = false;
+    gk_u8str(k, p, n);
+}
+static inline uint64_t gf_time_key(int64_t t)
+{
+    return (uint64_t)t ^ (1ull << 63);
+}
+
+extern const char *const gf_hit_names[];
+extern const struct handler_route gf_routes[];
+
+#endif

@@ -1,0 +1,141 @@
+#!/usr/bin/env bash
+# The geofence handler through the real CLI: a path across several fences
+# (enter / exit / cross in exactly that order), GPS jitter on a border with
+# hysteresis (no flapping), dwell, redefinition and deletion, inside and
+# outside, late fixes, roam pairs, order arrival, bad geometries refused at
+# ingest with their reason, and replay determinism.
+set -euo pipefail
+. "$CAIRN_SOURCE_DIR/tests/handlers/lib.sh"
+
+T0=1772359200 # 2026-03-01T10:00:00Z
+ev() { # ev SECONDS TYPE PAYLOAD
+    printf '{"type":"%s","tenant":"t","time":%d,"payload":%s}\n' "$2" $(((T0 + $1) * 1000000000)) "$3"
+}
+loc() { # loc SECONDS DEVICE LON LAT
+    ev "$1" location "{\"device_id\":\"$2\",\"lat\":$4,\"lon\":$3}"
+}
+sq() { # sq X0 Y0 X1 Y1 -> a Polygon
+    echo "{\"type\":\"Polygon\",\"coordinates\":[[[$1,$2],[$3,$2],[$3,$4],[$1,$4],[$1,$2]]]}"
+}
+D='"detect":["enter","exit","cross"]'
+# what the stream says, one "type fence device [reason]" line per event
+events() {
+    cairn stream geofence | jq -r '[.type, (.payload.fence_id // .payload.order_id),
+        .payload.device_id, (.payload.reason // .payload.other_id // empty)] | join(" ")'
+}
+expect() { # expect NAME FILTER-REGEX EXPECTED (lines)
+    local got
+    got=$(events | grep -E "$2" || true)
+    [ "$got" = "$3" ] || fail "$1: got
+$got
+expected
+$3"
+    echo "ok $1"
+}
+
+F=$WORK/in.ndjson
+{
+    # 1. a path across A, B (crossed), the circle C
+    ev 0 geofence.define "{\"fence_id\":\"A\",\"geometry\":$(sq 0 0 1 1),$D}"
+    ev 0 geofence.define "{\"fence_id\":\"B\",\"geometry\":$(sq 2 0 3 1),$D}"
+    ev 0 geofence.define "{\"fence_id\":\"C\",\"geometry\":{\"type\":\"Circle\",\"center\":[5,0.5],\"radius_m\":20000},$D}"
+    loc 10 p1 -0.5 0.5
+    loc 20 p1 0.5 0.5
+    loc 30 p1 1.5 0.5
+    loc 40 p1 3.5 0.5
+    loc 50 p1 5 0.5
+    loc 60 p1 6 0.5
+    loc 55 p1 5 0.5 # late: ignored
+    # 2. jitter on the east edge of H (lon 11) every 10 s, ~11 m either side
+    ev 0 geofence.define "{\"fence_id\":\"H\",\"geometry\":$(sq 10 0 11 1),$D,\"margin_m\":50,\"min_dwell_s\":30}"
+    for i in $(seq 0 12); do
+        if [ $((i % 2)) = 0 ]; then loc $((100 + i * 10)) j1 10.9999 0.5; else loc $((100 + i * 10)) j1 11.0001 0.5; fi
+    done
+    loc 300 j1 11.01 0.5 # ~1.1 km out: exit
+    # the same jitter without hysteresis flaps (for contrast)
+    ev 0 geofence.define "{\"fence_id\":\"N\",\"geometry\":$(sq 12 0 13 1),$D}"
+    for i in 0 1 2 3; do
+        if [ $((i % 2)) = 0 ]; then loc $((100 + i * 10)) j2 12.9999 0.5; else loc $((100 + i * 10)) j2 13.0001 0.5; fi
+    done
+    # 3. redefinition and deletion
+    ev 400 geofence.define "{\"fence_id\":\"R\",\"geometry\":$(sq 20 0 21 1),$D}"
+    ev 400 geofence.define "{\"fence_id\":\"X\",\"geometry\":$(sq 20 0 21 1),$D}"
+    loc 410 r1 20.5 0.5
+    ev 420 geofence.define "{\"fence_id\":\"R\",\"geometry\":$(sq 30 0 31 1),$D}"
+    loc 430 r1 20.5 0.51 # R moved away: exit R at this fix
+    ev 440 geofence.delete '{"fence_id":"X"}' # exit X now (deleted)
+    ev 440 geofence.delete '{"fence_id":"nope"}'
+    loc 450 r1 30.5 0.5 # into the new R
+    # 4. inside / outside (devices filter)
+    ev 500 geofence.define "{\"fence_id\":\"IO\",\"geometry\":$(sq 60 0 61 1),\"detect\":[\"inside\",\"outside\"],\"devices\":[\"o-*\"]}"
+    loc 510 o-1 60.5 0.5
+    loc 520 o-1 62 0.5
+    loc 530 x-1 62 0.5 # not watched
+    # 5. roam: escorts near trucks within 1 km
+    ev 600 geofence.define '{"fence_id":"convoy","geometry":{"type":"Roam","target_prefix":"truck-","radius_m":1000},"devices":["escort-*"]}'
+    loc 610 escort-1 40 0
+    loc 620 truck-1 40.005 0
+    loc 630 truck-1 40.006 0
+    loc 640 truck-1 40.05 0
+    loc 650 escort-1 40.0505 0
+    # 6. order arrival
+    ev 700 order '{"order_id":"o1","event_type":"order.created","destination":{"lat":0,"lon":50}}'
+    ev 701 order '{"order_id":"o1","event_type":"order.assigned","assigned_device_id":"courier-1"}'
+    loc 710 courier-1 50.01 0
+    loc 720 courier-1 50.0005 0
+    loc 730 courier-1 50 0
+    ev 740 order '{"order_id":"o2","event_type":"order.created","assigned_device_id":"courier-2","destination":{"lat":0,"lon":51,"arrival_radius_m":2000}}'
+    ev 741 order '{"order_id":"o2","event_type":"order.cancelled"}'
+    loc 750 courier-2 51 0
+} >"$F"
+append "$F"
+
+expect "a path across A, B, C" " p1( |$)" "geofence.enter A p1
+geofence.exit A p1 left
+geofence.cross B p1
+geofence.enter C p1
+geofence.exit C p1 left"
+expect "jitter with margin and dwell: one enter, one exit" " j1( |$)" "geofence.enter H j1
+geofence.exit H j1 left"
+sel() { cairn stream geofence | jq -s -e "map(select($1))[0] | $2" >/dev/null || fail "$3"; echo "ok $3"; }
+sel '.payload.device_id=="j1"' '.payload.since == "2026-03-01T10:01:40Z" and .payload.at == "2026-03-01T10:02:20Z"' \
+    "enter fires after the dwell, since = first fix inside"
+expect "no margin: jitter flaps" " j2( |$)" "geofence.enter N j2
+geofence.exit N j2 left
+geofence.enter N j2
+geofence.exit N j2 left"
+expect "redefinition and deletion" " r1( |$)" "geofence.enter R r1
+geofence.enter X r1
+geofence.exit R r1 left
+geofence.exit X r1 deleted
+geofence.enter R r1"
+expect "inside / outside for watched devices" "^geofence.(inside|outside) " "geofence.inside IO o-1
+geofence.outside IO o-1"
+expect "roam pairs" "nearby|faraway" "geofence.nearby convoy truck-1 escort-1
+geofence.faraway convoy truck-1 escort-1
+geofence.nearby convoy escort-1 truck-1"
+expect "order arrival once, not after cancel" "order" "order.arrived o1 courier-1"
+sel '.type=="order.arrived"' '.payload.distance_m > 50 and .payload.distance_m < 60 and .key == "o1"' "arrival distance"
+jcheck "the fence view" '.fence_id == "R" and .vertices == 4 and .bbox == [30,0,31,1]' show geofence R --tenant t
+[ -z "$(cairn show geofence X --tenant t 2>/dev/null)" ] || fail "deleted fence still shown"
+
+# Bad geometries: refused at ingest with their reason, nothing logged.
+head_before=$(cairn head | jq .seq)
+bad() { # bad FIELD REASON GEOMETRY
+    local out
+    out=$(ev 0 geofence.define "{\"fence_id\":\"bad\",\"geometry\":$3}" | cairn append - 2>/dev/null || true)
+    jq -e --arg f "$1" --arg r "$2" '.error.code == "invalid_geometry" and .error.field == $f
+        and (.error.message | contains($r))' <<<"$out" >/dev/null || fail "bad geometry $3: $out"
+}
+bad /payload/geometry/coordinates/0/4 "not closed" '{"type":"Polygon","coordinates":[[[0,0],[1,0],[1,1],[0,1],[0,0.5]]]}'
+bad /payload/geometry/coordinates/0 "at least 4" '{"type":"Polygon","coordinates":[[[0,0],[1,1],[0,0]]]}'
+bad /payload/geometry/coordinates/0/2 "out of range" '{"type":"Polygon","coordinates":[[[0,0],[1,0],[1,91],[0,0]]]}'
+bad /payload/geometry/coordinates/0/2 "intersects itself" '{"type":"Polygon","coordinates":[[[0,0],[1,1],[1,0],[0,1],[0,0]]]}'
+bad /payload/geometry/coordinates/0/0/1 "antimeridian" '{"type":"MultiPolygon","coordinates":[[[[179,0],[-179,0],[-179,1],[179,0]]]]}'
+bad /payload/geometry/coordinates/1/3 "numbers" '{"type":"Polygon","coordinates":[[[0,0],[5,0],[5,5],[0,0]],[[1,1],[2,1],[2,2],[null,1],[1,1]]]}'
+bad /payload/geometry/center "out of range" '{"type":"Circle","center":[200,0],"radius_m":5}'
+[ "$(cairn head | jq .seq)" = "$head_before" ] || fail "a refused fence entered the log"
+echo "ok bad geometries refused with their reason"
+
+replay_matches
+chunks_match "$F"

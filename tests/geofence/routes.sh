@@ -1,0 +1,48 @@
+#!/usr/bin/env bash
+# The geofence HTTP routes against `cairn serve --insecure-no-auth` on a
+# free 127.0.0.1 port: fences, one fence, WITHIN, hits, NEARBY, containing.
+set -euo pipefail
+. "$CAIRN_SOURCE_DIR/tests/handlers/lib.sh"
+
+T=1772359200000000000
+{
+    printf '{"type":"geofence.define","tenant":"t","time":%d,"payload":{"fence_id":"A","name":"a","geometry":{"type":"Polygon","coordinates":[[[0,0],[1,0],[1,1],[0,1],[0,0]]]},"detect":["enter","exit"]}}\n' $T
+    printf '{"type":"geofence.define","tenant":"t","time":%d,"payload":{"fence_id":"B","geometry":{"type":"Circle","center":[0.5,0.5],"radius_m":1000}}}\n' $T
+    printf '{"type":"geofence.define","tenant":"u","time":%d,"payload":{"fence_id":"A","geometry":{"type":"Circle","center":[0.5,0.5],"radius_m":10}}}\n' $T
+    printf '{"type":"location","tenant":"t","time":%d,"payload":{"device_id":"d1","lat":0.5,"lon":0.5}}\n' $((T + 1000000000))
+    printf '{"type":"location","tenant":"t","time":%d,"payload":{"device_id":"d2","lat":0.5,"lon":0.503}}\n' $((T + 2000000000))
+    printf '{"type":"location","tenant":"t","time":%d,"payload":{"device_id":"d3","lat":0.5,"lon":2}}\n' $((T + 3000000000))
+    printf '{"type":"location","tenant":"t","time":%d,"payload":{"device_id":"d2","lat":0.5,"lon":1.5}}\n' $((T + 4000000000))
+} >"$WORK/in.ndjson"
+append "$WORK/in.ndjson"
+
+PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+"$CAIRN" serve --data "$DATA" --listen "127.0.0.1:$PORT" --insecure-no-auth >"$WORK/serve.log" 2>&1 &
+PID=$!
+trap 'kill $PID 2>/dev/null; wait $PID 2>/dev/null; rm -rf "$WORK"' EXIT
+for _ in $(seq 100); do curl -sf "http://127.0.0.1:$PORT/healthz" >/dev/null && break; sleep 0.1; done
+get() { curl -s "http://127.0.0.1:$PORT/v1/$1"; }
+ok() { # ok NAME PATH JQ
+    get "$2" | jq -e "$3" >/dev/null || fail "$1: $(get "$2")"
+    echo "ok $1"
+}
+ok "fences of t" "fences?tenant=t" '.seq == 7 and ([.fences[].fence_id] == ["A","B"]) and .next == null'
+ok "fences of every tenant (admin)" "fences" '[.fences[] | .tenant + "/" + .fence_id] == ["t/A","t/B","u/A"]'
+ok "fences paginated" "fences?tenant=t&limit=1" '[.fences[].fence_id] == ["A"] and .next == "A"'
+ok "after" "fences?tenant=t&after=A" '[.fences[].fence_id] == ["B"]'
+ok "one fence" "fences/A?tenant=t" '.fence.name == "a" and .fence.vertices == 4'
+ok "unknown fence" "fences/Z?tenant=t" '.error.code == "not_found"'
+ok "tenant needed" "fences/A" '.error.code == "missing_parameter"'
+ok "inside A (WITHIN)" "fences/A/inside?tenant=t" '[.devices[].device_id] == ["d1"] and .devices[0].since == "2026-03-01T10:00:01Z"'
+ok "inside B" "fences/B/inside?tenant=t" '[.devices[].device_id] == ["d1"]'
+ok "containing" "fences/containing?tenant=t&lat=0.5&lon=0.5" '[.fences[].fence_id] == ["A","B"]'
+ok "containing (edge)" "fences/containing?tenant=t&lat=0&lon=0.2" '[.fences[].fence_id] == ["A"]'
+ok "containing nothing" "fences/containing?tenant=t&lat=5&lon=5" '.fences == []'
+ok "bad lat" "fences/containing?tenant=t&lat=95&lon=5" '.error.code == "invalid_parameter"'
+ok "hits by fence" "geofence/hits?tenant=t&fence=A" '[.hits[] | .type + " " + .device_id] == ["geofence.enter d1","geofence.enter d2","geofence.exit d2"]'
+ok "hits by device" "geofence/hits?tenant=t&device=d2" '[.hits[] | .type + " " + .fence_id] == ["geofence.enter A","geofence.exit A"]'
+ok "hits in a time range" "geofence/hits?tenant=t&fence=A&from=2026-03-01T10:00:02Z&to=2026-03-01T10:00:03Z" '[.hits[].device_id] == ["d2"]'
+ok "hits need a filter" "geofence/hits?tenant=t" '.error.code == "missing_parameter"'
+ok "nearby, nearest first" "nearby?tenant=t&lat=0.5&lon=0.5&radius_m=2000" '[.devices[].device_id] == ["d1"]'
+ok "nearby wider" "nearby?tenant=t&lat=0.5&lon=1.4&radius_m=100000&limit=2" '[.devices[].device_id] == ["d2","d3"] and (.devices[0].distance_m | floor) == 11119'
+ok "nearby radius bound" "nearby?tenant=t&lat=0&lon=0&radius_m=1e9" '.error.code == "invalid_parameter"'
