@@ -45,7 +45,9 @@
  *    ESCALATIONS_PER_TICK alerts escalate per tick; the rest on later ticks.
  *  - A resolving cause for an alert that is not open changes nothing.
  *  - min_severity (config; a string, or {source: severity}; default
- *    {"compliance": "high"}): opening causes below it are ignored.
+ *    {"compliance": "high", "geofence": "low"}): opening causes below it
+ *    are ignored (geofence rows are "info": opt in with
+ *    {"geofence": "info"}).
  *    Severities: critical > high > medium > low > info; an unknown payload
  *    severity counts as low.
  *
@@ -101,7 +103,11 @@ enum action { OPENS, RESOLVES };
     X("device.online", "devices", RESOLVES, "high", "device_id", NULL, "device.offline", false)    \
     X("order.invalid_transition", "orders", OPENS, "medium", "order_id", NULL,                     \
       "order.invalid_transition", true)                                                            \
-    X("payment.failed", "payments", OPENS, "high", "customer", NULL, "payment.failed", true)
+    X("payment.failed", "payments", OPENS, "high", "customer", NULL, "payment.failed", true)       \
+    X("geofence.enter", "geofence", OPENS, "info", "device_id", "fence_id", "", false)             \
+    X("geofence.exit", "geofence", RESOLVES, "info", "device_id", "fence_id", "", false)           \
+    X("geofence.cross", "geofence", OPENS, "info", "device_id", "fence_id", "", true)              \
+    X("order.arrived", "geofence", OPENS, "info", "order_id", NULL, "order.arrived", true)
 
 struct source {
     const char *type, *source;
@@ -251,10 +257,14 @@ static void read_config(struct alerts *a, const json_t *cfg)
         struct cairn_str s = {json_string_value(v), json_string_length(v)};
         int sev = json_is_string(v) ? sev_parse(&s) : -1;
         if (sev < 0)
-            sev = !strcmp(sources[i].source, "compliance") ? SEV_HIGH : SEV_INFO;
+            /* geofence hits are info-level and opt-in: a fleet's routine
+             * enters and exits are not alerts unless asked for. */
+            sev = !strcmp(sources[i].source, "compliance") ? SEV_HIGH
+                  : !strcmp(sources[i].source, "geofence") ? SEV_LOW
+                                                           : SEV_INFO;
         /* A plain string applies to the sources whose severity varies. */
         if (json_is_string(ms) && sources[i].severity)
-            sev = SEV_INFO;
+            sev = !strcmp(sources[i].source, "geofence") ? SEV_LOW : SEV_INFO;
         a->min_sev[i] = sev;
     }
 }
