@@ -61,8 +61,9 @@ state_checkpoint() {
   fi
 }
 
-# Runs `cairn append --engine SLICE` with the hook set to $1 (0: none);
-# prints the exit status. A finished run must have accepted every line.
+# Runs `cairn append --engine SLICE` with the hook set to $1 (0: none) and
+# leaves its exit status in RC (not printed: fail must not run in a
+# subshell). A finished run must have accepted every line.
 append_slice() {
   local hook=$1 rc=0
   if [ "$hook" = 0 ]; then
@@ -77,11 +78,12 @@ append_slice() {
   elif [ "$rc" != 137 ]; then
     fail "append exited $rc (hook $hook): $(head -c 600 "$WORK/err")"
   fi
-  echo "$rc"
+  RC=$rc
 }
 
 TOTAL_LINES=$(((CRASH_ROUNDS + KILL_ROUNDS) * 2500))
-"$GEN_WORKLOAD" --seed "$((SEED % 1000 + 1))" --count "$TOTAL_LINES" --all-ids >"$W"
+"$GEN_WORKLOAD" --seed "$((SEED % 1000 + 1))" --count "$TOTAL_LINES" --all-ids \
+  --controls "$CAIRN_SCHEMAS" >"$W"
 pos=1
 # `cairn append` reading a file submits chunks of 1024 lines and the writer
 # commits whole requests of at most 1024 events: a slice of n lines is
@@ -101,8 +103,8 @@ for ((round = 1; round <= CRASH_ROUNDS; round++)); do
   for ((attempt = 1; ; attempt++)); do
     [ "$attempt" -le 3 ] || fail "round $round: still crashing without the hook"
     before=$(head_seq)
-    rc=$(append_slice "$hook")
-    [ "$rc" = 0 ] && break
+    append_slice "$hook"
+    [ "$RC" = 0 ] && break
     crashes=$((crashes + 1))
     head=$(head_seq) cp=$(state_checkpoint)
     [ "$cp" -le "$head" ] || fail "round $round: state checkpoint $cp past log head $head"
@@ -122,7 +124,8 @@ for ((round = 1; round <= KILL_ROUNDS; round++)); do
   sleep "$(printf '0.%03d' $((RANDOM % 400)))"
   if kill -9 "$pid" 2>/dev/null; then kills=$((kills + 1)); fi
   wait "$pid" 2>/dev/null || true
-  [ "$(append_slice 0)" = 0 ] || fail "kill round $round: the resend failed"
+  append_slice 0
+  [ "$RC" = 0 ] || fail "kill round $round: the resend was killed"
 done
 
 echo "exactly_once: $crashes hooked crashes ($windows between log and state commit)," \

@@ -2,7 +2,7 @@
  * gen_workload.c — a seeded generator of mixed `cairn append --engine`
  * input for the determinism and exactly-once tests.
  *
- *   gen_workload --seed S --count N [--all-ids]
+ *   gen_workload --seed S --count N [--all-ids] [--controls SCHEMA_DIR]
  *
  * prints N NDJSON lines: the six producer types (telemetry, location,
  * order, payment, metric, discovery) and engine ticks, with what makes
@@ -20,13 +20,23 @@
  *  - both time forms (RFC 3339 and integer nanoseconds), inputs with and
  *    without an idempotency id (--all-ids: every line has one, so a
  *    producer may resend a whole file after a crash), telemetry with more
- *    readings than the device view keeps.
+ *    readings than the device view keeps;
+ *  - with --controls: the control inputs of the handlers (geofence.define,
+ *    rule.define, alarm.define, …) — every valid example payload of
+ *    SCHEMA_DIR/examples/<type>.json whose type is not one of the above —
+ *    for every tenant at the start, the `*.delete` and `*.ack` ones at 60 %
+ *    of the way, the others again at 80 %; and producer data those
+ *    examples look at (trucks, couriers and escorts near the example
+ *    fences, the example alarms' metrics, resources of the example
+ *    rules), so geofence, compliance and alert handlers have work to do.
+ *    The lines are extra: N + 2 x tenants x examples in all.
  *
  * The same seed prints the same bytes everywhere: no wall clock, and every
  * number is printed from integers (no float formatting, no locale).
  */
 #include "common.h"
 
+#include <dirent.h>
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -41,11 +51,19 @@
 #define COLD_DEVICES 1500
 #define ORDER_SLOTS 60
 #define RETRY_RING 64
+#define CONTROLS_MAX 256
 
 static const char *const tenants[TENANTS] = {"acme", "globex", "initech"};
 
 struct order_slot {
     unsigned no, stage; /* stage: index into order_steps; 0 = not created yet */
+};
+
+/* A control input from the schema examples: type and compact JSON payload. */
+struct control {
+    char type[CAIRN_TYPE_MAX + 1];
+    char *payload;
+    bool late; /* *.delete, *.ack: sent at 60 % of the way */
 };
 
 struct gen {
@@ -58,6 +76,8 @@ struct gen {
     struct order_slot orders[TENANTS][ORDER_SLOTS];
     char ring[RETRY_RING][LINE_MAX_BYTES]; /* recent lines with an id, for retries */
     unsigned nring;
+    struct control controls[CONTROLS_MAX];
+    unsigned ncontrols;
 };
 
 /* A line being built; an overflow is a bug in this file, so it aborts. */
@@ -159,21 +179,40 @@ static int64_t event_time(struct gen *g, unsigned late_per_100)
 
 /* ====================================================================== payloads */
 
-static void device_name(struct gen *g, char *out, size_t cap)
+/* Fleets whose names the example fences select (truck-*, courier-*,
+ * escort-*), each around one place: lat/lon in millionths of a degree. */
+static const struct fleet {
+    const char *prefix;
+    long lat, lon, spread;
+} fleets[] = {
+    {"truck-", 52520000, 13410000, 25000},  /* the Berlin depot fence */
+    {"courier-", 48856600, 2352200, 4000},  /* the hq circle, 250 m */
+    {"escort-", 52520000, 13410000, 25000}, /* roaming around the trucks */
+};
+#define FLEET_DEVICES 12
+
+/* A device: *fleet is set for fleet devices (else NULL). */
+static void device_name(struct gen *g, char *out, size_t cap, const struct fleet **fleet)
 {
-    if (chance(g, 1, 4))
+    *fleet = NULL;
+    if (g->ncontrols && chance(g, 1, 6)) {
+        *fleet = &fleets[below(g, sizeof fleets / sizeof *fleets)];
+        snprintf(out, cap, "%s%02u", (*fleet)->prefix, below(g, FLEET_DEVICES));
+    } else if (chance(g, 1, 4)) {
         snprintf(out, cap, "dev-c%04u", below(g, COLD_DEVICES));
-    else
+    } else {
         snprintf(out, cap, "dev-h%03u", below(g, HOT_DEVICES));
+    }
 }
 
 static void gen_telemetry(struct gen *g, struct out *o, const char *tenant)
 {
-    static const char *const kinds[] = {"status", "reading", "reading", "heartbeat",
-                                        "alert.tamper", "boot"};
+    static const char *const kinds[] = {"status",    "reading",      "reading",
+                                        "heartbeat", "alert.tamper", "boot"};
     static const char *const status[] = {"online", "offline", "degraded", "maintenance"};
     char dev[32];
-    device_name(g, dev, sizeof dev);
+    const struct fleet *fleet;
+    device_name(g, dev, sizeof dev, &fleet);
     head(g, o, "telemetry", tenant, event_time(g, 12), NULL);
     const char *kind = PICK(g, kinds);
     put(o, "{\"device_id\":\"%s\",\"event_type\":\"%s\"", dev, kind);
@@ -201,12 +240,13 @@ static void gen_telemetry(struct gen *g, struct out *o, const char *tenant)
 static void gen_location(struct gen *g, struct out *o, const char *tenant)
 {
     char dev[32];
-    device_name(g, dev, sizeof dev);
+    const struct fleet *f;
+    device_name(g, dev, sizeof dev, &f);
     head(g, o, "location", tenant, event_time(g, 12), NULL);
     put(o, "{\"device_id\":\"%s\",\"lat\":", dev);
-    put_fixed(o, range(g, -90000000, 90000000), 6);
+    put_fixed(o, f ? f->lat + range(g, -f->spread, f->spread) : range(g, -90000000, 90000000), 6);
     put(o, ",\"lon\":");
-    put_fixed(o, range(g, -180000000, 180000000), 6);
+    put_fixed(o, f ? f->lon + range(g, -f->spread, f->spread) : range(g, -180000000, 180000000), 6);
     if (chance(g, 1, 2)) {
         put(o, ",\"alt\":");
         put_fixed(o, range(g, -100, 30000), 1);
@@ -226,17 +266,16 @@ static void gen_location(struct gen *g, struct out *o, const char *tenant)
     put(o, "}");
 }
 
-static const char *const order_steps[] = {"order.created",   "order.confirmed",
-                                          "order.assigned",  "order.picked_up",
-                                          "order.in_transit", "order.delivered"};
+static const char *const order_steps[] = {"order.created",   "order.confirmed",  "order.assigned",
+                                          "order.picked_up", "order.in_transit", "order.delivered"};
 #define ORDER_STAGES 6
 
 /* Mostly the next step of a slot's order; one in five a bad transition. */
 static void gen_order(struct gen *g, struct out *o, unsigned t)
 {
-    static const char *const any[] = {"order.created",    "order.confirmed", "order.assigned",
-                                      "order.picked_up",  "order.in_transit", "order.delivered",
-                                      "order.cancelled",  "order.updated"};
+    static const char *const any[] = {"order.created",   "order.confirmed",  "order.assigned",
+                                      "order.picked_up", "order.in_transit", "order.delivered",
+                                      "order.cancelled", "order.updated"};
     struct order_slot *s = &g->orders[t][below(g, ORDER_SLOTS)];
     const char *step;
     unsigned no = s->no;
@@ -339,6 +378,20 @@ static void gen_metric(struct gen *g, struct out *o, const char *tenant)
                                         "queue_depth", "job:errors:rate5m"};
     static const char *const jobs[] = {"api", "worker", "edge"};
     head(g, o, "metric", tenant, event_time(g, 5), NULL);
+    if (g->ncontrols && chance(g, 1, 3)) { /* what the example alarms watch */
+        static const char *const watched[] = {
+            "\"node_cpu_usage\",\"labels\":{\"instance\":\"gw-1\"}",
+            "\"node_filesystem_free_bytes\",\"labels\":{\"mountpoint\":\"/\"}",
+            "\"http_requests_total\",\"labels\":{\"job\":\"api\"}"};
+        unsigned w = below(g, 3);
+        put(o, "{\"name\":%s,\"value\":", watched[w]);
+        if (w == 0)
+            put_fixed(o, range(g, 0, 1000), 3); /* around the 0.9 threshold */
+        else
+            put(o, "%ld", w == 1 ? range(g, 0, 3000000000) : range(g, 0, 3));
+        put(o, "}");
+        return;
+    }
     put(o, "{\"name\":\"%s\"", PICK(g, names));
     if (chance(g, 4, 5))
         put(o, ",\"labels\":{\"job\":\"%s\",\"instance\":\"10.0.0.%u:9100\"}", PICK(g, jobs),
@@ -355,7 +408,8 @@ static void gen_discovery(struct gen *g, struct out *o, const char *tenant)
 {
     static const char *const regions[] = {"eu-west-1", "us-east-1", "global"};
     static const char *const types[] = {"aws.s3.bucket", "aws.ec2.security_group",
-                                        "aws.iam.role", "gcp.compute.instance"};
+                                        "aws.iam.role",  "gcp.compute.instance",
+                                        "aws.ec2.vpc",   "aws.rds.db_instance"};
     head(g, o, "discovery", tenant, event_time(g, 5), NULL);
     put(o, "{\"account_id\":\"%012u\",\"region\":\"%s\",\"scan_id\":\"scan-%u\",\"complete\":%s,",
         100000 + below(g, 3), PICK(g, regions), below(g, 50), chance(g, 1, 3) ? "true" : "false");
@@ -365,12 +419,25 @@ static void gen_discovery(struct gen *g, struct out *o, const char *tenant)
         const char *type = PICK(g, types);
         put(o, "%s{\"resource_id\":\"r-%04u\",\"resource_type\":\"%s\"", i ? "," : "",
             below(g, 200), type);
-        if (chance(g, 3, 4))
+        if (chance(g, 3, 4)) {
             put(o,
                 ",\"attributes\":{\"public\":%s,\"encryption\":{\"enabled\":%s},"
-                "\"ports\":[22,%u]}",
+                "\"ports\":[22,%u]",
                 chance(g, 1, 5) ? "true" : "false", chance(g, 3, 4) ? "true" : "false",
                 below(g, 65535));
+            /* What the example rules read: sometimes compliant, sometimes not. */
+            if (!strcmp(type, "aws.s3.bucket") && chance(g, 2, 3))
+                put(o,
+                    ",\"PublicAccessBlockConfiguration\":{\"BlockPublicAcls\":%s,"
+                    "\"RestrictPublicBuckets\":%s}",
+                    chance(g, 2, 3) ? "true" : "false", chance(g, 3, 4) ? "true" : "false");
+            if (!strcmp(type, "aws.ec2.vpc") && chance(g, 1, 2))
+                put(o, ",\"FlowLogs\":[{\"FlowLogId\":\"fl-%u\"}]", below(g, 100));
+            if (!strcmp(type, "aws.rds.db_instance"))
+                put(o, ",\"Tags\":[{\"Key\":\"%s\",\"Value\":\"x\"}]",
+                    chance(g, 1, 2) ? "owner" : "env");
+            put(o, "}");
+        }
         if (chance(g, 1, 2))
             put(o, ",\"tags\":{\"env\":\"%s\",\"owner\":\"team-%u\"}",
                 chance(g, 1, 2) ? "prod" : "dev", below(g, 9));
@@ -385,6 +452,94 @@ static void gen_tick(struct gen *g, struct out *o)
         (unsigned long long)g->seed, g->line);
     put_time(g, o, g->clock);
     put(o, ",\"payload\":{\"interval_ms\":1000}");
+}
+
+/* ====================================================================== control inputs */
+
+static bool producer_type(const char *t)
+{
+    static const char *const known[] = {"telemetry", "location",  "order", "payment",
+                                        "metric",    "discovery", "tick"};
+    for (size_t i = 0; i < sizeof known / sizeof *known; i++)
+        if (!strcmp(t, known[i]))
+            return true;
+    return false;
+}
+
+static int cmp_str(const void *a, const void *b)
+{
+    return strcmp(*(char *const *)a, *(char *const *)b);
+}
+
+/* Adds every valid example of one control type. */
+static void load_examples(struct gen *g, const char *path, const char *type)
+{
+    json_error_t je;
+    json_t *doc = json_load_file(path, 0, &je), *v;
+    size_t i;
+    if (!json_is_array(json_object_get(doc, "valid"))) {
+        fprintf(stderr, "gen_workload: %s: no \"valid\" array (%s)\n", path, je.text);
+        exit(2);
+    }
+    json_array_foreach(json_object_get(doc, "valid"), i, v)
+    {
+        if (g->ncontrols == CONTROLS_MAX) {
+            fprintf(stderr, "gen_workload: more than %d control examples\n", CONTROLS_MAX);
+            exit(2);
+        }
+        struct control *c = &g->controls[g->ncontrols++];
+        snprintf(c->type, sizeof c->type, "%s", type);
+        c->payload = json_dumps(v, JSON_COMPACT | JSON_ENSURE_ASCII);
+        size_t n = strlen(type);
+        c->late =
+            (n > 7 && !strcmp(type + n - 7, ".delete")) || (n > 4 && !strcmp(type + n - 4, ".ack"));
+        if (!c->payload)
+            exit(2);
+    }
+    json_decref(doc);
+}
+
+/* Reads DIR/examples/<type>.json for every control type, in name order. */
+static void load_controls(struct gen *g, const char *dir)
+{
+    char path[4096], *names[CONTROLS_MAX];
+    size_t n = 0;
+    snprintf(path, sizeof path, "%s/examples", dir);
+    DIR *d = opendir(path);
+    if (!d) {
+        fprintf(stderr, "gen_workload: cannot read %s: %s\n", path, strerror(errno));
+        exit(2);
+    }
+    for (struct dirent *de; (de = readdir(d)) && n < CONTROLS_MAX;) {
+        size_t len = strlen(de->d_name);
+        if (len > 5 && !strcmp(de->d_name + len - 5, ".json"))
+            names[n++] = strdup(de->d_name);
+    }
+    closedir(d);
+    qsort(names, n, sizeof *names, cmp_str); /* readdir order is not stable */
+    for (size_t i = 0; i < n; i++) {
+        char type[CAIRN_TYPE_MAX + 1];
+        snprintf(type, sizeof type, "%.*s", (int)(strlen(names[i]) - 5), names[i]);
+        snprintf(path, sizeof path, "%s/examples/%s", dir, names[i]);
+        if (!producer_type(type))
+            load_examples(g, path, type);
+        free(names[i]);
+    }
+}
+
+/* Prints the controls of one phase (late or not) for every tenant. */
+static void emit_controls(struct gen *g, bool late)
+{
+    for (unsigned t = 0; t < TENANTS; t++)
+        for (unsigned i = 0; i < g->ncontrols; i++) {
+            const struct control *c = &g->controls[i];
+            if (c->late != late)
+                continue;
+            printf("{\"type\":\"%s\",\"tenant\":\"%s\",\"id\":\"ctl-%llu-%lu-%u-%u\","
+                   "\"time\":%lld,\"payload\":%s}\n",
+                   c->type, tenants[t], (unsigned long long)g->seed, g->line, t, i,
+                   (long long)g->clock, c->payload);
+        }
 }
 
 /* ====================================================================== the mix */
@@ -441,6 +596,7 @@ int main(int argc, char **argv)
 {
     static struct gen g; /* the retry ring is 1 MiB: not on the stack */
     uint64_t seed = 1, count = 1000;
+    const char *controls = NULL;
     for (int i = 1; i < argc; i++) {
         if (!strcmp(argv[i], "--seed") && i + 1 < argc && arg_u64(argv[i + 1], &seed))
             i++;
@@ -448,8 +604,11 @@ int main(int argc, char **argv)
             i++;
         else if (!strcmp(argv[i], "--all-ids"))
             g.all_ids = true;
+        else if (!strcmp(argv[i], "--controls") && i + 1 < argc)
+            controls = argv[++i];
         else {
-            fprintf(stderr, "usage: gen_workload [--seed S] [--count N] [--all-ids]\n");
+            fprintf(stderr, "usage: gen_workload [--seed S] [--count N] [--all-ids] "
+                            "[--controls SCHEMA_DIR]\n");
             return 2;
         }
     }
@@ -460,11 +619,19 @@ int main(int argc, char **argv)
     for (unsigned t = 0; t < TENANTS; t++)
         for (unsigned s = 0; s < ORDER_SLOTS; s++)
             g.orders[t][s] = (struct order_slot){.no = g.next_order++, .stage = 0};
+    if (controls)
+        load_controls(&g, controls);
     static struct out o;
     for (uint64_t i = 0; i < count; i++) {
+        if (g.ncontrols && (i == 0 || i == count * 4 / 5))
+            emit_controls(&g, false);
+        if (g.ncontrols && i == count * 3 / 5)
+            emit_controls(&g, true);
         next_line(&g, &o);
         fputs(o.p, stdout);
         fputc('\n', stdout);
     }
+    for (unsigned i = 0; i < g.ncontrols; i++)
+        free(g.controls[i].payload);
     return fflush(stdout) ? 1 : 0;
 }

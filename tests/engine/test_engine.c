@@ -13,7 +13,9 @@
  *    across an aborted batch and a reopen), and nobody sees its own;
  *  - exactly once: closing/reopening, a "crash" between log and state
  *    commit, apply_to, a failing batch and the writer path never apply an
- *    input twice or skip one; replay gives the same digest.
+ *    input twice or skip one; replay gives the same digest;
+ *  - after an aborted batch every handler is closed and opened again, so
+ *    in-memory caches never keep work that did not commit.
  *
  * Inputs go straight into the log with log_append (the engine owns the
  * log; its writer is not started), so their types need no schema.
@@ -57,12 +59,30 @@ static void scratch_free(const char *dir)
     nftw(dir, rm_one, 16, FTW_DEPTH | FTW_PHYS);
 }
 
+/* Tests that need a data dir get one as their state; the teardown removes
+ * it even when the test fails. */
+static int dir_setup(void **state)
+{
+    char *dir = malloc(256);
+    if (!dir)
+        return -1;
+    scratch_new(dir, 256);
+    *state = dir;
+    return 0;
+}
+
+static int dir_teardown(void **state)
+{
+    scratch_free(*state);
+    free(*state);
+    return 0;
+}
+
 /* ====================================================================== engine helpers */
 
 static struct engine_config config_for(const char *dir, const struct handler *const *table)
 {
-    return (struct engine_config){
-        .data = dir, .schema_dir = CAIRN_SCHEMA_DIR, .handlers = table};
+    return (struct engine_config){.data = dir, .schema_dir = CAIRN_SCHEMA_DIR, .handlers = table};
 }
 
 static struct engine *open_engine(const struct engine_config *cfg)
@@ -158,8 +178,8 @@ static void dbi_dump(struct engine *eng, const char *name, char *out, size_t cap
     assert_int_equal(mdb_cursor_open(proj_snap_txn(s), dbi, &c), 0);
     for (int rc = mdb_cursor_get(c, &k, &v, MDB_FIRST); rc == 0;
          rc = mdb_cursor_get(c, &k, &v, MDB_NEXT))
-        at += (size_t)snprintf(out + at, cap - at, "%.*s=%.*s;", (int)k.mv_size,
-                               (char *)k.mv_data, (int)v.mv_size, (char *)v.mv_data);
+        at += (size_t)snprintf(out + at, cap - at, "%.*s=%.*s;", (int)k.mv_size, (char *)k.mv_data,
+                               (int)v.mv_size, (char *)v.mv_data);
     mdb_cursor_close(c);
     proj_snap_end(s);
 }
@@ -198,9 +218,20 @@ static int noop_apply(struct hctx *ctx, const struct event *ev)
 /* Names that must not give a handler a DBI: other handlers' DBIs, paths,
  * the state's own DBIs, nothing, upper case, and too long. */
 static const char *const bad_dbi_names[] = {
-    "other.view", "b.view", "../x", "x/y", "", ".view", "view.", "View", "a b", "a-b", "a\n",
-    "stream.a", "01234567890123456789012345678901234567890123456789012345678901234567890123456789"
-                "01234567890123456789012345678901234567890123456789",
+    "other.view",
+    "b.view",
+    "../x",
+    "x/y",
+    "",
+    ".view",
+    "view.",
+    "View",
+    "a b",
+    "a-b",
+    "a\n",
+    "stream.a",
+    "01234567890123456789012345678901234567890123456789012345678901234567890123456789"
+    "01234567890123456789012345678901234567890123456789",
     NULL};
 
 struct iso {
@@ -258,18 +289,16 @@ static const struct handler iso_b_handler = {.version = HANDLER_VERSION,
 
 static void test_isolation_dbi_names(void **state)
 {
-    (void)state;
-    char dir[256], buf[512];
+    const char *dir = *state;
+    char buf[512];
     const struct handler *const table[] = {&iso_a_handler, &iso_b_handler, NULL};
-    scratch_new(dir, sizeof dir);
     memset(iso_bad_rc, 0, sizeof iso_bad_rc);
     iso_b_saw_a = 0;
     struct engine_config cfg = config_for(dir, table);
     struct engine *eng = open_engine(&cfg);
     for (size_t i = 0; bad_dbi_names[i]; i++)
         if (iso_bad_rc[i] != CAIRN_EINVAL)
-            fail_msg("hctx_db(\"%s\") gave %d, want CAIRN_EINVAL", bad_dbi_names[i],
-                     iso_bad_rc[i]);
+            fail_msg("hctx_db(\"%s\") gave %d, want CAIRN_EINVAL", bad_dbi_names[i], iso_bad_rc[i]);
     append_inputs(engine_log(eng), 1, 3);
     assert_int_equal(engine_catch_up(eng, 0), 0);
     /* a and b both named their DBI "view" and got the same index; they
@@ -284,7 +313,6 @@ static void test_isolation_dbi_names(void **state)
     state_dbis(eng, buf, sizeof buf);
     assert_string_equal(buf, "a.view,b.view,meta,");
     engine_close(eng);
-    scratch_free(dir);
 }
 
 /* A handler whose open fails (here: it insists on another's DBI) keeps the
@@ -298,12 +326,10 @@ static int greedy_open(struct hctx *ctx)
 
 static void test_isolation_open_failure(void **state)
 {
-    (void)state;
-    char dir[256];
+    const char *dir = *state;
     struct handler greedy = HANDLER("greedy", LIST("in"), NULL);
     greedy.open = greedy_open;
     const struct handler *const table[] = {&iso_a_handler, &greedy, NULL};
-    scratch_new(dir, sizeof dir);
     struct engine_config cfg = config_for(dir, table);
     struct engine *eng = NULL;
     struct cairn_error e;
@@ -319,7 +345,6 @@ static void test_isolation_open_failure(void **state)
     state_dbis(eng, buf, sizeof buf);
     assert_string_equal(buf, "b.view,meta,");
     engine_close(eng);
-    scratch_free(dir);
 }
 
 /* ====================================================================== (b) refusals */
@@ -343,7 +368,6 @@ static void refused(const struct handler *const *table, const char *code, const 
 
 static void test_order_refuses_cycles(void **state)
 {
-    (void)state;
     const struct handler ca = HANDLER("cyc_alpha", LIST("in", "y"), LIST("x"));
     const struct handler cb = HANDLER("cyc_beta", LIST("x"), LIST("y"));
     const struct handler by = HANDLER("bystander", LIST("in"), LIST("z"));
@@ -368,9 +392,8 @@ static void test_order_refuses_cycles(void **state)
     engine_order((const struct handler *const[]){&by, &ca, &cb, NULL}, out, &n, &e);
     assert_null(strstr(e.message, "bystander"));
 
-    /* engine_open refuses it the same way, before touching the state. */
-    char dir[256];
-    scratch_new(dir, sizeof dir);
+    /* engine_open refuses it the same way. */
+    const char *dir = *state;
     const struct handler *const table[] = {&ca, &cb, NULL};
     struct engine_config cfg = config_for(dir, table);
     struct engine *eng = NULL;
@@ -380,7 +403,6 @@ static void test_order_refuses_cycles(void **state)
     assert_string_equal(e.code, "cycle");
     assert_non_null(strstr(e.message, "cyc_alpha"));
     assert_non_null(strstr(e.message, "cyc_beta"));
-    scratch_free(dir);
 }
 
 static void test_order_refuses_bad_handlers(void **state)
@@ -398,8 +420,8 @@ static void test_order_refuses_bad_handlers(void **state)
 
     /* Reserved and malformed names: "stream.x" and "meta" are the state's
      * own DBIs; a '.' or '/' would let a name reach into another's. */
-    static const char *const names[] = {"stream", "meta", "", "Devices", "a.b", "a/b",
-                                        "a-b",    "a b",  "é"};
+    static const char *const names[] = {"stream", "meta", "",    "Devices", "a.b",
+                                        "a/b",    "a-b",  "a b", "é"};
     for (size_t i = 0; i < sizeof names / sizeof *names; i++) {
         const struct handler bad = HANDLER(names[i], LIST("in"), NULL);
         refused((const struct handler *const[]){&ok, &bad, NULL}, "handler", NULL);
@@ -656,8 +678,8 @@ static void expect_seen(size_t *at, char who, bool derived, uint64_t seq, const 
                         int64_t n, int64_t k)
 {
     if (*at >= nseen)
-        fail_msg("seq %llu: %c should see %s %llu, saw nothing", (unsigned long long)seq, who,
-                 type, (unsigned long long)dseq);
+        fail_msg("seq %llu: %c should see %s %llu, saw nothing", (unsigned long long)seq, who, type,
+                 (unsigned long long)dseq);
     const struct seen *s = &seen[(*at)++];
     if (s->who != who || s->derived != derived || s->seq != seq || strcmp(s->stream, stream) ||
         strcmp(s->type, type) || s->dseq != dseq || strcmp(s->tenant, tenant) ||
@@ -735,10 +757,8 @@ static void check_stream(struct engine *eng, const char *name, uint64_t last)
 
 static void test_dispatch(void **state)
 {
-    (void)state;
-    char dir[256];
+    const char *dir = *state;
     const struct handler *const table[] = {&d_c, &d_b, &d_a, NULL}; /* consumers first */
-    scratch_new(dir, sizeof dir);
     nseen = 0;
     dispatch_fail_at = 0;
     struct engine_config cfg = config_for(dir, table);
@@ -784,7 +804,6 @@ static void test_dispatch(void **state)
     state_dbis(eng, buf, sizeof buf);
     assert_string_equal(buf, "d_a.unused,d_b.unused,meta,stream.d_a,stream.d_b,");
     engine_close(eng);
-    scratch_free(dir);
 }
 
 /* ====================================================================== (e) exactly once */
@@ -851,10 +870,9 @@ static uint64_t cnt_total(struct engine *eng)
 
 static void test_exactly_once(void **state)
 {
-    (void)state;
-    char dir[256], fresh[300], part[300];
+    const char *dir = *state;
+    char fresh[300], part[300];
     const struct handler *const table[] = {&cnt_handler, NULL};
-    scratch_new(dir, sizeof dir);
     cnt_calls = cnt_double = 0;
     cnt_fail_at = 0;
     struct engine_config cfg = config_for(dir, table);
@@ -952,20 +970,106 @@ static void test_exactly_once(void **state)
     assert_int_not_equal(engine_open(&oeng, &ocfg, &e), 0);
     assert_non_null(e.code);
     assert_string_equal(e.code, "state_ahead");
-    scratch_free(dir);
+}
+
+/* ====================================================================== (f) caches after an abort
+ */
+
+/* A handler with an in-memory copy of its state (built in open): after an
+ * aborted batch the engine closes and reopens it, so the copy never keeps
+ * work that did not commit. */
+struct cache {
+    uint64_t total;
+};
+static unsigned long cache_opens, cache_closes, cache_stale;
+static uint64_t cache_fail_at;
+static unsigned cache_db;
+
+static int cache_open(struct hctx *ctx)
+{
+    MDB_val v;
+    struct cache *c = calloc(1, sizeof *c);
+    if (!c)
+        return CAIRN_ENOMEM;
+    assert_int_equal(cache_opens, cache_closes); /* closed before it opens again */
+    cache_opens++;
+    *hctx_user(ctx) = c;
+    int rc = hctx_db(ctx, "total", 0, &cache_db);
+    if (!rc && !(rc = hctx_get(ctx, cache_db, "n", 1, &v)))
+        c->total = cairn_be64_get(v.mv_data);
+    return rc == CAIRN_ENOTFOUND ? 0 : rc;
+}
+
+static void cache_close(struct hctx *ctx)
+{
+    cache_closes++;
+    free(*hctx_user(ctx));
+    *hctx_user(ctx) = NULL;
+}
+
+static int cache_apply(struct hctx *ctx, const struct event *ev)
+{
+    struct cache *c = *hctx_user(ctx);
+    uint8_t v8[8];
+    MDB_val v;
+    int rc = hctx_get(ctx, cache_db, "n", 1, &v);
+    if (rc && rc != CAIRN_ENOTFOUND)
+        return rc;
+    if ((rc ? 0 : cairn_be64_get(v.mv_data)) != c->total)
+        cache_stale++;
+    c->total++; /* the cache moves first: an abort leaves it ahead */
+    if (ev->seq == cache_fail_at) {
+        cache_fail_at = 0;
+        return CAIRN_EIO;
+    }
+    cairn_be64_put(v8, c->total);
+    return hctx_put(ctx, cache_db, "n", 1, v8, 8);
+}
+
+static const struct handler cache_handler = {.version = HANDLER_VERSION,
+                                             .name = "cache",
+                                             .consumes = LIST("in"),
+                                             .open = cache_open,
+                                             .apply = cache_apply,
+                                             .close = cache_close};
+
+static void test_abort_reopens_handlers(void **state)
+{
+    const char *dir = *state;
+    const struct handler *const table[] = {&cache_handler, NULL};
+    cache_opens = cache_closes = cache_stale = 0;
+    cache_fail_at = 0;
+    struct engine_config cfg = config_for(dir, table);
+    struct engine *eng = open_engine(&cfg);
+    append_inputs(engine_log(eng), 1, 20);
+    assert_int_equal(engine_catch_up(eng, 0), 0);
+    assert_int_equal(cache_opens, 1);
+
+    append_inputs(engine_log(eng), 21, 20);
+    cache_fail_at = 30;
+    assert_int_equal(engine_catch_up(eng, 0), CAIRN_EIO);
+    assert_int_equal(proj_checkpoint(engine_proj(eng)), 20);
+    assert_int_equal(cache_opens, 2); /* closed and opened again, from the committed 20 */
+    assert_int_equal(cache_closes, 1);
+    assert_int_equal(engine_catch_up(eng, 0), 0);
+    assert_int_equal(proj_checkpoint(engine_proj(eng)), 40);
+    assert_int_equal(cache_stale, 0);
+    engine_close(eng);
+    assert_int_equal(cache_closes, cache_opens);
 }
 
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_isolation_dbi_names),
-        cmocka_unit_test(test_isolation_open_failure),
-        cmocka_unit_test(test_order_refuses_cycles),
+        cmocka_unit_test_setup_teardown(test_isolation_dbi_names, dir_setup, dir_teardown),
+        cmocka_unit_test_setup_teardown(test_isolation_open_failure, dir_setup, dir_teardown),
+        cmocka_unit_test_setup_teardown(test_order_refuses_cycles, dir_setup, dir_teardown),
         cmocka_unit_test(test_order_refuses_bad_handlers),
         cmocka_unit_test(test_order_producers_first),
         cmocka_unit_test(test_order_random_dags),
-        cmocka_unit_test(test_dispatch),
-        cmocka_unit_test(test_exactly_once),
+        cmocka_unit_test_setup_teardown(test_dispatch, dir_setup, dir_teardown),
+        cmocka_unit_test_setup_teardown(test_exactly_once, dir_setup, dir_teardown),
+        cmocka_unit_test_setup_teardown(test_abort_reopens_handlers, dir_setup, dir_teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
