@@ -285,8 +285,19 @@ int cairn_time_parse(const char *s, size_t n, int64_t *out)
     return 0;
 }
 
+/* Writes v as exactly w digits. */
+static char *put_digits(char *o, uint64_t v, int w)
+{
+    for (int i = w - 1; i >= 0; i--, v /= 10)
+        o[i] = (char)('0' + v % 10);
+    return o + w;
+}
+
+/* Hot: every document with a time field formats it (devices: three per
+ * event), so digits are written directly instead of through snprintf. */
 size_t cairn_time_format(int64_t ns, char *out, size_t cap)
 {
+    char tmp[40], *o = tmp;
     int64_t secs = ns / 1000000000LL, frac = ns % 1000000000LL;
     if (frac < 0)
         frac += 1000000000LL, secs -= 1;
@@ -296,18 +307,37 @@ size_t cairn_time_format(int64_t ns, char *out, size_t cap)
     int64_t y;
     unsigned m, d;
     civil_from_days(days, &y, &m, &d);
-    int n = snprintf(out, cap, "%04lld-%02u-%02uT%02d:%02d:%02d", (long long)y, m, d,
-                     (int)(rem / 3600), (int)(rem / 60 % 60), (int)(rem % 60));
+    if (y < 0 || y > 9999) /* outside RFC 3339's 4-digit years: rare, slow path */
+        return (size_t)snprintf(out, cap, "%lld-%02u-%02uT%02d:%02d:%02dZ", (long long)y, m, d,
+                                (int)(rem / 3600), (int)(rem / 60 % 60), (int)(rem % 60));
+    o = put_digits(o, (uint64_t)y, 4);
+    *o++ = '-';
+    o = put_digits(o, m, 2);
+    *o++ = '-';
+    o = put_digits(o, d, 2);
+    *o++ = 'T';
+    o = put_digits(o, (uint64_t)(rem / 3600), 2);
+    *o++ = ':';
+    o = put_digits(o, (uint64_t)(rem / 60 % 60), 2);
+    *o++ = ':';
+    o = put_digits(o, (uint64_t)(rem % 60), 2);
     if (frac) {
+        *o++ = '.';
         if (frac % 1000000 == 0)
-            n += snprintf(out + n, cap - (size_t)n, ".%03lld", (long long)(frac / 1000000));
+            o = put_digits(o, (uint64_t)(frac / 1000000), 3);
         else if (frac % 1000 == 0)
-            n += snprintf(out + n, cap - (size_t)n, ".%06lld", (long long)(frac / 1000));
+            o = put_digits(o, (uint64_t)(frac / 1000), 6);
         else
-            n += snprintf(out + n, cap - (size_t)n, ".%09lld", (long long)frac);
+            o = put_digits(o, (uint64_t)frac, 9);
     }
-    n += snprintf(out + n, cap - (size_t)n, "Z");
-    return (size_t)n;
+    *o++ = 'Z';
+    size_t n = (size_t)(o - tmp);
+    if (cap) {
+        size_t k = n < cap ? n : cap - 1;
+        memcpy(out, tmp, k);
+        out[k] = '\0';
+    }
+    return n;
 }
 
 /* ====================================================================== hex and integers */

@@ -34,6 +34,7 @@ struct engine {
     const struct event **pending; /* the input and its derived events */
     size_t npending, cap;
     int apply_rc; /* last apply failure (the writer thread retries) */
+    bool closed;  /* handlers are closed (a reopen failed): reopen before applying */
     _Atomic uint64_t applied[HANDLERS_MAX], apply_ns[HANDLERS_MAX];
     /* Test hook (CAIRN_TEST_CRASH_BEFORE_APPLY=N): SIGKILL ourselves after
      * the Nth log commit, before its state transaction — the window the
@@ -213,15 +214,24 @@ static int open_all(struct engine *eng, struct cairn_error *e);
 static int reopen_handlers(struct engine *eng)
 {
     struct cairn_error e;
-    for (size_t i = 0; i < eng->n; i++) {
+    for (size_t i = 0; i < eng->n && !eng->closed; i++) {
         if (eng->order[i]->close)
             eng->order[i]->close(eng->ctx[i]);
         proj_hctx_reset(eng->ctx[i]);
     }
+    eng->closed = true; /* until every open below succeeded */
     int rc = open_all(eng, &e);
-    if (rc)
+    if (rc) {
         fprintf(stderr, "cairn: reopening handlers failed: %s\n", e.message);
-    return rc;
+        for (size_t i = 0; i < eng->n; i++) /* undo the opens that did succeed */
+            if (eng->order[i]->close && *hctx_user(eng->ctx[i]))
+                eng->order[i]->close(eng->ctx[i]);
+        for (size_t i = 0; i < eng->n; i++)
+            proj_hctx_reset(eng->ctx[i]);
+        return rc;
+    }
+    eng->closed = false;
+    return 0;
 }
 
 /* Applies (from-1, to] in one state transaction. */
@@ -251,10 +261,10 @@ static int apply_chunk(struct engine *eng, uint64_t from, uint64_t to)
         if (!rc)
             return 0;
         int rrc = reopen_handlers(eng); /* the transaction is gone either way */
+        if (rrc)
+            return rrc; /* handlers stay closed; engine_catch_up reopens first */
         if (rc != CAIRN_EMAPFULL)
             return rc;
-        if (rrc)
-            return rrc;
         if ((rc = proj_grow(eng->proj)))
             return rc;
     }
@@ -263,6 +273,11 @@ static int apply_chunk(struct engine *eng, uint64_t from, uint64_t to)
 int engine_catch_up(struct engine *eng, uint64_t to)
 {
     uint64_t head;
+    if (eng->closed) { /* a reopen failed earlier: never apply to closed handlers */
+        int rrc = reopen_handlers(eng);
+        if (rrc)
+            return rrc;
+    }
     int rc = log_head(eng->log, &head, NULL);
     if (rc)
         return rc;
@@ -397,7 +412,7 @@ void engine_close(struct engine *eng)
         return;
     log_writer_stop(eng->writer);
     for (size_t i = 0; i < eng->n; i++) {
-        if (eng->ctx[i] && eng->order[i]->close)
+        if (eng->ctx[i] && !eng->closed && eng->order[i]->close)
             eng->order[i]->close(eng->ctx[i]);
         proj_hctx_free(eng->ctx[i]);
     }
