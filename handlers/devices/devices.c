@@ -5,9 +5,10 @@
  *
  * DBIs:
  *   devices.view  tlen|tenant|device_id -> the device document (msgpack map)
- *   devices.seen  last_seen (i64 BE, biased) | tlen|tenant|device_id -> ""
- *                 one entry per ONLINE device, ordered by last seen, so a
- *                 tick finds the devices to mark offline without a scan.
+ *   devices.seen  time (i64 BE, biased) | tlen|tenant|device_id -> ""
+ *                 one entry per ONLINE device, at or before its last_seen
+ *                 (a lazy lower bound, corrected by ticks), so a tick finds
+ *                 the devices to mark offline without a scan.
  *
  * Semantics:
  *  - last_seen is the newest event time seen for the device. A late event
@@ -73,17 +74,14 @@ static size_t seen_key(uint8_t *out, int64_t t, const uint8_t *vk, size_t vn)
     return 8 + vn;
 }
 
-static int seen_move(struct hctx *ctx, const uint8_t *vk, size_t vn, bool was_online, int64_t old_t,
-                     int64_t new_t)
+/* The seen index is lazy: a device's entry is a lower bound of its
+ * last_seen, written when it comes online and corrected on ticks (see
+ * on_tick). Moving it on every event would cost a delete and a put per
+ * event; a tick pays one move per device only when it looks due. */
+static int seen_put(struct hctx *ctx, const uint8_t *vk, size_t vn, int64_t t)
 {
-    struct devices *d = self(ctx);
     uint8_t sk[8 + 1 + CAIRN_TENANT_MAX + CAIRN_KEY_MAX];
-    int rc = 0;
-    if (was_online && old_t != new_t)
-        rc = hctx_del(ctx, d->seen, sk, seen_key(sk, old_t, vk, vn));
-    if (!rc && (!was_online || old_t != new_t))
-        rc = hctx_put(ctx, d->seen, sk, seen_key(sk, new_t, vk, vn), "", 0);
-    return rc;
+    return hctx_put(ctx, self(ctx)->seen, sk, seen_key(sk, t, vk, vn), "", 0);
 }
 
 /* ====================================================================== the document */
@@ -250,7 +248,7 @@ static int on_device_event(struct hctx *ctx, const struct event *ev)
     if (!rc)
         rc = hctx_put(ctx, d->view, vk, vn, b.data, b.len);
     if (!rc)
-        rc = seen_move(ctx, vk, vn, st.exists && st.online, st.last, last);
+        rc = st.exists && st.online ? 0 : seen_put(ctx, vk, vn, last);
     if (!rc && st.exists && !st.online)
         rc = emit_simple(ctx, ev, "device.online", &ev->tenant, &id, last);
     cairn_buf_deinit(&b);
@@ -294,6 +292,26 @@ static int mark_offline(struct hctx *ctx, const uint8_t *vk, size_t vn)
     return rc;
 }
 
+/* The document's last_seen and online flag. */
+static int device_seen(struct hctx *ctx, const uint8_t *vk, size_t vn, struct seen_state *st)
+{
+    MDB_val v;
+    int rc = hctx_get(ctx, self(ctx)->view, vk, vn, &v);
+    if (rc)
+        return rc;
+    msgpack_unpacked doc;
+    msgpack_unpacked_init(&doc);
+    if (msgpack_unpack_next(&doc, v.mv_data, v.mv_size, NULL) != MSGPACK_UNPACK_SUCCESS)
+        rc = CAIRN_ECORRUPT;
+    else
+        read_state(&doc.data, st);
+    msgpack_unpacked_destroy(&doc);
+    return rc;
+}
+
+/* Marks offline the devices whose last_seen is older than the threshold.
+ * Index entries are lower bounds: an entry that is due but whose device
+ * was seen since is moved to its real last_seen instead. */
 static int on_tick(struct hctx *ctx, const struct event *tick)
 {
     struct devices *d = self(ctx);
@@ -304,21 +322,30 @@ static int on_tick(struct hctx *ctx, const struct event *tick)
     for (int n = 0; !rc && n < OFFLINE_PER_TICK; n++) {
         if ((rc = hctx_cursor_next(c, &k, &v)))
             break;
-        int64_t last = (int64_t)(cairn_be64_get(k.mv_data) ^ (1ull << 63));
-        if (last >= threshold)
+        int64_t entry = (int64_t)(cairn_be64_get(k.mv_data) ^ (1ull << 63));
+        if (entry >= threshold)
             break;
         uint8_t vk[1 + CAIRN_TENANT_MAX + CAIRN_KEY_MAX];
         size_t vn = k.mv_size - 8;
         struct cairn_str tenant, id;
+        struct seen_state st;
         memcpy(vk, (uint8_t *)k.mv_data + 8, vn);
         if (!hkey_split(vk, vn, &tenant, &id))
             rc = CAIRN_ECORRUPT;
         if (!rc)
             rc = hctx_cursor_del(c);
         if (!rc)
-            rc = mark_offline(ctx, vk, vn);
-        if (!rc)
-            rc = emit_simple(ctx, tick, "device.offline", &tenant, &id, last);
+            rc = device_seen(ctx, vk, vn, &st);
+        if (rc == CAIRN_ENOTFOUND) {
+            rc = 0; /* no document: a stale entry */
+            continue;
+        }
+        if (rc || !st.online)
+            continue;
+        if (st.last >= threshold) /* seen since: the entry moves up, past this scan */
+            rc = seen_put(ctx, vk, vn, st.last);
+        else if (!(rc = mark_offline(ctx, vk, vn)))
+            rc = emit_simple(ctx, tick, "device.offline", &tenant, &id, st.last);
     }
     hctx_cursor_close(c);
     return rc == CAIRN_ENOTFOUND ? 0 : rc;
