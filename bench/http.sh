@@ -1,0 +1,249 @@
+#!/usr/bin/env bash
+# bench/http.sh — the HTTP API under load, on loopback (issue #4):
+#
+#   1. GET /v1/devices/{id} (random device of DEVICES): latency at low
+#      concurrency, latency at a paced ~30 000 req/s, and maximum
+#      throughput (wrk);
+#   2. POST /v1/events, NDJSON batches of BATCH events, events/s, next to
+#      `cairn append` of the same events into a fresh directory (the ratio
+#      is the HTTP overhead);
+#   3. SSE fan-out: SSE_SUBS subscribers on /v1/streams/subscriptions while
+#      SSE_EVENTS Stripe invoice.payment_failed inputs are POSTed (each
+#      derives one payment.failed): events delivered per second, over all
+#      subscribers.
+#
+# Goals (2-core machine): 30 000 GET/s with p99 under 2 ms; HTTP ingest at
+# least 60 % of `cairn append`.
+#
+#   bench/http.sh                      # ~1.5 minutes; prints a table and a
+#                                      # Markdown block for bench/RESULTS.md
+#   CAIRN_BENCH_PROFILE=1 bench/http.sh   # + perf profiles of the server
+#                                      # (call graphs want frame pointers:
+#                                      # CMAKE_C_FLAGS=-fno-omit-frame-pointer)
+#
+# Settings (environment): CAIRN_BENCH_BUILD (build/bench), CAIRN_BENCH_PORT
+# (18480), DURATION seconds per wrk run (10), DEVICES (1000), BATCH (1000),
+# APPEND_BATCHES batches for the `cairn append` baseline (200), ROUNDS of
+# the ingest comparison (3), SSE_SUBS
+# (100), SSE_EVENTS (10000), TMPDIR (where the data goes: the disk under
+# test; /tmp by default).
+#
+# wrk (Debian package `wrk`) has no fixed-rate mode (that is wrk2, not in
+# Debian): "paced" runs make each connection wait 1 ms after each response
+# (bench/http_get.lua), which bounds the rate but, like any closed-loop
+# client, under-reports latency when the server stalls (coordinated
+# omission). The server, wrk and the SSE client share the machine's cores.
+# Everything listens on 127.0.0.1 only and stops by itself.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$PWD
+BUILD=${CAIRN_BENCH_BUILD:-build/bench}
+PORT=${CAIRN_BENCH_PORT:-18480}
+DURATION=${DURATION:-10}
+DEVICES=${DEVICES:-1000}
+BATCH=${BATCH:-1000}
+APPEND_BATCHES=${APPEND_BATCHES:-200}
+ROUNDS=${ROUNDS:-3}
+SSE_SUBS=${SSE_SUBS:-100}
+SSE_EVENTS=${SSE_EVENTS:-10000}
+URL=http://127.0.0.1:$PORT
+
+for tool in wrk curl; do
+    command -v $tool >/dev/null || {
+        echo "bench/http.sh: needs $tool (apt-get install $tool)" >&2
+        exit 1
+    }
+done
+if [ "${CAIRN_BENCH_PROFILE:-0}" = 1 ] && ! command -v perf >/dev/null; then
+    echo "bench/http.sh: CAIRN_BENCH_PROFILE=1 needs perf (apt-get install linux-perf)" >&2
+    exit 1
+fi
+if (exec 3<>/dev/tcp/127.0.0.1/"$PORT") 2>/dev/null; then
+    echo "bench/http.sh: port $PORT is in use (set CAIRN_BENCH_PORT)" >&2
+    exit 1
+fi
+
+cmake -S . -B "$BUILD" -G Ninja -DCMAKE_BUILD_TYPE=Release -DCAIRN_TESTS=OFF >/dev/null
+cmake --build "$BUILD" --target cairn bench_http_sse >/dev/null
+CAIRN=$ROOT/$BUILD/engine/cairn
+SSE=$ROOT/$BUILD/bench/http_sse
+
+WORK=$(mktemp -d "${TMPDIR:-/tmp}/cairn-bench-http-XXXXXX")
+SERVER=
+cleanup() {
+    [ -n "$SERVER" ] && kill "$SERVER" 2>/dev/null && wait "$SERVER" 2>/dev/null
+    rm -rf "$WORK"
+}
+trap cleanup EXIT
+log() { echo "bench/http.sh: $*" >&2; }
+# val KEY LINE: the value of KEY=value in LINE.
+val() { grep -o "$1=[^ ]*" <<<"$2" | head -1 | cut -d= -f2; }
+
+LOAD_BEFORE=$(cut -d' ' -f1-3 /proc/loadavg)
+# ---------------------------------------------------------------- inputs
+head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n' >"$WORK/secret"
+TOKEN=$("$CAIRN" token --tenant bench --role ingest,read --ttl 3600 --jwt-secret-file "$WORK/secret")
+
+# One telemetry input per device (the GET targets), ~200 bytes each.
+telemetry() { # telemetry COUNT
+    awk -v n="$1" -v d="$DEVICES" 'BEGIN { for (i = 0; i < n; i++) printf \
+        "{\"type\":\"telemetry\",\"tenant\":\"bench\",\"time\":%d,\"payload\":{\"device_id\":\"dev-%04d\",\"event_type\":\"status\",\"status\":\"online\",\"battery\":%d,\"data\":{\"temperature_c\":%d,\"firmware\":\"2.4.1\"}}}\n", \
+        1795255200000000000 + i * 1000000, i % d, 50 + i % 50, i % 40 }'
+}
+telemetry "$DEVICES" >"$WORK/devices.ndjson"
+telemetry "$BATCH" >"$WORK/batch.ndjson"
+for _ in $(seq "$APPEND_BATCHES"); do cat "$WORK/batch.ndjson"; done >"$WORK/append.ndjson"
+# Stripe invoice.payment_failed, one customer each: each derives one
+# payment.failed on the subscriptions stream.
+awk -v n="$SSE_EVENTS" 'BEGIN { for (i = 0; i < n; i++) printf \
+    "{\"type\":\"payment\",\"tenant\":\"bench\",\"payload\":{\"id\":\"evt_%07d\",\"object\":\"event\",\"type\":\"invoice.payment_failed\",\"created\":%d,\"livemode\":false,\"data\":{\"object\":{\"id\":\"in_%07d\",\"object\":\"invoice\",\"customer\":\"cus_%07d\",\"status\":\"open\",\"amount_due\":2900,\"amount_paid\":0,\"currency\":\"eur\",\"attempt_count\":1,\"subscription\":\"sub_%07d\"}}}}\n", \
+    i, 1795255200 + i, i, i, i }' >"$WORK/payments.ndjson"
+split -l 1000 -d -a 4 "$WORK/payments.ndjson" "$WORK/pay."
+
+"$CAIRN" append --data "$WORK/data" "$WORK/devices.ndjson" >/dev/null
+
+# ---------------------------------------------------------------- server
+"$CAIRN" serve --data "$WORK/data" --listen "127.0.0.1:$PORT" --jwt-secret-file "$WORK/secret" \
+    2>"$WORK/server.log" &
+SERVER=$!
+for _ in $(seq 100); do
+    curl -sf "$URL/healthz" >/dev/null 2>&1 && break
+    sleep 0.1
+done
+curl -sf -H "Authorization: Bearer $TOKEN" "$URL/v1/devices/dev-0001" >/dev/null || {
+    log "the server does not answer GET /v1/devices/dev-0001:"
+    cat "$WORK/server.log" >&2
+    exit 1
+}
+
+PROFILES=()
+# profile NAME: starts perf on the server for the next DURATION seconds.
+profile() {
+    [ "${CAIRN_BENCH_PROFILE:-0}" = 1 ] || return 0
+    perf record -e cpu-clock -g -p "$SERVER" -o "$WORK/$1.perf" -- sleep "$((DURATION - 1))" \
+        >/dev/null 2>&1 &
+    PROFILES+=("$1")
+}
+wait_profiles() { while pgrep -f "perf record -e cpu-clock -g -p $SERVER" >/dev/null; do sleep 0.2; done; }
+# get NAME VAR WRK-ARGS…: one wrk GET run; its RESULT line goes into VAR.
+get() {
+    local name=$1 var=$2
+    shift 2
+    log "GET $name: wrk $* (BENCH_DELAY_MS=${BENCH_DELAY_MS:-0})"
+    profile "get-$name"
+    wrk "$@" -d "${DURATION}s" -s bench/http_get.lua "$URL" -- "$TOKEN" "$DEVICES" \
+        >"$WORK/get-$name.txt"
+    wait_profiles
+    printf -v "$var" '%s' "$(grep '^RESULT' "$WORK/get-$name.txt")"
+}
+
+get low GET_LOW -t1 -c4
+export BENCH_DELAY_MS=1
+get paced GET_PACED -t1 -c64
+unset BENCH_DELAY_MS
+get max GET_MAX -t1 -c32
+
+# ---------------------------------------------------------------- ingest
+# ROUNDS rounds of (HTTP for DURATION s, then `cairn append` of the same
+# batch APPEND_BATCHES times into a fresh directory), alternating so that
+# a change in the machine's load or the disk's speed hits both; the
+# medians are compared.
+APPEND_EVENTS=$((APPEND_BATCHES * BATCH))
+POST_RATES=()
+APPEND_RATES=()
+median() { printf '%s\n' "$@" | sort -n | awk '{ v[NR] = $1 } END { print v[int((NR + 1) / 2)] }'; }
+for round in $(seq "$ROUNDS"); do
+    log "POST /v1/events: $BATCH-event NDJSON batches, wrk -t1 -c4 (round $round)"
+    [ "$round" = 1 ] && profile post
+    wrk -t1 -c4 -d "${DURATION}s" -s bench/http_post.lua "$URL" -- "$TOKEN" "$WORK/batch.ndjson" \
+        "$BATCH" >"$WORK/post-$round.txt"
+    wait_profiles
+    POST=$(grep '^RESULT' "$WORK/post-$round.txt")
+    POST_RATES+=("$(val events_per_s "$POST")")
+    log "cairn append: $APPEND_EVENTS events into a fresh directory (round $round)"
+    t0=$(date +%s%N)
+    "$CAIRN" append --data "$WORK/append-$round" "$WORK/append.ndjson" >"$WORK/append.out"
+    t1=$(date +%s%N)
+    APPEND_OK=$(grep -c '"seq"' "$WORK/append.out" || true)
+    APPEND_RATES+=("$((APPEND_OK * 1000000000 / (t1 - t0)))")
+    rm -rf "$WORK/append-$round"
+done
+POST_RATE=$(median "${POST_RATES[@]}")
+APPEND_RATE=$(median "${APPEND_RATES[@]}")
+
+# ---------------------------------------------------------------- SSE fan-out
+log "SSE: $SSE_SUBS subscribers, $SSE_EVENTS payment inputs"
+mkfifo "$WORK/sse.fifo"
+"$SSE" --port "$PORT" --token "$TOKEN" --subs "$SSE_SUBS" --events "$SSE_EVENTS" \
+    --timeout 120 >"$WORK/sse.fifo" 2>"$WORK/sse.err" &
+SSE_PID=$!
+exec 4<"$WORK/sse.fifo"
+read -r -t 30 ready <&4 || true
+[ "${ready:-}" = ready ] || {
+    log "the SSE subscribers did not connect: $(cat "$WORK/sse.err")"
+    exit 1
+}
+profile sse
+p0=$(date +%s%N)
+for f in "$WORK"/pay.*; do
+    curl -sf --max-time 60 -o /dev/null -H "Authorization: Bearer $TOKEN" \
+        -H 'Content-Type: application/x-ndjson' --data-binary @"$f" "$URL/v1/events"
+done
+p1=$(date +%s%N)
+read -r -t 150 SSE_LINE <&4 || true
+wait "$SSE_PID" || log "SSE: not every subscriber got every event ($(head -3 "$WORK/sse.err"))"
+exec 4<&-
+wait_profiles
+SSE_POST_MS=$(((p1 - p0) / 1000000))
+
+# ---------------------------------------------------------------- report
+LOAD_AFTER=$(cut -d' ' -f1-3 /proc/loadavg)
+kill "$SERVER"
+wait "$SERVER" 2>/dev/null || true
+SERVER=
+
+pct() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.0f", b ? 100 * a / b : 0 }'; }
+ms() { awk -v us="$1" 'BEGIN { printf "%.2f", us / 1000 }'; }
+RATIO=$(pct "$POST_RATE" "$APPEND_RATE")
+goal_get=no
+[ "$(val rps "$GET_PACED")" -ge 30000 ] && [ "$(val p99_us "$GET_PACED")" -lt 2000 ] && goal_get=yes
+[ "$(val rps "$GET_MAX")" -ge 30000 ] && [ "$(val p99_us "$GET_MAX")" -lt 2000 ] && goal_get=yes
+goal_ingest=no
+[ "$RATIO" -ge 60 ] && goal_ingest=yes
+
+CPU=$(lscpu | sed -n 's/^Model name: *//p' | head -1)
+FS=$(df -T "$WORK" | awk 'NR == 2 { print $2 }')
+cat <<EOF
+
+### HTTP API (bench/http.sh, issue #4)
+
+Machine: $(nproc) cores ($CPU), $(free -g | awk '/^Mem:/ { print $2 }') GiB RAM, $(uname -r), data on $FS (${TMPDIR:-/tmp}).
+Release build; server \`cairn serve\` with a JWT secret; wrk $(wrk -v 2>&1 | awk 'NR == 1 { print $2 }'), wrk and the
+subscribers on the same machine (loopback). $DURATION s per wrk run; $DEVICES devices. Load average
+before: $LOAD_BEFORE, after: $LOAD_AFTER (anything else running skews every figure).
+
+| test | client | result | goal |
+|------|--------|--------|------|
+| GET /v1/devices/{id}, low load | wrk -t1 -c4 | $(val rps "$GET_LOW") req/s, p50 $(ms "$(val p50_us "$GET_LOW")") ms, p99 $(ms "$(val p99_us "$GET_LOW")") ms | |
+| GET, paced (1 ms pause per connection) | wrk -t1 -c64 | $(val rps "$GET_PACED") req/s, p50 $(ms "$(val p50_us "$GET_PACED")") ms, p99 $(ms "$(val p99_us "$GET_PACED")") ms, p99.9 $(ms "$(val p999_us "$GET_PACED")") ms | 30 000/s, p99 < 2 ms |
+| GET, max throughput | wrk -t1 -c32 | $(val rps "$GET_MAX") req/s, p50 $(ms "$(val p50_us "$GET_MAX")") ms, p99 $(ms "$(val p99_us "$GET_MAX")") ms | 30 000/s, p99 < 2 ms |
+| POST /v1/events, NDJSON × $BATCH | wrk -t1 -c4 | $POST_RATE events/s, median of ${POST_RATES[*]} (last round: $(val accepted "$POST") × 202, $(val non202 "$POST") other; p50 $(ms "$(val p50_us "$POST")") ms per batch) | |
+| \`cairn append\`, same events | $APPEND_OK events | $APPEND_RATE events/s, median of ${APPEND_RATES[*]} | |
+| HTTP ingest / append | | $RATIO % | ≥ 60 % |
+| SSE fan-out, $SSE_SUBS subscribers × $SSE_EVENTS events | bench/http_sse | $(val rate "${SSE_LINE:-}") events/s delivered ($(val delivered "${SSE_LINE:-}") in $(val last_ms "${SSE_LINE:-}") ms; POSTing took $SSE_POST_MS ms; complete=$(val complete "${SSE_LINE:-}")) | |
+
+Goals: GET $goal_get; ingest $goal_ingest.
+EOF
+# top FILE ARGS…: the first 25 entries of a perf report.
+top() {
+    perf report -i "$@" --stdio -g none 2>/dev/null | grep -v '^#' | grep . | awk 'NR <= 25'
+}
+for p in "${PROFILES[@]}"; do
+    echo
+    echo "Profile $p (server, perf -e cpu-clock): self time, then user-space time with callees:"
+    echo '```'
+    top "$WORK/$p.perf" --no-children --sort dso,sym
+    echo '...'
+    top "$WORK/$p.perf" --children --sort sym --percent-limit 1 | grep -F '[.]' || true
+    echo '```'
+done
