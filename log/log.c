@@ -17,23 +17,10 @@
 #include <sys/file.h>
 #include <unistd.h>
 
-struct log {
-    struct cairn_env *env;
-    int lock_fd; /* DATA/log/writer.lock, held by the one process that appends */
-    MDB_dbi events, keys, dedup, dedup_at, meta;
-    struct log_config cfg;
-    /* Appender state: touched only by the single appending thread. */
-    uint64_t head_seq;
-    uint8_t head_hash[LOG_HASH_LEN];
-    int64_t max_time;      /* newest event time seen: the dedup clock */
-    int64_t last_ingested; /* ingested times never go backwards */
-    struct cairn_buf enc;
-    EVP_MD_CTX *md;
-};
-
 struct log_snap {
     struct log *log;
     MDB_txn *txn;
+    MDB_txn *itxn; /* the index, begun on first use (entity reads) */
 };
 
 struct log_iter {
@@ -46,18 +33,18 @@ struct log_iter {
 };
 
 /* Time keys are biased so negative times sort before positive ones. */
-static uint64_t bias(int64_t t)
+uint64_t log_bias(int64_t t)
 {
     return (uint64_t)t ^ (1ull << 63);
 }
 
-static int64_t unbias(uint64_t v)
+int64_t log_unbias(uint64_t v)
 {
     return (int64_t)(v ^ (1ull << 63));
 }
 
 /* tlen u8 | tenant | rest — the key layout of `keys`, `dedup`. */
-static size_t tenant_key(uint8_t *out, const struct cairn_str *tenant, const struct cairn_str *rest)
+size_t log_tenant_key(uint8_t *out, const struct cairn_str *tenant, const struct cairn_str *rest)
 {
     assert(tenant->n <= CAIRN_TENANT_MAX && rest->n <= CAIRN_KEY_MAX);
     out[0] = (uint8_t)tenant->n;
@@ -91,7 +78,7 @@ static int read_meta(struct log *log, MDB_txn *txn)
     }
     k = (MDB_val){7, "maxtime"};
     if (mdb_get(txn, log->meta, &k, &v) == 0 && v.mv_size == 8)
-        log->max_time = unbias(cairn_be64_get(v.mv_data));
+        log->max_time = log_unbias(cairn_be64_get(v.mv_data));
     /* The head's ingested time keeps ingested monotonic across restarts; only
      * an appender needs it, and a reader must open a damaged log so verify
      * can report the damage. */
@@ -111,12 +98,6 @@ static int open_dbis(struct log *log, MDB_txn *txn)
 {
     unsigned c = log->cfg.readonly ? 0 : MDB_CREATE;
     int rc = mdb_dbi_open(txn, "events", c, &log->events);
-    if (!rc)
-        rc = mdb_dbi_open(txn, "keys", c | MDB_DUPSORT | MDB_DUPFIXED, &log->keys);
-    if (!rc)
-        rc = mdb_dbi_open(txn, "dedup", c, &log->dedup);
-    if (!rc)
-        rc = mdb_dbi_open(txn, "dedup_at", c, &log->dedup_at);
     if (!rc)
         rc = mdb_dbi_open(txn, "meta", c, &log->meta);
     if (rc == MDB_NOTFOUND) {
@@ -181,7 +162,7 @@ int log_open(struct log **out, const struct log_config *cfg)
     }
     rc = cfg->readonly ? cairn_env_read_commit(log->env, txn)
                        : cairn_env_write_commit(log->env, txn);
-    if (rc)
+    if (rc || (rc = log_index_open(log)))
         goto fail;
     *out = log;
     return 0;
@@ -194,6 +175,8 @@ void log_close(struct log *log)
 {
     if (!log)
         return;
+    if (log->env)
+        log_index_close(log);
     cairn_env_close(log->env);
     if (log->lock_fd >= 0)
         close(log->lock_fd); /* releases the flock */
@@ -205,6 +188,11 @@ void log_close(struct log *log)
 struct cairn_env *log_env(struct log *log)
 {
     return log->env;
+}
+
+struct cairn_env *log_index_env(struct log *log)
+{
+    return log->ienv;
 }
 
 void log_head_cached(struct log *log, uint64_t *seq)
@@ -224,7 +212,7 @@ static int last_of(MDB_txn *txn, MDB_dbi keys, const struct cairn_str *tenant,
                    const struct cairn_str *key, uint64_t *seq)
 {
     uint8_t tk[1 + CAIRN_TENANT_MAX + CAIRN_KEY_MAX];
-    MDB_val k = {tenant_key(tk, tenant, key), tk}, v;
+    MDB_val k = {log_tenant_key(tk, tenant, key), tk}, v;
     MDB_cursor *c;
     int rc = mdb_cursor_open(txn, keys, &c);
     if (rc)
@@ -252,7 +240,7 @@ static int dedup_check(struct log *log, MDB_txn *txn, const struct log_input *in
                        struct log_result *res, int64_t wall)
 {
     uint8_t dk[1 + CAIRN_TENANT_MAX + CAIRN_ID_MAX];
-    MDB_val k = {tenant_key(dk, &in->tenant, &in->id), dk}, v;
+    MDB_val k = {log_tenant_key(dk, &in->tenant, &in->id), dk}, v;
     int rc = mdb_get(txn, log->dedup, &k, &v);
     if (rc == MDB_NOTFOUND)
         return 0;
@@ -260,7 +248,7 @@ static int dedup_check(struct log *log, MDB_txn *txn, const struct log_input *in
         return cairn_mdb_err(rc);
     if (v.mv_size != 16)
         return CAIRN_ECORRUPT;
-    int64_t t = unbias(cairn_be64_get((uint8_t *)v.mv_data + 8));
+    int64_t t = log_unbias(cairn_be64_get((uint8_t *)v.mv_data + 8));
     int64_t now = dedup_clock(log, in->time, wall);
     if (t < now - log->cfg.dedup_window_ns)
         return 0; /* expired: the id may be used again */
@@ -269,44 +257,20 @@ static int dedup_check(struct log *log, MDB_txn *txn, const struct log_input *in
     return 1;
 }
 
-static int index_event(struct log *log, MDB_txn *txn, const struct log_input *in, uint64_t seq)
-{
-    uint8_t sk[8], tk[1 + CAIRN_TENANT_MAX + CAIRN_KEY_MAX];
-    cairn_be64_put(sk, seq);
-    int rc = 0;
-    if (in->key.n) {
-        MDB_val k = {tenant_key(tk, &in->tenant, &in->key), tk}, v = {8, sk};
-        rc = mdb_put(txn, log->keys, &k, &v, 0);
-    }
-    if (!rc && in->id.n) {
-        uint8_t dv[16], ak[16];
-        cairn_be64_put(dv, seq);
-        cairn_be64_put(dv + 8, bias(in->time));
-        MDB_val k = {tenant_key(tk, &in->tenant, &in->id), tk}, v = {16, dv};
-        rc = mdb_put(txn, log->dedup, &k, &v, 0);
-        cairn_be64_put(ak, bias(in->time));
-        cairn_be64_put(ak + 8, seq);
-        MDB_val ka = {16, ak};
-        if (!rc)
-            rc = mdb_put(txn, log->dedup_at, &ka, &k, 0);
-    }
-    return cairn_mdb_err(rc);
-}
-
 /* Appends one input inside txn. A refusal (conflict, duplicate) is
  * reported in res and returns 0; a negative return aborts the batch. */
-static int append_one(struct log *log, MDB_txn *txn, const struct log_input *in,
+static int append_one(struct log *log, MDB_txn *txn, MDB_txn *itxn, const struct log_input *in,
                       struct log_result *res, int64_t now)
 {
     memset(res, 0, sizeof *res);
     int rc;
     if (in->time < CAIRN_TIME_MIN || in->time > CAIRN_TIME_MAX)
         return res->rc = CAIRN_EINVAL, 0; /* ingest refuses these; never trust it blindly */
-    if (in->id.n && (rc = dedup_check(log, txn, in, res, now)) != 0)
+    if (in->id.n && (rc = dedup_check(log, itxn, in, res, now)) != 0)
         return rc < 0 ? rc : 0;
     if (in->expected_seq >= 0) {
         uint64_t last;
-        if ((rc = last_of(txn, log->keys, &in->tenant, &in->key, &last)))
+        if ((rc = last_of(itxn, log->keys, &in->tenant, &in->key, &last)))
             return rc;
         if (last != (uint64_t)in->expected_seq) {
             res->rc = CAIRN_ECONFLICT;
@@ -328,7 +292,7 @@ static int append_one(struct log *log, MDB_txn *txn, const struct log_input *in,
     MDB_val k = {8, sk}, v = {log->enc.len - LOG_HASH_LEN, log->enc.data + LOG_HASH_LEN};
     if ((rc = mdb_put(txn, log->events, &k, &v, MDB_APPEND)))
         return cairn_mdb_err(rc);
-    if ((rc = index_event(log, txn, in, seq)))
+    if ((rc = log_index_put(log, itxn, &in->tenant, &in->key, &in->id, in->time, seq)))
         return rc;
     log->head_seq = seq;
     memcpy(log->head_hash, hash, LOG_HASH_LEN);
@@ -350,7 +314,7 @@ static int dedup_prune(struct log *log, MDB_txn *txn)
         rc = mdb_cursor_get(c, &k, &v, MDB_FIRST);
         if (rc || k.mv_size != 16)
             break;
-        int64_t t = unbias(cairn_be64_get(k.mv_data));
+        int64_t t = log_unbias(cairn_be64_get(k.mv_data));
         if (t >= log->max_time - log->cfg.dedup_window_ns)
             break;
         uint64_t seq = cairn_be64_get((uint8_t *)k.mv_data + 8);
@@ -370,7 +334,7 @@ static int write_meta(struct log *log, MDB_txn *txn)
     uint8_t head[8 + LOG_HASH_LEN], mt[8];
     cairn_be64_put(head, log->head_seq);
     memcpy(head + 8, log->head_hash, LOG_HASH_LEN);
-    cairn_be64_put(mt, bias(log->max_time));
+    cairn_be64_put(mt, log_bias(log->max_time));
     MDB_val k = {4, "head"}, v = {sizeof head, head};
     int rc = mdb_put(txn, log->meta, &k, &v, 0);
     k = (MDB_val){7, "maxtime"};
@@ -380,30 +344,46 @@ static int write_meta(struct log *log, MDB_txn *txn)
     return cairn_mdb_err(rc);
 }
 
+/* One batch: the events and head in the log transaction (durable: it is
+ * what producers are told), their index entries in the index transaction,
+ * committed right after (index.c explains why it may lag). */
 static int append_try(struct log *log, const struct log_input *in, struct log_result *res, size_t n)
 {
-    MDB_txn *txn;
+    MDB_txn *txn, *itxn;
     uint64_t head_seq = log->head_seq;
     uint8_t head_hash[LOG_HASH_LEN];
     int64_t max_time = log->max_time, last_ingested = log->last_ingested;
     memcpy(head_hash, log->head_hash, LOG_HASH_LEN);
 
-    int rc = cairn_env_write_begin(log->env, &txn);
-    if (rc)
+    int rc = log->index_stale ? log_index_catch_up(log) : 0;
+    if (rc || (rc = cairn_env_write_begin(log->ienv, &itxn)))
         return rc;
+    if ((rc = cairn_env_write_begin(log->env, &txn))) {
+        cairn_env_write_abort(log->ienv, itxn);
+        return rc;
+    }
     int64_t now = cairn_now_ns();
     for (size_t i = 0; i < n && !rc; i++)
-        rc = append_one(log, txn, &in[i], &res[i], now);
+        rc = append_one(log, txn, itxn, &in[i], &res[i], now);
     if (!rc && log->head_seq != head_seq)
         rc = write_meta(log, txn);
     if (!rc)
-        rc = dedup_prune(log, txn);
+        rc = dedup_prune(log, itxn);
+    if (!rc)
+        rc = log_index_mark(log, itxn, log->head_seq);
     if (rc) {
         cairn_env_write_abort(log->env, txn);
+        cairn_env_write_abort(log->ienv, itxn);
         goto fail;
     }
-    if ((rc = cairn_env_write_commit(log->env, txn)))
+    if ((rc = cairn_env_write_commit(log->env, txn))) {
+        cairn_env_write_abort(log->ienv, itxn);
         goto fail;
+    }
+    /* The batch is durable. An index commit failure only means the index
+     * lags: it is rebuilt from the log before the next append. */
+    if (cairn_env_write_commit(log->ienv, itxn))
+        log->index_stale = true;
     return 0;
 fail:
     /* Nothing of this batch is durable: forget it. */
@@ -422,7 +402,8 @@ int log_append(struct log *log, const struct log_input *in, struct log_result *r
         int rc = append_try(log, in, res, n);
         if (rc != CAIRN_EMAPFULL)
             return rc;
-        if ((rc = cairn_env_grow(log->env)))
+        /* Either environment may be the full one: grow both. */
+        if ((rc = cairn_env_grow(log->env)) || (rc = cairn_env_grow(log->ienv)))
             return rc;
     }
 }
@@ -435,6 +416,7 @@ int log_snap_begin(struct log *log, struct log_snap **out)
     if (!s)
         return CAIRN_ENOMEM;
     s->log = log;
+    s->itxn = NULL;
     int rc = cairn_env_read_begin(log->env, &s->txn);
     if (rc) {
         free(s);
@@ -448,6 +430,8 @@ void log_snap_end(struct log_snap *s)
 {
     if (!s)
         return;
+    if (s->itxn)
+        cairn_env_read_end(s->log->ienv, s->itxn);
     cairn_env_read_end(s->log->env, s->txn);
     free(s);
 }
@@ -492,10 +476,32 @@ int log_snap_get(struct log_snap *s, uint64_t seq, struct log_event *ev)
     return rc;
 }
 
+/* The index transaction of the snapshot. The index may trail the log by
+ * the batch being committed (index.c): entity reads see an event a moment
+ * after its log commit. */
+static int snap_index(struct log_snap *s, MDB_txn **itxn)
+{
+    if (!s->log->ienv)
+        return CAIRN_ENOTFOUND; /* a log never indexed (read-only, no writer yet) */
+    if (!s->itxn) {
+        int rc = cairn_env_read_begin(s->log->ienv, &s->itxn);
+        if (rc)
+            return rc;
+    }
+    *itxn = s->itxn;
+    return 0;
+}
+
 int log_snap_last_of(struct log_snap *s, const struct cairn_str *tenant,
                      const struct cairn_str *key, uint64_t *seq)
 {
-    return last_of(s->txn, s->log->keys, tenant, key, seq);
+    MDB_txn *itxn;
+    int rc = snap_index(s, &itxn);
+    if (rc == CAIRN_ENOTFOUND) {
+        *seq = 0;
+        return 0;
+    }
+    return rc ? rc : last_of(itxn, s->log->keys, tenant, key, seq);
 }
 
 int log_iter_open(struct log_snap *s, uint64_t from, const struct cairn_str *tenant,
@@ -512,9 +518,15 @@ int log_iter_open(struct log_snap *s, uint64_t from, const struct cairn_str *ten
             free(it);
             return CAIRN_EINVAL;
         }
-        it->tk_len = tenant_key(it->tk, tenant, key);
+        it->tk_len = log_tenant_key(it->tk, tenant, key);
     }
-    int rc = mdb_cursor_open(s->txn, it->entity ? s->log->keys : s->log->events, &it->cur);
+    MDB_txn *txn = s->txn;
+    int rc = it->entity ? snap_index(s, &txn) : 0;
+    if (rc) {
+        free(it);
+        return rc;
+    }
+    rc = mdb_cursor_open(txn, it->entity ? s->log->keys : s->log->events, &it->cur);
     if (rc) {
         free(it);
         return cairn_mdb_err(rc);

@@ -7,12 +7,17 @@
  * DBIs of DATA/log:
  *
  *   events   key: seq (u64, big-endian)        value: envelope (msgpack, below)
+ *   meta     "version" -> u32 BE (LOG_FORMAT_VERSION)
+ *            "head"    -> seq u64 BE | hash [32]
+ *            "maxtime" -> the dedup clock, i64 BE (biased)
+ *
+ * and, derived from the events and kept in their own environment
+ * DATA/log/index (committed after the log, without fsync; rebuilt from the
+ * log when needed — log/index.c):
+ *
  *   keys     key: tlen u8 | tenant | key       value (DUPSORT, DUPFIXED): seq u64 BE
  *   dedup    key: tlen u8 | tenant | id        value: seq u64 BE | time i64 BE
  *   dedup_at key: time u64 BE (biased) | seq   value: tlen u8 | tenant | id
- *   meta     "version" -> u32 BE (LOG_FORMAT_VERSION)
- *            "head"    -> seq u64 BE | hash [32]
- *            "maxtime" -> newest event time seen, i64 BE (biased)
  *
  * The envelope, a msgpack map of 11 entries in this canonical order:
  *
@@ -59,6 +64,9 @@ int log_open(struct log **out, const struct log_config *cfg);
 /* Closes the log. Any writer must be stopped first. */
 void log_close(struct log *log);
 struct cairn_env *log_env(struct log *log);
+/* The environment of the derived indexes (keys, dedup, dedup_at: see
+ * log/index.c), NULL for a reader of a log that was never indexed. */
+struct cairn_env *log_index_env(struct log *log);
 
 /* ====================================================================== appending */
 

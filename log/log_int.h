@@ -9,6 +9,26 @@
 #include <assert.h>
 #include <openssl/evp.h>
 
+/* An open log. The events and the head live in `env` (DATA/log), committed
+ * durably; the indexes derived from them (keys, dedup) live in `ienv`
+ * (DATA/log/index), see index.c. */
+struct log {
+    struct cairn_env *env;
+    int lock_fd;            /* DATA/log/writer.lock, held by the one process that appends */
+    MDB_dbi events, meta;   /* in env: the log proper */
+    struct cairn_env *ienv; /* DATA/log/index (NULL: a reader found none) */
+    MDB_dbi keys, dedup, dedup_at, imeta; /* in ienv: derived, see index.c */
+    bool index_stale;                     /* the index lags the log: catch up before use */
+    struct log_config cfg;
+    /* Appender state: touched only by the single appending thread. */
+    uint64_t head_seq;
+    uint8_t head_hash[LOG_HASH_LEN];
+    int64_t max_time;      /* newest event time seen: the dedup clock */
+    int64_t last_ingested; /* ingested times never go backwards */
+    struct cairn_buf enc;
+    EVP_MD_CTX *md;
+};
+
 /* Encodes the envelope of `in` at `seq` into b and computes its hash.
  * On return the stored bytes are b->data + LOG_HASH_LEN, b->len -
  * LOG_HASH_LEN long (the first LOG_HASH_LEN bytes are prev, hashed). */
@@ -22,5 +42,20 @@ void log_event_hash_md(EVP_MD_CTX *md, const struct log_event *ev, uint8_t out[L
 /* The appender's head seq (the writer thread's view; no transaction). */
 void log_head_cached(struct log *log, uint64_t *seq);
 const struct log_config *log_config(struct log *log);
+
+/* index.c — the derived indexes (keys, dedup, dedup_at). */
+int log_index_open(struct log *log);
+void log_index_close(struct log *log);
+/* Indexes events (indexed, head] from the log; commits as it goes. */
+int log_index_catch_up(struct log *log);
+/* Adds one event to the indexes inside itxn. */
+int log_index_put(struct log *log, MDB_txn *itxn, const struct cairn_str *tenant,
+                  const struct cairn_str *key, const struct cairn_str *id, int64_t time,
+                  uint64_t seq);
+/* Records that the indexes cover the log up to seq (inside itxn). */
+int log_index_mark(struct log *log, MDB_txn *itxn, uint64_t seq);
+uint64_t log_bias(int64_t t);
+int64_t log_unbias(uint64_t v);
+size_t log_tenant_key(uint8_t *out, const struct cairn_str *tenant, const struct cairn_str *rest);
 
 #endif

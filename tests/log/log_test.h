@@ -215,10 +215,12 @@ static inline void raw_put(const char *dir, uint64_t seq, const uint8_t *p, size
     mdb_env_close(env);
 }
 
-/* Entries of a DBI of an open log, read through a snapshot of its env. */
+/* Entries of a DBI of an open log, read through a snapshot of its env
+ * (the derived indexes live in the index environment). */
 static inline size_t dbi_entries(struct log *log, const char *name)
 {
-    struct cairn_env *env = log_env(log);
+    bool derived = !strcmp(name, "keys") || !strcmp(name, "dedup") || !strcmp(name, "dedup_at");
+    struct cairn_env *env = derived ? log_index_env(log) : log_env(log);
     MDB_txn *txn;
     MDB_dbi dbi;
     MDB_stat st;
