@@ -713,6 +713,27 @@ static int on_source(struct hctx *ctx, const struct event *ev, const struct sour
     return alert_open(ctx, ev, &f);
 }
 
+/* Collects (copies) up to max keys of a time index (keys start with a
+ * biased event time) that are due at `now`, so the caller can act on them
+ * with the cursor closed. Keys longer than stride end the collection. */
+static int due_keys(struct hctx *ctx, unsigned db, int64_t now, uint8_t *keys, size_t stride,
+                    size_t max, size_t *kns, size_t *nk)
+{
+    struct hcursor *c;
+    MDB_val k, v;
+    int rc = hctx_cursor_open(ctx, db, NULL, 0, &c);
+    if (rc)
+        return rc;
+    while (*nk < max && !(rc = hctx_cursor_next(c, &k, &v))) {
+        if (get_biased(k.mv_data) > now || k.mv_size > stride)
+            break;
+        memcpy(keys + *nk * stride, k.mv_data, k.mv_size);
+        kns[(*nk)++] = k.mv_size;
+    }
+    hctx_cursor_close(c);
+    return rc == CAIRN_ENOTFOUND ? 0 : rc;
+}
+
 /* Escalates the firing alerts whose escalate_at passed. */
 static int escalate(struct hctx *ctx, const struct event *tick)
 {
@@ -722,19 +743,8 @@ static int escalate(struct hctx *ctx, const struct event *tick)
         /* Collect a few keys, then act with the cursor closed. */
         uint8_t keys[64][8 + 1 + CAIRN_TENANT_MAX + 16];
         size_t kns[64], nk = 0;
-        struct hcursor *c;
-        MDB_val k, v;
-        rc = hctx_cursor_open(ctx, al->esc, NULL, 0, &c);
-        while (!rc && nk < 64 && done + (int)nk < ESCALATIONS_PER_TICK &&
-               !(rc = hctx_cursor_next(c, &k, &v))) {
-            if (get_biased(k.mv_data) > tick->time || k.mv_size > sizeof keys[0])
-                break;
-            memcpy(keys[nk], k.mv_data, k.mv_size);
-            kns[nk++] = k.mv_size;
-        }
-        hctx_cursor_close(c);
-        if (rc == CAIRN_ENOTFOUND)
-            rc = 0;
+        size_t want = ESCALATIONS_PER_TICK - done < 64 ? (size_t)(ESCALATIONS_PER_TICK - done) : 64;
+        rc = due_keys(ctx, al->esc, tick->time, &keys[0][0], sizeof keys[0], want, kns, &nk);
         if (rc || nk == 0)
             break;
         for (size_t i = 0; i < nk && !rc; i++, done++) {
@@ -1338,18 +1348,7 @@ static int alarms_tick(struct hctx *ctx, const struct event *tick)
     while (!rc && budget > 0) {
         uint8_t keys[32][DUE_KEY_MAX];
         size_t kns[32], nk = 0;
-        struct hcursor *c;
-        MDB_val k, v;
-        rc = hctx_cursor_open(ctx, al->due, NULL, 0, &c);
-        while (!rc && nk < 32 && !(rc = hctx_cursor_next(c, &k, &v))) {
-            if (get_biased(k.mv_data) > tick->time || k.mv_size > DUE_KEY_MAX)
-                break;
-            memcpy(keys[nk], k.mv_data, k.mv_size);
-            kns[nk++] = k.mv_size;
-        }
-        hctx_cursor_close(c);
-        if (rc == CAIRN_ENOTFOUND)
-            rc = 0;
+        rc = due_keys(ctx, al->due, tick->time, &keys[0][0], sizeof keys[0], 32, kns, &nk);
         if (rc || nk == 0)
             break;
         for (size_t i = 0; i < nk && !rc && budget > 0; i++)
