@@ -36,7 +36,7 @@ struct req {
     /* After routing. */
     int route;            /* index for metrics, -1: none */
     struct api_token tok; /* the caller (auth) */
-    bool any_tenant;      /* admin without ?tenant= / insecure mode */
+    bool any_tenant;      /* --insecure-no-auth without ?tenant=: every tenant */
     uint64_t min_seq;     /* waiting for the state to apply this */
     /* Ingest in flight. */
     struct log_req lreq;
@@ -45,6 +45,7 @@ struct req {
     struct log_result *res;
     struct cairn_error *errs; /* per line, code NULL when parsed */
     size_t nlines, nev;
+    size_t *lineno; /* NDJSON: the body line of each result */
     bool batch;
     bool in_writer;        /* queued to the writer: owned by it until done */
     struct api *api;       /* set before the writer sees the request */
@@ -69,6 +70,7 @@ struct conn {
     bool parsing, closing, waiting_min_seq;
     bool eof;          /* the client half-closed: answer what was received, then close */
     bool read_stopped; /* pipelined too far ahead: reading paused */
+    bool failed;       /* a parse error was answered: parse and read nothing more */
     int writes;        /* writes not yet completed */
     int parse_error;   /* status to answer on a parser error (400, 413, 431) */
     struct sse *sse;

@@ -183,6 +183,7 @@ void req_free(struct req *r)
     free(r->ins);
     free(r->res);
     free(r->errs);
+    free(r->lineno);
     cairn_buf_deinit(&r->body);
     free(r);
 }
@@ -418,6 +419,12 @@ static void parse_failed(struct conn *c)
 {
     struct req *r = c->cur;
     int status = c->parse_error ? c->parse_error : 400;
+    /* The parser is stuck in its error state; the connection closes once
+     * the error response is written. Until then nothing more is parsed
+     * or read (re-running the parser would spin on the same bytes). */
+    c->failed = true;
+    c->in_off = c->in.len; /* the rest of the stream cannot be framed: drop it */
+    uv_read_stop((uv_stream_t *)&c->tcp);
     c->cur = NULL;
     if (!r) { /* failed before a request began */
         r = calloc(1, sizeof *r);
@@ -448,12 +455,12 @@ static void on_read(uv_stream_t *s, ssize_t n, const uv_buf_t *buf);
 
 void http_resume(struct conn *c)
 {
-    if (c->parsing || c->closing || c->active)
+    if (c->parsing || c->closing || c->active || c->failed)
         return;
     c->parsing = true;
     if (HTTP_PARSER_ERRNO(&c->parser) == HPE_PAUSED)
         http_parser_pause(&c->parser, 0);
-    while (!c->active && !c->closing && c->in_off < c->in.len) {
+    while (!c->active && !c->closing && !c->failed && c->in_off < c->in.len) {
         size_t n = http_parser_execute(&c->parser, &c->a->settings,
                                        (const char *)c->in.data + c->in_off, c->in.len - c->in_off);
         c->in_off += n;
@@ -475,11 +482,12 @@ void http_resume(struct conn *c)
         c->in.len = 0;
         c->in_off = 0;
     }
-    if (c->read_stopped && !c->eof && !c->closing && c->in.len - c->in_off <= IN_BUF_MAX / 2) {
+    if (c->read_stopped && !c->eof && !c->closing && !c->failed &&
+        c->in.len - c->in_off <= IN_BUF_MAX / 2) {
         c->read_stopped = false;
         uv_read_start((uv_stream_t *)&c->tcp, on_alloc, on_read);
     }
-    if (!c->active && !c->cur && !c->closing)
+    if (!c->active && !c->cur && !c->closing && !c->failed)
         arm(c, c->a->cfg.idle_timeout_ms);
     c->parsing = false;
     close_if_drained(c);
@@ -554,7 +562,7 @@ static void on_connection(uv_stream_t *server, int status)
     if (a->nconns > a->cfg.max_conns) {
         static const char busy[] =
             "HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
-            "Content-Length: 86\r\nConnection: close\r\nRetry-After: 1\r\n\r\n"
+            "Content-Length: 79\r\nConnection: close\r\nRetry-After: 1\r\n\r\n"
             "{\"error\":{\"code\":\"too_many_connections\",\"message\":\"connection limit "
             "reached\"}}\n";
         write_buf(c, busy, sizeof busy - 1, NULL, 0, true);

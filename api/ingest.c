@@ -91,7 +91,7 @@ static void answer_batch(struct req *r)
         accepted += res && !res->rc;
         if (e)
             metrics_rejected(r->api, e->code);
-        ingest_result_json(&b, i + 1, res, e);
+        ingest_result_json(&b, r->lineno ? r->lineno[i] : i + 1, res, e);
     }
     cairn_buf_puts(&b, "]}\n");
     http_respond(r, accepted ? 202 : 400, "application/json", b.data, b.len, NULL);
@@ -174,16 +174,18 @@ static int parse_ndjson(struct req *r)
     size_t lines = 0;
     for (const char *q = p; q < end; q++)
         lines += *q == '\n';
-    lines++;
+    lines += r->body.len && end[-1] != '\n'; /* a last line without its newline */
     if (lines > API_BATCH_EVENTS_MAX)
         return CAIRN_ETOOBIG;
-    if (alloc_lines(r, lines))
+    if (alloc_lines(r, lines) || !(r->lineno = calloc(lines ? lines : 1, sizeof *r->lineno)))
         return CAIRN_ENOMEM;
-    while (p < end) {
+    /* Results name the physical line, as `cairn append` does. */
+    for (size_t line = 1; p < end; line++) {
         const char *nl = memchr(p, '\n', (size_t)(end - p));
         size_t n = nl ? (size_t)(nl - p) : (size_t)(end - p);
         if (!blank(p, n)) {
             size_t before = r->nev;
+            r->lineno[r->nlines] = line;
             parse_json_text(r, p, n, &r->errs[r->nlines]);
             r->errs[r->nlines].code = r->nev > before ? NULL : r->errs[r->nlines].code;
             r->nlines++;
@@ -229,6 +231,8 @@ static void submit(struct req *r)
         r->in_writer = false;
         if (rc == CAIRN_EBUSY)
             http_error(r, 429, "overloaded", NULL, "the ingest queue is full; retry");
+        else if (rc == CAIRN_ETOOBIG)
+            http_error(r, 413, "too_large", "body", "the batch is larger than the ingest queue");
         else
             http_error(r, 503, "unavailable", NULL, "the writer is not accepting: %s",
                        cairn_strerror(rc));

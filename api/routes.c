@@ -10,6 +10,7 @@
  */
 #include "api_int.h"
 
+#include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -404,10 +405,13 @@ static bool wait_min_seq(struct req *r, bool *answered)
     }
     if (min <= (uint64_t)a->applied)
         return false;
+    uint64_t ms = a->cfg.min_seq_wait_ms;
+    if (!query_u64(r, "wait_ms", &ms, API_MIN_SEQ_WAIT_MS_MAX)) {
+        *answered = true; /* answered 400: r is gone */
+        return false;
+    }
     r->min_seq = min;
     r->c->waiting_min_seq = true;
-    uint64_t ms = a->cfg.min_seq_wait_ms;
-    query_u64(r, "wait_ms", &ms, API_MIN_SEQ_WAIT_MS_MAX);
     http_arm(r->c, (unsigned)ms);
     return true;
 }
@@ -759,10 +763,14 @@ static void get_stream(struct req *r, char **args)
     uint64_t from = 1, limit = API_PAGE_DEFAULT;
     if (!query_u64(r, "from", &from, UINT64_MAX) || !query_u64(r, "limit", &limit, API_PAGE_MAX))
         return;
+    if (limit == 0) /* as for views: 0 is the default, never an empty page to loop on */
+        limit = API_PAGE_DEFAULT;
     if (r->last_event_id[0]) { /* SSE resume: continue after the last id seen */
         char *end;
+        errno = 0;
         unsigned long long id = strtoull(r->last_event_id, &end, 10);
-        if (*end || !r->last_event_id[0]) {
+        if (*end || !r->last_event_id[0] || errno == ERANGE || id == UINT64_MAX ||
+            r->last_event_id[0] == '-') {
             http_error(r, 400, "invalid_parameter", "Last-Event-ID", "must be a dseq");
             return;
         }
@@ -825,6 +833,8 @@ static void get_log(struct req *r, char **args)
     (void)args;
     if (!query_u64(r, "from", &from, UINT64_MAX) || !query_u64(r, "limit", &limit, API_PAGE_MAX))
         return;
+    if (limit == 0) /* as for views: 0 is the default, never an empty page to loop on */
+        limit = API_PAGE_DEFAULT;
     struct log *log = engine_log(r->c->a->eng);
     struct log_snap *s;
     struct log_iter *it;
@@ -897,6 +907,9 @@ static void verify_done(uv_work_t *w, int status)
     (void)status;
     if (!r->c) { /* the client went away */
         req_free(r);
+    } else if (vw->rc == CAIRN_ENOTFOUND) {
+        r->in_writer = false;
+        http_error(r, 400, "invalid_parameter", "from", "from is past the log head");
     } else if (vw->rc) {
         r->in_writer = false;
         http_error(r, 503, "unavailable", NULL, "verify could not read the log");

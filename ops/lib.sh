@@ -16,7 +16,15 @@ CAIRN_TEST_PACKAGES=(
   json-schema-test-suite                         # the official JSON Schema tests
   clang-format                                   # formatting check
   curl jq                                        # integration tests over HTTP, JSON checks
+  clang libclang-rt-14-dev                       # the HTTP fuzz target (libFuzzer)
 )
+
+# node and npm run the official `stripe` package that signs test webhooks.
+# Any node >= 16 will do; Debian's is installed only when none is on PATH.
+ensure_node() {
+  command -v node >/dev/null && command -v npm >/dev/null && return 0
+  ensure_packages nodejs npm
+}
 
 # Installs whatever of the given packages is missing. Idempotent: on a
 # machine where everything is installed it touches nothing.
