@@ -261,6 +261,10 @@ void api_post_events(struct req *r)
         }
     } else {
         r->batch = true;
+        if (r->body.len == 0) { /* (and body.data may be NULL: no arithmetic on it) */
+            http_error(r, 400, "missing_field", "body", "the batch is empty");
+            return;
+        }
         rc = kind == BODY_NDJSON ? parse_ndjson(r) : parse_msgpack(r);
         if (rc)
             goto fail;
