@@ -70,7 +70,7 @@ struct conn {
     bool parsing, closing, waiting_min_seq;
     bool eof;          /* the client half-closed: answer what was received, then close */
     bool read_stopped; /* pipelined too far ahead: reading paused */
-    bool failed;       /* a parse error was answered: parse and read nothing more */
+    bool failed;       /* a parse error or a "close" was answered: parse and read nothing more */
     int writes;        /* writes not yet completed */
     int parse_error;   /* status to answer on a parser error (400, 413, 431) */
     struct sse *sse;

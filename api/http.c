@@ -128,6 +128,13 @@ void http_respond(struct req *r, int status, const char *ctype, const void *body
                       extra ? extra : "");
     metrics_http(c->a, r->route, status);
     write_buf(c, hdr, (size_t)hn, body, n, !keep);
+    if (!keep && !c->failed) {
+        /* "Connection: close" ends the connection after this response: a
+         * request pipelined behind it must not be executed (RFC 9112 9.6). */
+        c->failed = true;
+        c->in_off = c->in.len;
+        uv_read_stop((uv_stream_t *)&c->tcp);
+    }
     if (c->active == r) {
         c->active = NULL;
         req_free(r);
@@ -512,6 +519,10 @@ static void on_read(uv_stream_t *s, ssize_t n, const uv_buf_t *buf)
 {
     struct conn *c = s->data;
     (void)buf;
+    if (n == UV_EOF && !c->closing && c->sse) {
+        http_close(c); /* a subscriber left: free its slot now, not at the next failed write */
+        return;
+    }
     if (n == UV_EOF && !c->closing) {
         c->eof = true;
         uv_read_stop(s);

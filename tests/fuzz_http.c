@@ -4,9 +4,10 @@
  * every route, through real TCP connections to a real server.
  *
  * The parser and router are reachable only through a connection, so the
- * target runs the whole server in-process: a scratch data directory (on
- * /dev/shm when it exists: the log fsyncs), an engine with its writer
- * thread, and two APIs on one libuv loop that this thread drives:
+ * target runs the whole server in-process: a scratch data directory (in
+ * $CAIRN_FUZZ_DIR, else /dev/shm when it exists: the log fsyncs), an
+ * engine with its writer thread, and two APIs on one libuv loop that this
+ * thread drives:
  *
  *   server 0  JWT auth (TOKEN_SECRET below), Stripe secret for "acme",
  *             a fixed clock (FIXED_NOW_S) so the tokens and Stripe
@@ -225,8 +226,13 @@ int LLVMFuzzerInitialize(int *argc, char ***argv)
     F.verbose = v && *v == '1';
     v = getenv("CAIRN_FUZZ_STRICT");
     F.strict = v && *v == '1';
-    const char *base = access("/dev/shm", W_OK) == 0 ? "/dev/shm" : getenv("TMPDIR");
-    snprintf(F.dir, sizeof F.dir, "%s/cairn-fuzz-http-XXXXXX", base && *base ? base : "/tmp");
+    /* tests/fuzz/run.sh gives a directory it removes afterwards, crash or
+     * not (a crash skips report()). */
+    const char *base = getenv("CAIRN_FUZZ_DIR");
+    if (!base || !*base)
+        base = access("/dev/shm", W_OK) == 0 ? "/dev/shm" : getenv("TMPDIR");
+    base = base && *base ? base : "/tmp";
+    snprintf(F.dir, sizeof F.dir, "%s/cairn-fuzz-http-XXXXXX", base);
     if (!mkdtemp(F.dir))
         die("mkdtemp", strerror(errno));
     F.config = json_object();

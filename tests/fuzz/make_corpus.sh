@@ -292,4 +292,20 @@ post /v1/events application/x-ndjson "$FENCE"$'\n'"$RULE"$'\n'"$ALARM"$'\n'"$INS
         end
     done
 } >43-insecure-routes
+
+# ---------------------------------------------------------------- regressions (bugs the fuzzer found)
+post /v1/events application/x-ndjson '' >44-ndjson-empty-body
+{
+    get '/v1/devices/dev-1?min_seq=999999999&wait_ms=x'
+    get '/v1/devices/dev-1?min_seq=999999999&wait_ms=3'
+} >45-min-seq-bad-wait
+{
+    req GET /healthz 'Connection: close'
+    end
+    post /v1/events application/json "$TEL"
+} >46-close-then-pipelined
+{
+    printf '~\n'
+    get /v1/streams/subscriptions 'Accept: text/event-stream'
+} >47-sse-half-close
 ls | wc -l

@@ -20,6 +20,13 @@ cmake --build "$build" --target fuzz_http
 bin=$build/tests/fuzz/fuzz_http
 
 mkdir -p "$build/corpus" "$build/artifacts"
+# The server's data (fsynced: tmpfs when there is one), removed even when
+# the target crashes.
+shm=/dev/shm
+[ -w "$shm" ] || shm=${TMPDIR:-/tmp}
+export CAIRN_FUZZ_DIR
+CAIRN_FUZZ_DIR=$(mktemp -d "$shm/cairn-fuzz-run-XXXXXX")
+trap 'rm -rf "$CAIRN_FUZZ_DIR"' EXIT
 export ASAN_OPTIONS=${ASAN_OPTIONS:-detect_leaks=1:abort_on_error=1:symbolize=1}
 export UBSAN_OPTIONS=${UBSAN_OPTIONS:-print_stacktrace=1:halt_on_error=1}
 status=0
