@@ -160,14 +160,6 @@ static void parse_json_text(struct req *r, const char *p, size_t n, struct cairn
     json_decref(obj);
 }
 
-static bool blank(const char *p, size_t n)
-{
-    for (size_t i = 0; i < n; i++)
-        if (p[i] != ' ' && p[i] != '\t' && p[i] != '\r')
-            return false;
-    return true;
-}
-
 static int parse_ndjson(struct req *r)
 {
     const char *p = (const char *)r->body.data, *end = p + r->body.len;
@@ -183,7 +175,7 @@ static int parse_ndjson(struct req *r)
     for (size_t line = 1; p < end; line++) {
         const char *nl = memchr(p, '\n', (size_t)(end - p));
         size_t n = nl ? (size_t)(nl - p) : (size_t)(end - p);
-        if (!blank(p, n)) {
+        if (!cairn_blank(p, n)) {
             size_t before = r->nev;
             r->lineno[r->nlines] = line;
             parse_json_text(r, p, n, &r->errs[r->nlines]);

@@ -36,11 +36,6 @@ size_t cairn_fmt_double(double d, char *out, size_t cap)
 
 /* ====================================================================== JSON -> msgpack */
 
-static int buf_write(void *data, const char *p, size_t n)
-{
-    return cairn_buf_append(data, p, n) ? -1 : 0;
-}
-
 static int pack_json(msgpack_packer *pk, const json_t *v, int depth, struct cairn_error *e)
 {
     if (depth > CAIRN_DEPTH_MAX)
@@ -91,7 +86,7 @@ static int pack_json(msgpack_packer *pk, const json_t *v, int depth, struct cair
 int cairn_json_to_msgpack(const json_t *v, struct cairn_buf *out, struct cairn_error *e)
 {
     msgpack_packer pk;
-    msgpack_packer_init(&pk, out, buf_write);
+    msgpack_packer_init(&pk, out, cairn_buf_msgpack_write);
     return pack_json(&pk, v, 1, e);
 }
 

@@ -176,6 +176,19 @@ int cairn_buf_json_str(struct cairn_buf *b, const char *s, size_t n)
     return 0;
 }
 
+int cairn_buf_msgpack_write(void *data, const char *p, size_t n)
+{
+    return cairn_buf_append(data, p, n) ? -1 : 0;
+}
+
+bool cairn_blank(const char *p, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        if (p[i] != ' ' && p[i] != '\t' && p[i] != '\r')
+            return false;
+    return true;
+}
+
 /* ====================================================================== time */
 
 int64_t cairn_now_ns(void)

@@ -153,6 +153,10 @@ int cairn_buf_printf(struct cairn_buf *b, const char *fmt, ...)
     __attribute__((format(printf, 2, 3)));
 /* Appends s as a JSON string literal, quotes included. */
 int cairn_buf_json_str(struct cairn_buf *b, const char *s, size_t n);
+/* msgpack-c packer callback writing into the cairn_buf `data` (0 or -1). */
+int cairn_buf_msgpack_write(void *data, const char *p, size_t n);
+/* True when p[0..n) holds only spaces, tabs and CRs (a blank NDJSON line). */
+bool cairn_blank(const char *p, size_t n);
 
 /* ======================================================================
  * Time: int64 nanoseconds since the Unix epoch, UTC.

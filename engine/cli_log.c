@@ -248,14 +248,6 @@ static void chunk_add(struct chunk *ch, struct ingest *ing, unsigned long no, co
         *ln->err = e;
 }
 
-static bool blank(const char *p, size_t n)
-{
-    for (size_t i = 0; i < n; i++)
-        if (p[i] != ' ' && p[i] != '\t' && p[i] != '\r')
-            return false;
-    return true;
-}
-
 /* Reads, parses and submits every line; returns CLI_FAIL on I/O failure. */
 static int append_feed(struct lines *in, struct ingest *ing, struct log_writer *w,
                        struct printer *pr)
@@ -267,7 +259,7 @@ static int append_feed(struct lines *in, struct ingest *ing, struct log_writer *
     int rc;
     while ((rc = lines_next(in, &p, &n)) == 1) {
         no++;
-        if (n != SIZE_MAX && blank(p, n))
+        if (n != SIZE_MAX && cairn_blank(p, n))
             continue;
         if (!ch && !(ch = calloc(1, sizeof *ch)))
             return CLI_FAIL;

@@ -35,11 +35,6 @@ static const EVP_MD *sha256(void)
 
 /* ====================================================================== encoding */
 
-static int buf_write(void *data, const char *p, size_t n)
-{
-    return cairn_buf_append(data, p, n) ? -1 : 0;
-}
-
 static void pack_key(msgpack_packer *pk, const char *k)
 {
     msgpack_pack_str_with_body(pk, k, strlen(k));
@@ -68,7 +63,7 @@ int log_envelope_encode(struct cairn_buf *b, EVP_MD_CTX *md, const struct log_in
     cairn_buf_putc(b, (char)0x8a); /* the map without hash: hashed */
 
     msgpack_packer pk;
-    msgpack_packer_init(&pk, b, buf_write);
+    msgpack_packer_init(&pk, b, cairn_buf_msgpack_write);
     pack_key(&pk, "seq");
     msgpack_pack_uint64(&pk, seq);
     pack_key(&pk, "time");

@@ -363,16 +363,11 @@ static void pack_s(msgpack_packer *pk, const char *k, const char *s, size_t n)
     msgpack_pack_str_with_body(pk, s, n);
 }
 
-static int buf_write(void *data, const char *p, size_t n)
-{
-    return cairn_buf_append(data, p, n) ? -1 : 0;
-}
-
 static int encode_derived(struct cairn_buf *b, const struct proj_derived *d)
 {
     msgpack_packer pk;
     cairn_buf_reset(b);
-    msgpack_packer_init(&pk, b, buf_write);
+    msgpack_packer_init(&pk, b, cairn_buf_msgpack_write);
     int rc = msgpack_pack_map(&pk, 8);
     pack_s(&pk, "stream", d->stream.p, d->stream.n);
     msgpack_pack_str_with_body(&pk, "dseq", 4);

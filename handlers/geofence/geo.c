@@ -540,19 +540,8 @@ double geo_boundary_dist(const struct geo_shape *s, double lon, double lat)
 
 bool geo_segment_hits(const struct geo_shape *s, double ax, double ay, double bx, double by)
 {
-    if (s->kind == GEO_CIRCLE) {
-        /* local projection around the center */
-        double k = cos(s->cy * DEG2RAD);
-        double ux = (ax - s->cx) * k, uy = ay - s->cy, vx = (bx - s->cx) * k, vy = by - s->cy;
-        double dx = vx - ux, dy = vy - uy, l2 = dx * dx + dy * dy;
-        double t = l2 > 0 ? -(ux * dx + uy * dy) / l2 : 0;
-        if (t < 0)
-            t = 0;
-        if (t > 1)
-            t = 1;
-        double qx = ux + t * dx, qy = uy + t * dy;
-        return sqrt(qx * qx + qy * qy) * DEG2RAD * GEO_EARTH_R <= s->r;
-    }
+    if (s->kind == GEO_CIRCLE) /* the segment's nearest point to the center */
+        return seg_dist_m(s->cx, s->cy, ax, ay, bx, by) <= s->r;
     if (s->kind != GEO_POLYGON)
         return false;
     if (fmax(ax, bx) < s->minx || fmin(ax, bx) > s->maxx || fmax(ay, by) < s->miny ||
