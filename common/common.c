@@ -389,6 +389,18 @@ int cairn_unhex(const char *s, size_t n, uint8_t *out)
     return 0;
 }
 
+size_t cairn_tkey(uint8_t *out, size_t cap, const struct cairn_str *tenant,
+                  const struct cairn_str *rest)
+{
+    if (tenant->n > CAIRN_TENANT_MAX || 1 + tenant->n + rest->n > cap)
+        return 0;
+    out[0] = (uint8_t)tenant->n;
+    memcpy(out + 1, tenant->p, tenant->n);
+    if (rest->n)
+        memcpy(out + 1 + tenant->n, rest->p, rest->n);
+    return 1 + tenant->n + rest->n;
+}
+
 void cairn_be64_put(uint8_t *p, uint64_t v)
 {
     for (int i = 7; i >= 0; i--, v >>= 8)

@@ -177,6 +177,11 @@ size_t cairn_time_format(int64_t ns, char *out, size_t cap);
 void cairn_hex(const uint8_t *p, size_t n, char *out);  /* out: 2n+1 bytes */
 int cairn_unhex(const char *s, size_t n, uint8_t *out); /* n even */
 int cairn_hex_digit(char c);                            /* 0..15, or -1 */
+/* The key layout of every per-tenant index (log keys and dedup, handler
+ * views): tlen u8 | tenant | rest. Returns the length, or 0 when the tenant
+ * is over CAIRN_TENANT_MAX or the key does not fit in cap. */
+size_t cairn_tkey(uint8_t *out, size_t cap, const struct cairn_str *tenant,
+                  const struct cairn_str *rest);
 void cairn_be64_put(uint8_t *p, uint64_t v);
 uint64_t cairn_be64_get(const uint8_t *p);
 

@@ -46,11 +46,11 @@ int64_t log_unbias(uint64_t v)
 /* tlen u8 | tenant | rest — the key layout of `keys`, `dedup`. */
 size_t log_tenant_key(uint8_t *out, const struct cairn_str *tenant, const struct cairn_str *rest)
 {
-    assert(tenant->n <= CAIRN_TENANT_MAX && rest->n <= CAIRN_KEY_MAX);
-    out[0] = (uint8_t)tenant->n;
-    memcpy(out + 1, tenant->p, tenant->n);
-    memcpy(out + 1 + tenant->n, rest->p, rest->n);
-    return 1 + tenant->n + rest->n;
+    /* out holds 1 + CAIRN_TENANT_MAX + CAIRN_KEY_MAX; ingest bounds both */
+    assert(rest->n <= CAIRN_KEY_MAX);
+    size_t n = cairn_tkey(out, 1 + CAIRN_TENANT_MAX + CAIRN_KEY_MAX, tenant, rest);
+    assert(n);
+    return n;
 }
 
 /* ====================================================================== opening */

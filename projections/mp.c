@@ -12,13 +12,7 @@
 size_t hkey_make(uint8_t *out, size_t cap, const struct cairn_str *tenant,
                  const struct cairn_str *rest)
 {
-    if (tenant->n > CAIRN_TENANT_MAX || 1 + tenant->n + rest->n > cap)
-        return 0;
-    out[0] = (uint8_t)tenant->n;
-    memcpy(out + 1, tenant->p, tenant->n);
-    if (rest->n)
-        memcpy(out + 1 + tenant->n, rest->p, rest->n);
-    return 1 + tenant->n + rest->n;
+    return cairn_tkey(out, cap, tenant, rest);
 }
 
 bool hkey_split(const uint8_t *k, size_t n, struct cairn_str *tenant, struct cairn_str *rest)
