@@ -92,32 +92,42 @@ static bool tenant_char_ok(char c)
 }
 
 /* Reads an optional string field: *s NULL when absent. */
+/* Names the top-level field of an error cairn_error_set just filled; the
+ * pointer is formatted only when there is an error (get_str is hot). */
+static int at_field(struct cairn_error *e, const char *name, int rc)
+{
+    if (e)
+        snprintf(e->field, sizeof e->field, "/%s", name);
+    return rc;
+}
+
 static int get_str(const json_t *obj, const char *name, size_t max, bool required, const char **s,
                    size_t *n, struct cairn_error *e)
 {
-    char field[72];
-    snprintf(field, sizeof field, "/%s", name);
     const json_t *v = json_object_get(obj, name);
     *s = NULL;
     *n = 0;
     if (!v || json_is_null(v)) {
         if (required)
-            return cairn_error_set(e, "missing_field", field, "%s is required", name);
+            return at_field(e, name,
+                            cairn_error_set(e, "missing_field", "", "%s is required", name));
         return 0;
     }
     if (!json_is_string(v))
-        return cairn_error_set(e, "wrong_type", field, "%s must be a string", name);
+        return at_field(e, name, cairn_error_set(e, "wrong_type", "", "%s must be a string", name));
     *s = json_string_value(v);
     *n = json_string_length(v);
     if (*n > max)
-        return cairn_error_set(e, "too_long", field, "%s is %zu bytes, the limit is %zu", name, *n,
-                               max);
+        return at_field(
+            e, name,
+            cairn_error_set(e, "too_long", "", "%s is %zu bytes, the limit is %zu", name, *n, max));
     if (required && *n == 0)
-        return cairn_error_set(e, "too_short", field, "%s must not be empty", name);
+        return at_field(e, name, cairn_error_set(e, "too_short", "", "%s must not be empty", name));
     for (size_t i = 0; i < *n; i++)
         if ((unsigned char)(*s)[i] < 0x20)
-            return cairn_error_set(e, "invalid_value", field,
-                                   "%s must not contain control characters", name);
+            return at_field(e, name,
+                            cairn_error_set(e, "invalid_value", "",
+                                            "%s must not contain control characters", name));
     return 0;
 }
 
