@@ -254,6 +254,9 @@ static int apply_chunk(struct engine *eng, uint64_t from, uint64_t to)
             log_iter_close(it);
             log_snap_end(s);
         }
+        for (size_t i = 0; !rc && i < eng->n; i++)
+            if (eng->order[i]->flush)
+                rc = eng->order[i]->flush(eng->ctx[i]);
         if (rc)
             proj_abort(eng->proj);
         else

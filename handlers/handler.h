@@ -92,6 +92,15 @@ struct handler {
     const char *view;
     /* Optional: extra routes, terminated by an entry with path NULL. */
     const struct handler_route *routes;
+    /* Optional: called once per state transaction, after the last apply
+     * and before the commit, in handler order. A handler that keeps a
+     * per-transaction write-back cache (documents decoded once, updated in
+     * memory across the batch) puts them here, so the commit holds them
+     * together with the checkpoint. It may write its own DBIs only; it
+     * must not emit (consumers have already run). A negative return
+     * aborts the transaction, and the engine then reopens every handler,
+     * so a cache never keeps work that did not commit. */
+    int (*flush)(struct hctx *ctx);
 };
 
 /* The registered handlers, NULL-terminated (handlers/registry.c). */
