@@ -78,6 +78,13 @@
 #define CAIRN_TIME_MAX 7258118400000000000LL
 /* Expired dedup ids removed per batch: pruning never stalls ingest. */
 #define CAIRN_DEDUP_PRUNE_PER_BATCH 4096
+/* The log's derived indexes (log/index.c) are committed at most every this
+ * many events or nanoseconds, and whenever the writer goes idle: one index
+ * transaction spans many group commits, so a B-tree page touched by several
+ * batches is copied and written once. Entity reads scan the log past what
+ * the index covers, so they never miss an event. */
+#define CAIRN_INDEX_COMMIT_EVENTS 262144
+#define CAIRN_INDEX_COMMIT_NS (1000 * 1000000LL)
 /* Initial LMDB map; it doubles when full (see cairn_env_grow). */
 #define CAIRN_MAP_SIZE_DEFAULT (256ull << 20)
 /* Largest map we grow to: 1 TiB of address space. */

@@ -27,6 +27,8 @@ struct log_iter {
     struct log_snap *s;
     MDB_cursor *cur;
     bool entity, started;
+    bool tail;        /* entity: past the index, scanning the log itself */
+    uint64_t indexed; /* entity: the index covers the log up to here */
     uint64_t from;
     uint8_t tk[1 + CAIRN_TENANT_MAX + CAIRN_KEY_MAX];
     size_t tk_len;
@@ -176,7 +178,7 @@ void log_close(struct log *log)
     if (!log)
         return;
     if (log->env)
-        log_index_close(log);
+        log_index_close(log); /* commits the open index transaction first */
     cairn_env_close(log->env);
     if (log->lock_fd >= 0)
         close(log->lock_fd); /* releases the flock */
@@ -349,17 +351,18 @@ static int write_meta(struct log *log, MDB_txn *txn)
  * committed right after (index.c explains why it may lag). */
 static int append_try(struct log *log, const struct log_input *in, struct log_result *res, size_t n)
 {
-    MDB_txn *txn, *itxn;
+    MDB_txn *txn;
     uint64_t head_seq = log->head_seq;
     uint8_t head_hash[LOG_HASH_LEN];
     int64_t max_time = log->max_time, last_ingested = log->last_ingested;
     memcpy(head_hash, log->head_hash, LOG_HASH_LEN);
 
     int rc = log->index_stale ? log_index_catch_up(log) : 0;
-    if (rc || (rc = cairn_env_write_begin(log->ienv, &itxn)))
+    if (rc || (rc = log_index_begin(log)))
         return rc;
+    MDB_txn *itxn = log->itxn;
     if ((rc = cairn_env_write_begin(log->env, &txn))) {
-        cairn_env_write_abort(log->ienv, itxn);
+        log_index_drop(log);
         return rc;
     }
     int64_t now = cairn_now_ns();
@@ -373,17 +376,16 @@ static int append_try(struct log *log, const struct log_input *in, struct log_re
         rc = log_index_mark(log, itxn, log->head_seq);
     if (rc) {
         cairn_env_write_abort(log->env, txn);
-        cairn_env_write_abort(log->ienv, itxn);
+        log_index_drop(log);
         goto fail;
     }
     if ((rc = cairn_env_write_commit(log->env, txn))) {
-        cairn_env_write_abort(log->ienv, itxn);
+        log_index_drop(log);
         goto fail;
     }
-    /* The batch is durable. An index commit failure only means the index
-     * lags: it is rebuilt from the log before the next append. */
-    if (cairn_env_write_commit(log->ienv, itxn))
-        log->index_stale = true;
+    /* The batch is durable. An index failure only means the index lags:
+     * it is rebuilt from the log before the next append. */
+    log_index_added(log, n);
     return 0;
 fail:
     /* Nothing of this batch is durable: forget it. */
@@ -476,10 +478,10 @@ int log_snap_get(struct log_snap *s, uint64_t seq, struct log_event *ev)
     return rc;
 }
 
-/* The index transaction of the snapshot. The index may trail the log by
- * the batch being committed (index.c): entity reads see an event a moment
- * after its log commit. */
-static int snap_index(struct log_snap *s, MDB_txn **itxn)
+/* The index transaction of the snapshot, and how far it covers the log.
+ * The index trails the log by up to CAIRN_INDEX_COMMIT_* (index.c), so
+ * entity reads look it up, then scan the log past `indexed`. */
+static int snap_index(struct log_snap *s, MDB_txn **itxn, uint64_t *indexed)
 {
     if (!s->log->ienv)
         return CAIRN_ENOTFOUND; /* a log never indexed (read-only, no writer yet) */
@@ -489,19 +491,65 @@ static int snap_index(struct log_snap *s, MDB_txn **itxn)
             return rc;
     }
     *itxn = s->itxn;
-    return 0;
+    MDB_val k = {7, "indexed"}, v;
+    int rc = mdb_get(s->itxn, s->log->imeta, &k, &v);
+    *indexed = rc == 0 && v.mv_size == 8 ? cairn_be64_get(v.mv_data) : 0;
+    return rc == 0 || rc == MDB_NOTFOUND ? 0 : cairn_mdb_err(rc);
+}
+
+static bool is_entity(const struct log_event *ev, const uint8_t *tk, size_t tk_len)
+{
+    size_t tn = tk[0]; /* an event without a key is in no entity's stream */
+    return ev->key.n && ev->tenant.n == tn && ev->key.n == tk_len - 1 - tn &&
+           !memcmp(ev->tenant.p, tk + 1, tn) && !memcmp(ev->key.p, tk + 1 + tn, ev->key.n);
+}
+
+/* The next event of the entity tk at or after *from in the log itself
+ * (the part the index does not cover yet). */
+static int scan_entity(MDB_cursor *c, bool *started, uint64_t from, const uint8_t *tk,
+                       size_t tk_len, struct log_event *ev)
+{
+    uint8_t sk[8];
+    MDB_val k = {8, sk}, v;
+    cairn_be64_put(sk, from);
+    for (;;) {
+        int rc = mdb_cursor_get(c, &k, &v, *started ? MDB_NEXT : MDB_SET_RANGE);
+        *started = true;
+        if (rc)
+            return cairn_mdb_err(rc);
+        if ((rc = log_event_decode(v.mv_data, v.mv_size, ev)))
+            return rc;
+        if (k.mv_size != 8 || cairn_be64_get(k.mv_data) != ev->seq)
+            return CAIRN_ECORRUPT;
+        if (is_entity(ev, tk, tk_len))
+            return 0;
+    }
 }
 
 int log_snap_last_of(struct log_snap *s, const struct cairn_str *tenant,
                      const struct cairn_str *key, uint64_t *seq)
 {
     MDB_txn *itxn;
-    int rc = snap_index(s, &itxn);
+    uint64_t indexed;
+    int rc = snap_index(s, &itxn, &indexed);
     if (rc == CAIRN_ENOTFOUND) {
         *seq = 0;
         return 0;
     }
-    return rc ? rc : last_of(itxn, s->log->keys, tenant, key, seq);
+    if (rc || (rc = last_of(itxn, s->log->keys, tenant, key, seq)))
+        return rc;
+    /* Then the events the index does not cover yet. */
+    uint8_t tk[1 + CAIRN_TENANT_MAX + CAIRN_KEY_MAX];
+    size_t tk_len = log_tenant_key(tk, tenant, key);
+    MDB_cursor *c;
+    if ((rc = mdb_cursor_open(s->txn, s->log->events, &c)))
+        return cairn_mdb_err(rc);
+    bool started = false;
+    struct log_event ev;
+    while (!(rc = scan_entity(c, &started, indexed + 1, tk, tk_len, &ev)))
+        *seq = ev.seq;
+    mdb_cursor_close(c);
+    return rc == CAIRN_ENOTFOUND ? 0 : rc;
 }
 
 int log_iter_open(struct log_snap *s, uint64_t from, const struct cairn_str *tenant,
@@ -521,7 +569,7 @@ int log_iter_open(struct log_snap *s, uint64_t from, const struct cairn_str *ten
         it->tk_len = log_tenant_key(it->tk, tenant, key);
     }
     MDB_txn *txn = s->txn;
-    int rc = it->entity ? snap_index(s, &txn) : 0;
+    int rc = it->entity ? snap_index(s, &txn, &it->indexed) : 0;
     if (rc) {
         free(it);
         return rc;
@@ -552,21 +600,38 @@ int log_iter_next(struct log_iter *it, struct log_event *ev)
             rc = CAIRN_ECORRUPT;
         return rc;
     }
-    k = (MDB_val){it->tk_len, it->tk};
-    cairn_be64_put(sk, it->from);
-    v = (MDB_val){8, sk};
-    rc = mdb_cursor_get(it->cur, &k, &v, it->started ? MDB_NEXT_DUP : MDB_GET_BOTH_RANGE);
-    it->started = true;
-    if (rc)
-        return cairn_mdb_err(rc);
-    return log_snap_get(it->s, cairn_be64_get(v.mv_data), ev);
+    if (!it->tail) {
+        k = (MDB_val){it->tk_len, it->tk};
+        cairn_be64_put(sk, it->from);
+        v = (MDB_val){8, sk};
+        rc = mdb_cursor_get(it->cur, &k, &v, it->started ? MDB_NEXT_DUP : MDB_GET_BOTH_RANGE);
+        it->started = true;
+        uint64_t seq = rc == 0 ? cairn_be64_get(v.mv_data) : 0;
+        if (rc == 0 && seq <= it->indexed) {
+            it->from = seq + 1;
+            return log_snap_get(it->s, seq, ev);
+        }
+        if (rc && rc != MDB_NOTFOUND)
+            return cairn_mdb_err(rc);
+        /* Past what the index covers: the rest comes from the log. */
+        mdb_cursor_close(it->cur);
+        it->cur = NULL;
+        if ((rc = mdb_cursor_open(it->s->txn, it->s->log->events, &it->cur)))
+            return cairn_mdb_err(rc);
+        it->tail = true;
+        it->started = false;
+        if (it->from <= it->indexed)
+            it->from = it->indexed + 1;
+    }
+    return scan_entity(it->cur, &it->started, it->from, it->tk, it->tk_len, ev);
 }
 
 void log_iter_close(struct log_iter *it)
 {
     if (!it)
         return;
-    mdb_cursor_close(it->cur);
+    if (it->cur)
+        mdb_cursor_close(it->cur);
     free(it);
 }
 

@@ -19,6 +19,11 @@ struct log {
     struct cairn_env *ienv; /* DATA/log/index (NULL: a reader found none) */
     MDB_dbi keys, dedup, dedup_at, imeta; /* in ienv: derived, see index.c */
     bool index_stale;                     /* the index lags the log: catch up before use */
+    /* The open index transaction (writer thread only), kept across group
+     * commits until log_index_flush: see CAIRN_INDEX_COMMIT_*. */
+    MDB_txn *itxn;
+    uint64_t itxn_events; /* events it holds that are not committed */
+    int64_t itxn_began;   /* CLOCK_MONOTONIC ns */
     struct log_config cfg;
     /* Appender state: touched only by the single appending thread. */
     uint64_t head_seq;
@@ -52,6 +57,14 @@ int log_index_catch_up(struct log *log);
 int log_index_put(struct log *log, MDB_txn *itxn, const struct cairn_str *tenant,
                   const struct cairn_str *key, const struct cairn_str *id, int64_t time,
                   uint64_t seq);
+/* Begins the index transaction unless one is open. */
+int log_index_begin(struct log *log);
+/* Counts n appended events into the open index transaction and commits
+ * it when CAIRN_INDEX_COMMIT_* is reached. */
+int log_index_added(struct log *log, size_t n);
+/* Forgets the open index transaction (a failed batch may have added to
+ * it): the index is then re-indexed from the log before the next append. */
+void log_index_drop(struct log *log);
 /* Records that the indexes cover the log up to seq (inside itxn). */
 int log_index_mark(struct log *log, MDB_txn *itxn, uint64_t seq);
 uint64_t log_bias(int64_t t);

@@ -145,6 +145,11 @@ static void *writer_main(void *arg)
         pthread_mutex_unlock(&w->mu);
         commit_batch(w, reqs, n);
         pthread_mutex_lock(&w->mu);
+        if (!w->head) { /* idle: let the index catch up with the log now */
+            pthread_mutex_unlock(&w->mu);
+            log_index_flush(w->log);
+            pthread_mutex_lock(&w->mu);
+        }
     }
     pthread_mutex_unlock(&w->mu);
     return NULL;

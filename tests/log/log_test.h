@@ -216,10 +216,13 @@ static inline void raw_put(const char *dir, uint64_t seq, const uint8_t *p, size
 }
 
 /* Entries of a DBI of an open log, read through a snapshot of its env
- * (the derived indexes live in the index environment). */
+ * (the derived indexes live in the index environment, and are committed
+ * lazily: flush them first, from the appending thread). */
 static inline size_t dbi_entries(struct log *log, const char *name)
 {
     bool derived = !strcmp(name, "keys") || !strcmp(name, "dedup") || !strcmp(name, "dedup_at");
+    if (derived)
+        assert_int_equal(log_index_flush(log), 0);
     struct cairn_env *env = derived ? log_index_env(log) : log_env(log);
     MDB_txn *txn;
     MDB_dbi dbi;
