@@ -12,36 +12,55 @@
  *
  *   violations.rules      T | rule_id            -> {rule: <payload>, tenant, defined_at, seq}
  *   violations.view       T | violation_id (hex) -> the violation document
- *   violations.results    T | rule_id 00 | rk    -> 'P' | 'F' (latest result; only
- *                                                   for enabled rules of the resource's type)
  *   violations.resources  T | ar | rk            -> {resource_id, resource_type, account,
- *                                                   region, scan}
- *   violations.ctlres     T | fw 00 ctl 00 | rk  -> npass u32 BE | nfail u32 BE
- *                                                   (rules of the control the resource
- * passes/fails) violations.posture    T | fw 00 ctl          -> pass u64 BE | fail u64 BE
- * (resources)
+ *                                                   region, scan, results}
+ *   violations.posture    T | fw 00 ctl          -> pass u64 BE | fail u64 BE (resources)
+ *   violations.meta       "layout"               -> u32 BE (LAYOUT)
+ *
+ * `results` is a map rule_id -> "P" | "F": the latest result of every
+ * enabled rule of the resource's type that evaluated it. Why there and not
+ * one entry per (rule, resource) plus one per (control, resource), as the
+ * first layout had: a discovery reads and writes the resource's record
+ * anyway, so its results come with that one get and put instead of ~20
+ * random B-tree writes per resource (the first discovery of 100 000
+ * resources dirtied more pages than an LMDB transaction holds unspilled).
+ * A resource's state in a control (fail when a rule of the control failed
+ * it, else pass when one passed it) is computed from that map when its
+ * results change; the price is that a rule change (rule_clear) walks the
+ * tenant's resources instead of a per-rule index — rule changes are rare.
  *
  * violation_id = hex(SHA-256(rule_id \0 rk))[0..32]: stable across replays.
- * A resource passes a control when every rule of the control that evaluated
- * it passed; the posture counts resources, not (rule, resource) pairs.
+ * The posture counts resources, not (rule, resource) pairs; the changes
+ * accumulate in memory across the state transaction and are written once,
+ * by flush, before the commit.
  *
  * The compiled rules live in memory (struct comp), rebuilt in open from
- * violations.rules — the engine closes and re-opens handlers after an
- * aborted batch, so the cache always matches the committed state.
+ * violations.rules, in (tenant, rule id) order — the order rules are
+ * evaluated and events emitted in, so a reopened handler emits exactly
+ * what a replay does. The engine closes and re-opens handlers after an
+ * aborted transaction, so the caches always match the committed state.
  */
 #include "cond.h"
 #include "handler.h"
 
 #include <assert.h>
-#include <openssl/sha.h>
+#include <openssl/evp.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #define RULES_PER_TENANT_MAX 1024 /* a CIS pack is ~50; bounds every per-input loop */
+#define RULES_PER_TYPE_MAX RULES_PER_TENANT_MAX
 #define CONTROLS_PER_RULE_MAX 32
-#define CONTROLS_MAX 65536    /* (tenant, framework, control) triples in memory */
-#define FAILED_VALUE_MAX 4096 /* bytes of one failed attribute value kept in a violation */
+#define CONTROLS_MAX 65536            /* (tenant, framework, control) triples in memory */
+#define FAILED_VALUE_MAX 4096         /* bytes of one failed attribute value kept in a violation */
+#define RECORD_MAX (1u << 20)         /* one resources value: 5 short strings + <= 1024 results */
+#define COLLECT_MAX ((size_t)1 << 34) /* records a sweep or rule change holds at once */
+/* The layout of violations.*: 2 = results inside the resources records. A
+ * state written by layout 1 (a results and a ctlres DBI) is refused: it
+ * must be rebuilt from the log (cairn replay). */
+#define LAYOUT 2
 
 static const char *const consumes[] = {"discovery", "rule.define", "rule.delete", NULL};
 static const char *const emits[] = {"compliance.violation", "compliance.resolved", NULL};
@@ -49,28 +68,33 @@ static const char *const emits[] = {"compliance.violation", "compliance.resolved
 enum res { R_NONE = 0, R_PASS = 'P', R_FAIL = 'F' };
 
 struct ctl {
-    char *tenant, *fw, *id;
+    char *tenant, *fw, *id, *label; /* label: "fw:id", as violations list them */
 };
 
 struct crule {
     char *tenant, *id, *type, *severity, *title;
+    size_t idn, typen;
     bool enabled;
     struct cond *cond;
     uint8_t *doc; /* the stored rules value */
     size_t docn;
+    msgpack_unpacked u; /* doc decoded once: the two below point into it */
+    const msgpack_object *frameworks, *remediation;
     int ctl[CONTROLS_PER_RULE_MAX];
     size_t nctl;
 };
 
 struct comp {
-    unsigned rules, view, results, resources, ctlres, posture;
-    struct crule *r;
+    unsigned rules, view, resources, posture, meta;
+    bool layout_written;
+    struct crule *r; /* sorted by (tenant, id) */
     size_t nr, rcap;
     struct ctl *c;
     size_t nc, ccap;
-    int64_t (*delta)[2]; /* per control: pass, fail changes of this input */
+    int64_t (*delta)[2]; /* per control: pass, fail changes of this transaction */
     int *touched;
     size_t ntouched, dcap;
+    struct cairn_buf rec, out; /* scratch: a copied resources value; one being written */
 };
 
 static struct comp *self(struct hctx *ctx)
@@ -78,9 +102,26 @@ static struct comp *self(struct hctx *ctx)
     return *hctx_user(ctx);
 }
 
+static void be32_put(uint8_t *p, uint32_t v)
+{
+    p[0] = (uint8_t)(v >> 24), p[1] = (uint8_t)(v >> 16), p[2] = (uint8_t)(v >> 8),
+    p[3] = (uint8_t)v;
+}
+
+static uint32_t be32_get(const void *q)
+{
+    const uint8_t *p = q;
+    return (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | (uint32_t)p[2] << 8 | p[3];
+}
+
 static bool str_is(const struct cairn_str *s, const char *c)
 {
     return s->n == strlen(c) && !memcmp(s->p, c, s->n);
+}
+
+static bool str_eq(const struct cairn_str *a, const char *b, size_t bn)
+{
+    return a->n == bn && !memcmp(a->p, b, bn);
 }
 
 static char *dupn(const char *p, size_t n)
@@ -95,6 +136,16 @@ static char *dupn(const char *p, size_t n)
 
 /* ====================================================================== keys */
 
+/* OpenSSL 3 looks the algorithm up on every SHA256() call (~40 % of a
+ * hash this small): fetch it once for the process. */
+static EVP_MD *sha256_md;
+static pthread_once_t sha256_once = PTHREAD_ONCE_INIT;
+
+static void sha256_fetch(void)
+{
+    sha256_md = EVP_MD_fetch(NULL, "SHA256", NULL);
+}
+
 /* SHA-256 of the parts joined with 00 (each part <= 256 bytes). */
 static void sha(const void *parts[], const size_t lens[], int n, uint8_t out[32])
 {
@@ -107,7 +158,11 @@ static void sha(const void *parts[], const size_t lens[], int n, uint8_t out[32]
         memcpy(buf + k, parts[i], lens[i]);
         k += lens[i];
     }
-    SHA256(buf, k, out);
+    pthread_once(&sha256_once, sha256_fetch);
+    unsigned len;
+    bool ok = EVP_Digest(buf, k, out, &len, sha256_md ? sha256_md : EVP_sha256(), NULL);
+    assert(ok && len == 32); /* no allocation can fail for a fetched digest */
+    (void)ok;
 }
 
 /* tlen|tenant then the parts, each followed by 00 except the last. */
@@ -140,11 +195,11 @@ static void resource_keys(const struct cairn_str *acct, const struct cairn_str *
     }
 }
 
-static void violation_id(const char *rule, const uint8_t rk[16], char out[33])
+static void violation_id(const struct crule *r, const uint8_t rk[16], char out[33])
 {
     uint8_t h[32];
-    const void *p[2] = {rule, rk};
-    size_t l[2] = {strlen(rule), 16};
+    const void *p[2] = {r->id, rk};
+    size_t l[2] = {r->idn, 16};
     sha(p, l, 2, h);
     cairn_hex(h, 16, out);
 }
@@ -170,11 +225,14 @@ static int control_index(struct comp *s, const char *tenant, const struct cairn_
         s->ccap = cap;
     }
     struct ctl *c = &s->c[s->nc];
+    char label[256];
+    snprintf(label, sizeof label, "%.*s:%.*s", (int)fw->n, fw->p, (int)id->n, id->p);
     c->tenant = strdup(tenant);
     c->fw = dupn(fw->p, fw->n);
     c->id = dupn(id->p, id->n);
-    if (!c->tenant || !c->fw || !c->id) {
-        free(c->tenant), free(c->fw), free(c->id);
+    c->label = strdup(label);
+    if (!c->tenant || !c->fw || !c->id || !c->label) {
+        free(c->tenant), free(c->fw), free(c->id), free(c->label);
         return CAIRN_ENOMEM;
     }
     *out = (int)s->nc++;
@@ -184,6 +242,7 @@ static int control_index(struct comp *s, const char *tenant, const struct cairn_
 static void crule_deinit(struct crule *r)
 {
     free(r->tenant), free(r->id), free(r->type), free(r->severity), free(r->title);
+    msgpack_unpacked_destroy(&r->u);
     free(r->doc);
     cond_free(r->cond);
     memset(r, 0, sizeof *r);
@@ -195,42 +254,10 @@ static char *mp_dup(const msgpack_object *o)
     return mp_str(o, &s) ? dupn(s.p, s.n) : strdup("");
 }
 
-/* Builds a crule from a stored rules value (doc: {rule, tenant, …}). A rule
- * whose condition no longer compiles (an old log) is kept disabled. */
-static int crule_init(struct comp *s, struct crule *r, const struct cairn_str *tenant,
-                      const uint8_t *doc, size_t docn)
+static int crule_controls(struct comp *s, struct crule *r)
 {
-    msgpack_unpacked u;
-    msgpack_unpacked_init(&u);
-    memset(r, 0, sizeof *r);
-    int rc = CAIRN_ENOMEM;
-    if (msgpack_unpack_next(&u, (const char *)doc, docn, NULL) != MSGPACK_UNPACK_SUCCESS) {
-        msgpack_unpacked_destroy(&u);
-        return CAIRN_ECORRUPT;
-    }
-    const msgpack_object *rule = mp_get(&u.data, "rule");
-    struct cairn_str cs = {"", 0};
-    r->tenant = dupn(tenant->p, tenant->n);
-    r->id = mp_dup(mp_get(rule, "id"));
-    r->type = mp_dup(mp_get(rule, "resource_type"));
-    r->severity = mp_dup(mp_get(rule, "severity"));
-    r->title = mp_dup(mp_get(rule, "title"));
-    r->doc = malloc(docn);
-    if (!r->tenant || !r->id || !r->type || !r->severity || !r->title || !r->doc)
-        goto out;
-    memcpy(r->doc, doc, docn);
-    r->docn = docn;
-    r->enabled = true;
-    mp_bool(mp_get(rule, "enabled"), &r->enabled);
-    unsigned col;
-    char msg[128];
-    mp_str(mp_get(rule, "condition"), &cs);
-    if ((rc = cond_compile(cs.p, cs.n, &r->cond, &col, msg, sizeof msg)) == CAIRN_ENOMEM)
-        goto out;
-    if (rc)
-        r->enabled = false;
-    rc = 0;
-    const msgpack_object *fws = mp_get(rule, "frameworks");
+    const msgpack_object *fws = r->frameworks;
+    int rc = 0;
     for (uint32_t i = 0; !rc && fws && fws->type == MSGPACK_OBJECT_MAP && i < fws->via.map.size;
          i++) {
         struct cairn_str fw, id;
@@ -241,20 +268,99 @@ static int crule_init(struct comp *s, struct crule *r, const struct cairn_str *t
             if (mp_str(&ids->via.array.ptr[j], &id))
                 rc = control_index(s, r->tenant, &fw, &id, &r->ctl[r->nctl++]);
     }
+    return rc;
+}
+
+/* Builds a crule from a stored rules value (doc: {rule, tenant, …}). A rule
+ * whose condition no longer compiles (an old log) is kept disabled. */
+static int crule_init(struct comp *s, struct crule *r, const struct cairn_str *tenant,
+                      const uint8_t *doc, size_t docn)
+{
+    memset(r, 0, sizeof *r);
+    msgpack_unpacked_init(&r->u);
+    r->doc = malloc(docn ? docn : 1);
+    if (!r->doc) {
+        msgpack_unpacked_destroy(&r->u);
+        return CAIRN_ENOMEM;
+    }
+    memcpy(r->doc, doc, docn);
+    r->docn = docn;
+    int rc = CAIRN_ENOMEM;
+    if (msgpack_unpack_next(&r->u, (const char *)r->doc, docn, NULL) != MSGPACK_UNPACK_SUCCESS) {
+        rc = CAIRN_ECORRUPT;
+        goto out;
+    }
+    const msgpack_object *rule = mp_get(&r->u.data, "rule");
+    struct cairn_str cs = {"", 0};
+    r->tenant = dupn(tenant->p, tenant->n);
+    r->id = mp_dup(mp_get(rule, "id"));
+    r->type = mp_dup(mp_get(rule, "resource_type"));
+    r->severity = mp_dup(mp_get(rule, "severity"));
+    r->title = mp_dup(mp_get(rule, "title"));
+    if (!r->tenant || !r->id || !r->type || !r->severity || !r->title)
+        goto out;
+    r->idn = strlen(r->id);
+    r->typen = strlen(r->type);
+    r->frameworks = mp_get(rule, "frameworks");
+    r->remediation = mp_get(rule, "remediation");
+    r->enabled = true;
+    mp_bool(mp_get(rule, "enabled"), &r->enabled);
+    unsigned col;
+    char msg[128];
+    mp_str(mp_get(rule, "condition"), &cs);
+    if ((rc = cond_compile(cs.p, cs.n, &r->cond, &col, msg, sizeof msg)) == CAIRN_ENOMEM)
+        goto out;
+    if (rc)
+        r->enabled = false;
+    rc = crule_controls(s, r);
 out:
-    msgpack_unpacked_destroy(&u);
     if (rc)
         crule_deinit(r);
     return rc;
 }
 
+/* Orders rules by (tenant, id). */
+static int rule_cmp(const struct cairn_str *tenant, const struct cairn_str *id,
+                    const struct crule *r)
+{
+    size_t tn = strlen(r->tenant);
+    int c = memcmp(tenant->p, r->tenant, tenant->n < tn ? tenant->n : tn);
+    if (!c)
+        c = (tenant->n > tn) - (tenant->n < tn);
+    if (!c)
+        c = memcmp(id->p, r->id, id->n < r->idn ? id->n : r->idn);
+    if (!c)
+        c = (id->n > r->idn) - (id->n < r->idn);
+    return c;
+}
+
+/* The index of the rule, or of where it would go. */
+static size_t rule_pos(struct comp *s, const struct cairn_str *tenant, const struct cairn_str *id,
+                       bool *found)
+{
+    size_t lo = 0, hi = s->nr;
+    while (lo < hi) {
+        size_t mid = lo + (hi - lo) / 2;
+        int c = rule_cmp(tenant, id, &s->r[mid]);
+        if (!c) {
+            *found = true;
+            return mid;
+        }
+        if (c < 0)
+            hi = mid;
+        else
+            lo = mid + 1;
+    }
+    *found = false;
+    return lo;
+}
+
 static struct crule *rule_find(struct comp *s, const struct cairn_str *tenant,
                                const struct cairn_str *id)
 {
-    for (size_t i = 0; i < s->nr; i++)
-        if (str_is(tenant, s->r[i].tenant) && str_is(id, s->r[i].id))
-            return &s->r[i];
-    return NULL;
+    bool found;
+    size_t i = rule_pos(s, tenant, id, &found);
+    return found ? &s->r[i] : NULL;
 }
 
 static size_t rules_of(struct comp *s, const struct cairn_str *tenant)
@@ -265,7 +371,7 @@ static size_t rules_of(struct comp *s, const struct cairn_str *tenant)
     return n;
 }
 
-/* Adds or replaces (in place, keeping the order) the tenant's rule. */
+/* Adds or replaces the tenant's rule, keeping s->r sorted. */
 static int rule_set(struct comp *s, const struct cairn_str *tenant, const struct cairn_str *id,
                     const uint8_t *doc, size_t docn)
 {
@@ -273,10 +379,11 @@ static int rule_set(struct comp *s, const struct cairn_str *tenant, const struct
     int rc = crule_init(s, &nr, tenant, doc, docn);
     if (rc)
         return rc;
-    struct crule *old = rule_find(s, tenant, id);
-    if (old) {
-        crule_deinit(old);
-        *old = nr;
+    bool found;
+    size_t at = rule_pos(s, tenant, id, &found);
+    if (found) {
+        crule_deinit(&s->r[at]);
+        s->r[at] = nr;
         return 0;
     }
     if (s->nr == s->rcap) {
@@ -289,7 +396,9 @@ static int rule_set(struct comp *s, const struct cairn_str *tenant, const struct
         s->r = r;
         s->rcap = cap;
     }
-    s->r[s->nr++] = nr;
+    memmove(&s->r[at + 1], &s->r[at], (s->nr - at) * sizeof *s->r);
+    s->r[at] = nr;
+    s->nr++;
     return 0;
 }
 
@@ -308,12 +417,45 @@ static void comp_free(struct comp *s)
     for (size_t i = 0; i < s->nr; i++)
         crule_deinit(&s->r[i]);
     for (size_t i = 0; i < s->nc; i++)
-        free(s->c[i].tenant), free(s->c[i].fw), free(s->c[i].id);
+        free(s->c[i].tenant), free(s->c[i].fw), free(s->c[i].id), free(s->c[i].label);
     free(s->r);
     free(s->c);
     free(s->delta);
     free(s->touched);
+    cairn_buf_deinit(&s->rec);
+    cairn_buf_deinit(&s->out);
     free(s);
+}
+
+/* A state without the layout mark but with resources was written by
+ * layout 1: its results are not where this code looks, and evaluating on
+ * it would reopen every open violation. */
+static int layout_check(struct hctx *ctx, struct comp *s)
+{
+    MDB_val v;
+    int rc = hctx_get(ctx, s->meta, "layout", 6, &v);
+    if (!rc) {
+        if (v.mv_size != 4 || be32_get(v.mv_data) != LAYOUT)
+            goto old;
+        s->layout_written = true;
+        return 0;
+    }
+    if (rc != CAIRN_ENOTFOUND)
+        return rc;
+    struct hcursor *c;
+    MDB_val k;
+    if ((rc = hctx_cursor_open(ctx, s->resources, NULL, 0, &c)))
+        return rc;
+    rc = hctx_cursor_next(c, &k, &v);
+    hctx_cursor_close(c);
+    if (rc == CAIRN_ENOTFOUND)
+        return 0;
+    if (rc)
+        return rc;
+old:
+    fprintf(stderr, "cairn: the violations state has an older layout: rebuild the state from the "
+                    "log (cairn replay)\n");
+    return CAIRN_EINVAL;
 }
 
 static int comp_open(struct hctx *ctx)
@@ -322,17 +464,19 @@ static int comp_open(struct hctx *ctx)
     if (!s)
         return CAIRN_ENOMEM;
     *hctx_user(ctx) = s;
+    cairn_buf_init(&s->rec, RECORD_MAX);
+    cairn_buf_init(&s->out, RECORD_MAX);
     int rc = hctx_db(ctx, "rules", 0, &s->rules);
     if (!rc)
         rc = hctx_db(ctx, "view", 0, &s->view);
     if (!rc)
-        rc = hctx_db(ctx, "results", 0, &s->results);
-    if (!rc)
         rc = hctx_db(ctx, "resources", 0, &s->resources);
     if (!rc)
-        rc = hctx_db(ctx, "ctlres", 0, &s->ctlres);
-    if (!rc)
         rc = hctx_db(ctx, "posture", 0, &s->posture);
+    if (!rc)
+        rc = hctx_db(ctx, "meta", 0, &s->meta);
+    if (!rc)
+        rc = layout_check(ctx, s);
     struct hcursor *c;
     if (!rc)
         rc = hctx_cursor_open(ctx, s->rules, NULL, 0, &c);
@@ -412,11 +556,20 @@ static size_t ctl_key(uint8_t *k, const struct ctl *c)
     return key_make(k, &t, parts, 2);
 }
 
-/* Writes the accumulated posture changes (in touched order: deterministic). */
-static int posture_flush(struct hctx *ctx)
+/* The handler's flush: writes the posture changes accumulated over the
+ * transaction (in touched order: deterministic), and the layout mark the
+ * first time. */
+static int comp_flush(struct hctx *ctx)
 {
     struct comp *s = self(ctx);
     int rc = 0;
+    if (!s->layout_written) {
+        uint8_t v[4];
+        be32_put(v, LAYOUT);
+        if ((rc = hctx_put(ctx, s->meta, "layout", 6, v, 4)))
+            return rc;
+        s->layout_written = true;
+    }
     for (size_t i = 0; i < s->ntouched && !rc; i++) {
         int c = s->touched[i];
         uint8_t k[512], val[16];
@@ -443,38 +596,48 @@ static int posture_flush(struct hctx *ctx)
     return rc;
 }
 
-/* The resource's result for one rule moved from `from` to `to`: update the
- * resource's per-control counts and, when its control state changes, the
- * control's posture. */
-static int ctlres_move(struct hctx *ctx, const struct crule *r, const uint8_t rk[16], enum res from,
-                       enum res to)
+/* One rule's result on one resource, before and after an input. */
+struct rres {
+    const struct crule *r;
+    enum res old, now;
+    bool budget; /* the evaluation ran out of steps (recorded in the violation) */
+};
+
+static enum res ctl_state(const struct rres *rr, size_t n, int ctl, bool after)
 {
-    struct comp *s = self(ctx);
+    enum res st = R_NONE;
+    for (size_t i = 0; i < n && st != R_FAIL; i++)
+        for (size_t j = 0; j < rr[i].r->nctl; j++)
+            if (rr[i].r->ctl[j] == ctl) {
+                enum res v = after ? rr[i].now : rr[i].old;
+                st = v == R_FAIL ? R_FAIL : v == R_PASS ? R_PASS : st;
+                break;
+            }
+    return st;
+}
+
+/* The resource's results moved from .old to .now (rr: every result the
+ * resource has, before or after): move its state in each control of the
+ * rules that changed. */
+static int posture_move(struct comp *s, const struct rres *rr, size_t n)
+{
     int rc = 0;
-    for (size_t i = 0; i < r->nctl && !rc; i++) {
-        uint8_t k[512], val[8];
-        size_t kn = ctl_key(k, &s->c[r->ctl[i]]);
-        k[kn++] = 0;
-        memcpy(k + kn, rk, 16);
-        kn += 16;
-        MDB_val v;
-        uint32_t np = 0, nf = 0;
-        rc = hctx_get(ctx, s->ctlres, k, kn, &v);
-        if (rc && rc != CAIRN_ENOTFOUND)
-            return rc;
-        if (!rc && v.mv_size == 8) {
-            np = (uint32_t)(cairn_be64_get(v.mv_data) >> 32);
-            nf = (uint32_t)cairn_be64_get(v.mv_data);
+    for (size_t i = 0; i < n && !rc; i++) {
+        if (rr[i].old == rr[i].now)
+            continue;
+        for (size_t j = 0; j < rr[i].r->nctl && !rc; j++) {
+            int c = rr[i].r->ctl[j];
+            bool done = false; /* by an earlier changed rule of the same control */
+            for (size_t e = 0; e < i && !done; e++)
+                for (size_t f = 0; rr[e].old != rr[e].now && f < rr[e].r->nctl && !done; f++)
+                    done = rr[e].r->ctl[f] == c;
+            if (done)
+                continue;
+            enum res before = ctl_state(rr, n, c, false), after = ctl_state(rr, n, c, true);
+            if (before != after)
+                rc = delta_add(s, c, (after == R_PASS) - (before == R_PASS),
+                               (after == R_FAIL) - (before == R_FAIL));
         }
-        enum res before = nf ? R_FAIL : np ? R_PASS : R_NONE;
-        np -= from == R_PASS, nf -= from == R_FAIL;
-        np += to == R_PASS, nf += to == R_FAIL;
-        enum res after = nf ? R_FAIL : np ? R_PASS : R_NONE;
-        cairn_be64_put(val, (uint64_t)np << 32 | nf);
-        rc = np || nf ? hctx_put(ctx, s->ctlres, k, kn, val, 8) : hctx_del(ctx, s->ctlres, k, kn);
-        if (!rc && before != after)
-            rc = delta_add(s, r->ctl[i], (after == R_PASS) - (before == R_PASS),
-                           (after == R_FAIL) - (before == R_FAIL));
     }
     return rc;
 }
@@ -497,12 +660,8 @@ static void write_controls(struct mpw *w, const struct comp *s, const struct cru
 {
     mpw_str(w, "controls");
     msgpack_pack_array(&w->pk, (uint32_t)r->nctl);
-    for (size_t i = 0; i < r->nctl; i++) {
-        char buf[256];
-        const struct ctl *c = &s->c[r->ctl[i]];
-        snprintf(buf, sizeof buf, "%s:%s", c->fw, c->id);
-        mpw_str(w, buf);
-    }
+    for (size_t i = 0; i < r->nctl; i++)
+        mpw_str(w, s->c[r->ctl[i]].label);
 }
 
 static void write_failed(struct mpw *w, const struct crule *r, const struct resource *res,
@@ -537,7 +696,7 @@ static int violation_open(struct hctx *ctx, const struct event *ev, const struct
 {
     struct comp *s = self(ctx);
     char vid[33];
-    violation_id(r->id, res->rk, vid);
+    violation_id(r, res->rk, vid);
     uint8_t k[1 + CAIRN_TENANT_MAX + 64];
     size_t kn = hkey_make(k, sizeof k, &ev->tenant, &(struct cairn_str){vid, 32});
     int64_t times = 0;
@@ -552,10 +711,6 @@ static int violation_open(struct hctx *ctx, const struct event *ev, const struct
             mp_i64(mp_get(&u.data, "times_opened"), &times);
         msgpack_unpacked_destroy(&u);
     }
-    msgpack_unpacked ru;
-    msgpack_unpacked_init(&ru);
-    msgpack_unpack_next(&ru, (const char *)r->doc, r->docn, NULL);
-    const msgpack_object *rule = mp_get(&ru.data, "rule");
     struct cairn_buf b;
     struct mpw w;
     cairn_buf_init(&b, CAIRN_PAYLOAD_MAX_CEILING);
@@ -571,9 +726,9 @@ static int violation_open(struct hctx *ctx, const struct event *ev, const struct
     mpw_kv_str(&w, "resource_type", &res->type);
     mpw_kv_str(&w, "account", &res->account);
     mpw_kv_str(&w, "region", &res->region);
-    mpw_kv_obj(&w, "frameworks", mp_get(rule, "frameworks"));
+    mpw_kv_obj(&w, "frameworks", r->frameworks);
     write_controls(&w, s, r);
-    mpw_kv_obj(&w, "remediation", mp_get(rule, "remediation"));
+    mpw_kv_obj(&w, "remediation", r->remediation);
     write_failed(&w, r, res, budget);
     mpw_kv_time(&w, "opened_at", ev->time);
     mpw_kv_u64(&w, "opened_seq", ev->seq);
@@ -582,7 +737,6 @@ static int violation_open(struct hctx *ctx, const struct event *ev, const struct
     mpw_kv_cstr(&w, "resolution", NULL);
     mpw_kv_i64(&w, "times_opened", times + 1);
     rc = mpw_finish(&w);
-    msgpack_unpacked_destroy(&ru);
     if (!rc)
         rc = hctx_put(ctx, s->view, k, kn, b.data, b.len);
     if (!rc)
@@ -599,7 +753,7 @@ static int violation_resolve(struct hctx *ctx, const struct event *ev, const str
 {
     struct comp *s = self(ctx);
     char vid[33];
-    violation_id(r->id, rk, vid);
+    violation_id(r, rk, vid);
     uint8_t k[1 + CAIRN_TENANT_MAX + 64];
     size_t kn = hkey_make(k, sizeof k, &ev->tenant, &(struct cairn_str){vid, 32});
     MDB_val v;
@@ -666,81 +820,237 @@ static int violation_resolve(struct hctx *ctx, const struct event *ev, const str
     return rc;
 }
 
-/* One (rule, resource) result changes from `from` to `to` (R_NONE: the
- * result is dropped). res is NULL unless `to` is R_FAIL. */
-static int result_move(struct hctx *ctx, const struct event *ev, const struct crule *r,
-                       const uint8_t rk[16], enum res from, enum res to, const struct resource *res,
-                       bool budget, const char *reason)
+/* Applies a resource's result changes: posture, then, in rule order, a
+ * violation opened for each new failure (res is needed only then) and one
+ * resolved (with reason) for each failure that ended. */
+static int results_apply(struct hctx *ctx, const struct event *ev, const struct rres *rr, size_t n,
+                         const uint8_t rk[16], const struct resource *res, const char *reason)
 {
-    struct comp *s = self(ctx);
-    uint8_t k[512];
-    struct cairn_str parts[2] = {{r->id, strlen(r->id)}, {(const char *)rk, 16}};
-    size_t kn = key_make(k, &ev->tenant, parts, 2);
-    uint8_t val = (uint8_t)to;
-    int rc =
-        to == R_NONE ? hctx_del(ctx, s->results, k, kn) : hctx_put(ctx, s->results, k, kn, &val, 1);
-    if (!rc)
-        rc = ctlres_move(ctx, r, rk, from, to);
-    if (!rc && to == R_FAIL && from != R_FAIL)
-        rc = violation_open(ctx, ev, r, res, budget);
-    if (!rc && from == R_FAIL && to != R_FAIL)
-        rc = violation_resolve(ctx, ev, r, rk, reason);
+    int rc = posture_move(self(ctx), rr, n);
+    for (size_t i = 0; i < n && !rc; i++) {
+        if (rr[i].now == R_FAIL && rr[i].old != R_FAIL) {
+            assert(res);
+            rc = violation_open(ctx, ev, rr[i].r, res, rr[i].budget);
+        } else if (rr[i].old == R_FAIL && rr[i].now != R_FAIL) {
+            rc = violation_resolve(ctx, ev, rr[i].r, rk, reason);
+        }
+    }
     return rc;
 }
 
-static int result_get(struct hctx *ctx, const struct cairn_str *tenant, const struct crule *r,
-                      const uint8_t rk[16], enum res *out)
+/* ====================================================================== resource records */
+
+/* A resources value, decoded from a copy (it outlives writes to the DBI). */
+struct rec {
+    struct cairn_str id, type, account, region, mark;
+    const msgpack_object *results; /* rule_id -> "P" | "F" (NULL: none) */
+    msgpack_unpacked u;
+};
+
+/* Decodes the value at p (which the caller keeps alive while rec is used). */
+static int rec_decode(struct rec *rc, const uint8_t *p, size_t n)
+{
+    memset(rc, 0, sizeof *rc);
+    msgpack_unpacked_init(&rc->u);
+    if (msgpack_unpack_next(&rc->u, (const char *)p, n, NULL) != MSGPACK_UNPACK_SUCCESS ||
+        rc->u.data.type != MSGPACK_OBJECT_MAP)
+        return CAIRN_ECORRUPT;
+    const msgpack_object *d = &rc->u.data;
+    mp_str(mp_get(d, "resource_id"), &rc->id);
+    mp_str(mp_get(d, "resource_type"), &rc->type);
+    mp_str(mp_get(d, "account"), &rc->account);
+    mp_str(mp_get(d, "region"), &rc->region);
+    mp_str(mp_get(d, "scan"), &rc->mark);
+    rc->results = mp_get(d, "results");
+    if (rc->results && rc->results->type != MSGPACK_OBJECT_MAP)
+        rc->results = NULL;
+    return 0;
+}
+
+static enum res rec_result(const struct rec *rc, const struct crule *r)
+{
+    for (uint32_t i = 0; rc->results && i < rc->results->via.map.size; i++) {
+        const msgpack_object_kv *kv = &rc->results->via.map.ptr[i];
+        struct cairn_str id, v;
+        if (mp_str(&kv->key, &id) && str_eq(&id, r->id, r->idn) && mp_str(&kv->val, &v) && v.n == 1)
+            return v.p[0] == 'F' ? R_FAIL : v.p[0] == 'P' ? R_PASS : R_NONE;
+    }
+    return R_NONE;
+}
+
+/* Every stored result of the record, with .now = .old (the tenant's rules
+ * they name; a name no rule has, impossible while the invariant holds, is
+ * skipped). Returns the count. */
+static size_t rec_results(struct comp *s, const struct cairn_str *tenant, const struct rec *rc,
+                          struct rres *rr)
+{
+    size_t n = 0;
+    for (uint32_t i = 0; rc->results && i < rc->results->via.map.size && n < RULES_PER_TYPE_MAX;
+         i++) {
+        struct cairn_str id;
+        const struct crule *r;
+        if (!mp_str(&rc->results->via.map.ptr[i].key, &id) || !(r = rule_find(s, tenant, &id)))
+            continue;
+        rr[n] = (struct rres){r, rec_result(rc, r), R_NONE, false};
+        rr[n].now = rr[n].old;
+        n++;
+    }
+    return n;
+}
+
+/* Writes the record with the results rr[].now (R_NONE left out). */
+static int rec_put(struct hctx *ctx, const uint8_t *k, size_t kn, const struct rec *f,
+                   const struct rres *rr, size_t n)
 {
     struct comp *s = self(ctx);
-    uint8_t k[512];
-    struct cairn_str parts[2] = {{r->id, strlen(r->id)}, {(const char *)rk, 16}};
-    size_t kn = key_make(k, tenant, parts, 2);
-    MDB_val v;
-    int rc = hctx_get(ctx, s->results, k, kn, &v);
-    *out = rc == 0 && v.mv_size == 1 ? (enum res)((uint8_t *)v.mv_data)[0] : R_NONE;
+    struct mpw w;
+    cairn_buf_reset(&s->out);
+    mpw_init(&w, &s->out);
+    uint32_t kept = 0;
+    for (size_t i = 0; i < n; i++)
+        kept += rr[i].now != R_NONE;
+    msgpack_pack_map(&w.pk, 6);
+    mpw_kv_str(&w, "resource_id", &f->id);
+    mpw_kv_str(&w, "resource_type", &f->type);
+    mpw_kv_str(&w, "account", &f->account);
+    mpw_kv_str(&w, "region", &f->region);
+    mpw_kv_str(&w, "scan", &f->mark);
+    mpw_str(&w, "results");
+    msgpack_pack_map(&w.pk, kept);
+    for (size_t i = 0; i < n; i++)
+        if (rr[i].now != R_NONE) {
+            mpw_strn(&w, &(struct cairn_str){rr[i].r->id, rr[i].r->idn});
+            mpw_str(&w, rr[i].now == R_FAIL ? "F" : "P");
+        }
+    int rc = mpw_finish(&w);
+    return rc ? rc : hctx_put(ctx, s->resources, k, kn, s->out.data, s->out.len);
+}
+
+/* Copies the values of the records under prefix that `pick` selects into
+ * *buf (key then value, each u32-length-prefixed), deleting them when del. */
+static int collect(struct hctx *ctx, const uint8_t *pre, size_t pn, bool del,
+                   bool (*pick)(const MDB_val *k, const MDB_val *v, const void *arg),
+                   const void *arg, struct cairn_buf *buf)
+{
+    struct hcursor *c;
+    int rc = hctx_cursor_open(ctx, self(ctx)->resources, pre, pn, &c);
+    MDB_val k, v;
+    while (!rc && !(rc = hctx_cursor_next(c, &k, &v))) {
+        if (!pick(&k, &v, arg))
+            continue;
+        uint8_t l[8];
+        be32_put(l, (uint32_t)k.mv_size);
+        be32_put(l + 4, (uint32_t)v.mv_size);
+        if (cairn_buf_append(buf, l, 8) || cairn_buf_append(buf, k.mv_data, k.mv_size) ||
+            cairn_buf_append(buf, v.mv_data, v.mv_size))
+            rc = CAIRN_ENOMEM;
+        else if (del)
+            rc = hctx_cursor_del(c);
+    }
+    hctx_cursor_close(c);
     return rc == CAIRN_ENOTFOUND ? 0 : rc;
+}
+
+/* Iterates what collect gathered: the next key and value at *off (advanced). */
+static bool collected_next(const struct cairn_buf *b, size_t *off, MDB_val *k, MDB_val *v)
+{
+    if (*off + 8 > b->len)
+        return false;
+    k->mv_size = be32_get(b->data + *off);
+    v->mv_size = be32_get(b->data + *off + 4);
+    k->mv_data = b->data + *off + 8;
+    v->mv_data = (uint8_t *)k->mv_data + k->mv_size;
+    *off += 8 + k->mv_size + v->mv_size;
+    return true;
+}
+
+/* What collect gathered, sorted by rk (the key's last 16 bytes): the order
+ * a rule's results are cleared and resolved in — the order of the first
+ * layout's per-rule index (T | rule_id 00 | rk), kept so the derived
+ * events of a rule change did not change with the layout. */
+struct held {
+    MDB_val k, v;
+};
+
+static int held_cmp(const void *a, const void *b)
+{
+    const MDB_val *x = &((const struct held *)a)->k, *y = &((const struct held *)b)->k;
+    int c = memcmp((const uint8_t *)x->mv_data + x->mv_size - 16,
+                   (const uint8_t *)y->mv_data + y->mv_size - 16, 16);
+    return c ? c : (x->mv_data > y->mv_data) - (x->mv_data < y->mv_data);
+}
+
+static int collected_sort(const struct cairn_buf *b, struct held **out, size_t *n)
+{
+    size_t off = 0, cap = 0;
+    MDB_val k, v;
+    *out = NULL;
+    *n = 0;
+    while (collected_next(b, &off, &k, &v)) {
+        if (k.mv_size < 16)
+            continue; /* not a record key (collect's prefix is the tenant's) */
+        if (*n == cap) {
+            cap = cap ? 2 * cap : 64;
+            struct held *m = realloc(*out, cap * sizeof *m);
+            if (!m)
+                return CAIRN_ENOMEM;
+            *out = m;
+        }
+        (*out)[(*n)++] = (struct held){k, v};
+    }
+    if (*n)
+        qsort(*out, *n, sizeof **out, held_cmp);
+    return 0;
 }
 
 /* ====================================================================== rules */
 
+static bool has_result_of(const MDB_val *k, const MDB_val *v, const void *arg)
+{
+    (void)k;
+    struct rec rc;
+    bool has = !rec_decode(&rc, v->mv_data, v->mv_size) && rec_result(&rc, arg) != R_NONE;
+    msgpack_unpacked_destroy(&rc.u);
+    return has;
+}
+
 /* Drops every result of the rule (resolving its open violations): the rule
- * was disabled, deleted, or changed what it evaluates. */
+ * was disabled, deleted, or changed what it evaluates. Walks the tenant's
+ * resources (there is no per-rule index: see the top of the file). */
 static int rule_clear(struct hctx *ctx, const struct event *ev, const struct crule *r,
                       const char *reason)
 {
     struct comp *s = self(ctx);
-    uint8_t pre[512];
-    struct cairn_str parts[2] = {{r->id, strlen(r->id)}, {"", 0}};
-    size_t pn = key_make(pre, &ev->tenant, parts, 2);
-    struct hcursor *c;
-    int rc = hctx_cursor_open(ctx, s->results, pre, pn, &c);
-    if (rc)
-        return rc;
-    /* Collect first: result_move writes to the DBI the cursor walks. */
-    uint8_t(*rks)[17] = NULL;
-    size_t n = 0, cap = 0;
-    MDB_val k, v;
-    while (!(rc = hctx_cursor_next(c, &k, &v))) {
-        if (k.mv_size != pn + 16 || v.mv_size != 1)
-            continue;
-        if (n == cap) {
-            cap = cap ? 2 * cap : 256;
-            void *m = realloc(rks, cap * sizeof *rks);
-            if (!m) {
-                rc = CAIRN_ENOMEM;
-                break;
-            }
-            rks = m;
+    uint8_t pre[1 + CAIRN_TENANT_MAX];
+    size_t pn = hkey_make(pre, sizeof pre, &ev->tenant, &(struct cairn_str){"", 0});
+    struct cairn_buf got;
+    cairn_buf_init(&got, COLLECT_MAX);
+    struct rres *rr = malloc(RULES_PER_TYPE_MAX * sizeof *rr);
+    int rc = rr ? collect(ctx, pre, pn, false, has_result_of, r, &got) : CAIRN_ENOMEM;
+    struct held *h = NULL;
+    size_t nh = 0;
+    if (!rc)
+        rc = collected_sort(&got, &h, &nh);
+    for (size_t j = 0; !rc && j < nh; j++) {
+        MDB_val k = h[j].k, v = h[j].v;
+        struct rec f;
+        if ((rc = rec_decode(&f, v.mv_data, v.mv_size))) {
+            msgpack_unpacked_destroy(&f.u);
+            break;
         }
-        memcpy(rks[n], (uint8_t *)k.mv_data + pn, 16);
-        rks[n++][16] = ((uint8_t *)v.mv_data)[0];
+        size_t n = rec_results(s, &ev->tenant, &f, rr);
+        for (size_t i = 0; i < n; i++)
+            if (rr[i].r == r)
+                rr[i].now = R_NONE;
+        const uint8_t *rk = (const uint8_t *)k.mv_data + k.mv_size - 16;
+        rc = results_apply(ctx, ev, rr, n, rk, NULL, reason);
+        if (!rc)
+            rc = rec_put(ctx, k.mv_data, k.mv_size, &f, rr, n);
+        msgpack_unpacked_destroy(&f.u);
     }
-    hctx_cursor_close(c);
-    if (rc == CAIRN_ENOTFOUND)
-        rc = 0;
-    for (size_t i = 0; i < n && !rc; i++)
-        rc = result_move(ctx, ev, r, rks[i], (enum res)rks[i][16], R_NONE, NULL, false, reason);
-    free(rks);
+    free(h);
+    free(rr);
+    cairn_buf_deinit(&got);
     return rc;
 }
 
@@ -825,28 +1135,26 @@ struct scan {
     struct cairn_str account, region, marker;
     uint8_t ar[8];
     char seqmark[32];
-    struct crule **rules; /* the tenant's enabled rules */
+    struct crule **rules; /* the tenant's enabled rules, in rule order */
     size_t nrules;
+    struct rres *rr; /* scratch: RULES_PER_TYPE_MAX */
 };
 
 /* Every result of a resource that is gone is dropped (violations resolve). */
 static int resource_gone(struct hctx *ctx, const struct event *ev, const struct scan *sc,
-                         const struct cairn_str *type, const uint8_t rk[16])
+                         const struct rec *f, const uint8_t rk[16])
 {
-    int rc = 0;
-    for (size_t i = 0; i < sc->nrules && !rc; i++) {
-        const struct crule *r = sc->rules[i];
-        enum res old;
-        if (!str_is(type, r->type))
-            continue;
-        if (!(rc = result_get(ctx, &ev->tenant, r, rk, &old)) && old != R_NONE)
-            rc = result_move(ctx, ev, r, rk, old, R_NONE, NULL, false, "resource_gone");
-    }
-    return rc;
+    size_t n = rec_results(self(ctx), &ev->tenant, f, sc->rr);
+    for (size_t i = 0; i < n; i++)
+        sc->rr[i].now = R_NONE;
+    return results_apply(ctx, ev, sc->rr, n, rk, NULL, "resource_gone");
 }
 
-static int resource_record(struct hctx *ctx, const struct event *ev, const struct scan *sc,
-                           const struct resource *res)
+/* One discovered resource: its record (a new type drops the old type's
+ * results first), then every enabled rule of its type, evaluated. The
+ * record is rewritten only when something in it changed. */
+static int resource_scan(struct hctx *ctx, const struct event *ev, const struct scan *sc,
+                         const struct resource *res)
 {
     struct comp *s = self(ctx);
     uint8_t k[1 + CAIRN_TENANT_MAX + 24];
@@ -858,109 +1166,77 @@ static int resource_record(struct hctx *ctx, const struct event *ev, const struc
     int rc = hctx_get(ctx, s->resources, k, kn, &v);
     if (rc && rc != CAIRN_ENOTFOUND)
         return rc;
-    if (!rc) {
-        msgpack_unpacked u;
-        msgpack_unpacked_init(&u);
-        struct cairn_str otype = {"", 0}, omark = {"", 0};
-        if (msgpack_unpack_next(&u, v.mv_data, v.mv_size, NULL) == MSGPACK_UNPACK_SUCCESS) {
-            mp_str(mp_get(&u.data, "resource_type"), &otype);
-            mp_str(mp_get(&u.data, "scan"), &omark);
-        }
-        bool same_type = otype.n == res->type.n && !memcmp(otype.p, res->type.p, otype.n);
-        bool same = same_type && omark.n == sc->marker.n && !memcmp(omark.p, sc->marker.p, omark.n);
-        char tbuf[160];
-        struct cairn_str ot = {tbuf, otype.n < sizeof tbuf ? otype.n : 0};
-        memcpy(tbuf, otype.p, ot.n);
-        msgpack_unpacked_destroy(&u);
-        if (same)
-            return 0;
-        if (!same_type && (rc = resource_gone(ctx, ev, sc, &ot, res->rk)))
-            return rc;
+    bool found = !rc, same_type = false, changed = true;
+    struct rec old;
+    msgpack_unpacked_init(&old.u);
+    if (found) {
+        msgpack_unpacked_destroy(&old.u);
+        cairn_buf_reset(&s->rec);
+        if (cairn_buf_append(&s->rec, v.mv_data, v.mv_size))
+            return CAIRN_ENOMEM;
+        if ((rc = rec_decode(&old, s->rec.data, s->rec.len)))
+            goto out;
+        same_type = str_eq(&old.type, res->type.p, res->type.n);
+        changed = !same_type || !str_eq(&old.mark, sc->marker.p, sc->marker.n);
+        if (!same_type && (rc = resource_gone(ctx, ev, sc, &old, res->rk)))
+            goto out;
     }
-    struct cairn_buf b;
-    struct mpw w;
-    cairn_buf_init(&b, 4096);
-    mpw_init(&w, &b);
-    msgpack_pack_map(&w.pk, 5);
-    mpw_kv_str(&w, "resource_id", &res->id);
-    mpw_kv_str(&w, "resource_type", &res->type);
-    mpw_kv_str(&w, "account", &sc->account);
-    mpw_kv_str(&w, "region", &sc->region);
-    mpw_kv_str(&w, "scan", &sc->marker);
-    rc = mpw_finish(&w);
-    if (!rc)
-        rc = hctx_put(ctx, s->resources, k, kn, b.data, b.len);
-    cairn_buf_deinit(&b);
+    size_t n = 0;
+    for (size_t i = 0; i < sc->nrules; i++) {
+        const struct crule *r = sc->rules[i];
+        if (!str_eq(&res->type, r->type, r->typen))
+            continue;
+        struct rres *x = &sc->rr[n++];
+        *x = (struct rres){r, same_type ? rec_result(&old, r) : R_NONE, R_NONE, false};
+        x->now = cond_eval(r->cond, res->attrs, ev->time, NULL, &x->budget) ? R_PASS : R_FAIL;
+        changed |= x->now != x->old;
+    }
+    rc = results_apply(ctx, ev, sc->rr, n, res->rk, res, "compliant");
+    struct rec now = {.id = res->id,
+                      .type = res->type,
+                      .account = sc->account,
+                      .region = sc->region,
+                      .mark = sc->marker};
+    if (!rc && changed)
+        rc = rec_put(ctx, k, kn, &now, sc->rr, n);
+out:
+    msgpack_unpacked_destroy(&old.u);
     return rc;
 }
 
-static int evaluate(struct hctx *ctx, const struct event *ev, const struct scan *sc,
-                    const struct resource *res)
+struct stale_arg {
+    const struct scan *sc;
+    size_t pn; /* tlen|tenant|ar: a record's key is that and rk */
+};
+
+static bool stale(const MDB_val *k, const MDB_val *v, const void *arg)
 {
-    int rc = 0;
-    for (size_t i = 0; i < sc->nrules && !rc; i++) {
-        const struct crule *r = sc->rules[i];
-        if (!str_is(&res->type, r->type))
-            continue;
-        bool budget = false;
-        enum res now = cond_eval(r->cond, res->attrs, ev->time, NULL, &budget) ? R_PASS : R_FAIL;
-        enum res old;
-        if (!(rc = result_get(ctx, &ev->tenant, r, res->rk, &old)) && old != now)
-            rc = result_move(ctx, ev, r, res->rk, old, now, res, budget, "compliant");
-    }
-    return rc;
+    const struct stale_arg *a = arg;
+    struct rec f;
+    bool st = k->mv_size == a->pn + 16 && !rec_decode(&f, v->mv_data, v->mv_size) &&
+              !str_eq(&f.mark, a->sc->marker.p, a->sc->marker.n);
+    msgpack_unpacked_destroy(&f.u);
+    return st;
 }
 
 /* A complete scan: resources of the account/region it did not list are gone. */
 static int sweep(struct hctx *ctx, const struct event *ev, const struct scan *sc)
 {
-    struct comp *s = self(ctx);
     uint8_t pre[1 + CAIRN_TENANT_MAX + 8];
     struct cairn_str parts[1] = {{(const char *)sc->ar, 8}};
     size_t pn = key_make(pre, &ev->tenant, parts, 1);
-    struct gone {
-        uint8_t rk[16];
-        char type[129];
-    } *g = NULL;
-    size_t n = 0, cap = 0;
-    struct hcursor *c;
-    int rc = hctx_cursor_open(ctx, s->resources, pre, pn, &c);
+    struct cairn_buf got;
+    cairn_buf_init(&got, COLLECT_MAX);
+    int rc = collect(ctx, pre, pn, true, stale, &(struct stale_arg){sc, pn}, &got);
+    size_t off = 0;
     MDB_val k, v;
-    while (!rc && !(rc = hctx_cursor_next(c, &k, &v))) {
-        msgpack_unpacked u;
-        msgpack_unpacked_init(&u);
-        struct cairn_str mark = {"", 0}, type = {"", 0};
-        if (k.mv_size == pn + 16 &&
-            msgpack_unpack_next(&u, v.mv_data, v.mv_size, NULL) == MSGPACK_UNPACK_SUCCESS) {
-            mp_str(mp_get(&u.data, "scan"), &mark);
-            mp_str(mp_get(&u.data, "resource_type"), &type);
-        }
-        bool stale = k.mv_size == pn + 16 &&
-                     (mark.n != sc->marker.n || memcmp(mark.p, sc->marker.p, mark.n));
-        if (stale && n == cap) {
-            cap = cap ? 2 * cap : 64;
-            void *m = realloc(g, cap * sizeof *g);
-            if (!m)
-                rc = CAIRN_ENOMEM;
-            else
-                g = m;
-        }
-        if (!rc && stale) {
-            memcpy(g[n].rk, (uint8_t *)k.mv_data + pn, 16);
-            snprintf(g[n].type, sizeof g[n].type, "%.*s", (int)type.n, type.p);
-            n++;
-            rc = hctx_cursor_del(c);
-        }
-        msgpack_unpacked_destroy(&u);
+    while (!rc && collected_next(&got, &off, &k, &v)) {
+        struct rec f;
+        if (!(rc = rec_decode(&f, v.mv_data, v.mv_size)))
+            rc = resource_gone(ctx, ev, sc, &f, (const uint8_t *)k.mv_data + k.mv_size - 16);
+        msgpack_unpacked_destroy(&f.u);
     }
-    hctx_cursor_close(c);
-    if (rc == CAIRN_ENOTFOUND)
-        rc = 0;
-    for (size_t i = 0; i < n && !rc; i++) {
-        struct cairn_str t = {g[i].type, strlen(g[i].type)};
-        rc = resource_gone(ctx, ev, sc, &t, g[i].rk);
-    }
-    free(g);
+    cairn_buf_deinit(&got);
     return rc;
 }
 
@@ -981,13 +1257,12 @@ static int on_discovery(struct hctx *ctx, const struct event *ev)
     }
     resource_keys(&sc.account, &sc.region, NULL, sc.ar, NULL);
     sc.rules = malloc((s->nr + 1) * sizeof *sc.rules);
-    if (!sc.rules)
-        return CAIRN_ENOMEM;
-    for (size_t i = 0; i < s->nr; i++)
+    sc.rr = malloc(RULES_PER_TYPE_MAX * sizeof *sc.rr);
+    int rc = sc.rules && sc.rr ? 0 : CAIRN_ENOMEM;
+    for (size_t i = 0; !rc && i < s->nr; i++)
         if (s->r[i].enabled && str_is(&ev->tenant, s->r[i].tenant))
             sc.rules[sc.nrules++] = &s->r[i];
-    int rc = 0;
-    for (uint32_t i = 0; i < list->via.array.size && !rc; i++) {
+    for (uint32_t i = 0; !rc && i < list->via.array.size; i++) {
         const msgpack_object *o = &list->via.array.ptr[i];
         struct resource res = {.account = sc.account, .region = sc.region};
         if (!mp_str(mp_get(o, "resource_id"), &res.id) ||
@@ -996,29 +1271,24 @@ static int on_discovery(struct hctx *ctx, const struct event *ev)
             continue;
         res.attrs = mp_get(o, "attributes");
         resource_keys(&sc.account, &sc.region, &res.id, NULL, res.rk);
-        rc = resource_record(ctx, ev, &sc, &res);
-        if (!rc)
-            rc = evaluate(ctx, ev, &sc, &res);
+        rc = resource_scan(ctx, ev, &sc, &res);
     }
     if (!rc && complete)
         rc = sweep(ctx, ev, &sc);
     free(sc.rules);
+    free(sc.rr);
     return rc;
 }
 
 static int comp_apply(struct hctx *ctx, const struct event *ev)
 {
-    int rc;
     if (str_is(&ev->type, "discovery"))
-        rc = on_discovery(ctx, ev);
-    else if (str_is(&ev->type, "rule.define"))
-        rc = on_rule_define(ctx, ev);
-    else if (str_is(&ev->type, "rule.delete"))
-        rc = on_rule_delete(ctx, ev);
-    else
-        return 0;
-    int frc = posture_flush(ctx);
-    return rc ? rc : frc;
+        return on_discovery(ctx, ev);
+    if (str_is(&ev->type, "rule.define"))
+        return on_rule_define(ctx, ev);
+    if (str_is(&ev->type, "rule.delete"))
+        return on_rule_delete(ctx, ev);
+    return 0;
 }
 
 /* ====================================================================== routes */
@@ -1037,4 +1307,5 @@ const struct handler violations_handler = {
     .close = comp_close,
     .view = "view",
     .routes = violations_routes,
+    .flush = comp_flush,
 };
