@@ -50,7 +50,7 @@ static int page(struct hread *rd, const char *name, match_fn match, struct cairn
         char *end;
         unsigned long long l = strtoull(buf, &end, 10);
         if (end == buf || *end || buf[0] == '-' || l > PAGE_MAX)
-            return bad(e, "limit", "limit must be an integer in [0, 1000]");
+            return bad(e, "limit", "limit must be an integer in 0..1000");
         limit = l ? l : PAGE_DEFAULT;
     }
     uint8_t prefix[1 + CAIRN_TENANT_MAX], start[512];
