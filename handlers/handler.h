@@ -28,6 +28,7 @@
 #include "common.h"
 
 #include <msgpack.h>
+#include <string.h>
 
 #define HANDLER_VERSION 1
 
@@ -203,5 +204,120 @@ void mpw_kv_time(struct mpw *w, const char *k, int64_t ns);             /* RFC 3
 void mpw_kv_obj(struct mpw *w, const char *k, const msgpack_object *o); /* nil if NULL */
 void mpw_obj(struct mpw *w, const msgpack_object *o);
 int mpw_finish(struct mpw *w);
+/* Appends bytes that already are msgpack (a value packed earlier). */
+void mpw_raw(struct mpw *w, const void *p, size_t n);
+
+/* ====================================================================== direct packing */
+
+/* Writers of msgpack straight into memory the caller reserved beforehand
+ * (cairn_buf_reserve of an upper bound of the document), for the hot
+ * paths that pack a whole document at once: no bounds check and no
+ * callback per token. Each returns the position after what it wrote.
+ * The encodings are msgpack-c's (smallest header, str8 on), so a
+ * document packed either way has the same bytes (the digest relies on
+ * it). Upper bounds: MPD_HDR_MAX per header or scalar, MPD_TIME_MAX per
+ * time. */
+#define MPD_HDR_MAX 9
+#define MPD_TIME_MAX 48
+
+static inline uint8_t *mpd_be(uint8_t *o, uint8_t tag, uint64_t v, int bytes)
+{
+    *o++ = tag;
+    for (int i = bytes - 1; i >= 0; i--)
+        *o++ = (uint8_t)(v >> (8 * i));
+    return o;
+}
+
+static inline uint8_t *mpd_map(uint8_t *o, uint32_t n)
+{
+    if (n < 16) {
+        *o++ = (uint8_t)(0x80 | n);
+        return o;
+    }
+    return n < 65536 ? mpd_be(o, 0xde, n, 2) : mpd_be(o, 0xdf, n, 4);
+}
+
+static inline uint8_t *mpd_array(uint8_t *o, uint32_t n)
+{
+    if (n < 16) {
+        *o++ = (uint8_t)(0x90 | n);
+        return o;
+    }
+    return n < 65536 ? mpd_be(o, 0xdc, n, 2) : mpd_be(o, 0xdd, n, 4);
+}
+
+static inline uint8_t *mpd_str_hdr(uint8_t *o, size_t n)
+{
+    if (n < 32) {
+        *o++ = (uint8_t)(0xa0 | n);
+        return o;
+    }
+    if (n < 256)
+        return mpd_be(o, 0xd9, n, 1);
+    return n < 65536 ? mpd_be(o, 0xda, n, 2) : mpd_be(o, 0xdb, n, 4);
+}
+
+static inline uint8_t *mpd_raw(uint8_t *o, const void *p, size_t n)
+{
+    if (n)
+        memcpy(o, p, n);
+    return o + n;
+}
+
+static inline uint8_t *mpd_strn(uint8_t *o, const char *s, size_t n)
+{
+    return mpd_raw(mpd_str_hdr(o, n), s, n);
+}
+
+/* A string key given as a literal: mpd_key(o, "last_seq"). */
+#define mpd_key(o, lit) mpd_strn((o), (lit), sizeof(lit) - 1)
+
+static inline uint8_t *mpd_u64(uint8_t *o, uint64_t v)
+{
+    if (v < 128) {
+        *o++ = (uint8_t)v;
+        return o;
+    }
+    if (v < 256)
+        return mpd_be(o, 0xcc, v, 1);
+    if (v < 65536)
+        return mpd_be(o, 0xcd, v, 2);
+    return v < (1ull << 32) ? mpd_be(o, 0xce, v, 4) : mpd_be(o, 0xcf, v, 8);
+}
+
+static inline uint8_t *mpd_i64(uint8_t *o, int64_t v)
+{
+    if (v >= -32) /* msgpack-c packs non-negative values unsigned */
+        return v < 0 ? (*o = (uint8_t)(int8_t)v, o + 1) : mpd_u64(o, (uint64_t)v);
+    if (v >= -128)
+        return mpd_be(o, 0xd0, (uint64_t)v, 1);
+    if (v >= -32768)
+        return mpd_be(o, 0xd1, (uint64_t)v, 2);
+    return v >= INT32_MIN ? mpd_be(o, 0xd2, (uint64_t)v, 4) : mpd_be(o, 0xd3, (uint64_t)v, 8);
+}
+
+static inline uint8_t *mpd_bool(uint8_t *o, bool v)
+{
+    *o = v ? 0xc3 : 0xc2;
+    return o + 1;
+}
+
+static inline uint8_t *mpd_nil(uint8_t *o)
+{
+    *o = 0xc0;
+    return o + 1;
+}
+
+/* An RFC 3339 time string (cairn_time_format), as mpw_kv_time writes it. */
+static inline uint8_t *mpd_time(uint8_t *o, int64_t ns)
+{
+    char t[MPD_TIME_MAX];
+    size_t n = cairn_time_format(ns, t, sizeof t);
+    return mpd_strn(o, t, n);
+}
+
+/* The length of the msgpack object at p (n bytes available); 0 when it
+ * is truncated or malformed. Any nesting (no recursion). */
+size_t mp_raw_len(const uint8_t *p, size_t n);
 
 #endif

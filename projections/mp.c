@@ -106,9 +106,15 @@ bool mp_bool(const msgpack_object *o, bool *out)
 static int mpw_write(void *data, const char *p, size_t n)
 {
     struct mpw *w = data;
+    struct cairn_buf *b = w->buf;
     if (w->err)
         return -1;
-    w->err = cairn_buf_append(w->buf, p, n);
+    if (b->cap - b->len >= n) { /* the usual case: room already reserved */
+        memcpy(b->data + b->len, p, n);
+        b->len += n;
+        return 0;
+    }
+    w->err = cairn_buf_append(b, p, n);
     return w->err ? -1 : 0;
 }
 
@@ -199,4 +205,79 @@ void mpw_kv_obj(struct mpw *w, const char *k, const msgpack_object *o)
 int mpw_finish(struct mpw *w)
 {
     return w->err;
+}
+
+void mpw_raw(struct mpw *w, const void *p, size_t n)
+{
+    if (n)
+        mpw_write(w, p, n);
+}
+
+/* ====================================================================== raw objects */
+
+/* The type bytes 0xc0..0xdf: the size of their length field (0xff:
+ * never used), the fixed bytes after it, and what the length counts:
+ * 0 bytes, 1 array items, 2 map pairs. */
+static const struct {
+    uint8_t lb, fixed, items;
+} raw_fmt[32] = {
+    {0, 0, 0}, {0xff, 0, 0}, {0, 0, 0}, {0, 0, 0},             /* nil, -, false, true */
+    {1, 0, 0}, {2, 0, 0},    {4, 0, 0},                        /* bin 8/16/32 */
+    {1, 1, 0}, {2, 1, 0},    {4, 1, 0},                        /* ext 8/16/32 (+ type) */
+    {0, 4, 0}, {0, 8, 0},                                      /* float 32/64 */
+    {0, 1, 0}, {0, 2, 0},    {0, 4, 0}, {0, 8, 0},             /* uint 8..64 */
+    {0, 1, 0}, {0, 2, 0},    {0, 4, 0}, {0, 8, 0},             /* int 8..64 */
+    {0, 2, 0}, {0, 3, 0},    {0, 5, 0}, {0, 9, 0}, {0, 17, 0}, /* fixext 1..16 */
+    {1, 0, 0}, {2, 0, 0},    {4, 0, 0},                        /* str 8/16/32 */
+    {2, 0, 1}, {4, 0, 1},    {2, 0, 2}, {4, 0, 2},             /* array 16/32, map 16/32 */
+};
+
+/* The object at p..end: returns its end, NULL when malformed. Containers
+ * add their items to a count of objects still to skip instead of
+ * recursing, so any nesting costs no stack. */
+static const uint8_t *raw_skip(const uint8_t *p, const uint8_t *end)
+{
+    uint64_t left = 1; /* objects still to skip */
+    while (left--) {
+        if (p >= end)
+            return NULL;
+        uint8_t t = *p++;
+        uint64_t body = 0, items = 0;
+        if (t <= 0x7f || t >= 0xe0) {
+            continue; /* fixint */
+        } else if (t <= 0x8f) {
+            items = 2u * (t & 0x0f);
+        } else if (t <= 0x9f) {
+            items = t & 0x0f;
+        } else if (t <= 0xbf) {
+            body = t & 0x1f;
+        } else {
+            unsigned lb = raw_fmt[t - 0xc0].lb;
+            uint64_t len = 0;
+            if (lb == 0xff || (size_t)(end - p) < lb)
+                return NULL;
+            for (unsigned i = 0; i < lb; i++)
+                len = len << 8 | *p++;
+            body = raw_fmt[t - 0xc0].fixed;
+            if (raw_fmt[t - 0xc0].items)
+                items = len * raw_fmt[t - 0xc0].items;
+            else
+                body += len;
+        }
+        if (body > (uint64_t)(end - p))
+            return NULL;
+        p += body;
+        /* Every object takes at least a byte: more pending than bytes
+         * left is malformed (and bounds the counter). */
+        if (left + items > (uint64_t)(end - p))
+            return NULL;
+        left += items;
+    }
+    return p;
+}
+
+size_t mp_raw_len(const uint8_t *p, size_t n)
+{
+    const uint8_t *e = raw_skip(p, p + n);
+    return e ? (size_t)(e - p) : 0;
 }

@@ -36,13 +36,6 @@ struct proj_snap {
     MDB_txn *txn;
 };
 
-/* One derived event kept for the consumers of the same input. */
-struct emitted {
-    msgpack_unpacked body;
-    size_t len;
-    uint8_t data[]; /* type | tenant | key | payload */
-};
-
 struct hctx {
     struct proj *p;
     const struct handler *h;
@@ -53,9 +46,16 @@ struct hctx {
     MDB_dbi stream;
     uint64_t stream_head;
     unsigned gen; /* stream_head is valid for this proj gen */
+    /* The derived events emitted for the current input, kept for its
+     * consumers: evs[i]'s type | tenant | key | payload bytes are at
+     * mem.data + offs[i] (pointers are set by proj_hctx_emitted, once mem
+     * stops growing); bodies[i] is decoded by proj_hctx_decode into zone. */
     struct event *evs;
-    struct emitted **mems;
+    size_t *offs;
+    msgpack_object *bodies;
     size_t nem, cap;
+    struct cairn_buf mem;
+    msgpack_zone zone;
     struct cairn_buf enc;
 };
 
@@ -184,7 +184,12 @@ int proj_hctx_new(struct proj *p, const struct handler *h, const json_t *config,
     ctx->h = h;
     ctx->config = config ? json_incref((json_t *)config) : json_object();
     cairn_buf_init(&ctx->enc, CAIRN_PAYLOAD_MAX_CEILING + 4096);
-    if (!ctx->config) {
+    /* Every emit's bytes for one input: CAIRN_EMIT_PER_EVENT_MAX events
+     * of at most a payload each would be far more than memory; the enc
+     * maximum per event is the real bound, this one only caps the sum. */
+    cairn_buf_init(&ctx->mem, (size_t)1 << 32);
+    if (!ctx->config || !msgpack_zone_init(&ctx->zone, 8192)) {
+        json_decref(ctx->config);
         free(ctx);
         return CAIRN_ENOMEM;
     }
@@ -199,9 +204,12 @@ void proj_hctx_free(struct hctx *ctx)
         return;
     proj_hctx_clear(ctx);
     free(ctx->evs);
-    free(ctx->mems);
+    free(ctx->offs);
+    free(ctx->bodies);
     json_decref(ctx->config);
     cairn_buf_deinit(&ctx->enc);
+    cairn_buf_deinit(&ctx->mem);
+    msgpack_zone_destroy(&ctx->zone);
     free(ctx);
 }
 
@@ -357,32 +365,25 @@ static bool emits_type(const struct handler *h, const char *type)
     return false;
 }
 
-static void pack_s(msgpack_packer *pk, const char *k, const char *s, size_t n)
-{
-    msgpack_pack_str_with_body(pk, k, strlen(k));
-    msgpack_pack_str_with_body(pk, s, n);
-}
-
 static int encode_derived(struct cairn_buf *b, const struct proj_derived *d)
 {
-    msgpack_packer pk;
     cairn_buf_reset(b);
-    msgpack_packer_init(&pk, b, cairn_buf_msgpack_write);
-    int rc = msgpack_pack_map(&pk, 8);
-    pack_s(&pk, "stream", d->stream.p, d->stream.n);
-    msgpack_pack_str_with_body(&pk, "dseq", 4);
-    msgpack_pack_uint64(&pk, d->dseq);
-    msgpack_pack_str_with_body(&pk, "cause", 5);
-    msgpack_pack_uint64(&pk, d->cause);
-    pack_s(&pk, "type", d->type.p, d->type.n);
-    pack_s(&pk, "tenant", d->tenant.p, d->tenant.n);
-    pack_s(&pk, "key", d->key.p, d->key.n);
-    msgpack_pack_str_with_body(&pk, "time", 4);
-    msgpack_pack_int64(&pk, d->time);
-    msgpack_pack_str_with_body(&pk, "payload", 7);
-    if (rc || cairn_buf_append(b, d->payload, d->payload_len))
+    int rc = cairn_buf_reserve(b, d->stream.n + d->type.n + d->tenant.n + d->key.n +
+                                      d->payload_len + 12 * MPD_HDR_MAX + 64);
+    if (rc)
         return CAIRN_ETOOBIG;
-    /* A packer failure leaves the buffer short: check before writing. */
+    uint8_t *o = mpd_map(b->data, 8);
+    o = mpd_strn(mpd_key(o, "stream"), d->stream.p, d->stream.n);
+    o = mpd_u64(mpd_key(o, "dseq"), d->dseq);
+    o = mpd_u64(mpd_key(o, "cause"), d->cause);
+    o = mpd_strn(mpd_key(o, "type"), d->type.p, d->type.n);
+    o = mpd_strn(mpd_key(o, "tenant"), d->tenant.p, d->tenant.n);
+    o = mpd_strn(mpd_key(o, "key"), d->key.p, d->key.n);
+    o = mpd_i64(mpd_key(o, "time"), d->time);
+    o = mpd_raw(mpd_key(o, "payload"), d->payload, d->payload_len);
+    b->len = (size_t)(o - b->data);
+    assert(b->len <= b->cap);
+    /* Checked before it is written (STYLE.md 6). */
     struct proj_derived check;
     return proj_derived_decode(b->data, b->len, &check) || check.dseq != d->dseq ? CAIRN_ETOOBIG
                                                                                  : 0;
@@ -398,44 +399,40 @@ static int keep_emitted(struct hctx *ctx, const struct proj_derived *d)
         struct event *evs = realloc(ctx->evs, cap * sizeof *evs);
         if (evs)
             ctx->evs = evs;
-        struct emitted **mems = realloc(ctx->mems, cap * sizeof *mems);
-        if (mems)
-            ctx->mems = mems;
-        if (!evs || !mems)
+        size_t *offs = realloc(ctx->offs, cap * sizeof *offs);
+        if (offs)
+            ctx->offs = offs;
+        msgpack_object *bodies = realloc(ctx->bodies, cap * sizeof *bodies);
+        if (bodies)
+            ctx->bodies = bodies;
+        if (!evs || !offs || !bodies)
             return CAIRN_ENOMEM;
         ctx->cap = cap;
     }
-    size_t len = d->type.n + d->tenant.n + d->key.n + d->payload_len;
-    struct emitted *m = malloc(sizeof *m + len);
-    if (!m)
-        return CAIRN_ENOMEM;
-    uint8_t *at = m->data;
-    struct event *ev = &ctx->evs[ctx->nem];
+    size_t at = ctx->mem.len;
     const struct cairn_str *src[] = {&d->type, &d->tenant, &d->key};
-    struct cairn_str *dst[] = {&ev->type, &ev->tenant, &ev->key};
-    for (int i = 0; i < 3; i++) {
-        if (src[i]->n)
-            memcpy(at, src[i]->p, src[i]->n);
-        *dst[i] = (struct cairn_str){(const char *)at, src[i]->n};
-        at += src[i]->n;
+    int rc = 0;
+    for (int i = 0; i < 3 && !rc; i++)
+        rc = cairn_buf_append(&ctx->mem, src[i]->p, src[i]->n);
+    if (!rc)
+        rc = cairn_buf_append(&ctx->mem, d->payload, d->payload_len);
+    if (rc) {
+        ctx->mem.len = at;
+        return rc;
     }
-    memcpy(at, d->payload, d->payload_len);
-    msgpack_unpacked_init(&m->body);
-    if (msgpack_unpack_next(&m->body, (const char *)at, d->payload_len, NULL) !=
-        MSGPACK_UNPACK_SUCCESS) {
-        msgpack_unpacked_destroy(&m->body);
-        free(m);
-        return CAIRN_EINVAL;
-    }
-    ev->derived = true;
-    ev->seq = d->cause;
-    ev->dseq = d->dseq;
-    ev->stream = (struct cairn_str){ctx->h->name, strlen(ctx->h->name)};
-    ev->time = d->time;
-    ev->payload = at;
-    ev->payload_len = d->payload_len;
-    ev->body = &m->body.data;
-    ctx->mems[ctx->nem++] = m;
+    struct event *ev = &ctx->evs[ctx->nem];
+    *ev = (struct event){
+        .derived = true,
+        .seq = d->cause,
+        .dseq = d->dseq,
+        .stream = d->stream,
+        .type = {NULL, d->type.n},
+        .tenant = {NULL, d->tenant.n},
+        .key = {NULL, d->key.n},
+        .time = d->time,
+        .payload_len = d->payload_len,
+    };
+    ctx->offs[ctx->nem++] = at;
     return 0;
 }
 
@@ -473,17 +470,36 @@ int hctx_emit(struct hctx *ctx, const struct event *cause, const char *type,
 
 size_t proj_hctx_emitted(struct hctx *ctx, const struct event **evs)
 {
+    for (size_t i = 0; i < ctx->nem; i++) {
+        struct event *ev = &ctx->evs[i];
+        const char *at = (const char *)ctx->mem.data + ctx->offs[i];
+        ev->type.p = at;
+        ev->tenant.p = at += ev->type.n;
+        ev->key.p = at += ev->tenant.n;
+        ev->payload = (const uint8_t *)(at += ev->key.n);
+    }
     *evs = ctx->evs;
     return ctx->nem;
 }
 
+int proj_hctx_decode(struct hctx *ctx, size_t i)
+{
+    struct event *ev = &ctx->evs[i];
+    size_t off = 0;
+    assert(i < ctx->nem && ev->payload);
+    msgpack_unpack_return rc = msgpack_unpack((const char *)ev->payload, ev->payload_len, &off,
+                                              &ctx->zone, &ctx->bodies[i]);
+    if (rc != MSGPACK_UNPACK_SUCCESS && rc != MSGPACK_UNPACK_EXTRA_BYTES)
+        return CAIRN_EINVAL;
+    ev->body = &ctx->bodies[i];
+    return 0;
+}
+
 void proj_hctx_clear(struct hctx *ctx)
 {
-    for (size_t i = 0; i < ctx->nem; i++) {
-        msgpack_unpacked_destroy(&ctx->mems[i]->body);
-        free(ctx->mems[i]);
-    }
     ctx->nem = 0;
+    cairn_buf_reset(&ctx->mem);
+    msgpack_zone_clear(&ctx->zone);
 }
 
 /* ====================================================================== reading */

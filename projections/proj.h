@@ -59,8 +59,12 @@ void proj_hctx_free(struct hctx *ctx);
 void proj_hctx_reset(struct hctx *ctx);
 
 /* Derived events emitted through ctx since the last proj_hctx_clear, in
- * emission order; borrowed until then. */
+ * emission order; borrowed until then, and until the next emit. Their
+ * body is NULL until proj_hctx_decode. */
 size_t proj_hctx_emitted(struct hctx *ctx, const struct event **evs);
+/* Decodes the body of the i-th event proj_hctx_emitted returned (only
+ * the ones some handler consumes need it). CAIRN_EINVAL: not msgpack. */
+int proj_hctx_decode(struct hctx *ctx, size_t i);
 void proj_hctx_clear(struct hctx *ctx);
 
 /* ====================================================================== reading */

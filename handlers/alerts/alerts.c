@@ -67,6 +67,7 @@
 
 #include <math.h>
 #include <openssl/evp.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -138,6 +139,7 @@ static const char *const emits[] = {"alert.triggered", "alert.escalated", "alert
 
 struct alerts {
     unsigned view, esc, silences, alarms, bymetric, agg, due;
+    struct cairn_buf doc; /* the alert document commit writes (kept: no allocation per alert) */
     int64_t esc_ns[SEV_COUNT];
     int min_sev[NSOURCES];
 };
@@ -275,6 +277,7 @@ static int alerts_open(struct hctx *ctx)
     if (!a)
         return CAIRN_ENOMEM;
     *hctx_user(ctx) = a;
+    cairn_buf_init(&a->doc, DOC_MAX);
     read_config(a, hctx_config(ctx));
     int rc = hctx_db(ctx, "view", 0, &a->view);
     if (!rc)
@@ -294,7 +297,10 @@ static int alerts_open(struct hctx *ctx)
 
 static void alerts_close(struct hctx *ctx)
 {
-    free(*hctx_user(ctx));
+    struct alerts *a = self(ctx);
+    if (a)
+        cairn_buf_deinit(&a->doc);
+    free(a);
     *hctx_user(ctx) = NULL;
 }
 
@@ -316,14 +322,25 @@ struct alert {
     const msgpack_object *details;
 };
 
+/* SHA-256, fetched once per process: EVP_sha256() in EVP_DigestInit_ex
+ * fetches it again on every call, which was half of alert_id's cost. */
+static EVP_MD *sha256_md;
+static pthread_once_t sha256_once = PTHREAD_ONCE_INIT;
+
+static void sha256_fetch(void)
+{
+    sha256_md = EVP_MD_fetch(NULL, "SHA256", NULL);
+}
+
 static void alert_id(const struct cairn_str *source, const struct cairn_str *tenant,
                      const struct cairn_str *key, const struct cairn_str *rule, char out[17])
 {
     uint8_t md[EVP_MAX_MD_SIZE];
     unsigned mdn = 0;
-    EVP_MD_CTX *c = EVP_MD_CTX_new();
+    pthread_once(&sha256_once, sha256_fetch);
+    EVP_MD_CTX *c = sha256_md ? EVP_MD_CTX_new() : NULL;
     const struct cairn_str *parts[] = {source, tenant, key, rule};
-    bool ok = c && EVP_DigestInit_ex(c, EVP_sha256(), NULL);
+    bool ok = c && EVP_DigestInit_ex2(c, sha256_md, NULL);
     for (int i = 0; i < 4 && ok; i++)
         ok = EVP_DigestUpdate(c, parts[i]->p ? parts[i]->p : "", parts[i]->n) &&
              (i == 3 || EVP_DigestUpdate(c, "", 1));
@@ -558,16 +575,15 @@ static int commit(struct hctx *ctx, const struct event *cause, struct alert *a, 
     uint8_t k[1 + CAIRN_TENANT_MAX + 16];
     struct cairn_str id = {a->id, 16};
     size_t kn = hkey_make(k, sizeof k, &a->tenant, &id);
-    struct cairn_buf b;
+    struct cairn_buf *b = &al->doc;
     struct mpw w;
-    cairn_buf_init(&b, DOC_MAX);
-    mpw_init(&w, &b);
+    cairn_buf_reset(b);
+    mpw_init(&w, b);
     rc = write_alert(&w, a);
     if (!rc)
-        rc = hctx_put(ctx, al->view, k, kn, b.data, b.len);
+        rc = hctx_put(ctx, al->view, k, kn, b->data, b->len);
     if (!rc && type && !a->silenced)
-        rc = hctx_emit(ctx, cause, type, &a->tenant, &id, b.data, b.len);
-    cairn_buf_deinit(&b);
+        rc = hctx_emit(ctx, cause, type, &a->tenant, &id, b->data, b->len);
     return rc;
 }
 

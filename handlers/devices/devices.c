@@ -21,6 +21,20 @@
  *    on the next ticks (bounded work per input, still deterministic).
  *  - readings keeps the latest value of each key of telemetry `data`, up to
  *    READINGS_MAX keys (keys beyond are not added).
+ *
+ * The document (keys in this order): device_id, tenant, online, status,
+ * battery, first_seen, last_seen, position {lat, lon, alt, accuracy,
+ * heading (those the event had), time} | null, speed, readings {…},
+ * counts {telemetry, location}, last_seq.
+ *
+ * Performance: a device's document is read at most once per process (on
+ * first use), kept decoded in a cache (struct dev), updated in memory by
+ * each event and written back once per state transaction by the flush
+ * hook — one put per device per transaction instead of a get, a decode, an
+ * encode and a put per event (devices were over half of replay's time).
+ * The cache is the handler's in-memory state in the sense of the contract:
+ * the engine closes and reopens the handler after an aborted transaction,
+ * so it never holds work that did not commit.
  */
 #include "handler.h"
 
@@ -30,19 +44,244 @@
 #define OFFLINE_PER_TICK 10000
 #define READINGS_MAX 64
 #define DEFAULT_OFFLINE_AFTER_S 300
+/* Devices kept decoded in memory across transactions (a few hundred bytes
+ * each). Past it, the cache is emptied after the next flush: it then
+ * holds at most this many plus those one transaction touches (bounded by
+ * the engine's batch). */
+#define CACHE_MAX (1u << 18)
+/* A document: values copied from events (each at most a payload) plus
+ * keys, counters and times. Larger fails the transaction, as it did when
+ * documents were packed per event. */
+#define DOC_MAX ((size_t)CAIRN_PAYLOAD_MAX_CEILING)
+#define VKEY_MAX (1 + CAIRN_TENANT_MAX + CAIRN_KEY_MAX)
 
 static const char *const consumes[] = {"telemetry", "location", "tick", NULL};
 static const char *const emits[] = {"device.online", "device.offline", NULL};
 
+/* Where a packed value lives in a dev's mem; len 0: null. */
+struct span {
+    uint32_t off, len;
+};
+
+/* One device, decoded. mem holds the view key (at 0, vn bytes), then the
+ * packed msgpack of status, battery, position, speed and the readings'
+ * key/value pairs (nread of them, back to back). */
+struct dev {
+    uint64_t hash;
+    bool online, dirty;
+    int64_t first, last; /* first_seen, last_seen (INT64_MIN: unreadable) */
+    uint64_t n_telemetry, n_location, last_seq;
+    uint32_t vn, nread;
+    struct span status, battery, position, speed, readings;
+    struct cairn_buf mem;
+};
+
 struct devices {
     unsigned view, seen;
     int64_t offline_after_ns;
+    struct dev **slots; /* open addressing, linear probing; nslots a power of 2 */
+    size_t nslots, count;
+    struct dev **dirty; /* written back by flush */
+    size_t ndirty, dirty_cap;
+    struct cairn_buf tmp; /* the next mem of the dev being updated */
+    struct cairn_buf doc; /* the document being written back */
 };
 
 static struct devices *self(struct hctx *ctx)
 {
     return *hctx_user(ctx);
 }
+
+/* ====================================================================== the cache */
+
+static uint64_t key_hash(const uint8_t *k, size_t n)
+{
+    uint64_t h = 1469598103934665603ull; /* FNV-1a */
+    for (size_t i = 0; i < n; i++)
+        h = (h ^ k[i]) * 1099511628211ull;
+    return h;
+}
+
+static void dev_free(struct dev *v)
+{
+    if (v) {
+        cairn_buf_deinit(&v->mem);
+        free(v);
+    }
+}
+
+static void cache_clear(struct devices *d)
+{
+    for (size_t i = 0; i < d->nslots; i++)
+        dev_free(d->slots[i]);
+    free(d->slots);
+    d->slots = NULL;
+    d->nslots = d->count = d->ndirty = 0;
+}
+
+static struct dev **slot_of(struct devices *d, uint64_t h, const uint8_t *vk, size_t vn)
+{
+    size_t mask = d->nslots - 1;
+    for (size_t i = (size_t)h & mask;; i = (i + 1) & mask) {
+        struct dev *v = d->slots[i];
+        if (!v || (v->hash == h && v->vn == vn && !memcmp(v->mem.data, vk, vn)))
+            return &d->slots[i];
+    }
+}
+
+/* Keeps the load under one half. */
+static int cache_grow(struct devices *d)
+{
+    if (d->nslots && (d->count + 1) * 2 <= d->nslots)
+        return 0;
+    size_t n = d->nslots ? d->nslots * 2 : 1024;
+    struct dev **old = d->slots;
+    size_t oldn = d->nslots;
+    if (!(d->slots = calloc(n, sizeof *d->slots))) {
+        d->slots = old;
+        return CAIRN_ENOMEM;
+    }
+    d->nslots = n;
+    for (size_t i = 0; i < oldn; i++)
+        if (old[i])
+            *slot_of(d, old[i]->hash, old[i]->mem.data, old[i]->vn) = old[i];
+    free(old);
+    return 0;
+}
+
+static int mark_dirty(struct devices *d, struct dev *v)
+{
+    if (v->dirty)
+        return 0;
+    if (d->ndirty == d->dirty_cap) {
+        size_t cap = d->dirty_cap ? d->dirty_cap * 2 : 1024;
+        struct dev **p = realloc(d->dirty, cap * sizeof *p);
+        if (!p)
+            return CAIRN_ENOMEM;
+        d->dirty = p;
+        d->dirty_cap = cap;
+    }
+    d->dirty[d->ndirty++] = v;
+    v->dirty = true;
+    return 0;
+}
+
+/* Packs o into v->mem as the value s (nothing for NULL: null). */
+static void put_value(struct mpw *w, struct span *s, const msgpack_object *o)
+{
+    size_t at = w->buf->len;
+    if (o)
+        mpw_obj(w, o);
+    *s = (struct span){(uint32_t)at, (uint32_t)(w->buf->len - at)};
+}
+
+/* Fills a new dev from its stored document (as read_state read it). */
+static int dev_decode(struct dev *v, const msgpack_object *doc)
+{
+    struct cairn_str t;
+    struct mpw w;
+    int64_t n;
+    v->online = true;
+    v->first = v->last = INT64_MIN;
+    mp_bool(mp_get(doc, "online"), &v->online);
+    if (mp_str(mp_get(doc, "first_seen"), &t))
+        cairn_time_parse(t.p, t.n, &v->first);
+    if (mp_str(mp_get(doc, "last_seen"), &t))
+        cairn_time_parse(t.p, t.n, &v->last);
+    const msgpack_object *c = mp_get(doc, "counts"), *r = mp_get(doc, "readings");
+    if (mp_i64(mp_get(c, "telemetry"), &n))
+        v->n_telemetry = (uint64_t)n;
+    if (mp_i64(mp_get(c, "location"), &n))
+        v->n_location = (uint64_t)n;
+    if (mp_i64(mp_get(doc, "last_seq"), &n))
+        v->last_seq = (uint64_t)n;
+    mpw_init(&w, &v->mem);
+    put_value(&w, &v->status, mp_get(doc, "status"));
+    put_value(&w, &v->battery, mp_get(doc, "battery"));
+    put_value(&w, &v->position, mp_get(doc, "position"));
+    put_value(&w, &v->speed, mp_get(doc, "speed"));
+    size_t at = v->mem.len;
+    for (uint32_t i = 0; r && r->type == MSGPACK_OBJECT_MAP && i < r->via.map.size; i++) {
+        mpw_obj(&w, &r->via.map.ptr[i].key);
+        mpw_obj(&w, &r->via.map.ptr[i].val);
+        v->nread++;
+    }
+    v->readings = (struct span){(uint32_t)at, (uint32_t)(v->mem.len - at)};
+    return mpw_finish(&w);
+}
+
+/* Reads the stored document of vk into a new dev. *found: it exists and
+ * decodes (else the dev is new: online, never seen). CAIRN_ECORRUPT with
+ * *found false when it exists but does not decode. */
+static int dev_load(struct hctx *ctx, struct dev *v, bool *found)
+{
+    MDB_val val;
+    *found = false;
+    int rc = hctx_get(ctx, self(ctx)->view, v->mem.data, v->vn, &val);
+    if (rc)
+        return rc == CAIRN_ENOTFOUND ? 0 : rc;
+    msgpack_unpacked u;
+    msgpack_unpacked_init(&u);
+    if (msgpack_unpack_next(&u, val.mv_data, val.mv_size, NULL) != MSGPACK_UNPACK_SUCCESS) {
+        rc = CAIRN_ECORRUPT;
+    } else if (!(rc = dev_decode(v, &u.data))) {
+        *found = true;
+    }
+    msgpack_unpacked_destroy(&u);
+    return rc;
+}
+
+/* The cached dev of vk, loaded on first use. *exists: the device has a
+ * document (false: a new dev, not yet in the view). A document that does
+ * not decode is CAIRN_ECORRUPT when strict, else treated as absent (what
+ * an event did before the cache: it rewrote the device from scratch). */
+static int dev_get(struct hctx *ctx, const uint8_t *vk, size_t vn, bool strict, struct dev **out,
+                   bool *exists)
+{
+    struct devices *d = self(ctx);
+    uint64_t h = key_hash(vk, vn);
+    int rc = cache_grow(d);
+    if (rc)
+        return rc;
+    struct dev **slot = slot_of(d, h, vk, vn);
+    if (*slot) {
+        *out = *slot;
+        *exists = true; /* a cached dev has been written (or will be, by flush) */
+        return 0;
+    }
+    struct dev *v = calloc(1, sizeof *v);
+    if (!v)
+        return CAIRN_ENOMEM;
+    v->hash = h;
+    v->vn = (uint32_t)vn;
+    cairn_buf_init(&v->mem, DOC_MAX);
+    if ((rc = cairn_buf_append(&v->mem, vk, vn))) {
+        dev_free(v);
+        return rc;
+    }
+    rc = dev_load(ctx, v, exists);
+    if (rc == CAIRN_ECORRUPT && !strict)
+        rc = 0; /* rewritten from scratch, below */
+    if (rc || (!*exists && strict)) {
+        dev_free(v);
+        return rc ? rc : CAIRN_ENOTFOUND;
+    }
+    if (!*exists) {
+        v->mem.len = vn;
+        v->online = true;
+        v->first = v->last = INT64_MIN;
+        v->n_telemetry = v->n_location = 0;
+        v->nread = 0;
+        v->status = v->battery = v->position = v->speed = (struct span){0, 0};
+        v->readings = (struct span){(uint32_t)vn, 0};
+    }
+    *slot = v;
+    d->count++;
+    *out = v;
+    return 0;
+}
+
+/* ====================================================================== open, close */
 
 static int devices_open(struct hctx *ctx)
 {
@@ -54,6 +293,8 @@ static int devices_open(struct hctx *ctx)
         (json_is_integer(oa) && json_integer_value(oa) > 0 ? json_integer_value(oa)
                                                            : DEFAULT_OFFLINE_AFTER_S) *
         1000000000LL;
+    cairn_buf_init(&d->tmp, DOC_MAX);
+    cairn_buf_init(&d->doc, DOC_MAX + 4096);
     *hctx_user(ctx) = d;
     int rc = hctx_db(ctx, "view", 0, &d->view);
     return rc ? rc : hctx_db(ctx, "seen", 0, &d->seen);
@@ -61,7 +302,14 @@ static int devices_open(struct hctx *ctx)
 
 static void devices_close(struct hctx *ctx)
 {
-    free(*hctx_user(ctx));
+    struct devices *d = self(ctx);
+    if (d) {
+        cache_clear(d);
+        free(d->dirty);
+        cairn_buf_deinit(&d->tmp);
+        cairn_buf_deinit(&d->doc);
+        free(d);
+    }
     *hctx_user(ctx) = NULL;
 }
 
@@ -80,125 +328,221 @@ static size_t seen_key(uint8_t *out, int64_t t, const uint8_t *vk, size_t vn)
  * event; a tick pays one move per device only when it looks due. */
 static int seen_put(struct hctx *ctx, const uint8_t *vk, size_t vn, int64_t t)
 {
-    uint8_t sk[8 + 1 + CAIRN_TENANT_MAX + CAIRN_KEY_MAX];
+    uint8_t sk[8 + VKEY_MAX];
     return hctx_put(ctx, self(ctx)->seen, sk, seen_key(sk, t, vk, vn), "", 0);
 }
 
-/* ====================================================================== the document */
+/* ====================================================================== updating a dev */
 
-/* Writes data (new) merged over readings (old): old keys keep their order,
- * new values win, new keys are appended up to READINGS_MAX. */
-static void write_readings(struct mpw *w, const msgpack_object *old, const msgpack_object *data)
+/* A packed msgpack string's bytes; false for any other type. */
+static bool raw_str(const uint8_t *p, size_t n, struct cairn_str *s)
 {
-    uint32_t no = old && old->type == MSGPACK_OBJECT_MAP ? old->via.map.size : 0;
-    uint32_t nd = data && data->type == MSGPACK_OBJECT_MAP ? data->via.map.size : 0;
-    const msgpack_object_kv *add[READINGS_MAX];
+    size_t h, len;
+    if (n < 1)
+        return false;
+    if ((p[0] & 0xe0) == 0xa0)
+        h = 1, len = p[0] & 0x1f;
+    else if (p[0] == 0xd9 && n >= 2)
+        h = 2, len = p[1];
+    else if (p[0] == 0xda && n >= 3)
+        h = 3, len = (size_t)p[1] << 8 | p[2];
+    else if (p[0] == 0xdb && n >= 5)
+        h = 5, len = (size_t)cairn_be64_get((const uint8_t[8]){0, 0, 0, 0, p[1], p[2], p[3], p[4]});
+    else
+        return false;
+    if (len > n - h)
+        return false;
+    *s = (struct cairn_str){(const char *)p + h, len};
+    return true;
+}
+
+/* The index of the first string key of data equal to s, or -1. */
+static long data_find(const msgpack_object *data, uint32_t nd, const struct cairn_str *s)
+{
+    for (uint32_t i = 0; i < nd; i++) {
+        const msgpack_object *k = &data->via.map.ptr[i].key;
+        if (k->type == MSGPACK_OBJECT_STR && k->via.str.size == s->n &&
+            !memcmp(k->via.str.ptr, s->p, s->n))
+            return (long)i;
+    }
+    return -1;
+}
+
+/* Writes the readings pairs: data (new) merged over the dev's (old): old
+ * keys keep their order, new values win, new string keys are appended up
+ * to READINGS_MAX. Keys are only ever strings (only string keys are
+ * added), so they are compared as strings. */
+static int merge_readings(struct mpw *w, const struct dev *v, const msgpack_object *data,
+                          uint32_t *count)
+{
+    struct {
+        const uint8_t *k, *val;
+        size_t kn, vn;
+        struct cairn_str s;
+        bool str;
+    } old[READINGS_MAX];
+    uint32_t no = v->nread, nd = data && data->type == MSGPACK_OBJECT_MAP ? data->via.map.size : 0;
+    const uint8_t *p = v->mem.data + v->readings.off, *end = p + v->readings.len;
+    if (no > READINGS_MAX)
+        return CAIRN_ECORRUPT;
+    for (uint32_t j = 0; j < no; j++) {
+        old[j].k = p;
+        if (!(old[j].kn = mp_raw_len(p, (size_t)(end - p))))
+            return CAIRN_ECORRUPT;
+        p += old[j].kn;
+        old[j].val = p;
+        if (!(old[j].vn = mp_raw_len(p, (size_t)(end - p))))
+            return CAIRN_ECORRUPT;
+        p += old[j].vn;
+        old[j].str = raw_str(old[j].k, old[j].kn, &old[j].s);
+    }
+    for (uint32_t j = 0; j < no; j++) {
+        long i = old[j].str ? data_find(data, nd, &old[j].s) : -1;
+        mpw_raw(w, old[j].k, old[j].kn);
+        if (i >= 0)
+            mpw_obj(w, &data->via.map.ptr[i].val);
+        else
+            mpw_raw(w, old[j].val, old[j].vn);
+    }
     uint32_t nadd = 0;
     for (uint32_t i = 0; i < nd && no + nadd < READINGS_MAX; i++) {
-        const msgpack_object *k = &data->via.map.ptr[i].key;
+        const msgpack_object_kv *kv = &data->via.map.ptr[i];
+        if (kv->key.type != MSGPACK_OBJECT_STR)
+            continue;
+        struct cairn_str s = {kv->key.via.str.ptr, kv->key.via.str.size};
         bool known = false;
         for (uint32_t j = 0; j < no && !known; j++)
-            known = old->via.map.ptr[j].key.type == k->type &&
-                    msgpack_object_equal(old->via.map.ptr[j].key, *k);
-        if (!known && k->type == MSGPACK_OBJECT_STR)
-            add[nadd++] = &data->via.map.ptr[i];
+            known = old[j].str && old[j].s.n == s.n && !memcmp(old[j].s.p, s.p, s.n);
+        if (!known) {
+            mpw_obj(w, &kv->key);
+            mpw_obj(w, &kv->val);
+            nadd++;
+        }
     }
-    mpw_str(w, "readings");
-    msgpack_pack_map(&w->pk, no + nadd);
-    for (uint32_t j = 0; j < no; j++) {
-        const msgpack_object_kv *kv = &old->via.map.ptr[j];
-        const msgpack_object *nv = NULL;
-        for (uint32_t i = 0; i < nd && !nv; i++)
-            if (msgpack_object_equal(data->via.map.ptr[i].key, kv->key))
-                nv = &data->via.map.ptr[i].val;
-        mpw_obj(w, &kv->key);
-        mpw_obj(w, nv ? nv : &kv->val);
-    }
-    for (uint32_t i = 0; i < nadd; i++) {
-        mpw_obj(w, &add[i]->key);
-        mpw_obj(w, &add[i]->val);
-    }
+    *count = no + nadd;
+    return 0;
 }
 
-/* The newer of the event's field and the document's. */
-static const msgpack_object *pick(const msgpack_object *body, const msgpack_object *doc,
-                                  const char *name, bool newer)
+/* A value from the event when it has one (and use), else the dev's. */
+static void value_or_keep(struct mpw *w, struct span *out, const struct dev *v,
+                          const struct span *keep, const msgpack_object *o)
 {
-    const msgpack_object *v = newer ? mp_get(body, name) : NULL;
-    return v ? v : mp_get(doc, name);
+    size_t at = w->buf->len;
+    if (o)
+        mpw_obj(w, o);
+    else
+        mpw_raw(w, v->mem.data + keep->off, keep->len);
+    *out = (struct span){(uint32_t)at, (uint32_t)(w->buf->len - at)};
 }
 
-/* The position of a newer location event, else the document's. */
-static void write_position(struct mpw *w, const struct event *ev, const msgpack_object *doc,
-                           bool from_event)
+/* The position of a location event: the fields it has, and its time. */
+static void write_position(struct mpw *w, const struct event *ev)
 {
     static const char *const fields[] = {"lat", "lon", "alt", "accuracy", "heading"};
-    mpw_str(w, "position");
-    if (!from_event) {
-        mpw_obj(w, mp_get(doc, "position"));
-        return;
-    }
+    const msgpack_object *f[5];
     uint32_t n = 1;
     for (size_t i = 0; i < 5; i++)
-        n += mp_get(ev->body, fields[i]) != NULL;
+        n += (f[i] = mp_get(ev->body, fields[i])) != NULL;
     msgpack_pack_map(&w->pk, n);
     for (size_t i = 0; i < 5; i++)
-        if (mp_get(ev->body, fields[i]))
-            mpw_kv_obj(w, fields[i], mp_get(ev->body, fields[i]));
+        if (f[i])
+            mpw_kv_obj(w, fields[i], f[i]);
     mpw_kv_time(w, "time", ev->time);
 }
 
-struct seen_state {
-    bool exists, online;
-    int64_t first, last;
-    uint64_t n_telemetry, n_location;
-};
-
-static void read_state(const msgpack_object *doc, struct seen_state *s)
+/* The values of a newer event over the dev's: status, battery and
+ * readings from telemetry, position and speed from location. Built in
+ * the scratch buffer, which then becomes the dev's mem. */
+static int take_values(struct devices *d, struct dev *v, const struct event *ev, bool loc)
 {
-    struct cairn_str t;
-    s->exists = doc != NULL;
-    s->online = true;
-    s->first = s->last = INT64_MIN;
-    s->n_telemetry = s->n_location = 0;
-    if (!doc)
-        return;
-    mp_bool(mp_get(doc, "online"), &s->online);
-    if (mp_str(mp_get(doc, "first_seen"), &t))
-        cairn_time_parse(t.p, t.n, &s->first);
-    if (mp_str(mp_get(doc, "last_seen"), &t))
-        cairn_time_parse(t.p, t.n, &s->last);
-    const msgpack_object *c = mp_get(doc, "counts");
-    int64_t v;
-    if (mp_i64(mp_get(c, "telemetry"), &v))
-        s->n_telemetry = (uint64_t)v;
-    if (mp_i64(mp_get(c, "location"), &v))
-        s->n_location = (uint64_t)v;
+    struct cairn_buf *t = &d->tmp;
+    struct mpw w;
+    struct dev n = *v;
+    cairn_buf_reset(t);
+    int rc = cairn_buf_append(t, v->mem.data, v->vn);
+    if (rc)
+        return rc;
+    mpw_init(&w, t);
+    value_or_keep(&w, &n.status, v, &v->status, loc ? NULL : mp_get(ev->body, "status"));
+    value_or_keep(&w, &n.battery, v, &v->battery, loc ? NULL : mp_get(ev->body, "battery"));
+    size_t at = t->len;
+    if (loc)
+        write_position(&w, ev);
+    else
+        mpw_raw(&w, v->mem.data + v->position.off, v->position.len);
+    n.position = (struct span){(uint32_t)at, (uint32_t)(t->len - at)};
+    value_or_keep(&w, &n.speed, v, &v->speed, loc ? mp_get(ev->body, "speed") : NULL);
+    at = t->len;
+    if (loc)
+        mpw_raw(&w, v->mem.data + v->readings.off, v->readings.len);
+    else if ((rc = merge_readings(&w, v, mp_get(ev->body, "data"), &n.nread)))
+        return rc;
+    n.readings = (struct span){(uint32_t)at, (uint32_t)(t->len - at)};
+    if ((rc = mpw_finish(&w)))
+        return rc;
+    /* The scratch becomes the dev's memory and the old memory the next
+     * scratch: no copy. */
+    n.mem = *t;
+    *t = v->mem;
+    *v = n;
+    return 0;
 }
 
-static int write_doc(struct mpw *w, const struct event *ev, const struct cairn_str *id,
-                     const msgpack_object *doc, const struct seen_state *old, bool newer)
+/* ====================================================================== writing back */
+
+static uint8_t *put_span(uint8_t *o, const struct dev *v, const struct span *s)
 {
-    bool loc = ev->type.n == 8 && !memcmp(ev->type.p, "location", 8);
-    int64_t first = old->exists && old->first < ev->time ? old->first : ev->time;
-    int64_t last = old->exists && old->last > ev->time ? old->last : ev->time;
-    msgpack_pack_map(&w->pk, 12);
-    mpw_kv_str(w, "device_id", id);
-    mpw_kv_str(w, "tenant", &ev->tenant);
-    mpw_kv_bool(w, "online", true);
-    mpw_kv_obj(w, "status", pick(ev->body, doc, "status", newer && !loc));
-    mpw_kv_obj(w, "battery", pick(ev->body, doc, "battery", newer && !loc));
-    mpw_kv_time(w, "first_seen", first);
-    mpw_kv_time(w, "last_seen", last);
-    write_position(w, ev, doc, newer && loc);
-    mpw_kv_obj(w, "speed", pick(ev->body, doc, "speed", newer && loc));
-    write_readings(w, mp_get(doc, "readings"), newer && !loc ? mp_get(ev->body, "data") : NULL);
-    mpw_str(w, "counts");
-    msgpack_pack_map(&w->pk, 2);
-    mpw_kv_u64(w, "telemetry", old->n_telemetry + !loc);
-    mpw_kv_u64(w, "location", old->n_location + loc);
-    mpw_kv_u64(w, "last_seq", ev->seq);
-    return mpw_finish(w);
+    return s->len ? mpd_raw(o, v->mem.data + s->off, s->len) : mpd_nil(o);
+}
+
+/* Packs the dev's document (keys in the order of the file comment) and
+ * puts it in the view. */
+static int dev_write(struct hctx *ctx, struct dev *v)
+{
+    struct devices *d = self(ctx);
+    struct cairn_str tenant, id;
+    if (!hkey_split(v->mem.data, v->vn, &tenant, &id))
+        return CAIRN_ECORRUPT;
+    cairn_buf_reset(&d->doc);
+    /* mem holds every variable-length part; the rest is 12 keys, 3 times,
+     * and headers and numbers. */
+    int rc = cairn_buf_reserve(&d->doc, v->mem.len + 3 * MPD_TIME_MAX + 32 * MPD_HDR_MAX + 128);
+    if (rc)
+        return rc;
+    uint8_t *o = mpd_map(d->doc.data, 12);
+    o = mpd_strn(mpd_key(o, "device_id"), id.p, id.n);
+    o = mpd_strn(mpd_key(o, "tenant"), tenant.p, tenant.n);
+    o = mpd_bool(mpd_key(o, "online"), v->online);
+    o = put_span(mpd_key(o, "status"), v, &v->status);
+    o = put_span(mpd_key(o, "battery"), v, &v->battery);
+    o = mpd_time(mpd_key(o, "first_seen"), v->first);
+    o = mpd_time(mpd_key(o, "last_seen"), v->last);
+    o = put_span(mpd_key(o, "position"), v, &v->position);
+    o = put_span(mpd_key(o, "speed"), v, &v->speed);
+    o = mpd_map(mpd_key(o, "readings"), v->nread);
+    o = mpd_raw(o, v->mem.data + v->readings.off, v->readings.len);
+    o = mpd_map(mpd_key(o, "counts"), 2);
+    o = mpd_u64(mpd_key(o, "telemetry"), v->n_telemetry);
+    o = mpd_u64(mpd_key(o, "location"), v->n_location);
+    o = mpd_u64(mpd_key(o, "last_seq"), v->last_seq);
+    d->doc.len = (size_t)(o - d->doc.data);
+    assert(d->doc.len <= d->doc.cap);
+    return hctx_put(ctx, d->view, v->mem.data, v->vn, d->doc.data, d->doc.len);
+}
+
+/* Writes back every device this transaction changed. */
+static int devices_flush(struct hctx *ctx)
+{
+    struct devices *d = self(ctx);
+    int rc = 0;
+    for (size_t i = 0; i < d->ndirty && !rc; i++) {
+        rc = dev_write(ctx, d->dirty[i]);
+        d->dirty[i]->dirty = false;
+    }
+    d->ndirty = 0;
+    if (!rc && d->count > CACHE_MAX)
+        cache_clear(d); /* every dev is clean (stored): drop them all */
+    return rc;
 }
 
 /* ====================================================================== apply */
@@ -223,90 +567,33 @@ static int on_device_event(struct hctx *ctx, const struct event *ev)
 {
     struct devices *d = self(ctx);
     struct cairn_str id;
-    uint8_t vk[1 + CAIRN_TENANT_MAX + CAIRN_KEY_MAX];
-    if (!mp_str(mp_get(ev->body, "device_id"), &id) || id.n > CAIRN_KEY_MAX)
+    uint8_t vk[VKEY_MAX];
+    size_t vn;
+    if (!mp_str(mp_get(ev->body, "device_id"), &id) || id.n > CAIRN_KEY_MAX ||
+        !(vn = hkey_make(vk, sizeof vk, &ev->tenant, &id)))
         return 0; /* the schema requires it; an old log may not have it */
-    size_t vn = hkey_make(vk, sizeof vk, &ev->tenant, &id);
-    MDB_val v;
-    int rc = hctx_get(ctx, d->view, vk, vn, &v);
-    if (rc && rc != CAIRN_ENOTFOUND)
-        return rc;
-    msgpack_unpacked old;
-    msgpack_unpacked_init(&old);
-    const msgpack_object *doc = NULL;
-    if (rc == 0 && msgpack_unpack_next(&old, v.mv_data, v.mv_size, NULL) == MSGPACK_UNPACK_SUCCESS)
-        doc = &old.data;
-    struct seen_state st;
-    read_state(doc, &st);
-    bool newer = !st.exists || ev->time >= st.last;
-    struct cairn_buf b;
-    struct mpw w;
-    cairn_buf_init(&b, CAIRN_PAYLOAD_MAX_CEILING);
-    mpw_init(&w, &b);
-    rc = write_doc(&w, ev, &id, doc, &st, newer);
-    int64_t last = st.exists && st.last > ev->time ? st.last : ev->time;
-    if (!rc)
-        rc = hctx_put(ctx, d->view, vk, vn, b.data, b.len);
-    if (!rc)
-        rc = st.exists && st.online ? 0 : seen_put(ctx, vk, vn, last);
-    if (!rc && st.exists && !st.online)
-        rc = emit_simple(ctx, ev, "device.online", &ev->tenant, &id, last);
-    cairn_buf_deinit(&b);
-    msgpack_unpacked_destroy(&old);
-    return rc;
-}
-
-/* Rewrites a document with online = false. */
-static int mark_offline(struct hctx *ctx, const uint8_t *vk, size_t vn)
-{
-    struct devices *d = self(ctx);
-    MDB_val v;
-    int rc = hctx_get(ctx, d->view, vk, vn, &v);
-    if (rc)
-        return rc == CAIRN_ENOTFOUND ? 0 : rc;
-    msgpack_unpacked doc;
-    msgpack_unpacked_init(&doc);
-    if (msgpack_unpack_next(&doc, v.mv_data, v.mv_size, NULL) != MSGPACK_UNPACK_SUCCESS ||
-        doc.data.type != MSGPACK_OBJECT_MAP) {
-        msgpack_unpacked_destroy(&doc);
-        return CAIRN_ECORRUPT;
-    }
-    struct cairn_buf b;
-    struct mpw w;
-    cairn_buf_init(&b, CAIRN_PAYLOAD_MAX_CEILING);
-    mpw_init(&w, &b);
-    msgpack_pack_map(&w.pk, doc.data.via.map.size);
-    for (uint32_t i = 0; i < doc.data.via.map.size; i++) {
-        const msgpack_object_kv *kv = &doc.data.via.map.ptr[i];
-        mpw_obj(&w, &kv->key);
-        if (mp_str_eq(&kv->key, "online"))
-            msgpack_pack_false(&w.pk);
-        else
-            mpw_obj(&w, &kv->val);
-    }
-    rc = mpw_finish(&w);
-    if (!rc)
-        rc = hctx_put(ctx, d->view, vk, vn, b.data, b.len);
-    cairn_buf_deinit(&b);
-    msgpack_unpacked_destroy(&doc);
-    return rc;
-}
-
-/* The document's last_seen and online flag. */
-static int device_seen(struct hctx *ctx, const uint8_t *vk, size_t vn, struct seen_state *st)
-{
-    MDB_val v;
-    int rc = hctx_get(ctx, self(ctx)->view, vk, vn, &v);
+    struct dev *v;
+    bool exists;
+    int rc = dev_get(ctx, vk, vn, false, &v, &exists);
     if (rc)
         return rc;
-    msgpack_unpacked doc;
-    msgpack_unpacked_init(&doc);
-    if (msgpack_unpack_next(&doc, v.mv_data, v.mv_size, NULL) != MSGPACK_UNPACK_SUCCESS)
-        rc = CAIRN_ECORRUPT;
-    else
-        read_state(&doc.data, st);
-    msgpack_unpacked_destroy(&doc);
-    return rc;
+    bool loc = ev->type.n == 8 && !memcmp(ev->type.p, "location", 8);
+    bool was_online = exists && v->online;
+    if ((!exists || ev->time >= v->last) && (rc = take_values(d, v, ev, loc)))
+        return rc;
+    int64_t last = exists && v->last > ev->time ? v->last : ev->time;
+    v->first = exists && v->first < ev->time ? v->first : ev->time;
+    v->last = last;
+    v->online = true;
+    v->n_telemetry += !loc;
+    v->n_location += loc;
+    v->last_seq = ev->seq;
+    if ((rc = mark_dirty(d, v)))
+        return rc;
+    if (!was_online && (rc = seen_put(ctx, vk, vn, last)))
+        return rc;
+    return exists && !was_online ? emit_simple(ctx, ev, "device.online", &ev->tenant, &id, last)
+                                 : 0;
 }
 
 /* Marks offline the devices whose last_seen is older than the threshold.
@@ -325,27 +612,35 @@ static int on_tick(struct hctx *ctx, const struct event *tick)
         int64_t entry = (int64_t)(cairn_be64_get(k.mv_data) ^ (1ull << 63));
         if (entry >= threshold)
             break;
-        uint8_t vk[1 + CAIRN_TENANT_MAX + CAIRN_KEY_MAX];
+        uint8_t vk[VKEY_MAX];
         size_t vn = k.mv_size - 8;
         struct cairn_str tenant, id;
-        struct seen_state st;
-        memcpy(vk, (uint8_t *)k.mv_data + 8, vn);
-        if (!hkey_split(vk, vn, &tenant, &id))
+        struct dev *dv;
+        bool exists;
+        if (vn > sizeof vk)
+            rc = CAIRN_ECORRUPT;
+        else
+            memcpy(vk, (uint8_t *)k.mv_data + 8, vn);
+        if (!rc && !hkey_split(vk, vn, &tenant, &id))
             rc = CAIRN_ECORRUPT;
         if (!rc)
             rc = hctx_cursor_del(c);
         if (!rc)
-            rc = device_seen(ctx, vk, vn, &st);
+            rc = dev_get(ctx, vk, vn, true, &dv, &exists);
         if (rc == CAIRN_ENOTFOUND) {
             rc = 0; /* no document: a stale entry */
             continue;
         }
-        if (rc || !st.online)
+        if (rc || !dv->online)
             continue;
-        if (st.last >= threshold) /* seen since: the entry moves up, past this scan */
-            rc = seen_put(ctx, vk, vn, st.last);
-        else if (!(rc = mark_offline(ctx, vk, vn)))
-            rc = emit_simple(ctx, tick, "device.offline", &tenant, &id, st.last);
+        if (dv->last >= threshold) { /* seen since: the entry moves up, past this scan */
+            rc = seen_put(ctx, vk, vn, dv->last);
+        } else {
+            dv->online = false;
+            rc = mark_dirty(d, dv);
+            if (!rc)
+                rc = emit_simple(ctx, tick, "device.offline", &tenant, &id, dv->last);
+        }
     }
     hctx_cursor_close(c);
     return rc == CAIRN_ENOTFOUND ? 0 : rc;
@@ -367,4 +662,5 @@ const struct handler devices_handler = {
     .apply = devices_apply,
     .close = devices_close,
     .view = "view",
+    .flush = devices_flush,
 };
