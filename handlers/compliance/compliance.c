@@ -82,6 +82,9 @@ struct crule {
     const msgpack_object *frameworks, *remediation;
     int ctl[CONTROLS_PER_RULE_MAX];
     size_t nctl;
+    /* The violation document's fields that come from the rule, packed once:
+     * rule_id title severity, and frameworks controls remediation. */
+    struct cairn_buf head, mid;
 };
 
 struct comp {
@@ -95,6 +98,7 @@ struct comp {
     int *touched;
     size_t ntouched, dcap;
     struct cairn_buf rec, out; /* scratch: a copied resources value; one being written */
+    struct cairn_buf doc;      /* scratch: a violation document */
 };
 
 static struct comp *self(struct hctx *ctx)
@@ -245,6 +249,8 @@ static void crule_deinit(struct crule *r)
     msgpack_unpacked_destroy(&r->u);
     free(r->doc);
     cond_free(r->cond);
+    cairn_buf_deinit(&r->head);
+    cairn_buf_deinit(&r->mid);
     memset(r, 0, sizeof *r);
 }
 
@@ -269,6 +275,27 @@ static int crule_controls(struct comp *s, struct crule *r)
                 rc = control_index(s, r->tenant, &fw, &id, &r->ctl[r->nctl++]);
     }
     return rc;
+}
+
+/* Packs the rule's parts of a violation document (see violation_open). */
+static int crule_pack(const struct comp *s, struct crule *r)
+{
+    struct mpw w;
+    cairn_buf_init(&r->head, CAIRN_PAYLOAD_MAX_CEILING);
+    cairn_buf_init(&r->mid, CAIRN_PAYLOAD_MAX_CEILING);
+    mpw_init(&w, &r->head);
+    mpw_kv_cstr(&w, "rule_id", r->id);
+    mpw_kv_cstr(&w, "title", r->title);
+    mpw_kv_cstr(&w, "severity", r->severity);
+    int rc = mpw_finish(&w);
+    mpw_init(&w, &r->mid);
+    mpw_kv_obj(&w, "frameworks", r->frameworks);
+    mpw_str(&w, "controls");
+    msgpack_pack_array(&w.pk, (uint32_t)r->nctl);
+    for (size_t i = 0; i < r->nctl; i++)
+        mpw_str(&w, s->c[r->ctl[i]].label);
+    mpw_kv_obj(&w, "remediation", r->remediation);
+    return rc ? rc : mpw_finish(&w);
 }
 
 /* Builds a crule from a stored rules value (doc: {rule, tenant, …}). A rule
@@ -313,6 +340,8 @@ static int crule_init(struct comp *s, struct crule *r, const struct cairn_str *t
     if (rc)
         r->enabled = false;
     rc = crule_controls(s, r);
+    if (!rc)
+        rc = crule_pack(s, r);
 out:
     if (rc)
         crule_deinit(r);
@@ -424,6 +453,7 @@ static void comp_free(struct comp *s)
     free(s->touched);
     cairn_buf_deinit(&s->rec);
     cairn_buf_deinit(&s->out);
+    cairn_buf_deinit(&s->doc);
     free(s);
 }
 
@@ -466,6 +496,7 @@ static int comp_open(struct hctx *ctx)
     *hctx_user(ctx) = s;
     cairn_buf_init(&s->rec, RECORD_MAX);
     cairn_buf_init(&s->out, RECORD_MAX);
+    cairn_buf_init(&s->doc, CAIRN_PAYLOAD_MAX_CEILING);
     int rc = hctx_db(ctx, "rules", 0, &s->rules);
     if (!rc)
         rc = hctx_db(ctx, "view", 0, &s->view);
@@ -656,12 +687,11 @@ static int emit_map(struct hctx *ctx, const struct event *ev, const char *type,
     return hctx_emit(ctx, ev, type, &ev->tenant, key, b->data, b->len);
 }
 
-static void write_controls(struct mpw *w, const struct comp *s, const struct crule *r)
+/* Appends bytes that already are msgpack. */
+static void pack_raw(struct mpw *w, const struct cairn_buf *b)
 {
-    mpw_str(w, "controls");
-    msgpack_pack_array(&w->pk, (uint32_t)r->nctl);
-    for (size_t i = 0; i < r->nctl; i++)
-        mpw_str(w, s->c[r->ctl[i]].label);
+    if (!w->err)
+        w->err = cairn_buf_append(w->buf, b->data, b->len);
 }
 
 static void write_failed(struct mpw *w, const struct crule *r, const struct resource *res,
@@ -673,17 +703,16 @@ static void write_failed(struct mpw *w, const struct crule *r, const struct reso
     for (size_t i = 0; i < n; i++) {
         const msgpack_object *v = cond_root_value(r->cond, i, res->attrs);
         mpw_str(w, cond_root_text(r->cond, i));
-        /* A huge value (a SG with 1000 rules) is cut: the document stays bounded. */
-        struct cairn_buf tmp;
-        cairn_buf_init(&tmp, FAILED_VALUE_MAX);
-        struct mpw t;
-        mpw_init(&t, &tmp);
-        mpw_obj(&t, v);
-        if (mpw_finish(&t))
+        /* A huge value (a SG with 1000 rules) is cut: the document stays
+         * bounded. Packed once, into w's buffer, and taken back when over. */
+        size_t at = w->buf->len;
+        int was = w->err;
+        mpw_obj(w, v);
+        if (!was && (w->err == CAIRN_ETOOBIG || (!w->err && w->buf->len - at > FAILED_VALUE_MAX))) {
+            w->err = 0;
+            w->buf->len = at;
             mpw_str(w, "(value over 4096 bytes)");
-        else
-            mpw_obj(w, v);
-        cairn_buf_deinit(&tmp);
+        }
     }
     if (budget)
         mpw_kv_cstr(w, "_error", "evaluation step budget exceeded");
@@ -711,24 +740,20 @@ static int violation_open(struct hctx *ctx, const struct event *ev, const struct
             mp_i64(mp_get(&u.data, "times_opened"), &times);
         msgpack_unpacked_destroy(&u);
     }
-    struct cairn_buf b;
+    struct cairn_buf *b = &s->doc;
     struct mpw w;
-    cairn_buf_init(&b, CAIRN_PAYLOAD_MAX_CEILING);
-    mpw_init(&w, &b);
+    cairn_buf_reset(b);
+    mpw_init(&w, b);
     msgpack_pack_map(&w.pk, 20);
     mpw_kv_cstr(&w, "violation_id", vid);
     mpw_kv_str(&w, "tenant", &ev->tenant);
     mpw_kv_cstr(&w, "status", "open");
-    mpw_kv_cstr(&w, "rule_id", r->id);
-    mpw_kv_cstr(&w, "title", r->title);
-    mpw_kv_cstr(&w, "severity", r->severity);
+    pack_raw(&w, &r->head); /* rule_id title severity */
     mpw_kv_str(&w, "resource_id", &res->id);
     mpw_kv_str(&w, "resource_type", &res->type);
     mpw_kv_str(&w, "account", &res->account);
     mpw_kv_str(&w, "region", &res->region);
-    mpw_kv_obj(&w, "frameworks", r->frameworks);
-    write_controls(&w, s, r);
-    mpw_kv_obj(&w, "remediation", r->remediation);
+    pack_raw(&w, &r->mid); /* frameworks controls remediation */
     write_failed(&w, r, res, budget);
     mpw_kv_time(&w, "opened_at", ev->time);
     mpw_kv_u64(&w, "opened_seq", ev->seq);
@@ -738,10 +763,9 @@ static int violation_open(struct hctx *ctx, const struct event *ev, const struct
     mpw_kv_i64(&w, "times_opened", times + 1);
     rc = mpw_finish(&w);
     if (!rc)
-        rc = hctx_put(ctx, s->view, k, kn, b.data, b.len);
+        rc = hctx_put(ctx, s->view, k, kn, b->data, b->len);
     if (!rc)
-        rc = emit_map(ctx, ev, "compliance.violation", &res->id, &b);
-    cairn_buf_deinit(&b);
+        rc = emit_map(ctx, ev, "compliance.violation", &res->id, b);
     return rc;
 }
 

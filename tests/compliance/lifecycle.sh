@@ -95,6 +95,15 @@ add '{"type":"rule.delete","tenant":"t","time":"2026-06-01T06:00:00Z","payload":
 echo "ok deleting a rule resolves its violations"
 cairn show violations --tenant t | jq -s -e 'all(.status == "resolved")' >/dev/null || fail "all resolved"
 
+# --- a failed value over 4096 bytes is cut from the violation (the document stays bounded)
+perms=$(jq -cn '[range(300) | {IpProtocol: "tcp", FromPort: 22, ToPort: 22,
+    IpRanges: [{CidrIp: "0.0.0.0/0", Description: "rule \(.)"}]}]')
+add '{"type":"rule.define","tenant":"big","time":"2026-06-01T00:00:00Z","payload":{"id":"ssh","title":"t","severity":"high","resource_type":"aws.ec2.security_group","condition":"GroupName == \"x\" and not any(IpPermissions, FromPort <= 22 and ToPort >= 22)"}}' \
+    "{\"type\":\"discovery\",\"tenant\":\"big\",\"time\":\"2026-06-01T00:00:00Z\",\"payload\":{\"account_id\":\"1\",\"region\":\"r\",\"resources\":[{\"resource_id\":\"sg\",\"resource_type\":\"aws.ec2.security_group\",\"attributes\":{\"GroupName\":\"x\",\"IpPermissions\":$perms}}]}}"
+cairn show violations --tenant big | jq -e '.failed == {"GroupName": "x", "IpPermissions": "(value over 4096 bytes)"}' >/dev/null ||
+    fail "a huge failed value: $(cairn show violations --tenant big | head -c 300)"
+echo "ok a failed value over 4096 bytes is cut"
+
 # --- replay determinism (rules changed mid-history) and batching
 replay_matches
 # Applied again 5 lines per append (many state transactions): the same digest.
