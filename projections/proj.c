@@ -100,7 +100,7 @@ int proj_open(struct proj **out, const struct proj_config *cfg)
     p->readonly = cfg->readonly;
     pthread_mutex_init(&p->dbi_mu, NULL);
     int rc = cairn_env_open(&p->env, cfg->dir, PROJ_DBIS_MAX + 2, cfg->map_size,
-                            cfg->readonly ? MDB_RDONLY : 0);
+                            (cfg->readonly ? MDB_RDONLY : 0) | (cfg->nosync ? MDB_NOSYNC : 0));
     if (!rc)
         rc = open_meta(p);
     if (rc) {
@@ -122,6 +122,11 @@ void proj_close(struct proj *p)
         free(p->names[i]);
     pthread_mutex_destroy(&p->dbi_mu);
     free(p);
+}
+
+int proj_sync(struct proj *p)
+{
+    return cairn_mdb_err(mdb_env_sync(cairn_env_mdb(p->env), 1));
 }
 
 struct cairn_env *proj_env(struct proj *p)

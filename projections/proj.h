@@ -32,10 +32,17 @@ struct proj_config {
     const char *dir; /* the DATA/state directory (created unless readonly) */
     bool readonly;
     size_t map_size; /* 0: default; grows by itself */
+    /* Commits without fsync (MDB_NOSYNC): for a replay into a fresh
+     * directory, which is thrown away unless it completes; proj_sync
+     * makes it durable at the end. A system crash may corrupt such an
+     * environment, so nothing else may use it. */
+    bool nosync;
 };
 
 int proj_open(struct proj **out, const struct proj_config *cfg);
 void proj_close(struct proj *p);
+/* Flushes every commit to disk (for an environment opened nosync). */
+int proj_sync(struct proj *p);
 struct cairn_env *proj_env(struct proj *p);
 
 /* ====================================================================== writing (the engine) */

@@ -106,9 +106,11 @@ static const char *const status_names[S_COUNT] = {"created",   "confirmed",  "as
 static const char *const fields[NFIELDS] = {"customer_id",        "items",       "total_amount",
                                             "assigned_device_id", "destination", "metadata"};
 
-struct orders {
-    unsigned view;
-};
+/* Orders kept decoded in memory across transactions (about a kilobyte
+ * each). Past it, the cache is emptied after the next flush: it holds at
+ * most this many plus those one transaction touches. */
+#define CACHE_MAX (1u << 17)
+#define VKEY_MAX (1 + CAIRN_TENANT_MAX + CAIRN_KEY_MAX)
 
 /* What the stored document says, decoded. */
 struct order {
@@ -121,6 +123,33 @@ struct order {
     uint64_t applied, late, invalid, dropped;
 };
 
+/* Where a packed value lives in an ord's mem; len 0: null. */
+struct span {
+    uint32_t off, len;
+};
+
+/* One order, decoded: its document but for the parts kept packed in mem —
+ * the view key (at 0, vn bytes), the six fields, then the history
+ * entries (nhist of them, back to back, oldest first). */
+struct ord {
+    uint64_t hash, last_seq;
+    bool dirty;
+    struct order o;
+    uint32_t vn, nhist;
+    struct span field[NFIELDS], history;
+    struct cairn_buf mem;
+};
+
+struct orders {
+    unsigned view;
+    struct ord **slots; /* open addressing, linear probing; nslots a power of 2 */
+    size_t nslots, count;
+    struct ord **dirty; /* written back by flush */
+    size_t ndirty, dirty_cap;
+    struct cairn_buf tmp; /* the next mem of the ord being updated */
+    struct cairn_buf doc; /* the document being written back */
+};
+
 enum outcome { APPLIED, LATE, INVALID };
 
 struct verdict {
@@ -128,18 +157,29 @@ struct verdict {
     char reason[REASON_MAX];
 };
 
+static void cache_clear(struct orders *os);
+
 static int orders_open(struct hctx *ctx)
 {
     struct orders *o = calloc(1, sizeof *o);
     if (!o)
         return CAIRN_ENOMEM;
+    cairn_buf_init(&o->tmp, DOC_MAX);
+    cairn_buf_init(&o->doc, DOC_MAX + 4096);
     *hctx_user(ctx) = o;
     return hctx_db(ctx, "view", 0, &o->view);
 }
 
 static void orders_close(struct hctx *ctx)
 {
-    free(*hctx_user(ctx));
+    struct orders *o = *hctx_user(ctx);
+    if (o) {
+        cache_clear(o);
+        free(o->dirty);
+        cairn_buf_deinit(&o->tmp);
+        cairn_buf_deinit(&o->doc);
+        free(o);
+    }
     *hctx_user(ctx) = NULL;
 }
 
@@ -315,16 +355,156 @@ static void advance(const struct order *o, const struct event *ev, int t, const 
         }
 }
 
-/* ====================================================================== writing */
+/* ====================================================================== the cache */
 
-static void kv_time_opt(struct mpw *w, const char *k, bool set, int64_t t)
+static uint64_t key_hash(const uint8_t *k, size_t n)
 {
-    if (set)
-        mpw_kv_time(w, k, t);
-    else
-        mpw_kv_cstr(w, k, NULL);
+    uint64_t h = 1469598103934665603ull; /* FNV-1a */
+    for (size_t i = 0; i < n; i++)
+        h = (h ^ k[i]) * 1099511628211ull;
+    return h;
 }
 
+static void ord_free(struct ord *r)
+{
+    if (r) {
+        cairn_buf_deinit(&r->mem);
+        free(r);
+    }
+}
+
+static void cache_clear(struct orders *os)
+{
+    for (size_t i = 0; i < os->nslots; i++)
+        ord_free(os->slots[i]);
+    free(os->slots);
+    os->slots = NULL;
+    os->nslots = os->count = os->ndirty = 0;
+}
+
+static struct ord **slot_of(struct orders *os, uint64_t h, const uint8_t *vk, size_t vn)
+{
+    size_t mask = os->nslots - 1;
+    for (size_t i = (size_t)h & mask;; i = (i + 1) & mask) {
+        struct ord *r = os->slots[i];
+        if (!r || (r->hash == h && r->vn == vn && !memcmp(r->mem.data, vk, vn)))
+            return &os->slots[i];
+    }
+}
+
+/* Keeps the load under one half. */
+static int cache_grow(struct orders *os)
+{
+    if (os->nslots && (os->count + 1) * 2 <= os->nslots)
+        return 0;
+    size_t n = os->nslots ? os->nslots * 2 : 1024;
+    struct ord **old = os->slots;
+    size_t oldn = os->nslots;
+    if (!(os->slots = calloc(n, sizeof *os->slots))) {
+        os->slots = old;
+        return CAIRN_ENOMEM;
+    }
+    os->nslots = n;
+    for (size_t i = 0; i < oldn; i++)
+        if (old[i])
+            *slot_of(os, old[i]->hash, old[i]->mem.data, old[i]->vn) = old[i];
+    free(old);
+    return 0;
+}
+
+static int mark_dirty(struct orders *os, struct ord *r)
+{
+    if (r->dirty)
+        return 0;
+    if (os->ndirty == os->dirty_cap) {
+        size_t cap = os->dirty_cap ? os->dirty_cap * 2 : 1024;
+        struct ord **p = realloc(os->dirty, cap * sizeof *p);
+        if (!p)
+            return CAIRN_ENOMEM;
+        os->dirty = p;
+        os->dirty_cap = cap;
+    }
+    os->dirty[os->ndirty++] = r;
+    r->dirty = true;
+    return 0;
+}
+
+/* Fills r (its key already in mem) from the stored document. */
+static int ord_decode(struct ord *r, const msgpack_object *doc)
+{
+    struct mpw w;
+    int64_t seq;
+    int rc = read_order(doc, &r->o);
+    if (rc)
+        return rc;
+    if (mp_i64(mp_get(doc, "last_seq"), &seq))
+        r->last_seq = (uint64_t)seq;
+    mpw_init(&w, &r->mem);
+    for (int i = 0; i < NFIELDS; i++) {
+        size_t at = r->mem.len;
+        const msgpack_object *f = mp_get(doc, fields[i]);
+        if (f)
+            mpw_obj(&w, f);
+        r->field[i] = (struct span){(uint32_t)at, (uint32_t)(r->mem.len - at)};
+    }
+    const msgpack_object *h = mp_get(doc, "history");
+    size_t at = r->mem.len;
+    for (uint32_t i = 0; h && h->type == MSGPACK_OBJECT_ARRAY && i < h->via.array.size; i++) {
+        mpw_obj(&w, &h->via.array.ptr[i]);
+        r->nhist++;
+    }
+    r->history = (struct span){(uint32_t)at, (uint32_t)(r->mem.len - at)};
+    return mpw_finish(&w);
+}
+
+/* The cached order of vk, read from the view on first use (a new one,
+ * status none, when it has no document). */
+static int ord_get(struct hctx *ctx, const uint8_t *vk, size_t vn, struct ord **out)
+{
+    struct orders *os = *hctx_user(ctx);
+    uint64_t h = key_hash(vk, vn);
+    int rc = cache_grow(os);
+    if (rc)
+        return rc;
+    struct ord **slot = slot_of(os, h, vk, vn);
+    if ((*out = *slot))
+        return 0;
+    struct ord *r = calloc(1, sizeof *r);
+    if (!r)
+        return CAIRN_ENOMEM;
+    r->hash = h;
+    r->vn = (uint32_t)vn;
+    r->o.status = S_NONE;
+    cairn_buf_init(&r->mem, DOC_MAX);
+    MDB_val val;
+    if (!(rc = cairn_buf_append(&r->mem, vk, vn)))
+        rc = hctx_get(ctx, os->view, vk, vn, &val);
+    if (rc == CAIRN_ENOTFOUND) {
+        rc = 0;
+        for (int i = 0; i < NFIELDS; i++)
+            r->field[i] = (struct span){(uint32_t)vn, 0};
+        r->history = (struct span){(uint32_t)vn, 0};
+    } else if (!rc) {
+        msgpack_unpacked u;
+        msgpack_unpacked_init(&u);
+        rc = msgpack_unpack_next(&u, val.mv_data, val.mv_size, NULL) == MSGPACK_UNPACK_SUCCESS
+                 ? ord_decode(r, &u.data)
+                 : CAIRN_ECORRUPT;
+        msgpack_unpacked_destroy(&u);
+    }
+    if (rc) {
+        ord_free(r);
+        return rc;
+    }
+    *slot = *out = r;
+    os->count++;
+    return 0;
+}
+
+/* ====================================================================== updating an ord */
+
+/* A history entry: {seq, time, event_type, from, to, applied, late,
+ * reason}. */
 static void write_entry(struct mpw *w, const struct event *ev, const struct cairn_str *et, int from,
                         int t, const struct verdict *v)
 {
@@ -339,56 +519,129 @@ static void write_entry(struct mpw *w, const struct event *ev, const struct cair
     mpw_kv_cstr(w, "reason", v->outcome == INVALID ? v->reason : NULL);
 }
 
-/* The kept tail of the old history and the new entry; counts the drop. */
-static void write_history(struct mpw *w, const msgpack_object *doc, struct order *n,
-                          const struct event *ev, const struct cairn_str *et, int from, int t,
-                          const struct verdict *v)
+/* The new mem of r: the fields (taken from the event or kept), the kept
+ * tail of the history and the new entry; counts the drop in n. Built in
+ * the scratch buffer, which then becomes r's mem (no copy). */
+static int take_values(struct orders *os, struct ord *r, const struct event *ev,
+                       const struct cairn_str *et, int t, const struct verdict *v, struct order *n,
+                       const bool take[NFIELDS])
 {
-    const msgpack_object *h = mp_get(doc, "history");
-    uint32_t size = h && h->type == MSGPACK_OBJECT_ARRAY ? h->via.array.size : 0;
-    uint32_t keep = size < HISTORY_MAX - 1 ? size : HISTORY_MAX - 1;
-    n->dropped += size - keep;
-    mpw_str(w, "history");
-    msgpack_pack_array(&w->pk, keep + 1);
-    for (uint32_t i = size - keep; i < size; i++)
-        mpw_obj(w, &h->via.array.ptr[i]);
-    write_entry(w, ev, et, from, t, v);
+    struct cairn_buf *b = &os->tmp;
+    struct ord nr = *r;
+    struct mpw w;
+    cairn_buf_reset(b);
+    int rc = cairn_buf_append(b, r->mem.data, r->vn);
+    if (rc)
+        return rc;
+    mpw_init(&w, b);
+    for (int i = 0; i < NFIELDS; i++) {
+        size_t at = b->len;
+        const msgpack_object *f = take[i] ? mp_get(ev->body, fields[i]) : NULL;
+        if (f)
+            mpw_obj(&w, f);
+        else
+            mpw_raw(&w, r->mem.data + r->field[i].off, r->field[i].len);
+        nr.field[i] = (struct span){(uint32_t)at, (uint32_t)(b->len - at)};
+    }
+    /* The history keeps its last HISTORY_MAX - 1 entries, then the new. */
+    const uint8_t *h = r->mem.data + r->history.off, *end = h + r->history.len;
+    uint32_t keep = r->nhist < HISTORY_MAX - 1 ? r->nhist : HISTORY_MAX - 1;
+    for (uint32_t i = keep; i < r->nhist; i++) {
+        size_t len = mp_raw_len(h, (size_t)(end - h));
+        if (!len)
+            return CAIRN_ECORRUPT;
+        h += len;
+    }
+    n->dropped += r->nhist - keep;
+    size_t at = b->len;
+    mpw_raw(&w, h, (size_t)(end - h));
+    write_entry(&w, ev, et, r->o.status, t, v);
+    nr.history = (struct span){(uint32_t)at, (uint32_t)(b->len - at)};
+    nr.nhist = keep + 1;
+    if ((rc = mpw_finish(&w)))
+        return rc;
+    nr.mem = *b;
+    *b = r->mem;
+    *r = nr;
+    return 0;
 }
 
-static int write_doc(struct mpw *w, const struct event *ev, const struct cairn_str *id,
-                     const struct cairn_str *et, const msgpack_object *doc, const struct order *o,
-                     struct order *n, const bool take[NFIELDS], int t, const struct verdict *v)
+/* ====================================================================== writing back */
+
+static uint8_t *put_time_opt(uint8_t *o, bool set, int64_t t)
 {
-    msgpack_pack_map(&w->pk, 16);
-    mpw_kv_str(w, "order_id", id);
-    mpw_kv_str(w, "tenant", &ev->tenant);
-    mpw_kv_cstr(w, "status", status_name(n->status));
-    kv_time_opt(w, "status_since", n->status != S_NONE, n->since);
+    return set ? mpd_time(o, t) : mpd_nil(o);
+}
+
+static uint8_t *put_cstr_opt(uint8_t *o, const char *s)
+{
+    return s ? mpd_strn(o, s, strlen(s)) : mpd_nil(o);
+}
+
+/* Packs r's document (keys in the order of the file comment) and puts it
+ * in the view. */
+static int ord_write(struct hctx *ctx, struct ord *r)
+{
+    struct orders *os = *hctx_user(ctx);
+    const struct order *n = &r->o;
+    struct cairn_str tenant, id;
+    if (!hkey_split(r->mem.data, r->vn, &tenant, &id))
+        return CAIRN_ECORRUPT;
+    cairn_buf_reset(&os->doc);
+    /* mem holds every variable-length part; the rest is 31 keys, 9 times,
+     * status names and headers and numbers. */
+    int rc = cairn_buf_reserve(&os->doc, r->mem.len + 9 * MPD_TIME_MAX + 48 * MPD_HDR_MAX + 512);
+    if (rc)
+        return rc;
+    uint8_t *o = mpd_map(os->doc.data, 16);
+    o = mpd_strn(mpd_key(o, "order_id"), id.p, id.n);
+    o = mpd_strn(mpd_key(o, "tenant"), tenant.p, tenant.n);
+    o = put_cstr_opt(mpd_key(o, "status"), status_name(n->status));
+    o = put_time_opt(mpd_key(o, "status_since"), n->status != S_NONE, n->since);
+    for (int i = 0; i < NFIELDS; i++) {
+        o = mpd_strn(o, fields[i], strlen(fields[i]));
+        o = r->field[i].len ? mpd_raw(o, r->mem.data + r->field[i].off, r->field[i].len)
+                            : mpd_nil(o);
+    }
+    o = put_time_opt(mpd_key(o, "created_at"), n->has_created, n->created_at);
+    o = mpd_map(mpd_key(o, "field_times"), NFIELDS);
     for (int i = 0; i < NFIELDS; i++)
-        mpw_kv_obj(w, fields[i], mp_get(take[i] ? ev->body : doc, fields[i]));
-    kv_time_opt(w, "created_at", n->has_created, n->created_at);
-    mpw_str(w, "field_times");
-    msgpack_pack_map(&w->pk, NFIELDS);
-    for (int i = 0; i < NFIELDS; i++)
-        kv_time_opt(w, fields[i], n->fset[i], n->ftime[i]);
-    write_history(w, doc, n, ev, et, o->status, t, v);
-    mpw_kv_u64(w, "history_dropped", n->dropped);
-    mpw_str(w, "counts");
-    msgpack_pack_map(&w->pk, 3);
-    mpw_kv_u64(w, "applied", n->applied);
-    mpw_kv_u64(w, "late", n->late);
-    mpw_kv_u64(w, "invalid", n->invalid);
-    mpw_kv_u64(w, "last_seq", ev->seq);
-    return mpw_finish(w);
+        o = put_time_opt(mpd_strn(o, fields[i], strlen(fields[i])), n->fset[i], n->ftime[i]);
+    o = mpd_array(mpd_key(o, "history"), r->nhist);
+    o = mpd_raw(o, r->mem.data + r->history.off, r->history.len);
+    o = mpd_u64(mpd_key(o, "history_dropped"), n->dropped);
+    o = mpd_map(mpd_key(o, "counts"), 3);
+    o = mpd_u64(mpd_key(o, "applied"), n->applied);
+    o = mpd_u64(mpd_key(o, "late"), n->late);
+    o = mpd_u64(mpd_key(o, "invalid"), n->invalid);
+    o = mpd_u64(mpd_key(o, "last_seq"), r->last_seq);
+    os->doc.len = (size_t)(o - os->doc.data);
+    assert(os->doc.len <= os->doc.cap);
+    return hctx_put(ctx, os->view, r->mem.data, r->vn, os->doc.data, os->doc.len);
+}
+
+/* Writes back every order this transaction changed. */
+static int orders_flush(struct hctx *ctx)
+{
+    struct orders *os = *hctx_user(ctx);
+    int rc = 0;
+    for (size_t i = 0; i < os->ndirty && !rc; i++) {
+        rc = ord_write(ctx, os->dirty[i]);
+        os->dirty[i]->dirty = false;
+    }
+    os->ndirty = 0;
+    if (!rc && os->count > CACHE_MAX)
+        cache_clear(os); /* every ord is clean (stored): drop them all */
+    return rc;
 }
 
 /* order.invalid_transition {order_id, from, to, reason, event_type} */
 static int emit_invalid(struct hctx *ctx, const struct event *ev, const struct cairn_str *id,
                         const struct cairn_str *et, int from, int t, const struct verdict *v)
 {
-    struct cairn_buf b;
+    uint8_t tmp[CAIRN_KEY_MAX + REASON_MAX + 1024];
+    struct cairn_buf b = {.data = tmp, .cap = sizeof tmp, .max = sizeof tmp};
     struct mpw w;
-    cairn_buf_init(&b, CAIRN_KEY_MAX + REASON_MAX + 1024);
     mpw_init(&w, &b);
     msgpack_pack_map(&w.pk, 5);
     mpw_kv_str(&w, "order_id", id);
@@ -397,19 +650,16 @@ static int emit_invalid(struct hctx *ctx, const struct event *ev, const struct c
     mpw_kv_cstr(&w, "reason", v->reason);
     mpw_kv_str(&w, "event_type", et);
     int rc = mpw_finish(&w);
-    if (!rc)
-        rc = hctx_emit(ctx, ev, "order.invalid_transition", &ev->tenant, id, b.data, b.len);
-    cairn_buf_deinit(&b);
-    return rc;
+    return rc ? rc : hctx_emit(ctx, ev, "order.invalid_transition", &ev->tenant, id, b.data, b.len);
 }
 
 /* ====================================================================== apply */
 
 static int orders_apply(struct hctx *ctx, const struct event *ev)
 {
-    struct orders *self = *hctx_user(ctx);
+    struct orders *os = *hctx_user(ctx);
     struct cairn_str id, et;
-    uint8_t vk[1 + CAIRN_TENANT_MAX + CAIRN_KEY_MAX];
+    uint8_t vk[VKEY_MAX];
     int t;
     /* The schema requires both; an old log may not have them. */
     if (!mp_str(mp_get(ev->body, "order_id"), &id) || id.n == 0 || id.n > CAIRN_KEY_MAX ||
@@ -418,40 +668,23 @@ static int orders_apply(struct hctx *ctx, const struct event *ev)
     size_t vn = hkey_make(vk, sizeof vk, &ev->tenant, &id);
     if (!vn)
         return 0;
-    MDB_val val;
-    int rc = hctx_get(ctx, self->view, vk, vn, &val);
-    if (rc && rc != CAIRN_ENOTFOUND)
-        return rc;
-    msgpack_unpacked old;
-    msgpack_unpacked_init(&old);
-    const msgpack_object *doc = NULL;
-    if (rc == 0) {
-        if (msgpack_unpack_next(&old, val.mv_data, val.mv_size, NULL) != MSGPACK_UNPACK_SUCCESS) {
-            msgpack_unpacked_destroy(&old);
-            return CAIRN_ECORRUPT;
-        }
-        doc = &old.data;
-    }
-    struct order o, n;
+    struct ord *r;
+    struct order n;
     struct verdict v;
     bool take[NFIELDS];
-    struct cairn_buf b;
-    struct mpw w;
-    cairn_buf_init(&b, DOC_MAX);
-    mpw_init(&w, &b);
-    rc = read_order(doc, &o);
-    if (!rc) {
-        judge(&o, t, ev->time, &v);
-        advance(&o, ev, t, &v, &n, take);
-        rc = write_doc(&w, ev, &id, &et, doc, &o, &n, take, t, &v);
-    }
-    if (!rc)
-        rc = hctx_put(ctx, self->view, vk, vn, b.data, b.len);
-    if (!rc && v.outcome == INVALID)
-        rc = emit_invalid(ctx, ev, &id, &et, o.status, t, &v);
-    cairn_buf_deinit(&b);
-    msgpack_unpacked_destroy(&old);
-    return rc;
+    int rc = ord_get(ctx, vk, vn, &r);
+    if (rc)
+        return rc;
+    int from = r->o.status;
+    judge(&r->o, t, ev->time, &v);
+    advance(&r->o, ev, t, &v, &n, take);
+    if ((rc = take_values(os, r, ev, &et, t, &v, &n, take)))
+        return rc;
+    r->o = n;
+    r->last_seq = ev->seq;
+    if ((rc = mark_dirty(os, r)))
+        return rc;
+    return v.outcome == INVALID ? emit_invalid(ctx, ev, &id, &et, from, t, &v) : 0;
 }
 
 const struct handler orders_handler = {
@@ -463,4 +696,5 @@ const struct handler orders_handler = {
     .apply = orders_apply,
     .close = orders_close,
     .view = "view",
+    .flush = orders_flush,
 };
