@@ -658,7 +658,11 @@ static int posture_move(struct comp *s, const struct rres *rr, size_t n)
             continue;
         for (size_t j = 0; j < rr[i].r->nctl && !rc; j++) {
             int c = rr[i].r->ctl[j];
-            bool done = false; /* by an earlier changed rule of the same control */
+            /* done already: by an earlier changed rule of the control, or
+             * earlier in this rule (a control listed twice) */
+            bool done = false;
+            for (size_t f = 0; f < j && !done; f++)
+                done = rr[i].r->ctl[f] == c;
             for (size_t e = 0; e < i && !done; e++)
                 for (size_t f = 0; rr[e].old != rr[e].now && f < rr[e].r->nctl && !done; f++)
                     done = rr[e].r->ctl[f] == c;

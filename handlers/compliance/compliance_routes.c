@@ -192,6 +192,7 @@ struct pctl {
     uint64_t pass, fail;
     char rules[1024]; /* JSON array body of rule ids */
     size_t rn;
+    size_t last; /* the rule (posture_rules' count, from 1) added last: once per rule */
 };
 
 static struct pctl *pctl_find(struct pctl *c, size_t *n, const char *id, size_t idn)
@@ -219,6 +220,7 @@ static void posture_rules(struct hread *rd, const uint8_t *pre, size_t pn, const
     MDB_dbi dbi;
     MDB_cursor *cur;
     MDB_val k = {pn, (void *)pre}, v;
+    size_t nrule = 0;
     if (hread_db(rd, "rules", &dbi) || mdb_cursor_open(hread_txn(rd), dbi, &cur))
         return;
     for (int rc = mdb_cursor_get(cur, &k, &v, MDB_SET_RANGE); !rc;
@@ -227,6 +229,7 @@ static void posture_rules(struct hread *rd, const uint8_t *pre, size_t pn, const
             break;
         msgpack_unpacked u;
         msgpack_unpacked_init(&u);
+        nrule++;
         if (msgpack_unpack_next(&u, v.mv_data, v.mv_size, NULL) == MSGPACK_UNPACK_SUCCESS) {
             const msgpack_object *rule = mp_get(&u.data, "rule");
             const msgpack_object *ids = mp_get(mp_get(rule, "frameworks"), fw);
@@ -238,8 +241,10 @@ static void posture_rules(struct hread *rd, const uint8_t *pre, size_t pn, const
                  en && ids && ids->type == MSGPACK_OBJECT_ARRAY && i < ids->via.array.size; i++) {
                 struct cairn_str id;
                 struct pctl *p;
-                if (!mp_str(&ids->via.array.ptr[i], &id) || !(p = pctl_find(c, n, id.p, id.n)))
-                    continue;
+                if (!mp_str(&ids->via.array.ptr[i], &id) || !(p = pctl_find(c, n, id.p, id.n)) ||
+                    p->last == nrule)
+                    continue; /* (a control the rule lists twice names the rule once) */
+                p->last = nrule;
                 if (p->rn + rid.n + 4 < sizeof p->rules) {
                     p->rn += (size_t)snprintf(p->rules + p->rn, sizeof p->rules - p->rn,
                                               "%s\"%.*s\"", p->rn ? "," : "", (int)rid.n, rid.p);

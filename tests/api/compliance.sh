@@ -261,6 +261,17 @@ expect_jq "stream violations" 200 '[.events[] | "\(.dseq) \(.cause) \(.type) \(.
      "3 5 compliance.violation sg1 sg22 -", "4 6 compliance.violation b3 pab -",
      "5 8 compliance.resolved b1 pab compliant", "6 8 compliance.resolved sg1 sg22 resource_gone"]'
 
+# ---------------------------------------------------------------- a control listed twice
+
+# globex: one rule naming its control twice; a resource counts once in it.
+post_json "$OTHER" "$(rule twice high aws.s3.bucket 'Name == "ok"' '{"fw":["D1","D1"]}')"
+expect_status "globex's rule" 202
+post_json "$OTHER" "$(scan 111 us-east-1 s3 true $T2 "$(res b1 aws.s3.bucket "$B_PUBLIC")" \
+    "$(res ok aws.s3.bucket '{"Name":"ok"}')")"
+expect_status "globex's rescan" 202
+get "$OTHER" '/v1/compliance/fw?min_seq=10'
+expect "a control listed twice counts each resource once" 200 \
+    '{"seq":10,"tenant":"globex","framework":"fw","summary":{"controls":1,"passing":0,"failing":1,"not_evaluated":0},"controls":[{"control":"D1","status":"fail","pass":1,"fail":1,"resources_evaluated":2,"rules":["twice"]}]}'
 stop_server
 
 # ---------------------------------------------------------------- --insecure-no-auth: every tenant
@@ -270,9 +281,9 @@ req GET /v1/compliance/soc2
 expect "no auth: a posture needs ?tenant=" 400 \
     "$(err missing_parameter 'a posture is per tenant: give ?tenant=' tenant)"
 req GET '/v1/compliance/cis-aws-3.0?tenant=acme'
-expect "no auth: a posture with ?tenant=acme" 200 "$(posture 8 cis-aws-3.0 \
+expect "no auth: a posture with ?tenant=acme" 200 "$(posture 10 cis-aws-3.0 \
     "$(ctl 2.1.4 2 1 '["pab"]')" "$(ctl 5.2 1 0 '["sg22"]')")"
 req GET '/v1/violations?status=open'
-expect_jq "no auth: the open violations of every tenant" 200 '[.items[] | "\(.tenant)/\(.resource_id)/\(.rule_id)"] | sort == ["acme/b1/ver","acme/b3/pab"]'
+expect_jq "no auth: the open violations of every tenant" 200 '[.items[] | "\(.tenant)/\(.resource_id)/\(.rule_id)"] | sort == ["acme/b1/ver","acme/b3/pab","globex/b1/twice"]'
 stop_server
 finish
