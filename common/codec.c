@@ -36,10 +36,10 @@ size_t cairn_fmt_double(double d, char *out, size_t cap)
 
 /* ====================================================================== JSON -> msgpack */
 
-static int pack_json(msgpack_packer *pk, const json_t *v, int depth, struct cairn_error *e)
+static int pack_json(msgpack_packer *pk, const json_t *v, int depth, int max, struct cairn_error *e)
 {
-    if (depth > CAIRN_DEPTH_MAX)
-        return cairn_error_set(e, "too_deep", "", "nesting deeper than %d levels", CAIRN_DEPTH_MAX);
+    if (depth > max)
+        return cairn_error_set(e, "too_deep", "", "nesting deeper than %d levels", max);
     int rc = 0;
     switch (json_typeof(v)) {
     case JSON_NULL: rc = msgpack_pack_nil(pk); break;
@@ -56,7 +56,7 @@ static int pack_json(msgpack_packer *pk, const json_t *v, int depth, struct cair
         size_t n = json_array_size(v);
         rc = msgpack_pack_array(pk, n);
         for (size_t i = 0; !rc && i < n; i++) {
-            int r = pack_json(pk, json_array_get(v, i), depth + 1, e);
+            int r = pack_json(pk, json_array_get(v, i), depth + 1, max, e);
             if (r)
                 return r;
         }
@@ -73,7 +73,7 @@ static int pack_json(msgpack_packer *pk, const json_t *v, int depth, struct cair
             rc = msgpack_pack_str_with_body(pk, k, strlen(k));
             if (rc)
                 break;
-            int r = pack_json(pk, item, depth + 1, e);
+            int r = pack_json(pk, item, depth + 1, max, e);
             if (r)
                 return r;
         }
@@ -83,11 +83,17 @@ static int pack_json(msgpack_packer *pk, const json_t *v, int depth, struct cair
     return rc ? CAIRN_ETOOBIG : 0;
 }
 
-int cairn_json_to_msgpack(const json_t *v, struct cairn_buf *out, struct cairn_error *e)
+int cairn_json_to_msgpack_depth(const json_t *v, struct cairn_buf *out, int max_depth,
+                                struct cairn_error *e)
 {
     msgpack_packer pk;
     msgpack_packer_init(&pk, out, cairn_buf_msgpack_write);
-    return pack_json(&pk, v, 1, e);
+    return pack_json(&pk, v, 1, max_depth, e);
+}
+
+int cairn_json_to_msgpack(const json_t *v, struct cairn_buf *out, struct cairn_error *e)
+{
+    return cairn_json_to_msgpack_depth(v, out, CAIRN_DEPTH_MAX, e);
 }
 
 /* ====================================================================== msgpack -> JSON text */
@@ -192,7 +198,12 @@ static json_t *obj_to_jansson(const msgpack_object *o, int depth, struct cairn_e
             return NULL;
         }
         return json_real(o->via.f64);
-    case MSGPACK_OBJECT_STR: return json_stringn_nocheck(o->via.str.ptr, o->via.str.size);
+    case MSGPACK_OBJECT_STR: {
+        json_t *s = json_stringn(o->via.str.ptr, o->via.str.size);
+        if (!s && !cairn_utf8_valid((const uint8_t *)o->via.str.ptr, o->via.str.size))
+            cairn_error_set(e, "invalid_utf8", "", "strings must be valid UTF-8");
+        return s;
+    }
     case MSGPACK_OBJECT_ARRAY: {
         json_t *a = json_array();
         for (uint32_t i = 0; a && i < o->via.array.size; i++) {
@@ -208,14 +219,23 @@ static json_t *obj_to_jansson(const msgpack_object *o, int depth, struct cairn_e
         json_t *m = json_object();
         for (uint32_t i = 0; m && i < o->via.map.size; i++) {
             const msgpack_object_kv *kv = &o->via.map.ptr[i];
+            const char *k = kv->key.via.str.ptr;
+            size_t kn = kv->key.via.str.size;
             if (kv->key.type != MSGPACK_OBJECT_STR) {
                 cairn_error_set(e, "wrong_type", "", "map keys must be strings");
                 json_decref(m);
                 return NULL;
             }
+            /* As JSON input is parsed with JSON_REJECT_DUPLICATES. */
+            if (!cairn_utf8_valid((const uint8_t *)k, kn) || memchr(k, 0, kn) ||
+                json_object_getn(m, k, kn)) {
+                cairn_error_set(e, "invalid_key", "",
+                                "map keys must be unique, valid UTF-8 strings without NUL");
+                json_decref(m);
+                return NULL;
+            }
             json_t *item = obj_to_jansson(&kv->val, depth + 1, e);
-            if (!item ||
-                json_object_setn_new_nocheck(m, kv->key.via.str.ptr, kv->key.via.str.size, item)) {
+            if (!item || json_object_setn_new_nocheck(m, k, kn, item)) {
                 json_decref(m);
                 return NULL;
             }
@@ -322,4 +342,199 @@ int cairn_rd_str(struct cairn_rd *r, struct cairn_str *s, bool nil_ok)
     s->n = (size_t)n;
     r->p += n;
     return 0;
+}
+
+/* ====================================================================== canonical msgpack */
+
+/* Length of the valid UTF-8 sequence at p (what jansson accepts: no
+ * overlong forms, no surrogates, nothing above U+10FFFF), 0 if invalid. */
+static size_t utf8_seq(const uint8_t *p, const uint8_t *end)
+{
+    uint8_t c = p[0];
+    size_t n = c < 0x80 ? 1 : c < 0xC2 ? 0 : c < 0xE0 ? 2 : c < 0xF0 ? 3 : c < 0xF5 ? 4 : 0;
+    if (!n || (size_t)(end - p) < n)
+        return 0;
+    for (size_t i = 1; i < n; i++)
+        if ((p[i] & 0xC0) != 0x80)
+            return 0;
+    if (n == 3) {
+        uint32_t cp = (uint32_t)(c & 0x0F) << 12 | (uint32_t)(p[1] & 0x3F) << 6 | (p[2] & 0x3F);
+        if (cp < 0x800 || (cp >= 0xD800 && cp <= 0xDFFF))
+            return 0;
+    } else if (n == 4) {
+        uint32_t cp = (uint32_t)(c & 0x07) << 18 | (uint32_t)(p[1] & 0x3F) << 12 |
+                      (uint32_t)(p[2] & 0x3F) << 6 | (p[3] & 0x3F);
+        if (cp < 0x10000 || cp > 0x10FFFF)
+            return 0;
+    }
+    return n;
+}
+
+bool cairn_utf8_valid(const uint8_t *p, size_t n)
+{
+    const uint8_t *end = p + n;
+    while (p < end) {
+        if (*p < 0x80) { /* ASCII runs are the common case */
+            p++;
+            continue;
+        }
+        size_t k = utf8_seq(p, end);
+        if (!k)
+            return false;
+        p += k;
+    }
+    return true;
+}
+
+static uint64_t be_n(const uint8_t *p, int n)
+{
+    uint64_t v = 0;
+    for (int i = 0; i < n; i++)
+        v = v << 8 | p[i];
+    return v;
+}
+
+/* Maps with more keys than this are left to the slow path (the duplicate
+ * check below is quadratic). */
+#define CANON_MAP_KEYS_MAX 64
+
+struct canon {
+    const uint8_t *p, *end;
+};
+
+static bool canon_value(struct canon *c, int depth, int max);
+
+/* A str of the canonical width; s/n its body. */
+static bool canon_str(struct canon *c, const uint8_t **s, size_t *n)
+{
+    if (c->p >= c->end)
+        return false;
+    uint8_t t = *c->p++;
+    size_t hdr = t >= 0xa0 && t <= 0xbf ? 0 : t == 0xd9 ? 1 : t == 0xda ? 2 : t == 0xdb ? 4 : 9;
+    if (hdr == 9 || (size_t)(c->end - c->p) < hdr)
+        return false;
+    size_t len = hdr ? (size_t)be_n(c->p, (int)hdr) : (size_t)(t & 0x1f);
+    size_t min = hdr == 1 ? 32 : hdr == 2 ? 256 : hdr == 4 ? 65536 : 0;
+    c->p += hdr;
+    if (len < min || (size_t)(c->end - c->p) < len || !cairn_utf8_valid(c->p, len))
+        return false;
+    *s = c->p;
+    *n = len;
+    c->p += len;
+    return true;
+}
+
+static bool canon_map(struct canon *c, size_t count, int depth, int max)
+{
+    const uint8_t *ks[CANON_MAP_KEYS_MAX];
+    size_t kn[CANON_MAP_KEYS_MAX];
+    if (count > CANON_MAP_KEYS_MAX)
+        return false;
+    for (size_t i = 0; i < count; i++) {
+        if (!canon_str(c, &ks[i], &kn[i]) || memchr(ks[i], 0, kn[i]))
+            return false;
+        for (size_t j = 0; j < i; j++)
+            if (kn[j] == kn[i] && !memcmp(ks[j], ks[i], kn[i]))
+                return false; /* a duplicate key */
+        if (!canon_value(c, depth + 1, max))
+            return false;
+    }
+    return true;
+}
+
+static bool canon_value(struct canon *c, int depth, int max)
+{
+    if (depth > max || c->p >= c->end)
+        return false;
+    uint8_t t = *c->p;
+    size_t left = (size_t)(c->end - c->p) - 1;
+    if (t <= 0x7f || t >= 0xe0 || t == 0xc0 || t == 0xc2 || t == 0xc3) {
+        c->p++; /* fixint, nil, false, true */
+        return true;
+    }
+    if ((t >= 0xa0 && t <= 0xbf) || (t >= 0xd9 && t <= 0xdb)) {
+        const uint8_t *s;
+        size_t n;
+        return canon_str(c, &s, &n);
+    }
+    if (t >= 0x80 && t <= 0x9f) { /* fixmap, fixarray */
+        c->p++;
+        size_t n = t & 0x0f;
+        if (t >= 0x90) {
+            for (size_t i = 0; i < n; i++)
+                if (!canon_value(c, depth + 1, max))
+                    return false;
+            return true;
+        }
+        return canon_map(c, n, depth, max);
+    }
+    switch (t) {
+    case 0xcb: { /* float64: any finite double (JSON has no NaN) */
+        if (left < 8)
+            return false;
+        uint64_t bits = be_n(c->p + 1, 8);
+        double d;
+        memcpy(&d, &bits, sizeof d);
+        c->p += 9;
+        return isfinite(d);
+    }
+    case 0xcc:
+    case 0xcd:
+    case 0xce:
+    case 0xcf: { /* uint: positive ints only in the smallest width */
+        int w = 1 << (t - 0xcc);
+        if (left < (size_t)w)
+            return false;
+        uint64_t v = be_n(c->p + 1, w);
+        uint64_t min = w == 1 ? 0x80 : w == 2 ? 0x100 : w == 4 ? 0x10000 : 0x100000000ull;
+        c->p += 1 + w;
+        return v >= min && v <= (uint64_t)INT64_MAX;
+    }
+    case 0xd0:
+    case 0xd1:
+    case 0xd2:
+    case 0xd3: { /* int: negative ints only, in the smallest width */
+        int w = 1 << (t - 0xd0);
+        if (left < (size_t)w)
+            return false;
+        uint64_t raw = be_n(c->p + 1, w);
+        int64_t v = w == 1   ? (int8_t)raw
+                    : w == 2 ? (int16_t)raw
+                    : w == 4 ? (int32_t)raw
+                             : (int64_t)raw;
+        int64_t lim = w == 1 ? -32 : w == 2 ? -128 : w == 4 ? -32768 : -2147483648LL;
+        c->p += 1 + w;
+        return v < lim;
+    }
+    case 0xdc:
+    case 0xde: /* array16, map16 */
+    case 0xdd:
+    case 0xdf: { /* array32, map32 */
+        int w = t == 0xdc || t == 0xde ? 2 : 4;
+        if (left < (size_t)w)
+            return false;
+        size_t n = (size_t)be_n(c->p + 1, w);
+        c->p += 1 + w;
+        if (n < (w == 2 ? 16u : 65536u))
+            return false;
+        if (t == 0xde || t == 0xdf)
+            return canon_map(c, n, depth, max);
+        if (n > (size_t)(c->end - c->p)) /* each item is at least one byte */
+            return false;
+        for (size_t i = 0; i < n; i++)
+            if (!canon_value(c, depth + 1, max))
+                return false;
+        return true;
+    }
+    default: return false; /* bin, ext, float32 */
+    }
+}
+
+bool cairn_mp_canonical(const uint8_t *p, size_t n, int max_depth, size_t *used)
+{
+    struct canon c = {p, p + n};
+    if (!canon_value(&c, 1, max_depth))
+        return false;
+    *used = (size_t)(c.p - p);
+    return true;
 }

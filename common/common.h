@@ -210,6 +210,9 @@ uint64_t cairn_be64_get(const uint8_t *p);
 /* Encodes v into out. Fails with CAIRN_EINVAL (and e) for depth over
  * CAIRN_DEPTH_MAX, CAIRN_ETOOBIG when out's maximum is passed. */
 int cairn_json_to_msgpack(const json_t *v, struct cairn_buf *out, struct cairn_error *e);
+/* The same with another depth limit (levels, the root being 1). */
+int cairn_json_to_msgpack_depth(const json_t *v, struct cairn_buf *out, int max_depth,
+                                struct cairn_error *e);
 /* Writes the msgpack value at p as JSON text into out. On success *used
  * (optional) is the number of bytes of p consumed. CAIRN_ECORRUPT when p is
  * not one well-formed msgpack value. */
@@ -218,6 +221,19 @@ int cairn_msgpack_to_json(const uint8_t *p, size_t n, struct cairn_buf *out, siz
  * decrefs). Map keys must be strings; bin becomes a hex string. */
 int cairn_msgpack_to_jansson(const uint8_t *p, size_t n, json_t **out, size_t *used,
                              struct cairn_error *e);
+
+/* True when the msgpack value at p is exactly what cairn_json_to_msgpack
+ * writes for some JSON value at most max_depth levels deep (the root being
+ * 1): the smallest width for every int, str, array and map header; float64
+ * only and finite; no bin or ext; integers within int64; strings valid
+ * UTF-8; map keys strings without NUL, unique, at most 64 per map. Such
+ * bytes can be stored as they are: re-encoding them would change nothing.
+ * *used is the value's length. False means "take the slow path" (convert
+ * through jansson, which canonicalises or reports the error), not
+ * necessarily that the value is invalid. */
+bool cairn_mp_canonical(const uint8_t *p, size_t n, int max_depth, size_t *used);
+/* True when p holds valid UTF-8 (as jansson defines it). */
+bool cairn_utf8_valid(const uint8_t *p, size_t n);
 
 /* A reader for msgpack that Cairn wrote itself in a canonical shape (the
  * log envelope, derived envelopes): it checks each key in order and gives

@@ -75,6 +75,8 @@ void ingest_event_deinit(struct ingest_event *ev);
  *   discovery            account_id/region
  * Returns the length, 0 when the type implies none, or CAIRN_ETOOBIG. */
 int ingest_default_key(const char *type, const json_t *payload, char *out, size_t cap);
+/* The same on the decoded msgpack payload (what ingest itself uses). */
+int ingest_default_key_mp(const char *type, const msgpack_object *payload, char *out, size_t cap);
 
 /* Formats a result line of `cairn append` / POST /v1/events:
  * {"line":N,"seq":S} / ,"duplicate":true / {"line":N,"error":{…}}.

@@ -91,9 +91,30 @@ static bool tenant_char_ok(char c)
            c == '_' || c == '-';
 }
 
-/* Reads an optional string field: *s NULL when absent. */
+/* An envelope field as read from either encoding, before any check. */
+enum fkind { F_ABSENT, F_NULL, F_STR, F_INT, F_OTHER };
+
+struct field {
+    enum fkind kind;
+    const char *s; /* F_STR */
+    size_t n;
+    int64_t i; /* F_INT */
+};
+
+/* In the order of envelope_fields. */
+enum { FX_TYPE, FX_TENANT, FX_KEY, FX_ID, FX_TIME, FX_PAYLOAD, FX_EXPECTED, FX_N };
+
+/* The envelope of one input, read from JSON (jansson) or msgpack (in
+ * place). The checks below run on this, so both encodings give the same
+ * answers and errors. */
+struct raw_env {
+    struct field f[FX_N];
+    const json_t *payload_json;                 /* JSON: the payload value */
+    const uint8_t *payload_mp, *payload_mp_end; /* msgpack: its bytes */
+};
+
 /* Names the top-level field of an error cairn_error_set just filled; the
- * pointer is formatted only when there is an error (get_str is hot). */
+ * pointer is formatted only when there is an error (this is hot). */
 static int at_field(struct cairn_error *e, const char *name, int rc)
 {
     if (e)
@@ -101,197 +122,331 @@ static int at_field(struct cairn_error *e, const char *name, int rc)
     return rc;
 }
 
-static int get_str(const json_t *obj, const char *name, size_t max, bool required, const char **s,
-                   size_t *n, struct cairn_error *e)
+static int unknown_field(const char *k, size_t n, struct cairn_error *e)
 {
-    const json_t *v = json_object_get(obj, name);
-    *s = NULL;
-    *n = 0;
-    if (!v || json_is_null(v)) {
+    char field[CAIRN_ERR_FIELD_MAX];
+    snprintf(field, sizeof field, "/%.*s", (int)(n > 200 ? 200 : n), k);
+    return cairn_error_set(e, "unknown_field", field,
+                           "unknown field; an event has type, tenant, key, id, time, "
+                           "expected_seq and payload");
+}
+
+static int field_index(const char *k, size_t n)
+{
+    for (int i = 0; envelope_fields[i]; i++)
+        if (strlen(envelope_fields[i]) == n && !memcmp(envelope_fields[i], k, n))
+            return i;
+    return -1;
+}
+
+static int env_from_json(const json_t *obj, struct raw_env *r, struct cairn_error *e)
+{
+    const char *k;
+    json_t *v;
+    memset(r, 0, sizeof *r);
+    json_object_foreach((json_t *)obj, k, v)
+    {
+        int i = field_index(k, strlen(k));
+        if (i < 0)
+            return unknown_field(k, strlen(k), e);
+        struct field *f = &r->f[i];
+        if (json_is_null(v)) {
+            f->kind = F_NULL;
+        } else if (json_is_string(v)) {
+            *f = (struct field){F_STR, json_string_value(v), json_string_length(v), 0};
+        } else if (json_is_integer(v)) {
+            *f = (struct field){F_INT, NULL, 0, json_integer_value(v)};
+        } else {
+            f->kind = F_OTHER;
+        }
+        if (i == FX_PAYLOAD)
+            r->payload_json = v;
+    }
+    return 0;
+}
+
+/* 1: leave this input to the slow path (through jansson), which
+ * canonicalises what it can and reports what it cannot. */
+#define SLOW 1
+
+/* Reads the envelope map of a msgpack input in place. 0, SLOW, or an
+ * error (unknown field). */
+static int env_from_msgpack(const uint8_t *p, size_t n, struct raw_env *r, size_t *used,
+                            struct cairn_error *e)
+{
+    const uint8_t *at = p, *end = p + n;
+    memset(r, 0, sizeof *r);
+    if (at >= end || (*at & 0xf0) != 0x80)
+        return SLOW; /* not a fixmap: an event has at most seven fields */
+    size_t count = *at++ & 0x0f;
+    for (size_t i = 0; i < count; i++) {
+        size_t kl;
+        if (at >= end || (*at & 0xe0) != 0xa0)
+            return SLOW; /* keys are short strings */
+        kl = *at++ & 0x1f;
+        if ((size_t)(end - at) < kl)
+            return SLOW;
+        const char *k = (const char *)at;
+        at += kl;
+        if (!cairn_utf8_valid((const uint8_t *)k, kl))
+            return SLOW;
+        int fi = field_index(k, kl);
+        if (fi < 0)
+            return unknown_field(k, kl, e);
+        struct field *f = &r->f[fi];
+        if (f->kind != F_ABSENT)
+            return SLOW; /* a duplicate: the slow path names it */
+        const uint8_t *v = at;
+        size_t vn;
+        /* The payload sits one level below the envelope. */
+        if (!cairn_mp_canonical(v, (size_t)(end - v), CAIRN_DEPTH_MAX - 1, &vn))
+            return SLOW;
+        at += vn;
+        if (fi == FX_PAYLOAD) {
+            r->payload_mp = v;
+            r->payload_mp_end = at;
+            f->kind = F_OTHER;
+        } else if (*v == 0xc0) {
+            f->kind = F_NULL;
+        } else if ((*v >= 0xa0 && *v <= 0xbf) || (*v >= 0xd9 && *v <= 0xdb)) {
+            size_t hdr = *v <= 0xbf ? 1 : *v == 0xd9 ? 2 : *v == 0xda ? 3 : 5;
+            *f = (struct field){F_STR, (const char *)v + hdr, vn - hdr, 0};
+        } else if (*v <= 0x7f || *v >= 0xe0 || (*v >= 0xcc && *v <= 0xd3)) {
+            struct cairn_rd rd = {v, at};
+            f->kind = F_INT;
+            if (cairn_rd_int(&rd, &f->i))
+                return SLOW;
+        } else {
+            f->kind = F_OTHER;
+        }
+    }
+    *used = (size_t)(at - p);
+    return 0;
+}
+
+/* Reads an optional string field: s->p NULL when absent. */
+static int get_str(const struct raw_env *r, int fi, size_t max, bool required, struct cairn_str *s,
+                   struct cairn_error *e)
+{
+    const struct field *f = &r->f[fi];
+    const char *name = envelope_fields[fi];
+    *s = (struct cairn_str){NULL, 0};
+    if (f->kind == F_ABSENT || f->kind == F_NULL) {
         if (required)
             return at_field(e, name,
                             cairn_error_set(e, "missing_field", "", "%s is required", name));
         return 0;
     }
-    if (!json_is_string(v))
+    if (f->kind != F_STR)
         return at_field(e, name, cairn_error_set(e, "wrong_type", "", "%s must be a string", name));
-    *s = json_string_value(v);
-    *n = json_string_length(v);
-    if (*n > max)
-        return at_field(
-            e, name,
-            cairn_error_set(e, "too_long", "", "%s is %zu bytes, the limit is %zu", name, *n, max));
-    if (required && *n == 0)
+    *s = (struct cairn_str){f->s, f->n};
+    if (f->n > max)
+        return at_field(e, name,
+                        cairn_error_set(e, "too_long", "", "%s is %zu bytes, the limit is %zu",
+                                        name, f->n, max));
+    if (required && f->n == 0)
         return at_field(e, name, cairn_error_set(e, "too_short", "", "%s must not be empty", name));
-    for (size_t i = 0; i < *n; i++)
-        if ((unsigned char)(*s)[i] < 0x20)
+    for (size_t i = 0; i < f->n; i++)
+        if ((unsigned char)f->s[i] < 0x20)
             return at_field(e, name,
                             cairn_error_set(e, "invalid_value", "",
                                             "%s must not contain control characters", name));
     return 0;
 }
 
-static int check_fields(const json_t *obj, struct cairn_error *e)
+static int get_time(const struct raw_env *r, int64_t now, int64_t *out, struct cairn_error *e)
 {
-    const char *k;
-    json_t *v;
-    json_object_foreach((json_t *)obj, k, v)
-    {
-        if (!in_list(k, envelope_fields)) {
-            char field[CAIRN_ERR_FIELD_MAX];
-            snprintf(field, sizeof field, "/%.200s", k);
-            return cairn_error_set(e, "unknown_field", field,
-                                   "unknown field; an event has type, tenant, key, id, time, "
-                                   "expected_seq and payload");
-        }
-    }
-    return 0;
-}
-
-static int get_time(const json_t *obj, int64_t now, int64_t *out, struct cairn_error *e)
-{
-    const json_t *v = json_object_get(obj, "time");
-    if (!v || json_is_null(v)) {
+    const struct field *f = &r->f[FX_TIME];
+    if (f->kind == F_ABSENT || f->kind == F_NULL) {
         *out = now;
         return 0;
     }
-    if (json_is_integer(v)) {
-        *out = json_integer_value(v);
-        if (*out < CAIRN_TIME_MIN || *out > CAIRN_TIME_MAX)
-            return cairn_error_set(e, "out_of_range", "/time",
-                                   "time must be between 1970-01-01 and 2200-01-01");
-        return 0;
-    }
-    if (!json_is_string(v))
+    if (f->kind == F_INT) {
+        *out = f->i;
+    } else if (f->kind != F_STR) {
         return cairn_error_set(e, "wrong_type", "/time",
                                "time must be an RFC 3339 string or integer epoch nanoseconds");
-    if (cairn_time_parse(json_string_value(v), json_string_length(v), out))
+    } else if (cairn_time_parse(f->s, f->n, out)) {
         return cairn_error_set(e, "invalid_time", "/time",
                                "time is not RFC 3339 (e.g. 2026-11-21T10:00:00.250Z)");
+    }
     if (*out < CAIRN_TIME_MIN || *out > CAIRN_TIME_MAX)
         return cairn_error_set(e, "out_of_range", "/time",
                                "time must be between 1970-01-01 and 2200-01-01");
     return 0;
 }
 
-static int get_expected(const json_t *obj, int64_t *out, struct cairn_error *e)
+static int get_expected(const struct raw_env *r, int64_t *out, struct cairn_error *e)
 {
-    const json_t *v = json_object_get(obj, "expected_seq");
+    const struct field *f = &r->f[FX_EXPECTED];
     *out = -1;
-    if (!v || json_is_null(v))
+    if (f->kind == F_ABSENT || f->kind == F_NULL)
         return 0;
-    if (!json_is_integer(v))
+    if (f->kind != F_INT)
         return cairn_error_set(e, "wrong_type", "/expected_seq", "expected_seq must be an integer");
-    if (json_integer_value(v) < 0)
+    if (f->i < 0)
         return cairn_error_set(e, "out_of_range", "/expected_seq", "expected_seq must be >= 0");
-    *out = json_integer_value(v);
+    *out = f->i;
     return 0;
 }
 
 /* ====================================================================== default keys */
 
-static int copy_key(const json_t *v, char *out, size_t cap)
+static int copy_key(const msgpack_object *v, char *out, size_t cap)
 {
-    if (!json_is_string(v))
+    struct cairn_str s;
+    if (!mp_str(v, &s))
         return 0;
-    size_t n = json_string_length(v);
-    if (n >= cap)
+    if (s.n >= cap)
         return CAIRN_ETOOBIG;
-    memcpy(out, json_string_value(v), n);
-    out[n] = '\0';
-    return (int)n;
+    memcpy(out, s.p, s.n);
+    out[s.n] = '\0';
+    return (int)s.n;
 }
 
-static int label_cmp(const void *a, const void *b)
+/* A string as C code saw it when keys were made from jansson values: up
+ * to its first NUL. Kept so that keys never change. */
+static size_t c_len(const struct cairn_str *s)
 {
-    return strcmp(*(const char *const *)a, *(const char *const *)b);
+    return strnlen(s->p, s->n);
 }
 
-/* Appends s to out[*n..cap) with Prometheus label-value escaping (\\, \",
- * \n), so distinct label sets never give the same series key. */
-static bool put_escaped(char *out, size_t cap, int *n, const char *s)
+static int span_cmp(const void *a, const void *b)
 {
-    for (; *s; s++) {
-        const char *esc = *s == '\\' ? "\\\\" : *s == '"' ? "\\\"" : *s == '\n' ? "\\n" : NULL;
-        size_t k = esc ? 2 : 1;
-        if ((size_t)*n + k >= cap)
-            return false;
-        if (esc)
-            memcpy(out + *n, esc, 2);
-        else
-            out[*n] = *s;
-        *n += (int)k;
-    }
+    const struct cairn_str *x = a, *y = b;
+    int c = memcmp(x->p, y->p, x->n < y->n ? x->n : y->n);
+    return c ? c : (x->n > y->n) - (x->n < y->n);
+}
+
+static bool put_raw(char *out, size_t cap, int *n, const char *s, size_t len)
+{
+    if ((size_t)*n + len >= cap)
+        return false;
+    memcpy(out + *n, s, len);
+    *n += (int)len;
     out[*n] = '\0';
     return true;
 }
 
-/* name{a="x",b="y"}: the Prometheus series identity, labels sorted. */
-static int metric_series(const json_t *payload, char *out, size_t cap)
+/* Appends s to out[*n..cap) with Prometheus label-value escaping (\\, \",
+ * \n), so distinct label sets never give the same series key. */
+static bool put_escaped(char *out, size_t cap, int *n, const char *s, size_t len)
 {
-    const json_t *labels = json_object_get(payload, "labels");
-    const char *names[64], *k;
-    json_t *v;
-    size_t nl = 0;
-    int n = snprintf(out, cap, "%s", json_string_value(json_object_get(payload, "name")));
-    if (n < 0 || (size_t)n >= cap)
-        return CAIRN_ETOOBIG;
-    json_object_foreach((json_t *)labels, k, v)
-    {
-        if (nl == sizeof names / sizeof *names)
-            return CAIRN_ETOOBIG;
-        names[nl++] = k;
+    for (size_t i = 0; i < len; i++) {
+        char c = s[i];
+        const char *esc = c == '\\' ? "\\\\" : c == '"' ? "\\\"" : c == '\n' ? "\\n" : NULL;
+        if (!put_raw(out, cap, n, esc ? esc : &s[i], esc ? 2 : 1))
+            return false;
     }
-    qsort(names, nl, sizeof *names, label_cmp);
-    for (size_t i = 0; i < nl; i++) {
-        int m = snprintf(out + n, cap - (size_t)n, "%s%s=\"", i ? "," : "{", names[i]);
-        if (m < 0 || (size_t)(n + m) >= cap)
+    return true;
+}
+
+/* name{a="x",b="y"}: the Prometheus series identity, labels sorted. */
+static int metric_series(const msgpack_object *payload, char *out, size_t cap)
+{
+    const msgpack_object *labels = mp_get(payload, "labels");
+    struct cairn_str name = {"", 0}, keys[64];
+    const msgpack_object *vals[64];
+    size_t nl = 0;
+    int n = 0;
+    mp_str(mp_get(payload, "name"), &name);
+    out[0] = '\0';
+    if (!put_raw(out, cap, &n, name.p, c_len(&name)))
+        return CAIRN_ETOOBIG;
+    for (uint32_t i = 0; labels && labels->type == MSGPACK_OBJECT_MAP && i < labels->via.map.size;
+         i++) {
+        if (nl == sizeof keys / sizeof *keys)
             return CAIRN_ETOOBIG;
-        n += m;
-        const char *val = json_string_value(json_object_get(labels, names[i]));
-        if (!put_escaped(out, cap, &n, val ? val : "") || (size_t)n + 2 >= cap)
+        if (!mp_str(&labels->via.map.ptr[i].key, &keys[nl]))
+            continue;
+        vals[nl] = &labels->via.map.ptr[i].val;
+        nl++;
+    }
+    /* sort keys, carrying their values along */
+    for (size_t i = 1; i < nl; i++)
+        for (size_t j = i; j > 0 && span_cmp(&keys[j - 1], &keys[j]) > 0; j--) {
+            struct cairn_str tk = keys[j];
+            const msgpack_object *tv = vals[j];
+            keys[j] = keys[j - 1];
+            vals[j] = vals[j - 1];
+            keys[j - 1] = tk;
+            vals[j - 1] = tv;
+        }
+    for (size_t i = 0; i < nl; i++) {
+        struct cairn_str v = {"", 0};
+        mp_str(vals[i], &v);
+        if (!put_raw(out, cap, &n, i ? "," : "{", 1) ||
+            !put_raw(out, cap, &n, keys[i].p, c_len(&keys[i])) ||
+            !put_raw(out, cap, &n, "=\"", 2) || !put_escaped(out, cap, &n, v.p, c_len(&v)) ||
+            (size_t)n + 2 >= cap)
             return CAIRN_ETOOBIG;
         out[n++] = '"';
         out[n] = '\0';
     }
-    if (nl) {
-        if ((size_t)n + 2 > cap)
-            return CAIRN_ETOOBIG;
-        out[n++] = '}';
-        out[n] = '\0';
-    }
+    if (nl && !put_raw(out, cap, &n, "}", 1))
+        return CAIRN_ETOOBIG;
     return n;
 }
 
-int ingest_default_key(const char *type, const json_t *payload, char *out, size_t cap)
+int ingest_default_key_mp(const char *type, const msgpack_object *payload, char *out, size_t cap)
 {
     if (!strcmp(type, "telemetry") || !strcmp(type, "location"))
-        return copy_key(json_object_get(payload, "device_id"), out, cap);
+        return copy_key(mp_get(payload, "device_id"), out, cap);
     if (!strcmp(type, "order"))
-        return copy_key(json_object_get(payload, "order_id"), out, cap);
+        return copy_key(mp_get(payload, "order_id"), out, cap);
     if (!strcmp(type, "payment")) {
-        const json_t *o = json_object_get(json_object_get(payload, "data"), "object");
-        const json_t *cust = json_object_get(o, "customer");
-        if (json_is_string(cust))
+        const msgpack_object *o = mp_path(payload, "data", "object", NULL);
+        const msgpack_object *cust = o ? mp_get(o, "customer") : NULL;
+        if (cust && cust->type == MSGPACK_OBJECT_STR)
             return copy_key(cust, out, cap);
-        if (json_is_object(cust)) /* an expanded customer */
-            return copy_key(json_object_get(cust, "id"), out, cap);
-        const json_t *kind = json_object_get(o, "object");
-        if (json_is_string(kind) && !strcmp(json_string_value(kind), "customer"))
-            return copy_key(json_object_get(o, "id"), out, cap);
+        if (cust && cust->type == MSGPACK_OBJECT_MAP) /* an expanded customer */
+            return copy_key(mp_get(cust, "id"), out, cap);
+        if (o && mp_str_eq(mp_get(o, "object"), "customer"))
+            return copy_key(mp_get(o, "id"), out, cap);
         return 0;
     }
     if (!strcmp(type, "metric"))
         return metric_series(payload, out, cap);
     if (!strcmp(type, "discovery")) {
-        const json_t *a = json_object_get(payload, "account_id"),
-                     *r = json_object_get(payload, "region");
-        if (!json_is_string(a) || !json_is_string(r))
+        struct cairn_str a, r;
+        if (!mp_str(mp_get(payload, "account_id"), &a) || !mp_str(mp_get(payload, "region"), &r))
             return 0;
-        int n = snprintf(out, cap, "%s/%s", json_string_value(a), json_string_value(r));
-        return n < 0 || (size_t)n >= cap ? CAIRN_ETOOBIG : n;
+        int n = 0;
+        out[0] = '\0';
+        if (!put_raw(out, cap, &n, a.p, c_len(&a)) || !put_raw(out, cap, &n, "/", 1) ||
+            !put_raw(out, cap, &n, r.p, c_len(&r)))
+            return CAIRN_ETOOBIG;
+        return n;
     }
     return 0;
+}
+
+/* Unpacks canonical msgpack bytes (which cannot fail but for memory). */
+static int unpack(const uint8_t *p, size_t n, msgpack_zone *z, msgpack_object *o)
+{
+    size_t off = 0;
+    if (!msgpack_zone_init(z, 1024))
+        return CAIRN_ENOMEM;
+    if (msgpack_unpack((const char *)p, n, &off, z, o) != MSGPACK_UNPACK_SUCCESS) {
+        msgpack_zone_destroy(z);
+        return CAIRN_ENOMEM;
+    }
+    return 0;
+}
+
+int ingest_default_key(const char *type, const json_t *payload, char *out, size_t cap)
+{
+    struct cairn_buf b;
+    msgpack_zone z;
+    msgpack_object o;
+    cairn_buf_init(&b, SIZE_MAX);
+    int rc = cairn_json_to_msgpack(payload, &b, NULL);
+    if (!rc && !(rc = unpack(b.data, b.len, &z, &o))) {
+        rc = ingest_default_key_mp(type, &o, out, cap);
+        msgpack_zone_destroy(&z);
+    }
+    cairn_buf_deinit(&b);
+    return rc;
 }
 
 /* ====================================================================== handler validation */
@@ -299,11 +454,9 @@ int ingest_default_key(const char *type, const json_t *payload, char *out, size_
 /* Lets the handlers that consume this type refuse a bad control input
  * (a malformed rule, an invalid fence) before it enters the log. */
 static int handler_validate(struct ingest *ing, const struct ingest_event *iev,
-                            struct cairn_error *e)
+                            const msgpack_object *body, struct cairn_error *e)
 {
     int rc = 0;
-    msgpack_unpacked body;
-    bool decoded = false;
     for (const struct handler *const *h = ing->handlers; *h && !rc; h++) {
         if (!(*h)->validate)
             continue;
@@ -312,26 +465,15 @@ static int handler_validate(struct ingest *ing, const struct ingest_event *iev,
             consumes = strlen(*t) == iev->in.type.n && !memcmp(*t, iev->in.type.p, iev->in.type.n);
         if (!consumes)
             continue;
-        if (!decoded) {
-            msgpack_unpacked_init(&body);
-            if (msgpack_unpack_next(&body, (const char *)iev->in.payload, iev->in.payload_len,
-                                    NULL) != MSGPACK_UNPACK_SUCCESS) {
-                msgpack_unpacked_destroy(&body);
-                return CAIRN_EINVAL;
-            }
-            decoded = true;
-        }
         struct event ev = {.type = iev->in.type,
                            .tenant = iev->in.tenant,
                            .key = iev->in.key,
                            .time = iev->in.time,
                            .payload = iev->in.payload,
                            .payload_len = iev->in.payload_len,
-                           .body = &body.data};
+                           .body = body};
         rc = (*h)->validate(&ev, e);
     }
-    if (decoded)
-        msgpack_unpacked_destroy(&body);
     return rc;
 }
 
@@ -339,9 +481,9 @@ static int handler_validate(struct ingest *ing, const struct ingest_event *iev,
 
 /* Copies the strings and payload into one block owned by ev. */
 static int build_event(struct ingest_event *ev, const struct cairn_str *parts, const char *source,
-                       const struct cairn_buf *payload)
+                       const uint8_t *payload, size_t plen)
 {
-    size_t srcn = strlen(source), total = srcn + payload->len;
+    size_t srcn = strlen(source), total = srcn + plen;
     for (int i = 0; i < 4; i++)
         total += parts[i].n;
     uint8_t *m = malloc(total ? total : 1);
@@ -358,35 +500,37 @@ static int build_event(struct ingest_event *ev, const struct cairn_str *parts, c
     memcpy(m + at, source, srcn);
     ev->in.source = (struct cairn_str){(const char *)m + at, srcn};
     at += srcn;
-    memcpy(m + at, payload->data, payload->len);
+    memcpy(m + at, payload, plen);
     ev->in.payload = m + at;
-    ev->in.payload_len = payload->len;
+    ev->in.payload_len = plen;
     ev->mem = m;
     return 0;
 }
 
-static int check_type(struct ingest *ing, const json_t *obj, bool engine_only, const char **type,
+static int check_type(struct ingest *ing, const struct raw_env *r, bool engine_only,
+                      struct cairn_str *t, char type[CAIRN_TYPE_MAX + 1],
                       const struct schema **schema, struct cairn_error *e)
 {
-    size_t n;
-    int rc = get_str(obj, "type", CAIRN_TYPE_MAX, true, type, &n, e);
+    int rc = get_str(r, FX_TYPE, CAIRN_TYPE_MAX, true, t, e);
     if (rc)
         return rc;
-    if (!engine_only && in_list(*type, engine_only_types))
+    memcpy(type, t->p, t->n); /* no NUL inside: get_str refused control characters */
+    type[t->n] = '\0';
+    if (!engine_only && in_list(type, engine_only_types))
         return cairn_error_set(e, "reserved_type", "/type",
-                               "type %s is appended by the engine only", *type);
-    *schema = schema_set_get(ing->schemas, *type);
+                               "type %s is appended by the engine only", type);
+    *schema = schema_set_get(ing->schemas, type);
     if (!*schema)
         return cairn_error_set(e, "unknown_type", "/type",
-                               "unknown type %.64s (known types have a schema in %s)", *type,
+                               "unknown type %.64s (known types have a schema in %s)", type,
                                ing->schema_dir);
     return 0;
 }
 
-static int check_tenant(const json_t *obj, bool engine_only, struct cairn_str *t,
+static int check_tenant(const struct raw_env *r, bool engine_only, struct cairn_str *t,
                         struct cairn_error *e)
 {
-    int rc = get_str(obj, "tenant", CAIRN_TENANT_MAX, true, &t->p, &t->n, e);
+    int rc = get_str(r, FX_TENANT, CAIRN_TENANT_MAX, true, t, e);
     if (rc)
         return rc;
     if (!engine_only && t->p[0] == '_')
@@ -399,62 +543,93 @@ static int check_tenant(const json_t *obj, bool engine_only, struct cairn_str *t
     return 0;
 }
 
-int ingest_parse_value(struct ingest *ing, const json_t *obj, const char *source, int64_t now,
-                       bool engine_only, struct ingest_event *ev, struct cairn_error *e)
-{
-    const char *type;
+/* What the envelope checks found, for finish(). */
+struct checked {
+    char type[CAIRN_TYPE_MAX + 1];
     const struct schema *schema;
-    struct cairn_str parts[4] = {{0}}; /* type tenant key id */
+    struct cairn_str parts[4]; /* type tenant key id */
+};
+
+/* The envelope checks, in the documented order (file comment). */
+static int check_env(struct ingest *ing, const struct raw_env *r, int64_t now, bool engine_only,
+                     struct checked *c, struct ingest_event *ev, struct cairn_error *e)
+{
+    int rc = check_type(ing, r, engine_only, &c->parts[0], c->type, &c->schema, e);
+    if (!rc)
+        rc = check_tenant(r, engine_only, &c->parts[1], e);
+    if (!rc)
+        rc = get_str(r, FX_KEY, CAIRN_KEY_MAX, false, &c->parts[2], e);
+    if (!rc)
+        rc = get_str(r, FX_ID, CAIRN_ID_MAX, false, &c->parts[3], e);
+    if (!rc)
+        rc = get_time(r, now, &ev->in.time, e);
+    if (!rc)
+        rc = get_expected(r, &ev->in.expected_seq, e);
+    if (!rc && r->f[FX_PAYLOAD].kind == F_ABSENT)
+        rc = cairn_error_set(e, "missing_field", "/payload", "payload is required");
+    return rc;
+}
+
+/* The payload checks on its canonical msgpack bytes and their decoding,
+ * then the event is assembled. */
+static int finish(struct ingest *ing, struct checked *c, const uint8_t *payload, size_t plen,
+                  const msgpack_object *body, const char *source, struct ingest_event *ev,
+                  struct cairn_error *e)
+{
     char keybuf[CAIRN_KEY_MAX + 1];
-    memset(ev, 0, sizeof *ev);
-    if (!json_is_object(obj))
-        return cairn_error_set(e, "not_object", "", "an event must be a JSON object");
-    int rc = check_fields(obj, e);
-    if (!rc)
-        rc = check_type(ing, obj, engine_only, &type, &schema, e);
-    if (!rc)
-        rc = check_tenant(obj, engine_only, &parts[1], e);
-    if (!rc)
-        rc = get_str(obj, "key", CAIRN_KEY_MAX, false, &parts[2].p, &parts[2].n, e);
-    if (!rc)
-        rc = get_str(obj, "id", CAIRN_ID_MAX, false, &parts[3].p, &parts[3].n, e);
-    if (!rc)
-        rc = get_time(obj, now, &ev->in.time, e);
-    if (!rc)
-        rc = get_expected(obj, &ev->in.expected_seq, e);
+    int rc = schema_validate_mp(c->schema, body, "/payload", e);
     if (rc)
         return rc;
-    const json_t *payload = json_object_get(obj, "payload");
-    if (!payload)
-        return cairn_error_set(e, "missing_field", "/payload", "payload is required");
-    if ((rc = schema_validate(schema, payload, "/payload", e)))
-        return rc;
-    parts[0] = (struct cairn_str){type, strlen(type)};
-    if (!parts[2].p) {
-        int kn = ingest_default_key(type, payload, keybuf, sizeof keybuf);
+    if (!c->parts[2].p) {
+        int kn = ingest_default_key_mp(c->type, body, keybuf, sizeof keybuf);
         if (kn < 0)
             return cairn_error_set(e, "too_long", "/key",
                                    "the key derived from the payload is over %d bytes; give an "
                                    "explicit key",
                                    CAIRN_KEY_MAX);
-        parts[2] = (struct cairn_str){keybuf, (size_t)kn};
+        c->parts[2] = (struct cairn_str){keybuf, (size_t)kn};
     }
-    if (ev->in.expected_seq >= 0 && parts[2].n == 0)
+    if (ev->in.expected_seq >= 0 && c->parts[2].n == 0)
         return cairn_error_set(e, "missing_field", "/key",
                                "expected_seq needs a key (the entity it refers to)");
-    struct cairn_buf mp;
-    cairn_buf_init(&mp, ing->payload_max);
-    rc = cairn_json_to_msgpack(payload, &mp, e);
-    if (rc == CAIRN_ETOOBIG)
-        rc = cairn_error_set(e, "too_large", "/payload", "payload is over the %zu-byte limit",
-                             ing->payload_max);
-    else if (rc == CAIRN_EINVAL && e)
-        snprintf(e->field, sizeof e->field, "/payload");
-    if (!rc)
-        rc = build_event(ev, parts, source, &mp);
-    cairn_buf_deinit(&mp);
-    if (!rc && (rc = handler_validate(ing, ev, e)))
+    if (plen > ing->payload_max)
+        return cairn_error_set(e, "too_large", "/payload", "payload is over the %zu-byte limit",
+                               ing->payload_max);
+    if ((rc = build_event(ev, c->parts, source, payload, plen)))
+        return rc;
+    if ((rc = handler_validate(ing, ev, body, e)))
         ingest_event_deinit(ev);
+    return rc;
+}
+
+int ingest_parse_value(struct ingest *ing, const json_t *obj, const char *source, int64_t now,
+                       bool engine_only, struct ingest_event *ev, struct cairn_error *e)
+{
+    struct raw_env r;
+    struct checked c = {0};
+    memset(ev, 0, sizeof *ev);
+    if (!json_is_object(obj))
+        return cairn_error_set(e, "not_object", "", "an event must be a JSON object");
+    int rc = env_from_json(obj, &r, e);
+    if (!rc)
+        rc = check_env(ing, &r, now, engine_only, &c, ev, e);
+    if (rc)
+        return rc;
+    /* The payload is stored as msgpack and validated in that form. Encoded
+     * without a size limit (the input line bounds it), so that a schema
+     * error is still reported before the size. */
+    struct cairn_buf mp;
+    msgpack_zone z;
+    msgpack_object body;
+    cairn_buf_init(&mp, SIZE_MAX);
+    rc = cairn_json_to_msgpack(r.payload_json, &mp, e);
+    if (rc == CAIRN_EINVAL && e)
+        snprintf(e->field, sizeof e->field, "/payload");
+    if (!rc && !(rc = unpack(mp.data, mp.len, &z, &body))) {
+        rc = finish(ing, &c, mp.data, mp.len, &body, source, ev, e);
+        msgpack_zone_destroy(&z);
+    }
+    cairn_buf_deinit(&mp);
     return rc;
 }
 
@@ -476,13 +651,41 @@ int ingest_parse_json(struct ingest *ing, const char *text, size_t n, const char
     return rc;
 }
 
+/* Canonical msgpack input (what any msgpack library writes for a JSON-like
+ * object) is checked in place and its payload bytes stored as they are: no
+ * jansson tree, no re-encoding. Anything else — other widths, float32,
+ * duplicate or non-string keys, bin/ext — takes the slow path through
+ * jansson, which canonicalises it or reports the error. */
 int ingest_parse_msgpack(struct ingest *ing, const uint8_t *p, size_t n, size_t *used,
                          const char *source, int64_t now, struct ingest_event *ev,
                          struct cairn_error *e)
 {
+    struct raw_env r;
+    struct checked c = {0};
+    size_t end = 0;
+    memset(ev, 0, sizeof *ev);
+    int rc = env_from_msgpack(p, n, &r, &end, e);
+    if (!rc)
+        rc = check_env(ing, &r, now, ing->allow_engine_types, &c, ev, e);
+    if (!rc) {
+        msgpack_zone z;
+        msgpack_object body;
+        const uint8_t *pl = r.payload_mp;
+        size_t pn = (size_t)(r.payload_mp_end - pl);
+        if ((rc = unpack(pl, pn, &z, &body)))
+            return rc;
+        rc = finish(ing, &c, pl, pn, &body, source, ev, e);
+        msgpack_zone_destroy(&z);
+        if (!rc && used)
+            *used = end;
+        return rc;
+    }
+    if (rc != SLOW)
+        return rc;
     json_t *obj;
-    int rc = cairn_msgpack_to_jansson(p, n, &obj, used, e);
-    if (rc)
+    memset(ev, 0, sizeof *ev);
+    cairn_error_clear(e);
+    if ((rc = cairn_msgpack_to_jansson(p, n, &obj, used, e)))
         return rc;
     rc = ingest_parse_value(ing, obj, source, now, ing->allow_engine_types, ev, e);
     json_decref(obj);

@@ -198,83 +198,119 @@ static bool is_integral(const json_t *v)
     return isfinite(d) && d == floor(d);
 }
 
-static unsigned type_bits(const json_t *v)
+/* ---- the instance is msgpack (what ingest stores); the schema is JSON ---- */
+
+static bool mp_is_number(const msgpack_object *v)
 {
-    switch (json_typeof(v)) {
-    case JSON_NULL: return T_NULL;
-    case JSON_TRUE:
-    case JSON_FALSE: return T_BOOLEAN;
-    case JSON_OBJECT: return T_OBJECT;
-    case JSON_ARRAY: return T_ARRAY;
-    case JSON_STRING: return T_STRING;
-    case JSON_INTEGER: return T_NUMBER | T_INTEGER;
-    case JSON_REAL: return T_NUMBER | (is_integral(v) ? T_INTEGER : 0);
-    }
-    return 0;
+    return v->type == MSGPACK_OBJECT_POSITIVE_INTEGER ||
+           v->type == MSGPACK_OBJECT_NEGATIVE_INTEGER || v->type == MSGPACK_OBJECT_FLOAT64 ||
+           v->type == MSGPACK_OBJECT_FLOAT32;
 }
 
-/* JSON's own names: jansson's integer and real are both "number". */
-static const char *type_name(const json_t *v)
+static unsigned type_bits(const msgpack_object *v)
 {
-    switch (json_typeof(v)) {
-    case JSON_NULL: return "null";
-    case JSON_TRUE:
-    case JSON_FALSE: return "boolean";
-    case JSON_OBJECT: return "object";
-    case JSON_ARRAY: return "array";
-    case JSON_STRING: return "string";
-    case JSON_INTEGER:
-    case JSON_REAL: return "number";
+    switch (v->type) {
+    case MSGPACK_OBJECT_NIL: return T_NULL;
+    case MSGPACK_OBJECT_BOOLEAN: return T_BOOLEAN;
+    case MSGPACK_OBJECT_MAP: return T_OBJECT;
+    case MSGPACK_OBJECT_ARRAY: return T_ARRAY;
+    case MSGPACK_OBJECT_STR: return T_STRING;
+    case MSGPACK_OBJECT_POSITIVE_INTEGER:
+    case MSGPACK_OBJECT_NEGATIVE_INTEGER: return T_NUMBER | T_INTEGER;
+    case MSGPACK_OBJECT_FLOAT32:
+    case MSGPACK_OBJECT_FLOAT64: {
+        /* A real with no fractional part is an integer for JSON Schema. */
+        double d = v->via.f64;
+        return T_NUMBER | (isfinite(d) && d == floor(d) ? T_INTEGER : 0);
     }
-    return "unknown";
+    default: return 0; /* bin, ext: never admitted by ingest */
+    }
 }
 
-/* Compares two numbers exactly: as integers when both are, otherwise as
- * long double, which holds every int64 and every double. */
-static int num_cmp(const json_t *a, const json_t *b)
+/* JSON's own names: integers and reals are both "number". */
+static const char *type_name(const msgpack_object *v)
 {
-    if (json_is_integer(a) && json_is_integer(b)) {
-        json_int_t x = json_integer_value(a), y = json_integer_value(b);
-        return (x > y) - (x < y);
+    switch (v->type) {
+    case MSGPACK_OBJECT_NIL: return "null";
+    case MSGPACK_OBJECT_BOOLEAN: return "boolean";
+    case MSGPACK_OBJECT_MAP: return "object";
+    case MSGPACK_OBJECT_ARRAY: return "array";
+    case MSGPACK_OBJECT_STR: return "string";
+    case MSGPACK_OBJECT_POSITIVE_INTEGER:
+    case MSGPACK_OBJECT_NEGATIVE_INTEGER:
+    case MSGPACK_OBJECT_FLOAT32:
+    case MSGPACK_OBJECT_FLOAT64: return "number";
+    default: return "unknown";
     }
-    long double x = json_is_integer(a) ? (long double)json_integer_value(a) : json_real_value(a);
+}
+
+/* Compares an instance number with a schema number exactly: as integers
+ * when both are, otherwise as long double, which holds every int64, every
+ * uint64 and every double. */
+static int num_cmp(const msgpack_object *a, const json_t *b)
+{
+    if (json_is_integer(b) && a->type == MSGPACK_OBJECT_POSITIVE_INTEGER) {
+        json_int_t y = json_integer_value(b);
+        return y < 0 ? 1 : (a->via.u64 > (uint64_t)y) - (a->via.u64 < (uint64_t)y);
+    }
+    if (json_is_integer(b) && a->type == MSGPACK_OBJECT_NEGATIVE_INTEGER) {
+        json_int_t y = json_integer_value(b);
+        return (a->via.i64 > y) - (a->via.i64 < y);
+    }
+    long double x = a->type == MSGPACK_OBJECT_POSITIVE_INTEGER   ? (long double)a->via.u64
+                    : a->type == MSGPACK_OBJECT_NEGATIVE_INTEGER ? (long double)a->via.i64
+                                                                 : (long double)a->via.f64;
     long double y = json_is_integer(b) ? (long double)json_integer_value(b) : json_real_value(b);
     return (x > y) - (x < y);
 }
 
-/* JSON Schema equality: numbers by value (1 == 1.0), objects regardless of
- * key order. `a` comes from the schema, whose depth is bounded, and the
- * recursion stops where `a` has no children. */
-static bool json_same(const json_t *a, const json_t *b)
+/* The member `key` of an instance map, or NULL. */
+static const msgpack_object *mp_member(const msgpack_object *map, const char *key, size_t n)
 {
-    if (json_is_number(a) && json_is_number(b))
-        return num_cmp(a, b) == 0;
-    if (json_typeof(a) != json_typeof(b))
-        return false;
-    if (json_is_string(a))
-        return json_string_length(a) == json_string_length(b) &&
-               memcmp(json_string_value(a), json_string_value(b), json_string_length(a)) == 0;
-    if (json_is_array(a)) {
-        if (json_array_size(a) != json_array_size(b))
+    for (uint32_t i = 0; i < map->via.map.size; i++) {
+        const msgpack_object *k = &map->via.map.ptr[i].key;
+        if (k->type == MSGPACK_OBJECT_STR && k->via.str.size == n &&
+            !memcmp(k->via.str.ptr, key, n))
+            return &map->via.map.ptr[i].val;
+    }
+    return NULL;
+}
+
+/* JSON Schema equality of a schema value `a` and an instance value `b`:
+ * numbers by value (1 == 1.0), objects regardless of key order. `a` comes
+ * from the schema, whose depth is bounded, and the recursion stops where
+ * `a` has no children. */
+static bool same(const json_t *a, const msgpack_object *b)
+{
+    switch (json_typeof(a)) {
+    case JSON_INTEGER:
+    case JSON_REAL: return mp_is_number(b) && num_cmp(b, a) == 0;
+    case JSON_NULL: return b->type == MSGPACK_OBJECT_NIL;
+    case JSON_TRUE: return b->type == MSGPACK_OBJECT_BOOLEAN && b->via.boolean;
+    case JSON_FALSE: return b->type == MSGPACK_OBJECT_BOOLEAN && !b->via.boolean;
+    case JSON_STRING:
+        return b->type == MSGPACK_OBJECT_STR && json_string_length(a) == b->via.str.size &&
+               memcmp(json_string_value(a), b->via.str.ptr, b->via.str.size) == 0;
+    case JSON_ARRAY:
+        if (b->type != MSGPACK_OBJECT_ARRAY || json_array_size(a) != b->via.array.size)
             return false;
         for (size_t i = 0; i < json_array_size(a); i++)
-            if (!json_same(json_array_get(a, i), json_array_get(b, i)))
+            if (!same(json_array_get(a, i), &b->via.array.ptr[i]))
                 return false;
         return true;
-    }
-    if (json_is_object(a)) {
-        if (json_object_size(a) != json_object_size(b))
+    case JSON_OBJECT:
+        if (b->type != MSGPACK_OBJECT_MAP || json_object_size(a) != b->via.map.size)
             return false;
         for (void *it = json_object_iter((json_t *)a); it;
              it = json_object_iter_next((json_t *)a, it)) {
-            const json_t *bv =
-                json_object_getn(b, json_object_iter_key(it), json_object_iter_key_len(it));
-            if (!bv || !json_same(json_object_iter_value(it), bv))
+            const msgpack_object *bv =
+                mp_member(b, json_object_iter_key(it), json_object_iter_key_len(it));
+            if (!bv || !same(json_object_iter_value(it), bv))
                 return false;
         }
         return true;
     }
-    return true; /* null, true, false */
+    return false;
 }
 
 /* True when v nests more than `left` arrays/objects deep. Recurses at most
@@ -297,7 +333,7 @@ static bool nests_deeper(const json_t *v, int left)
     return false;
 }
 
-/* Unicode code points in valid UTF-8 (jansson guarantees validity): count
+/* Unicode code points in valid UTF-8 (ingest guarantees validity): count
  * the bytes that do not continue a sequence. */
 static size_t utf8_count(const char *s, size_t n)
 {
@@ -1056,9 +1092,9 @@ __attribute__((format(printf, 3, 4))) static int abort_at(struct vctx *c, const 
     return V_ABORT;
 }
 
-static int validate_node(struct vctx *c, const struct node *n, const json_t *v);
+static int validate_node(struct vctx *c, const struct node *n, const msgpack_object *v);
 
-static int descend(struct vctx *c, const struct node *n, const json_t *v, struct seg s)
+static int descend(struct vctx *c, const struct node *n, const msgpack_object *v, struct seg s)
 {
     if (c->depth >= CAIRN_DEPTH_MAX)
         return abort_at(c, "too_deep", "nesting deeper than %d levels", CAIRN_DEPTH_MAX);
@@ -1070,22 +1106,22 @@ static int descend(struct vctx *c, const struct node *n, const json_t *v, struct
 
 /* ====================================================================== validate: keywords */
 
-static int check_value(struct vctx *c, const struct node *n, const json_t *v)
+static int check_value(struct vctx *c, const struct node *n, const msgpack_object *v)
 {
     if (n->types && !(n->types & type_bits(v)))
         return mismatch(c, "wrong_type", "must be %s, got %s", n->type_text, type_name(v));
-    if (n->const_v && !json_same(n->const_v, v))
+    if (n->const_v && !same(n->const_v, v))
         return mismatch(c, "not_allowed", "must be %s", n->const_text);
     if (n->enum_v) {
         for (size_t i = 0; i < json_array_size(n->enum_v); i++)
-            if (json_same(json_array_get(n->enum_v, i), v))
+            if (same(json_array_get(n->enum_v, i), v))
                 return V_OK;
         return mismatch(c, "not_allowed", "must be one of: %s", n->enum_text);
     }
     return V_OK;
 }
 
-static int check_number(struct vctx *c, const struct node *n, const json_t *v)
+static int check_number(struct vctx *c, const struct node *n, const msgpack_object *v)
 {
     if (n->min.v && num_cmp(v, n->min.v) < 0)
         return mismatch(c, "out_of_range", "must be >= %s", n->min.text);
@@ -1103,10 +1139,10 @@ static const char *plural(size_t n)
     return n == 1 ? "" : "s";
 }
 
-static int check_string(struct vctx *c, const struct node *n, const json_t *v)
+static int check_string(struct vctx *c, const struct node *n, const msgpack_object *v)
 {
-    const char *s = json_string_value(v);
-    size_t len = json_string_length(v);
+    const char *s = v->via.str.ptr;
+    size_t len = v->via.str.size;
     if (n->min_len > 0 || n->max_len != SIZE_MAX) {
         size_t cp = utf8_count(s, len);
         if (cp > n->max_len)
@@ -1118,9 +1154,18 @@ static int check_string(struct vctx *c, const struct node *n, const json_t *v)
     }
     if (n->has_re) {
         /* REG_STARTEND: the string's own length, so an embedded NUL does
-         * not end it early. */
+         * not end it early. msgpack strings are not NUL-terminated, and
+         * regexec may look for one (sanitizers check that it can), so the
+         * string is matched from a terminated copy. */
+        char small[256], *z = len < sizeof small ? small : malloc(len + 1);
+        if (!z)
+            return abort_at(c, "pattern_mismatch", "out of memory matching %s", n->pattern);
+        memcpy(z, s, len);
+        z[len] = '\0';
         regmatch_t m[1] = {{.rm_so = 0, .rm_eo = (regoff_t)len}};
-        int rc = regexec(&n->re, s, 1, m, REG_STARTEND);
+        int rc = regexec(&n->re, z, 1, m, REG_STARTEND);
+        if (z != small)
+            free(z);
         if (rc == REG_NOMATCH)
             return mismatch(c, "pattern_mismatch", "must match the pattern %s", n->pattern);
         if (rc)
@@ -1129,9 +1174,9 @@ static int check_string(struct vctx *c, const struct node *n, const json_t *v)
     return V_OK;
 }
 
-static int check_array(struct vctx *c, const struct node *n, const json_t *v)
+static int check_array(struct vctx *c, const struct node *n, const msgpack_object *v)
 {
-    size_t size = json_array_size(v);
+    size_t size = v->via.array.size;
     if (size > n->max_items)
         return mismatch(c, "too_long", "must have at most %zu item%s, got %zu", n->max_items,
                         plural(n->max_items), size);
@@ -1141,7 +1186,7 @@ static int check_array(struct vctx *c, const struct node *n, const json_t *v)
     if (!n->items)
         return V_OK;
     for (size_t i = 0; i < size; i++) {
-        int r = descend(c, n->items, json_array_get(v, i), (struct seg){.index = i});
+        int r = descend(c, n->items, &v->via.array.ptr[i], (struct seg){.index = i});
         if (r)
             return r;
     }
@@ -1149,34 +1194,34 @@ static int check_array(struct vctx *c, const struct node *n, const json_t *v)
 }
 
 /* additionalProperties: members not named in `properties`. */
-static int check_additional(struct vctx *c, const struct node *n, const json_t *v)
+static int check_additional(struct vctx *c, const struct node *n, const msgpack_object *v)
 {
-    for (void *it = json_object_iter((json_t *)v); it;
-         it = json_object_iter_next((json_t *)v, it)) {
-        struct seg s = {.key = json_object_iter_key(it), .len = json_object_iter_key_len(it)};
+    for (uint32_t i = 0; i < v->via.map.size; i++) {
+        const msgpack_object_kv *kv = &v->via.map.ptr[i];
+        struct seg s = {.key = kv->key.via.str.ptr, .len = kv->key.via.str.size};
         if (n->props_doc && json_object_getn(n->props_doc, s.key, s.len))
             continue;
         int r = n->additional->never ? fail_at(c, &s, "unknown_field", "is not allowed")
-                                     : descend(c, n->additional, json_object_iter_value(it), s);
+                                     : descend(c, n->additional, &kv->val, s);
         if (r)
             return r;
     }
     return V_OK;
 }
 
-static int check_object(struct vctx *c, const struct node *n, const json_t *v)
+static int check_object(struct vctx *c, const struct node *n, const msgpack_object *v)
 {
     if (n->required) {
         for (size_t i = 0; i < json_array_size(n->required); i++) {
             const json_t *name = json_array_get(n->required, i);
             struct seg s = {.key = json_string_value(name), .len = json_string_length(name)};
-            if (!json_object_getn(v, s.key, s.len))
+            if (!mp_member(v, s.key, s.len))
                 return fail_at(c, &s, "missing_field", "is required");
         }
     }
     for (size_t i = 0; i < n->nprops; i++) {
         const struct prop *p = &n->props[i];
-        const json_t *m = json_object_getn(v, p->name, p->len);
+        const msgpack_object *m = mp_member(v, p->name, p->len);
         if (!m)
             continue;
         int r = descend(c, p->schema, m, (struct seg){.key = p->name, .len = p->len});
@@ -1189,7 +1234,7 @@ static int check_object(struct vctx *c, const struct node *n, const json_t *v)
 /* ====================================================================== validate: combinators */
 
 /* Tries a branch without reporting: V_OK, V_FAIL or V_ABORT. */
-static int try_branch(struct vctx *c, const struct node *n, const json_t *v)
+static int try_branch(struct vctx *c, const struct node *n, const msgpack_object *v)
 {
     struct cairn_error *saved = c->e;
     c->e = NULL;
@@ -1202,7 +1247,8 @@ static int try_branch(struct vctx *c, const struct node *n, const json_t *v)
  * one a schema author usually means. Kept out of line, so the scratch error
  * does not sit in every anyOf frame of the recursion. */
 __attribute__((noinline)) static int fail_branches(struct vctx *c, const struct list *l,
-                                                   const char *kw, const char *how, const json_t *v)
+                                                   const char *kw, const char *how,
+                                                   const msgpack_object *v)
 {
     if (!c->e)
         return V_FAIL;
@@ -1215,7 +1261,7 @@ __attribute__((noinline)) static int fail_branches(struct vctx *c, const struct 
                     how, l->n, kw, first.field, first.field[0] ? " " : "", first.message);
 }
 
-static int check_any(struct vctx *c, const struct node *n, const json_t *v)
+static int check_any(struct vctx *c, const struct node *n, const msgpack_object *v)
 {
     for (size_t i = 0; i < n->any.n; i++) {
         int r = try_branch(c, n->any.v[i], v);
@@ -1225,7 +1271,7 @@ static int check_any(struct vctx *c, const struct node *n, const json_t *v)
     return fail_branches(c, &n->any, "anyOf", "at least one", v);
 }
 
-static int check_one(struct vctx *c, const struct node *n, const json_t *v)
+static int check_one(struct vctx *c, const struct node *n, const msgpack_object *v)
 {
     size_t first = SIZE_MAX;
     for (size_t i = 0; i < n->one.n; i++) {
@@ -1244,7 +1290,7 @@ static int check_one(struct vctx *c, const struct node *n, const json_t *v)
     return first != SIZE_MAX ? V_OK : fail_branches(c, &n->one, "oneOf", "exactly one", v);
 }
 
-static int check_applicators(struct vctx *c, const struct node *n, const json_t *v)
+static int check_applicators(struct vctx *c, const struct node *n, const msgpack_object *v)
 {
     int r;
     if (n->target && (r = validate_node(c, n->target, v)))
@@ -1266,30 +1312,61 @@ static int check_applicators(struct vctx *c, const struct node *n, const json_t 
     return V_OK;
 }
 
-static int validate_node(struct vctx *c, const struct node *n, const json_t *v)
+static int validate_node(struct vctx *c, const struct node *n, const msgpack_object *v)
 {
     if (n->never)
         return mismatch(c, "not_allowed", "is not allowed");
     int r = check_value(c, n, v);
     if (r)
         return r;
-    switch (json_typeof(v)) {
-    case JSON_INTEGER:
-    case JSON_REAL: r = check_number(c, n, v); break;
-    case JSON_STRING: r = check_string(c, n, v); break;
-    case JSON_ARRAY: r = check_array(c, n, v); break;
-    case JSON_OBJECT: r = check_object(c, n, v); break;
+    switch (v->type) {
+    case MSGPACK_OBJECT_POSITIVE_INTEGER:
+    case MSGPACK_OBJECT_NEGATIVE_INTEGER:
+    case MSGPACK_OBJECT_FLOAT32:
+    case MSGPACK_OBJECT_FLOAT64: r = check_number(c, n, v); break;
+    case MSGPACK_OBJECT_STR: r = check_string(c, n, v); break;
+    case MSGPACK_OBJECT_ARRAY: r = check_array(c, n, v); break;
+    case MSGPACK_OBJECT_MAP: r = check_object(c, n, v); break;
     default: break;
     }
     return r ? r : check_applicators(c, n, v);
+}
+
+int schema_validate_mp(const struct schema *s, const msgpack_object *instance, const char *where,
+                       struct cairn_error *e)
+{
+    assert(s && instance);
+    struct vctx c = {.e = e, .top = e, .where = where ? where : ""};
+    return validate_node(&c, s->root, instance) == V_OK ? 0 : CAIRN_EINVAL;
 }
 
 int schema_validate(const struct schema *s, const json_t *instance, const char *where,
                     struct cairn_error *e)
 {
     assert(s && instance);
+    /* Encoded one level deeper than the validator descends, so that a deep
+     * instance reports the validator's own too_deep (with its pointer);
+     * deeper still is too_deep at once. */
     struct vctx c = {.e = e, .top = e, .where = where ? where : ""};
-    return validate_node(&c, s->root, instance) == V_OK ? 0 : CAIRN_EINVAL;
+    struct cairn_buf b;
+    msgpack_zone z;
+    msgpack_object o;
+    size_t off = 0;
+    cairn_buf_init(&b, SIZE_MAX);
+    int rc = cairn_json_to_msgpack_depth(instance, &b, CAIRN_DEPTH_MAX + 1, NULL);
+    if (rc == CAIRN_EINVAL) {
+        abort_at(&c, "too_deep", "nesting deeper than %d levels", CAIRN_DEPTH_MAX);
+    } else if (!rc && !msgpack_zone_init(&z, 2048)) {
+        rc = CAIRN_ENOMEM;
+    } else if (!rc) {
+        if (msgpack_unpack((const char *)b.data, b.len, &off, &z, &o) != MSGPACK_UNPACK_SUCCESS)
+            rc = CAIRN_ENOMEM;
+        else
+            rc = validate_node(&c, s->root, &o) == V_OK ? 0 : CAIRN_EINVAL;
+        msgpack_zone_destroy(&z);
+    }
+    cairn_buf_deinit(&b);
+    return rc;
 }
 
 /* ====================================================================== schema sets */

@@ -8,6 +8,10 @@
  * file in. Schemas are compiled when loaded (refs resolved, patterns
  * compiled), so validating is a walk with no allocation on the success path.
  *
+ * The instance is the payload as ingest stores it, decoded msgpack
+ * (schema_validate_mp); schema_validate takes a jansson value and encodes
+ * it first (tests, tools). The schemas themselves are JSON documents.
+ *
  * Supported keywords: type properties required additionalProperties enum
  * const minimum maximum exclusiveMinimum exclusiveMaximum minLength maxLength
  * minItems maxItems items $ref/$defs anyOf oneOf allOf not pattern
@@ -39,6 +43,8 @@
 
 #include "common.h"
 
+#include <msgpack.h>
+
 struct schema;     /* one compiled schema (immutable once compiled) */
 struct schema_set; /* the schemas of a directory, by input type */
 
@@ -58,6 +64,11 @@ void schema_free(struct schema *s);
  * safe: a compiled schema is read-only. Bounded by CAIRN_DEPTH_MAX. */
 int schema_validate(const struct schema *s, const json_t *instance, const char *where,
                     struct cairn_error *e);
+
+/* The same over a decoded msgpack instance (strings must be valid UTF-8,
+ * map keys strings: what ingest admits). */
+int schema_validate_mp(const struct schema *s, const msgpack_object *instance, const char *where,
+                       struct cairn_error *e);
 
 /* The document the schema was compiled from (borrowed, valid until free). */
 const json_t *schema_doc(const struct schema *s);

@@ -608,6 +608,165 @@ static void test_msgpack_input(void **state)
     cairn_buf_deinit(&mp);
 }
 
+/* One input through both encodings: JSON text, and msgpack (canonical, so
+ * the in-place path). Same outcome: the same fields and payload bytes, or
+ * the same error code and field. */
+static void both_paths_agree(json_t *obj)
+{
+    char *text = json_dumps(obj, JSON_COMPACT);
+    struct cairn_buf mp;
+    cairn_buf_init(&mp, 1 << 20);
+    assert_int_equal(cairn_json_to_msgpack(obj, &mp, NULL), 0);
+    struct ingest_event a, b;
+    struct cairn_error ea, eb;
+    cairn_error_clear(&ea);
+    cairn_error_clear(&eb);
+    size_t used = 0;
+    int ra = ingest_parse_json(g_ing, text, strlen(text), "t", NOW, &a, &ea);
+    int rb = ingest_parse_msgpack(g_ing, mp.data, mp.len, &used, "t", NOW, &b, &eb);
+    if (ra != rb || (ra && (strcmp(ea.code, eb.code) || strcmp(ea.field, eb.field))))
+        fail_msg("%s: json %d %s %s, msgpack %d %s %s", text, ra, ea.code ? ea.code : "", ea.field,
+                 rb, eb.code ? eb.code : "", eb.field);
+    if (!ra) {
+        assert_int_equal(used, mp.len);
+        const struct cairn_str *fa[] = {&a.in.type, &a.in.tenant, &a.in.key, &a.in.id},
+                               *fb[] = {&b.in.type, &b.in.tenant, &b.in.key, &b.in.id};
+        for (int i = 0; i < 4; i++) {
+            assert_int_equal(fa[i]->n, fb[i]->n);
+            assert_memory_equal(fa[i]->p, fb[i]->p, fa[i]->n);
+        }
+        assert_int_equal(a.in.time, b.in.time);
+        assert_int_equal(a.in.expected_seq, b.in.expected_seq);
+        assert_int_equal(a.in.payload_len, b.in.payload_len);
+        assert_memory_equal(a.in.payload, b.in.payload, a.in.payload_len);
+        ingest_event_deinit(&a);
+        ingest_event_deinit(&b);
+    }
+    free(text);
+    cairn_buf_deinit(&mp);
+}
+
+/* Every example payload of every schema, valid and invalid. */
+static void test_msgpack_json_agree(void **state)
+{
+    (void)state;
+    const struct schema_set *set = ingest_schemas(g_ing);
+    size_t checked = 0;
+    for (size_t i = 0; i < schema_set_count(set); i++) {
+        const char *type = schema_set_type(set, i);
+        if (!strcmp(type, "tick"))
+            continue;
+        char path[1024];
+        snprintf(path, sizeof path, "%s/examples/%s.json", CAIRN_SCHEMA_DIR, type);
+        json_t *ex = json_load_file(path, 0, NULL);
+        assert_non_null(ex);
+        const json_t *v;
+        size_t k;
+        json_array_foreach(json_object_get(ex, "valid"), k, v)
+        {
+            json_t *obj = json_pack("{s:s,s:s,s:s,s:O}", "type", type, "tenant", "acme", "time",
+                                    "2026-11-21T10:00:00Z", "payload", v);
+            both_paths_agree(obj);
+            json_decref(obj);
+            checked++;
+        }
+        json_array_foreach(json_object_get(ex, "invalid"), k, v)
+        {
+            json_t *obj = json_pack("{s:s,s:s,s:O}", "type", type, "tenant", "acme", "payload",
+                                    json_object_get(v, "payload"));
+            both_paths_agree(obj);
+            json_decref(obj);
+            checked++;
+        }
+        json_decref(ex);
+    }
+    assert_true(checked > 50);
+    /* envelope errors, wide values (str8/str16, array16, map16), ids, keys */
+    static const char *const inputs[] = {
+        "{\"type\":\"telemetry\",\"tenant\":\"acme\",\"key\":\"k\",\"id\":\"i\",\"expected_seq\":3,"
+        "\"time\":1700000000000000000,\"payload\":{\"device_id\":\"d\",\"event_type\":\"reading\","
+        "\"data\":{\"a\":[1,2,3,4,5,6,7,8,9,10,11,12,13,14,15,16,17],\"n\":-40000,\"m\":-200,"
+        "\"big\":9000000000,\"neg\":-3000000000,\"f\":0.1,"
+        "\"s\":\"0123456789012345678901234567890123456789\"}}}",
+        "{\"type\":\"telemetry\",\"tenant\":\"acme\",\"payload\":{\"device_id\":\"d\",\"event_type"
+        "\":\"reading\",\"data\":{\"k1\":1,\"k2\":2,\"k3\":3,\"k4\":4,\"k5\":5,\"k6\":6,\"k7\":7,"
+        "\"k8\":8,\"k9\":9,\"k10\":10,\"k11\":11,\"k12\":12,\"k13\":13,\"k14\":14,\"k15\":15,"
+        "\"k16\":16,\"k17\":\"\\u00e9\\u4e2d\\ud83d\\ude00\"}}}",
+        "{\"type\":\"telemetry\",\"tenant\":\"acme\",\"nope\":1,\"payload\":{}}",
+        "{\"type\":\"telemetry\",\"tenant\":5,\"payload\":{}}",
+        "{\"type\":\"telemetry\",\"tenant\":\"_x\",\"payload\":{}}",
+        "{\"type\":\"tick\",\"tenant\":\"acme\",\"payload\":{}}",
+        "{\"type\":\"nope\",\"tenant\":\"acme\",\"payload\":{}}",
+        "{\"type\":\"telemetry\",\"tenant\":\"acme\"}",
+        "{\"type\":\"telemetry\",\"tenant\":\"acme\",\"time\":1.5,\"payload\":{}}",
+        "{\"type\":\"telemetry\",\"tenant\":\"acme\",\"time\":\"yesterday\",\"payload\":{}}",
+        "{\"type\":\"telemetry\",\"tenant\":\"acme\",\"expected_seq\":-1,\"payload\":{}}",
+        "{\"type\":\"metric\",\"tenant\":\"acme\",\"payload\":{\"name\":\"m\",\"value\":1,"
+        "\"labels\":{\"z\":\"1\",\"a\":\"q\\\"\\n\\\\\",\"m\":\"\"}}}",
+        "{\"type\":\"discovery\",\"tenant\":\"acme\",\"payload\":{\"account_id\":\"123456789012\","
+        "\"region\":\"eu-west-1\",\"scan_id\":\"s\",\"resources\":[]}}",
+    };
+    for (size_t i = 0; i < sizeof inputs / sizeof *inputs; i++) {
+        json_t *obj = json_loads(inputs[i], 0, NULL);
+        assert_non_null(obj);
+        both_paths_agree(obj);
+        json_decref(obj);
+    }
+}
+
+static int parse_mp(const uint8_t *p, size_t n, struct ingest_event *ev, struct cairn_error *e)
+{
+    cairn_error_clear(e);
+    return ingest_parse_msgpack(g_ing, p, n, NULL, "t", NOW, ev, e);
+}
+
+/* msgpack that is not canonical takes the slow path: stored canonical. */
+static void test_msgpack_noncanonical(void **state)
+{
+    (void)state;
+    /* {"type":"location","tenant":"acme","payload":{"device_id":"d","lat":X,"lon":Y}}
+     * with lat a float32 and lon a uint16 holding 7, and "d" a str8 */
+    static const uint8_t in[] = {0x83, 0xa4, 't',  'y',  'p',  'e',  0xa8, 'l',  'o',  'c',  'a',
+                                 't',  'i',  'o',  'n',  0xa6, 't',  'e',  'n',  'a',  'n',  't',
+                                 0xa4, 'a',  'c',  'm',  'e',  0xa7, 'p',  'a',  'y',  'l',  'o',
+                                 'a',  'd',  0x83, 0xa9, 'd',  'e',  'v',  'i',  'c',  'e',  '_',
+                                 'i',  'd',  0xd9, 0x01, 'd',  0xa3, 'l',  'a',  't',  0xca, 0x3f,
+                                 0xc0, 0x00, 0x00, 0xa3, 'l',  'o',  'n',  0xcd, 0x00, 0x07};
+    struct ingest_event ev;
+    struct cairn_error e;
+    assert_int_equal(parse_mp(in, sizeof in, &ev, &e), 0);
+    static const uint8_t want[] = {0x83, 0xa9, 'd',  'e', 'v',  'i', 'c',  'e',  '_',  'i', 'd',
+                                   0xa1, 'd',  0xa3, 'l', 'a',  't', 0xcb, 0x3f, 0xf8, 0,   0,
+                                   0,    0,    0,    0,   0xa3, 'l', 'o',  'n',  0x07};
+    assert_int_equal(ev.in.payload_len, sizeof want);
+    assert_memory_equal(ev.in.payload, want, sizeof want);
+    assert_str(ev.in.key, "d");
+    ingest_event_deinit(&ev);
+
+    /* invalid UTF-8 in a payload string; a duplicate payload key; a
+     * duplicate envelope field; NaN */
+    uint8_t bad[sizeof in];
+    memcpy(bad, in, sizeof in);
+    bad[48] = 0xff; /* the device id's only byte */
+    assert_int_equal(parse_mp(bad, sizeof bad, &ev, &e), CAIRN_EINVAL);
+    assert_string_equal(e.code, "invalid_utf8");
+    memcpy(bad, in, sizeof in);
+    memcpy(bad + 59, "lat", 3); /* "lon" becomes a second "lat" */
+    assert_int_equal(parse_mp(bad, sizeof bad, &ev, &e), CAIRN_EINVAL);
+    assert_string_equal(e.code, "invalid_key");
+    static const uint8_t dup[] = {0x83, 0xa4, 't', 'y',  'p', 'e', 0xa1, 'x', 0xa4, 't', 'y', 'p',
+                                  'e',  0xa1, 'y', 0xa7, 'p', 'a', 'y',  'l', 'o',  'a', 'd', 0x80};
+    assert_int_equal(parse_mp(dup, sizeof dup, &ev, &e), CAIRN_EINVAL);
+    assert_string_equal(e.code, "invalid_key");
+    static const uint8_t nan[] = {0xcb, 0x7f, 0xf8, 0, 0, 0, 0, 0, 0};
+    uint8_t withnan[sizeof in + 4];
+    memcpy(withnan, in, 53);               /* up to the float32 of lat */
+    memcpy(withnan + 53, nan, sizeof nan); /* a float64 NaN instead */
+    memcpy(withnan + 62, in + 58, sizeof in - 58);
+    assert_int_equal(parse_mp(withnan, sizeof in + 4, &ev, &e), CAIRN_EINVAL);
+    assert_string_equal(e.code, "wrong_type");
+}
+
 /* ====================================================================== result lines */
 
 static void result_is(unsigned long line, const struct log_result *r, const struct cairn_error *e,
@@ -654,12 +813,20 @@ static void test_result_json(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_not_json),        cmocka_unit_test(test_not_object_scalars),
-        cmocka_unit_test(test_envelope_fields), cmocka_unit_test(test_tenant),
-        cmocka_unit_test(test_limits),          cmocka_unit_test(test_payload),
-        cmocka_unit_test(test_accepted),        cmocka_unit_test(test_time),
-        cmocka_unit_test(test_default_keys),    cmocka_unit_test(test_metric_key_escaping),
-        cmocka_unit_test(test_engine_only),     cmocka_unit_test(test_msgpack_input),
+        cmocka_unit_test(test_not_json),
+        cmocka_unit_test(test_not_object_scalars),
+        cmocka_unit_test(test_envelope_fields),
+        cmocka_unit_test(test_tenant),
+        cmocka_unit_test(test_limits),
+        cmocka_unit_test(test_payload),
+        cmocka_unit_test(test_accepted),
+        cmocka_unit_test(test_time),
+        cmocka_unit_test(test_default_keys),
+        cmocka_unit_test(test_metric_key_escaping),
+        cmocka_unit_test(test_engine_only),
+        cmocka_unit_test(test_msgpack_input),
+        cmocka_unit_test(test_msgpack_json_agree),
+        cmocka_unit_test(test_msgpack_noncanonical),
         cmocka_unit_test(test_result_json),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
