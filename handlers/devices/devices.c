@@ -334,6 +334,65 @@ static int seen_put(struct hctx *ctx, const uint8_t *vk, size_t vn, int64_t t)
 
 /* ====================================================================== updating a dev */
 
+/* The payload fields devices reads, found in one pass over the payload
+ * (five mp_get scans per event were 2.3 % of replay); NULL when absent.
+ * The first occurrence wins, as with mp_get. */
+#define POS_FIELDS 5
+static const char *const pos_names[POS_FIELDS] = {"lat", "lon", "alt", "accuracy", "heading"};
+
+struct devin {
+    const msgpack_object *device_id, *status, *battery, *data, *speed, *pos[POS_FIELDS];
+};
+
+static void scan_body(const msgpack_object *body, struct devin *in)
+{
+    memset(in, 0, sizeof *in);
+    if (!body || body->type != MSGPACK_OBJECT_MAP)
+        return;
+    for (uint32_t i = 0; i < body->via.map.size; i++) {
+        const msgpack_object *k = &body->via.map.ptr[i].key, *val = &body->via.map.ptr[i].val;
+        const msgpack_object **slot = NULL;
+        if (k->type != MSGPACK_OBJECT_STR)
+            continue;
+        const char *p = k->via.str.ptr;
+        switch (k->via.str.size) {
+        case 9: slot = !memcmp(p, "device_id", 9) ? &in->device_id : NULL; break;
+        case 6: slot = !memcmp(p, "status", 6) ? &in->status : NULL; break;
+        case 4: slot = !memcmp(p, "data", 4) ? &in->data : NULL; break;
+        case 5: slot = !memcmp(p, "speed", 5) ? &in->speed : NULL; break;
+        case 7:
+            slot = !memcmp(p, "battery", 7)   ? &in->battery
+                   : !memcmp(p, "heading", 7) ? &in->pos[4]
+                                              : NULL;
+            break;
+        case 8: slot = !memcmp(p, "accuracy", 8) ? &in->pos[3] : NULL; break;
+        case 3:
+            for (int f = 0; f < 3 && !slot; f++)
+                slot = !memcmp(p, pos_names[f], 3) ? &in->pos[f] : NULL;
+            break;
+        default: break;
+        }
+        if (slot && !*slot)
+            *slot = val;
+    }
+}
+
+/* mp_raw_len, with the kinds readings hold most (short strings, small
+ * ints, floats, nil, booleans) measured inline. */
+static size_t raw_len(const uint8_t *p, size_t n)
+{
+    size_t len = 0;
+    if (n && (p[0] <= 0x7f || p[0] >= 0xe0 || p[0] == 0xc0 || p[0] == 0xc2 || p[0] == 0xc3))
+        len = 1;
+    else if (n && (p[0] & 0xe0) == 0xa0)
+        len = 1u + (p[0] & 0x1f);
+    else if (n && p[0] == 0xcb)
+        len = 9;
+    else
+        return mp_raw_len(p, n);
+    return len <= n ? len : 0;
+}
+
 /* A packed msgpack string's bytes; false for any other type. */
 static bool raw_str(const uint8_t *p, size_t n, struct cairn_str *s)
 {
@@ -387,11 +446,11 @@ static int merge_readings(struct mpw *w, const struct dev *v, const msgpack_obje
         return CAIRN_ECORRUPT;
     for (uint32_t j = 0; j < no; j++) {
         old[j].k = p;
-        if (!(old[j].kn = mp_raw_len(p, (size_t)(end - p))))
+        if (!(old[j].kn = raw_len(p, (size_t)(end - p))))
             return CAIRN_ECORRUPT;
         p += old[j].kn;
         old[j].val = p;
-        if (!(old[j].vn = mp_raw_len(p, (size_t)(end - p))))
+        if (!(old[j].vn = raw_len(p, (size_t)(end - p))))
             return CAIRN_ECORRUPT;
         p += old[j].vn;
         old[j].str = raw_str(old[j].k, old[j].kn, &old[j].s);
@@ -436,46 +495,49 @@ static void value_or_keep(struct mpw *w, struct span *out, const struct dev *v,
 }
 
 /* The position of a location event: the fields it has, and its time. */
-static void write_position(struct mpw *w, const struct event *ev)
+static void write_position(struct mpw *w, const struct event *ev, const struct devin *in)
 {
-    static const char *const fields[] = {"lat", "lon", "alt", "accuracy", "heading"};
-    const msgpack_object *f[5];
     uint32_t n = 1;
-    for (size_t i = 0; i < 5; i++)
-        n += (f[i] = mp_get(ev->body, fields[i])) != NULL;
+    for (size_t i = 0; i < POS_FIELDS; i++)
+        n += in->pos[i] != NULL;
     msgpack_pack_map(&w->pk, n);
-    for (size_t i = 0; i < 5; i++)
-        if (f[i])
-            mpw_kv_obj(w, fields[i], f[i]);
+    for (size_t i = 0; i < POS_FIELDS; i++)
+        if (in->pos[i])
+            mpw_kv_obj(w, pos_names[i], in->pos[i]);
     mpw_kv_time(w, "time", ev->time);
 }
 
 /* The values of a newer event over the dev's: status, battery and
  * readings from telemetry, position and speed from location. Built in
  * the scratch buffer, which then becomes the dev's mem. */
-static int take_values(struct devices *d, struct dev *v, const struct event *ev, bool loc)
+static int take_values(struct devices *d, struct dev *v, const struct event *ev,
+                       const struct devin *in, bool loc)
 {
     struct cairn_buf *t = &d->tmp;
     struct mpw w;
     struct dev n = *v;
     cairn_buf_reset(t);
-    int rc = cairn_buf_append(t, v->mem.data, v->vn);
+    /* Room for everything but the event's values, so most appends take
+     * the packer's fast path. */
+    int rc = cairn_buf_reserve(t, v->mem.len + 256);
+    if (!rc)
+        rc = cairn_buf_append(t, v->mem.data, v->vn);
     if (rc)
         return rc;
     mpw_init(&w, t);
-    value_or_keep(&w, &n.status, v, &v->status, loc ? NULL : mp_get(ev->body, "status"));
-    value_or_keep(&w, &n.battery, v, &v->battery, loc ? NULL : mp_get(ev->body, "battery"));
+    value_or_keep(&w, &n.status, v, &v->status, loc ? NULL : in->status);
+    value_or_keep(&w, &n.battery, v, &v->battery, loc ? NULL : in->battery);
     size_t at = t->len;
     if (loc)
-        write_position(&w, ev);
+        write_position(&w, ev, in);
     else
         mpw_raw(&w, v->mem.data + v->position.off, v->position.len);
     n.position = (struct span){(uint32_t)at, (uint32_t)(t->len - at)};
-    value_or_keep(&w, &n.speed, v, &v->speed, loc ? mp_get(ev->body, "speed") : NULL);
+    value_or_keep(&w, &n.speed, v, &v->speed, loc ? in->speed : NULL);
     at = t->len;
     if (loc)
         mpw_raw(&w, v->mem.data + v->readings.off, v->readings.len);
-    else if ((rc = merge_readings(&w, v, mp_get(ev->body, "data"), &n.nread)))
+    else if ((rc = merge_readings(&w, v, in->data, &n.nread)))
         return rc;
     n.readings = (struct span){(uint32_t)at, (uint32_t)(t->len - at)};
     if ((rc = mpw_finish(&w)))
@@ -569,7 +631,9 @@ static int on_device_event(struct hctx *ctx, const struct event *ev)
     struct cairn_str id;
     uint8_t vk[VKEY_MAX];
     size_t vn;
-    if (!mp_str(mp_get(ev->body, "device_id"), &id) || id.n > CAIRN_KEY_MAX ||
+    struct devin in;
+    scan_body(ev->body, &in);
+    if (!mp_str(in.device_id, &id) || id.n > CAIRN_KEY_MAX ||
         !(vn = hkey_make(vk, sizeof vk, &ev->tenant, &id)))
         return 0; /* the schema requires it; an old log may not have it */
     struct dev *v;
@@ -579,7 +643,7 @@ static int on_device_event(struct hctx *ctx, const struct event *ev)
         return rc;
     bool loc = ev->type.n == 8 && !memcmp(ev->type.p, "location", 8);
     bool was_online = exists && v->online;
-    if ((!exists || ev->time >= v->last) && (rc = take_values(d, v, ev, loc)))
+    if ((!exists || ev->time >= v->last) && (rc = take_values(d, v, ev, &in, loc)))
         return rc;
     int64_t last = exists && v->last > ev->time ? v->last : ev->time;
     v->first = exists && v->first < ev->time ? v->first : ev->time;
