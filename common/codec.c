@@ -538,3 +538,316 @@ bool cairn_mp_canonical(const uint8_t *p, size_t n, int max_depth, size_t *used)
     *used = (size_t)(c.p - p);
     return true;
 }
+
+/* ====================================================================== JSON text -> msgpack */
+
+/* A one-pass transcoder for the common case of the ingest path: JSON text
+ * straight to the canonical msgpack cairn_json_to_msgpack would write for
+ * jansson's parse of it, with no tree in between. It accepts a subset of
+ * what jansson accepts and declines (returns false) everything else —
+ * malformed text, \u0000, numbers jansson would refuse, duplicate keys,
+ * deep nesting, huge containers — so that the caller falls back to jansson,
+ * which produces the exact error. Containers and strings get a one-byte
+ * header first and are moved up in the rare case they need a wider one. */
+
+struct tx {
+    const uint8_t *p, *end;
+    uint8_t *o; /* output cursor; the buffer holds 3 * input + 16 */
+    uint8_t *base;
+};
+
+static void tx_ws(struct tx *t)
+{
+    while (t->p < t->end && (*t->p == ' ' || *t->p == '\t' || *t->p == '\n' || *t->p == '\r'))
+        t->p++;
+}
+
+static void put_be(uint8_t *o, uint64_t v, int w)
+{
+    for (int i = w - 1; i >= 0; i--, v >>= 8)
+        o[i] = (uint8_t)v;
+}
+
+/* Rewrites the one-byte header at h for a str/array/map of n: fix* when
+ * small, otherwise moves the body up to make room for the wide header. */
+static bool tx_header(struct tx *t, uint8_t *h, size_t n, uint8_t fix, size_t fixmax,
+                      const uint8_t *wide, const size_t *wmin)
+{
+    if (n <= fixmax) {
+        *h = (uint8_t)(fix | n);
+        return true;
+    }
+    int w = n < wmin[1] ? 1 : n < wmin[2] ? 2 : 4;
+    int k = w == 1 ? 0 : w == 2 ? 1 : 2;
+    if (!wide[k])
+        w = 2, k = 1; /* arrays and maps have no 8-bit form */
+    memmove(h + 1 + w, h + 1, (size_t)(t->o - (h + 1)));
+    t->o += w;
+    h[0] = wide[k];
+    put_be(h + 1, n, w);
+    return true;
+}
+
+static bool tx_str(struct tx *t)
+{
+    static const uint8_t wide[] = {0xd9, 0xda, 0xdb};
+    static const size_t wmin[] = {0, 256, 65536};
+    uint8_t *h = t->o++;
+    t->p++; /* the opening quote */
+    for (;;) {
+        if (t->p >= t->end)
+            return false;
+        uint8_t c = *t->p;
+        if (c == '"') {
+            t->p++;
+            break;
+        }
+        if (c < 0x20)
+            return false;
+        if (c < 0x80 && c != '\\') {
+            *t->o++ = c;
+            t->p++;
+            continue;
+        }
+        if (c >= 0x80) {
+            size_t k = utf8_seq(t->p, t->end);
+            if (!k)
+                return false;
+            memcpy(t->o, t->p, k);
+            t->o += k;
+            t->p += k;
+            continue;
+        }
+        if (t->end - t->p < 2)
+            return false;
+        uint8_t x = t->p[1];
+        t->p += 2;
+        const char *simple = strchr("\"\\/bfnrt", x);
+        if (x && simple) {
+            static const char map[] = "\"\\/\b\f\n\r\t";
+            *t->o++ = (uint8_t)map[simple - "\"\\/bfnrt"];
+            continue;
+        }
+        if (x != 'u')
+            return false;
+        uint32_t cp = 0;
+        for (int pair = 0; pair < 2; pair++) {
+            if (t->end - t->p < 4)
+                return false;
+            uint32_t u = 0;
+            for (int i = 0; i < 4; i++) {
+                int d = cairn_hex_digit((char)t->p[i]);
+                if (d < 0)
+                    return false;
+                u = u << 4 | (uint32_t)d;
+            }
+            t->p += 4;
+            if (!pair) {
+                cp = u;
+                if (cp < 0xD800 || cp > 0xDFFF)
+                    break;
+                if (cp > 0xDBFF || t->end - t->p < 2 || t->p[0] != '\\' || t->p[1] != 'u')
+                    return false; /* a lone surrogate: jansson refuses it */
+                t->p += 2;
+            } else {
+                if (u < 0xDC00 || u > 0xDFFF)
+                    return false;
+                cp = 0x10000 + ((cp - 0xD800) << 10) + (u - 0xDC00);
+            }
+        }
+        if (cp == 0)
+            return false; /* \u0000: jansson refuses it without JSON_ALLOW_NUL */
+        if (cp < 0x80) {
+            *t->o++ = (uint8_t)cp;
+        } else if (cp < 0x800) {
+            *t->o++ = (uint8_t)(0xC0 | cp >> 6);
+            *t->o++ = (uint8_t)(0x80 | (cp & 0x3F));
+        } else if (cp < 0x10000) {
+            *t->o++ = (uint8_t)(0xE0 | cp >> 12);
+            *t->o++ = (uint8_t)(0x80 | (cp >> 6 & 0x3F));
+            *t->o++ = (uint8_t)(0x80 | (cp & 0x3F));
+        } else {
+            *t->o++ = (uint8_t)(0xF0 | cp >> 18);
+            *t->o++ = (uint8_t)(0x80 | (cp >> 12 & 0x3F));
+            *t->o++ = (uint8_t)(0x80 | (cp >> 6 & 0x3F));
+            *t->o++ = (uint8_t)(0x80 | (cp & 0x3F));
+        }
+    }
+    size_t n = (size_t)(t->o - (h + 1));
+    return tx_header(t, h, n, 0xa0, 31, wide, wmin);
+}
+
+static void tx_int(struct tx *t, int64_t v)
+{
+    if (v >= 0 && v < 128) {
+        *t->o++ = (uint8_t)v;
+    } else if (v >= 0) {
+        int w = v < 256 ? 1 : v < 65536 ? 2 : v < 4294967296LL ? 4 : 8;
+        *t->o++ = (uint8_t)(w == 1 ? 0xcc : w == 2 ? 0xcd : w == 4 ? 0xce : 0xcf);
+        put_be(t->o, (uint64_t)v, w);
+        t->o += w;
+    } else if (v >= -32) {
+        *t->o++ = (uint8_t)(int8_t)v;
+    } else {
+        int w = v >= -128 ? 1 : v >= -32768 ? 2 : v >= -2147483648LL ? 4 : 8;
+        *t->o++ = (uint8_t)(w == 1 ? 0xd0 : w == 2 ? 0xd1 : w == 4 ? 0xd2 : 0xd3);
+        put_be(t->o, (uint64_t)v, w);
+        t->o += w;
+    }
+}
+
+static bool tx_number(struct tx *t)
+{
+    const uint8_t *s = t->p;
+    bool neg = *t->p == '-', real = false;
+    if (neg)
+        t->p++;
+    if (t->p >= t->end || *t->p < '0' || *t->p > '9')
+        return false;
+    if (*t->p == '0' && t->p + 1 < t->end && t->p[1] >= '0' && t->p[1] <= '9')
+        return false; /* a leading zero */
+    uint64_t mag = 0;
+    bool big = false;
+    for (; t->p < t->end && *t->p >= '0' && *t->p <= '9'; t->p++) {
+        if (mag > (UINT64_MAX - 9) / 10)
+            big = true;
+        mag = mag * 10 + (uint64_t)(*t->p - '0');
+    }
+    if (t->p < t->end && *t->p == '.') {
+        real = true;
+        t->p++;
+        if (t->p >= t->end || *t->p < '0' || *t->p > '9')
+            return false;
+        while (t->p < t->end && *t->p >= '0' && *t->p <= '9')
+            t->p++;
+    }
+    if (t->p < t->end && (*t->p == 'e' || *t->p == 'E')) {
+        real = true;
+        t->p++;
+        if (t->p < t->end && (*t->p == '+' || *t->p == '-'))
+            t->p++;
+        if (t->p >= t->end || *t->p < '0' || *t->p > '9')
+            return false;
+        while (t->p < t->end && *t->p >= '0' && *t->p <= '9')
+            t->p++;
+    }
+    if (!real) { /* what jansson's strtoll accepts, else its error */
+        if (big || (!neg && mag > (uint64_t)INT64_MAX) || (neg && mag > (uint64_t)INT64_MAX + 1))
+            return false;
+        tx_int(t, neg ? (int64_t)(0 - mag) : (int64_t)mag);
+        return true;
+    }
+    char tmp[64];
+    size_t len = (size_t)(t->p - s);
+    if (len >= sizeof tmp)
+        return false;
+    memcpy(tmp, s, len);
+    tmp[len] = '\0';
+    double d = strtod(tmp, NULL);
+    if (!isfinite(d))
+        return false; /* jansson: real number overflow */
+    uint64_t bits;
+    memcpy(&bits, &d, sizeof bits);
+    *t->o++ = 0xcb;
+    put_be(t->o, bits, 8);
+    t->o += 8;
+    return true;
+}
+
+static bool tx_value(struct tx *t, int depth);
+
+static bool tx_container(struct tx *t, int depth, bool map)
+{
+    static const uint8_t wide[] = {0, 0xdc, 0xdd}, wide_map[] = {0, 0xde, 0xdf};
+    static const size_t wmin[] = {0, 0, 65536};
+    const uint8_t *keys[CANON_MAP_KEYS_MAX];
+    size_t klen[CANON_MAP_KEYS_MAX];
+    uint8_t *h = t->o++;
+    size_t n = 0;
+    t->p++; /* { or [ */
+    tx_ws(t);
+    if (t->p < t->end && *t->p == (map ? '}' : ']')) {
+        t->p++;
+        *h = map ? 0x80 : 0x90;
+        return true;
+    }
+    for (;;) {
+        if (map) {
+            if (t->p >= t->end || *t->p != '"' || n >= CANON_MAP_KEYS_MAX)
+                return false;
+            uint8_t *k = t->o;
+            if (!tx_str(t))
+                return false;
+            /* the key's body, after its header */
+            size_t kl = (size_t)(t->o - k) - (*k >= 0xa0 && *k <= 0xbf ? 1 : *k == 0xd9 ? 2 : 3);
+            const uint8_t *kb = t->o - kl;
+            for (size_t j = 0; j < n; j++)
+                if (klen[j] == kl && !memcmp(keys[j], kb, kl))
+                    return false; /* a duplicate key: jansson names it */
+            keys[n] = kb;         /* stable: later moves only shift what follows h */
+            klen[n] = kl;
+            tx_ws(t);
+            if (t->p >= t->end || *t->p != ':')
+                return false;
+            t->p++;
+            tx_ws(t);
+        }
+        if (!tx_value(t, depth + 1))
+            return false;
+        n++;
+        tx_ws(t);
+        if (t->p >= t->end)
+            return false;
+        if (*t->p == ',') {
+            t->p++;
+            tx_ws(t);
+            continue;
+        }
+        if (*t->p != (map ? '}' : ']'))
+            return false;
+        t->p++;
+        break;
+    }
+    return tx_header(t, h, n, map ? 0x80 : 0x90, 15, map ? wide_map : wide, wmin);
+}
+
+static bool tx_value(struct tx *t, int depth)
+{
+    if (depth > CAIRN_DEPTH_MAX || t->p >= t->end)
+        return false;
+    switch (*t->p) {
+    case '{': return tx_container(t, depth, true);
+    case '[': return tx_container(t, depth, false);
+    case '"': return tx_str(t);
+    case 't':
+    case 'f':
+    case 'n': {
+        static const char *const words[] = {"true", "false", "null"};
+        static const uint8_t codes[] = {0xc3, 0xc2, 0xc0};
+        int i = *t->p == 't' ? 0 : *t->p == 'f' ? 1 : 2;
+        size_t len = strlen(words[i]);
+        if ((size_t)(t->end - t->p) < len || memcmp(t->p, words[i], len))
+            return false;
+        t->p += len;
+        *t->o++ = codes[i];
+        return true;
+    }
+    default: return tx_number(t);
+    }
+}
+
+bool cairn_json_text_to_msgpack(const char *text, size_t n, struct cairn_buf *out)
+{
+    if (cairn_buf_reserve(out, 3 * n + 16))
+        return false;
+    struct tx t = {(const uint8_t *)text, (const uint8_t *)text + n, out->data + out->len,
+                   out->data + out->len};
+    tx_ws(&t);
+    if (t.p >= t.end || *t.p != '{' || !tx_value(&t, 1))
+        return false;
+    tx_ws(&t);
+    if (t.p != t.end)
+        return false;
+    out->len += (size_t)(t.o - t.base);
+    return true;
+}

@@ -232,6 +232,14 @@ int cairn_msgpack_to_jansson(const uint8_t *p, size_t n, json_t **out, size_t *u
  * through jansson, which canonicalises or reports the error), not
  * necessarily that the value is invalid. */
 bool cairn_mp_canonical(const uint8_t *p, size_t n, int max_depth, size_t *used);
+/* JSON text of one object straight to the canonical msgpack that
+ * cairn_json_to_msgpack writes for jansson's parse of it (the same bytes),
+ * appended to out. False — nothing appended — for anything it declines:
+ * invalid JSON, \u0000, integers beyond int64, reals that overflow,
+ * duplicate keys, nesting deeper than CAIRN_DEPTH_MAX, maps of more than
+ * 64 keys; the caller then parses with jansson, which reports the error or
+ * handles the rare case. */
+bool cairn_json_text_to_msgpack(const char *text, size_t n, struct cairn_buf *out);
 /* True when p holds valid UTF-8 (as jansson defines it). */
 bool cairn_utf8_valid(const uint8_t *p, size_t n);
 

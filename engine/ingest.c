@@ -633,6 +633,37 @@ int ingest_parse_value(struct ingest *ing, const json_t *obj, const char *source
     return rc;
 }
 
+/* The in-place path for canonical msgpack: 0, an error, or SLOW when the
+ * input needs the path through jansson. */
+static int parse_mp_fast(struct ingest *ing, const uint8_t *p, size_t n, size_t *used,
+                         const char *source, int64_t now, struct ingest_event *ev,
+                         struct cairn_error *e)
+{
+    struct raw_env r;
+    struct checked c = {0};
+    size_t end = 0;
+    memset(ev, 0, sizeof *ev);
+    int rc = env_from_msgpack(p, n, &r, &end, e);
+    if (!rc)
+        rc = check_env(ing, &r, now, ing->allow_engine_types, &c, ev, e);
+    if (rc)
+        return rc;
+    msgpack_zone z;
+    msgpack_object body;
+    const uint8_t *pl = r.payload_mp;
+    size_t pn = (size_t)(r.payload_mp_end - pl);
+    if ((rc = unpack(pl, pn, &z, &body)))
+        return rc;
+    rc = finish(ing, &c, pl, pn, &body, source, ev, e);
+    msgpack_zone_destroy(&z);
+    if (!rc && used)
+        *used = end;
+    return rc;
+}
+
+/* JSON text is transcoded to msgpack in one pass and takes the msgpack
+ * path; what the transcoder declines (cairn_json_text_to_msgpack) is
+ * parsed by jansson, which also words every JSON syntax error. */
 int ingest_parse_json(struct ingest *ing, const char *text, size_t n, const char *source,
                       int64_t now, struct ingest_event *ev, struct cairn_error *e)
 {
@@ -640,13 +671,22 @@ int ingest_parse_json(struct ingest *ing, const char *text, size_t n, const char
     if (n > CAIRN_LINE_MAX)
         return cairn_error_set(e, "too_large", "", "input is over the %u-byte limit",
                                (unsigned)CAIRN_LINE_MAX);
+    struct cairn_buf mp;
+    cairn_buf_init(&mp, SIZE_MAX);
+    int rc = SLOW;
+    if (cairn_json_text_to_msgpack(text, n, &mp))
+        rc = parse_mp_fast(ing, mp.data, mp.len, NULL, source, now, ev, e);
+    cairn_buf_deinit(&mp);
+    if (rc != SLOW)
+        return rc;
+    cairn_error_clear(e);
     /* REJECT_DUPLICATES: {"tenant":"a","tenant":"b"} must not pick one. */
     /* DECODE_ANY: a scalar is valid JSON but not an event (not_object). */
     json_t *obj = json_loadb(text, n, JSON_REJECT_DUPLICATES | JSON_DECODE_ANY, &je);
     if (!obj)
         return cairn_error_set(e, "invalid_json", "", "not valid JSON at byte %d: %s", je.position,
                                je.text);
-    int rc = ingest_parse_value(ing, obj, source, now, ing->allow_engine_types, ev, e);
+    rc = ingest_parse_value(ing, obj, source, now, ing->allow_engine_types, ev, e);
     json_decref(obj);
     return rc;
 }
@@ -660,26 +700,7 @@ int ingest_parse_msgpack(struct ingest *ing, const uint8_t *p, size_t n, size_t 
                          const char *source, int64_t now, struct ingest_event *ev,
                          struct cairn_error *e)
 {
-    struct raw_env r;
-    struct checked c = {0};
-    size_t end = 0;
-    memset(ev, 0, sizeof *ev);
-    int rc = env_from_msgpack(p, n, &r, &end, e);
-    if (!rc)
-        rc = check_env(ing, &r, now, ing->allow_engine_types, &c, ev, e);
-    if (!rc) {
-        msgpack_zone z;
-        msgpack_object body;
-        const uint8_t *pl = r.payload_mp;
-        size_t pn = (size_t)(r.payload_mp_end - pl);
-        if ((rc = unpack(pl, pn, &z, &body)))
-            return rc;
-        rc = finish(ing, &c, pl, pn, &body, source, ev, e);
-        msgpack_zone_destroy(&z);
-        if (!rc && used)
-            *used = end;
-        return rc;
-    }
+    int rc = parse_mp_fast(ing, p, n, used, source, now, ev, e);
     if (rc != SLOW)
         return rc;
     json_t *obj;

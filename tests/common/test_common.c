@@ -658,6 +658,162 @@ static void test_errors(void **state)
     assert_string_equal(cairn_strerror(-999), "unknown error");
 }
 
+/* ====================================================================== JSON text -> msgpack */
+
+/* The transcoder must give exactly jansson + cairn_json_to_msgpack's bytes,
+ * or decline; it must decline whatever jansson refuses. Returns whether it
+ * transcoded. */
+static bool transcode_agrees(const char *text, size_t n)
+{
+    struct cairn_buf fast, ref;
+    cairn_buf_init(&fast, SIZE_MAX);
+    cairn_buf_init(&ref, SIZE_MAX);
+    bool ok = cairn_json_text_to_msgpack(text, n, &fast);
+    json_t *v = json_loadb(text, n, JSON_REJECT_DUPLICATES | JSON_DECODE_ANY, NULL);
+    if (ok) {
+        if (!v)
+            fail_msg("transcoded what jansson refuses: %.*s", (int)n, text);
+        assert_int_equal(cairn_json_to_msgpack(v, &ref, NULL), 0);
+        if (fast.len != ref.len || memcmp(fast.data, ref.data, ref.len))
+            fail_msg("different bytes for %.*s", (int)n, text);
+    } else {
+        assert_int_equal(fast.len, 0);
+    }
+    json_decref(v);
+    cairn_buf_deinit(&fast);
+    cairn_buf_deinit(&ref);
+    return ok;
+}
+
+static void test_transcode_cases(void **state)
+{
+    (void)state;
+    static const char *const yes[] = {
+        "{}",
+        " {\"a\" : [ ] , \"b\":{}} \n",
+        "{\"n\":[0,-0,1,-1,127,128,255,256,65535,65536,"
+        "4294967295,4294967296,9223372036854775807,-9223372036854775808,-32,-33,-128,-129,"
+        "-32768,-32769,-2147483648,-2147483649]}",
+        "{\"r\":[0.0,-0.0,1.5,1e5,1E-5,2.5e+300,-1.0e-320,0.1,123456789.123456789]}",
+        "{\"s\":[\"\",\"a\",\"\\\"\\\\\\/\\b\\f\\n\\r\\t\",\"\\u00e9\\u4e2d\\ud83d\\ude00\","
+        "\"\xc3\xa9\xe4\xb8\xad\xf0\x9f\x98\x80\",\"0123456789012345678901234567890\","
+        "\"01234567890123456789012345678901\"]}",
+        "{\"t\":true,\"f\":false,\"z\":null,\"a\":[1,2,3,4,5,6,7,8,9,10,11,12,13,14,15],"
+        "\"b\":[1,2,3,4,5,6,7,8,9,10,11,12,13,14,15,16]}",
+        "{\"k1\":1,\"k2\":2,\"k3\":3,\"k4\":4,\"k5\":5,\"k6\":6,\"k7\":7,\"k8\":8,\"k9\":9,"
+        "\"k10\":10,\"k11\":11,\"k12\":12,\"k13\":13,\"k14\":14,\"k15\":15,\"k16\":16}",
+    };
+    static const char *const no[] = {
+        "",
+        "[]",
+        "1",
+        "\"s\"",
+        "{",
+        "{\"a\":}",
+        "{\"a\":1,}",
+        "{\"a\":1}x",
+        "{\"a\":01}",
+        "{\"a\":1.}",
+        "{\"a\":.5}",
+        "{\"a\":-}",
+        "{\"a\":1e}",
+        "{\"a\":tru}",
+        "{\"a\":\"\\u0000\"}",
+        "{\"a\":\"\\ud800\"}",
+        "{\"a\":\"\\udc00\"}",
+        "{\"a\":\"\\x\"}",
+        "{\"a\":\"\x01\"}",
+        "{\"a\":\"\xff\"}",
+        "{\"a\":\"\xc0\xaf\"}",
+        "{\"a\":1,\"a\":2}",
+        "{\"a\":9223372036854775808}",
+        "{\"a\":-9223372036854775809}",
+        "{\"a\":1e400}",
+        "{'a':1}",
+        "{\"a\":[1 2]}",
+    };
+    for (size_t i = 0; i < sizeof yes / sizeof *yes; i++)
+        if (!transcode_agrees(yes[i], strlen(yes[i])))
+            fail_msg("declined %s", yes[i]);
+    for (size_t i = 0; i < sizeof no / sizeof *no; i++)
+        if (transcode_agrees(no[i], strlen(no[i])))
+            fail_msg("accepted %s", no[i]);
+    /* long strings and arrays: the wide headers (str16, array16/32) */
+    size_t big = 70000;
+    char *t = malloc(big * 2 + 64);
+    int n = sprintf(t, "{\"s\":\"");
+    memset(t + n, 'x', big);
+    n += (int)big;
+    n += sprintf(t + n, "\",\"a\":[");
+    for (int i = 0; i < 20000; i++)
+        n += sprintf(t + n, i ? ",%d" : "%d", i % 10);
+    n += sprintf(t + n, "]}");
+    assert_true(transcode_agrees(t, (size_t)n));
+    free(t);
+}
+
+/* Random documents, dumped by jansson with and without \u escapes. */
+static json_t *random_json(unsigned *seed, int depth)
+{
+    int kind = rand_r(seed) % (depth > 5 ? 6 : 8);
+    static const char *const pieces[] = {
+        "a", "\xc3\xa9", "\xe4\xb8\xad", "\xf0\x9f\x98\x80", "\"", "\\", "\n", "\x1f", "/", " "};
+    switch (kind) {
+    case 0: return json_null();
+    case 1: return json_boolean(rand_r(seed) & 1);
+    case 2: {
+        int64_t v = (int64_t)(((uint64_t)rand_r(seed) << (rand_r(seed) % 40)) & INT64_MAX);
+        return json_integer(rand_r(seed) & 1 ? -v : v);
+    }
+    case 3: return json_real((rand_r(seed) - RAND_MAX / 2) / (double)(1 + rand_r(seed) % 1000));
+    case 4:
+    case 5: {
+        char buf[256];
+        size_t len = 0, parts = (size_t)(rand_r(seed) % 40);
+        for (size_t i = 0; i < parts; i++) {
+            const char *p = pieces[rand_r(seed) % 10];
+            memcpy(buf + len, p, strlen(p));
+            len += strlen(p);
+        }
+        return json_stringn(buf, len);
+    }
+    case 6: {
+        json_t *a = json_array();
+        int k = rand_r(seed) % 20;
+        for (int i = 0; i < k; i++)
+            json_array_append_new(a, random_json(seed, depth + 1));
+        return a;
+    }
+    default: {
+        json_t *o = json_object();
+        int k = rand_r(seed) % 20;
+        for (int i = 0; i < k; i++) {
+            char key[16];
+            snprintf(key, sizeof key, "k%d", rand_r(seed) % 30);
+            json_object_set_new(o, key, random_json(seed, depth + 1));
+        }
+        return o;
+    }
+    }
+}
+
+static void test_transcode_random(void **state)
+{
+    (void)state;
+    unsigned seed = 7;
+    int transcoded = 0;
+    for (int i = 0; i < 2000; i++) {
+        json_t *o = json_object();
+        json_object_set_new(o, "v", random_json(&seed, 1));
+        char *t = json_dumps(o, JSON_COMPACT | (i & 1 ? JSON_ENSURE_ASCII : 0) |
+                                    (i & 2 ? JSON_INDENT(2) : 0));
+        transcoded += transcode_agrees(t, strlen(t));
+        free(t);
+        json_decref(o);
+    }
+    assert_true(transcoded == 2000); /* every one of these is in its subset */
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -678,6 +834,8 @@ int main(void)
         cmocka_unit_test(test_fmt_double),
         cmocka_unit_test(test_hex_be64),
         cmocka_unit_test(test_errors),
+        cmocka_unit_test(test_transcode_cases),
+        cmocka_unit_test(test_transcode_random),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
