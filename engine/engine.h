@@ -56,6 +56,12 @@ struct ingest_event {
  * ("cli", "http"); `now` is the default event time. */
 int ingest_parse_json(struct ingest *ing, const char *text, size_t n, const char *source,
                       int64_t now, struct ingest_event *ev, struct cairn_error *e);
+/* The same for a caller bound to `tenant` (an HTTP token; NULL or "": no
+ * binding): an input without a tenant gets it, one naming another tenant
+ * is refused with "forbidden" at /tenant unless any_tenant. */
+int ingest_parse_json_for(struct ingest *ing, const char *text, size_t n, const char *source,
+                          int64_t now, const char *tenant, bool any_tenant, struct ingest_event *ev,
+                          struct cairn_error *e);
 /* The same for one msgpack-encoded input object. */
 int ingest_parse_msgpack(struct ingest *ing, const uint8_t *p, size_t n, size_t *used,
                          const char *source, int64_t now, struct ingest_event *ev,

@@ -543,6 +543,27 @@ static int check_tenant(const struct raw_env *r, bool engine_only, struct cairn_
     return 0;
 }
 
+/* A caller bound to one tenant (an HTTP token): an input without a tenant
+ * gets it; one naming another is refused. NULL tenant: no binding. */
+struct bind {
+    const char *tenant;
+    bool any; /* may write any tenant (admin) */
+};
+
+static int apply_bind(struct raw_env *r, const struct bind *b, struct cairn_error *e)
+{
+    struct field *f = &r->f[FX_TENANT];
+    if (!b || !b->tenant || !b->tenant[0])
+        return 0;
+    size_t n = strlen(b->tenant);
+    if (f->kind == F_ABSENT)
+        *f = (struct field){F_STR, b->tenant, n, 0};
+    else if (f->kind == F_STR && !b->any && (f->n != n || memcmp(f->s, b->tenant, n)))
+        return cairn_error_set(e, "forbidden", "/tenant", "this token may only write tenant %s",
+                               b->tenant);
+    return 0;
+}
+
 /* What the envelope checks found, for finish(). */
 struct checked {
     char type[CAIRN_TYPE_MAX + 1];
@@ -602,8 +623,9 @@ static int finish(struct ingest *ing, struct checked *c, const uint8_t *payload,
     return rc;
 }
 
-int ingest_parse_value(struct ingest *ing, const json_t *obj, const char *source, int64_t now,
-                       bool engine_only, struct ingest_event *ev, struct cairn_error *e)
+static int parse_value(struct ingest *ing, const json_t *obj, const char *source, int64_t now,
+                       bool engine_only, const struct bind *bind, struct ingest_event *ev,
+                       struct cairn_error *e)
 {
     struct raw_env r;
     struct checked c = {0};
@@ -611,6 +633,8 @@ int ingest_parse_value(struct ingest *ing, const json_t *obj, const char *source
     if (!json_is_object(obj))
         return cairn_error_set(e, "not_object", "", "an event must be a JSON object");
     int rc = env_from_json(obj, &r, e);
+    if (!rc)
+        rc = apply_bind(&r, bind, e);
     if (!rc)
         rc = check_env(ing, &r, now, engine_only, &c, ev, e);
     if (rc)
@@ -633,17 +657,25 @@ int ingest_parse_value(struct ingest *ing, const json_t *obj, const char *source
     return rc;
 }
 
+int ingest_parse_value(struct ingest *ing, const json_t *obj, const char *source, int64_t now,
+                       bool engine_only, struct ingest_event *ev, struct cairn_error *e)
+{
+    return parse_value(ing, obj, source, now, engine_only, NULL, ev, e);
+}
+
 /* The in-place path for canonical msgpack: 0, an error, or SLOW when the
  * input needs the path through jansson. */
 static int parse_mp_fast(struct ingest *ing, const uint8_t *p, size_t n, size_t *used,
-                         const char *source, int64_t now, struct ingest_event *ev,
-                         struct cairn_error *e)
+                         const char *source, int64_t now, const struct bind *bind,
+                         struct ingest_event *ev, struct cairn_error *e)
 {
     struct raw_env r;
     struct checked c = {0};
     size_t end = 0;
     memset(ev, 0, sizeof *ev);
     int rc = env_from_msgpack(p, n, &r, &end, e);
+    if (!rc)
+        rc = apply_bind(&r, bind, e);
     if (!rc)
         rc = check_env(ing, &r, now, ing->allow_engine_types, &c, ev, e);
     if (rc)
@@ -664,10 +696,12 @@ static int parse_mp_fast(struct ingest *ing, const uint8_t *p, size_t n, size_t 
 /* JSON text is transcoded to msgpack in one pass and takes the msgpack
  * path; what the transcoder declines (cairn_json_text_to_msgpack) is
  * parsed by jansson, which also words every JSON syntax error. */
-int ingest_parse_json(struct ingest *ing, const char *text, size_t n, const char *source,
-                      int64_t now, struct ingest_event *ev, struct cairn_error *e)
+int ingest_parse_json_for(struct ingest *ing, const char *text, size_t n, const char *source,
+                          int64_t now, const char *tenant, bool any_tenant, struct ingest_event *ev,
+                          struct cairn_error *e)
 {
     json_error_t je;
+    struct bind bind = {tenant, any_tenant};
     if (n > CAIRN_LINE_MAX)
         return cairn_error_set(e, "too_large", "", "input is over the %u-byte limit",
                                (unsigned)CAIRN_LINE_MAX);
@@ -675,7 +709,7 @@ int ingest_parse_json(struct ingest *ing, const char *text, size_t n, const char
     cairn_buf_init(&mp, SIZE_MAX);
     int rc = SLOW;
     if (cairn_json_text_to_msgpack(text, n, &mp))
-        rc = parse_mp_fast(ing, mp.data, mp.len, NULL, source, now, ev, e);
+        rc = parse_mp_fast(ing, mp.data, mp.len, NULL, source, now, &bind, ev, e);
     cairn_buf_deinit(&mp);
     if (rc != SLOW)
         return rc;
@@ -686,9 +720,18 @@ int ingest_parse_json(struct ingest *ing, const char *text, size_t n, const char
     if (!obj)
         return cairn_error_set(e, "invalid_json", "", "not valid JSON at byte %d: %s", je.position,
                                je.text);
-    rc = ingest_parse_value(ing, obj, source, now, ing->allow_engine_types, ev, e);
+    rc = parse_value(ing, obj, source, now, ing->allow_engine_types, &bind, ev, e);
     json_decref(obj);
     return rc;
+}
+
+/* JSON text is transcoded to msgpack in one pass and takes the msgpack
+ * path; what the transcoder declines (cairn_json_text_to_msgpack) is
+ * parsed by jansson, which also words every JSON syntax error. */
+int ingest_parse_json(struct ingest *ing, const char *text, size_t n, const char *source,
+                      int64_t now, struct ingest_event *ev, struct cairn_error *e)
+{
+    return ingest_parse_json_for(ing, text, n, source, now, NULL, true, ev, e);
 }
 
 /* Canonical msgpack input (what any msgpack library writes for a JSON-like
@@ -700,7 +743,7 @@ int ingest_parse_msgpack(struct ingest *ing, const uint8_t *p, size_t n, size_t 
                          const char *source, int64_t now, struct ingest_event *ev,
                          struct cairn_error *e)
 {
-    int rc = parse_mp_fast(ing, p, n, used, source, now, ev, e);
+    int rc = parse_mp_fast(ing, p, n, used, source, now, NULL, ev, e);
     if (rc != SLOW)
         return rc;
     json_t *obj;

@@ -767,6 +767,40 @@ static void test_msgpack_noncanonical(void **state)
     assert_string_equal(e.code, "wrong_type");
 }
 
+/* A caller bound to a tenant (an HTTP token). */
+static void test_bound_tenant(void **state)
+{
+    (void)state;
+    struct ingest_event ev;
+    struct cairn_error e;
+    const char *none = "{\"type\":\"telemetry\",\"payload\":" TELEMETRY "}";
+    const char *other = "{\"type\":\"telemetry\",\"tenant\":\"beta\",\"payload\":" TELEMETRY "}";
+    const char *nul = "{\"type\":\"telemetry\",\"tenant\":null,\"payload\":" TELEMETRY "}";
+    cairn_error_clear(&e);
+    assert_int_equal(
+        ingest_parse_json_for(g_ing, none, strlen(none), "t", NOW, "acme", false, &ev, &e), 0);
+    assert_str(ev.in.tenant, "acme");
+    ingest_event_deinit(&ev);
+    assert_int_equal(
+        ingest_parse_json_for(g_ing, other, strlen(other), "t", NOW, "acme", false, &ev, &e),
+        CAIRN_EINVAL);
+    assert_string_equal(e.code, "forbidden");
+    assert_string_equal(e.field, "/tenant");
+    cairn_error_clear(&e);
+    assert_int_equal(
+        ingest_parse_json_for(g_ing, other, strlen(other), "t", NOW, "acme", true, &ev, &e), 0);
+    assert_str(ev.in.tenant, "beta");
+    ingest_event_deinit(&ev);
+    assert_int_equal(
+        ingest_parse_json_for(g_ing, nul, strlen(nul), "t", NOW, "acme", false, &ev, &e),
+        CAIRN_EINVAL);
+    assert_string_equal(e.code, "missing_field");
+    /* unbound: no tenant is an error */
+    cairn_error_clear(&e);
+    assert_int_equal(ingest_parse_json(g_ing, none, strlen(none), "t", NOW, &ev, &e), CAIRN_EINVAL);
+    assert_string_equal(e.code, "missing_field");
+}
+
 /* ====================================================================== result lines */
 
 static void result_is(unsigned long line, const struct log_result *r, const struct cairn_error *e,
@@ -827,6 +861,7 @@ int main(void)
         cmocka_unit_test(test_msgpack_input),
         cmocka_unit_test(test_msgpack_json_agree),
         cmocka_unit_test(test_msgpack_noncanonical),
+        cmocka_unit_test(test_bound_tenant),
         cmocka_unit_test(test_result_json),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
