@@ -22,8 +22,8 @@
  * one entry per (rule, resource) plus one per (control, resource), as the
  * first layout had: a discovery reads and writes the resource's record
  * anyway, so its results come with that one get and put instead of ~20
- * random B-tree writes per resource (the first discovery of 100 000
- * resources dirtied more pages than an LMDB transaction holds unspilled).
+ * random B-tree writes per resource (on a first discovery those entries
+ * were most of the instructions and a large share of the dirty pages).
  * A resource's state in a control (fail when a rule of the control failed
  * it, else pass when one passed it) is computed from that map when its
  * results change; the price is that a rule change (rule_clear) walks the
