@@ -131,7 +131,7 @@ static void on_applied_async(uv_async_t *h)
         next = c->next;
         if (c->waiting_min_seq && c->active && c->active->min_seq <= cp) {
             c->waiting_min_seq = false;
-            uv_timer_stop(&c->timer);
+            http_disarm(c);
             routes_retry(c->active);
         }
     }
@@ -167,7 +167,12 @@ int api_open(struct api **out, uv_loop_t *loop, struct engine *eng, const struct
     a->eng = eng;
     a->cfg = *cfg;
     a->applied = proj_checkpoint(engine_proj(eng));
+    if (!cfg->insecure_no_auth && api_jwt_new(cfg->jwt_secret, cfg->jwt_secret_len, &a->jwt)) {
+        free(a);
+        return cairn_error_set(e, "config", "jwt-secret-file", "cannot set up HMAC-SHA256");
+    }
     http_settings_init(&a->settings);
+    routes_init();
     pthread_mutex_init(&a->done_mu, NULL);
     uv_async_init(loop, &a->done_async, on_done_async);
     uv_async_init(loop, &a->applied_async, on_applied_async);
@@ -186,6 +191,7 @@ void api_maybe_free(struct api *a)
 {
     if (a->closing && a->handles_open == 0 && a->nconns == 0) {
         pthread_mutex_destroy(&a->done_mu);
+        api_jwt_free(a->jwt);
         free(a);
     }
 }

@@ -33,6 +33,8 @@
 #define API_SSE_HEARTBEAT_MS 15000
 #define API_MIN_SEQ_WAIT_MS_DEFAULT 5000
 #define API_MIN_SEQ_WAIT_MS_MAX 60000
+#define API_LINGER_MS 2000           /* draining input after a closing error response */
+#define API_LINGER_BYTES (64u << 20) /* ... and at most this much of it */
 #define API_PAGE_DEFAULT 100
 #define API_PAGE_MAX 1000
 #define API_PIPELINE_MAX 64 /* parsed requests queued per connection */
@@ -89,6 +91,7 @@ enum api_role {
     API_ROLE_READ = 2,
     API_ROLE_AUDIT = 4,
     API_ROLE_ADMIN = 8,
+    API_ROLE_METRICS = 16, /* GET /metrics and /readyz's figures: the whole server's totals */
 };
 
 struct api_token {
@@ -102,6 +105,25 @@ struct api_token {
  * (now in seconds), and reads tenant and roles. 0 or CAIRN_EINVAL with e. */
 int api_jwt_verify(const uint8_t *secret, size_t slen, const char *jwt, size_t n, int64_t now,
                    struct api_token *tok, struct cairn_error *e);
+/* A verifier: one keyed HMAC context and a bounded cache of verified
+ * tokens (loop thread only; see auth.c). The cache holds at most
+ * API_JWT_CACHE_SETS x API_JWT_CACHE_WAYS tokens of at most
+ * API_JWT_CACHE_TOKEN_MAX bytes (longer ones are verified every time); a
+ * full set evicts its least recently used token. 1 024 tokens: more
+ * distinct live tokens than that in constant use only means more full
+ * verifications, never a wrong answer. */
+#define API_JWT_CACHE_SETS 256
+#define API_JWT_CACHE_WAYS 4
+#define API_JWT_CACHE_TOKEN_MAX 512
+struct api_jwt;
+int api_jwt_new(const uint8_t *secret, size_t slen, struct api_jwt **out);
+void api_jwt_free(struct api_jwt *j);
+/* As api_jwt_verify, with the secret given to api_jwt_new; a token verified
+ * before answers from the cache (exp and nbf checked again against now). */
+int api_jwt_check(struct api_jwt *j, const char *jwt, size_t n, int64_t now, struct api_token *tok,
+                  struct cairn_error *e);
+/* Cache hits and misses so far (metrics). */
+void api_jwt_stats(const struct api_jwt *j, uint64_t *hits, uint64_t *misses);
 /* Mints a token into out. roles: comma-separated names. */
 int api_jwt_mint(const uint8_t *secret, size_t slen, const char *tenant, const char *roles,
                  int64_t now, int64_t ttl_s, struct cairn_buf *out, struct cairn_error *e);

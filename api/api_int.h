@@ -17,19 +17,15 @@
 
 struct conn;
 
-/* One parsed request and, once handled, its response. */
+/* One parsed request and, once handled, its response. The fixed-size text
+ * buffers (~40 KB) come last: a new request zeroes only the fields before
+ * `url` and the first byte of each buffer (req_new), not the whole struct. */
 struct req {
     struct conn *c;
     enum http_method method;
-    char url[API_URL_MAX];
     size_t url_len;
-    char path[API_URL_MAX];  /* percent-decoded path */
-    char query[API_URL_MAX]; /* raw query string (without '?') */
-    char auth[API_HDR_VALUE_MAX];
-    char content_type[256];
-    char accept[256];
-    char last_event_id[32];
-    char stripe_sig[1024];
+    unsigned seen;   /* bit i: header slot i (http.c) already received */
+    bool prechecked; /* routed and authorized before the body (Expect: 100-continue) */
     struct cairn_buf body;
     bool keep_alive;
     int64_t started_ns; /* monotonic, for latency */
@@ -50,6 +46,16 @@ struct req {
     bool in_writer;        /* queued to the writer: owned by it until done */
     struct api *api;       /* set before the writer sees the request */
     struct req *next_done; /* writer -> loop completion list */
+    /* Text buffers, NUL-terminated; not zeroed beyond their first byte. */
+    char url[API_URL_MAX];
+    char path[API_URL_MAX];  /* percent-decoded path */
+    char query[API_URL_MAX]; /* raw query string (without '?') */
+    char auth[API_HDR_VALUE_MAX];
+    char content_type[256];
+    char accept[256];
+    char last_event_id[32];
+    char stripe_sig[1024];
+    char expect[64];
 };
 
 struct sse;
@@ -57,6 +63,7 @@ struct sse;
 struct conn {
     uv_tcp_t tcp; /* first: handle -> conn */
     uv_timer_t timer;
+    uint64_t deadline; /* loop time (ms) the timer acts at; 0: none (see arm in http.c) */
     struct api *a;
     http_parser parser;
     struct cairn_buf in;
@@ -71,8 +78,13 @@ struct conn {
     bool eof;          /* the client half-closed: answer what was received, then close */
     bool read_stopped; /* pipelined too far ahead: reading paused */
     bool failed;       /* a parse error or a "close" was answered: parse and read nothing more */
-    int writes;        /* writes not yet completed */
-    int parse_error;   /* status to answer on a parser error (400, 413, 431) */
+    bool at_headers;   /* the parser paused at the end of headers (Expect: 100-continue) */
+    bool lingering;    /* the last response is written: write side shut, draining input */
+    size_t drained;    /* bytes read and dropped while lingering */
+    const char *dup_header; /* a single-valued header received twice (400) */
+    uv_shutdown_t shutdown;
+    int writes;      /* writes not yet completed */
+    int parse_error; /* status to answer on a parser error (400, 413, 431) */
     struct sse *sse;
     int handles_open;
     struct conn *prev, *next;
@@ -85,11 +97,13 @@ struct api {
     uv_timer_t heartbeat;
     struct engine *eng;
     struct api_config cfg;
+    struct api_jwt *jwt; /* NULL with insecure_no_auth */
     http_parser_settings settings;
     struct conn *conns;
     unsigned nconns;
     struct sse *subs;
     unsigned nsubs;
+    uint64_t sse_round; /* sse_wake_all's pass counter */
     pthread_mutex_t done_mu;
     struct req *done; /* requests whose commit returned (LIFO) */
     _Atomic uint64_t applied;
@@ -120,14 +134,25 @@ void http_error_from(struct req *r, int status, const struct cairn_error *e);
 void http_resume(struct conn *c);
 /* Starts the connection's timer (used for ?min_seq waits). */
 void http_arm(struct conn *c, unsigned ms);
+/* Cancels the connection's deadline. */
+void http_disarm(struct conn *c);
 /* Writes raw bytes on the connection (SSE); _final closes it after. */
 int http_write_raw(struct conn *c, const void *p, size_t n);
 int http_write_final(struct conn *c, const void *p, size_t n);
 void http_close(struct conn *c);
+/* A new request for c (fields zeroed, buffers empty); NULL without memory. */
+struct req *req_new(struct conn *c);
 void req_free(struct req *r);
 
 /* routes.c */
+/* Splits the route patterns (once per process; api_open calls it). */
+void routes_init(void);
 void routes_dispatch(struct req *r);
+/* Expect: 100-continue: routes and authorizes r (headers only) before its
+ * body is read. true: it would be accepted so far (r->prechecked, the
+ * dispatch will not authorize again); false: the error is answered (r is
+ * gone). */
+bool routes_precheck(struct req *r);
 /* Re-runs a request parked on ?min_seq once the state caught up. */
 void routes_retry(struct req *r);
 /* Query parameter (percent-decoded) into out; false if absent. */

@@ -15,7 +15,9 @@
  */
 #include "api_int.h"
 
+#include <assert.h>
 #include <stdarg.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -45,6 +47,7 @@ static const char *reason(int status)
     case 409: return "Conflict";
     case 413: return "Content Too Large";
     case 415: return "Unsupported Media Type";
+    case 417: return "Expectation Failed";
     case 429: return "Too Many Requests";
     case 431: return "Request Header Fields Too Large";
     case 500: return "Internal Server Error";
@@ -70,13 +73,17 @@ static void close_if_drained(struct conn *c)
         http_close(c);
 }
 
+static void linger(struct conn *c);
+
 static void on_written(uv_write_t *w, int status)
 {
     struct wreq *wr = (struct wreq *)w;
     struct conn *c = wr->c;
     c->writes--;
-    if ((status || wr->close_after) && !c->closing)
+    if (status && !c->closing)
         http_close(c);
+    else if (wr->close_after && !c->closing)
+        linger(c);
     else
         close_if_drained(c);
     free(wr);
@@ -115,19 +122,56 @@ int http_write_final(struct conn *c, const void *p, size_t n)
     return write_buf(c, p, n, NULL, 0, true);
 }
 
+/* Decimal digits of v at o; returns how many. */
+static size_t put_u64(char *o, uint64_t v)
+{
+    char t[20];
+    size_t k = 0;
+    do
+        t[k++] = (char)('0' + v % 10);
+    while (v /= 10);
+    for (size_t i = 0; i < k; i++)
+        o[i] = t[k - 1 - i];
+    return k;
+}
+
+static size_t put(char *o, const char *s)
+{
+    size_t n = strlen(s);
+    memcpy(o, s, n);
+    return n;
+}
+
+/* The response head, assembled with memcpy (snprintf was a visible part of
+ * a GET's cost). ctype and extra are the server's own short constants. */
+static size_t response_head(char *o, int status, const char *ctype, size_t n, bool keep,
+                            const char *extra)
+{
+    size_t k = put(o, "HTTP/1.1 ");
+    k += put_u64(o + k, (uint64_t)status);
+    o[k++] = ' ';
+    k += put(o + k, reason(status));
+    k += put(o + k, "\r\nContent-Type: ");
+    k += put(o + k, ctype);
+    k += put(o + k, "\r\nContent-Length: ");
+    k += put_u64(o + k, n);
+    k += put(o + k, keep ? "\r\nConnection: keep-alive\r\n" : "\r\nConnection: close\r\n");
+    if (extra)
+        k += put(o + k, extra);
+    k += put(o + k, "\r\n");
+    return k;
+}
+
 void http_respond(struct req *r, int status, const char *ctype, const void *body, size_t n,
                   const char *extra)
 {
     struct conn *c = r->c;
     char hdr[1024];
     bool keep = r->keep_alive && status != 408 && status != 413 && status != 431;
-    int hn = snprintf(hdr, sizeof hdr,
-                      "HTTP/1.1 %d %s\r\nContent-Type: %s\r\nContent-Length: %zu\r\n"
-                      "Connection: %s\r\n%s\r\n",
-                      status, reason(status), ctype, n, keep ? "keep-alive" : "close",
-                      extra ? extra : "");
+    assert(strlen(ctype) + (extra ? strlen(extra) : 0) < sizeof hdr - 128);
+    size_t hn = response_head(hdr, status, ctype, n, keep, extra);
     metrics_http(c->a, r->route, status);
-    write_buf(c, hdr, (size_t)hn, body, n, !keep);
+    write_buf(c, hdr, hn, body, n, !keep);
     if (!keep && !c->failed) {
         /* "Connection: close" ends the connection after this response: a
          * request pipelined behind it must not be executed (RFC 9112 9.6). */
@@ -178,6 +222,19 @@ void http_error(struct req *r, int status, const char *code, const char *field, 
     vsnprintf(e.message, sizeof e.message, fmt, ap);
     va_end(ap);
     http_error_from(r, status, &e);
+}
+
+struct req *req_new(struct conn *c)
+{
+    struct req *r = malloc(sizeof *r);
+    if (!r)
+        return NULL;
+    memset(r, 0, offsetof(struct req, url));
+    r->url[0] = r->path[0] = r->query[0] = r->auth[0] = r->content_type[0] = r->accept[0] =
+        r->last_event_id[0] = r->stripe_sig[0] = r->expect[0] = '\0';
+    r->c = c;
+    r->route = -1;
+    return r;
 }
 
 void req_free(struct req *r)
@@ -233,13 +290,63 @@ void http_close(struct conn *c)
     uv_close((uv_handle_t *)&c->tcp, on_handle_closed);
 }
 
+/*
+ * Lingering close (as Apache and nginx do): after a response that ends the
+ * connection — an error answered before the request was read to its end
+ * (413, 431, 400, 408, 417, an early 100-continue refusal) — closing at once
+ * while the client still sends would make the kernel answer its data with
+ * a reset, which can destroy the response before the client reads it. So
+ * the write side is shut (the client sees the end of the response), input
+ * is read and dropped until the client closes, for at most
+ * API_LINGER_MS and API_LINGER_BYTES, and then the connection is closed.
+ */
+static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf);
+static void on_read(uv_stream_t *s, ssize_t n, const uv_buf_t *buf);
+static void arm(struct conn *c, unsigned ms);
+
+static void on_shutdown(uv_shutdown_t *req, int status)
+{
+    struct conn *c = req->data;
+    if (status && !c->closing)
+        http_close(c);
+}
+
+static void linger(struct conn *c)
+{
+    if (c->lingering || c->closing)
+        return;
+    if (c->eof) { /* the client already finished sending */
+        http_close(c);
+        return;
+    }
+    c->lingering = true;
+    c->shutdown.data = c;
+    if (uv_shutdown(&c->shutdown, (uv_stream_t *)&c->tcp, on_shutdown)) {
+        http_close(c);
+        return;
+    }
+    c->in.len = c->in_off = 0;
+    uv_read_start((uv_stream_t *)&c->tcp, on_alloc, on_read); /* may be reading already */
+    arm(c, API_LINGER_MS);
+}
+
 /* ====================================================================== timeouts */
 
 static void on_timeout(uv_timer_t *t)
 {
     struct conn *c = t->data;
-    if (c->closing)
+    if (c->closing || !c->deadline)
         return;
+    uint64_t now = uv_now(c->a->loop);
+    if (now < c->deadline) { /* re-armed later than the timer: sleep again */
+        uv_timer_start(&c->timer, on_timeout, c->deadline - now, 0);
+        return;
+    }
+    c->deadline = 0;
+    if (c->lingering) { /* the client did not close in time */
+        http_close(c);
+        return;
+    }
     if (c->waiting_min_seq && c->active) { /* a ?min_seq wait ran out */
         struct req *r = c->active;
         c->waiting_min_seq = false;
@@ -259,9 +366,20 @@ static void on_timeout(uv_timer_t *t)
         http_close(c); /* idle keep-alive connection */
 }
 
+/* Timers are lazy: arm only records the deadline, and the libuv timer is
+ * (re)started only when it would fire too late; on_timeout re-arms for the
+ * rest when it fires early. A keep-alive request used to start or stop the
+ * timer four times (heap operations in libuv); now usually none. */
 static void arm(struct conn *c, unsigned ms)
 {
-    uv_timer_start(&c->timer, on_timeout, ms, 0);
+    c->deadline = uv_now(c->a->loop) + ms;
+    if (!uv_is_active((uv_handle_t *)&c->timer) || uv_timer_get_due_in(&c->timer) > ms)
+        uv_timer_start(&c->timer, on_timeout, ms, 0);
+}
+
+void http_disarm(struct conn *c)
+{
+    c->deadline = 0;
 }
 
 void http_arm(struct conn *c, unsigned ms)
@@ -279,11 +397,9 @@ static struct conn *conn_of(http_parser *p)
 static int on_message_begin(http_parser *p)
 {
     struct conn *c = conn_of(p);
-    struct req *r = calloc(1, sizeof *r);
+    struct req *r = req_new(c);
     if (!r)
         return -1;
-    r->c = c;
-    r->route = -1;
     r->started_ns = mono_ns();
     cairn_buf_init(&r->body, c->a->cfg.body_max);
     c->cur = r;
@@ -337,45 +453,75 @@ static int on_header_field(http_parser *p, const char *at, size_t n)
     return 0;
 }
 
-/* The headers we keep, and where. */
-static char *header_slot(struct req *r, const char *name, size_t *cap)
+/* The headers we keep, and where. Each may appear once: a repeated one is
+ * refused (400) rather than concatenated — two Authorization or
+ * Content-Type values glued together are neither, and two Content-Length
+ * values are a request-smuggling classic — except Accept, a list, whose
+ * values are joined with ", " (RFC 9110 5.3). */
+enum { DUP_REFUSE, DUP_JOIN };
+static const struct {
+    const char *name;    /* lower case, as on_header_field folds it */
+    const char *display; /* for error messages */
+    size_t off, cap;     /* cap 0: not stored, only counted */
+    int dup;
+} slots[] = {
+    {"authorization", "Authorization", offsetof(struct req, auth), sizeof((struct req *)0)->auth,
+     DUP_REFUSE},
+    {"content-type", "Content-Type", offsetof(struct req, content_type),
+     sizeof((struct req *)0)->content_type, DUP_REFUSE},
+    {"content-length", "Content-Length", 0, 0, DUP_REFUSE},
+    {"accept", "Accept", offsetof(struct req, accept), sizeof((struct req *)0)->accept, DUP_JOIN},
+    {"last-event-id", "Last-Event-ID", offsetof(struct req, last_event_id),
+     sizeof((struct req *)0)->last_event_id, DUP_REFUSE},
+    {"stripe-signature", "Stripe-Signature", offsetof(struct req, stripe_sig),
+     sizeof((struct req *)0)->stripe_sig, DUP_REFUSE},
+    {"expect", "Expect", offsetof(struct req, expect), sizeof((struct req *)0)->expect, DUP_REFUSE},
+};
+
+static int header_slot(const char *name)
 {
-    static const struct {
-        const char *name;
-        size_t off, cap;
-    } slots[] = {
-        {"authorization", offsetof(struct req, auth), sizeof((struct req *)0)->auth},
-        {"content-type", offsetof(struct req, content_type), sizeof((struct req *)0)->content_type},
-        {"accept", offsetof(struct req, accept), sizeof((struct req *)0)->accept},
-        {"last-event-id", offsetof(struct req, last_event_id),
-         sizeof((struct req *)0)->last_event_id},
-        {"stripe-signature", offsetof(struct req, stripe_sig), sizeof((struct req *)0)->stripe_sig},
-    };
     for (size_t i = 0; i < sizeof slots / sizeof *slots; i++)
-        if (!strcmp(name, slots[i].name)) {
-            *cap = slots[i].cap;
-            return (char *)r + slots[i].off;
-        }
-    return NULL;
+        if (!strcmp(name, slots[i].name))
+            return (int)i;
+    return -1;
 }
 
 static int on_header_value(http_parser *p, const char *at, size_t n)
 {
     struct conn *c = conn_of(p);
+    struct req *r = c->cur;
     if (limit_headers(c, n))
         return -1;
+    bool first = !c->hdr_name_done; /* the value's first chunk (values may come in pieces) */
     c->hdr_name_done = true;
-    size_t cap;
-    char *slot = header_slot(c->cur, c->hdr_name, &cap);
-    if (slot) {
-        size_t have = strlen(slot);
-        if (have + n >= cap) {
+    int i = header_slot(c->hdr_name);
+    if (i < 0)
+        return 0;
+    char *slot = (char *)r + slots[i].off;
+    size_t have = slots[i].cap ? strlen(slot) : 0;
+    if (first && (r->seen & 1u << i)) {
+        if (slots[i].dup == DUP_REFUSE) {
+            c->parse_error = 400;
+            c->dup_header = slots[i].display;
+            return -1;
+        }
+        if (have + 2 >= slots[i].cap) {
             c->parse_error = 431;
             return -1;
         }
-        memcpy(slot + have, at, n);
-        slot[have + n] = '\0';
+        memcpy(slot + have, ", ", 2);
+        have += 2;
+        slot[have] = '\0';
     }
+    r->seen |= 1u << i;
+    if (!slots[i].cap)
+        return 0;
+    if (have + n >= slots[i].cap) {
+        c->parse_error = 431;
+        return -1;
+    }
+    memcpy(slot + have, at, n);
+    slot[have + n] = '\0';
     return 0;
 }
 
@@ -398,6 +544,10 @@ static int on_headers_complete(http_parser *p)
         return -1;
     }
     arm(c, c->a->cfg.body_timeout_ms);
+    if (r->expect[0]) { /* answered before the body: see expect() */
+        c->at_headers = true;
+        http_parser_pause(p, 1);
+    }
     return 0;
 }
 
@@ -415,7 +565,7 @@ static int on_message_complete(http_parser *p)
 {
     struct conn *c = conn_of(p);
     c->cur->keep_alive = http_should_keep_alive(p);
-    uv_timer_stop(&c->timer);
+    http_disarm(c);
     http_parser_pause(p, 1); /* one request at a time: see the file comment */
     return 0;
 }
@@ -434,13 +584,11 @@ static void parse_failed(struct conn *c)
     uv_read_stop((uv_stream_t *)&c->tcp);
     c->cur = NULL;
     if (!r) { /* failed before a request began */
-        r = calloc(1, sizeof *r);
+        r = req_new(c);
         if (!r) {
             http_close(c);
             return;
         }
-        r->c = c;
-        r->route = -1;
         cairn_buf_init(&r->body, 0);
     }
     r->keep_alive = false;
@@ -452,13 +600,50 @@ static void parse_failed(struct conn *c)
                    "the request line and headers are over %zu "
                    "bytes",
                    c->a->cfg.header_max);
+    else if (c->dup_header)
+        http_error(r, 400, "duplicate_header", c->dup_header, "the %s header may appear only once",
+                   c->dup_header);
     else
         http_error(r, 400, "bad_request", NULL, "malformed HTTP request: %s",
                    http_errno_description(HTTP_PARSER_ERRNO(&c->parser)));
 }
 
-static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf);
-static void on_read(uv_stream_t *s, ssize_t n, const uv_buf_t *buf);
+/*
+ * Expect (RFC 9110 10.1.1), at the end of the headers of c->cur, the body
+ * not read yet. 100-continue: a request that would be refused — no route,
+ * wrong method, no or a bad token, a role that does not allow it (the size
+ * limit was already checked) — gets its final error at once, and the
+ * connection closes (lingering: the client reads the error even if it
+ * sends the body anyway); otherwise "100 Continue" is sent (unless the body
+ * has started arriving already) and parsing goes on. Any other expectation
+ * is 417. Returns true when the parser may go on.
+ */
+static bool expect(struct conn *c)
+{
+    static const char cont[] = "HTTP/1.1 100 Continue\r\n\r\n";
+    struct req *r = c->cur;
+    bool is100 = !strcasecmp(r->expect, "100-continue");
+    c->cur = NULL;
+    c->active = r;         /* an error answer frees it */
+    r->keep_alive = false; /* until accepted: the body would follow an error */
+    if (!is100) {
+        http_error(r, 417, "expectation_failed", "Expect",
+                   "only Expect: 100-continue is supported");
+        return false;
+    }
+    if (!routes_precheck(r))
+        return false; /* answered with Connection: close: nothing more is parsed */
+    c->active = NULL;
+    c->cur = r;
+    r->keep_alive = true; /* decided again at the end of the message */
+    /* Paused in on_headers_complete, the parser stopped on the headers'
+     * final LF: more than that buffered means the body is on its way. */
+    bool body = (c->parser.flags & F_CHUNKED) ||
+                ((c->parser.flags & F_CONTENTLENGTH) && c->parser.content_length > 0);
+    if (body && c->in.len - c->in_off <= 1)
+        write_buf(c, cont, sizeof cont - 1, NULL, 0, false);
+    return true;
+}
 
 void http_resume(struct conn *c)
 {
@@ -472,7 +657,11 @@ void http_resume(struct conn *c)
                                        (const char *)c->in.data + c->in_off, c->in.len - c->in_off);
         c->in_off += n;
         enum http_errno err = HTTP_PARSER_ERRNO(&c->parser);
-        if (err == HPE_PAUSED) {
+        if (err == HPE_PAUSED && c->at_headers) {
+            c->at_headers = false;
+            if (expect(c))
+                http_parser_pause(&c->parser, 0);
+        } else if (err == HPE_PAUSED) {
             struct req *r = c->cur;
             c->cur = NULL;
             c->active = r;
@@ -519,6 +708,12 @@ static void on_read(uv_stream_t *s, ssize_t n, const uv_buf_t *buf)
 {
     struct conn *c = s->data;
     (void)buf;
+    if (c->lingering) { /* drop what arrives; end at the client's close or a limit */
+        c->drained += n > 0 ? (size_t)n : 0;
+        if ((n < 0 || c->drained > API_LINGER_BYTES) && !c->closing)
+            http_close(c);
+        return;
+    }
     if (n == UV_EOF && !c->closing && c->sse) {
         http_close(c); /* a subscriber left: free its slot now, not at the next failed write */
         return;

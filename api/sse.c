@@ -30,8 +30,10 @@ struct sse {
     uint64_t next;
     char types[1024];
     char key[CAIRN_KEY_MAX + 1];
+    size_t key_n, tenant_n;
     bool by_type, by_key, any_tenant;
     char tenant[CAIRN_TENANT_MAX + 1];
+    uint64_t round; /* the last wake-up round that pumped it */
     struct sse *prev, *nxt;
 };
 
@@ -40,11 +42,11 @@ bool list_has(const char *list, const struct cairn_str *s);
 static bool wanted(const struct sse *s, const struct proj_derived *d)
 {
     if (!s->any_tenant &&
-        (d->tenant.n != strlen(s->tenant) || memcmp(d->tenant.p, s->tenant, d->tenant.n)))
+        (d->tenant.n != s->tenant_n || memcmp(d->tenant.p, s->tenant, d->tenant.n)))
         return false;
     if (s->by_type && !list_has(s->types, &d->type))
         return false;
-    return !s->by_key || (d->key.n == strlen(s->key) && !memcmp(d->key.p, s->key, d->key.n));
+    return !s->by_key || (d->key.n == s->key_n && !memcmp(d->key.p, s->key, d->key.n));
 }
 
 static void overflow(struct sse *s)
@@ -55,50 +57,111 @@ static void overflow(struct sse *s)
     http_write_final(s->c, msg, (size_t)n);
 }
 
-/* Writes what is new for one subscriber. */
-static void pump(struct sse *s)
+/* "id: <dseq>\nevent: <type>\ndata: <json>\n\n" into f (reset first). */
+static int render(const struct proj_derived *d, struct cairn_buf *f)
+{
+    char num[24];
+    int k = snprintf(num, sizeof num, "%llu", (unsigned long long)d->dseq);
+    cairn_buf_reset(f);
+    if (cairn_buf_puts(f, "id: ") || cairn_buf_append(f, num, (size_t)k) ||
+        cairn_buf_puts(f, "\nevent: ") || cairn_buf_append(f, d->type.p, d->type.n) ||
+        cairn_buf_puts(f, "\ndata: ") || proj_derived_json(d, f) || cairn_buf_puts(f, "\n\n"))
+        return CAIRN_ENOMEM;
+    return 0;
+}
+
+/*
+ * Writes what is new for the n subscribers of one stream (sub[i]->dbi all
+ * equal). One snapshot and one cursor serve them all, from the lowest
+ * position among them; each event's frame is rendered once, when the first
+ * subscriber that wants it is found, and copied into the output of every
+ * subscriber whose position and filters it passes. (Rendering once per
+ * subscriber made a fan-out to 100 cost 100 JSON renderings per event.)
+ * Returns true when the stream has more than SSE_PUMP_MAX events past the
+ * lowest position (the caller comes back on the next loop iteration).
+ */
+static bool pump_stream(struct api *a, struct sse **sub, struct cairn_buf *out, size_t n)
 {
     struct proj_snap *snap;
     MDB_dbi dbi;
     MDB_cursor *cur;
     MDB_val k, v;
     uint8_t k8[8];
-    if (s->c->closing || proj_snap_begin(engine_proj(s->a->eng), &snap))
-        return;
-    struct cairn_buf b;
-    cairn_buf_init(&b, API_SSE_BUFFER_MAX);
-    int n = 0;
-    if (!proj_snap_dbi(snap, s->dbi, &dbi) && !mdb_cursor_open(proj_snap_txn(snap), dbi, &cur)) {
-        cairn_be64_put(k8, s->next);
+    uint64_t from = UINT64_MAX;
+    bool *full = calloc(n, sizeof *full);
+    int seen = 0;
+    if (!full || proj_snap_begin(engine_proj(a->eng), &snap)) {
+        free(full);
+        return false;
+    }
+    for (size_t i = 0; i < n; i++)
+        from = sub[i]->next < from ? sub[i]->next : from;
+    struct cairn_buf frame;
+    cairn_buf_init(&frame, API_SSE_BUFFER_MAX);
+    if (!proj_snap_dbi(snap, sub[0]->dbi, &dbi) &&
+        !mdb_cursor_open(proj_snap_txn(snap), dbi, &cur)) {
+        cairn_be64_put(k8, from);
         k = (MDB_val){8, k8};
-        for (int rc = mdb_cursor_get(cur, &k, &v, MDB_SET_RANGE); !rc && n < SSE_PUMP_MAX;
-             rc = mdb_cursor_get(cur, &k, &v, MDB_NEXT), n++) {
+        for (int rc = mdb_cursor_get(cur, &k, &v, MDB_SET_RANGE); !rc && seen < SSE_PUMP_MAX;
+             rc = mdb_cursor_get(cur, &k, &v, MDB_NEXT), seen++) {
             struct proj_derived d;
             if (proj_derived_decode(v.mv_data, v.mv_size, &d))
                 break;
-            size_t mark = b.len;
-            if (wanted(s, &d) &&
-                (cairn_buf_printf(&b, "id: %llu\nevent: %.*s\ndata: ", (unsigned long long)d.dseq,
-                                  (int)d.type.n, d.type.p) ||
-                 proj_derived_json(&d, &b) || cairn_buf_puts(&b, "\n\n"))) {
-                b.len = mark; /* the buffer is full: stop here, resume later */
-                break;
+            bool rendered = false, ok = true;
+            for (size_t i = 0; i < n; i++) {
+                struct sse *s = sub[i];
+                if (full[i] || d.dseq < s->next)
+                    continue;
+                if (wanted(s, &d)) {
+                    if (!rendered)
+                        ok = !render(&d, &frame);
+                    rendered = true;
+                    if (!ok || cairn_buf_append(&out[i], frame.data, frame.len)) {
+                        full[i] = true; /* the output is full: resume here later */
+                        continue;
+                    }
+                }
+                s->next = d.dseq + 1;
             }
-            s->next = d.dseq + 1;
         }
         mdb_cursor_close(cur);
     }
     proj_snap_end(snap);
-    if (b.len) {
-        size_t queued = uv_stream_get_write_queue_size((uv_stream_t *)&s->c->tcp);
-        if (queued + b.len > API_SSE_BUFFER_MAX)
-            overflow(s);
-        else
-            http_write_raw(s->c, b.data, b.len);
+    cairn_buf_deinit(&frame);
+    free(full);
+    return seen == SSE_PUMP_MAX;
+}
+
+/* Sends each subscriber its output (or the overflow notice). */
+static void flush(struct sse **sub, struct cairn_buf *out, size_t n)
+{
+    for (size_t i = 0; i < n; i++) {
+        struct sse *s = sub[i];
+        if (out[i].len) {
+            size_t queued = uv_stream_get_write_queue_size((uv_stream_t *)&s->c->tcp);
+            /* s may be freed by a failed write: not touched after */
+            if (queued + out[i].len > API_SSE_BUFFER_MAX)
+                overflow(s);
+            else
+                http_write_raw(s->c, out[i].data, out[i].len);
+        }
+        cairn_buf_deinit(&out[i]);
     }
-    cairn_buf_deinit(&b);
-    if (n == SSE_PUMP_MAX && !s->c->closing)
-        uv_async_send(&s->a->applied_async); /* more to send: come back next iteration */
+}
+
+/* Pumps the n subscribers of one stream. */
+static void pump_group(struct api *a, struct sse **sub, size_t n)
+{
+    struct cairn_buf *out = calloc(n, sizeof *out);
+    if (!out)
+        return;
+    for (size_t i = 0; i < n; i++)
+        cairn_buf_init(&out[i], API_SSE_BUFFER_MAX);
+    bool more = pump_stream(a, sub, out, n);
+    flush(sub, out, n);
+    free(out);
+    if (more)
+        uv_async_send(&a->applied_async); /* more to send: come back next iteration */
 }
 
 void sse_start(struct req *r, const char *stream, uint64_t from)
@@ -120,12 +183,14 @@ void sse_start(struct req *r, const char *stream, uint64_t from)
     snprintf(s->dbi, sizeof s->dbi, PROJ_STREAM_PREFIX "%s", stream);
     s->by_type = query_get(r, "type", s->types, sizeof s->types);
     s->by_key = query_get(r, "key", s->key, sizeof s->key);
+    s->key_n = strlen(s->key);
     s->any_tenant = r->any_tenant;
     snprintf(s->tenant, sizeof s->tenant, "%s", r->tok.tenant);
+    s->tenant_n = strlen(s->tenant);
     static const char hdr[] = "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n"
                               "Cache-Control: no-cache\r\nConnection: keep-alive\r\n\r\n"
                               "retry: 1000\n\n";
-    uv_timer_stop(&r->c->timer); /* subscribers are not idle connections */
+    http_disarm(r->c); /* subscribers are not idle connections */
     r->c->sse = s;
     s->nxt = a->subs;
     if (a->subs)
@@ -134,15 +199,38 @@ void sse_start(struct req *r, const char *stream, uint64_t from)
     a->nsubs++;
     metrics_http(a, r->route, 200);
     http_write_raw(r->c, hdr, sizeof hdr - 1);
-    pump(s); /* the request stays the connection's active one: no more parsing */
+    if (!r->c->closing) /* the request stays the connection's active one: no more parsing */
+        pump_group(a, &s, 1);
 }
 
+/* Pumps every subscriber, one group per stream: all the subscribers of a
+ * stream share one cursor and one rendering of each event. */
 void sse_wake_all(struct api *a)
 {
-    for (struct sse *s = a->subs, *next; s; s = next) {
-        next = s->nxt;
-        pump(s);
+    if (!a->nsubs)
+        return;
+    struct sse **group = malloc(a->nsubs * sizeof *group);
+    if (!group)
+        return;
+    uint64_t round = ++a->sse_round;
+    for (;;) {
+        struct sse *first = NULL;
+        size_t n = 0;
+        for (struct sse *s = a->subs; s; s = s->nxt) {
+            if (s->round == round || s->c->closing)
+                continue;
+            if (!first)
+                first = s;
+            if (strcmp(s->dbi, first->dbi))
+                continue;
+            s->round = round;
+            group[n++] = s;
+        }
+        if (!n)
+            break;
+        pump_group(a, group, n);
     }
+    free(group);
 }
 
 void sse_heartbeat(struct api *a)

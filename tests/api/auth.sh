@@ -3,7 +3,8 @@
 # expired token (minted with --ttl 2, and crafted), forged tokens (another
 # secret, changed claims, a changed signature), `alg: none` and other
 # algorithms, bad headers and claims, and the role of every route (403),
-# with the exact error documents.
+# with the exact error documents; the verified-token cache (eviction, each
+# token answered for its own tenant).
 set -euo pipefail
 . "$(dirname "$0")/lib.sh"
 
@@ -134,6 +135,34 @@ sleep 3.1
 get "$SHORT" /v1/devices
 expect "the same token three seconds later" 401 "$(err expired_token 'the token expired')"
 
+# ---------------------------------------------------------------- the verified-token cache
+
+# More distinct valid tokens than the cache holds (1 024), each of its own
+# tenant, on one connection: every one is answered for its own tenant
+# (?tenant= of its own: 200; of the next token's tenant: 403), also when
+# used again after the cache evicted it.
+node -e '
+const crypto = require("crypto"), fs = require("fs");
+const [secret, url, n] = [fs.readFileSync(process.argv[1], "utf8").trim(), process.argv[2], +process.argv[3]];
+const b64 = (b) => Buffer.from(b).toString("base64url");
+const exp = Math.floor(Date.now() / 1000) + 600;
+const tok = (i) => { const hc = b64(JSON.stringify({alg: "HS256", typ: "JWT"})) + "." +
+    b64(JSON.stringify({tenant: "t-" + i, roles: ["read"], exp}));
+    return hc + "." + crypto.createHmac("sha256", secret).update(hc).digest("base64url"); };
+const out = [];
+const one = (i, t) => out.push(`url = "${url}/v1/devices?tenant=t-${t}&limit=1"`,
+    `header = "Authorization: Bearer ${tok(i)}"`, "output = /dev/null", "write-out = \"%{http_code}\\n\"", "next");
+for (let i = 0; i < n; i++) one(i, i);         /* fills and overflows the cache */
+for (let i = 0; i < 20; i++) one(i, i);        /* the first ones again */
+for (let i = 0; i < 20; i++) one(i, i + 1);    /* another tenant: 403 */
+out.pop();
+fs.writeFileSync(process.argv[4], out.join("\n") + "\n");
+' "$JWT_FILE" "$URL" 1100 "$WORK/many.curl"
+curl -s -m 120 -K "$WORK/many.curl" >"$WORK/many.codes" 2>/dev/null || true
+eq "1 100 distinct tokens, each for its own tenant: all 200" "$(head -n 1100 "$WORK/many.codes" | sort | uniq -c | awk '{print $2 "x" $1}')" "200x1100"
+eq "the first 20 again, after eviction: 200" "$(sed -n 1101,1120p "$WORK/many.codes" | sort -u)" "200"
+eq "the first 20 with the next token's tenant: 403" "$(sed -n 1121,1140p "$WORK/many.codes" | sort -u)" "403"
+
 # ---------------------------------------------------------------- roles of each route
 
 forbid() { err forbidden "this token's roles do not allow $1" Authorization; }
@@ -180,8 +209,15 @@ GET  /v1/log/head           log_head    audit
 GET  /v1/log/verify         log_verify  audit
 GET  /v1/schemas            schemas     ingest,read,audit
 GET  /v1/schemas/telemetry  schema      ingest,read,audit
+GET  /metrics               metrics     -
 TABLE
-for p in /healthz /readyz /metrics; do
+MET=$(token acme metrics)
+role metrics "$MET" GET /metrics ok
+role metrics "$MET" GET /v1/devices view_list
+role metrics "$MET" GET /v1/log/head log_head
+req GET /metrics
+expect "/metrics needs a token" 401 "$(unauth)"
+for p in /healthz /readyz; do
     req GET "$p"
     expect_status "$p needs no token" 200
     req GET "$p" -H "Authorization: Bearer not-a-token"

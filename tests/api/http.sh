@@ -267,7 +267,8 @@ for _ in $(seq 1 20); do
 done
 expect "once one closed, a new connection is served" 200 '{"status":"ok"}'
 exec {c2}>&-
-conns_one() { curl -s -m 2 "$URL/metrics" | grep -qx 'cairn_http_connections 1'; }
+METRICS=$(token acme metrics)
+conns_one() { curl -s -m 2 -H "Authorization: Bearer $METRICS" "$URL/metrics" | grep -qx 'cairn_http_connections 1'; }
 wait_until "metrics count the connections (only the one asking, once the others closed)" 5 conns_one &&
     pass "metrics count the connections"
 stop_server

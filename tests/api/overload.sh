@@ -86,7 +86,7 @@ done | sort | jq -R . | jq -sc .)
 expect_jq "the log holds the accepted batches' events, each once" 200 '([.events[].key] | sort) == $k' --argjson k "$accepted_keys"
 get "$AUD" /v1/log/verify
 expect_jq "the chain verifies" 200 '.ok == true'
-req GET /metrics
+req GET /metrics -H "Authorization: Bearer $(token acme metrics)"
 check "metrics count the 429s" grep -q '^cairn_rejected_total{reason="overloaded"} ' <<<"$BODY"
 
 # A batch larger than the queue can never be queued: retrying is useless.

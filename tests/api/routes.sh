@@ -23,10 +23,13 @@ req GET /healthz
 expect "healthz" 200 '{"status":"ok"}'
 eq "healthz content type" "$(header Content-Type)" "application/json"
 eq "healthz keeps the connection" "$(header Connection)" "keep-alive"
+METRICS=$(token acme metrics)
 req GET /readyz
-expect "readyz on an empty log" 200 '{"ready":true,"log_head":0,"checkpoint":0}'
-req GET /metrics
-expect_status "metrics without a token" 200
+expect "readyz on an empty log" 200 '{"ready":true}'
+req GET /readyz -H "Authorization: Bearer $METRICS"
+expect "readyz with a metrics token" 200 '{"ready":true,"log_head":0,"checkpoint":0}'
+req GET /metrics -H "Authorization: Bearer $METRICS"
+expect_status "metrics with a metrics token" 200
 eq "metrics content type" "$(header Content-Type)" "text/plain; version=0.0.4"
 check "metrics: log head gauge" grep -qx 'cairn_log_head_seq 0' <<<"$BODY"
 req POST /healthz
@@ -253,7 +256,7 @@ esac
 
 # ---------------------------------------------------------------- metrics after traffic
 
-req GET /metrics
+req GET /metrics -H "Authorization: Bearer $METRICS"
 check "metrics: head gauge" grep -qx 'cairn_log_head_seq 9' <<<"$BODY"
 check "metrics: events by type" grep -qx 'cairn_ingest_events_total{type="telemetry",source="http"} 4' <<<"$BODY"
 check "metrics: rejections by reason" grep -qx 'cairn_rejected_total{reason="reserved_type"} 2' <<<"$BODY"

@@ -40,10 +40,12 @@ NOMATCH='no v1 signature matches a configured endpoint secret'
 TOLERANCE='the signature timestamp is outside the 300s tolerance'
 head_is() { eq "$1" "$(head_seq)" "$2"; }
 
-bg curl -sN -m 20 -H "Authorization: Bearer $A" -H 'Accept: text/event-stream' \
+# The subscribers end when the server stops; -m 90 only bounds a hang (the
+# script takes 20 s and more under ASan on a loaded machine).
+bg curl -sN -m 90 -H "Authorization: Bearer $A" -H 'Accept: text/event-stream' \
     "$URL/v1/streams/subscriptions" -o "$WORK/a.sse"
 sse_a=$BG_PID
-bg curl -sN -m 20 -H "Authorization: Bearer $B" -H 'Accept: text/event-stream' \
+bg curl -sN -m 90 -H "Authorization: Bearer $B" -H 'Accept: text/event-stream' \
     "$URL/v1/streams/subscriptions" -o "$WORK/b.sse"
 sse_b=$BG_PID
 

@@ -180,6 +180,37 @@ ids_b=$(sed -n 's/^id: //p' "$WORK/b.sse" | tr '\n' ' ')
 all=$(printf '%s\n' $ids_a $ids_b | sort -n | tr '\n' ' ')
 eq "both tenants' ids together are the stream, dense and disjoint" "$all" "1 2 3 4 "
 
+# ---------------------------------------------------------------- server-wide totals
+
+# /metrics counts every tenant's events, rejections and requests: only the
+# metrics role (an operator's scraper) and admin read it. /readyz is public
+# (probes carry no token) and says only whether the state caught up; the
+# log head and checkpoint come with a metrics or admin token.
+req GET /metrics
+expect "/metrics without a token: 401" 401 "$(err unauthorized 'a bearer token is required' Authorization)"
+for tok in "$A" "$A_ING" "$B"; do
+    get "$tok" /metrics
+    expect "/metrics with a tenant's read/audit/ingest token: 403" 403 \
+        "$(err forbidden "this token's roles do not allow metrics" Authorization)"
+done
+get "$(token acme metrics)" /metrics
+check "/metrics with a metrics token" grep -q '^cairn_log_head_seq ' <<<"$BODY"
+get "$ADMIN" /metrics
+expect_status "/metrics with an admin token" 200
+for tok in "" "$A" "$B_ING"; do
+    if [ -n "$tok" ]; then get "$tok" /readyz; else req GET /readyz; fi
+    expect "/readyz for a tenant's token or none: readiness only" 200 '{"ready":true}'
+done
+get "$(token globex metrics)" /readyz
+expect_jq "/readyz with a metrics token: the figures too" 200 '.ready and .log_head == .checkpoint and .log_head > 0'
+# The log's seq is one sequence over every tenant (one hash chain), and
+# every answer carries it ("seq" of views, pages' "next"): /v1/log/head
+# tells a tenant's audit token no more than a view answer does.
+get "$A" /v1/log/head
+head_a=$(jq -r .seq <<<"$BODY")
+get "$A" /v1/devices
+eq "/v1/log/head's seq is the seq every answer carries" "$head_a" "$(jq -r .seq <<<"$BODY")"
+
 # A reader parked on ?min_seq when the server stops: a clean exit.
 curl -s -m 10 -o /dev/null -H "Authorization: Bearer $A" "$URL/v1/devices?min_seq=100000&wait_ms=30000" &
 parked=$!
