@@ -56,6 +56,7 @@ struct hctx {
     size_t nem, cap;
     struct cairn_buf mem;
     msgpack_zone zone;
+    bool zone_used; /* something was decoded into zone since the last clear */
     struct cairn_buf enc;
 };
 
@@ -492,6 +493,7 @@ int proj_hctx_decode(struct hctx *ctx, size_t i)
     struct event *ev = &ctx->evs[i];
     size_t off = 0;
     assert(i < ctx->nem && ev->payload);
+    ctx->zone_used = true;
     msgpack_unpack_return rc = msgpack_unpack((const char *)ev->payload, ev->payload_len, &off,
                                               &ctx->zone, &ctx->bodies[i]);
     if (rc != MSGPACK_UNPACK_SUCCESS && rc != MSGPACK_UNPACK_EXTRA_BYTES)
@@ -504,7 +506,9 @@ void proj_hctx_clear(struct hctx *ctx)
 {
     ctx->nem = 0;
     cairn_buf_reset(&ctx->mem);
-    msgpack_zone_clear(&ctx->zone);
+    if (ctx->zone_used) /* runs for every handler and input: skip when idle */
+        msgpack_zone_clear(&ctx->zone);
+    ctx->zone_used = false;
 }
 
 /* ====================================================================== reading */
