@@ -1,26 +1,48 @@
 /*
  * geofence.c — bench/geofence: location events through the geofence
- * handler with a large fence set.
+ * handler with a large fence set (issue #6).
  *
- *   bench/geofence [-f FENCES] [-d DEVICES] [-n FIXES] [--seed S] [--dir DIR] [--out DIR]
+ *   bench/geofence [-f FENCES] [-d DEVICES] [-n FIXES] [--batch B] [--seed S]
+ *                  [--dir DIR] [--out DIR] [--no-e2e] [--all-handlers]
  *
  * FENCES polygons (8..64 vertices, star-shaped, 100 m .. 3 km across)
  * scattered over 20 cities (~0.5 degree around each centre), DEVICES
  * devices on random walks (~10 m .. 50 m per fix) starting in those
- * cities. Phases, each timed:
- *   define   every geofence.define through the handler (one state txn per 1024)
- *   open     close + open: the in-memory index rebuilt from the DBIs
- *   fixes    FIXES location events through the handler, one state txn
- *            (commit included) per 1024 events, like the engine's batches
- * Prints events/s, derived events, and heap bytes per fence. With --out,
- * writes fences.ndjson / fixes.ndjson (for `cairn append`, end to end) and
- * fences.csv / fixes.csv (WKT, for bench/geofence_postgis.sh).
+ * cities; every fence detects enter and exit. Phases, each timed:
+ *
+ *   handler  the handler alone, as the engine drives it on replay: the
+ *            events in state transactions of B (default 65 536, the
+ *            engine's catch-up chunk), each payload decoded, applied, the
+ *            handler's flush and the commit (with its fsync) included.
+ *            define: every geofence.define; open: close + open (the index
+ *            rebuilt from the DBIs); fixes: every location.
+ *   e2e      end to end, as `cairn serve` runs: a fresh DATA directory, the
+ *            engine with the geofence handler (--all-handlers: every
+ *            handler), its log writer thread started; this thread parses
+ *            each input's NDJSON line (ingest: JSON, schema, msgpack) and
+ *            submits requests of 1 024 to the writer, 8 in flight; the
+ *            writer group-commits them durably and the engine applies each
+ *            commit to the state (one state transaction per log commit).
+ *            Timed from the first parse to the state reaching the last fix.
+ *
+ * It prints events/s and CPU per event of each, derived events, heap bytes
+ * per fence, and the inside-sets the handler computed: after the handler
+ * run, the enter/exit events of stream geofence are replayed per device to
+ * give, for every fix, the fences it is inside (fences have no dwell or
+ * margin, so membership is containment). With --out DIR it writes
+ * fences.csv (id TAB WKT), fixes.csv (i TAB device TAB lon TAB lat) and
+ * inside.tsv (i TAB fence_id, one line per pair, in fix order) for
+ * bench/geofence_postgis.sh, which runs the same fixes through PostGIS and
+ * compares the sets. The last line is one JSON object with every figure.
+ * CAIRN_BENCH_PERF_CTL: see perf_ctl.
  */
 #include "bench.h"
+#include "engine.h"
 #include "handler.h"
 #include "proj.h"
 
 #include <math.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -28,7 +50,10 @@
 extern const struct handler geofence_handler;
 size_t geofence_memory(struct hctx *ctx);
 
-#define BATCH 1024
+#define BATCH_DEFAULT 65536
+#define REQ 1024     /* e2e: inputs per writer request */
+#define INFLIGHT 8   /* e2e: requests in flight */
+#define MEMBERS 1024 /* per device in the inside-set replay */
 
 static uint64_t rng;
 static double rnd(void)
@@ -45,96 +70,57 @@ static const double cities[20][2] = {
     {-74.0, 40.71},   {-87.63, 41.88}, {-118.24, 34.05}, {139.69, 35.69}, {151.21, -33.87},
     {-46.63, -23.55}, {77.21, 28.61},  {31.24, 30.04},   {28.98, 41.01},  {-99.13, 19.43}};
 
+/* A workload event: its msgpack payload (handler run) and its NDJSON
+ * input line (e2e run), both in shared buffers. */
 struct ev {
     const char *type;
     int64_t time;
-    struct cairn_buf payload;
-    msgpack_unpacked body;
+    size_t mp, mpn;     /* in struct work.mp */
+    size_t line, linen; /* in struct work.lines, without the newline */
 };
 
-static void make_event(struct ev *e, const char *type, int64_t t, json_t *payload)
+struct work {
+    size_t nf, nd, nx;
+    struct ev *evs; /* nf fence definitions, then nx fixes */
+    struct cairn_buf mp, lines;
+    size_t vertices;
+};
+
+static void die(const char *what, int rc)
+{
+    fprintf(stderr, "bench/geofence: %s: %s\n", what, cairn_strerror(rc));
+    exit(1);
+}
+
+static void add_event(struct work *w, struct ev *e, const char *type, int64_t t, json_t *payload)
 {
     e->type = type;
     e->time = t;
-    cairn_buf_init(&e->payload, 1u << 20);
-    if (cairn_json_to_msgpack(payload, &e->payload, NULL))
-        abort();
-    msgpack_unpacked_init(&e->body);
-    msgpack_unpack_next(&e->body, (const char *)e->payload.data, e->payload.len, NULL);
+    e->mp = w->mp.len;
+    if (cairn_json_to_msgpack(payload, &w->mp, NULL))
+        die("msgpack", CAIRN_ENOMEM);
+    e->mpn = w->mp.len - e->mp;
+    json_t *in = json_pack("{ss ss sI sO}", "type", type, "tenant", "t", "time", (json_int_t)t,
+                           "payload", payload);
+    char *s = json_dumps(in, JSON_COMPACT);
+    e->line = w->lines.len;
+    e->linen = strlen(s);
+    if (cairn_buf_append(&w->lines, s, e->linen))
+        die("lines", CAIRN_ENOMEM);
+    free(s);
+    json_decref(in);
 }
 
-static int run(struct proj *p, struct hctx *ctx, struct ev *evs, size_t n, uint64_t *seq,
-               uint64_t *derived)
-{
-    for (size_t i = 0; i < n;) {
-        int rc = proj_begin(p);
-        for (size_t k = 0; k < BATCH && i < n && !rc; k++, i++) {
-            struct event ev = {.seq = ++*seq,
-                               .type = {evs[i].type, strlen(evs[i].type)},
-                               .tenant = {"t", 1},
-                               .key = {"", 0},
-                               .time = evs[i].time,
-                               .payload = evs[i].payload.data,
-                               .payload_len = evs[i].payload.len,
-                               .body = &evs[i].body.data};
-            rc = geofence_handler.apply(ctx, &ev);
-            const struct event *em;
-            *derived += proj_hctx_emitted(ctx, &em);
-            proj_hctx_clear(ctx);
-        }
-        if (!rc)
-            rc = proj_commit(p, *seq);
-        if (rc == CAIRN_EMAPFULL) {
-            fprintf(stderr, "map full: rerun with a larger map\n");
-            return rc;
-        }
-        if (rc)
-            return rc;
-    }
-    return 0;
-}
+/* ====================================================================== the workload */
 
-int main(int argc, char **argv)
+static void make_fences(struct work *w, int64_t t0, FILE *csv)
 {
-    size_t nf = 100000, nd = 100000, nx = 1000000;
-    const char *dir = "/tmp", *out = NULL;
-    rng = 42;
-    for (int i = 1; i + 1 < argc; i += 2) {
-        if (!strcmp(argv[i], "-f"))
-            nf = strtoull(argv[i + 1], NULL, 10);
-        else if (!strcmp(argv[i], "-d"))
-            nd = strtoull(argv[i + 1], NULL, 10);
-        else if (!strcmp(argv[i], "-n"))
-            nx = strtoull(argv[i + 1], NULL, 10);
-        else if (!strcmp(argv[i], "--seed"))
-            rng = strtoull(argv[i + 1], NULL, 10) | 1;
-        else if (!strcmp(argv[i], "--dir"))
-            dir = argv[i + 1];
-        else if (!strcmp(argv[i], "--out"))
-            out = argv[i + 1];
-    }
-    char tmp[512], path[600];
-    if (bench_tmpdir(dir, tmp, sizeof tmp))
-        return 1;
-    snprintf(path, sizeof path, "%s/state", tmp);
-    FILE *fn = NULL, *fc = NULL, *xn = NULL, *xc = NULL;
-    if (out) {
-        char b[600];
-        snprintf(b, sizeof b, "%s/fences.ndjson", out), fn = fopen(b, "w");
-        snprintf(b, sizeof b, "%s/fences.csv", out), fc = fopen(b, "w");
-        snprintf(b, sizeof b, "%s/fixes.ndjson", out), xn = fopen(b, "w");
-        snprintf(b, sizeof b, "%s/fixes.csv", out), xc = fopen(b, "w");
-    }
-    /* ---- workload */
-    int64_t t0 = 1772359200000000000LL;
-    struct ev *fences = calloc(nf, sizeof *fences), *fixes = calloc(nx, sizeof *fixes);
-    size_t vertices = 0;
-    for (size_t i = 0; i < nf; i++) {
+    for (size_t i = 0; i < w->nf; i++) {
         const double *c = cities[i % 20];
         double cx = c[0] + (rnd() - 0.5), cy = c[1] + (rnd() - 0.5) * 0.6;
         double r = (50 + 1450 * rnd()) / 111000.0, k = 1 / cos(cy * M_PI / 180);
         int nv = 8 + (int)(rnd() * 57);
-        vertices += (size_t)nv;
+        w->vertices += (size_t)nv;
         json_t *ring = json_array();
         char wkt[4096];
         size_t at = (size_t)snprintf(wkt, sizeof wkt, "POLYGON((");
@@ -153,91 +139,529 @@ int main(int argc, char **argv)
         snprintf(id, sizeof id, "f%06zu", i);
         json_t *pl = json_pack("{ss s{ss s[o]} s[ss]}", "fence_id", id, "geometry", "type",
                                "Polygon", "coordinates", ring, "detect", "enter", "exit");
-        make_event(&fences[i], "geofence.define", t0, pl);
-        if (fn) {
-            char *s = json_dumps(pl, JSON_COMPACT);
-            fprintf(
-                fn,
-                "{\"type\":\"geofence.define\",\"tenant\":\"t\",\"time\":%lld,\"payload\":%s}\n",
-                (long long)t0, s);
-            free(s);
-            fprintf(fc, "%s\t%s\n", id, wkt);
-        }
+        add_event(w, &w->evs[i], "geofence.define", t0, pl);
+        if (csv)
+            fprintf(csv, "%s\t%s\n", id, wkt);
         json_decref(pl);
     }
-    double(*pos)[2] = malloc(nd * sizeof *pos);
-    for (size_t d = 0; d < nd; d++) {
+}
+
+static void make_fixes(struct work *w, int64_t t0, FILE *csv)
+{
+    double(*pos)[2] = malloc(w->nd * sizeof *pos);
+    if (!pos)
+        die("positions", CAIRN_ENOMEM);
+    for (size_t d = 0; d < w->nd; d++) {
         const double *c = cities[d % 20];
         pos[d][0] = c[0] + (rnd() - 0.5), pos[d][1] = c[1] + (rnd() - 0.5) * 0.6;
     }
-    for (size_t i = 0; i < nx; i++) {
-        size_t d = i % nd;
+    for (size_t i = 0; i < w->nx; i++) {
+        size_t d = i % w->nd;
         double step = (10 + 40 * rnd()) / 111000.0, a = 2 * M_PI * rnd();
         pos[d][0] += step * cos(a) / cos(pos[d][1] * M_PI / 180);
         pos[d][1] += step * sin(a);
         double x = round(pos[d][0] * 1e7) / 1e7, y = round(pos[d][1] * 1e7) / 1e7;
         char id[32];
         snprintf(id, sizeof id, "dev%06zu", d);
-        int64_t t = t0 + 1000000000LL + (int64_t)(i / nd) * 10000000000LL + (int64_t)d;
+        int64_t t = t0 + 1000000000LL + (int64_t)(i / w->nd) * 10000000000LL + (int64_t)d;
         json_t *pl = json_pack("{ss sf sf}", "device_id", id, "lat", y, "lon", x);
-        make_event(&fixes[i], "location", t, pl);
-        if (xn) {
-            fprintf(xn,
-                    "{\"type\":\"location\",\"tenant\":\"t\",\"time\":%lld,\"payload\":{\"device_"
-                    "id\":\"%s\",\"lat\":%.7f,\"lon\":%.7f}}\n",
-                    (long long)t, id, y, x);
-            fprintf(xc, "%zu\t%s\t%.7f\t%.7f\n", i, id, x, y);
-        }
+        add_event(w, &w->evs[w->nf + i], "location", t, pl);
+        if (csv)
+            fprintf(csv, "%zu\t%s\t%.7f\t%.7f\n", i, id, x, y);
         json_decref(pl);
     }
-    if (fn)
-        fclose(fn), fclose(fc), fclose(xn), fclose(xc);
-    /* ---- the handler */
+    free(pos);
+}
+
+/* ====================================================================== the handler alone */
+
+/* With CAIRN_BENCH_PERF_CTL=FIFO (perf record -D -1 --control fifo:FIFO),
+ * perf samples only the timed fixes phases. */
+static void perf_ctl(const char *cmd)
+{
+    const char *path = getenv("CAIRN_BENCH_PERF_CTL");
+    FILE *f = path ? fopen(path, "w") : NULL;
+    if (f) {
+        fprintf(f, "%s\n", cmd);
+        fclose(f);
+    }
+}
+
+/* Feeds events [lo, hi) to the handler in state transactions of `batch`,
+ * like the engine's catch-up: decode, apply, flush, commit. */
+static int run_handler(struct proj *p, struct hctx *ctx, const struct work *w, size_t lo, size_t hi,
+                       size_t batch, uint64_t *derived)
+{
+    msgpack_zone zone;
+    msgpack_zone_init(&zone, 2048);
+    int rc = 0;
+    for (size_t i = lo; i < hi && !rc;) {
+        if ((rc = proj_begin(p)))
+            break;
+        for (size_t k = 0; k < batch && i < hi && !rc; k++, i++) {
+            const struct ev *e = &w->evs[i];
+            msgpack_object body;
+            size_t off = 0;
+            if (msgpack_unpack((const char *)w->mp.data + e->mp, e->mpn, &off, &zone, &body) !=
+                MSGPACK_UNPACK_SUCCESS) {
+                rc = CAIRN_ECORRUPT;
+                break;
+            }
+            struct event ev = {.seq = i + 1,
+                               .type = {e->type, strlen(e->type)},
+                               .tenant = {"t", 1},
+                               .key = {"", 0},
+                               .time = e->time,
+                               .payload = w->mp.data + e->mp,
+                               .payload_len = e->mpn,
+                               .body = &body};
+            rc = geofence_handler.apply(ctx, &ev);
+            const struct event *em;
+            *derived += proj_hctx_emitted(ctx, &em);
+            proj_hctx_clear(ctx);
+            msgpack_zone_clear(&zone);
+        }
+        if (!rc && geofence_handler.flush)
+            rc = geofence_handler.flush(ctx);
+        if (rc)
+            proj_abort(p);
+        else
+            rc = proj_commit(p, i);
+        if (rc == CAIRN_EMAPFULL)
+            fprintf(stderr, "map full: rerun with a larger map\n");
+    }
+    msgpack_zone_destroy(&zone);
+    return rc;
+}
+
+struct members {
+    uint32_t n;
+    uint32_t *f; /* fence numbers, unsorted */
+};
+
+/* Applies one derived event of the fixes run to the per-device sets. */
+static int replay_one(const struct work *w, struct members *m, const struct proj_derived *d)
+{
+    bool enter = d->type.n == 14 && !memcmp(d->type.p, "geofence.enter", 14);
+    bool exit_ = d->type.n == 13 && !memcmp(d->type.p, "geofence.exit", 13);
+    if (!enter && !exit_)
+        return CAIRN_ECORRUPT; /* the fences detect only these */
+    msgpack_unpacked u;
+    msgpack_unpacked_init(&u);
+    struct cairn_str fid = {NULL, 0};
+    if (msgpack_unpack_next(&u, (const char *)d->payload, d->payload_len, NULL) ==
+        MSGPACK_UNPACK_SUCCESS)
+        mp_str(mp_get(&u.data, "fence_id"), &fid);
+    uint32_t fence = 0;
+    for (size_t k = 1; k < fid.n; k++)
+        fence = fence * 10 + (uint32_t)(fid.p[k] - '0');
+    msgpack_unpacked_destroy(&u);
+    size_t i = d->cause - w->nf - 1; /* seq of fix i is nf + 1 + i */
+    struct members *s = &m[i % w->nd];
+    if (!fid.n || fid.p[0] != 'f')
+        return CAIRN_ECORRUPT;
+    if (enter) {
+        if (s->n == MEMBERS)
+            return CAIRN_ETOOBIG;
+        if (!s->f && !(s->f = malloc(MEMBERS * sizeof *s->f)))
+            return CAIRN_ENOMEM;
+        s->f[s->n++] = fence;
+        return 0;
+    }
+    for (uint32_t k = 0; k < s->n; k++)
+        if (s->f[k] == fence) {
+            s->f[k] = s->f[--s->n];
+            return 0;
+        }
+    return CAIRN_ECORRUPT; /* an exit without an enter */
+}
+
+static int cmp_u32(const void *a, const void *b)
+{
+    uint32_t x = *(const uint32_t *)a, y = *(const uint32_t *)b;
+    return x < y ? -1 : x > y;
+}
+
+/* Rebuilds every fix's inside-set from stream geofence (untimed); counts
+ * the (fix, fence) pairs and writes them to tsv when given. */
+static int inside_sets(struct proj *p, const struct work *w, FILE *tsv, uint64_t *pairs)
+{
+    struct proj_snap *s;
+    MDB_dbi dbi;
+    MDB_cursor *c = NULL;
+    MDB_val k, v;
+    struct members *m = calloc(w->nd, sizeof *m);
+    int rc = m ? proj_snap_begin(p, &s) : CAIRN_ENOMEM;
+    if (rc)
+        return free(m), rc;
+    if (!(rc = proj_snap_dbi(s, "stream.geofence", &dbi)))
+        rc = cairn_mdb_err(mdb_cursor_open(proj_snap_txn(s), dbi, &c));
+    int mrc = rc ? MDB_NOTFOUND : mdb_cursor_get(c, &k, &v, MDB_FIRST);
+    struct proj_derived d = {0};
+    bool have = false;
+    *pairs = 0;
+    for (size_t i = 0; i < w->nx && !rc; i++) {
+        uint64_t seq = w->nf + 1 + i;
+        for (;;) {
+            if (!have && mrc == 0) {
+                rc = proj_derived_decode(v.mv_data, v.mv_size, &d);
+                have = !rc;
+                mrc = mdb_cursor_get(c, &k, &v, MDB_NEXT);
+            }
+            if (rc || !have || d.cause > seq)
+                break;
+            if (d.cause > w->nf)
+                rc = replay_one(w, m, &d);
+            have = false;
+        }
+        struct members *set = &m[i % w->nd];
+        *pairs += set->n;
+        if (tsv && set->n) {
+            qsort(set->f, set->n, sizeof *set->f, cmp_u32);
+            for (uint32_t j = 0; j < set->n; j++)
+                fprintf(tsv, "%zu\tf%06u\n", i, set->f[j]);
+        }
+    }
+    if (c)
+        mdb_cursor_close(c);
+    proj_snap_end(s);
+    for (size_t i = 0; i < w->nd; i++)
+        free(m[i].f);
+    free(m);
+    return rc;
+}
+
+struct handler_figures {
+    double define_s, open_s, fixes_s, fixes_cpu_s;
+    uint64_t derived, pairs;
+    size_t mem;
+};
+
+static int phase_handler(const struct work *w, const char *tmp, size_t batch, FILE *tsv,
+                         struct handler_figures *hf)
+{
+    char path[600];
+    snprintf(path, sizeof path, "%s/state", tmp);
     struct proj *p;
     struct hctx *ctx;
     int rc = proj_open(&p, &(struct proj_config){.dir = path, .map_size = 16ull << 30});
-    if (!rc)
-        rc = proj_hctx_new(p, &geofence_handler, NULL, &ctx);
-    if (!rc && !(rc = proj_begin(p)) && !(rc = geofence_handler.open(ctx)))
-        rc = proj_commit(p, 0);
-    uint64_t seq = 0, derived = 0;
+    if (rc)
+        return rc;
+    if (!(rc = proj_hctx_new(p, &geofence_handler, NULL, &ctx)) && !(rc = proj_begin(p))) {
+        if (!(rc = geofence_handler.open(ctx)))
+            rc = proj_commit(p, 0);
+        else
+            proj_abort(p);
+    }
+    uint64_t derived = 0;
     int64_t a = bench_mono_ns();
     if (!rc)
-        rc = run(p, ctx, fences, nf, &seq, &derived);
-    int64_t b = bench_mono_ns();
-    size_t mem = rc ? 0 : geofence_memory(ctx);
-    geofence_handler.close(ctx);
-    proj_hctx_free(ctx);
-    if (!rc)
-        rc = proj_hctx_new(p, &geofence_handler, NULL, &ctx);
-    int64_t c0 = bench_mono_ns();
-    if (!rc && !(rc = proj_begin(p)) && !(rc = geofence_handler.open(ctx)))
-        rc = proj_commit(p, seq);
-    int64_t c1 = bench_mono_ns();
-    derived = 0;
-    if (!rc)
-        rc = run(p, ctx, fixes, nx, &seq, &derived);
-    int64_t d1 = bench_mono_ns();
-    if (rc) {
-        fprintf(stderr, "bench/geofence: %s\n", cairn_strerror(rc));
-        return 1;
+        rc = run_handler(p, ctx, w, 0, w->nf, batch, &derived);
+    hf->define_s = (bench_mono_ns() - a) / 1e9;
+    if (!rc) {
+        hf->mem = geofence_memory(ctx);
+        geofence_handler.close(ctx);
+        proj_hctx_reset(ctx);
+        a = bench_mono_ns();
+        if (!(rc = proj_begin(p))) {
+            if (!(rc = geofence_handler.open(ctx)))
+                rc = proj_commit(p, w->nf);
+            else
+                proj_abort(p);
+        }
+        hf->open_s = (bench_mono_ns() - a) / 1e9;
     }
-    printf("fences %zu (%.1f vertices avg), devices %zu, fixes %zu\n", nf, (double)vertices / nf,
-           nd, nx);
-    printf("define     %8.0f fences/s\n", nf / ((b - a) / 1e9));
-    printf("open       %8.3f s (index rebuilt from the DBIs)\n", (c1 - c0) / 1e9);
-    printf("fixes      %8.0f location events/s through the handler (commit per %d)\n",
-           nx / ((d1 - c1) / 1e9), BATCH);
-    printf("derived    %8llu events (enter/exit)\n", (unsigned long long)derived);
-    printf("memory     %8.0f bytes per fence (geometry + index, heap)\n", (double)mem / nf);
-    printf(
-        "{\"fences\":%zu,\"fixes\":%zu,\"define_per_s\":%.0f,\"open_s\":%.3f,\"fixes_per_s\":%.0f,"
-        "\"derived\":%llu,\"bytes_per_fence\":%.0f}\n",
-        nf, nx, nf / ((b - a) / 1e9), (c1 - c0) / 1e9, nx / ((d1 - c1) / 1e9),
-        (unsigned long long)derived, (double)mem / nf);
+    derived = 0;
+    perf_ctl("enable");
+    a = bench_mono_ns();
+    int64_t cpu = bench_cpu_ns();
+    if (!rc)
+        rc = run_handler(p, ctx, w, w->nf, w->nf + w->nx, batch, &derived);
+    hf->fixes_s = (bench_mono_ns() - a) / 1e9;
+    perf_ctl("disable");
+    hf->fixes_cpu_s = (bench_cpu_ns() - cpu) / 1e9;
+    hf->derived = derived;
+    if (!rc)
+        rc = inside_sets(p, w, tsv, &hf->pairs);
     geofence_handler.close(ctx);
     proj_hctx_free(ctx);
     proj_close(p);
+    return rc;
+}
+
+/* ====================================================================== end to end */
+
+struct slot {
+    struct log_req req; /* first: done gets it back */
+    struct ingest_event evs[REQ];
+    struct log_input ins[REQ];
+    struct log_result res[REQ];
+    size_t nev;
+    bool busy;
+};
+
+struct e2e {
+    struct engine *eng;
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    uint64_t applied; /* the state's checkpoint */
+    struct slot slots[INFLIGHT];
+    unsigned turn;
+    int failed;
+};
+
+static void on_applied(void *arg, uint64_t checkpoint)
+{
+    struct e2e *x = arg;
+    pthread_mutex_lock(&x->mu);
+    x->applied = checkpoint;
+    pthread_cond_broadcast(&x->cv);
+    pthread_mutex_unlock(&x->mu);
+}
+
+static void slot_done(struct log_req *req)
+{
+    struct slot *s = (struct slot *)req;
+    struct e2e *x = req->arg;
+    pthread_mutex_lock(&x->mu);
+    s->busy = false;
+    pthread_cond_broadcast(&x->cv);
+    pthread_mutex_unlock(&x->mu);
+}
+
+/* Waits for slot s to be answered; checks and frees its inputs. */
+static void slot_reap(struct e2e *x, struct slot *s)
+{
+    pthread_mutex_lock(&x->mu);
+    while (s->busy)
+        pthread_cond_wait(&x->cv, &x->mu);
+    pthread_mutex_unlock(&x->mu);
+    if (s->nev && s->req.rc)
+        x->failed = s->req.rc;
+    for (size_t i = 0; i < s->nev; i++) {
+        if (s->res[i].rc || s->res[i].duplicate)
+            x->failed = s->res[i].rc ? s->res[i].rc : CAIRN_EINVAL;
+        ingest_event_deinit(&s->evs[i]);
+    }
+    s->nev = 0;
+}
+
+/* Parses events [lo, hi) as NDJSON lines and pumps them through the log
+ * writer; returns once the state has applied them all. */
+static int pump(struct e2e *x, const struct work *w, size_t lo, size_t hi)
+{
+    struct cairn_error e;
+    struct ingest *ing = engine_ingest(x->eng);
+    for (size_t i = lo; i < hi && !x->failed;) {
+        struct slot *s = &x->slots[x->turn++ % INFLIGHT];
+        slot_reap(x, s);
+        int64_t now = cairn_now_ns();
+        for (; s->nev < REQ && i < hi; i++) {
+            const struct ev *ev = &w->evs[i];
+            int rc = ingest_parse_json(ing, (const char *)w->lines.data + ev->line, ev->linen,
+                                       "bench", now, &s->evs[s->nev], &e);
+            if (rc) {
+                fprintf(stderr, "bench/geofence: input %zu refused: %s %s\n", i, e.field,
+                        e.message);
+                x->failed = rc;
+                break;
+            }
+            s->ins[s->nev] = s->evs[s->nev].in;
+            s->nev++;
+        }
+        s->req = (struct log_req){
+            .inputs = s->ins, .results = s->res, .n = s->nev, .done = slot_done, .arg = x};
+        s->busy = true;
+        int rc = log_writer_submit(engine_writer(x->eng), &s->req, true);
+        if (rc) {
+            s->busy = false;
+            x->failed = rc;
+        }
+    }
+    for (unsigned k = 0; k < INFLIGHT; k++)
+        slot_reap(x, &x->slots[k]);
+    pthread_mutex_lock(&x->mu);
+    while (!x->failed && x->applied < hi)
+        pthread_cond_wait(&x->cv, &x->mu);
+    pthread_mutex_unlock(&x->mu);
+    return x->failed ? x->failed : engine_apply_error(x->eng);
+}
+
+struct e2e_figures {
+    double define_s, fixes_s, fixes_cpu_s, apply_s;
+    uint64_t batches, events;
+};
+
+static int phase_e2e(const struct work *w, const char *tmp, bool all, struct e2e_figures *ef)
+{
+    static const struct handler *const only[] = {&geofence_handler, NULL};
+    char data[600];
+    snprintf(data, sizeof data, "%s/e2e", tmp);
+    struct e2e *x = calloc(1, sizeof *x);
+    if (!x)
+        return CAIRN_ENOMEM;
+    pthread_mutex_init(&x->mu, NULL);
+    pthread_cond_init(&x->cv, NULL);
+    struct cairn_error e = {0};
+    struct engine_config cfg = {.data = data,
+                                .schema_dir = CAIRN_SCHEMA_DIR,
+                                .handlers = all ? NULL : only,
+                                .on_applied = on_applied,
+                                .on_applied_arg = x};
+    int rc = engine_open(&x->eng, &cfg, &e);
+    if (rc) {
+        fprintf(stderr, "bench/geofence: engine: %s\n", e.message);
+        goto out;
+    }
+    if ((rc = engine_start(x->eng)))
+        goto out;
+    int64_t a = bench_mono_ns();
+    rc = pump(x, w, 0, w->nf);
+    ef->define_s = (bench_mono_ns() - a) / 1e9;
+    struct engine_handler_stats st[64];
+    size_t ns = engine_handler_stats(x->eng, st, 64);
+    uint64_t apply0 = 0;
+    for (size_t i = 0; i < ns; i++)
+        apply0 += st[i].apply_ns;
+    struct log_writer_stats ws0, ws1;
+    log_writer_stats(engine_writer(x->eng), &ws0);
+    perf_ctl("enable");
+    a = bench_mono_ns();
+    int64_t cpu = bench_cpu_ns();
+    if (!rc)
+        rc = pump(x, w, w->nf, w->nf + w->nx);
+    ef->fixes_s = (bench_mono_ns() - a) / 1e9;
+    perf_ctl("disable");
+    ef->fixes_cpu_s = (bench_cpu_ns() - cpu) / 1e9;
+    log_writer_stats(engine_writer(x->eng), &ws1);
+    ef->batches = ws1.batches - ws0.batches;
+    ef->events = ws1.events - ws0.events;
+    ns = engine_handler_stats(x->eng, st, 64);
+    uint64_t apply1 = 0;
+    for (size_t i = 0; i < ns; i++)
+        apply1 += st[i].apply_ns;
+    ef->apply_s = (apply1 - apply0) / 1e9;
+out:
+    engine_close(x->eng);
+    pthread_mutex_destroy(&x->mu);
+    pthread_cond_destroy(&x->cv);
+    free(x);
+    return rc;
+}
+
+/* ====================================================================== main */
+
+static FILE *out_file(const char *dir, const char *name)
+{
+    char b[600];
+    snprintf(b, sizeof b, "%s/%s", dir, name);
+    FILE *f = fopen(b, "w");
+    if (!f)
+        die(b, CAIRN_EIO);
+    return f;
+}
+
+int main(int argc, char **argv)
+{
+    struct work w = {.nf = 100000, .nd = 100000, .nx = 1000000};
+    size_t batch = BATCH_DEFAULT;
+    const char *dir = "/tmp", *out = NULL;
+    bool e2e = true, all = false;
+    rng = 42;
+    for (int i = 1; i < argc; i++) {
+        const char *v = i + 1 < argc ? argv[i + 1] : "0";
+        if (!strcmp(argv[i], "--no-e2e"))
+            e2e = false;
+        else if (!strcmp(argv[i], "--all-handlers"))
+            all = true;
+        else if (!strcmp(argv[i], "-f") && ++i)
+            w.nf = strtoull(v, NULL, 10);
+        else if (!strcmp(argv[i], "-d") && ++i)
+            w.nd = strtoull(v, NULL, 10);
+        else if (!strcmp(argv[i], "-n") && ++i)
+            w.nx = strtoull(v, NULL, 10);
+        else if (!strcmp(argv[i], "--batch") && ++i)
+            batch = strtoull(v, NULL, 10);
+        else if (!strcmp(argv[i], "--seed") && ++i)
+            rng = strtoull(v, NULL, 10) | 1;
+        else if (!strcmp(argv[i], "--dir") && ++i)
+            dir = v;
+        else if (!strcmp(argv[i], "--out") && ++i)
+            out = v;
+        else {
+            fprintf(stderr, "usage: bench/geofence [-f FENCES] [-d DEVICES] [-n FIXES] [--batch "
+                            "B] [--seed S] [--dir DIR] [--out DIR] [--no-e2e] [--all-handlers]\n");
+            return 2;
+        }
+    }
+    if (!w.nf || !w.nd || !w.nx || !batch || w.nf > 999999) {
+        fprintf(stderr, "bench/geofence: FENCES 1..999999, DEVICES, FIXES and B at least 1\n");
+        return 2;
+    }
+    char tmp[512];
+    if (bench_tmpdir(dir, tmp, sizeof tmp))
+        return 1;
+    FILE *fc = out ? out_file(out, "fences.csv") : NULL,
+         *xc = out ? out_file(out, "fixes.csv") : NULL;
+    int64_t t0 = 1772359200000000000LL;
+    w.evs = calloc(w.nf + w.nx, sizeof *w.evs);
+    cairn_buf_init(&w.mp, SIZE_MAX);
+    cairn_buf_init(&w.lines, SIZE_MAX);
+    if (!w.evs)
+        die("workload", CAIRN_ENOMEM);
+    make_fences(&w, t0, fc);
+    make_fixes(&w, t0, xc);
+    if (fc)
+        fclose(fc), fclose(xc);
+
+    struct handler_figures hf = {0};
+    struct e2e_figures ef = {0};
+    FILE *tsv = out ? out_file(out, "inside.tsv") : NULL;
+    double load0 = bench_loadavg();
+    int rc = phase_handler(&w, tmp, batch, tsv, &hf);
+    if (tsv)
+        fclose(tsv);
+    if (rc)
+        die("handler run", rc);
+    if (e2e && (rc = phase_e2e(&w, tmp, all, &ef)))
+        die("end-to-end run", rc);
+    double load1 = bench_loadavg();
+
+    double hrate = w.nx / hf.fixes_s, erate = e2e ? w.nx / ef.fixes_s : 0;
+    printf("fences %zu (%.1f vertices avg), devices %zu, fixes %zu; load average %.2f -> %.2f\n",
+           w.nf, (double)w.vertices / w.nf, w.nd, w.nx, load0, load1);
+    printf("handler alone, state transactions of %zu events (decode, apply, flush, commit):\n",
+           batch);
+    printf("  define     %9.0f fences/s\n", w.nf / hf.define_s);
+    printf("  open       %9.3f s (index rebuilt from the DBIs)\n", hf.open_s);
+    printf("  fixes      %9.0f location events/s (%.2f us CPU per event)\n", hrate,
+           hf.fixes_cpu_s * 1e6 / w.nx);
+    printf("  derived    %9llu events (enter/exit)\n", (unsigned long long)hf.derived);
+    printf("  inside     %9llu (fix, fence) pairs (%.3f fences per fix)\n",
+           (unsigned long long)hf.pairs, (double)hf.pairs / w.nx);
+    printf("  memory     %9.0f bytes per fence (geometry + index, heap)\n", (double)hf.mem / w.nf);
+    if (e2e) {
+        printf("end to end (%s; parse + log writer + engine), requests of %d, %d in flight:\n",
+               all ? "every handler" : "geofence handler", REQ, INFLIGHT);
+        printf("  define     %9.0f fences/s\n", w.nf / ef.define_s);
+        printf("  fixes      %9.0f location events/s (%.2f us CPU per event; %.2f us in apply; "
+               "%.0f events per log commit)\n",
+               erate, ef.fixes_cpu_s * 1e6 / w.nx, ef.apply_s * 1e6 / w.nx,
+               ef.batches ? (double)ef.events / ef.batches : 0);
+    }
+    printf("{\"fences\":%zu,\"devices\":%zu,\"fixes\":%zu,\"batch\":%zu,\"vertices_avg\":%.1f,"
+           "\"define_per_s\":%.0f,\"open_s\":%.3f,\"handler_per_s\":%.0f,\"handler_cpu_us\":%.3f,"
+           "\"derived\":%llu,\"pairs\":%llu,\"bytes_per_fence\":%.0f,\"e2e_per_s\":%.0f,"
+           "\"e2e_cpu_us\":%.3f,\"e2e_apply_us\":%.3f,\"e2e_events_per_commit\":%.0f,"
+           "\"load\":[%.2f,%.2f]}\n",
+           w.nf, w.nd, w.nx, batch, (double)w.vertices / w.nf, w.nf / hf.define_s, hf.open_s, hrate,
+           hf.fixes_cpu_s * 1e6 / w.nx, (unsigned long long)hf.derived,
+           (unsigned long long)hf.pairs, (double)hf.mem / w.nf, erate,
+           e2e ? ef.fixes_cpu_s * 1e6 / w.nx : 0, e2e ? ef.apply_s * 1e6 / w.nx : 0,
+           ef.batches ? (double)ef.events / ef.batches : 0, load0, load1);
+    free(w.evs);
+    cairn_buf_deinit(&w.mp);
+    cairn_buf_deinit(&w.lines);
     bench_rmtree(tmp);
     return 0;
 }

@@ -90,8 +90,16 @@ struct gf {
     uint32_t *cand;
     size_t candcap;
     uint32_t *mark; /* per slot: epoch when in the current fix's inside set */
+    /* per slot: the fence's raster (geo.h); its user byte is 1 when the
+     * fence has a devices filter or max_accuracy_m (see applies) */
+    struct geo_raster *raster;
     uint32_t epoch;
     struct cairn_buf rec, tmp;
+    /* the device table (below): open addressing over pointers */
+    struct gdev **dtab;
+    size_t dcap, dused, dbytes;
+    struct gdev **dirty; /* changed since the last write-back */
+    size_t ndirty, dirtycap;
 };
 
 static struct gf *self(struct hctx *ctx)
@@ -250,9 +258,12 @@ static int slot_alloc(struct gf *g, uint32_t *out)
         uint32_t cap = g->capf ? g->capf * 2 : 1024;
         struct fence *f = realloc(g->f, cap * sizeof *f);
         uint32_t *mk = realloc(g->mark, cap * sizeof *mk);
+        struct geo_raster *rs = realloc(g->raster, cap * sizeof *rs);
         if (mk)
             g->mark = mk;
-        if (!f || !mk) {
+        if (rs)
+            g->raster = rs;
+        if (!f || !mk || !rs) {
             if (f)
                 g->f = f;
             return CAIRN_ENOMEM;
@@ -264,6 +275,207 @@ static int slot_alloc(struct gf *g, uint32_t *out)
     memset(&g->f[g->nf], 0, sizeof g->f[g->nf]);
     *out = g->nf++;
     return 0;
+}
+
+/* ====================================================================== the device table */
+
+/*
+ * Every fix reads and rewrites its device's record (position, time,
+ * memberships). Through LMDB that was a get and a put per fix, a third of
+ * the handler's time. Instead the records live in memory, keyed and
+ * encoded exactly like geofence.dev, and the ones a state transaction
+ * changed are written back once per transaction, in flush (sorted by key,
+ * so the puts walk the B-tree in order). After each flush the table equals
+ * the DBI, so it survives commits; an aborted transaction drops it with
+ * the handler (the engine's close/open). Readers of geofence.dev inside
+ * apply (roam, delete) go through the table too. Bounded: past
+ * GF_DEV_CACHE_MAX records or GF_DEV_CACHE_BYTES, the dirty records are
+ * written and the table is emptied (in apply, between two fixes).
+ */
+struct gdev {
+    uint64_t h;
+    uint8_t *rec; /* the geofence.dev value; NULL: the device has none */
+    uint32_t reclen, reccap;
+    uint16_t kn;
+    bool dirty;
+    uint8_t key[]; /* the geofence.dev key */
+};
+
+static uint64_t hash_bytes(const uint8_t *p, size_t n)
+{
+    uint64_t h = 1469598103934665603ULL;
+    for (size_t i = 0; i < n; i++)
+        h = (h ^ p[i]) * 1099511628211ULL;
+    return h ^ (h >> 31);
+}
+
+static struct gdev **dev_slot(struct gf *g, const uint8_t *k, size_t n, uint64_t h)
+{
+    size_t m = g->dcap - 1;
+    for (size_t i = h & m;; i = (i + 1) & m) {
+        struct gdev *d = g->dtab[i];
+        if (!d || (d->h == h && d->kn == n && !memcmp(d->key, k, n)))
+            return &g->dtab[i];
+    }
+}
+
+static struct gdev *dev_find(struct gf *g, const uint8_t *k, size_t n)
+{
+    return g->dcap ? *dev_slot(g, k, n, hash_bytes(k, n)) : NULL;
+}
+
+static int cmp_gdev(const void *a, const void *b)
+{
+    const struct gdev *x = *(struct gdev *const *)a, *y = *(struct gdev *const *)b;
+    int c = memcmp(x->key, y->key, x->kn < y->kn ? x->kn : y->kn);
+    return c ? c : (int)x->kn - (int)y->kn;
+}
+
+/* Writes the changed records to geofence.dev. */
+static int dev_writeback(struct hctx *ctx)
+{
+    struct gf *g = self(ctx);
+    if (g->ndirty > 1)
+        qsort(g->dirty, g->ndirty, sizeof *g->dirty, cmp_gdev);
+    int rc = 0;
+    size_t i = 0;
+    for (; i < g->ndirty && !rc; i++) {
+        struct gdev *d = g->dirty[i];
+        rc = hctx_put(ctx, g->dev, d->key, d->kn, d->rec, d->reclen);
+        d->dirty = false;
+    }
+    for (; i < g->ndirty; i++) /* after a failure the transaction aborts */
+        g->dirty[i]->dirty = false;
+    g->ndirty = 0;
+    return rc;
+}
+
+static void dev_drop(struct gf *g)
+{
+    for (size_t i = 0; i < g->dcap; i++)
+        if (g->dtab[i]) {
+            free(g->dtab[i]->rec);
+            free(g->dtab[i]);
+        }
+    free(g->dtab);
+    free(g->dirty);
+    g->dtab = NULL;
+    g->dirty = NULL;
+    g->dcap = g->dused = g->dbytes = g->ndirty = g->dirtycap = 0;
+}
+
+static int dev_grow(struct gf *g)
+{
+    if (g->dcap && (g->dused + 1) * 2 < g->dcap)
+        return 0;
+    size_t cap = g->dcap ? g->dcap * 2 : 4096;
+    struct gdev **t = calloc(cap, sizeof *t), **old = g->dtab;
+    if (!t)
+        return CAIRN_ENOMEM;
+    size_t ocap = g->dcap;
+    g->dtab = t;
+    g->dcap = cap;
+    for (size_t i = 0; i < ocap; i++)
+        if (old[i])
+            *dev_slot(g, old[i]->key, old[i]->kn, old[i]->h) = old[i];
+    free(old);
+    return 0;
+}
+
+/* The device's entry, loaded from geofence.dev on a miss. Valid until the
+ * next dev_get (which may empty the table). */
+static int dev_get(struct hctx *ctx, const struct gf_key *k, struct gdev **out)
+{
+    struct gf *g = self(ctx);
+    uint64_t h = hash_bytes(k->b, k->n);
+    struct gdev **slot = g->dcap ? dev_slot(g, k->b, k->n, h) : NULL;
+    if (slot && *slot) {
+        *out = *slot;
+        return 0;
+    }
+    int rc = 0;
+    if (g->dused >= GF_DEV_CACHE_MAX || g->dbytes >= GF_DEV_CACHE_BYTES) {
+        if ((rc = dev_writeback(ctx)))
+            return rc;
+        dev_drop(g);
+    }
+    if ((rc = dev_grow(g)))
+        return rc;
+    MDB_val v;
+    rc = hctx_get(ctx, g->dev, k->b, k->n, &v);
+    if (rc && rc != CAIRN_ENOTFOUND)
+        return rc;
+    struct gdev *d = calloc(1, sizeof *d + k->n);
+    if (!d)
+        return CAIRN_ENOMEM;
+    if (!rc) {
+        if (!(d->rec = malloc(v.mv_size))) {
+            free(d);
+            return CAIRN_ENOMEM;
+        }
+        memcpy(d->rec, v.mv_data, v.mv_size);
+        d->reclen = d->reccap = (uint32_t)v.mv_size;
+    }
+    d->h = h;
+    d->kn = (uint16_t)k->n;
+    memcpy(d->key, k->b, k->n);
+    *dev_slot(g, k->b, k->n, h) = d;
+    g->dused++;
+    g->dbytes += sizeof *d + k->n + d->reccap + 2 * sizeof d;
+    *out = d;
+    return 0;
+}
+
+/* The device's current record without caching it: *p valid until the
+ * next write. CAIRN_ENOTFOUND when it has none. */
+static int dev_peek(struct hctx *ctx, const struct gf_key *k, const uint8_t **p, size_t *n)
+{
+    struct gf *g = self(ctx);
+    struct gdev *d = dev_find(g, k->b, k->n);
+    if (d) {
+        *p = d->rec;
+        *n = d->reclen;
+        return d->rec ? 0 : CAIRN_ENOTFOUND;
+    }
+    MDB_val v;
+    int rc = hctx_get(ctx, g->dev, k->b, k->n, &v);
+    *p = v.mv_data;
+    *n = v.mv_size;
+    return rc;
+}
+
+/* Replaces the entry's record with rec[0..n) and marks it for write-back. */
+static int dev_store(struct gf *g, struct gdev *d, const uint8_t *rec, size_t n)
+{
+    if (n > d->reccap) {
+        size_t cap = (n + 63) & ~(size_t)63;
+        uint8_t *p = realloc(d->rec, cap);
+        if (!p)
+            return CAIRN_ENOMEM;
+        g->dbytes += cap - d->reccap;
+        d->rec = p;
+        d->reccap = (uint32_t)cap;
+    }
+    memcpy(d->rec, rec, n);
+    d->reclen = (uint32_t)n;
+    if (d->dirty)
+        return 0;
+    if (g->ndirty == g->dirtycap) {
+        size_t cap = g->dirtycap ? g->dirtycap * 2 : 1024;
+        struct gdev **p = realloc(g->dirty, cap * sizeof *p);
+        if (!p)
+            return CAIRN_ENOMEM;
+        g->dirty = p;
+        g->dirtycap = cap;
+    }
+    g->dirty[g->ndirty++] = d;
+    d->dirty = true;
+    return 0;
+}
+
+static int gf_flush(struct hctx *ctx)
+{
+    return dev_writeback(ctx);
 }
 
 /* ====================================================================== fence options */
@@ -351,6 +563,8 @@ static int fence_insert(struct gf *g, uint32_t tenant, const struct cairn_str *i
         return rc ? rc : CAIRN_ENOMEM;
     }
     idmap_put(g, slot);
+    g->raster[slot].user = f->nfilters || f->max_acc > 0;
+    geo_raster_build(&f->shape, &g->raster[slot]);
     t->nfences++;
     if (f->shape.kind == GEO_ROAM)
         t->roam[t->nroam++] = slot;
@@ -421,11 +635,13 @@ static void gf_close(struct hctx *ctx)
             fence_release(&g->f[i]);
     free(g->f);
     free(g->mark);
+    free(g->raster);
     free(g->idmap);
     for (uint32_t i = 0; i < g->nt; i++)
         free(g->t[i]);
     free(g->t);
     geo_index_free(g->ix);
+    dev_drop(g);
     free(g->cand);
     cairn_buf_deinit(&g->rec);
     cairn_buf_deinit(&g->tmp);
@@ -643,7 +859,7 @@ static int cmp_mem(const void *a, const void *b)
 }
 
 static int rec_write(struct hctx *ctx, const struct fix *x, struct mem *m, uint32_t n,
-                     const struct gf_key *k)
+                     struct gdev *d)
 {
     struct gf *g = self(ctx);
     if (n > 1)
@@ -666,7 +882,7 @@ static int rec_write(struct hctx *ctx, const struct fix *x, struct mem *m, uint3
         if (!rc)
             rc = cairn_buf_append(&g->rec, m[i].id, m[i].idlen);
     }
-    return rc ? rc : hctx_put(ctx, g->dev, k->b, k->n, g->rec.data, g->rec.len);
+    return rc ? rc : dev_store(g, d, g->rec.data, g->rec.len);
 }
 
 /* ====================================================================== detection */
@@ -737,14 +953,35 @@ static int find_inside(struct gf *g, uint32_t ti, const struct fix *x, size_t *o
         memset(g->mark, 0, g->capf * sizeof *g->mark);
         g->epoch = 1;
     }
-    size_t k = 0;
+    /* Every candidate is a cache miss: its raster answers most of them
+     * (fences without filters, points away from edges); the rest need the
+     * fence and its rings. Each kind of load is issued for all candidates
+     * before any is used, so the misses overlap. */
+    for (int i = 0; i < n; i++)
+        __builtin_prefetch(&g->raster[g->cand[i]]);
+    size_t m = 0; /* cand[0, m): inside or unknown */
     for (int i = 0; i < n; i++) {
-        const struct fence *f = &g->f[g->cand[i]];
-        if (applies(f, x) && geo_contains(&f->shape, x->lon, x->lat)) {
-            g->mark[g->cand[i]] = g->epoch;
-            g->cand[k++] = g->cand[i];
+        uint32_t s = g->cand[i];
+        int in = g->raster[s].user ? -1 : geo_raster_test(&g->raster[s], x->lon, x->lat);
+        if (in)
+            g->cand[m++] = s;
+        if (in < 0) {
+            __builtin_prefetch(&g->f[s]);
+            __builtin_prefetch((const char *)g->f[s].shape.mem);
         }
     }
+    size_t k = 0;
+    for (size_t i = 0; i < m; i++) {
+        uint32_t s = g->cand[i];
+        const struct fence *f = &g->f[s];
+        bool in = true; /* the raster said inside, or: */
+        if (g->raster[s].user || geo_raster_test(&g->raster[s], x->lon, x->lat) < 0)
+            in = applies(f, x) && geo_contains(&f->shape, x->lon, x->lat);
+        if (in)
+            g->cand[k++] = s;
+    }
+    for (size_t i = 0; i < k; i++)
+        g->mark[g->cand[i]] = g->epoch;
     sort_slots(g, g->cand, k);
     *out = k;
     return 0;
@@ -964,15 +1201,15 @@ static int roam_scan(struct hctx *ctx, const struct fix *x, const struct fence *
     uint32_t k = 0;
     for (uint32_t i = 0; i < *nout && !rc; i++) {
         struct gf_key dk;
-        MDB_val v;
+        const uint8_t *v;
+        size_t vn;
         gk_tenant(&dk, x->ev->tenant.p, x->ev->tenant.n);
         gk_raw(&dk, out[i].id, out[i].n);
-        if ((rc = hctx_get(ctx, g->dev, dk.b, dk.n, &v)) || v.mv_size < 27) {
+        if ((rc = dev_peek(ctx, &dk, &v, &vn)) || vn < 27) {
             rc = rc == CAIRN_ENOTFOUND ? 0 : rc;
             continue;
         }
-        double d = geo_dist(x->lon, x->lat, get_f64((uint8_t *)v.mv_data + 9),
-                            get_f64((uint8_t *)v.mv_data + 1));
+        double d = geo_dist(x->lon, x->lat, get_f64(v + 9), get_f64(v + 1));
         if (d <= radius) {
             out[i].dist = d;
             out[k++] = out[i];
@@ -1197,12 +1434,10 @@ static int on_location(struct hctx *ctx, const struct event *ev)
         return 0;
     static struct mem mems[GF_MEMBERSHIPS_MAX + 1]; /* apply runs on one thread */
     struct devrec r = {.m = mems};
-    MDB_val v;
-    int rc = hctx_get(ctx, g->dev, dk.b, dk.n, &v);
-    if (rc == 0)
-        rc = rec_decode(v.mv_data, v.mv_size, &r, mems);
-    else if (rc == CAIRN_ENOTFOUND)
-        rc = 0;
+    struct gdev *d;
+    int rc = dev_get(ctx, &dk, &d);
+    if (!rc && d->rec)
+        rc = rec_decode(d->rec, d->reclen, &r, mems);
     if (rc)
         return rc;
     if (r.exists && ev->time < r.time)
@@ -1234,7 +1469,7 @@ static int on_location(struct hctx *ctx, const struct event *ev)
             rc = detect_outside(ctx, &x, t, mems, nm);
     }
     if (!rc)
-        rc = rec_write(ctx, &x, mems, nm, &dk);
+        rc = rec_write(ctx, &x, mems, nm, d);
     if (!rc)
         rc = pos_move(ctx, &x, &r);
     if (!rc && t)
@@ -1374,12 +1609,14 @@ static int delete_exits(struct hctx *ctx, const struct event *ev, const struct c
         /* the device's record: drop the membership, keep the position */
         struct fix x = {.ev = ev, .dev = {dev, dn}};
         struct gf_key dk;
-        MDB_val v;
+        struct gdev *dv;
         static struct mem mems[GF_MEMBERSHIPS_MAX + 1];
         struct devrec r;
         gk_tenant(&dk, ev->tenant.p, ev->tenant.n);
         gk_raw(&dk, dev, dn);
-        if (!hctx_get(ctx, g->dev, dk.b, dk.n, &v) && !rec_decode(v.mv_data, v.mv_size, &r, mems)) {
+        if ((rc = dev_get(ctx, &dk, &dv)))
+            break;
+        if (dv->rec && !rec_decode(dv->rec, dv->reclen, &r, mems)) {
             uint32_t m = 0;
             for (uint32_t i = 0; i < r.n; i++)
                 if (!(mems[i].idlen == id->n && !memcmp(mems[i].id, id->p, id->n)))
@@ -1389,7 +1626,7 @@ static int delete_exits(struct hctx *ctx, const struct event *ev, const struct c
             at.time = r.time; /* rec_write stores the fix time, not the delete's */
             struct fix rx = x;
             rx.ev = &at;
-            rc = rec_write(ctx, &rx, mems, m, &dk);
+            rc = rec_write(ctx, &rx, mems, m, dv);
         }
         if (!rc)
             rc = emit_hit(ctx, &x, &gone, HIT_EXIT, "deleted", since, NULL);
@@ -1527,8 +1764,8 @@ static int gf_apply(struct hctx *ctx, const struct event *ev)
 size_t geofence_memory(struct hctx *ctx)
 {
     struct gf *g = self(ctx);
-    size_t n =
-        (size_t)g->capf * (sizeof *g->f + sizeof *g->mark) + g->idcap * 4 + geo_index_bytes(g->ix);
+    size_t n = (size_t)g->capf * (sizeof *g->f + sizeof *g->mark + sizeof *g->raster) +
+               g->idcap * 4 + geo_index_bytes(g->ix);
     for (uint32_t i = 0; i < g->nf; i++)
         if (g->f[i].id) {
             const struct geo_shape *s = &g->f[i].shape;
@@ -1550,4 +1787,5 @@ const struct handler geofence_handler = {
     .close = gf_close,
     .view = "fences",
     .routes = gf_routes,
+    .flush = gf_flush,
 };

@@ -48,6 +48,12 @@
 /* Device grid: 1/64 degree cells (~1.7 km of latitude). */
 #define GF_POS_CELL_DEG (1.0 / 64)
 #define GF_NEARBY_RADIUS_MAX 100000.0
+/* The in-memory device table (write-back cache of geofence.dev, see
+ * geofence.c): when it holds more records or bytes than this, the dirty
+ * ones are written and the table is emptied. 1 M devices of a few
+ * memberships each is ~150 MB; a device inside 1 000 fences costs ~20 KB. */
+#define GF_DEV_CACHE_MAX (1u << 20)
+#define GF_DEV_CACHE_BYTES (256u << 20)
 #define GF_ARRIVAL_RADIUS_DEFAULT 100.0
 
 #define GF_KEY_MAX 511

@@ -2,8 +2,9 @@
  * test_geo.c — fence geometry and the grid index (handlers/geofence/geo.h):
  * hand-checked point-in-polygon cases (concave, holes, MultiPolygon,
  * vertices and edges, antimeridian, tiny and huge fences, poles), circles,
- * segments, validation reasons, and a brute-force cross-check of the index
- * against a linear scan (10 000 fences x 100 000 fixes, fixed seed).
+ * segments, validation reasons, the rasters' answers against the exact
+ * test, and a brute-force cross-check of the index against a linear scan
+ * (10 000 fences x 100 000 fixes, fixed seed).
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -343,6 +344,138 @@ static void test_brute_force(void **state)
     free(buf);
 }
 
+/* ====================================================================== rasters */
+
+/* Checks every answer the raster gives against geo_contains at points that
+ * stress it: uniform over the box, every vertex, every edge's midpoint and
+ * points beside it at distances around the tolerances. Returns how many
+ * uniform points it answered. */
+static long raster_check(const struct geo_shape *s, int uniform)
+{
+    struct geo_raster r = {.user = 7};
+    geo_raster_build(s, &r);
+    assert_int_equal(r.user, 7); /* the caller's byte survives */
+    double w = s->maxx - s->minx, h = s->maxy - s->miny;
+    long known = 0;
+    for (int i = 0; i < uniform; i++) {
+        double x = s->minx - 0.05 * w + 1.1 * w * rnd(), y = s->miny - 0.05 * h + 1.1 * h * rnd();
+        int t = geo_raster_test(&r, x, y);
+        if (t >= 0) {
+            known++;
+            assert_int_equal(t, geo_contains(s, x, y));
+        }
+    }
+    static const double d[] = {0, 1e-9, 5e-9, 1e-8, 1.5e-8, 5e-8, 1e-7, 1.5e-7, 1e-6, 1e-5};
+    for (uint32_t p = 0; p < s->npolys; p++)
+        for (uint32_t k = 0; k < s->polys[p].nrings; k++) {
+            const struct geo_ring *g = &s->polys[p].rings[k];
+            for (uint32_t i = 0, j = g->n - 1; i < g->n; j = i++) {
+                double ax = g->xy[2 * j], ay = g->xy[2 * j + 1], bx = g->xy[2 * i],
+                       by = g->xy[2 * i + 1];
+                double mx = (ax + bx) / 2, my = (ay + by) / 2, l = hypot(bx - ax, by - ay);
+                double nx = l > 0 ? -(by - ay) / l : 0, ny = l > 0 ? (bx - ax) / l : 0;
+                for (size_t q = 0; q < sizeof d / sizeof *d; q++)
+                    for (int sg = -1; sg <= 1; sg += 2) {
+                        double pts[3][2] = {{ax + sg * d[q], ay},
+                                            {mx + sg * d[q] * nx, my + sg * d[q] * ny},
+                                            {ax, ay + sg * d[q]}};
+                        for (int c = 0; c < 3; c++) {
+                            int t = geo_raster_test(&r, pts[c][0], pts[c][1]);
+                            if (t >= 0)
+                                assert_int_equal(t, geo_contains(s, pts[c][0], pts[c][1]));
+                        }
+                    }
+            }
+        }
+    return known;
+}
+
+/* A star around (cx, cy): radii in [lo, hi) x size, n vertices, as a ring
+ * of JSON positions (no brackets around it). */
+static size_t star(char *buf, size_t cap, double cx, double cy, double size, double lo, double hi,
+                   int n, bool clockwise)
+{
+    size_t at = 0;
+    double x0 = 0, y0 = 0;
+    for (int i = 0; i < n; i++) {
+        double a = 2 * M_PI * (clockwise ? n - i : i) / n, r = size * (lo + (hi - lo) * rnd());
+        double x = round((cx + r * cos(a)) * 1e7) / 1e7, y = round((cy + r * sin(a)) * 1e7) / 1e7;
+        if (!i)
+            x0 = x, y0 = y;
+        at += (size_t)snprintf(buf + at, cap - at, "[%.7f,%.7f],", x, y);
+    }
+    at += (size_t)snprintf(buf + at, cap - at, "[%.7f,%.7f]", x0, y0);
+    return at;
+}
+
+static void test_raster(void **state)
+{
+    (void)state;
+    struct geo_shape s;
+    long known = 0, total = 0;
+    /* hand-made: the U, a square with a hole, a MultiPolygon whose parts
+     * touch, a sliver, edges on the raster's cell lines (a 12 x 12 grid) */
+    static const char *const hand[] = {
+        "{\"type\":\"Polygon\",\"coordinates\":[[[0,0],[3,0],[3,3],[2,3],[2,1],[1,1],[1,3],[0,3],"
+        "[0,0]]]}",
+        "{\"type\":\"Polygon\",\"coordinates\":[[[0,0],[10,0],[10,10],[0,10],[0,0]],[[4,4],[6,4],"
+        "[6,6],[4,6],[4,4]]]}",
+        "{\"type\":\"MultiPolygon\",\"coordinates\":[[[[0,0],[1,0],[1,1],[0,1],[0,0]]],[[[1,0],[2,"
+        "0],[2,1],[1,1],[1,0]]]]}",
+        "{\"type\":\"Polygon\",\"coordinates\":[[[0,0],[1,0.0001],[1,0.0002],[0,0]]]}",
+        "{\"type\":\"Polygon\",\"coordinates\":[[[0,0],[12,0],[12,12],[1,12],[1,1],[0,1],[0,0]]]}",
+        "{\"type\":\"Polygon\",\"coordinates\":[[[179,-89],[180,-89],[180,89],[179,89],[179,"
+        "-89]]]}",
+    };
+    for (size_t i = 0; i < sizeof hand / sizeof *hand; i++) {
+        shape(hand[i], &s);
+        known += raster_check(&s, 20000);
+        total += 20000;
+        geo_shape_free(&s);
+    }
+    /* random stars with holes, and MultiPolygons of two overlapping stars */
+    char *buf = malloc(1 << 16);
+    for (int f = 0; f < 300; f++) {
+        double cx = -170 + 340 * rnd(), cy = -80 + 160 * rnd();
+        double size = pow(10, -4 + 4 * rnd());
+        int n = 8 + (int)(rnd() * 60);
+        size_t at = 0, cap = 1 << 16;
+        if (f % 3 == 2) {
+            at += (size_t)snprintf(buf + at, cap - at,
+                                   "{\"type\":\"MultiPolygon\",\"coordinates\":[[[");
+            at += star(buf + at, cap - at, cx, cy, size, 0.5, 1, n, false);
+            at += (size_t)snprintf(buf + at, cap - at, "]],[[");
+            at += star(buf + at, cap - at, cx + size / 2, cy, size, 0.5, 1, n, false);
+            snprintf(buf + at, cap - at, "]]]}");
+        } else {
+            at += (size_t)snprintf(buf + at, cap - at, "{\"type\":\"Polygon\",\"coordinates\":[[");
+            at += star(buf + at, cap - at, cx, cy, size, 0.4, 1, n, false);
+            if (f % 3 == 1) { /* a hole well inside the smallest radius */
+                at += (size_t)snprintf(buf + at, cap - at, "],[");
+                at += star(buf + at, cap - at, cx, cy, size, 0.1, 0.3, 3 + n / 4, true);
+            }
+            snprintf(buf + at, cap - at, "]]}");
+        }
+        shape(buf, &s);
+        known += raster_check(&s, 2000);
+        total += 2000;
+        geo_shape_free(&s);
+    }
+    free(buf);
+    assert_true(known > total / 3); /* it answers most points: the test says something */
+    /* no raster: circles and tiny polygons answer -1 */
+    struct geo_raster r;
+    shape("{\"type\":\"Circle\",\"center\":[1,1],\"radius_m\":1000}", &s);
+    geo_raster_build(&s, &r);
+    assert_int_equal(geo_raster_test(&r, 1, 1), -1);
+    geo_shape_free(&s);
+    shape("{\"type\":\"Polygon\",\"coordinates\":[[[0,0],[0.000001,0],[0.000001,0.000001],[0,0]]]}",
+          &s);
+    geo_raster_build(&s, &r);
+    assert_int_equal(r.ok, 0);
+    geo_shape_free(&s);
+}
+
 static void test_pack(void **state)
 {
     (void)state;
@@ -374,6 +507,7 @@ int main(void)
         cmocka_unit_test(test_bad),
         cmocka_unit_test(test_pack),
         cmocka_unit_test(test_brute_force),
+        cmocka_unit_test(test_raster),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
