@@ -308,4 +308,36 @@ post /v1/events application/x-ndjson '' >44-ndjson-empty-body
     printf '~\n'
     get /v1/streams/subscriptions 'Accept: text/event-stream'
 } >47-sse-half-close
+# A single JSON event with no body at all (no Content-Length): found by the
+# fuzzer when the JSON path moved to ingest_parse_json_for (UB on NULL + 0).
+{
+    req POST /v1/events "Authorization: Bearer $ACME" 'Content-Type: application/json'
+    end
+} >48-post-json-no-body
+# Expect: 100-continue accepted (then the body), refused (no token: the
+# answer before the body, then the rest of the stream is dropped), 417.
+{
+    post /v1/events application/json "$TEL" 'Expect: 100-continue'
+    req POST /v1/events 'Content-Type: application/json' "Content-Length: ${#TEL}" \
+        'Expect: 100-continue'
+    printf '\r\n%s' "$TEL"
+} >49-expect-continue
+{
+    req POST /v1/events "Authorization: Bearer $ACME" 'Content-Length: 2' 'Expect: tea'
+    printf '\r\n{}'
+} >50-expect-other
+# Single-valued headers twice (400), Accept twice (joined), a metrics-only
+# token on /metrics and elsewhere.
+{
+    get /v1/devices 'Accept: application/json' 'Accept: text/event-stream'
+    get /v1/devices "Authorization: Bearer $ACME"
+} >51-duplicate-headers
+{
+    req GET /metrics "Authorization: Bearer $(jwt ops '["metrics"]')"
+    end
+    req GET /readyz "Authorization: Bearer $(jwt ops '["metrics"]')"
+    end
+    req GET /v1/devices "Authorization: Bearer $(jwt ops '["metrics"]')"
+    end
+} >52-metrics-role
 ls | wc -l
