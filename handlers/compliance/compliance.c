@@ -962,8 +962,10 @@ static int collect(struct hctx *ctx, const uint8_t *pre, size_t pn, bool del,
 {
     struct hcursor *c;
     int rc = hctx_cursor_open(ctx, self(ctx)->resources, pre, pn, &c);
+    if (rc)
+        return rc;
     MDB_val k, v;
-    while (!rc && !(rc = hctx_cursor_next(c, &k, &v))) {
+    while (!(rc = hctx_cursor_next(c, &k, &v))) {
         if (!pick(&k, &v, arg))
             continue;
         uint8_t l[8];
@@ -974,6 +976,8 @@ static int collect(struct hctx *ctx, const uint8_t *pre, size_t pn, bool del,
             rc = CAIRN_ENOMEM;
         else if (del)
             rc = hctx_cursor_del(c);
+        if (rc)
+            break;
     }
     hctx_cursor_close(c);
     return rc == CAIRN_ENOTFOUND ? 0 : rc;
