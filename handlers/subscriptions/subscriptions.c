@@ -110,8 +110,28 @@ static const struct {
     {"invoice.updated", K_INV},
 };
 
+/* Customers whose document is kept in memory across transactions. Past
+ * it, the cache is emptied after the next flush. */
+#define CACHE_MAX (1u << 17)
+#define VKEY_MAX (1 + CAIRN_TENANT_MAX + CAIRN_KEY_MAX)
+
+/* One customer's document, packed as stored (len 0: none yet). The
+ * view key is at mem[0..vn). */
+struct cust {
+    uint64_t hash;
+    bool dirty;
+    uint32_t vn;
+    struct cairn_buf mem;
+};
+
 struct subs {
     unsigned view, paid;
+    struct cust **slots; /* open addressing, linear probing; nslots a power of 2 */
+    size_t nslots, count;
+    struct cust **dirty; /* written back by flush */
+    size_t ndirty, dirty_cap;
+    struct cairn_buf tmp; /* the next document being written */
+    msgpack_zone zone;    /* the document being read */
 };
 
 /* The Stripe event being applied. */
@@ -129,11 +149,18 @@ struct mark {
     struct cairn_str id;
 };
 
+static void cache_clear(struct subs *s);
+
 static int subs_open(struct hctx *ctx)
 {
     struct subs *s = calloc(1, sizeof *s);
     if (!s)
         return CAIRN_ENOMEM;
+    if (!msgpack_zone_init(&s->zone, 4096)) {
+        free(s);
+        return CAIRN_ENOMEM;
+    }
+    cairn_buf_init(&s->tmp, VKEY_MAX + DOC_MAX);
     *hctx_user(ctx) = s;
     int rc = hctx_db(ctx, "view", 0, &s->view);
     return rc ? rc : hctx_db(ctx, "paid", 0, &s->paid);
@@ -141,8 +168,143 @@ static int subs_open(struct hctx *ctx)
 
 static void subs_close(struct hctx *ctx)
 {
-    free(*hctx_user(ctx));
+    struct subs *s = *hctx_user(ctx);
+    if (s) {
+        cache_clear(s);
+        free(s->dirty);
+        cairn_buf_deinit(&s->tmp);
+        msgpack_zone_destroy(&s->zone);
+        free(s);
+    }
     *hctx_user(ctx) = NULL;
+}
+
+/* ====================================================================== the cache */
+
+/* Documents are kept packed, as stored: a payment event reads its
+ * customer's document from memory and writes it back there; flush puts
+ * each changed one once per transaction (was a get and a put per event).
+ * The engine reopens the handler after an aborted transaction, so the
+ * cache never holds work that did not commit. */
+
+static uint64_t key_hash(const uint8_t *k, size_t n)
+{
+    uint64_t h = 1469598103934665603ull; /* FNV-1a */
+    for (size_t i = 0; i < n; i++)
+        h = (h ^ k[i]) * 1099511628211ull;
+    return h;
+}
+
+static void cust_free(struct cust *c)
+{
+    if (c) {
+        cairn_buf_deinit(&c->mem);
+        free(c);
+    }
+}
+
+static void cache_clear(struct subs *s)
+{
+    for (size_t i = 0; i < s->nslots; i++)
+        cust_free(s->slots[i]);
+    free(s->slots);
+    s->slots = NULL;
+    s->nslots = s->count = s->ndirty = 0;
+}
+
+static struct cust **slot_of(struct subs *s, uint64_t h, const uint8_t *vk, size_t vn)
+{
+    size_t mask = s->nslots - 1;
+    for (size_t i = (size_t)h & mask;; i = (i + 1) & mask) {
+        struct cust *c = s->slots[i];
+        if (!c || (c->hash == h && c->vn == vn && !memcmp(c->mem.data, vk, vn)))
+            return &s->slots[i];
+    }
+}
+
+/* Keeps the load under one half. */
+static int cache_grow(struct subs *s)
+{
+    if (s->nslots && (s->count + 1) * 2 <= s->nslots)
+        return 0;
+    size_t n = s->nslots ? s->nslots * 2 : 1024;
+    struct cust **old = s->slots;
+    size_t oldn = s->nslots;
+    if (!(s->slots = calloc(n, sizeof *s->slots))) {
+        s->slots = old;
+        return CAIRN_ENOMEM;
+    }
+    s->nslots = n;
+    for (size_t i = 0; i < oldn; i++)
+        if (old[i])
+            *slot_of(s, old[i]->hash, old[i]->mem.data, old[i]->vn) = old[i];
+    free(old);
+    return 0;
+}
+
+/* The cached customer of vk, read from the view on first use. */
+static int cust_get(struct hctx *ctx, const uint8_t *vk, size_t vn, struct cust **out)
+{
+    struct subs *s = *hctx_user(ctx);
+    uint64_t h = key_hash(vk, vn);
+    int rc = cache_grow(s);
+    if (rc)
+        return rc;
+    struct cust **slot = slot_of(s, h, vk, vn);
+    if ((*out = *slot))
+        return 0;
+    struct cust *c = calloc(1, sizeof *c);
+    if (!c)
+        return CAIRN_ENOMEM;
+    c->hash = h;
+    c->vn = (uint32_t)vn;
+    cairn_buf_init(&c->mem, VKEY_MAX + DOC_MAX);
+    MDB_val v = {0, NULL};
+    if (!(rc = cairn_buf_append(&c->mem, vk, vn)) &&
+        (rc = hctx_get(ctx, s->view, vk, vn, &v)) == CAIRN_ENOTFOUND)
+        rc = 0;
+    if (!rc && v.mv_size)
+        rc = cairn_buf_append(&c->mem, v.mv_data, v.mv_size);
+    if (rc) {
+        cust_free(c);
+        return rc;
+    }
+    *slot = *out = c;
+    s->count++;
+    return 0;
+}
+
+static int mark_dirty(struct subs *s, struct cust *c)
+{
+    if (c->dirty)
+        return 0;
+    if (s->ndirty == s->dirty_cap) {
+        size_t cap = s->dirty_cap ? s->dirty_cap * 2 : 1024;
+        struct cust **p = realloc(s->dirty, cap * sizeof *p);
+        if (!p)
+            return CAIRN_ENOMEM;
+        s->dirty = p;
+        s->dirty_cap = cap;
+    }
+    s->dirty[s->ndirty++] = c;
+    c->dirty = true;
+    return 0;
+}
+
+/* Writes back every customer this transaction changed. */
+static int subs_flush(struct hctx *ctx)
+{
+    struct subs *s = *hctx_user(ctx);
+    int rc = 0;
+    for (size_t i = 0; i < s->ndirty && !rc; i++) {
+        struct cust *c = s->dirty[i];
+        rc = hctx_put(ctx, s->view, c->mem.data, c->vn, c->mem.data + c->vn, c->mem.len - c->vn);
+        c->dirty = false;
+    }
+    s->ndirty = 0;
+    if (!rc && s->count > CACHE_MAX)
+        cache_clear(s); /* every customer is clean (stored): drop them all */
+    return rc;
 }
 
 /* ====================================================================== reading */
@@ -526,38 +688,47 @@ static int subs_apply(struct hctx *ctx, const struct event *ev)
     if (!ev->key.n || !parse_stripe(ev, &st) ||
         !(vn = hkey_make(vk, sizeof vk, &ev->tenant, &ev->key)))
         return 0;
-    /* Before reading the document: a write may move pages a read points to. */
     int rc = count_payment(ctx, ev, &st, &pay);
-    MDB_val v = {0, NULL};
-    if (rc || ((rc = hctx_get(ctx, s->view, vk, vn, &v)) && rc != CAIRN_ENOTFOUND))
+    struct cust *c;
+    if (rc || (rc = cust_get(ctx, vk, vn, &c)))
         return rc;
-    msgpack_unpacked old;
-    msgpack_unpacked_init(&old);
+    msgpack_object obj;
     const msgpack_object *doc = NULL;
-    if (v.mv_size) {
-        if (msgpack_unpack_next(&old, v.mv_data, v.mv_size, NULL) != MSGPACK_UNPACK_SUCCESS ||
-            old.data.type != MSGPACK_OBJECT_MAP) {
-            msgpack_unpacked_destroy(&old);
+    size_t off = 0;
+    if (c->mem.len > c->vn) {
+        msgpack_unpack_return urc = msgpack_unpack((const char *)c->mem.data + c->vn,
+                                                   c->mem.len - c->vn, &off, &s->zone, &obj);
+        if ((urc != MSGPACK_UNPACK_SUCCESS && urc != MSGPACK_UNPACK_EXTRA_BYTES) ||
+            obj.type != MSGPACK_OBJECT_MAP) {
+            msgpack_zone_clear(&s->zone);
             return CAIRN_ECORRUPT;
         }
-        doc = &old.data;
+        doc = &obj;
     }
     struct mark m;
-    struct cairn_buf b;
+    struct cairn_buf *b = &s->tmp;
     struct mpw w;
-    cairn_buf_init(&b, DOC_MAX);
-    mpw_init(&w, &b);
-    rc = read_mark(doc, is_sub(st.kind) ? "subscription_event" : "invoice_event", &m);
+    cairn_buf_reset(b);
+    rc = cairn_buf_append(b, vk, vn);
+    mpw_init(&w, b);
+    if (!rc)
+        rc = read_mark(doc, is_sub(st.kind) ? "subscription_event" : "invoice_event", &m);
     bool fresh = after(&st, &m);
     if (!rc)
         rc = write_doc(&w, ev, &st, doc, fresh, &pay);
-    if (!rc)
-        rc = hctx_put(ctx, s->view, vk, vn, b.data, b.len);
-    if (!rc && fresh)
-        rc = emit(ctx, ev, &st);
-    cairn_buf_deinit(&b);
-    msgpack_unpacked_destroy(&old);
-    return rc;
+    if (!rc && b->len - vn > DOC_MAX) /* the document alone is bounded */
+        rc = CAIRN_ETOOBIG;
+    msgpack_zone_clear(&s->zone);
+    if (rc)
+        return rc;
+    /* The new document becomes the customer's memory, the old one the
+     * next scratch: no copy. */
+    struct cairn_buf old_mem = c->mem;
+    c->mem = *b;
+    *b = old_mem;
+    if ((rc = mark_dirty(s, c)))
+        return rc;
+    return fresh ? emit(ctx, ev, &st) : 0;
 }
 
 const struct handler subscriptions_handler = {
@@ -569,4 +740,5 @@ const struct handler subscriptions_handler = {
     .apply = subs_apply,
     .close = subs_close,
     .view = "view",
+    .flush = subs_flush,
 };
