@@ -2,8 +2,9 @@
  * geofence.c — bench/geofence: location events through the geofence
  * handler with a large fence set (issue #6).
  *
- *   bench/geofence [-f FENCES] [-d DEVICES] [-n FIXES] [--batch B] [--seed S]
- *                  [--dir DIR] [--out DIR] [--no-e2e] [--all-handlers]
+ *   bench/geofence [-f FENCES] [-d DEVICES] [-n FIXES] [--batch B] [--log-batch L]
+ *                  [--inflight K] [--seed S] [--dir DIR] [--out DIR] [--no-e2e]
+ *                  [--all-handlers]
  *
  * FENCES polygons (8..64 vertices, star-shaped, 100 m .. 3 km across)
  * scattered over 20 cities (~0.5 degree around each centre), DEVICES
@@ -20,9 +21,10 @@
  *            engine with the geofence handler (--all-handlers: every
  *            handler), its log writer thread started; this thread parses
  *            each input's NDJSON line (ingest: JSON, schema, msgpack) and
- *            submits requests of 1 024 to the writer, 8 in flight; the
- *            writer group-commits them durably and the engine applies each
- *            commit to the state (one state transaction per log commit).
+ *            submits requests of 1 024 to the writer, K in flight (8); the
+ *            writer group-commits up to L of them durably (the writer's
+ *            default, 1 024) and the engine applies each commit to the
+ *            state (one state transaction per log commit).
  *            Timed from the first parse to the state reaching the last fix.
  *
  * It prints events/s and CPU per event of each, derived events, heap bytes
@@ -51,8 +53,8 @@ extern const struct handler geofence_handler;
 size_t geofence_memory(struct hctx *ctx);
 
 #define BATCH_DEFAULT 65536
-#define REQ 1024     /* e2e: inputs per writer request */
-#define INFLIGHT 8   /* e2e: requests in flight */
+#define REQ 1024 /* e2e: inputs per writer request */
+#define INFLIGHT_MAX 64
 #define MEMBERS 1024 /* per device in the inside-set replay */
 
 static uint64_t rng;
@@ -405,8 +407,8 @@ struct e2e {
     pthread_mutex_t mu;
     pthread_cond_t cv;
     uint64_t applied; /* the state's checkpoint */
-    struct slot slots[INFLIGHT];
-    unsigned turn;
+    struct slot slots[INFLIGHT_MAX];
+    unsigned inflight, turn;
     int failed;
 };
 
@@ -453,7 +455,7 @@ static int pump(struct e2e *x, const struct work *w, size_t lo, size_t hi)
     struct cairn_error e;
     struct ingest *ing = engine_ingest(x->eng);
     for (size_t i = lo; i < hi && !x->failed;) {
-        struct slot *s = &x->slots[x->turn++ % INFLIGHT];
+        struct slot *s = &x->slots[x->turn++ % x->inflight];
         slot_reap(x, s);
         int64_t now = cairn_now_ns();
         for (; s->nev < REQ && i < hi; i++) {
@@ -478,7 +480,7 @@ static int pump(struct e2e *x, const struct work *w, size_t lo, size_t hi)
             x->failed = rc;
         }
     }
-    for (unsigned k = 0; k < INFLIGHT; k++)
+    for (unsigned k = 0; k < x->inflight; k++)
         slot_reap(x, &x->slots[k]);
     pthread_mutex_lock(&x->mu);
     while (!x->failed && x->applied < hi)
@@ -492,7 +494,8 @@ struct e2e_figures {
     uint64_t batches, events;
 };
 
-static int phase_e2e(const struct work *w, const char *tmp, bool all, struct e2e_figures *ef)
+static int phase_e2e(const struct work *w, const char *tmp, bool all, unsigned log_batch,
+                     unsigned inflight, struct e2e_figures *ef)
 {
     static const struct handler *const only[] = {&geofence_handler, NULL};
     char data[600];
@@ -502,10 +505,12 @@ static int phase_e2e(const struct work *w, const char *tmp, bool all, struct e2e
         return CAIRN_ENOMEM;
     pthread_mutex_init(&x->mu, NULL);
     pthread_cond_init(&x->cv, NULL);
+    x->inflight = inflight;
     struct cairn_error e = {0};
     struct engine_config cfg = {.data = data,
                                 .schema_dir = CAIRN_SCHEMA_DIR,
                                 .handlers = all ? NULL : only,
+                                .log = {.batch_max = log_batch},
                                 .on_applied = on_applied,
                                 .on_applied_arg = x};
     int rc = engine_open(&x->eng, &cfg, &e);
@@ -565,6 +570,7 @@ int main(int argc, char **argv)
 {
     struct work w = {.nf = 100000, .nd = 100000, .nx = 1000000};
     size_t batch = BATCH_DEFAULT;
+    unsigned log_batch = 0, inflight = 8;
     const char *dir = "/tmp", *out = NULL;
     bool e2e = true, all = false;
     rng = 42;
@@ -582,6 +588,10 @@ int main(int argc, char **argv)
             w.nx = strtoull(v, NULL, 10);
         else if (!strcmp(argv[i], "--batch") && ++i)
             batch = strtoull(v, NULL, 10);
+        else if (!strcmp(argv[i], "--log-batch") && ++i)
+            log_batch = (unsigned)strtoul(v, NULL, 10);
+        else if (!strcmp(argv[i], "--inflight") && ++i)
+            inflight = (unsigned)strtoul(v, NULL, 10);
         else if (!strcmp(argv[i], "--seed") && ++i)
             rng = strtoull(v, NULL, 10) | 1;
         else if (!strcmp(argv[i], "--dir") && ++i)
@@ -590,12 +600,15 @@ int main(int argc, char **argv)
             out = v;
         else {
             fprintf(stderr, "usage: bench/geofence [-f FENCES] [-d DEVICES] [-n FIXES] [--batch "
-                            "B] [--seed S] [--dir DIR] [--out DIR] [--no-e2e] [--all-handlers]\n");
+                            "B] [--log-batch L] [--inflight K] [--seed S] [--dir DIR] [--out DIR] "
+                            "[--no-e2e] [--all-handlers]\n");
             return 2;
         }
     }
-    if (!w.nf || !w.nd || !w.nx || !batch || w.nf > 999999) {
-        fprintf(stderr, "bench/geofence: FENCES 1..999999, DEVICES, FIXES and B at least 1\n");
+    if (!w.nf || !w.nd || !w.nx || !batch || w.nf > 999999 || !inflight ||
+        inflight > INFLIGHT_MAX || log_batch > CAIRN_BATCH_MAX_CEILING) {
+        fprintf(stderr, "bench/geofence: FENCES 1..999999, DEVICES, FIXES and B at least 1, "
+                        "K 1..64, L at most 65536\n");
         return 2;
     }
     char tmp[512];
@@ -623,7 +636,7 @@ int main(int argc, char **argv)
         fclose(tsv);
     if (rc)
         die("handler run", rc);
-    if (e2e && (rc = phase_e2e(&w, tmp, all, &ef)))
+    if (e2e && (rc = phase_e2e(&w, tmp, all, log_batch, inflight, &ef)))
         die("end-to-end run", rc);
     double load1 = bench_loadavg();
 
@@ -641,8 +654,10 @@ int main(int argc, char **argv)
            (unsigned long long)hf.pairs, (double)hf.pairs / w.nx);
     printf("  memory     %9.0f bytes per fence (geometry + index, heap)\n", (double)hf.mem / w.nf);
     if (e2e) {
-        printf("end to end (%s; parse + log writer + engine), requests of %d, %d in flight:\n",
-               all ? "every handler" : "geofence handler", REQ, INFLIGHT);
+        printf("end to end (%s; parse + log writer + engine), requests of %d, %u in flight, "
+               "writer batches of at most %u:\n",
+               all ? "every handler" : "geofence handler", REQ, inflight,
+               log_batch ? log_batch : CAIRN_BATCH_MAX_DEFAULT);
         printf("  define     %9.0f fences/s\n", w.nf / ef.define_s);
         printf("  fixes      %9.0f location events/s (%.2f us CPU per event; %.2f us in apply; "
                "%.0f events per log commit)\n",

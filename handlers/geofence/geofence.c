@@ -921,8 +921,11 @@ static bool applies(const struct fence *f, const struct fix *x)
            match_filter(f->filters, f->nfilters, &x->dev);
 }
 
-/* Fences containing the fix, sorted by id, into g->cand; marks them. */
-static int find_inside(struct gf *g, uint32_t ti, const struct fix *x, size_t *out)
+/* Detection in two steps, so that the device record is read while the
+ * index's loads are on their way (both are cache misses at scale):
+ * find_candidates puts the fences whose box holds the fix into g->cand
+ * and prefetches their rasters; find_inside keeps those containing it. */
+static int find_candidates(struct gf *g, uint32_t ti, const struct fix *x, size_t *out)
 {
     int n = geo_index_point(g->ix, ti, x->lon, x->lat, &g->cand, &g->candcap);
     if (n >= 0 && fabs(x->lon) == 180) { /* the same meridian: query the other side */
@@ -949,18 +952,25 @@ static int find_inside(struct gf *g, uint32_t ti, const struct fix *x, size_t *o
     }
     if (n < 0)
         return n;
+    for (int i = 0; i < n; i++)
+        __builtin_prefetch(&g->raster[g->cand[i]]);
+    *out = (size_t)n;
+    return 0;
+}
+
+/* The n candidates containing the fix, sorted by id, into g->cand; marks
+ * them. Every candidate is a cache miss: its raster answers most of them
+ * (fences without filters, points away from edges); the rest need the
+ * fence and its rings. Each kind of load is issued for all candidates
+ * before any is used, so the misses overlap. */
+static void find_inside(struct gf *g, const struct fix *x, size_t n, size_t *out)
+{
     if (++g->epoch == 0) {
         memset(g->mark, 0, g->capf * sizeof *g->mark);
         g->epoch = 1;
     }
-    /* Every candidate is a cache miss: its raster answers most of them
-     * (fences without filters, points away from edges); the rest need the
-     * fence and its rings. Each kind of load is issued for all candidates
-     * before any is used, so the misses overlap. */
-    for (int i = 0; i < n; i++)
-        __builtin_prefetch(&g->raster[g->cand[i]]);
     size_t m = 0; /* cand[0, m): inside or unknown */
-    for (int i = 0; i < n; i++) {
+    for (size_t i = 0; i < n; i++) {
         uint32_t s = g->cand[i];
         int in = g->raster[s].user ? -1 : geo_raster_test(&g->raster[s], x->lon, x->lat);
         if (in)
@@ -984,7 +994,6 @@ static int find_inside(struct gf *g, uint32_t ti, const struct fix *x, size_t *o
         g->mark[g->cand[i]] = g->epoch;
     sort_slots(g, g->cand, k);
     *out = k;
-    return 0;
 }
 
 /* Re-evaluates one existing membership; *keep says whether it stays. */
@@ -1434,23 +1443,25 @@ static int on_location(struct hctx *ctx, const struct event *ev)
         return 0;
     static struct mem mems[GF_MEMBERSHIPS_MAX + 1]; /* apply runs on one thread */
     struct devrec r = {.m = mems};
+    uint32_t ti;
+    struct tenant *t = NULL;
+    if (!tenant_get(g, &ev->tenant, false, &ti))
+        t = g->t[ti];
+    size_t ncand = 0;
+    int rc = t && t->nfences ? find_candidates(g, ti, &x, &ncand) : 0;
     struct gdev *d;
-    int rc = dev_get(ctx, &dk, &d);
+    if (!rc)
+        rc = dev_get(ctx, &dk, &d);
     if (!rc && d->rec)
         rc = rec_decode(d->rec, d->reclen, &r, mems);
     if (rc)
         return rc;
     if (r.exists && ev->time < r.time)
         return 0; /* late fix: ignored */
-    uint32_t ti;
-    struct tenant *t = NULL;
-    if (!tenant_get(g, &ev->tenant, false, &ti))
-        t = g->t[ti];
     uint32_t nm = r.n;
     if (t && t->nfences) {
         size_t nin;
-        if ((rc = find_inside(g, ti, &x, &nin)))
-            return rc;
+        find_inside(g, &x, ncand, &nin);
         uint32_t k = 0;
         for (uint32_t i = 0; i < r.n && !rc; i++) {
             bool keep;
