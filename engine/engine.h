@@ -157,7 +157,10 @@ int engine_order(const struct handler *const *table, const struct handler **out,
                  struct cairn_error *e);
 
 /* Rebuilds the state from the log into `into` (a fresh directory), up to
- * seq `to` (0: the head). */
+ * seq `to` (0: the head). Its transactions commit without fsync and the
+ * result is synced once before this returns 0: a directory left by an
+ * interrupted replay (a system crash may have corrupted it) must be
+ * removed, never resumed. */
 int engine_replay(const struct engine_config *cfg, const char *into, uint64_t to,
                   struct cairn_error *e);
 

@@ -64,6 +64,11 @@
  *   (time|null), field_times {<field>: time|null, …}, history [{seq, time,
  *   event_type, from, to, applied, late, reason}], history_dropped,
  *   counts {applied, late, invalid}, last_seq
+ *
+ * Performance: an order is read and decoded at most once per process (on
+ * first use) into a struct ord, updated in memory by each input and
+ * written back once per state transaction by the flush hook (see
+ * devices.c, which does the same).
  */
 #include "handler.h"
 
