@@ -838,7 +838,7 @@ static bool tx_value(struct tx *t, int depth)
 
 bool cairn_json_text_to_msgpack(const char *text, size_t n, struct cairn_buf *out)
 {
-    if (cairn_buf_reserve(out, 3 * n + 16))
+    if (!text || !n || cairn_buf_reserve(out, 3 * n + 16))
         return false;
     struct tx t = {(const uint8_t *)text, (const uint8_t *)text + n, out->data + out->len,
                    out->data + out->len};

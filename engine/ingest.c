@@ -744,8 +744,12 @@ int ingest_parse_msgpack(struct ingest *ing, const uint8_t *p, size_t n, size_t 
                          struct cairn_error *e)
 {
     int rc = parse_mp_fast(ing, p, n, used, source, now, NULL, ev, e);
-    if (rc != SLOW)
-        return rc;
+    if (!rc)
+        return 0;
+    /* Refused or declined: the path through jansson decides, so that the
+     * error and the length of input consumed (*used, which lets a batch
+     * carry on after a bad object) are what they always were. Errors are
+     * rare; their cost does not matter. */
     json_t *obj;
     memset(ev, 0, sizeof *ev);
     cairn_error_clear(e);

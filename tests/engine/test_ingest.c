@@ -604,6 +604,20 @@ static void test_msgpack_input(void **state)
     assert_int_equal(ingest_parse_msgpack(g_ing, mp.data, 5, NULL, "nats", NOW, &ev, &e),
                      CAIRN_EINVAL);
     assert_string_equal(e.code, "invalid_msgpack");
+    /* a refused object still says how long it was, so a batch goes on */
+    json_t *bad = json_pack("{s:s,s:s,s:i,s:{}}", "type", "telemetry", "tenant", "acme", "nope", 1,
+                            "payload");
+    mp.len = 0;
+    assert_int_equal(cairn_json_to_msgpack(bad, &mp, NULL), 0);
+    size_t bad_len = mp.len;
+    assert_int_equal(cairn_buf_putc(&mp, (char)0xc0), 0);
+    used = 0;
+    cairn_error_clear(&e);
+    assert_int_equal(ingest_parse_msgpack(g_ing, mp.data, mp.len, &used, "nats", NOW, &ev, &e),
+                     CAIRN_EINVAL);
+    assert_string_equal(e.code, "unknown_field");
+    assert_int_equal(used, bad_len);
+    json_decref(bad);
     json_decref(obj);
     cairn_buf_deinit(&mp);
 }
