@@ -17,6 +17,7 @@ CAIRN_TEST_PACKAGES=(
   clang-format                                   # formatting check
   curl jq                                        # integration tests over HTTP, JSON checks
   clang libclang-rt-14-dev                       # the HTTP fuzz target (libFuzzer)
+  python3                                        # test helpers (geofence routes, the CIS reference reading)
 )
 
 # node and npm run the official `stripe` package that signs test webhooks.
