@@ -203,8 +203,15 @@ void sse_start(struct req *r, const char *stream, uint64_t from)
         pump_group(a, &s, 1);
 }
 
-/* Pumps every subscriber, one group per stream: all the subscribers of a
- * stream share one cursor and one rendering of each event. */
+static int by_next(const void *x, const void *y)
+{
+    const struct sse *a = *(struct sse *const *)x, *b = *(struct sse *const *)y;
+    return a->next < b->next ? -1 : a->next > b->next;
+}
+
+/* Pumps every subscriber, one group per stream and position: the
+ * subscribers of a stream that are near each other share one cursor and
+ * one rendering of each event. */
 void sse_wake_all(struct api *a)
 {
     if (!a->nsubs)
@@ -228,7 +235,17 @@ void sse_wake_all(struct api *a)
         }
         if (!n)
             break;
-        pump_group(a, group, n);
+        /* One cursor serves subscribers close to each other only: dseqs
+         * of a stream are dense, so subscribers more than SSE_PUMP_MAX
+         * apart could not share a wake-up's window anyway, and a reader
+         * catching up from far back must not hold the live ones behind
+         * its window. */
+        qsort(group, n, sizeof *group, by_next);
+        for (size_t i = 0, k; i < n; i = k) {
+            for (k = i + 1; k < n && group[k]->next - group[i]->next < SSE_PUMP_MAX; k++)
+                ;
+            pump_group(a, group + i, k - i);
+        }
     }
     free(group);
 }
