@@ -140,6 +140,12 @@ static const char *const emits[] = {"alert.triggered", "alert.escalated", "alert
 struct alerts {
     unsigned view, esc, silences, alarms, bymetric, agg, due;
     struct cairn_buf doc; /* the alert document commit writes (kept: no allocation per alert) */
+    /* Alert documents written in this process, packed as stored (see
+     * "the written-alerts cache" below). */
+    struct written **slots; /* open addressing, linear probing; nslots a power of 2 */
+    size_t nslots, count;
+    struct written **dirty; /* put by flush */
+    size_t ndirty, dirty_cap;
     int64_t esc_ns[SEV_COUNT];
     int min_sev[NSOURCES];
 };
@@ -295,13 +301,163 @@ static int alerts_open(struct hctx *ctx)
     return rc;
 }
 
+static void cache_clear(struct alerts *a);
+
 static void alerts_close(struct hctx *ctx)
 {
     struct alerts *a = self(ctx);
-    if (a)
+    if (a) {
+        cache_clear(a);
+        free(a->dirty);
         cairn_buf_deinit(&a->doc);
+    }
     free(a);
     *hctx_user(ctx) = NULL;
+}
+
+/* ====================================================================== the written-alerts cache
+ */
+
+/* The alert documents commit writes are kept here, packed as stored, and
+ * put once per state transaction by flush (an alert that opens, escalates
+ * and resolves within a batch is put once). load_view reads them from
+ * here first, so the DBI is current only after flush — and the engine
+ * calls flush before every commit, and reopens the handler (emptying
+ * this) after an aborted transaction. Bounded: past CACHE_MAX documents
+ * it is emptied after the next flush. */
+#define CACHE_MAX (1u << 16)
+
+struct written {
+    uint64_t hash;
+    bool dirty;
+    uint32_t kn;
+    struct cairn_buf mem; /* key (kn bytes), then the document */
+};
+
+static uint64_t key_hash(const uint8_t *k, size_t n)
+{
+    uint64_t h = 1469598103934665603ull; /* FNV-1a */
+    for (size_t i = 0; i < n; i++)
+        h = (h ^ k[i]) * 1099511628211ull;
+    return h;
+}
+
+static void cache_clear(struct alerts *a)
+{
+    for (size_t i = 0; i < a->nslots; i++)
+        if (a->slots[i]) {
+            cairn_buf_deinit(&a->slots[i]->mem);
+            free(a->slots[i]);
+        }
+    free(a->slots);
+    a->slots = NULL;
+    a->nslots = a->count = a->ndirty = 0;
+}
+
+static struct written **slot_of(struct alerts *a, uint64_t h, const uint8_t *k, size_t kn)
+{
+    size_t mask = a->nslots - 1;
+    for (size_t i = (size_t)h & mask;; i = (i + 1) & mask) {
+        struct written *w = a->slots[i];
+        if (!w || (w->hash == h && w->kn == kn && !memcmp(w->mem.data, k, kn)))
+            return &a->slots[i];
+    }
+}
+
+/* The cached document of key k, or NULL. */
+static struct written *cache_find(struct alerts *a, const uint8_t *k, size_t kn)
+{
+    return a->nslots ? *slot_of(a, key_hash(k, kn), k, kn) : NULL;
+}
+
+/* Keeps the load under one half. */
+static int cache_grow(struct alerts *a)
+{
+    if (a->nslots && (a->count + 1) * 2 <= a->nslots)
+        return 0;
+    size_t n = a->nslots ? a->nslots * 2 : 1024;
+    struct written **old = a->slots;
+    size_t oldn = a->nslots;
+    if (!(a->slots = calloc(n, sizeof *a->slots))) {
+        a->slots = old;
+        return CAIRN_ENOMEM;
+    }
+    a->nslots = n;
+    for (size_t i = 0; i < oldn; i++)
+        if (old[i])
+            *slot_of(a, old[i]->hash, old[i]->mem.data, old[i]->kn) = old[i];
+    free(old);
+    return 0;
+}
+
+/* Keeps document v (n bytes) of key k, to be put by flush. */
+static int cache_put(struct alerts *a, const uint8_t *k, size_t kn, const uint8_t *v, size_t n)
+{
+    int rc = cache_grow(a);
+    if (rc)
+        return rc;
+    uint64_t h = key_hash(k, kn);
+    struct written **slot = slot_of(a, h, k, kn), *w = *slot;
+    if (!w) {
+        if (!(w = calloc(1, sizeof *w)))
+            return CAIRN_ENOMEM;
+        w->hash = h;
+        w->kn = (uint32_t)kn;
+        cairn_buf_init(&w->mem, 1 + CAIRN_TENANT_MAX + 16 + DOC_MAX);
+        *slot = w;
+        a->count++;
+    }
+    cairn_buf_reset(&w->mem);
+    if ((rc = cairn_buf_append(&w->mem, k, kn)) || (rc = cairn_buf_append(&w->mem, v, n)))
+        return rc;
+    if (!w->dirty) {
+        if (a->ndirty == a->dirty_cap) {
+            size_t cap = a->dirty_cap ? a->dirty_cap * 2 : 256;
+            struct written **p = realloc(a->dirty, cap * sizeof *p);
+            if (!p)
+                return CAIRN_ENOMEM;
+            a->dirty = p;
+            a->dirty_cap = cap;
+        }
+        a->dirty[a->ndirty++] = w;
+        w->dirty = true;
+    }
+    return 0;
+}
+
+/* Puts every alert document this transaction wrote. */
+static int alerts_flush(struct hctx *ctx)
+{
+    struct alerts *a = self(ctx);
+    int rc = 0;
+    for (size_t i = 0; i < a->ndirty && !rc; i++) {
+        struct written *w = a->dirty[i];
+        rc = hctx_put(ctx, a->view, w->mem.data, w->kn, w->mem.data + w->kn, w->mem.len - w->kn);
+        w->dirty = false;
+    }
+    a->ndirty = 0;
+    if (!rc && a->count > CACHE_MAX)
+        cache_clear(a); /* every document is stored: drop them all */
+    return rc;
+}
+
+/* load() of the view: the document commit wrote last, if any. */
+static int load_view(struct hctx *ctx, const uint8_t *k, size_t kn, struct loaded *l)
+{
+    struct written *w = cache_find(self(ctx), k, kn);
+    if (!w)
+        return load(ctx, self(ctx)->view, k, kn, l);
+    size_t n = w->mem.len - w->kn;
+    memset(l, 0, sizeof *l);
+    msgpack_unpacked_init(&l->u);
+    if (!(l->mem = malloc(n ? n : 1)))
+        return CAIRN_ENOMEM;
+    memcpy(l->mem, w->mem.data + w->kn, n);
+    if (msgpack_unpack_next(&l->u, (const char *)l->mem, n, NULL) != MSGPACK_UNPACK_SUCCESS ||
+        l->u.data.type != MSGPACK_OBJECT_MAP)
+        return CAIRN_ECORRUPT;
+    l->doc = &l->u.data;
+    return 0;
 }
 
 /* ====================================================================== the alert document */
@@ -581,7 +737,7 @@ static int commit(struct hctx *ctx, const struct event *cause, struct alert *a, 
     mpw_init(&w, b);
     rc = write_alert(&w, a);
     if (!rc)
-        rc = hctx_put(ctx, al->view, k, kn, b->data, b->len);
+        rc = cache_put(al, k, kn, b->data, b->len);
     if (!rc && type && !a->silenced)
         rc = hctx_emit(ctx, cause, type, &a->tenant, &id, b->data, b->len);
     return rc;
@@ -598,7 +754,7 @@ static int load_alert(struct hctx *ctx, const struct cairn_str *tenant, const ch
 {
     uint8_t k[1 + CAIRN_TENANT_MAX + 16];
     struct cairn_str ids = {id, 16};
-    int rc = load(ctx, self(ctx)->view, k, hkey_make(k, sizeof k, tenant, &ids), l);
+    int rc = load_view(ctx, k, hkey_make(k, sizeof k, tenant, &ids), l);
     read_alert(l->doc, a);
     memcpy(a->id, id, 16);
     a->id[16] = '\0';
@@ -1529,4 +1685,5 @@ const struct handler alerts_handler = {
     .close = alerts_close,
     .view = "view",
     .routes = routes,
+    .flush = alerts_flush,
 };
