@@ -35,7 +35,9 @@
  */
 #include "log_int.h"
 
+#include <pthread.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <time.h>
 
@@ -123,7 +125,7 @@ void log_index_drop(struct log *log)
         log->index_stale = true; /* those batches are in the log, not the index */
 }
 
-int log_index_flush(struct log *log)
+int log_index_flush_here(struct log *log)
 {
     if (!log->itxn)
         return 0;
@@ -139,8 +141,408 @@ int log_index_added(struct log *log, size_t n)
     log->itxn_events += n;
     if (log->itxn_events >= CAIRN_INDEX_COMMIT_EVENTS ||
         mono_ns() - log->itxn_began >= CAIRN_INDEX_COMMIT_NS)
-        return log_index_flush(log);
+        return log_index_flush_here(log);
     return 0;
+}
+
+/* ====================================================================== the indexer thread */
+
+/*
+ * The index transaction lives on its own thread, so that writing the index
+ * of batch N (B-tree puts with random keys: about half of the writer's CPU)
+ * overlaps encoding, hashing and durably committing batch N in the writer.
+ * Per batch, the writer makes two calls:
+ *
+ *   ix_check    (waits) the indexer decides each input against the index
+ *               and the batch itself: duplicate, conflict, or the seq it
+ *               gets, and the dedup clock after the batch. It then puts the
+ *               batch's entries while the writer goes on.
+ *   ix_confirm  (waits) after the log commit: the indexer finishes the
+ *               puts; if the batch is durable it prunes expired ids, marks
+ *               `indexed` and commits when CAIRN_INDEX_COMMIT_* says so;
+ *               if not, it drops its transaction and the index is rebuilt
+ *               from the log before the next check.
+ *
+ * The transaction is begun, used and ended on the indexer thread only, as
+ * LMDB requires. Every call is synchronous, so the writer's view is never
+ * stale: a check sees every batch before it, committed or not.
+ */
+
+enum ix_cmd { IX_NONE, IX_CHECK, IX_CONFIRM, IX_FLUSH, IX_STOP };
+
+struct log_ix {
+    pthread_t thread;
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    enum ix_cmd cmd; /* posted by the writer, IX_NONE once taken */
+    bool busy;       /* working on a command (or the puts after a check) */
+    bool putting;    /* a check's puts are not finished */
+    int rc;          /* the answer to the last command */
+    /* the request of a check */
+    const struct log_input *in;
+    struct log_result *res;
+    size_t n;
+    int64_t wall, max_time; /* in: the clock before the batch; out: after it */
+    uint64_t head_seq;      /* the seq before the batch */
+    bool durable;           /* confirm: the log committed the batch */
+    int put_rc;             /* the puts' outcome */
+};
+
+/* ---- the batch's own entries: a later input sees an earlier one ---- */
+
+struct bent {
+    const struct cairn_str *tenant, *name; /* name: the key or the id */
+    uint64_t seq;
+    int64_t time;
+    bool used;
+};
+
+struct bmap {
+    struct bent *v;
+    size_t cap; /* a power of two, at least twice the batch */
+};
+
+static uint64_t bhash(const struct cairn_str *t, const struct cairn_str *k)
+{
+    uint64_t h = 1469598103934665603ull; /* FNV-1a */
+    for (size_t i = 0; i < t->n; i++)
+        h = (h ^ (uint8_t)t->p[i]) * 1099511628211ull;
+    h = (h ^ 0xff) * 1099511628211ull;
+    for (size_t i = 0; i < k->n; i++)
+        h = (h ^ (uint8_t)k->p[i]) * 1099511628211ull;
+    return h;
+}
+
+static struct bent *bfind(struct bmap *m, const struct cairn_str *t, const struct cairn_str *k)
+{
+    for (size_t i = bhash(t, k) & (m->cap - 1);; i = (i + 1) & (m->cap - 1)) {
+        struct bent *e = &m->v[i];
+        if (!e->used || (e->tenant->n == t->n && e->name->n == k->n &&
+                         !memcmp(e->tenant->p, t->p, t->n) && !memcmp(e->name->p, k->p, k->n)))
+            return e;
+    }
+}
+
+static int bmap_init(struct bmap *m, size_t n)
+{
+    m->cap = 16;
+    while (m->cap < 2 * n)
+        m->cap *= 2;
+    m->v = calloc(m->cap, sizeof *m->v);
+    return m->v ? 0 : CAIRN_ENOMEM;
+}
+
+/* ---- deciding a batch (the writer waits for this) ---- */
+
+/* The dedup clock: the newest event time seen, but never ahead of the
+ * writer's wall clock. Without the cap, one event dated in the future —
+ * from any tenant — would expire every tenant's ids at once. Event times
+ * are bounded (CAIRN_TIME_MIN/MAX), so the subtractions cannot overflow. */
+static int64_t dedup_clock(int64_t max_time, int64_t t, int64_t wall)
+{
+    int64_t c = t > max_time ? t : max_time;
+    return c < wall ? c : wall;
+}
+
+/* The seq of the last event of tenant + key in txn, 0 if none. */
+int log_last_of(MDB_txn *txn, MDB_dbi keys, const struct cairn_str *tenant,
+                const struct cairn_str *key, uint64_t *seq)
+{
+    uint8_t tk[1 + CAIRN_TENANT_MAX + CAIRN_KEY_MAX];
+    MDB_val k = {log_tenant_key(tk, tenant, key), tk}, v;
+    MDB_cursor *c;
+    int rc = mdb_cursor_open(txn, keys, &c);
+    if (rc)
+        return cairn_mdb_err(rc);
+    rc = mdb_cursor_get(c, &k, &v, MDB_SET);
+    if (!rc)
+        rc = mdb_cursor_get(c, &k, &v, MDB_LAST_DUP);
+    *seq = rc == 0 ? cairn_be64_get(v.mv_data) : 0;
+    mdb_cursor_close(c);
+    return rc == 0 || rc == MDB_NOTFOUND ? 0 : cairn_mdb_err(rc);
+}
+
+/* The stored (seq, time) of tenant + id: 1 when found, 0 when not. */
+static int dedup_get(struct log *log, const struct log_input *in, uint64_t *seq, int64_t *t)
+{
+    uint8_t dk[1 + CAIRN_TENANT_MAX + CAIRN_ID_MAX];
+    MDB_val k = {log_tenant_key(dk, &in->tenant, &in->id), dk}, v;
+    int rc = mdb_get(log->itxn, log->dedup, &k, &v);
+    if (rc == MDB_NOTFOUND)
+        return 0;
+    if (rc)
+        return cairn_mdb_err(rc);
+    if (v.mv_size != 16)
+        return CAIRN_ECORRUPT;
+    *seq = cairn_be64_get(v.mv_data);
+    *t = log_unbias(cairn_be64_get((uint8_t *)v.mv_data + 8));
+    return 1;
+}
+
+/* Whether an envelope of `in` can exceed the encoder's buffer (the
+ * strings are bounded by ingest; the payload by CAIRN_PAYLOAD_MAX_CEILING). */
+static bool too_big(const struct log_input *in)
+{
+    size_t n = in->payload_len + in->type.n + in->tenant.n + in->key.n + in->id.n + in->source.n;
+    return n + 512 > CAIRN_PAYLOAD_MAX_CEILING + 4096;
+}
+
+static int ix_decide(struct log *log, struct log_ix *x)
+{
+    struct bmap keys, ids;
+    int rc = bmap_init(&keys, x->n);
+    if (!rc && (rc = bmap_init(&ids, x->n)))
+        free(keys.v);
+    if (rc)
+        return rc;
+    uint64_t seq = x->head_seq;
+    int64_t max_time = x->max_time;
+    for (size_t i = 0; i < x->n && !rc; i++) {
+        const struct log_input *in = &x->in[i];
+        struct log_result *res = &x->res[i];
+        memset(res, 0, sizeof *res);
+        if (in->time < CAIRN_TIME_MIN || in->time > CAIRN_TIME_MAX) {
+            res->rc = CAIRN_EINVAL; /* ingest refuses these; never trust it blindly */
+            continue;
+        }
+        if (too_big(in)) {
+            res->rc = CAIRN_ETOOBIG;
+            continue;
+        }
+        struct bent *ide = NULL;
+        if (in->id.n) {
+            uint64_t s = 0;
+            int64_t t = 0;
+            ide = bfind(&ids, &in->tenant, &in->id);
+            int found = ide->used ? (s = ide->seq, t = ide->time, 1) : dedup_get(log, in, &s, &t);
+            if (found < 0) {
+                rc = found;
+                break;
+            }
+            if (found && t >= dedup_clock(max_time, in->time, x->wall) - log->cfg.dedup_window_ns) {
+                res->seq = s;
+                res->duplicate = true;
+                continue;
+            }
+        }
+        struct bent *ke = in->key.n ? bfind(&keys, &in->tenant, &in->key) : NULL;
+        if (in->expected_seq >= 0) {
+            uint64_t last = 0;
+            if (ke && ke->used)
+                last = ke->seq;
+            else if ((rc = log_last_of(log->itxn, log->keys, &in->tenant, &in->key, &last)))
+                break;
+            if (last != (uint64_t)in->expected_seq) {
+                res->rc = CAIRN_ECONFLICT;
+                res->actual_seq = last;
+                continue;
+            }
+        }
+        res->seq = ++seq;
+        max_time = dedup_clock(max_time, in->time, x->wall);
+        if (ke)
+            *ke = (struct bent){&in->tenant, &in->key, seq, in->time, true};
+        if (ide)
+            *ide = (struct bent){&in->tenant, &in->id, seq, in->time, true};
+    }
+    free(keys.v);
+    free(ids.v);
+    x->max_time = max_time;
+    return rc;
+}
+
+/* The entries of the decided inputs (the writer is encoding meanwhile). */
+static int ix_put(struct log *log, struct log_ix *x)
+{
+    int rc = 0;
+    for (size_t i = 0; i < x->n && !rc; i++) {
+        const struct log_result *r = &x->res[i];
+        if (!r->rc && !r->duplicate)
+            rc = log_index_put(log, log->itxn, &x->in[i].tenant, &x->in[i].key, &x->in[i].id,
+                               x->in[i].time, r->seq);
+    }
+    return rc;
+}
+
+/* Forgets ids whose event time left the window, a bounded number a batch. */
+static int dedup_prune(struct log *log, int64_t max_time)
+{
+    MDB_cursor *c;
+    MDB_val k, v;
+    int rc = mdb_cursor_open(log->itxn, log->dedup_at, &c);
+    if (rc)
+        return cairn_mdb_err(rc);
+    for (int i = 0; i < CAIRN_DEDUP_PRUNE_PER_BATCH; i++) {
+        rc = mdb_cursor_get(c, &k, &v, MDB_FIRST);
+        if (rc || k.mv_size != 16)
+            break;
+        int64_t t = log_unbias(cairn_be64_get(k.mv_data));
+        if (t >= max_time - log->cfg.dedup_window_ns)
+            break;
+        uint64_t seq = cairn_be64_get((uint8_t *)k.mv_data + 8);
+        MDB_val dv;
+        if (mdb_get(log->itxn, log->dedup, &v, &dv) == 0 && dv.mv_size == 16 &&
+            cairn_be64_get(dv.mv_data) == seq && (rc = mdb_del(log->itxn, log->dedup, &v, NULL)))
+            break;
+        if ((rc = mdb_cursor_del(c, 0)))
+            break;
+    }
+    mdb_cursor_close(c);
+    return rc == MDB_NOTFOUND ? 0 : cairn_mdb_err(rc);
+}
+
+/* After the log commit: keep the batch (durable) or forget the index
+ * transaction (the batch is not in the log, and earlier ones are). */
+static int ix_settle(struct log *log, struct log_ix *x)
+{
+    int rc = x->put_rc;
+    if (x->durable && !rc) {
+        uint64_t head = x->head_seq;
+        for (size_t i = 0; i < x->n; i++)
+            if (!x->res[i].rc && !x->res[i].duplicate)
+                head = x->res[i].seq;
+        rc = dedup_prune(log, x->max_time);
+        if (!rc)
+            rc = log_index_mark(log, log->itxn, head);
+        if (!rc)
+            return log_index_added(log, x->n);
+    }
+    /* The batch is not in the log (the transaction holds its puts), or the
+     * index failed to take a durable batch. Either way the transaction
+     * goes, and the index is rebuilt from the log before the next check if
+     * it held (or missed) durable batches. */
+    bool lost = log->itxn_events > 0 || x->durable;
+    log_index_drop(log);
+    if (lost)
+        log->index_stale = true;
+    return rc;
+}
+
+static void *ix_main(void *arg)
+{
+    struct log *log = arg;
+    struct log_ix *x = log->ix;
+    pthread_mutex_lock(&x->mu);
+    for (;;) {
+        while (x->cmd == IX_NONE)
+            pthread_cond_wait(&x->cv, &x->mu);
+        enum ix_cmd cmd = x->cmd;
+        x->cmd = IX_NONE;
+        pthread_mutex_unlock(&x->mu);
+        int rc = 0;
+        if (cmd == IX_CHECK) {
+            rc = log->index_stale ? log_index_catch_up(log) : 0;
+            if (!rc)
+                rc = log_index_begin(log);
+            if (!rc)
+                rc = ix_decide(log, x);
+            /* answer, then put while the writer encodes and commits */
+            pthread_mutex_lock(&x->mu);
+            x->rc = rc;
+            x->putting = !rc;
+            x->busy = false;
+            pthread_cond_broadcast(&x->cv);
+            pthread_mutex_unlock(&x->mu);
+            if (!rc) {
+                int prc = ix_put(log, x);
+                pthread_mutex_lock(&x->mu);
+                x->put_rc = prc;
+                x->putting = false;
+                pthread_cond_broadcast(&x->cv);
+                pthread_mutex_unlock(&x->mu);
+            }
+            pthread_mutex_lock(&x->mu);
+            continue;
+        }
+        if (cmd == IX_CONFIRM)
+            rc = ix_settle(log, x);
+        else
+            rc = log_index_flush_here(log); /* IX_FLUSH, IX_STOP */
+        pthread_mutex_lock(&x->mu);
+        x->rc = rc;
+        x->busy = false;
+        pthread_cond_broadcast(&x->cv);
+        if (cmd == IX_STOP)
+            break;
+    }
+    pthread_mutex_unlock(&x->mu);
+    return NULL;
+}
+
+/* Posts a command and waits for its answer (for a check: the decisions;
+ * the puts go on). */
+static int ix_call(struct log *log, enum ix_cmd cmd)
+{
+    struct log_ix *x = log->ix;
+    pthread_mutex_lock(&x->mu);
+    while (x->busy || x->putting)
+        pthread_cond_wait(&x->cv, &x->mu);
+    x->cmd = cmd;
+    x->busy = true;
+    pthread_cond_broadcast(&x->cv);
+    while (x->busy)
+        pthread_cond_wait(&x->cv, &x->mu);
+    int rc = x->rc;
+    pthread_mutex_unlock(&x->mu);
+    return rc;
+}
+
+int log_ix_check(struct log *log, const struct log_input *in, struct log_result *res, size_t n,
+                 int64_t wall, int64_t *max_time)
+{
+    struct log_ix *x = log->ix;
+    x->in = in; /* the indexer is idle: ix_call waits for that before posting */
+    x->res = res;
+    x->n = n;
+    x->wall = wall;
+    x->max_time = *max_time;
+    x->head_seq = log->head_seq;
+    x->put_rc = 0;
+    int rc = ix_call(log, IX_CHECK);
+    *max_time = x->max_time;
+    return rc;
+}
+
+int log_ix_confirm(struct log *log, bool durable)
+{
+    log->ix->durable = durable;
+    return ix_call(log, IX_CONFIRM);
+}
+
+int log_index_flush(struct log *log)
+{
+    return log->ix ? ix_call(log, IX_FLUSH) : log_index_flush_here(log);
+}
+
+int log_ix_start(struct log *log)
+{
+    struct log_ix *x = calloc(1, sizeof *x);
+    if (!x)
+        return CAIRN_ENOMEM;
+    pthread_mutex_init(&x->mu, NULL);
+    pthread_cond_init(&x->cv, NULL);
+    log->ix = x;
+    if (pthread_create(&x->thread, NULL, ix_main, log)) {
+        pthread_mutex_destroy(&x->mu);
+        pthread_cond_destroy(&x->cv);
+        free(x);
+        log->ix = NULL;
+        return CAIRN_ENOMEM;
+    }
+    return 0;
+}
+
+void log_ix_stop(struct log *log)
+{
+    struct log_ix *x = log->ix;
+    if (!x)
+        return;
+    ix_call(log, IX_STOP);
+    pthread_join(x->thread, NULL);
+    pthread_mutex_destroy(&x->mu);
+    pthread_cond_destroy(&x->cv);
+    free(x);
+    log->ix = NULL;
 }
 
 /* Re-indexes (from, to] in one index transaction. */
@@ -289,8 +691,7 @@ void log_index_close(struct log *log)
     if (!log->ienv)
         return;
     MDB_txn *txn;
-    if (!log->cfg.readonly)
-        log_index_flush(log);
+    log_ix_stop(log); /* commits the open index transaction */
     /* A clean close: everything synced, so the index survives a reboot. */
     if (!log->cfg.readonly && !log->index_stale && !mdb_env_sync(cairn_env_mdb(log->ienv), 1) &&
         !cairn_env_write_begin(log->ienv, &txn)) {

@@ -166,6 +166,8 @@ int log_open(struct log **out, const struct log_config *cfg)
                        : cairn_env_write_commit(log->env, txn);
     if (rc || (rc = log_index_open(log)))
         goto fail;
+    if (!cfg->readonly && (rc = log_ix_start(log)))
+        goto fail;
     *out = log;
     return 0;
 fail:
@@ -209,126 +211,30 @@ const struct log_config *log_config(struct log *log)
 
 /* ====================================================================== appending */
 
-/* The seq of the last event of tenant + key in txn, 0 if none. */
-static int last_of(MDB_txn *txn, MDB_dbi keys, const struct cairn_str *tenant,
-                   const struct cairn_str *key, uint64_t *seq)
+/* Encodes and appends the decided inputs (log_ix_check) inside txn. */
+static int append_decided(struct log *log, MDB_txn *txn, const struct log_input *in,
+                          struct log_result *res, size_t n, int64_t now)
 {
-    uint8_t tk[1 + CAIRN_TENANT_MAX + CAIRN_KEY_MAX];
-    MDB_val k = {log_tenant_key(tk, tenant, key), tk}, v;
-    MDB_cursor *c;
-    int rc = mdb_cursor_open(txn, keys, &c);
-    if (rc)
-        return cairn_mdb_err(rc);
-    rc = mdb_cursor_get(c, &k, &v, MDB_SET);
-    if (!rc)
-        rc = mdb_cursor_get(c, &k, &v, MDB_LAST_DUP);
-    *seq = rc == 0 ? cairn_be64_get(v.mv_data) : 0;
-    mdb_cursor_close(c);
-    return rc == 0 || rc == MDB_NOTFOUND ? 0 : cairn_mdb_err(rc);
-}
-
-/* The dedup clock: the newest event time seen, but never ahead of the
- * writer's wall clock. Without the cap, one event dated in the future —
- * from any tenant — would expire every tenant's ids at once. Event times
- * are bounded (CAIRN_TIME_MIN/MAX), so the subtractions cannot overflow. */
-static int64_t dedup_clock(const struct log *log, int64_t t, int64_t wall)
-{
-    int64_t c = t > log->max_time ? t : log->max_time;
-    return c < wall ? c : wall;
-}
-
-/* 1 when the id was seen within the dedup window (res filled), 0 if not. */
-static int dedup_check(struct log *log, MDB_txn *txn, const struct log_input *in,
-                       struct log_result *res, int64_t wall)
-{
-    uint8_t dk[1 + CAIRN_TENANT_MAX + CAIRN_ID_MAX];
-    MDB_val k = {log_tenant_key(dk, &in->tenant, &in->id), dk}, v;
-    int rc = mdb_get(txn, log->dedup, &k, &v);
-    if (rc == MDB_NOTFOUND)
-        return 0;
-    if (rc)
-        return cairn_mdb_err(rc);
-    if (v.mv_size != 16)
-        return CAIRN_ECORRUPT;
-    int64_t t = log_unbias(cairn_be64_get((uint8_t *)v.mv_data + 8));
-    int64_t now = dedup_clock(log, in->time, wall);
-    if (t < now - log->cfg.dedup_window_ns)
-        return 0; /* expired: the id may be used again */
-    res->seq = cairn_be64_get(v.mv_data);
-    res->duplicate = true;
-    return 1;
-}
-
-/* Appends one input inside txn. A refusal (conflict, duplicate) is
- * reported in res and returns 0; a negative return aborts the batch. */
-static int append_one(struct log *log, MDB_txn *txn, MDB_txn *itxn, const struct log_input *in,
-                      struct log_result *res, int64_t now)
-{
-    memset(res, 0, sizeof *res);
-    int rc;
-    if (in->time < CAIRN_TIME_MIN || in->time > CAIRN_TIME_MAX)
-        return res->rc = CAIRN_EINVAL, 0; /* ingest refuses these; never trust it blindly */
-    if (in->id.n && (rc = dedup_check(log, itxn, in, res, now)) != 0)
-        return rc < 0 ? rc : 0;
-    if (in->expected_seq >= 0) {
-        uint64_t last;
-        if ((rc = last_of(itxn, log->keys, &in->tenant, &in->key, &last)))
-            return rc;
-        if (last != (uint64_t)in->expected_seq) {
-            res->rc = CAIRN_ECONFLICT;
-            res->actual_seq = last;
-            return 0;
-        }
+    for (size_t i = 0; i < n; i++) {
+        if (res[i].rc || res[i].duplicate)
+            continue;
+        uint64_t seq = res[i].seq;
+        assert(seq == log->head_seq + 1);
+        int64_t ingested = now > log->last_ingested ? now : log->last_ingested;
+        uint8_t hash[LOG_HASH_LEN], sk[8];
+        int rc =
+            log_envelope_encode(&log->enc, log->md, &in[i], seq, ingested, log->head_hash, hash);
+        if (rc)
+            return rc; /* ETOOBIG was decided before: any failure here aborts */
+        cairn_be64_put(sk, seq);
+        MDB_val k = {8, sk}, v = {log->enc.len - LOG_HASH_LEN, log->enc.data + LOG_HASH_LEN};
+        if ((rc = mdb_put(txn, log->events, &k, &v, MDB_APPEND)))
+            return cairn_mdb_err(rc);
+        log->head_seq = seq;
+        memcpy(log->head_hash, hash, LOG_HASH_LEN);
+        log->last_ingested = ingested;
     }
-    uint64_t seq = log->head_seq + 1;
-    int64_t ingested = now > log->last_ingested ? now : log->last_ingested;
-    uint8_t hash[LOG_HASH_LEN], sk[8];
-    rc = log_envelope_encode(&log->enc, log->md, in, seq, ingested, log->head_hash, hash);
-    if (rc == CAIRN_ETOOBIG) {
-        res->rc = rc;
-        return 0;
-    }
-    if (rc)
-        return rc;
-    cairn_be64_put(sk, seq);
-    MDB_val k = {8, sk}, v = {log->enc.len - LOG_HASH_LEN, log->enc.data + LOG_HASH_LEN};
-    if ((rc = mdb_put(txn, log->events, &k, &v, MDB_APPEND)))
-        return cairn_mdb_err(rc);
-    if ((rc = log_index_put(log, itxn, &in->tenant, &in->key, &in->id, in->time, seq)))
-        return rc;
-    log->head_seq = seq;
-    memcpy(log->head_hash, hash, LOG_HASH_LEN);
-    log->last_ingested = ingested;
-    log->max_time = dedup_clock(log, in->time, now);
-    res->seq = seq;
     return 0;
-}
-
-/* Forgets ids whose event time left the window, a bounded number a batch. */
-static int dedup_prune(struct log *log, MDB_txn *txn)
-{
-    MDB_cursor *c;
-    MDB_val k, v;
-    int rc = mdb_cursor_open(txn, log->dedup_at, &c);
-    if (rc)
-        return cairn_mdb_err(rc);
-    for (int i = 0; i < CAIRN_DEDUP_PRUNE_PER_BATCH; i++) {
-        rc = mdb_cursor_get(c, &k, &v, MDB_FIRST);
-        if (rc || k.mv_size != 16)
-            break;
-        int64_t t = log_unbias(cairn_be64_get(k.mv_data));
-        if (t >= log->max_time - log->cfg.dedup_window_ns)
-            break;
-        uint64_t seq = cairn_be64_get((uint8_t *)k.mv_data + 8);
-        MDB_val dv;
-        if (mdb_get(txn, log->dedup, &v, &dv) == 0 && dv.mv_size == 16 &&
-            cairn_be64_get(dv.mv_data) == seq && (rc = mdb_del(txn, log->dedup, &v, NULL)))
-            break;
-        if ((rc = mdb_cursor_del(c, 0)))
-            break;
-    }
-    mdb_cursor_close(c);
-    return rc == MDB_NOTFOUND ? 0 : cairn_mdb_err(rc);
 }
 
 static int write_meta(struct log *log, MDB_txn *txn)
@@ -346,9 +252,10 @@ static int write_meta(struct log *log, MDB_txn *txn)
     return cairn_mdb_err(rc);
 }
 
-/* One batch: the events and head in the log transaction (durable: it is
- * what producers are told), their index entries in the index transaction,
- * committed right after (index.c explains why it may lag). */
+/* One batch: the indexer decides it (duplicates, conflicts, seqs), then
+ * the events and head go into the log transaction (durable: it is what
+ * producers are told) while the indexer writes the batch's index entries
+ * (index.c explains why the index may lag the log). */
 static int append_try(struct log *log, const struct log_input *in, struct log_result *res, size_t n)
 {
     MDB_txn *txn;
@@ -357,37 +264,24 @@ static int append_try(struct log *log, const struct log_input *in, struct log_re
     int64_t max_time = log->max_time, last_ingested = log->last_ingested;
     memcpy(head_hash, log->head_hash, LOG_HASH_LEN);
 
-    int rc = log->index_stale ? log_index_catch_up(log) : 0;
-    if (rc || (rc = log_index_begin(log)))
-        return rc;
-    MDB_txn *itxn = log->itxn;
-    if ((rc = cairn_env_write_begin(log->env, &txn))) {
-        log_index_drop(log);
-        return rc;
+    int64_t now = cairn_now_ns(), new_max = max_time;
+    int rc = log_ix_check(log, in, res, n, now, &new_max);
+    if (!rc && !(rc = cairn_env_write_begin(log->env, &txn))) {
+        rc = append_decided(log, txn, in, res, n, now);
+        log->max_time = new_max;
+        if (!rc && log->head_seq != head_seq)
+            rc = write_meta(log, txn);
+        if (rc)
+            cairn_env_write_abort(log->env, txn);
+        else
+            rc = cairn_env_write_commit(log->env, txn);
     }
-    int64_t now = cairn_now_ns();
-    for (size_t i = 0; i < n && !rc; i++)
-        rc = append_one(log, txn, itxn, &in[i], &res[i], now);
-    if (!rc && log->head_seq != head_seq)
-        rc = write_meta(log, txn);
+    /* The index follows the log: it keeps a durable batch (a failure there
+     * only means it lags, and it is rebuilt from the log) and drops one
+     * that is not. */
+    log_ix_confirm(log, rc == 0);
     if (!rc)
-        rc = dedup_prune(log, itxn);
-    if (!rc)
-        rc = log_index_mark(log, itxn, log->head_seq);
-    if (rc) {
-        cairn_env_write_abort(log->env, txn);
-        log_index_drop(log);
-        goto fail;
-    }
-    if ((rc = cairn_env_write_commit(log->env, txn))) {
-        log_index_drop(log);
-        goto fail;
-    }
-    /* The batch is durable. An index failure only means the index lags:
-     * it is rebuilt from the log before the next append. */
-    log_index_added(log, n);
-    return 0;
-fail:
+        return 0;
     /* Nothing of this batch is durable: forget it. */
     log->head_seq = head_seq;
     memcpy(log->head_hash, head_hash, LOG_HASH_LEN);
@@ -536,7 +430,7 @@ int log_snap_last_of(struct log_snap *s, const struct cairn_str *tenant,
         *seq = 0;
         return 0;
     }
-    if (rc || (rc = last_of(itxn, s->log->keys, tenant, key, seq)))
+    if (rc || (rc = log_last_of(itxn, s->log->keys, tenant, key, seq)))
         return rc;
     /* Then the events the index does not cover yet. */
     uint8_t tk[1 + CAIRN_TENANT_MAX + CAIRN_KEY_MAX];

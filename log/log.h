@@ -62,10 +62,10 @@ struct log_config {
 /* Opens the log. Checks the format version and reads the head. */
 int log_open(struct log **out, const struct log_config *cfg);
 /* Commits the index entries of the appends so far (the writer does this
- * when its queue empties, and when it starts and stops, because an LMDB
- * write transaction belongs to one thread; log_append when
- * CAIRN_INDEX_COMMIT_* is reached; log_close always). A failure only leaves the index behind the
- * log: it is rebuilt from the log before the next append. Appending thread only. */
+ * when its queue empties and when it stops; the indexer thread when
+ * CAIRN_INDEX_COMMIT_* is reached; log_close always). A failure only leaves
+ * the index behind the log: it is rebuilt from the log before the next
+ * append. Any thread; waits for the indexer. */
 int log_index_flush(struct log *log);
 /* Closes the log. Any writer must be stopped first. */
 void log_close(struct log *log);

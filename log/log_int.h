@@ -19,8 +19,10 @@ struct log {
     struct cairn_env *ienv; /* DATA/log/index (NULL: a reader found none) */
     MDB_dbi keys, dedup, dedup_at, imeta; /* in ienv: derived, see index.c */
     bool index_stale;                     /* the index lags the log: catch up before use */
-    /* The open index transaction (writer thread only), kept across group
-     * commits until log_index_flush: see CAIRN_INDEX_COMMIT_*. */
+    /* The open index transaction, kept across group commits (see
+     * CAIRN_INDEX_COMMIT_*), begun, used and ended on the indexer thread
+     * only (index.c); NULL ix: a reader, or before the thread starts. */
+    struct log_ix *ix;
     MDB_txn *itxn;
     uint64_t itxn_events; /* events it holds that are not committed */
     int64_t itxn_began;   /* CLOCK_MONOTONIC ns */
@@ -62,6 +64,22 @@ int log_index_begin(struct log *log);
 /* Counts n appended events into the open index transaction and commits
  * it when CAIRN_INDEX_COMMIT_* is reached. */
 int log_index_added(struct log *log, size_t n);
+/* Commits the open index transaction in the calling thread. */
+int log_index_flush_here(struct log *log);
+/* The indexer thread: started by log_open for a writer, stopped (after
+ * committing) by log_index_close. */
+int log_ix_start(struct log *log);
+void log_ix_stop(struct log *log);
+/* Decides a batch (duplicates, conflicts, seqs from log->head_seq) into
+ * res; *max_time is the dedup clock before, then after the batch. The
+ * indexer then writes the batch's entries while the caller commits. */
+int log_ix_check(struct log *log, const struct log_input *in, struct log_result *res, size_t n,
+                 int64_t wall, int64_t *max_time);
+/* After the log commit (durable or not): the indexer keeps or drops it. */
+int log_ix_confirm(struct log *log, bool durable);
+/* The seq of the last event of tenant + key in txn (0: none). */
+int log_last_of(MDB_txn *txn, MDB_dbi keys, const struct cairn_str *tenant,
+                const struct cairn_str *key, uint64_t *seq);
 /* Forgets the open index transaction (a failed batch may have added to
  * it): the index is then re-indexed from the log before the next append. */
 void log_index_drop(struct log *log);

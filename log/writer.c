@@ -152,9 +152,7 @@ static void *writer_main(void *arg)
         }
     }
     pthread_mutex_unlock(&w->mu);
-    /* An LMDB write transaction belongs to the thread that began it: hand
-     * the log back with none open. */
-    log_index_flush(w->log);
+    log_index_flush(w->log); /* leave the index caught up with the log */
     return NULL;
 }
 
@@ -182,7 +180,6 @@ int log_writer_start(struct log_writer **out, struct log *log, log_commit_fn on_
     pthread_mutex_init(&w->mu, NULL);
     pthread_cond_init(&w->nonempty, NULL);
     pthread_cond_init(&w->nonfull, NULL);
-    log_index_flush(log); /* the writer thread begins its own index transaction */
     if (pthread_create(&w->thread, NULL, writer_main, w)) {
         pthread_mutex_destroy(&w->mu);
         pthread_cond_destroy(&w->nonempty);
