@@ -9,14 +9,15 @@
  * ten times the data. They can always be rebuilt from the log, so:
  *
  *  - the log (events, head) commits durably first: that is what is acked;
- *  - the index is written in the same writer thread, in one transaction
+ *  - the index is written by the indexer thread (below), in one transaction
  *    that spans many group commits: it commits (MDB_NOSYNC: its pages reach
  *    the disk when the OS writes them back) every CAIRN_INDEX_COMMIT_EVENTS
  *    events or CAIRN_INDEX_COMMIT_NS, and whenever the writer's queue
  *    empties. Each random-key B-tree page is then copied and written once
  *    per index commit instead of once per group commit (most pages are
- *    touched by many batches). The writer reads its own open transaction
- *    (dedup, expected_seq), so it never sees a stale index; other readers
+ *    touched by many batches). Duplicates and expected_seq are decided by
+ *    the indexer in that open transaction, so never against a stale
+ *    index; other readers
  *    see the last index commit and scan the log past `meta.indexed`
  *    (log.c: entity reads), so they never miss an event either;
  *  - `meta.indexed` (in the index) says how far it covers the log. After a
