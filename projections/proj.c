@@ -373,6 +373,13 @@ static bool emits_type(const struct handler *h, const char *type)
 
 static int encode_derived(struct cairn_buf *b, const struct proj_derived *d)
 {
+    /* The payload must be one msgpack map and nothing else: consumers
+     * decode it (only when one consumes the type, so it is checked here,
+     * before it is written, not at decoding). */
+    const uint8_t *pl = d->payload;
+    if (!d->payload_len || mp_raw_len(pl, d->payload_len) != d->payload_len ||
+        !((pl[0] & 0xf0) == 0x80 || pl[0] == 0xde || pl[0] == 0xdf))
+        return CAIRN_EINVAL;
     cairn_buf_reset(b);
     int rc = cairn_buf_reserve(b, d->stream.n + d->type.n + d->tenant.n + d->key.n +
                                       d->payload_len + 12 * MPD_HDR_MAX + 64);
