@@ -100,6 +100,7 @@ struct gf {
     size_t dcap, dused, dbytes;
     struct gdev **dirty; /* changed since the last write-back */
     size_t ndirty, dirtycap;
+    size_t dev_max; /* records the table holds (config device_cache_max) */
 };
 
 static struct gf *self(struct hctx *ctx)
@@ -289,8 +290,9 @@ static int slot_alloc(struct gf *g, uint32_t *out)
  * the DBI, so it survives commits; an aborted transaction drops it with
  * the handler (the engine's close/open). Readers of geofence.dev inside
  * apply (roam, delete) go through the table too. Bounded: past
- * GF_DEV_CACHE_MAX records or GF_DEV_CACHE_BYTES, the dirty records are
- * written and the table is emptied (in apply, between two fixes).
+ * device_cache_max records (config; default and ceiling GF_DEV_CACHE_MAX)
+ * or GF_DEV_CACHE_BYTES, the dirty records are written and the table is
+ * emptied (in apply, between two fixes).
  */
 struct gdev {
     uint64_t h;
@@ -394,7 +396,7 @@ static int dev_get(struct hctx *ctx, const struct gf_key *k, struct gdev **out)
         return 0;
     }
     int rc = 0;
-    if (g->dused >= GF_DEV_CACHE_MAX || g->dbytes >= GF_DEV_CACHE_BYTES) {
+    if (g->dused >= g->dev_max || g->dbytes >= GF_DEV_CACHE_BYTES) {
         if ((rc = dev_writeback(ctx)))
             return rc;
         dev_drop(g);
@@ -658,6 +660,11 @@ static int gf_open(struct hctx *ctx)
     g->free_head = UINT32_MAX;
     cairn_buf_init(&g->rec, 1u << 20);
     cairn_buf_init(&g->tmp, CAIRN_PAYLOAD_MAX_CEILING);
+    const json_t *dm = json_object_get(hctx_config(ctx), "device_cache_max");
+    g->dev_max = json_is_integer(dm) && json_integer_value(dm) >= 1 &&
+                         json_integer_value(dm) < GF_DEV_CACHE_MAX
+                     ? (size_t)json_integer_value(dm)
+                     : GF_DEV_CACHE_MAX;
     const json_t *ar = json_object_get(hctx_config(ctx), "arrival_radius_m");
     g->arrival_default = json_is_number(ar) && json_number_value(ar) > 0
                              ? json_number_value(ar)

@@ -3,7 +3,8 @@
 # (enter / exit / cross in exactly that order), GPS jitter on a border with
 # hysteresis (no flapping), dwell, redefinition and deletion, inside and
 # outside, late fixes, roam pairs, order arrival, bad geometries refused at
-# ingest with their reason, and replay determinism.
+# ingest with their reason, replay determinism, and the same results with
+# a device table small enough to be emptied between fixes.
 set -euo pipefail
 . "$CAIRN_SOURCE_DIR/tests/handlers/lib.sh"
 
@@ -139,3 +140,13 @@ echo "ok bad geometries refused with their reason"
 
 replay_matches
 chunks_match "$F"
+
+# A device table of 2 records is written back and emptied between fixes
+# (handlers.geofence.device_cache_max): the same state and stream.
+echo '{"handlers": {"geofence": {"device_cache_max": 2}}}' >"$WORK/small.json"
+DATA_DIR=$WORK/small cairn append "$F" --engine --config "$WORK/small.json" >/dev/null
+[ "$(DATA_DIR=$WORK/small cairn digest)" = "$(cairn digest)" ] ||
+    fail "a 2-record device table gives another state"
+[ "$(DATA_DIR=$WORK/small cairn stream geofence | md5sum)" = "$(cairn stream geofence | md5sum)" ] ||
+    fail "a 2-record device table gives other events"
+echo "ok a 2-record device table gives the same state and events"
