@@ -282,11 +282,12 @@ static int slot_alloc(struct gf *g, uint32_t *out)
 
 /*
  * Every fix reads and rewrites its device's record (position, time,
- * memberships). Through LMDB that was a get and a put per fix, a third of
- * the handler's time. Instead the records live in memory, keyed and
- * encoded exactly like geofence.dev, and the ones a state transaction
+ * memberships). Through LMDB that was a get and a put per fix, a fifth of
+ * the handler's instructions. Instead the records live in memory, keyed
+ * and encoded exactly like geofence.dev, and the ones a state transaction
  * changed are written back once per transaction, in flush (sorted by key,
- * so the puts walk the B-tree in order). After each flush the table equals
+ * so the puts walk the B-tree in order): the get is gone, and a device
+ * reporting several times in one transaction is put once. After each flush the table equals
  * the DBI, so it survives commits; an aborted transaction drops it with
  * the handler (the engine's close/open). Readers of geofence.dev inside
  * apply (roam, delete) go through the table too. Bounded: past
