@@ -33,7 +33,9 @@ struct sse {
     size_t key_n, tenant_n;
     bool by_type, by_key, any_tenant;
     char tenant[CAIRN_TENANT_MAX + 1];
-    uint64_t round; /* the last wake-up round that pumped it */
+    uint64_t round;  /* the last wake-up round that pumped it */
+    bool overflowed; /* sent its final "overflow": nothing more is written */
+    uint64_t unsent; /* during a pump: `next` before this round's output */
     struct sse *prev, *nxt;
 };
 
@@ -54,6 +56,7 @@ static void overflow(struct sse *s)
     char msg[128];
     int n = snprintf(msg, sizeof msg, "event: overflow\ndata: {\"resume_from\":%llu}\n\n",
                      (unsigned long long)s->next);
+    s->overflowed = true; /* the connection ends (lingering) after this */
     http_write_final(s->c, msg, (size_t)n);
 }
 
@@ -94,8 +97,10 @@ static bool pump_stream(struct api *a, struct sse **sub, struct cairn_buf *out, 
         free(full);
         return false;
     }
-    for (size_t i = 0; i < n; i++)
+    for (size_t i = 0; i < n; i++) {
         from = sub[i]->next < from ? sub[i]->next : from;
+        sub[i]->unsent = sub[i]->next; /* where out[i] starts: see flush */
+    }
     struct cairn_buf frame;
     cairn_buf_init(&frame, API_SSE_BUFFER_MAX);
     if (!proj_snap_dbi(snap, sub[0]->dbi, &dbi) &&
@@ -140,9 +145,10 @@ static void flush(struct sse **sub, struct cairn_buf *out, size_t n)
         if (out[i].len) {
             size_t queued = uv_stream_get_write_queue_size((uv_stream_t *)&s->c->tcp);
             /* s may be freed by a failed write: not touched after */
-            if (queued + out[i].len > API_SSE_BUFFER_MAX)
+            if (queued + out[i].len > API_SSE_BUFFER_MAX) {
+                s->next = s->unsent; /* out[i] is dropped: resume from its first event */
                 overflow(s);
-            else
+            } else
                 http_write_raw(s->c, out[i].data, out[i].len);
         }
         cairn_buf_deinit(&out[i]);
@@ -224,7 +230,7 @@ void sse_wake_all(struct api *a)
         struct sse *first = NULL;
         size_t n = 0;
         for (struct sse *s = a->subs; s; s = s->nxt) {
-            if (s->round == round || s->c->closing)
+            if (s->round == round || s->c->closing || s->overflowed)
                 continue;
             if (!first)
                 first = s;
@@ -255,7 +261,8 @@ void sse_heartbeat(struct api *a)
     static const char beat[] = ": heartbeat\n\n";
     for (struct sse *s = a->subs, *next; s; s = next) {
         next = s->nxt;
-        http_write_raw(s->c, beat, sizeof beat - 1);
+        if (!s->overflowed)
+            http_write_raw(s->c, beat, sizeof beat - 1);
     }
 }
 

@@ -196,4 +196,27 @@ get "$A" /v1/streams/devices
 expect_status "the JSON page is not limited" 200
 stop_server
 wait "$only" 2>/dev/null || true
+
+# A subscriber that does not read while more than 4 MiB of frames pile up
+# gets a final "event: overflow" with the id to resume from, and the
+# connection ends with a close (lingering), not a reset.
+echo '{}' >"$CONFIG"
+start_server
+printf 'GET /v1/streams/subscriptions HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer %s\r\nAccept: text/event-stream\r\n\r\n' "$A" >"$WORK/slow.req"
+node "$API_HERE/slow_reader.js" "$PORT" "$WORK/slow.req" 12000 >"$WORK/slow.out" 2>"$WORK/slow.err" &
+slow=$!
+awk 'BEGIN { for (i = 0; i < 30000; i++) printf "{\"type\":\"payment\",\"payload\":{\"id\":\"evt_%07d\",\"object\":\"event\",\"type\":\"invoice.payment_failed\",\"created\":1795255200,\"livemode\":false,\"data\":{\"object\":{\"id\":\"in_%07d\",\"object\":\"invoice\",\"customer\":\"cus_%07d\",\"status\":\"open\",\"amount_due\":2900,\"amount_paid\":0,\"currency\":\"eur\",\"attempt_count\":1}}}}\n", i, i, i }' >"$WORK/pay.ndjson"
+split -l 5000 "$WORK/pay.ndjson" "$WORK/pay."
+for f in "$WORK"/pay.a?; do
+    post_file "$A_ING" application/x-ndjson "$f" -o /dev/null
+done
+wait "$slow" || true
+last=$(grep -a '^event: ' "$WORK/slow.out" | tail -n 1)
+eq "a subscriber more than 4 MiB behind: the last event is overflow" "$last" "event: overflow"
+resume=$(grep -a -A1 '^event: overflow' "$WORK/slow.out" | sed -n 's/^data: //p' | jq -r .resume_from)
+lastid=$(grep -a '^id: ' "$WORK/slow.out" | tail -n 1 | cut -d' ' -f2)
+eq "... resume_from is the id after the last one sent" "$resume" "$((lastid + 1))"
+check "... and the connection ended with a close, not a reset ($(cat "$WORK/slow.err"))" [ ! -s "$WORK/slow.err" ]
+server_alive "after the overflow"
+stop_server
 finish
