@@ -272,15 +272,6 @@ int cairn_msgpack_to_jansson(const uint8_t *p, size_t n, json_t **out, size_t *u
 
 /* ====================================================================== canonical reader */
 
-int cairn_rd_key(struct cairn_rd *r, const char *name)
-{
-    size_t n = strlen(name);
-    if (r->end - r->p < (ptrdiff_t)(n + 1) || r->p[0] != (0xa0 | n) || memcmp(r->p + 1, name, n))
-        return CAIRN_ECORRUPT;
-    r->p += n + 1;
-    return 0;
-}
-
 static int rd_be(struct cairn_rd *r, unsigned w, uint64_t *v)
 {
     if (r->end - r->p < (ptrdiff_t)w)
