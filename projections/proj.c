@@ -22,6 +22,7 @@ struct proj {
     MDB_txn *txn;           /* the open write transaction, if any */
     unsigned gen;           /* bumped by every proj_begin */
     uint64_t checkpoint;    /* last committed */
+    uint64_t writes;        /* puts and deletes in the open transaction */
     pthread_mutex_t dbi_mu; /* guards the handle cache below */
     /* Every named DBI of the environment with its handle, opened for the
      * whole environment so any later snapshot may use it. */
@@ -135,6 +136,11 @@ struct cairn_env *proj_env(struct proj *p)
     return p->env;
 }
 
+uint64_t proj_txn_writes(const struct proj *p)
+{
+    return p->writes;
+}
+
 uint64_t proj_checkpoint(struct proj *p)
 {
     return p->checkpoint;
@@ -146,6 +152,7 @@ int proj_begin(struct proj *p)
 {
     assert(!p->txn && !p->readonly);
     p->gen++;
+    p->writes = 0;
     return cairn_env_write_begin(p->env, &p->txn);
 }
 
@@ -282,6 +289,7 @@ int hctx_put(struct hctx *ctx, unsigned db, const void *k, size_t kn, const void
 {
     assert(db < ctx->ndbs);
     MDB_val key = {kn, (void *)k}, val = {vn, (void *)v};
+    ctx->p->writes++;
     return cairn_mdb_err(mdb_put(ctx->p->txn, ctx->dbs[db], &key, &val, 0));
 }
 
@@ -289,6 +297,7 @@ int hctx_del(struct hctx *ctx, unsigned db, const void *k, size_t kn)
 {
     assert(db < ctx->ndbs);
     MDB_val key = {kn, (void *)k};
+    ctx->p->writes++;
     int rc = mdb_del(ctx->p->txn, ctx->dbs[db], &key, NULL);
     return rc == MDB_NOTFOUND ? 0 : cairn_mdb_err(rc);
 }
@@ -475,6 +484,7 @@ int hctx_emit(struct hctx *ctx, const struct event *cause, const char *type,
     uint8_t k8[8];
     cairn_be64_put(k8, d.dseq);
     MDB_val k = {8, k8}, v = {ctx->enc.len, ctx->enc.data};
+    ctx->p->writes++;
     if ((rc = cairn_mdb_err(mdb_put(ctx->p->txn, ctx->stream, &k, &v, MDB_APPEND))))
         return rc;
     ctx->stream_head = d.dseq;

@@ -56,6 +56,9 @@ void proj_abort(struct proj *p);
 int proj_grow(struct proj *p);
 /* The last committed checkpoint (0: nothing applied). */
 uint64_t proj_checkpoint(struct proj *p);
+/* Puts and deletes handlers made in the open transaction (hctx_put, hctx_del,
+ * derived events): how big it is getting. */
+uint64_t proj_txn_writes(const struct proj *p);
 
 /* A handler's context. Created once; its DBIs are opened by the
  * handler's open() inside a proj_begin/proj_commit pair. */
