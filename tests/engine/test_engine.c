@@ -868,6 +868,67 @@ static uint64_t cnt_total(struct engine *eng)
     return total;
 }
 
+/* A handler writing a lot per input: 50 000 puts each, so a catch-up of 8
+ * inputs must end transactions early (APPLY_WRITES_MAX), each with its
+ * flush and checkpoint, and still apply every input exactly once. */
+static unsigned wide_db;
+static unsigned wide_flushes;
+
+static int wide_open(struct hctx *ctx)
+{
+    return hctx_db(ctx, "rows", 0, &wide_db);
+}
+
+static int wide_apply(struct hctx *ctx, const struct event *ev)
+{
+    uint8_t k[16];
+    cairn_be64_put(k, ev->seq);
+    for (uint64_t i = 0; i < 50000; i++) {
+        cairn_be64_put(k + 8, i);
+        int rc = hctx_put(ctx, wide_db, k, sizeof k, "", 0);
+        if (rc)
+            return rc;
+    }
+    return 0;
+}
+
+static int wide_flush(struct hctx *ctx)
+{
+    (void)ctx;
+    wide_flushes++;
+    return 0;
+}
+
+static const struct handler wide_handler = {.version = HANDLER_VERSION,
+                                            .name = "wide",
+                                            .consumes = LIST("in"),
+                                            .open = wide_open,
+                                            .apply = wide_apply,
+                                            .flush = wide_flush};
+
+static void test_write_bounded_transactions(void **state)
+{
+    const char *dir = *state;
+    const struct handler *const table[] = {&wide_handler, NULL};
+    struct engine_config cfg = config_for(dir, table);
+    struct engine *eng = open_engine(&cfg);
+    append_inputs(engine_log(eng), 1, 8);
+    wide_flushes = 0;
+    assert_int_equal(engine_catch_up(eng, 0), 0);
+    assert_int_equal(proj_checkpoint(engine_proj(eng)), 8);
+    /* 400 000 writes: more than one transaction, at most one per input */
+    assert_true(wide_flushes >= 3 && wide_flushes <= 8);
+    struct proj_snap *s;
+    MDB_dbi dbi;
+    MDB_stat st;
+    assert_int_equal(proj_snap_begin(engine_proj(eng), &s), 0);
+    assert_int_equal(proj_snap_dbi(s, "wide.rows", &dbi), 0);
+    assert_int_equal(mdb_stat(proj_snap_txn(s), dbi, &st), 0);
+    assert_int_equal(st.ms_entries, 8 * 50000);
+    proj_snap_end(s);
+    engine_close(eng);
+}
+
 static void test_exactly_once(void **state)
 {
     const char *dir = *state;
@@ -1069,6 +1130,7 @@ int main(void)
         cmocka_unit_test(test_order_random_dags),
         cmocka_unit_test_setup_teardown(test_dispatch, dir_setup, dir_teardown),
         cmocka_unit_test_setup_teardown(test_exactly_once, dir_setup, dir_teardown),
+        cmocka_unit_test_setup_teardown(test_write_bounded_transactions, dir_setup, dir_teardown),
         cmocka_unit_test_setup_teardown(test_abort_reopens_handlers, dir_setup, dir_teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
