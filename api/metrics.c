@@ -156,6 +156,17 @@ static void render_http(struct api *a, struct cairn_buf *b)
                 cairn_buf_printf(b, "cairn_http_requests_total{route=\"%s\",code=\"%dxx\"} %llu\n",
                                  (size_t)r < routes_count() ? routes_name(r) : "none", c,
                                  (unsigned long long)a->http_counts[r][c]);
+    if (a->jwt) {
+        uint64_t hits, misses;
+        api_jwt_stats(a->jwt, &hits, &misses);
+        cairn_buf_printf(b,
+                         "# HELP cairn_jwt_cache_total Bearer tokens answered from the cache of "
+                         "verified tokens (hit) or verified in full (miss).\n"
+                         "# TYPE cairn_jwt_cache_total counter\n"
+                         "cairn_jwt_cache_total{result=\"hit\"} %llu\n"
+                         "cairn_jwt_cache_total{result=\"miss\"} %llu\n",
+                         (unsigned long long)hits, (unsigned long long)misses);
+    }
     gauge(b, "cairn_sse_subscribers", "Open SSE subscriptions.", a->nsubs);
     gauge(b, "cairn_http_connections", "Open HTTP connections.", a->nconns);
 }

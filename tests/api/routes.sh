@@ -262,6 +262,8 @@ check "metrics: events by type" grep -qx 'cairn_ingest_events_total{type="teleme
 check "metrics: rejections by reason" grep -qx 'cairn_rejected_total{reason="reserved_type"} 2' <<<"$BODY"
 check "metrics: requests by route" grep -q '^cairn_http_requests_total{route="events",code="2xx"} ' <<<"$BODY"
 check "metrics: duplicates" grep -qx 'cairn_log_duplicates_total 2' <<<"$BODY"
+check "metrics: the token cache answered repeated tokens" \
+    awk '$1 == "cairn_jwt_cache_total{result=\"hit\"}" && $2 > 0 { ok = 1 } END { exit !ok }' <<<"$BODY"
 
 # ---------------------------------------------------------------- ?min_seq: read your writes
 
