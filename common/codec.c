@@ -34,6 +34,10 @@ size_t cairn_fmt_double(double d, char *out, size_t cap)
     return (size_t)n;
 }
 
+/* msgpack-c gives an empty string a NULL pointer: never pass that to
+ * memcpy/memcmp or jansson, even with a length of 0. */
+#define MP_STR_PTR(o) ((o)->via.str.size ? (o)->via.str.ptr : "")
+
 /* ====================================================================== JSON -> msgpack */
 
 static int pack_json(msgpack_packer *pk, const json_t *v, int depth, int max, struct cairn_error *e)
@@ -118,7 +122,7 @@ static int obj_to_json(const msgpack_object *o, struct cairn_buf *out, int depth
         if (!isfinite(o->via.f64))
             return cairn_buf_append(out, "null", 4);
         return cairn_buf_append(out, tmp, cairn_fmt_double(o->via.f64, tmp, sizeof tmp));
-    case MSGPACK_OBJECT_STR: return cairn_buf_json_str(out, o->via.str.ptr, o->via.str.size);
+    case MSGPACK_OBJECT_STR: return cairn_buf_json_str(out, MP_STR_PTR(o), o->via.str.size);
     case MSGPACK_OBJECT_BIN: {
         rc = cairn_buf_reserve(out, (size_t)o->via.bin.size * 2 + 3);
         if (rc)
@@ -147,7 +151,7 @@ static int obj_to_json(const msgpack_object *o, struct cairn_buf *out, int depth
             if (i)
                 rc = cairn_buf_putc(out, ',');
             if (!rc)
-                rc = cairn_buf_json_str(out, kv->key.via.str.ptr, kv->key.via.str.size);
+                rc = cairn_buf_json_str(out, MP_STR_PTR(&kv->key), kv->key.via.str.size);
             if (!rc)
                 rc = cairn_buf_putc(out, ':');
             if (!rc)
@@ -199,8 +203,8 @@ static json_t *obj_to_jansson(const msgpack_object *o, int depth, struct cairn_e
         }
         return json_real(o->via.f64);
     case MSGPACK_OBJECT_STR: {
-        json_t *s = json_stringn(o->via.str.ptr, o->via.str.size);
-        if (!s && !cairn_utf8_valid((const uint8_t *)o->via.str.ptr, o->via.str.size))
+        json_t *s = json_stringn(MP_STR_PTR(o), o->via.str.size);
+        if (!s && !cairn_utf8_valid((const uint8_t *)MP_STR_PTR(o), o->via.str.size))
             cairn_error_set(e, "invalid_utf8", "", "strings must be valid UTF-8");
         return s;
     }
@@ -219,8 +223,8 @@ static json_t *obj_to_jansson(const msgpack_object *o, int depth, struct cairn_e
         json_t *m = json_object();
         for (uint32_t i = 0; m && i < o->via.map.size; i++) {
             const msgpack_object_kv *kv = &o->via.map.ptr[i];
-            const char *k = kv->key.via.str.ptr;
             size_t kn = kv->key.via.str.size;
+            const char *k = MP_STR_PTR(&kv->key);
             if (kv->key.type != MSGPACK_OBJECT_STR) {
                 cairn_error_set(e, "wrong_type", "", "map keys must be strings");
                 json_decref(m);
@@ -363,6 +367,8 @@ static size_t utf8_seq(const uint8_t *p, const uint8_t *end)
 
 bool cairn_utf8_valid(const uint8_t *p, size_t n)
 {
+    if (!n)
+        return true; /* p may be NULL (msgpack-c's empty strings) */
     const uint8_t *end = p + n;
     while (p < end) {
         if (*p < 0x80) { /* ASCII runs are the common case */

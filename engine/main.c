@@ -26,7 +26,7 @@ static const char usage[] =
     "        [--insecure-no-auth] [--tick-interval-ms N]\n"
     "                           run the daemon: HTTP API, writer, ticks\n"
     "  token --tenant T --role R[,R] [--ttl S] [--jwt-secret-file F]\n"
-    "                           mint a bearer token (roles: ingest, read, audit, admin)\n"
+    "                           mint a bearer token (roles: ingest, read, audit, metrics, admin)\n"
     "  replay [--to SEQ] [--into DIR]\n"
     "                           rebuild the state from the log\n"
     "  digest [--state DIR]     print {checkpoint, digest} of the state\n"

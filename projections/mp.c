@@ -34,7 +34,7 @@ const msgpack_object *mp_get(const msgpack_object *map, const char *key)
     for (uint32_t i = 0; i < map->via.map.size; i++) {
         const msgpack_object *k = &map->via.map.ptr[i].key;
         if (k->type == MSGPACK_OBJECT_STR && k->via.str.size == n &&
-            !memcmp(k->via.str.ptr, key, n))
+            !memcmp(k->via.str.size ? k->via.str.ptr : "", key, n))
             return &map->via.map.ptr[i].val;
     }
     return NULL;
@@ -54,7 +54,8 @@ bool mp_str(const msgpack_object *o, struct cairn_str *out)
 {
     if (!o || o->type != MSGPACK_OBJECT_STR)
         return false;
-    *out = (struct cairn_str){o->via.str.ptr, o->via.str.size};
+    /* msgpack-c gives an empty string a NULL pointer */
+    *out = (struct cairn_str){o->via.str.size ? o->via.str.ptr : "", o->via.str.size};
     return true;
 }
 
@@ -62,7 +63,7 @@ bool mp_str_eq(const msgpack_object *o, const char *s)
 {
     size_t n = strlen(s);
     return o && o->type == MSGPACK_OBJECT_STR && o->via.str.size == n &&
-           !memcmp(o->via.str.ptr, s, n);
+           !memcmp(o->via.str.size ? o->via.str.ptr : "", s, n);
 }
 
 bool mp_num(const msgpack_object *o, double *out)

@@ -270,7 +270,7 @@ static const msgpack_object *mp_member(const msgpack_object *map, const char *ke
     for (uint32_t i = 0; i < map->via.map.size; i++) {
         const msgpack_object *k = &map->via.map.ptr[i].key;
         if (k->type == MSGPACK_OBJECT_STR && k->via.str.size == n &&
-            !memcmp(k->via.str.ptr, key, n))
+            !memcmp(k->via.str.size ? k->via.str.ptr : "", key, n))
             return &map->via.map.ptr[i].val;
     }
     return NULL;
@@ -290,7 +290,8 @@ static bool same(const json_t *a, const msgpack_object *b)
     case JSON_FALSE: return b->type == MSGPACK_OBJECT_BOOLEAN && !b->via.boolean;
     case JSON_STRING:
         return b->type == MSGPACK_OBJECT_STR && json_string_length(a) == b->via.str.size &&
-               memcmp(json_string_value(a), b->via.str.ptr, b->via.str.size) == 0;
+               memcmp(json_string_value(a), b->via.str.size ? b->via.str.ptr : "",
+                      b->via.str.size) == 0;
     case JSON_ARRAY:
         if (b->type != MSGPACK_OBJECT_ARRAY || json_array_size(a) != b->via.array.size)
             return false;
@@ -1141,7 +1142,7 @@ static const char *plural(size_t n)
 
 static int check_string(struct vctx *c, const struct node *n, const msgpack_object *v)
 {
-    const char *s = v->via.str.ptr;
+    const char *s = v->via.str.size ? v->via.str.ptr : ""; /* msgpack-c: NULL when empty */
     size_t len = v->via.str.size;
     if (n->min_len > 0 || n->max_len != SIZE_MAX) {
         size_t cp = utf8_count(s, len);
@@ -1198,7 +1199,8 @@ static int check_additional(struct vctx *c, const struct node *n, const msgpack_
 {
     for (uint32_t i = 0; i < v->via.map.size; i++) {
         const msgpack_object_kv *kv = &v->via.map.ptr[i];
-        struct seg s = {.key = kv->key.via.str.ptr, .len = kv->key.via.str.size};
+        struct seg s = {.key = kv->key.via.str.size ? kv->key.via.str.ptr : "",
+                        .len = kv->key.via.str.size};
         if (n->props_doc && json_object_getn(n->props_doc, s.key, s.len))
             continue;
         int r = n->additional->never ? fail_at(c, &s, "unknown_field", "is not allowed")

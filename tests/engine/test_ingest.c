@@ -717,6 +717,9 @@ static void test_msgpack_json_agree(void **state)
         "{\"type\":\"telemetry\",\"tenant\":\"acme\",\"expected_seq\":-1,\"payload\":{}}",
         "{\"type\":\"metric\",\"tenant\":\"acme\",\"payload\":{\"name\":\"m\",\"value\":1,"
         "\"labels\":{\"z\":\"1\",\"a\":\"q\\\"\\n\\\\\",\"m\":\"\"}}}",
+        "{\"type\":\"telemetry\",\"tenant\":\"acme\",\"payload\":{\"device_id\":\"d\","
+        "\"event_type\":\"reading\",\"data\":{\"\":\"\",\"e\":[\"\",{\"\":[]}]}}}",
+        "{\"\":1,\"type\":\"telemetry\",\"tenant\":\"acme\",\"payload\":{}}",
         "{\"type\":\"discovery\",\"tenant\":\"acme\",\"payload\":{\"account_id\":\"123456789012\","
         "\"region\":\"eu-west-1\",\"scan_id\":\"s\",\"resources\":[]}}",
     };
