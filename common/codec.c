@@ -102,6 +102,18 @@ int cairn_json_to_msgpack(const json_t *v, struct cairn_buf *out, struct cairn_e
 
 /* ====================================================================== msgpack -> JSON text */
 
+/* An integer in decimal, without printf (documents are full of them). */
+static int put_int(struct cairn_buf *out, bool neg, uint64_t v)
+{
+    char tmp[24], *p = tmp + sizeof tmp;
+    do
+        *--p = (char)('0' + v % 10);
+    while (v /= 10);
+    if (neg)
+        *--p = '-';
+    return cairn_buf_append(out, p, (size_t)(tmp + sizeof tmp - p));
+}
+
 static int obj_to_json(const msgpack_object *o, struct cairn_buf *out, int depth)
 {
     char tmp[40];
@@ -113,10 +125,10 @@ static int obj_to_json(const msgpack_object *o, struct cairn_buf *out, int depth
     case MSGPACK_OBJECT_BOOLEAN:
         return o->via.boolean ? cairn_buf_append(out, "true", 4)
                               : cairn_buf_append(out, "false", 5);
-    case MSGPACK_OBJECT_POSITIVE_INTEGER:
-        return cairn_buf_printf(out, "%llu", (unsigned long long)o->via.u64);
+    case MSGPACK_OBJECT_POSITIVE_INTEGER: return put_int(out, false, o->via.u64);
     case MSGPACK_OBJECT_NEGATIVE_INTEGER:
-        return cairn_buf_printf(out, "%lld", (long long)o->via.i64);
+        return put_int(out, o->via.i64 < 0,
+                       o->via.i64 < 0 ? 0 - (uint64_t)o->via.i64 : (uint64_t)o->via.i64);
     case MSGPACK_OBJECT_FLOAT32:
     case MSGPACK_OBJECT_FLOAT64:
         if (!isfinite(o->via.f64))
