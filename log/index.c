@@ -186,6 +186,7 @@ struct log_ix {
     int64_t wall, max_time; /* in: the clock before the batch; out: after it */
     uint64_t head_seq;      /* the seq before the batch */
     bool durable;           /* confirm: the log committed the batch */
+    bool in_batch;          /* between a check and its confirm: no commit may happen */
     int put_rc;             /* the puts' outcome */
 };
 
@@ -432,6 +433,7 @@ static void *ix_main(void *arg)
         pthread_mutex_unlock(&x->mu);
         int rc = 0;
         if (cmd == IX_CHECK) {
+            x->in_batch = true;
             rc = log->index_stale ? log_index_catch_up(log) : 0;
             if (!rc)
                 rc = log_index_begin(log);
@@ -455,10 +457,13 @@ static void *ix_main(void *arg)
             pthread_mutex_lock(&x->mu);
             continue;
         }
-        if (cmd == IX_CONFIRM)
+        if (cmd == IX_CONFIRM) {
             rc = ix_settle(log, x);
-        else
+            x->in_batch = false;
+        } else if (!x->in_batch) {
             rc = log_index_flush_here(log); /* IX_FLUSH, IX_STOP */
+        } /* else: the transaction holds a batch the log may not commit; the
+           * settle of its confirm commits when it is due */
         pthread_mutex_lock(&x->mu);
         x->rc = rc;
         x->busy = false;

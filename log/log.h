@@ -65,7 +65,8 @@ int log_open(struct log **out, const struct log_config *cfg);
  * when its queue empties and when it stops; the indexer thread when
  * CAIRN_INDEX_COMMIT_* is reached; log_close always). A failure only leaves
  * the index behind the log: it is rebuilt from the log before the next
- * append. Any thread; waits for the indexer. */
+ * append. Waits for the indexer. Between a batch's decision and its
+ * log commit (another thread calling this) it commits nothing. */
 int log_index_flush(struct log *log);
 /* Closes the log. Any writer must be stopped first. */
 void log_close(struct log *log);
