@@ -183,6 +183,40 @@ const msgpack_object *mp_path(const msgpack_object *map, ...);
 /* str equality with a C string. */
 bool mp_str_eq(const msgpack_object *o, const char *s);
 
+/* ====================================================================== write-back caches */
+
+/* A handler's cache of view documents between flushes (the `flush` member):
+ * entries found by their view key, and the list of those changed since the
+ * last flush. A handler's entry type starts with a struct hentry, allocated
+ * by the handler (calloc, hash/vn set, mem holding the key first); the
+ * cache frees entries with hentry_free (mem and the allocation). */
+struct hentry {
+    uint64_t hash;        /* hcache_hash of the key */
+    uint32_t vn;          /* the key is mem.data[0..vn) */
+    bool dirty;           /* listed for the next flush */
+    struct cairn_buf mem; /* the key, then whatever the handler keeps */
+};
+
+struct hcache {
+    struct hentry **slots; /* open addressing, linear probing; a power of 2 */
+    size_t nslots, count;
+    struct hentry **dirty; /* changed since the last flush, in order */
+    size_t ndirty, dirty_cap;
+};
+
+uint64_t hcache_hash(const uint8_t *k, size_t n);
+/* The slot of key k (*hash set): *slot is its entry, or NULL where a new
+ * one goes — store it there and count it (c->count++). */
+int hcache_slot(struct hcache *c, const uint8_t *k, size_t n, uint64_t *hash,
+                struct hentry ***slot);
+/* Lists e for the next flush (once). */
+int hcache_mark(struct hcache *c, struct hentry *e);
+/* Frees every entry; the cache is empty (and usable) after. */
+void hcache_clear(struct hcache *c);
+/* hcache_clear, and the dirty list too (close). */
+void hcache_free(struct hcache *c);
+void hentry_free(struct hentry *e);
+
 /* A packer writing into a cairn_buf; a failed append marks the buffer and
  * mpw_finish reports it, so callers pack without checking each call. */
 struct mpw {

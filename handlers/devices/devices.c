@@ -67,22 +67,18 @@ struct span {
  * packed msgpack of status, battery, position, speed and the readings'
  * key/value pairs (nread of them, back to back). */
 struct dev {
-    uint64_t hash;
-    bool online, dirty;
+    struct hentry e; /* the cache's part: key hash, dirty, mem */
+    bool online;
     int64_t first, last; /* first_seen, last_seen (INT64_MIN: unreadable) */
     uint64_t n_telemetry, n_location, last_seq;
-    uint32_t vn, nread;
+    uint32_t nread;
     struct span status, battery, position, speed, readings;
-    struct cairn_buf mem;
 };
 
 struct devices {
     unsigned view, seen;
     int64_t offline_after_ns;
-    struct dev **slots; /* open addressing, linear probing; nslots a power of 2 */
-    size_t nslots, count;
-    struct dev **dirty; /* written back by flush */
-    size_t ndirty, dirty_cap;
+    struct hcache cache;  /* of struct dev; the dirty ones are written back by flush */
     struct cairn_buf tmp; /* the next mem of the dev being updated */
     struct cairn_buf doc; /* the document being written back */
 };
@@ -92,81 +88,7 @@ static struct devices *self(struct hctx *ctx)
     return *hctx_user(ctx);
 }
 
-/* ====================================================================== the cache */
-
-static uint64_t key_hash(const uint8_t *k, size_t n)
-{
-    uint64_t h = 1469598103934665603ull; /* FNV-1a */
-    for (size_t i = 0; i < n; i++)
-        h = (h ^ k[i]) * 1099511628211ull;
-    return h;
-}
-
-static void dev_free(struct dev *v)
-{
-    if (v) {
-        cairn_buf_deinit(&v->mem);
-        free(v);
-    }
-}
-
-static void cache_clear(struct devices *d)
-{
-    for (size_t i = 0; i < d->nslots; i++)
-        dev_free(d->slots[i]);
-    free(d->slots);
-    d->slots = NULL;
-    d->nslots = d->count = d->ndirty = 0;
-}
-
-static struct dev **slot_of(struct devices *d, uint64_t h, const uint8_t *vk, size_t vn)
-{
-    size_t mask = d->nslots - 1;
-    for (size_t i = (size_t)h & mask;; i = (i + 1) & mask) {
-        struct dev *v = d->slots[i];
-        if (!v || (v->hash == h && v->vn == vn && !memcmp(v->mem.data, vk, vn)))
-            return &d->slots[i];
-    }
-}
-
-/* Keeps the load under one half. */
-static int cache_grow(struct devices *d)
-{
-    if (d->nslots && (d->count + 1) * 2 <= d->nslots)
-        return 0;
-    size_t n = d->nslots ? d->nslots * 2 : 1024;
-    struct dev **old = d->slots;
-    size_t oldn = d->nslots;
-    if (!(d->slots = calloc(n, sizeof *d->slots))) {
-        d->slots = old;
-        return CAIRN_ENOMEM;
-    }
-    d->nslots = n;
-    for (size_t i = 0; i < oldn; i++)
-        if (old[i])
-            *slot_of(d, old[i]->hash, old[i]->mem.data, old[i]->vn) = old[i];
-    free(old);
-    return 0;
-}
-
-static int mark_dirty(struct devices *d, struct dev *v)
-{
-    if (v->dirty)
-        return 0;
-    if (d->ndirty == d->dirty_cap) {
-        size_t cap = d->dirty_cap ? d->dirty_cap * 2 : 1024;
-        struct dev **p = realloc(d->dirty, cap * sizeof *p);
-        if (!p)
-            return CAIRN_ENOMEM;
-        d->dirty = p;
-        d->dirty_cap = cap;
-    }
-    d->dirty[d->ndirty++] = v;
-    v->dirty = true;
-    return 0;
-}
-
-/* Packs o into v->mem as the value s (nothing for NULL: null). */
+/* Packs o into v->e.mem as the value s (nothing for NULL: null). */
 static void put_value(struct mpw *w, struct span *s, const msgpack_object *o)
 {
     size_t at = w->buf->len;
@@ -195,18 +117,18 @@ static int dev_decode(struct dev *v, const msgpack_object *doc)
         v->n_location = (uint64_t)n;
     if (mp_i64(mp_get(doc, "last_seq"), &n))
         v->last_seq = (uint64_t)n;
-    mpw_init(&w, &v->mem);
+    mpw_init(&w, &v->e.mem);
     put_value(&w, &v->status, mp_get(doc, "status"));
     put_value(&w, &v->battery, mp_get(doc, "battery"));
     put_value(&w, &v->position, mp_get(doc, "position"));
     put_value(&w, &v->speed, mp_get(doc, "speed"));
-    size_t at = v->mem.len;
+    size_t at = v->e.mem.len;
     for (uint32_t i = 0; r && r->type == MSGPACK_OBJECT_MAP && i < r->via.map.size; i++) {
         mpw_obj(&w, &r->via.map.ptr[i].key);
         mpw_obj(&w, &r->via.map.ptr[i].val);
         v->nread++;
     }
-    v->readings = (struct span){(uint32_t)at, (uint32_t)(v->mem.len - at)};
+    v->readings = (struct span){(uint32_t)at, (uint32_t)(v->e.mem.len - at)};
     return mpw_finish(&w);
 }
 
@@ -217,7 +139,7 @@ static int dev_load(struct hctx *ctx, struct dev *v, bool *found)
 {
     MDB_val val;
     *found = false;
-    int rc = hctx_get(ctx, self(ctx)->view, v->mem.data, v->vn, &val);
+    int rc = hctx_get(ctx, self(ctx)->view, v->e.mem.data, v->e.vn, &val);
     if (rc)
         return rc == CAIRN_ENOTFOUND ? 0 : rc;
     msgpack_unpacked u;
@@ -239,35 +161,35 @@ static int dev_get(struct hctx *ctx, const uint8_t *vk, size_t vn, bool strict, 
                    bool *exists)
 {
     struct devices *d = self(ctx);
-    uint64_t h = key_hash(vk, vn);
-    int rc = cache_grow(d);
+    uint64_t h;
+    struct hentry **slot;
+    int rc = hcache_slot(&d->cache, vk, vn, &h, &slot);
     if (rc)
         return rc;
-    struct dev **slot = slot_of(d, h, vk, vn);
     if (*slot) {
-        *out = *slot;
+        *out = (struct dev *)*slot;
         *exists = true; /* a cached dev has been written (or will be, by flush) */
         return 0;
     }
     struct dev *v = calloc(1, sizeof *v);
     if (!v)
         return CAIRN_ENOMEM;
-    v->hash = h;
-    v->vn = (uint32_t)vn;
-    cairn_buf_init(&v->mem, DOC_MAX);
-    if ((rc = cairn_buf_append(&v->mem, vk, vn))) {
-        dev_free(v);
+    v->e.hash = h;
+    v->e.vn = (uint32_t)vn;
+    cairn_buf_init(&v->e.mem, DOC_MAX);
+    if ((rc = cairn_buf_append(&v->e.mem, vk, vn))) {
+        hentry_free(&v->e);
         return rc;
     }
     rc = dev_load(ctx, v, exists);
     if (rc == CAIRN_ECORRUPT && !strict)
         rc = 0; /* rewritten from scratch, below */
     if (rc || (!*exists && strict)) {
-        dev_free(v);
+        hentry_free(&v->e);
         return rc ? rc : CAIRN_ENOTFOUND;
     }
     if (!*exists) {
-        v->mem.len = vn;
+        v->e.mem.len = vn;
         v->online = true;
         v->first = v->last = INT64_MIN;
         v->n_telemetry = v->n_location = 0;
@@ -275,8 +197,8 @@ static int dev_get(struct hctx *ctx, const uint8_t *vk, size_t vn, bool strict, 
         v->status = v->battery = v->position = v->speed = (struct span){0, 0};
         v->readings = (struct span){(uint32_t)vn, 0};
     }
-    *slot = v;
-    d->count++;
+    *slot = &v->e;
+    d->cache.count++;
     *out = v;
     return 0;
 }
@@ -304,8 +226,7 @@ static void devices_close(struct hctx *ctx)
 {
     struct devices *d = self(ctx);
     if (d) {
-        cache_clear(d);
-        free(d->dirty);
+        hcache_free(&d->cache);
         cairn_buf_deinit(&d->tmp);
         cairn_buf_deinit(&d->doc);
         free(d);
@@ -441,7 +362,7 @@ static int merge_readings(struct mpw *w, const struct dev *v, const msgpack_obje
         bool str;
     } old[READINGS_MAX];
     uint32_t no = v->nread, nd = data && data->type == MSGPACK_OBJECT_MAP ? data->via.map.size : 0;
-    const uint8_t *p = v->mem.data + v->readings.off, *end = p + v->readings.len;
+    const uint8_t *p = v->e.mem.data + v->readings.off, *end = p + v->readings.len;
     if (no > READINGS_MAX)
         return CAIRN_ECORRUPT;
     for (uint32_t j = 0; j < no; j++) {
@@ -490,7 +411,7 @@ static void value_or_keep(struct mpw *w, struct span *out, const struct dev *v,
     if (o)
         mpw_obj(w, o);
     else
-        mpw_raw(w, v->mem.data + keep->off, keep->len);
+        mpw_raw(w, v->e.mem.data + keep->off, keep->len);
     *out = (struct span){(uint32_t)at, (uint32_t)(w->buf->len - at)};
 }
 
@@ -519,9 +440,9 @@ static int take_values(struct devices *d, struct dev *v, const struct event *ev,
     cairn_buf_reset(t);
     /* Room for everything but the event's values, so most appends take
      * the packer's fast path. */
-    int rc = cairn_buf_reserve(t, v->mem.len + 256);
+    int rc = cairn_buf_reserve(t, v->e.mem.len + 256);
     if (!rc)
-        rc = cairn_buf_append(t, v->mem.data, v->vn);
+        rc = cairn_buf_append(t, v->e.mem.data, v->e.vn);
     if (rc)
         return rc;
     mpw_init(&w, t);
@@ -531,12 +452,12 @@ static int take_values(struct devices *d, struct dev *v, const struct event *ev,
     if (loc)
         write_position(&w, ev, in);
     else
-        mpw_raw(&w, v->mem.data + v->position.off, v->position.len);
+        mpw_raw(&w, v->e.mem.data + v->position.off, v->position.len);
     n.position = (struct span){(uint32_t)at, (uint32_t)(t->len - at)};
     value_or_keep(&w, &n.speed, v, &v->speed, loc ? in->speed : NULL);
     at = t->len;
     if (loc)
-        mpw_raw(&w, v->mem.data + v->readings.off, v->readings.len);
+        mpw_raw(&w, v->e.mem.data + v->readings.off, v->readings.len);
     else if ((rc = merge_readings(&w, v, in->data, &n.nread)))
         return rc;
     n.readings = (struct span){(uint32_t)at, (uint32_t)(t->len - at)};
@@ -544,8 +465,8 @@ static int take_values(struct devices *d, struct dev *v, const struct event *ev,
         return rc;
     /* The scratch becomes the dev's memory and the old memory the next
      * scratch: no copy. */
-    n.mem = *t;
-    *t = v->mem;
+    n.e.mem = *t;
+    *t = v->e.mem;
     *v = n;
     return 0;
 }
@@ -554,7 +475,7 @@ static int take_values(struct devices *d, struct dev *v, const struct event *ev,
 
 static uint8_t *put_span(uint8_t *o, const struct dev *v, const struct span *s)
 {
-    return s->len ? mpd_raw(o, v->mem.data + s->off, s->len) : mpd_nil(o);
+    return s->len ? mpd_raw(o, v->e.mem.data + s->off, s->len) : mpd_nil(o);
 }
 
 /* Packs the dev's document (keys in the order of the file comment) and
@@ -563,12 +484,12 @@ static int dev_write(struct hctx *ctx, struct dev *v)
 {
     struct devices *d = self(ctx);
     struct cairn_str tenant, id;
-    if (!hkey_split(v->mem.data, v->vn, &tenant, &id))
+    if (!hkey_split(v->e.mem.data, v->e.vn, &tenant, &id))
         return CAIRN_ECORRUPT;
     cairn_buf_reset(&d->doc);
     /* mem holds every variable-length part; the rest is 12 keys, 3 times,
      * and headers and numbers. */
-    int rc = cairn_buf_reserve(&d->doc, v->mem.len + 3 * MPD_TIME_MAX + 32 * MPD_HDR_MAX + 128);
+    int rc = cairn_buf_reserve(&d->doc, v->e.mem.len + 3 * MPD_TIME_MAX + 32 * MPD_HDR_MAX + 128);
     if (rc)
         return rc;
     uint8_t *o = mpd_map(d->doc.data, 12);
@@ -582,14 +503,14 @@ static int dev_write(struct hctx *ctx, struct dev *v)
     o = put_span(mpd_key(o, "position"), v, &v->position);
     o = put_span(mpd_key(o, "speed"), v, &v->speed);
     o = mpd_map(mpd_key(o, "readings"), v->nread);
-    o = mpd_raw(o, v->mem.data + v->readings.off, v->readings.len);
+    o = mpd_raw(o, v->e.mem.data + v->readings.off, v->readings.len);
     o = mpd_map(mpd_key(o, "counts"), 2);
     o = mpd_u64(mpd_key(o, "telemetry"), v->n_telemetry);
     o = mpd_u64(mpd_key(o, "location"), v->n_location);
     o = mpd_u64(mpd_key(o, "last_seq"), v->last_seq);
     d->doc.len = (size_t)(o - d->doc.data);
     assert(d->doc.len <= d->doc.cap);
-    return hctx_put(ctx, d->view, v->mem.data, v->vn, d->doc.data, d->doc.len);
+    return hctx_put(ctx, d->view, v->e.mem.data, v->e.vn, d->doc.data, d->doc.len);
 }
 
 /* Writes back every device this transaction changed. */
@@ -597,13 +518,13 @@ static int devices_flush(struct hctx *ctx)
 {
     struct devices *d = self(ctx);
     int rc = 0;
-    for (size_t i = 0; i < d->ndirty && !rc; i++) {
-        rc = dev_write(ctx, d->dirty[i]);
-        d->dirty[i]->dirty = false;
+    for (size_t i = 0; i < d->cache.ndirty && !rc; i++) {
+        rc = dev_write(ctx, (struct dev *)d->cache.dirty[i]);
+        d->cache.dirty[i]->dirty = false;
     }
-    d->ndirty = 0;
-    if (!rc && d->count > CACHE_MAX)
-        cache_clear(d); /* every dev is clean (stored): drop them all */
+    d->cache.ndirty = 0;
+    if (!rc && d->cache.count > CACHE_MAX)
+        hcache_clear(&d->cache); /* every dev is clean (stored): drop them all */
     return rc;
 }
 
@@ -652,7 +573,7 @@ static int on_device_event(struct hctx *ctx, const struct event *ev)
     v->n_telemetry += !loc;
     v->n_location += loc;
     v->last_seq = ev->seq;
-    if ((rc = mark_dirty(d, v)))
+    if ((rc = hcache_mark(&d->cache, &v->e)))
         return rc;
     if (!was_online && (rc = seen_put(ctx, vk, vn, last)))
         return rc;
@@ -701,7 +622,7 @@ static int on_tick(struct hctx *ctx, const struct event *tick)
             rc = seen_put(ctx, vk, vn, dv->last);
         } else {
             dv->online = false;
-            rc = mark_dirty(d, dv);
+            rc = hcache_mark(&d->cache, &dv->e);
             if (!rc)
                 rc = emit_simple(ctx, tick, "device.offline", &tenant, &id, dv->last);
         }

@@ -137,20 +137,16 @@ struct span {
  * the view key (at 0, vn bytes), the six fields, then the history
  * entries (nhist of them, back to back, oldest first). */
 struct ord {
-    uint64_t hash, last_seq;
-    bool dirty;
+    struct hentry e; /* the cache's part: key hash, dirty, mem */
+    uint64_t last_seq;
     struct order o;
-    uint32_t vn, nhist;
+    uint32_t nhist;
     struct span field[NFIELDS], history;
-    struct cairn_buf mem;
 };
 
 struct orders {
     unsigned view;
-    struct ord **slots; /* open addressing, linear probing; nslots a power of 2 */
-    size_t nslots, count;
-    struct ord **dirty; /* written back by flush */
-    size_t ndirty, dirty_cap;
+    struct hcache cache;  /* of struct ord; the dirty ones are written back by flush */
     struct cairn_buf tmp; /* the next mem of the ord being updated */
     struct cairn_buf doc; /* the document being written back */
 };
@@ -161,8 +157,6 @@ struct verdict {
     enum outcome outcome;
     char reason[REASON_MAX];
 };
-
-static void cache_clear(struct orders *os);
 
 static int orders_open(struct hctx *ctx)
 {
@@ -179,8 +173,7 @@ static void orders_close(struct hctx *ctx)
 {
     struct orders *o = *hctx_user(ctx);
     if (o) {
-        cache_clear(o);
-        free(o->dirty);
+        hcache_free(&o->cache);
         cairn_buf_deinit(&o->tmp);
         cairn_buf_deinit(&o->doc);
         free(o);
@@ -362,78 +355,6 @@ static void advance(const struct order *o, const struct event *ev, int t, const 
 
 /* ====================================================================== the cache */
 
-static uint64_t key_hash(const uint8_t *k, size_t n)
-{
-    uint64_t h = 1469598103934665603ull; /* FNV-1a */
-    for (size_t i = 0; i < n; i++)
-        h = (h ^ k[i]) * 1099511628211ull;
-    return h;
-}
-
-static void ord_free(struct ord *r)
-{
-    if (r) {
-        cairn_buf_deinit(&r->mem);
-        free(r);
-    }
-}
-
-static void cache_clear(struct orders *os)
-{
-    for (size_t i = 0; i < os->nslots; i++)
-        ord_free(os->slots[i]);
-    free(os->slots);
-    os->slots = NULL;
-    os->nslots = os->count = os->ndirty = 0;
-}
-
-static struct ord **slot_of(struct orders *os, uint64_t h, const uint8_t *vk, size_t vn)
-{
-    size_t mask = os->nslots - 1;
-    for (size_t i = (size_t)h & mask;; i = (i + 1) & mask) {
-        struct ord *r = os->slots[i];
-        if (!r || (r->hash == h && r->vn == vn && !memcmp(r->mem.data, vk, vn)))
-            return &os->slots[i];
-    }
-}
-
-/* Keeps the load under one half. */
-static int cache_grow(struct orders *os)
-{
-    if (os->nslots && (os->count + 1) * 2 <= os->nslots)
-        return 0;
-    size_t n = os->nslots ? os->nslots * 2 : 1024;
-    struct ord **old = os->slots;
-    size_t oldn = os->nslots;
-    if (!(os->slots = calloc(n, sizeof *os->slots))) {
-        os->slots = old;
-        return CAIRN_ENOMEM;
-    }
-    os->nslots = n;
-    for (size_t i = 0; i < oldn; i++)
-        if (old[i])
-            *slot_of(os, old[i]->hash, old[i]->mem.data, old[i]->vn) = old[i];
-    free(old);
-    return 0;
-}
-
-static int mark_dirty(struct orders *os, struct ord *r)
-{
-    if (r->dirty)
-        return 0;
-    if (os->ndirty == os->dirty_cap) {
-        size_t cap = os->dirty_cap ? os->dirty_cap * 2 : 1024;
-        struct ord **p = realloc(os->dirty, cap * sizeof *p);
-        if (!p)
-            return CAIRN_ENOMEM;
-        os->dirty = p;
-        os->dirty_cap = cap;
-    }
-    os->dirty[os->ndirty++] = r;
-    r->dirty = true;
-    return 0;
-}
-
 /* Fills r (its key already in mem) from the stored document. */
 static int ord_decode(struct ord *r, const msgpack_object *doc)
 {
@@ -444,21 +365,21 @@ static int ord_decode(struct ord *r, const msgpack_object *doc)
         return rc;
     if (mp_i64(mp_get(doc, "last_seq"), &seq))
         r->last_seq = (uint64_t)seq;
-    mpw_init(&w, &r->mem);
+    mpw_init(&w, &r->e.mem);
     for (int i = 0; i < NFIELDS; i++) {
-        size_t at = r->mem.len;
+        size_t at = r->e.mem.len;
         const msgpack_object *f = mp_get(doc, fields[i]);
         if (f)
             mpw_obj(&w, f);
-        r->field[i] = (struct span){(uint32_t)at, (uint32_t)(r->mem.len - at)};
+        r->field[i] = (struct span){(uint32_t)at, (uint32_t)(r->e.mem.len - at)};
     }
     const msgpack_object *h = mp_get(doc, "history");
-    size_t at = r->mem.len;
+    size_t at = r->e.mem.len;
     for (uint32_t i = 0; h && h->type == MSGPACK_OBJECT_ARRAY && i < h->via.array.size; i++) {
         mpw_obj(&w, &h->via.array.ptr[i]);
         r->nhist++;
     }
-    r->history = (struct span){(uint32_t)at, (uint32_t)(r->mem.len - at)};
+    r->history = (struct span){(uint32_t)at, (uint32_t)(r->e.mem.len - at)};
     return mpw_finish(&w);
 }
 
@@ -467,22 +388,22 @@ static int ord_decode(struct ord *r, const msgpack_object *doc)
 static int ord_get(struct hctx *ctx, const uint8_t *vk, size_t vn, struct ord **out)
 {
     struct orders *os = *hctx_user(ctx);
-    uint64_t h = key_hash(vk, vn);
-    int rc = cache_grow(os);
+    uint64_t h;
+    struct hentry **slot;
+    int rc = hcache_slot(&os->cache, vk, vn, &h, &slot);
     if (rc)
         return rc;
-    struct ord **slot = slot_of(os, h, vk, vn);
-    if ((*out = *slot))
+    if ((*out = (struct ord *)*slot))
         return 0;
     struct ord *r = calloc(1, sizeof *r);
     if (!r)
         return CAIRN_ENOMEM;
-    r->hash = h;
-    r->vn = (uint32_t)vn;
+    r->e.hash = h;
+    r->e.vn = (uint32_t)vn;
     r->o.status = S_NONE;
-    cairn_buf_init(&r->mem, DOC_MAX);
+    cairn_buf_init(&r->e.mem, DOC_MAX);
     MDB_val val;
-    if (!(rc = cairn_buf_append(&r->mem, vk, vn)))
+    if (!(rc = cairn_buf_append(&r->e.mem, vk, vn)))
         rc = hctx_get(ctx, os->view, vk, vn, &val);
     if (rc == CAIRN_ENOTFOUND) {
         rc = 0;
@@ -498,11 +419,12 @@ static int ord_get(struct hctx *ctx, const uint8_t *vk, size_t vn, struct ord **
         msgpack_unpacked_destroy(&u);
     }
     if (rc) {
-        ord_free(r);
+        hentry_free(&r->e);
         return rc;
     }
-    *slot = *out = r;
-    os->count++;
+    *slot = &r->e;
+    *out = r;
+    os->cache.count++;
     return 0;
 }
 
@@ -535,7 +457,7 @@ static int take_values(struct orders *os, struct ord *r, const struct event *ev,
     struct ord nr = *r;
     struct mpw w;
     cairn_buf_reset(b);
-    int rc = cairn_buf_append(b, r->mem.data, r->vn);
+    int rc = cairn_buf_append(b, r->e.mem.data, r->e.vn);
     if (rc)
         return rc;
     mpw_init(&w, b);
@@ -545,11 +467,11 @@ static int take_values(struct orders *os, struct ord *r, const struct event *ev,
         if (f)
             mpw_obj(&w, f);
         else
-            mpw_raw(&w, r->mem.data + r->field[i].off, r->field[i].len);
+            mpw_raw(&w, r->e.mem.data + r->field[i].off, r->field[i].len);
         nr.field[i] = (struct span){(uint32_t)at, (uint32_t)(b->len - at)};
     }
     /* The history keeps its last HISTORY_MAX - 1 entries, then the new. */
-    const uint8_t *h = r->mem.data + r->history.off, *end = h + r->history.len;
+    const uint8_t *h = r->e.mem.data + r->history.off, *end = h + r->history.len;
     uint32_t keep = r->nhist < HISTORY_MAX - 1 ? r->nhist : HISTORY_MAX - 1;
     for (uint32_t i = keep; i < r->nhist; i++) {
         size_t len = mp_raw_len(h, (size_t)(end - h));
@@ -565,8 +487,8 @@ static int take_values(struct orders *os, struct ord *r, const struct event *ev,
     nr.nhist = keep + 1;
     if ((rc = mpw_finish(&w)))
         return rc;
-    nr.mem = *b;
-    *b = r->mem;
+    nr.e.mem = *b;
+    *b = r->e.mem;
     *r = nr;
     return 0;
 }
@@ -590,12 +512,12 @@ static int ord_write(struct hctx *ctx, struct ord *r)
     struct orders *os = *hctx_user(ctx);
     const struct order *n = &r->o;
     struct cairn_str tenant, id;
-    if (!hkey_split(r->mem.data, r->vn, &tenant, &id))
+    if (!hkey_split(r->e.mem.data, r->e.vn, &tenant, &id))
         return CAIRN_ECORRUPT;
     cairn_buf_reset(&os->doc);
     /* mem holds every variable-length part; the rest is 31 keys, 9 times,
      * status names and headers and numbers. */
-    int rc = cairn_buf_reserve(&os->doc, r->mem.len + 9 * MPD_TIME_MAX + 48 * MPD_HDR_MAX + 512);
+    int rc = cairn_buf_reserve(&os->doc, r->e.mem.len + 9 * MPD_TIME_MAX + 48 * MPD_HDR_MAX + 512);
     if (rc)
         return rc;
     uint8_t *o = mpd_map(os->doc.data, 16);
@@ -605,7 +527,7 @@ static int ord_write(struct hctx *ctx, struct ord *r)
     o = put_time_opt(mpd_key(o, "status_since"), n->status != S_NONE, n->since);
     for (int i = 0; i < NFIELDS; i++) {
         o = mpd_strn(o, fields[i], strlen(fields[i]));
-        o = r->field[i].len ? mpd_raw(o, r->mem.data + r->field[i].off, r->field[i].len)
+        o = r->field[i].len ? mpd_raw(o, r->e.mem.data + r->field[i].off, r->field[i].len)
                             : mpd_nil(o);
     }
     o = put_time_opt(mpd_key(o, "created_at"), n->has_created, n->created_at);
@@ -613,7 +535,7 @@ static int ord_write(struct hctx *ctx, struct ord *r)
     for (int i = 0; i < NFIELDS; i++)
         o = put_time_opt(mpd_strn(o, fields[i], strlen(fields[i])), n->fset[i], n->ftime[i]);
     o = mpd_array(mpd_key(o, "history"), r->nhist);
-    o = mpd_raw(o, r->mem.data + r->history.off, r->history.len);
+    o = mpd_raw(o, r->e.mem.data + r->history.off, r->history.len);
     o = mpd_u64(mpd_key(o, "history_dropped"), n->dropped);
     o = mpd_map(mpd_key(o, "counts"), 3);
     o = mpd_u64(mpd_key(o, "applied"), n->applied);
@@ -622,7 +544,7 @@ static int ord_write(struct hctx *ctx, struct ord *r)
     o = mpd_u64(mpd_key(o, "last_seq"), r->last_seq);
     os->doc.len = (size_t)(o - os->doc.data);
     assert(os->doc.len <= os->doc.cap);
-    return hctx_put(ctx, os->view, r->mem.data, r->vn, os->doc.data, os->doc.len);
+    return hctx_put(ctx, os->view, r->e.mem.data, r->e.vn, os->doc.data, os->doc.len);
 }
 
 /* Writes back every order this transaction changed. */
@@ -630,13 +552,13 @@ static int orders_flush(struct hctx *ctx)
 {
     struct orders *os = *hctx_user(ctx);
     int rc = 0;
-    for (size_t i = 0; i < os->ndirty && !rc; i++) {
-        rc = ord_write(ctx, os->dirty[i]);
-        os->dirty[i]->dirty = false;
+    for (size_t i = 0; i < os->cache.ndirty && !rc; i++) {
+        rc = ord_write(ctx, (struct ord *)os->cache.dirty[i]);
+        os->cache.dirty[i]->dirty = false;
     }
-    os->ndirty = 0;
-    if (!rc && os->count > CACHE_MAX)
-        cache_clear(os); /* every ord is clean (stored): drop them all */
+    os->cache.ndirty = 0;
+    if (!rc && os->cache.count > CACHE_MAX)
+        hcache_clear(&os->cache); /* every ord is clean (stored): drop them all */
     return rc;
 }
 
@@ -687,7 +609,7 @@ static int orders_apply(struct hctx *ctx, const struct event *ev)
         return rc;
     r->o = n;
     r->last_seq = ev->seq;
-    if ((rc = mark_dirty(os, r)))
+    if ((rc = hcache_mark(&os->cache, &r->e)))
         return rc;
     return v.outcome == INVALID ? emit_invalid(ctx, ev, &id, &et, from, t, &v) : 0;
 }

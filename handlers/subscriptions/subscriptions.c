@@ -118,18 +118,12 @@ static const struct {
 /* One customer's document, packed as stored (len 0: none yet). The
  * view key is at mem[0..vn). */
 struct cust {
-    uint64_t hash;
-    bool dirty;
-    uint32_t vn;
-    struct cairn_buf mem;
+    struct hentry e; /* the cache's part: key hash, dirty, mem */
 };
 
 struct subs {
     unsigned view, paid;
-    struct cust **slots; /* open addressing, linear probing; nslots a power of 2 */
-    size_t nslots, count;
-    struct cust **dirty; /* written back by flush */
-    size_t ndirty, dirty_cap;
+    struct hcache cache;  /* of struct cust; the dirty ones are written back by flush */
     struct cairn_buf tmp; /* the next document being written */
     msgpack_zone zone;    /* the document being read */
 };
@@ -148,8 +142,6 @@ struct mark {
     int64_t created; /* ns */
     struct cairn_str id;
 };
-
-static void cache_clear(struct subs *s);
 
 static int subs_open(struct hctx *ctx)
 {
@@ -170,8 +162,7 @@ static void subs_close(struct hctx *ctx)
 {
     struct subs *s = *hctx_user(ctx);
     if (s) {
-        cache_clear(s);
-        free(s->dirty);
+        hcache_free(&s->cache);
         cairn_buf_deinit(&s->tmp);
         msgpack_zone_destroy(&s->zone);
         free(s);
@@ -187,107 +178,36 @@ static void subs_close(struct hctx *ctx)
  * The engine reopens the handler after an aborted transaction, so the
  * cache never holds work that did not commit. */
 
-static uint64_t key_hash(const uint8_t *k, size_t n)
-{
-    uint64_t h = 1469598103934665603ull; /* FNV-1a */
-    for (size_t i = 0; i < n; i++)
-        h = (h ^ k[i]) * 1099511628211ull;
-    return h;
-}
-
-static void cust_free(struct cust *c)
-{
-    if (c) {
-        cairn_buf_deinit(&c->mem);
-        free(c);
-    }
-}
-
-static void cache_clear(struct subs *s)
-{
-    for (size_t i = 0; i < s->nslots; i++)
-        cust_free(s->slots[i]);
-    free(s->slots);
-    s->slots = NULL;
-    s->nslots = s->count = s->ndirty = 0;
-}
-
-static struct cust **slot_of(struct subs *s, uint64_t h, const uint8_t *vk, size_t vn)
-{
-    size_t mask = s->nslots - 1;
-    for (size_t i = (size_t)h & mask;; i = (i + 1) & mask) {
-        struct cust *c = s->slots[i];
-        if (!c || (c->hash == h && c->vn == vn && !memcmp(c->mem.data, vk, vn)))
-            return &s->slots[i];
-    }
-}
-
-/* Keeps the load under one half. */
-static int cache_grow(struct subs *s)
-{
-    if (s->nslots && (s->count + 1) * 2 <= s->nslots)
-        return 0;
-    size_t n = s->nslots ? s->nslots * 2 : 1024;
-    struct cust **old = s->slots;
-    size_t oldn = s->nslots;
-    if (!(s->slots = calloc(n, sizeof *s->slots))) {
-        s->slots = old;
-        return CAIRN_ENOMEM;
-    }
-    s->nslots = n;
-    for (size_t i = 0; i < oldn; i++)
-        if (old[i])
-            *slot_of(s, old[i]->hash, old[i]->mem.data, old[i]->vn) = old[i];
-    free(old);
-    return 0;
-}
-
 /* The cached customer of vk, read from the view on first use. */
 static int cust_get(struct hctx *ctx, const uint8_t *vk, size_t vn, struct cust **out)
 {
     struct subs *s = *hctx_user(ctx);
-    uint64_t h = key_hash(vk, vn);
-    int rc = cache_grow(s);
+    uint64_t h;
+    struct hentry **slot;
+    int rc = hcache_slot(&s->cache, vk, vn, &h, &slot);
     if (rc)
         return rc;
-    struct cust **slot = slot_of(s, h, vk, vn);
-    if ((*out = *slot))
+    if ((*out = (struct cust *)*slot))
         return 0;
     struct cust *c = calloc(1, sizeof *c);
     if (!c)
         return CAIRN_ENOMEM;
-    c->hash = h;
-    c->vn = (uint32_t)vn;
-    cairn_buf_init(&c->mem, VKEY_MAX + DOC_MAX);
+    c->e.hash = h;
+    c->e.vn = (uint32_t)vn;
+    cairn_buf_init(&c->e.mem, VKEY_MAX + DOC_MAX);
     MDB_val v = {0, NULL};
-    if (!(rc = cairn_buf_append(&c->mem, vk, vn)) &&
+    if (!(rc = cairn_buf_append(&c->e.mem, vk, vn)) &&
         (rc = hctx_get(ctx, s->view, vk, vn, &v)) == CAIRN_ENOTFOUND)
         rc = 0;
     if (!rc && v.mv_size)
-        rc = cairn_buf_append(&c->mem, v.mv_data, v.mv_size);
+        rc = cairn_buf_append(&c->e.mem, v.mv_data, v.mv_size);
     if (rc) {
-        cust_free(c);
+        hentry_free(&c->e);
         return rc;
     }
-    *slot = *out = c;
-    s->count++;
-    return 0;
-}
-
-static int mark_dirty(struct subs *s, struct cust *c)
-{
-    if (c->dirty)
-        return 0;
-    if (s->ndirty == s->dirty_cap) {
-        size_t cap = s->dirty_cap ? s->dirty_cap * 2 : 1024;
-        struct cust **p = realloc(s->dirty, cap * sizeof *p);
-        if (!p)
-            return CAIRN_ENOMEM;
-        s->dirty = p;
-        s->dirty_cap = cap;
-    }
-    s->dirty[s->ndirty++] = c;
-    c->dirty = true;
+    *slot = &c->e;
+    *out = c;
+    s->cache.count++;
     return 0;
 }
 
@@ -296,14 +216,15 @@ static int subs_flush(struct hctx *ctx)
 {
     struct subs *s = *hctx_user(ctx);
     int rc = 0;
-    for (size_t i = 0; i < s->ndirty && !rc; i++) {
-        struct cust *c = s->dirty[i];
-        rc = hctx_put(ctx, s->view, c->mem.data, c->vn, c->mem.data + c->vn, c->mem.len - c->vn);
-        c->dirty = false;
+    for (size_t i = 0; i < s->cache.ndirty && !rc; i++) {
+        struct cust *c = (struct cust *)s->cache.dirty[i];
+        rc = hctx_put(ctx, s->view, c->e.mem.data, c->e.vn, c->e.mem.data + c->e.vn,
+                      c->e.mem.len - c->e.vn);
+        c->e.dirty = false;
     }
-    s->ndirty = 0;
-    if (!rc && s->count > CACHE_MAX)
-        cache_clear(s); /* every customer is clean (stored): drop them all */
+    s->cache.ndirty = 0;
+    if (!rc && s->cache.count > CACHE_MAX)
+        hcache_clear(&s->cache); /* every customer is clean (stored): drop them all */
     return rc;
 }
 
@@ -695,9 +616,9 @@ static int subs_apply(struct hctx *ctx, const struct event *ev)
     msgpack_object obj;
     const msgpack_object *doc = NULL;
     size_t off = 0;
-    if (c->mem.len > c->vn) {
-        msgpack_unpack_return urc = msgpack_unpack((const char *)c->mem.data + c->vn,
-                                                   c->mem.len - c->vn, &off, &s->zone, &obj);
+    if (c->e.mem.len > c->e.vn) {
+        msgpack_unpack_return urc = msgpack_unpack((const char *)c->e.mem.data + c->e.vn,
+                                                   c->e.mem.len - c->e.vn, &off, &s->zone, &obj);
         if ((urc != MSGPACK_UNPACK_SUCCESS && urc != MSGPACK_UNPACK_EXTRA_BYTES) ||
             obj.type != MSGPACK_OBJECT_MAP) {
             msgpack_zone_clear(&s->zone);
@@ -723,10 +644,10 @@ static int subs_apply(struct hctx *ctx, const struct event *ev)
         return rc;
     /* The new document becomes the customer's memory, the old one the
      * next scratch: no copy. */
-    struct cairn_buf old_mem = c->mem;
-    c->mem = *b;
+    struct cairn_buf old_mem = c->e.mem;
+    c->e.mem = *b;
     *b = old_mem;
-    if ((rc = mark_dirty(s, c)))
+    if ((rc = hcache_mark(&s->cache, &c->e)))
         return rc;
     return fresh ? emit(ctx, ev, &st) : 0;
 }

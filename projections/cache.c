@@ -1,0 +1,100 @@
+/*
+ * cache.c — the write-back cache of view documents that handlers keep
+ * between flushes (handler.h, struct hcache): an open-addressing table of
+ * entries found by their view key, and the list of entries changed since
+ * the last flush.
+ */
+#include "handler.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+uint64_t hcache_hash(const uint8_t *k, size_t n)
+{
+    uint64_t h = 1469598103934665603ull; /* FNV-1a */
+    for (size_t i = 0; i < n; i++)
+        h = (h ^ k[i]) * 1099511628211ull;
+    return h;
+}
+
+void hentry_free(struct hentry *e)
+{
+    if (e) {
+        cairn_buf_deinit(&e->mem);
+        free(e);
+    }
+}
+
+void hcache_clear(struct hcache *c)
+{
+    for (size_t i = 0; i < c->nslots; i++)
+        hentry_free(c->slots[i]);
+    free(c->slots);
+    c->slots = NULL;
+    c->nslots = c->count = c->ndirty = 0;
+}
+
+void hcache_free(struct hcache *c)
+{
+    hcache_clear(c);
+    free(c->dirty);
+    c->dirty = NULL;
+    c->dirty_cap = 0;
+}
+
+static struct hentry **slot_of(struct hcache *c, uint64_t h, const uint8_t *k, size_t n)
+{
+    size_t mask = c->nslots - 1;
+    for (size_t i = (size_t)h & mask;; i = (i + 1) & mask) {
+        struct hentry *e = c->slots[i];
+        if (!e || (e->hash == h && e->vn == n && !memcmp(e->mem.data, k, n)))
+            return &c->slots[i];
+    }
+}
+
+/* Keeps the load under one half. */
+static int grow(struct hcache *c)
+{
+    if (c->nslots && (c->count + 1) * 2 <= c->nslots)
+        return 0;
+    size_t n = c->nslots ? c->nslots * 2 : 1024;
+    struct hentry **old = c->slots;
+    size_t oldn = c->nslots;
+    if (!(c->slots = calloc(n, sizeof *c->slots))) {
+        c->slots = old;
+        return CAIRN_ENOMEM;
+    }
+    c->nslots = n;
+    for (size_t i = 0; i < oldn; i++)
+        if (old[i])
+            *slot_of(c, old[i]->hash, old[i]->mem.data, old[i]->vn) = old[i];
+    free(old);
+    return 0;
+}
+
+int hcache_slot(struct hcache *c, const uint8_t *k, size_t n, uint64_t *hash, struct hentry ***slot)
+{
+    int rc = grow(c);
+    if (rc)
+        return rc;
+    *hash = hcache_hash(k, n);
+    *slot = slot_of(c, *hash, k, n);
+    return 0;
+}
+
+int hcache_mark(struct hcache *c, struct hentry *e)
+{
+    if (e->dirty)
+        return 0;
+    if (c->ndirty == c->dirty_cap) {
+        size_t cap = c->dirty_cap ? c->dirty_cap * 2 : 1024;
+        struct hentry **p = realloc(c->dirty, cap * sizeof *p);
+        if (!p)
+            return CAIRN_ENOMEM;
+        c->dirty = p;
+        c->dirty_cap = cap;
+    }
+    c->dirty[c->ndirty++] = e;
+    e->dirty = true;
+    return 0;
+}
