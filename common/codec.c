@@ -788,7 +788,10 @@ static bool tx_container(struct tx *t, int depth, bool map)
             if (!tx_str(t))
                 return false;
             /* the key's body, after its header */
-            size_t kl = (size_t)(t->o - k) - (*k >= 0xa0 && *k <= 0xbf ? 1 : *k == 0xd9 ? 2 : 3);
+            size_t kl = (size_t)(t->o - k) - (*k >= 0xa0 && *k <= 0xbf ? 1
+                                              : *k == 0xd9             ? 2
+                                              : *k == 0xda             ? 3
+                                                                       : 5);
             const uint8_t *kb = t->o - kl;
             for (size_t j = 0; j < n; j++)
                 if (klen[j] == kl && !memcmp(keys[j], kb, kl))

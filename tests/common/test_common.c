@@ -749,6 +749,17 @@ static void test_transcode_cases(void **state)
         n += sprintf(t + n, i ? ",%d" : "%d", i % 10);
     n += sprintf(t + n, "]}");
     assert_true(transcode_agrees(t, (size_t)n));
+    /* long keys (str16 headers): a duplicate is still found */
+    char key[301];
+    memset(key, 'k', 300);
+    key[300] = '\0';
+    n = sprintf(t, "{\"%s\":1,\"%s\":2}", key, key);
+    assert_false(transcode_agrees(t, (size_t)n));
+    char other[301];
+    memcpy(other, key, sizeof other);
+    other[299] = 'x';
+    n = sprintf(t, "{\"%s\":1,\"%s\":2}", key, other);
+    assert_true(transcode_agrees(t, (size_t)n));
     free(t);
 }
 
