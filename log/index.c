@@ -462,8 +462,12 @@ static void *ix_main(void *arg)
             x->in_batch = false;
         } else if (!x->in_batch) {
             rc = log_index_flush_here(log); /* IX_FLUSH, IX_STOP */
-        } /* else: the transaction holds a batch the log may not commit; the
-           * settle of its confirm commits when it is due */
+        } else if (cmd == IX_STOP) {
+            /* a batch never confirmed: its entries must not be kept */
+            log_index_drop(log);
+            log->index_stale = true;
+        } /* else (a flush): the transaction holds a batch the log may not
+           * commit; the settle of its confirm commits when it is due */
         pthread_mutex_lock(&x->mu);
         x->rc = rc;
         x->busy = false;
