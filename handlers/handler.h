@@ -209,6 +209,8 @@ uint64_t hcache_hash(const uint8_t *k, size_t n);
  * one goes — store it there and count it (c->count++). */
 int hcache_slot(struct hcache *c, const uint8_t *k, size_t n, uint64_t *hash,
                 struct hentry ***slot);
+/* The entry of key k, or NULL (no insertion). */
+struct hentry *hcache_find(struct hcache *c, const uint8_t *k, size_t n);
 /* Lists e for the next flush (once). */
 int hcache_mark(struct hcache *c, struct hentry *e);
 /* Frees every entry; the cache is empty (and usable) after. */

@@ -82,6 +82,11 @@ int hcache_slot(struct hcache *c, const uint8_t *k, size_t n, uint64_t *hash, st
     return 0;
 }
 
+struct hentry *hcache_find(struct hcache *c, const uint8_t *k, size_t n)
+{
+    return c->nslots ? *slot_of(c, hcache_hash(k, n), k, n) : NULL;
+}
+
 int hcache_mark(struct hcache *c, struct hentry *e)
 {
     if (e->dirty)

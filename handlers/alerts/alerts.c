@@ -142,10 +142,7 @@ struct alerts {
     struct cairn_buf doc; /* the alert document commit writes (kept: no allocation per alert) */
     /* Alert documents written in this process, packed as stored (see
      * "the written-alerts cache" below). */
-    struct written **slots; /* open addressing, linear probing; nslots a power of 2 */
-    size_t nslots, count;
-    struct written **dirty; /* put by flush */
-    size_t ndirty, dirty_cap;
+    struct hcache cache; /* of struct hentry: key then document; the dirty ones put by flush */
     int64_t esc_ns[SEV_COUNT];
     int min_sev[NSOURCES];
 };
@@ -301,14 +298,11 @@ static int alerts_open(struct hctx *ctx)
     return rc;
 }
 
-static void cache_clear(struct alerts *a);
-
 static void alerts_close(struct hctx *ctx)
 {
     struct alerts *a = self(ctx);
     if (a) {
-        cache_clear(a);
-        free(a->dirty);
+        hcache_free(&a->cache);
         cairn_buf_deinit(&a->doc);
     }
     free(a);
@@ -327,102 +321,29 @@ static void alerts_close(struct hctx *ctx)
  * it is emptied after the next flush. */
 #define CACHE_MAX (1u << 16)
 
-struct written {
-    uint64_t hash;
-    bool dirty;
-    uint32_t kn;
-    struct cairn_buf mem; /* key (kn bytes), then the document */
-};
-
-static uint64_t key_hash(const uint8_t *k, size_t n)
-{
-    uint64_t h = 1469598103934665603ull; /* FNV-1a */
-    for (size_t i = 0; i < n; i++)
-        h = (h ^ k[i]) * 1099511628211ull;
-    return h;
-}
-
-static void cache_clear(struct alerts *a)
-{
-    for (size_t i = 0; i < a->nslots; i++)
-        if (a->slots[i]) {
-            cairn_buf_deinit(&a->slots[i]->mem);
-            free(a->slots[i]);
-        }
-    free(a->slots);
-    a->slots = NULL;
-    a->nslots = a->count = a->ndirty = 0;
-}
-
-static struct written **slot_of(struct alerts *a, uint64_t h, const uint8_t *k, size_t kn)
-{
-    size_t mask = a->nslots - 1;
-    for (size_t i = (size_t)h & mask;; i = (i + 1) & mask) {
-        struct written *w = a->slots[i];
-        if (!w || (w->hash == h && w->kn == kn && !memcmp(w->mem.data, k, kn)))
-            return &a->slots[i];
-    }
-}
-
-/* The cached document of key k, or NULL. */
-static struct written *cache_find(struct alerts *a, const uint8_t *k, size_t kn)
-{
-    return a->nslots ? *slot_of(a, key_hash(k, kn), k, kn) : NULL;
-}
-
-/* Keeps the load under one half. */
-static int cache_grow(struct alerts *a)
-{
-    if (a->nslots && (a->count + 1) * 2 <= a->nslots)
-        return 0;
-    size_t n = a->nslots ? a->nslots * 2 : 1024;
-    struct written **old = a->slots;
-    size_t oldn = a->nslots;
-    if (!(a->slots = calloc(n, sizeof *a->slots))) {
-        a->slots = old;
-        return CAIRN_ENOMEM;
-    }
-    a->nslots = n;
-    for (size_t i = 0; i < oldn; i++)
-        if (old[i])
-            *slot_of(a, old[i]->hash, old[i]->mem.data, old[i]->kn) = old[i];
-    free(old);
-    return 0;
-}
-
-/* Keeps document v (n bytes) of key k, to be put by flush. */
+/* Keeps document v (n bytes) of key k, to be put by flush: an entry's mem
+ * holds the key (vn bytes), then the document. */
 static int cache_put(struct alerts *a, const uint8_t *k, size_t kn, const uint8_t *v, size_t n)
 {
-    int rc = cache_grow(a);
+    uint64_t h;
+    struct hentry **slot;
+    int rc = hcache_slot(&a->cache, k, kn, &h, &slot);
     if (rc)
         return rc;
-    uint64_t h = key_hash(k, kn);
-    struct written **slot = slot_of(a, h, k, kn), *w = *slot;
+    struct hentry *w = *slot;
     if (!w) {
         if (!(w = calloc(1, sizeof *w)))
             return CAIRN_ENOMEM;
         w->hash = h;
-        w->kn = (uint32_t)kn;
+        w->vn = (uint32_t)kn;
         cairn_buf_init(&w->mem, 1 + CAIRN_TENANT_MAX + 16 + DOC_MAX);
         *slot = w;
-        a->count++;
+        a->cache.count++;
     }
     cairn_buf_reset(&w->mem);
     if ((rc = cairn_buf_append(&w->mem, k, kn)) || (rc = cairn_buf_append(&w->mem, v, n)))
         return rc;
-    if (!w->dirty) {
-        if (a->ndirty == a->dirty_cap) {
-            size_t cap = a->dirty_cap ? a->dirty_cap * 2 : 256;
-            struct written **p = realloc(a->dirty, cap * sizeof *p);
-            if (!p)
-                return CAIRN_ENOMEM;
-            a->dirty = p;
-            a->dirty_cap = cap;
-        }
-        a->dirty[a->ndirty++] = w;
-        w->dirty = true;
-    }
-    return 0;
+    return hcache_mark(&a->cache, w);
 }
 
 /* Puts every alert document this transaction wrote. */
@@ -430,29 +351,29 @@ static int alerts_flush(struct hctx *ctx)
 {
     struct alerts *a = self(ctx);
     int rc = 0;
-    for (size_t i = 0; i < a->ndirty && !rc; i++) {
-        struct written *w = a->dirty[i];
-        rc = hctx_put(ctx, a->view, w->mem.data, w->kn, w->mem.data + w->kn, w->mem.len - w->kn);
+    for (size_t i = 0; i < a->cache.ndirty && !rc; i++) {
+        struct hentry *w = a->cache.dirty[i];
+        rc = hctx_put(ctx, a->view, w->mem.data, w->vn, w->mem.data + w->vn, w->mem.len - w->vn);
         w->dirty = false;
     }
-    a->ndirty = 0;
-    if (!rc && a->count > CACHE_MAX)
-        cache_clear(a); /* every document is stored: drop them all */
+    a->cache.ndirty = 0;
+    if (!rc && a->cache.count > CACHE_MAX)
+        hcache_clear(&a->cache); /* every document is stored: drop them all */
     return rc;
 }
 
 /* load() of the view: the document commit wrote last, if any. */
 static int load_view(struct hctx *ctx, const uint8_t *k, size_t kn, struct loaded *l)
 {
-    struct written *w = cache_find(self(ctx), k, kn);
+    struct hentry *w = hcache_find(&self(ctx)->cache, k, kn);
     if (!w)
         return load(ctx, self(ctx)->view, k, kn, l);
-    size_t n = w->mem.len - w->kn;
+    size_t n = w->mem.len - w->vn;
     memset(l, 0, sizeof *l);
     msgpack_unpacked_init(&l->u);
     if (!(l->mem = malloc(n ? n : 1)))
         return CAIRN_ENOMEM;
-    memcpy(l->mem, w->mem.data + w->kn, n);
+    memcpy(l->mem, w->mem.data + w->vn, n);
     if (msgpack_unpack_next(&l->u, (const char *)l->mem, n, NULL) != MSGPACK_UNPACK_SUCCESS ||
         l->u.data.type != MSGPACK_OBJECT_MAP)
         return CAIRN_ECORRUPT;
