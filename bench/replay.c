@@ -45,22 +45,27 @@
 
 struct opts {
     size_t n;
-    unsigned runs, tick_every;
+    unsigned runs, tick_every, threads;
     uint64_t seed;
-    const char *dir, *log, *schemas;
+    const char *dir, *log, *schemas, *only;
     bool keep, per_handler;
 };
 
 static const char usage[] =
     "usage: bench/replay [-n N] [--runs R] [--seed S] [--dir DIR] [--log DATA]\n"
     "                    [--tick-every K] [--per-handler] [--keep] [--schemas DIR]\n"
+    "                    [--threads T] [--only HANDLER]\n"
     "  -n N            inputs in the log (default 1000000), plus a tick every K\n"
     "  --runs R        repetitions, median reported (default 3, at most 16)\n"
     "  --dir DIR       parent of the scratch directory (default /tmp)\n"
     "  --log DATA      reuse DATA/log (from a --keep run) instead of building one\n"
     "  --tick-every K  an engine tick every K inputs (default 1000; 0: none)\n"
     "  --per-handler   also replay with each handler alone, and with none\n"
-    "  --keep          keep the scratch directory (its log can be reused)\n";
+    "  --keep          keep the scratch directory (its log can be reused)\n"
+    "  --threads T     apply_threads of the replays: 1 serial, 2 the concurrent\n"
+    "                  handlers on a second thread (default: the engine's, 2 with\n"
+    "                  two CPUs or more)\n"
+    "  --only HANDLER  the replay phase with this handler alone (profiling)\n";
 
 /* ====================================================================== options */
 
@@ -107,9 +112,12 @@ static void parse_opts(int argc, char **argv, struct opts *o)
             o->tick_every = (unsigned)v;
         else if (num_opt(argc, argv, &i, "--seed", UINT64_MAX, &v))
             o->seed = v;
+        else if (num_opt(argc, argv, &i, "--threads", 2, &v))
+            o->threads = (unsigned)v;
         else if (str_opt(argc, argv, &i, "--dir", &o->dir) ||
                  str_opt(argc, argv, &i, "--log", &o->log) ||
-                 str_opt(argc, argv, &i, "--schemas", &o->schemas))
+                 str_opt(argc, argv, &i, "--schemas", &o->schemas) ||
+                 str_opt(argc, argv, &i, "--only", &o->only))
             continue;
         else if (!strcmp(argv[i], "--keep"))
             o->keep = true;
@@ -304,8 +312,11 @@ static int replay_into(const struct opts *o, const char *data, const char *scrat
 {
     char into[4200], file[4300];
     struct cairn_error e;
-    struct engine_config cfg = {
-        .data = data, .schema_dir = o->schemas, .log_readonly = true, .handlers = table};
+    struct engine_config cfg = {.data = data,
+                                .schema_dir = o->schemas,
+                                .log_readonly = true,
+                                .handlers = table,
+                                .apply_threads = (int)o->threads};
     bench_path(into, sizeof into, scratch, name);
     bench_rmtree(into);
     memset(f, 0, sizeof *f);
@@ -401,8 +412,16 @@ static int one_run(const struct opts *o, const char *data, const char *scratch, 
     for (int m = 0; m < SCAN_MODES && !rc; m++)
         if (!(rc = scan_log(data, (enum scan_mode)m, &sc[m])) && sc[m].events != events)
             rc = CAIRN_ECORRUPT;
+    const struct handler *only[2] = {NULL, NULL};
+    for (const struct handler *const *h = handler_table; o->only && *h; h++)
+        if (!strcmp((*h)->name, o->only))
+            only[0] = *h;
+    if (o->only && !only[0]) {
+        fprintf(stderr, "bench: no handler named %s\n", o->only);
+        rc = CAIRN_EINVAL;
+    }
     if (!rc)
-        rc = replay_into(o, data, scratch, "state", NULL, &rp, &r->state_bytes);
+        rc = replay_into(o, data, scratch, "state", o->only ? only : NULL, &rp, &r->state_bytes);
     if (!rc && rp.events != events)
         rc = CAIRN_ECORRUPT;
     if (rc)
@@ -499,9 +518,9 @@ int main(int argc, char **argv)
     struct opts o;
     char scratch[4096] = "";
     parse_opts(argc, argv, &o);
-    printf("cairn bench/replay: n=%zu seed=%llu runs=%u tick_every=%u%s%s\n", o.n,
-           (unsigned long long)o.seed, o.runs, o.tick_every, o.log ? " log=" : "",
-           o.log ? o.log : "");
+    printf("cairn bench/replay: n=%zu seed=%llu runs=%u tick_every=%u threads=%u%s%s%s%s\n", o.n,
+           (unsigned long long)o.seed, o.runs, o.tick_every, o.threads, o.log ? " log=" : "",
+           o.log ? o.log : "", o.only ? " only=" : "", o.only ? o.only : "");
     print_machine();
     printf("ratio column: scan phases over the MDB_NEXT scan; replay over the decode scan\n");
     int rc = bench_tmpdir(o.dir, scratch, sizeof scratch);

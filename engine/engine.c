@@ -10,12 +10,14 @@
  */
 #include "engine.h"
 
+#include <pthread.h>
 #include <signal.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 /* Inputs per state transaction while catching up or replaying: big enough
  * to amortise the commit and let the write-back caches (flush) put each
@@ -37,6 +39,16 @@
 /* The first chunk of the zone input bodies are decoded into, kept between
  * events: most payloads decode into less. */
 #define ZONE_CHUNK 8192
+/* Parallel apply (handler.h, `concurrent`): a range of at least
+ * PAR_MIN_INPUTS inputs is applied in runs of at most PAR_BATCH inputs
+ * (and about PAR_BATCH_BYTES of payload), each run first through the
+ * handlers that consume no derived type — the concurrent ones on a second
+ * thread —, then through the others, input by input. Live batches are
+ * smaller and stay serial. A run is the unit of the APPLY_WRITES_MAX check
+ * in that mode, so keep it small next to it. */
+#define PAR_MIN_INPUTS 4096
+#define PAR_BATCH 2048
+#define PAR_BATCH_BYTES (1u << 20)
 
 /* An event of the current input and the handlers consuming its type. */
 struct pending {
@@ -73,6 +85,25 @@ struct engine {
      * the Nth log commit, before its state transaction — the window the
      * exactly-once test needs to hit. 0: off. */
     long crash_countdown;
+    /* Parallel apply. early[i]: order[i] consumes no derived type (it
+     * needs nothing another handler emits for the same input); the others
+     * (late_mask) run after them. side[i]: 0 this thread, 1 the worker. */
+    int threads;
+    bool early[HANDLERS_MAX];
+    uint64_t late_mask;
+    bool any_concurrent;
+    unsigned char side[HANDLERS_MAX];
+    struct event *batch;    /* PAR_BATCH inputs of the current run */
+    msgpack_object *bodies; /* their bodies, decoded into zone */
+    uint64_t *masks;        /* their consumers */
+    uint32_t *ends;         /* [i * PAR_BATCH + j]: order[i]'s emits after input j */
+    size_t nbatch;
+    pthread_t worker;
+    bool worker_started;
+    pthread_mutex_t wmu;
+    pthread_cond_t wcv;
+    bool wgo, wquit; /* under wmu: a run for the worker / stop */
+    int wrc;         /* the worker's result for the run */
 };
 
 /* ====================================================================== ordering */
@@ -285,6 +316,224 @@ static int apply_log_event(struct engine *eng, const struct log_event *le)
     return rc;
 }
 
+/* ====================================================================== parallel apply */
+
+/* Applies the current run to the early handlers on `side`, handler by
+ * handler (each handler's events stay in log order; handlers are
+ * independent of each other here), keeping their emits for apply_late. */
+static int apply_early(struct engine *eng, unsigned char side)
+{
+    int rc = 0;
+    for (size_t i = 0; i < eng->n && !rc; i++) {
+        if (!eng->early[i] || eng->side[i] != side)
+            continue;
+        for (size_t j = 0; j < eng->nbatch && !rc; j++) {
+            if (eng->masks[j] >> i & 1) {
+                proj_hctx_mark(eng->ctx[i]);
+                rc = timed_apply(eng, i, &eng->batch[j]);
+                proj_hctx_unlock(eng->ctx[i]);
+            }
+            eng->ends[i * PAR_BATCH + j] = (uint32_t)proj_hctx_nemitted(eng->ctx[i]);
+        }
+    }
+    return rc;
+}
+
+static void *worker_main(void *arg)
+{
+    struct engine *eng = arg;
+    pthread_mutex_lock(&eng->wmu);
+    for (;;) {
+        while (!eng->wgo && !eng->wquit)
+            pthread_cond_wait(&eng->wcv, &eng->wmu);
+        if (eng->wquit)
+            break;
+        pthread_mutex_unlock(&eng->wmu);
+        int rc = apply_early(eng, 1);
+        pthread_mutex_lock(&eng->wmu);
+        eng->wrc = rc;
+        eng->wgo = false;
+        pthread_cond_broadcast(&eng->wcv);
+    }
+    pthread_mutex_unlock(&eng->wmu);
+    return NULL;
+}
+
+static int par_start(struct engine *eng)
+{
+    if (eng->worker_started)
+        return 0;
+    if (!eng->batch) {
+        eng->batch = calloc(PAR_BATCH, sizeof *eng->batch);
+        eng->bodies = calloc(PAR_BATCH, sizeof *eng->bodies);
+        eng->masks = calloc(PAR_BATCH, sizeof *eng->masks);
+        eng->ends = calloc(eng->n * PAR_BATCH, sizeof *eng->ends);
+        if (!eng->batch || !eng->bodies || !eng->masks || !eng->ends)
+            return CAIRN_ENOMEM;
+    }
+    if (pthread_create(&eng->worker, NULL, worker_main, eng))
+        return CAIRN_ENOMEM;
+    eng->worker_started = true;
+    return 0;
+}
+
+static void par_stop(struct engine *eng)
+{
+    if (eng->worker_started) {
+        pthread_mutex_lock(&eng->wmu);
+        eng->wquit = true;
+        pthread_cond_broadcast(&eng->wcv);
+        pthread_mutex_unlock(&eng->wmu);
+        pthread_join(eng->worker, NULL);
+        eng->worker_started = false;
+    }
+    free(eng->batch);
+    free(eng->bodies);
+    free(eng->masks);
+    free(eng->ends);
+}
+
+/* Which thread applies each early handler: the concurrent ones, costliest
+ * first (apply time so far), each to the less loaded side; everything
+ * else is this thread's. Only speed depends on it, never the state. */
+static void assign_sides(struct engine *eng)
+{
+    uint64_t load[2] = {0, 0};
+    bool todo[HANDLERS_MAX];
+    for (size_t i = 0; i < eng->n; i++) {
+        uint64_t ns = atomic_load_explicit(&eng->apply_ns[i], memory_order_relaxed);
+        eng->side[i] = 0;
+        todo[i] = eng->early[i] && eng->order[i]->concurrent;
+        if (!todo[i])
+            load[0] += ns;
+    }
+    for (;;) {
+        size_t pick = eng->n;
+        uint64_t most = 0;
+        for (size_t i = 0; i < eng->n; i++) {
+            uint64_t ns = atomic_load_explicit(&eng->apply_ns[i], memory_order_relaxed);
+            if (todo[i] && (pick == eng->n || ns > most))
+                pick = i, most = ns;
+        }
+        if (pick == eng->n)
+            break;
+        todo[pick] = false;
+        eng->side[pick] = load[1] <= load[0];
+        load[eng->side[pick]] += most;
+    }
+}
+
+/* Input j of the run through the late handlers, in order, with the early
+ * handlers' emits for it: the pending list is built exactly as
+ * apply_input builds it (the input, then each handler's emits in handler
+ * order), so each late handler sees the events of the serial apply in the
+ * same order. em[i]: order[i]'s emits over the run (early handlers). */
+static int apply_late(struct engine *eng, size_t j, const struct event *const *em)
+{
+    eng->npending = 0;
+    int rc = push_pending(eng, &eng->batch[j], eng->masks[j] & eng->late_mask);
+    for (size_t i = 0; i < eng->n && !rc; i++) {
+        const struct event *ev = em[i];
+        size_t from = 0, to = 0;
+        if (eng->early[i]) {
+            from = j ? eng->ends[i * PAR_BATCH + j - 1] : 0;
+            to = eng->ends[i * PAR_BATCH + j];
+        } else {
+            size_t upto = eng->npending;
+            for (size_t k = 0; k < upto && !rc; k++)
+                if (eng->pending[k].mask >> i & 1)
+                    rc = timed_apply(eng, i, eng->pending[k].ev);
+            to = proj_hctx_emitted(eng->ctx[i], &ev);
+        }
+        for (size_t k = from; k < to && !rc; k++) {
+            uint64_t mask = consumers_of(eng, &ev[k].type) & ~((2ull << i) - 1);
+            if (mask)
+                rc = proj_hctx_decode(eng->ctx[i], k);
+            if (!rc && mask)
+                rc = push_pending(eng, &ev[k], mask);
+        }
+    }
+    for (size_t i = 0; i < eng->n; i++)
+        if (!eng->early[i])
+            proj_hctx_clear(eng->ctx[i]);
+    return rc;
+}
+
+/* Applies the gathered run (eng->batch[0..nbatch)). */
+static int apply_run(struct engine *eng)
+{
+    const struct event *em[HANDLERS_MAX] = {NULL};
+    assign_sides(eng);
+    proj_set_shared(eng->proj, true);
+    pthread_mutex_lock(&eng->wmu);
+    eng->wgo = true;
+    pthread_cond_broadcast(&eng->wcv);
+    pthread_mutex_unlock(&eng->wmu);
+    int rc = apply_early(eng, 0);
+    pthread_mutex_lock(&eng->wmu);
+    while (eng->wgo)
+        pthread_cond_wait(&eng->wcv, &eng->wmu);
+    pthread_mutex_unlock(&eng->wmu);
+    proj_set_shared(eng->proj, false);
+    if (!rc)
+        rc = eng->wrc;
+    for (size_t i = 0; i < eng->n; i++)
+        if (eng->early[i])
+            proj_hctx_emitted(eng->ctx[i], &em[i]);
+    for (size_t j = 0; j < eng->nbatch && !rc; j++)
+        rc = apply_late(eng, j, em);
+    for (size_t i = 0; i < eng->n; i++)
+        proj_hctx_clear(eng->ctx[i]);
+    return rc;
+}
+
+/* The parallel counterpart of apply_chunk's loop: applies [from, *to]
+ * from it in runs; may lower *to (APPLY_WRITES_MAX, checked per run). */
+static int apply_range_par(struct engine *eng, struct log_iter *it, uint64_t from, uint64_t *to)
+{
+    struct log_event le;
+    uint64_t want = from;
+    int rc = par_start(eng);
+    while (!rc && want <= *to) {
+        size_t bytes = 0;
+        eng->nbatch = 0;
+        while (!rc && want <= *to && eng->nbatch < PAR_BATCH && bytes < PAR_BATCH_BYTES &&
+               !(rc = log_iter_next(it, &le))) {
+            if (le.seq != want++) {
+                rc = CAIRN_ECORRUPT;
+                break;
+            }
+            uint64_t mask = consumers_of(eng, &le.type);
+            if (!mask)
+                continue;
+            size_t k = eng->nbatch, off = 0;
+            msgpack_unpack_return urc = msgpack_unpack((const char *)le.payload, le.payload_len,
+                                                       &off, &eng->zone, &eng->bodies[k]);
+            if (urc != MSGPACK_UNPACK_SUCCESS && urc != MSGPACK_UNPACK_EXTRA_BYTES) {
+                rc = CAIRN_ECORRUPT;
+                break;
+            }
+            eng->batch[k] = (struct event){.seq = le.seq,
+                                           .type = le.type,
+                                           .tenant = le.tenant,
+                                           .key = le.key,
+                                           .time = le.time,
+                                           .payload = le.payload,
+                                           .payload_len = le.payload_len,
+                                           .body = &eng->bodies[k]};
+            eng->masks[k] = mask;
+            eng->nbatch++;
+            bytes += le.payload_len;
+        }
+        if (!rc && eng->nbatch)
+            rc = apply_run(eng);
+        msgpack_zone_clear(&eng->zone);
+        if (!rc && want <= *to && proj_txn_writes(eng->proj) >= APPLY_WRITES_MAX)
+            *to = want - 1; /* commit here; the caller goes on from the checkpoint */
+    }
+    return rc;
+}
+
 static int open_all(struct engine *eng, struct cairn_error *e);
 
 /* After an aborted state transaction, handlers may hold in-memory caches
@@ -326,6 +575,10 @@ static int apply_chunk(struct engine *eng, uint64_t from, uint64_t to)
         if (!(rc = log_snap_begin(eng->log, &s))) {
             rc = log_iter_open(s, from, NULL, NULL, &it);
             uint64_t want = from;
+            if (!rc && eng->threads > 1 && eng->any_concurrent && to - from + 1 >= PAR_MIN_INPUTS) {
+                rc = apply_range_par(eng, it, from, &to);
+                want = to + 1; /* done: skip the serial loop */
+            }
             while (!rc && want <= to && !(rc = log_iter_next(it, &le))) {
                 rc = le.seq == want ? apply_log_event(eng, &le) : CAIRN_ECORRUPT;
                 if (!rc && want < to && proj_txn_writes(eng->proj) >= APPLY_WRITES_MAX)
@@ -402,6 +655,15 @@ static int open_handlers(struct engine *eng, struct cairn_error *e)
     int rc = engine_order(table, eng->order, &eng->n, e);
     if (rc)
         return rc;
+    for (size_t i = 0; i < eng->n; i++) {
+        eng->early[i] = true;
+        for (size_t j = 0; j < eng->n; j++)
+            if (feeds(eng->order[j], eng->order[i]))
+                eng->early[i] = false;
+        if (!eng->early[i])
+            eng->late_mask |= 1ull << i;
+        eng->any_concurrent |= eng->early[i] && eng->order[i]->concurrent;
+    }
     const json_t *hcfg = json_object_get(eng->cfg.config, "handlers");
     for (size_t i = 0; i < eng->n && !rc; i++)
         rc = proj_hctx_new(eng->proj, eng->order[i], json_object_get(hcfg, eng->order[i]->name),
@@ -472,6 +734,13 @@ static int open_engine(struct engine **out, const struct engine_config *cfg, boo
     }
     eng->cfg = *cfg;
     eng->nosync = nosync;
+    pthread_mutex_init(&eng->wmu, NULL);
+    pthread_cond_init(&eng->wcv, NULL);
+    const json_t *at = json_object_get(cfg->config, "apply_threads");
+    eng->threads = cfg->apply_threads > 0               ? cfg->apply_threads
+                   : json_is_integer(at)                ? (int)json_integer_value(at)
+                   : sysconf(_SC_NPROCESSORS_ONLN) >= 2 ? 2
+                                                        : 1;
     const char *crash = getenv("CAIRN_TEST_CRASH_BEFORE_APPLY");
     if (crash)
         eng->crash_countdown = strtol(crash, NULL, 10);
@@ -515,6 +784,9 @@ void engine_close(struct engine *eng)
     ingest_close(eng->ing);
     log_close(eng->log);
     msgpack_zone_destroy(&eng->zone);
+    par_stop(eng);
+    pthread_mutex_destroy(&eng->wmu);
+    pthread_cond_destroy(&eng->wcv);
     free(eng->pending);
     free(eng);
 }

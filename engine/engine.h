@@ -105,7 +105,12 @@ struct engine_config {
     const json_t *config;                  /* the config document, borrowed ({"handlers": {...}}) */
     const struct handler *const *handlers; /* NULL: handler_table */
     uint64_t apply_to;                     /* catch up only to this seq (0: the head) */
-    struct log_config log;                 /* batch/queue settings (dir is filled in) */
+    /* Threads applying handlers while catching up or replaying a large
+     * range (handler.h, `concurrent`): 1 or 2. 0: the config's
+     * "apply_threads", else 2 when the machine has two CPUs or more. The
+     * state is the same either way. */
+    int apply_threads;
+    struct log_config log; /* batch/queue settings (dir is filled in) */
     /* Called on the writer thread after the state applied up to
      * `checkpoint` (the API wakes subscribers and min_seq waiters). Must
      * be quick; may be NULL. */

@@ -102,6 +102,18 @@ struct handler {
      * aborts the transaction, and the engine then reopens every handler,
      * so a cache never keeps work that did not commit. */
     int (*flush)(struct hctx *ctx);
+    /* Optional (false: no). The handler's apply may run on another thread
+     * than its open, flush and close, at the same time as other handlers'
+     * applies: it keeps no state outside its context (hctx_user, its DBIs)
+     * and calls no non-reentrant library function. Only used for handlers
+     * that consume no derived type: when catching up or replaying large
+     * ranges, the engine then applies a run of inputs to them on a second
+     * thread while the other handlers apply the same inputs; each handler
+     * still sees its events in log order, its own state and its own
+     * derived stream, so the state is byte for byte that of the serial
+     * run. The state calls (hctx_*) take a lock in that mode: an apply
+     * that touches the state on most events gains little. */
+    bool concurrent;
 };
 
 /* The registered handlers, NULL-terminated (handlers/registry.c). */

@@ -30,6 +30,14 @@ struct proj {
     MDB_dbi dbis[PROJ_DBIS_MAX];
     size_t ndbis;
     bool dbis_current; /* the cache has every DBI: no refresh before a snapshot */
+    /* While handlers apply on two threads (proj_set_shared), every use of
+     * the write transaction goes through txn_mu: a context takes it at
+     * its first state access in an apply and keeps it until
+     * proj_hctx_unlock (after the apply), so a value hctx_get returned
+     * stays valid for the rest of that apply whatever the other thread
+     * writes (its puts could spill dirty pages). */
+    bool shared;
+    pthread_mutex_t txn_mu;
 };
 
 struct proj_snap {
@@ -47,6 +55,7 @@ struct hctx {
     MDB_dbi stream;
     uint64_t stream_head;
     unsigned gen; /* stream_head is valid for this proj gen */
+    bool locked;  /* holds p->txn_mu (shared mode) */
     /* The derived events emitted for the current input, kept for its
      * consumers: evs[i]'s type | tenant | key | payload bytes are at
      * mem.data + offs[i] (pointers are set by proj_hctx_emitted, once mem
@@ -55,6 +64,7 @@ struct hctx {
     size_t *offs;
     msgpack_object *bodies;
     size_t nem, cap;
+    size_t nem_base; /* nem when the current input began (proj_hctx_mark) */
     struct cairn_buf mem;
     msgpack_zone zone;
     bool zone_used; /* something was decoded into zone since the last clear */
@@ -62,6 +72,7 @@ struct hctx {
 };
 
 struct hcursor {
+    struct hctx *ctx;
     MDB_cursor *c;
     uint8_t prefix[512];
     size_t pn;
@@ -101,6 +112,7 @@ int proj_open(struct proj **out, const struct proj_config *cfg)
         return CAIRN_ENOMEM;
     p->readonly = cfg->readonly;
     pthread_mutex_init(&p->dbi_mu, NULL);
+    pthread_mutex_init(&p->txn_mu, NULL);
     int rc = cairn_env_open(&p->env, cfg->dir, PROJ_DBIS_MAX + 2, cfg->map_size,
                             (cfg->readonly ? MDB_RDONLY : 0) | (cfg->nosync ? MDB_NOSYNC : 0));
     if (!rc)
@@ -123,6 +135,7 @@ void proj_close(struct proj *p)
     for (size_t i = 0; i < p->ndbis; i++)
         free(p->names[i]);
     pthread_mutex_destroy(&p->dbi_mu);
+    pthread_mutex_destroy(&p->txn_mu);
     free(p);
 }
 
@@ -186,7 +199,29 @@ int proj_grow(struct proj *p)
     return cairn_env_grow(p->env);
 }
 
+void proj_set_shared(struct proj *p, bool on)
+{
+    p->shared = on;
+}
+
 /* ====================================================================== handler contexts */
+
+/* Before any use of the write transaction by ctx (see struct proj). */
+static inline void txn_lock(struct hctx *ctx)
+{
+    if (ctx->p->shared && !ctx->locked) {
+        pthread_mutex_lock(&ctx->p->txn_mu);
+        ctx->locked = true;
+    }
+}
+
+void proj_hctx_unlock(struct hctx *ctx)
+{
+    if (ctx->locked) {
+        ctx->locked = false;
+        pthread_mutex_unlock(&ctx->p->txn_mu);
+    }
+}
 
 int proj_hctx_new(struct proj *p, const struct handler *h, const json_t *config, struct hctx **out)
 {
@@ -228,6 +263,7 @@ void proj_hctx_free(struct hctx *ctx)
 
 void proj_hctx_reset(struct hctx *ctx)
 {
+    proj_hctx_unlock(ctx);
     proj_hctx_clear(ctx);
     ctx->ndbs = 0;
     ctx->user = NULL;
@@ -282,6 +318,7 @@ int hctx_get(struct hctx *ctx, unsigned db, const void *k, size_t kn, MDB_val *v
 {
     assert(db < ctx->ndbs);
     MDB_val key = {kn, (void *)k};
+    txn_lock(ctx);
     return cairn_mdb_err(mdb_get(ctx->p->txn, ctx->dbs[db], &key, v));
 }
 
@@ -289,6 +326,7 @@ int hctx_put(struct hctx *ctx, unsigned db, const void *k, size_t kn, const void
 {
     assert(db < ctx->ndbs);
     MDB_val key = {kn, (void *)k}, val = {vn, (void *)v};
+    txn_lock(ctx);
     ctx->p->writes++;
     return cairn_mdb_err(mdb_put(ctx->p->txn, ctx->dbs[db], &key, &val, 0));
 }
@@ -297,6 +335,7 @@ int hctx_del(struct hctx *ctx, unsigned db, const void *k, size_t kn)
 {
     assert(db < ctx->ndbs);
     MDB_val key = {kn, (void *)k};
+    txn_lock(ctx);
     ctx->p->writes++;
     int rc = mdb_del(ctx->p->txn, ctx->dbs[db], &key, NULL);
     return rc == MDB_NOTFOUND ? 0 : cairn_mdb_err(rc);
@@ -316,6 +355,8 @@ int hctx_cursor_open(struct hctx *ctx, unsigned db, const void *prefix, size_t p
     if (pn)
         memcpy(c->prefix, prefix, pn);
     c->pn = pn;
+    c->ctx = ctx;
+    txn_lock(ctx);
     int rc = mdb_cursor_open(ctx->p->txn, ctx->dbs[db], &c->c);
     if (rc) {
         free(c);
@@ -328,6 +369,7 @@ int hctx_cursor_open(struct hctx *ctx, unsigned db, const void *prefix, size_t p
 int hctx_cursor_next(struct hcursor *c, MDB_val *k, MDB_val *v)
 {
     int rc;
+    txn_lock(c->ctx);
     if (!c->started) {
         *k = (MDB_val){c->pn, c->prefix};
         rc = c->pn ? mdb_cursor_get(c->c, k, v, MDB_SET_RANGE)
@@ -345,6 +387,7 @@ int hctx_cursor_next(struct hcursor *c, MDB_val *k, MDB_val *v)
 
 int hctx_cursor_del(struct hcursor *c)
 {
+    txn_lock(c->ctx);
     return cairn_mdb_err(mdb_cursor_del(c->c, 0));
 }
 
@@ -352,6 +395,7 @@ void hctx_cursor_close(struct hcursor *c)
 {
     if (!c)
         return;
+    txn_lock(c->ctx);
     mdb_cursor_close(c->c);
     free(c);
 }
@@ -414,7 +458,7 @@ static int encode_derived(struct cairn_buf *b, const struct proj_derived *d)
 /* Keeps a copy of the event for the consumers of the same input. */
 static int keep_emitted(struct hctx *ctx, const struct proj_derived *d)
 {
-    if (ctx->nem == CAIRN_EMIT_PER_EVENT_MAX)
+    if (ctx->nem - ctx->nem_base == CAIRN_EMIT_PER_EVENT_MAX)
         return CAIRN_ETOOBIG;
     if (ctx->nem == ctx->cap) {
         size_t cap = ctx->cap ? ctx->cap * 2 : 16;
@@ -465,6 +509,7 @@ int hctx_emit(struct hctx *ctx, const struct event *cause, const char *type,
     /* Emitting an undeclared type is a programming error in the handler:
      * the engine's ordering of consumers relies on the declaration. */
     assert(emits_type(ctx->h, type));
+    txn_lock(ctx);
     int rc = ctx->gen == ctx->p->gen ? 0 : load_stream_head(ctx);
     if (rc)
         return rc;
@@ -519,9 +564,19 @@ int proj_hctx_decode(struct hctx *ctx, size_t i)
     return 0;
 }
 
+size_t proj_hctx_nemitted(const struct hctx *ctx)
+{
+    return ctx->nem;
+}
+
+void proj_hctx_mark(struct hctx *ctx)
+{
+    ctx->nem_base = ctx->nem;
+}
+
 void proj_hctx_clear(struct hctx *ctx)
 {
-    ctx->nem = 0;
+    ctx->nem = ctx->nem_base = 0;
     cairn_buf_reset(&ctx->mem);
     if (ctx->zone_used) /* runs for every handler and input: skip when idle */
         msgpack_zone_clear(&ctx->zone);

@@ -76,6 +76,22 @@ size_t proj_hctx_emitted(struct hctx *ctx, const struct event **evs);
  * the ones some handler consumes need it). CAIRN_EINVAL: not msgpack. */
 int proj_hctx_decode(struct hctx *ctx, size_t i);
 void proj_hctx_clear(struct hctx *ctx);
+/* How many events ctx emitted since the last proj_hctx_clear (without
+ * fixing their pointers, as proj_hctx_emitted does). */
+size_t proj_hctx_nemitted(const struct hctx *ctx);
+/* A new input begins for ctx: the per-input emit limit
+ * (CAIRN_EMIT_PER_EVENT_MAX) counts from here. Only needed when emitted
+ * events of several inputs are kept (the engine's parallel apply);
+ * proj_hctx_clear also starts a new input. */
+void proj_hctx_mark(struct hctx *ctx);
+
+/* Shared mode: handlers apply on two threads in the same write
+ * transaction; each context's state accesses then take a lock that it
+ * keeps until proj_hctx_unlock, which the engine calls after every apply
+ * (handler.h, `concurrent`). Set and cleared by the thread owning the
+ * transaction while no other thread applies. */
+void proj_set_shared(struct proj *p, bool on);
+void proj_hctx_unlock(struct hctx *ctx);
 
 /* ====================================================================== reading */
 

@@ -648,4 +648,5 @@ const struct handler devices_handler = {
     .close = devices_close,
     .view = "view",
     .flush = devices_flush,
+    .concurrent = true, /* touches only its context (handler.h) */
 };

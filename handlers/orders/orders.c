@@ -624,4 +624,5 @@ const struct handler orders_handler = {
     .close = orders_close,
     .view = "view",
     .flush = orders_flush,
+    .concurrent = true, /* touches only its context (handler.h) */
 };

@@ -662,4 +662,5 @@ const struct handler subscriptions_handler = {
     .close = subs_close,
     .view = "view",
     .flush = subs_flush,
+    .concurrent = true, /* touches only its context (handler.h) */
 };

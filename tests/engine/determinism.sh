@@ -8,6 +8,7 @@
 #   1. `replay --into X` of the whole log has the digest of the live state
 #      (which `cairn append` built incrementally, one state transaction per
 #      log commit — replay uses much larger ones);
+#      — and so do replays forced serial and parallel (apply_threads 1, 2);
 #   2. `replay --to SEQ --into Y` has the digest the live state had when
 #      the log ended at SEQ (after the first part);
 #   3. `replay` in place keeps the digest and what `cairn show` and
@@ -109,6 +110,14 @@ for seed in $SEEDS; do
     fail "seed $seed: replay --into a non-empty directory was accepted"
   fi
 
+  # 1b. the same with each apply mode forced: serial, and the concurrent
+  # handlers on a second thread (the default with two CPUs or more)
+  for threads in 1 2; do
+    echo "{\"apply_threads\": $threads}" >"$WORK/threads.json"
+    same "seed $seed: replay --into with apply_threads $threads vs live digest" \
+      "$(CAIRN_CONFIG=$WORK/threads.json cairn replay --into "$WORK/t$threads-$seed")" "$d_live"
+  done
+
   # 2. a prefix of the log
   same "seed $seed: replay --to $SEQ vs digest at $SEQ" \
     "$(cairn replay --to "$SEQ" --into "$WORK/y-$seed")" "$d_part"
@@ -121,7 +130,7 @@ for seed in $SEEDS; do
   for f in "$WORK"/before/*; do
     cmp -s "$f" "$WORK/after/${f##*/}" || fail "seed $seed: ${f##*/} changed by replay"
   done
-  rm -rf "$WORK/x-$seed" "$WORK/y-$seed" "$DATA"
+  rm -rf "$WORK/x-$seed" "$WORK/y-$seed" "$WORK/t1-$seed" "$WORK/t2-$seed" "$DATA"
   empty=$(cd "$WORK/before" && find . -type f -empty | sed 's|^\./||' | sort | tr '\n' ' ')
   echo "determinism: seed $seed: $HEAD events (split at $SEQ): digests equal;" \
     "same $(cd "$WORK/before" && echo *)${empty:+ (empty: $empty)} ($((SECONDS - t0)) s)"

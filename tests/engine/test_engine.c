@@ -15,7 +15,9 @@
  *    commit, apply_to, a failing batch and the writer path never apply an
  *    input twice or skip one; replay gives the same digest;
  *  - after an aborted batch every handler is closed and opened again, so
- *    in-memory caches never keep work that did not commit.
+ *    in-memory caches never keep work that did not commit;
+ *  - the parallel apply (handler.h, `concurrent`) gives every handler the
+ *    events of the serial apply in the same order, and the same state.
  *
  * Inputs go straight into the log with log_append (the engine owns the
  * log; its writer is not started), so their types need no schema.
@@ -28,6 +30,7 @@
 #include <cmocka.h>
 
 #include <ftw.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -1119,6 +1122,200 @@ static void test_abort_reopens_handlers(void **state)
     assert_int_equal(cache_closes, cache_opens);
 }
 
+/* ====================================================================== (g) parallel apply */
+
+/* p_a (concurrent) and p_b (not) consume only inputs; p_l1 consumes p_a's
+ * x and p_l2 consumes inputs, x, p_l1's z and p_b's y. In registry order
+ * {p_a, p_l1, p_b, p_l2, p_c} the engine orders them p_a, p_l1, p_b, p_l2,
+ * p_c: an early handler (p_b) between two late ones, so p_l2's events of
+ * one input (the input, x, z, y — handler order) test that the parallel
+ * apply builds them as the serial one does. p_a and p_c (concurrent, the
+ * last in order) keep a counter in their state, read back with hctx_get
+ * on every input, while the others write too. */
+#define PAR_INPUTS 9000
+static char par_trace[PAR_INPUTS * 6][24];
+static size_t par_ntrace;
+static bool par_off_main; /* a concurrent apply ran on another thread */
+static pthread_t par_main;
+static unsigned par_db[5];
+
+static void par_record(char who, const struct event *ev)
+{
+    assert_true(par_ntrace < sizeof par_trace / sizeof par_trace[0]);
+    snprintf(par_trace[par_ntrace++], sizeof par_trace[0], "%c%c%.*s%llu/%llu", who,
+             ev->derived ? 'd' : 'i', (int)ev->type.n, ev->type.p, (unsigned long long)ev->seq,
+             (unsigned long long)ev->dseq);
+}
+
+/* Counts its inputs in its own DBI: a get and a put per input. */
+static int par_count(struct hctx *ctx, unsigned db)
+{
+    MDB_val v;
+    uint8_t v8[8];
+    uint64_t n = 0;
+    int rc = hctx_get(ctx, db, "n", 1, &v);
+    if (rc && rc != CAIRN_ENOTFOUND)
+        return rc;
+    if (!rc) {
+        assert_int_equal(v.mv_size, 8);
+        n = cairn_be64_get(v.mv_data);
+    }
+    cairn_be64_put(v8, n + 1);
+    return hctx_put(ctx, db, "n", 1, v8, 8);
+}
+
+#define PAR_OPEN(fn, i)                                                                            \
+    static int fn(struct hctx *ctx)                                                                \
+    {                                                                                              \
+        return hctx_db(ctx, "n", 0, &par_db[i]);                                                   \
+    }
+PAR_OPEN(p_a_open, 0)
+PAR_OPEN(p_b_open, 1)
+PAR_OPEN(p_c_open, 2)
+PAR_OPEN(p_l1_open, 3)
+PAR_OPEN(p_l2_open, 4)
+
+static int p_a_apply(struct hctx *ctx, const struct event *ev)
+{
+    int64_t n = payload_int(ev, "n");
+    if (!pthread_equal(pthread_self(), par_main))
+        par_off_main = true;
+    int rc = par_count(ctx, par_db[0]);
+    for (int64_t k = 0; k < n % 3 && !rc; k++)
+        rc = emit_k(ctx, ev, "x", k, NULL, NULL);
+    return rc;
+}
+
+static int p_b_apply(struct hctx *ctx, const struct event *ev)
+{
+    int64_t n = payload_int(ev, "n");
+    int rc = n % 4 ? 0 : par_count(ctx, par_db[1]);
+    for (int64_t k = 0; k < n % 2 && !rc; k++)
+        rc = emit_k(ctx, ev, "y", k, NULL, NULL);
+    return rc;
+}
+
+static int p_c_apply(struct hctx *ctx, const struct event *ev)
+{
+    if (!pthread_equal(pthread_self(), par_main))
+        par_off_main = true;
+    int rc = par_count(ctx, par_db[2]);
+    return rc ? rc : payload_int(ev, "n") % 7 ? 0 : emit_k(ctx, ev, "w", 0, NULL, NULL);
+}
+
+static int p_l1_apply(struct hctx *ctx, const struct event *ev)
+{
+    par_record('1', ev);
+    int rc = par_count(ctx, par_db[3]);
+    return rc || payload_int(ev, "k") != 1 ? rc
+                                           : emit_k(ctx, ev, "z", (int64_t)ev->dseq, NULL, NULL);
+}
+
+static int p_l2_apply(struct hctx *ctx, const struct event *ev)
+{
+    par_record('2', ev);
+    return ev->derived ? 0 : par_count(ctx, par_db[4]);
+}
+
+static const struct handler p_a = {.version = HANDLER_VERSION,
+                                   .name = "p_a",
+                                   .consumes = LIST("in"),
+                                   .emits = LIST("x"),
+                                   .open = p_a_open,
+                                   .apply = p_a_apply,
+                                   .concurrent = true};
+static const struct handler p_b = {.version = HANDLER_VERSION,
+                                   .name = "p_b",
+                                   .consumes = LIST("in"),
+                                   .emits = LIST("y"),
+                                   .open = p_b_open,
+                                   .apply = p_b_apply};
+static const struct handler p_c = {.version = HANDLER_VERSION,
+                                   .name = "p_c",
+                                   .consumes = LIST("in"),
+                                   .emits = LIST("w"),
+                                   .open = p_c_open,
+                                   .apply = p_c_apply,
+                                   .concurrent = true};
+static const struct handler p_l1 = {.version = HANDLER_VERSION,
+                                    .name = "p_l1",
+                                    .consumes = LIST("x"),
+                                    .emits = LIST("z"),
+                                    .open = p_l1_open,
+                                    .apply = p_l1_apply};
+static const struct handler p_l2 = {.version = HANDLER_VERSION,
+                                    .name = "p_l2",
+                                    .consumes = LIST("in", "x", "z", "y"),
+                                    .open = p_l2_open,
+                                    .apply = p_l2_apply};
+
+/* The same log through the serial and the parallel apply: every late
+ * handler sees the same events in the same order, and the states have
+ * the same digest. */
+static void test_parallel_apply(void **state)
+{
+    const char *dir = *state;
+    const struct handler *const table[] = {&p_a, &p_l1, &p_b, &p_l2, &p_c, NULL};
+    static char serial[sizeof par_trace / sizeof par_trace[0]][24];
+    char into[4200], into2[4200];
+    uint8_t d1[32], d2[32], d3[32];
+    uint64_t cp1, cp2, cp3;
+    struct cairn_error e;
+    par_main = pthread_self();
+
+    struct engine_config cfg = config_for(dir, table);
+    cfg.apply_threads = 1;
+    struct engine *eng = open_engine(&cfg);
+    const struct handler *const *order;
+    assert_int_equal(engine_handlers(eng, &order), 5);
+    assert_ptr_equal(order[1], &p_l1);
+    assert_ptr_equal(order[2], &p_b);
+    assert_ptr_equal(order[3], &p_l2);
+    append_inputs(engine_log(eng), 1, PAR_INPUTS);
+    par_ntrace = 0;
+    par_off_main = false;
+    assert_int_equal(engine_catch_up(eng, 0), 0);
+    assert_false(par_off_main);
+    size_t nserial = par_ntrace;
+    memcpy(serial, par_trace, sizeof serial);
+    state_digest(engine_proj(eng), d1, &cp1);
+    assert_int_equal(cp1, PAR_INPUTS);
+    engine_close(eng);
+    /* p_l2's first input: the input, then x (p_a), z (p_l1), y (p_b). */
+    assert_string_equal(serial[0], "1dx1/1"); /* n = 1: one x, no z, one y */
+    assert_string_equal(serial[1], "2iin1/0");
+    assert_string_equal(serial[2], "2dx1/1");
+    assert_string_equal(serial[3], "2dy1/1");
+
+    snprintf(into, sizeof into, "%s/par", dir);
+    cfg.apply_threads = 2;
+    par_ntrace = 0;
+    cairn_error_clear(&e);
+    assert_int_equal(engine_replay(&cfg, into, 0, &e), 0);
+    assert_true(par_off_main); /* the parallel apply really ran */
+    assert_int_equal(par_ntrace, nserial);
+    for (size_t i = 0; i < nserial; i++)
+        if (strcmp(par_trace[i], serial[i]))
+            fail_msg("event %zu: serial %s, parallel %s", i, serial[i], par_trace[i]);
+    struct proj *p;
+    assert_int_equal(proj_open(&p, &(struct proj_config){.dir = into, .readonly = true}), 0);
+    state_digest(p, d2, &cp2);
+    proj_close(p);
+    assert_int_equal(cp2, PAR_INPUTS);
+    assert_memory_equal(d1, d2, 32);
+
+    /* In two parts (the second one parallel too): the same state. */
+    snprintf(into2, sizeof into2, "%s/par2", dir);
+    par_ntrace = 0;
+    assert_int_equal(engine_replay(&cfg, into2, 4500, &e), 0);
+    cfg.state_dir = into2;
+    eng = open_engine(&cfg);
+    state_digest(engine_proj(eng), d3, &cp3);
+    engine_close(eng);
+    assert_int_equal(cp3, PAR_INPUTS);
+    assert_memory_equal(d1, d3, 32);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -1132,6 +1329,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_exactly_once, dir_setup, dir_teardown),
         cmocka_unit_test_setup_teardown(test_write_bounded_transactions, dir_setup, dir_teardown),
         cmocka_unit_test_setup_teardown(test_abort_reopens_handlers, dir_setup, dir_teardown),
+        cmocka_unit_test_setup_teardown(test_parallel_apply, dir_setup, dir_teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
