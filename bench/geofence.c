@@ -36,7 +36,7 @@
  * inside.tsv (i TAB fence_id, one line per pair, in fix order) for
  * bench/geofence_postgis.sh, which runs the same fixes through PostGIS and
  * compares the sets. The last line is one JSON object with every figure.
- * CAIRN_BENCH_PERF_CTL: see perf_ctl.
+ * CAIRN_BENCH_PERF_CTL and callgrind: see perf_ctl.
  */
 #include "bench.h"
 #include "engine.h"
@@ -48,6 +48,13 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+
+#if defined(__has_include)
+#if __has_include(<valgrind/callgrind.h>)
+#include <valgrind/callgrind.h>
+#define CAIRN_HAVE_CALLGRIND 1
+#endif
+#endif
 
 extern const struct handler geofence_handler;
 size_t geofence_memory(struct hctx *ctx);
@@ -178,9 +185,18 @@ static void make_fixes(struct work *w, int64_t t0, FILE *csv)
 /* ====================================================================== the handler alone */
 
 /* With CAIRN_BENCH_PERF_CTL=FIFO (perf record -D -1 --control fifo:FIFO),
- * perf samples only the timed fixes phases. */
+ * perf samples only the timed fixes phases. Under
+ * `valgrind --tool=callgrind --instr-atstart=no` the same phases are the
+ * only ones instrumented (the client requests are no-ops otherwise), so
+ * instructions per fix come without simulating the define phase. */
 static void perf_ctl(const char *cmd)
 {
+#if CAIRN_HAVE_CALLGRIND
+    if (!strcmp(cmd, "enable"))
+        CALLGRIND_START_INSTRUMENTATION;
+    else
+        CALLGRIND_STOP_INSTRUMENTATION;
+#endif
     const char *path = getenv("CAIRN_BENCH_PERF_CTL");
     FILE *f = path ? fopen(path, "w") : NULL;
     if (f) {

@@ -678,13 +678,23 @@ void geo_raster_build(const struct geo_shape *s, struct geo_raster *r)
 
 /*
  * A hierarchical grid: level L has square cells of 360/2^L degrees, counted
- * from lon -180 and lat -90. A fence goes to the finest level whose cell is
- * at least as large as its bounding box inflated by EDGE_EPS (the on-edge
- * tolerance), so it is in at most 2 x 2 cells of that level, and it is
- * registered in every cell its inflated box meets. A point query therefore
- * needs only the point's own cell on each non-empty level (a point on a
- * cell line included): that cell lists every fence whose box, with the
- * tolerance, holds the point.
+ * from lon -180 and lat -90. Only every third level is used (LEVEL_BASE and
+ * the levels 3, 6, … above and below it). A fence's "fit" level is the
+ * finest whose cell is at least as large as its bounding box inflated by
+ * EDGE_EPS (the on-edge tolerance); it goes to the finest used level no
+ * more than one finer than that, so it is in at most 3 x 3 cells there, and
+ * it is registered in every cell its inflated box meets. A point query
+ * therefore needs only the point's own cell on each non-empty level (a
+ * point on a cell line included): that cell lists every fence whose box,
+ * with the tolerance, holds the point.
+ *
+ * Why every third level: each non-empty level costs a query one hash probe
+ * and one entry array, both cache misses with 100 000 fences. With every
+ * level in use, city-scale fences (100 m - 3 km across) filled 7 levels;
+ * with every third, 2 or 3, at the price of a few more entries per cell
+ * (fences from 2 cells to 1/4 cell wide share a level) and up to 9 cells
+ * per fence instead of 4. Every second level measured no better than every
+ * level: it saved probes but the fences still spread over 4 levels.
  *
  * Each cell lists its fences' ids next to their inflated boxes, as floats
  * rounded outwards (never smaller than the double box), so a query rejects
@@ -697,11 +707,10 @@ void geo_raster_build(const struct geo_shape *s, struct geo_raster *r)
  */
 
 #define LEVELS 20 /* level 19: cells of 360/2^19 deg ~ 76 m */
-/* Only every LEVEL_STEP-th level is used (19, 19 - STEP, …): a point query
- * probes one cell per used level, each a cache miss at scale, but coarser
- * cells hold more candidates. 2 measured no better than 1 with the
- * benchmark's fences (100 m - 3 km, 7 levels in use). */
-#define LEVEL_STEP 1
+/* The used levels are LEVEL_BASE + 3k: 2, 5, 8, 11, 14 (cells of 0.022
+ * degrees, ~2.4 km of latitude) and 17 (~300 m). */
+#define LEVEL_BASE 14
+#define LEVEL_STEP 3
 /* A box query covering more cells than this at one level scans that
  * level's whole table instead (same answer, bounded work). */
 #define BOX_CELLS_MAX 4096
@@ -720,6 +729,7 @@ struct bucket {
 struct geo_index {
     struct bucket *tab;
     size_t cap, used;
+    uint32_t gen; /* changes with every add and delete (struct geo_hint) */
     uint32_t level_count[LEVELS];
     uint32_t *stamp; /* per id, for box dedup */
     size_t nstamp;
@@ -768,13 +778,18 @@ static void ibox(const struct geo_shape *s, double b[4])
     b[2] = s->maxx + EDGE_EPS, b[3] = s->maxy + EDGE_EPS;
 }
 
+/* The used level of a fence (see above): the fit level, then the finest
+ * used level at most one finer. */
 static int level_for(const double b[4])
 {
     double w = b[2] - b[0], h = b[3] - b[1], m = w > h ? w : h;
     int l = LEVELS - 1;
-    while (l >= LEVEL_STEP && cell_deg(l) < m)
-        l -= LEVEL_STEP;
-    return l;
+    while (l >= 1 && cell_deg(l) < m)
+        l--;
+    int u = l + 1 > LEVELS - 1 ? LEVELS - 1 : l + 1;
+    while ((u - LEVEL_BASE + 3 * LEVELS) % LEVEL_STEP)
+        u--;
+    return u < 0 ? 0 : u;
 }
 
 static float f_down(double d)
@@ -795,6 +810,7 @@ int geo_index_new(struct geo_index **out)
     if (!ix)
         return CAIRN_ENOMEM;
     ix->cap = 1024;
+    ix->gen = 1;
     ix->tab = calloc(ix->cap, sizeof *ix->tab);
     if (!ix->tab) {
         free(ix);
@@ -913,6 +929,8 @@ int geo_index_add(struct geo_index *ix, uint32_t space, uint32_t id, const struc
                 return rc;
         }
     ix->level_count[l]++;
+    if (++ix->gen == 0)
+        ix->gen = 1;
     return 0;
 }
 
@@ -927,6 +945,8 @@ void geo_index_del(struct geo_index *ix, uint32_t space, uint32_t id, const stru
         for (uint32_t x = x0; x <= x1; x++)
             bucket_del(ix, cell_key(space, l, x, y), id);
     ix->level_count[l]--;
+    if (++ix->gen == 0)
+        ix->gen = 1;
 }
 
 static int push(uint32_t **ids, size_t *cap, size_t n, uint32_t id)
@@ -957,34 +977,74 @@ static struct bucket *find_at(struct geo_index *ix, uint64_t key, size_t i)
 
 /* The cells of the point on every non-empty level are independent loads
  * from a table larger than the caches: their slots are prefetched first,
- * then their entry arrays, so the misses overlap instead of queueing. */
-int geo_index_point(struct geo_index *ix, uint32_t space, double lon, double lat, uint32_t **ids,
-                    size_t *cap)
+ * then their entry arrays, so the misses overlap instead of queueing.
+ *
+ * With a hint, a level whose cell is the previous query's is not looked
+ * up: its entries (pointer and count) are the hint's, valid because the
+ * index has not changed since (gen). Cells nest exactly: the cell of a
+ * coordinate at level l is its cell at level LEVELS - 1 shifted right by
+ * LEVELS - 1 - l, since cell_scale(LEVELS - 1) is cell_scale(l) times a
+ * power of two (so the product with v + base is too, rounding included),
+ * and floor(2^k y) >> k = floor(y) for y >= 0 (the clamps agree as well).
+ * So comparing the finest cells shifted is comparing the level's cells. */
+int geo_index_point_hint(struct geo_index *ix, uint32_t space, double lon, double lat,
+                         struct geo_hint *hint, uint32_t **ids, size_t *cap)
 {
     uint64_t key[LEVELS];
     size_t at[LEVELS], m = ix->cap - 1;
-    struct bucket *b[LEVELS];
+    const struct gent *e[LEVELS];
+    uint32_t ne[LEVELS];
+    bool probe[LEVELS];
     int nl = 0;
+    uint32_t fx = cell_of(lon, 180, LEVELS - 1), fy = cell_of(lat, 90, LEVELS - 1);
+    bool valid = hint && hint->gen == ix->gen;
     for (int l = 0; l < LEVELS; l++) {
         if (!ix->level_count[l])
             continue;
-        key[nl] = cell_key(space, l, cell_of(lon, 180, l), cell_of(lat, 90, l));
-        at[nl] = mix(key[nl]) & m;
-        __builtin_prefetch(&ix->tab[at[nl]]);
+        int k = LEVELS - 1 - l;
+        if (valid && nl < GEO_HINT_LEVELS && hint->fx >> k == fx >> k && hint->fy >> k == fy >> k) {
+            e[nl] = hint->e[nl];
+            ne[nl] = hint->n[nl];
+            probe[nl] = false;
+            if (ne[nl])
+                __builtin_prefetch(e[nl]);
+        } else {
+            key[nl] = cell_key(space, l, fx >> k, fy >> k);
+            at[nl] = mix(key[nl]) & m;
+            probe[nl] = true;
+            __builtin_prefetch(&ix->tab[at[nl]]);
+        }
         nl++;
     }
     for (int i = 0; i < nl; i++)
-        if ((b[i] = find_at(ix, key[i], at[i])))
-            __builtin_prefetch(b[i]->e);
+        if (probe[i]) {
+            const struct bucket *b = find_at(ix, key[i], at[i]);
+            e[i] = b ? b->e : NULL;
+            ne[i] = b ? b->n : 0;
+            if (ne[i])
+                __builtin_prefetch(e[i]);
+        }
+    if (hint) {
+        hint->gen = nl <= GEO_HINT_LEVELS ? ix->gen : 0;
+        hint->fx = fx, hint->fy = fy;
+        for (int i = 0; i < nl && i < GEO_HINT_LEVELS; i++)
+            hint->e[i] = e[i], hint->n[i] = ne[i];
+    }
     size_t n = 0;
     for (int k = 0; k < nl; k++)
-        for (uint32_t i = 0; b[k] && i < b[k]->n; i++) {
-            const struct gent *e = &b[k]->e[i];
-            if (lon >= e->x0 && lon <= e->x1 && lat >= e->y0 && lat <= e->y1 &&
-                push(ids, cap, n++, e->id))
+        for (uint32_t i = 0; i < ne[k]; i++) {
+            const struct gent *g = &e[k][i];
+            if (lon >= g->x0 && lon <= g->x1 && lat >= g->y0 && lat <= g->y1 &&
+                push(ids, cap, n++, g->id))
                 return CAIRN_ENOMEM;
         }
     return (int)n;
+}
+
+int geo_index_point(struct geo_index *ix, uint32_t space, double lon, double lat, uint32_t **ids,
+                    size_t *cap)
+{
+    return geo_index_point_hint(ix, space, lon, lat, NULL, ids, cap);
 }
 
 /* Adds the bucket's entries meeting the box, once per query (stamp). */

@@ -118,10 +118,11 @@ static inline int geo_raster_test(const struct geo_raster *r, double lon, double
 
 /* ====================================================================== the index */
 
-/* A hierarchical grid: level L has square cells of 360/2^L degrees; a
- * fence goes to the finest level whose cell is at least as large as its
- * bounding box (inflated by the on-edge tolerance), so it is in at most 4
- * cells, and a point query looks at one cell per non-empty level. Cells
+/* A hierarchical grid: level L has square cells of 360/2^L degrees, every
+ * third level in use; a fence goes to the finest used level whose cell is
+ * at least half as large as its bounding box (inflated by the on-edge
+ * tolerance), so it is in at most 3 x 3 cells, and a point query looks at
+ * one cell per non-empty level (geo.c says why every third). Cells
  * keep each fence's box next to its id, so queries return only ids whose
  * box meets the point or box. Values are caller ids (u32); duplicates in a
  * box query are removed. Keys carry a space number (the tenant). */
@@ -136,6 +137,20 @@ void geo_index_del(struct geo_index *ix, uint32_t space, uint32_t id, const stru
  * Returns the count or CAIRN_ENOMEM. Order is unspecified. */
 int geo_index_point(struct geo_index *ix, uint32_t space, double lon, double lat, uint32_t **ids,
                     size_t *cap);
+/* A caller's memory of its previous point query (kept per device by the
+ * handler): while the index is unchanged, the cells of levels where the
+ * new point lies in the same cell as the previous one are not looked up
+ * again; their entries are read straight away. Zero-initialise; 64 bytes. */
+#define GEO_HINT_LEVELS 4
+struct geo_hint {
+    uint32_t gen;    /* the index's generation when filled (0: never) */
+    uint32_t fx, fy; /* the previous point's cell at the finest level */
+    uint32_t n[GEO_HINT_LEVELS];
+    const void *e[GEO_HINT_LEVELS]; /* per non-empty level, coarsest first */
+};
+/* geo_index_point, using and refreshing *hint (NULL: none). */
+int geo_index_point_hint(struct geo_index *ix, uint32_t space, double lon, double lat,
+                         struct geo_hint *hint, uint32_t **ids, size_t *cap);
 /* Ids whose bbox (with the tolerance) meets the box, each once. A box
  * covering too many cells of a level scans that level's cells instead. */
 int geo_index_box(struct geo_index *ix, uint32_t space, double minx, double miny, double maxx,

@@ -320,6 +320,43 @@ static void test_brute_force(void **state)
                     f[ids[i]].miny > y + h);
         assert_int_equal(ng, nw);
     }
+    /* hints (a per-device memory of the previous query): walkers with steps
+     * from 1 m to 10 km get exactly the ids of a query without one, before
+     * and after the index changes */
+    enum { NW = 200 };
+    struct geo_hint *hint = calloc(NW, sizeof *hint);
+    double *wx = malloc(NW * 2 * sizeof *wx);
+    uint32_t *ids2 = NULL;
+    size_t cap2 = 0;
+    long reused = 0;
+    for (int w = 0; w < NW; w++)
+        wx[2 * w] = -10 + 20 * rnd(), wx[2 * w + 1] = 40 + 10 * rnd();
+    for (int round = 0; round < 2; round++) {
+        if (round == 1) /* the index changes: every hint is stale */
+            for (uint32_t i = NF - 50; i < NF; i++)
+                geo_index_del(ix, 1, i, &f[i]);
+        for (int step = 0; step < 300; step++)
+            for (int w = 0; w < NW; w++) {
+                double d = pow(10, -5 + 4 * rnd()), a = 2 * M_PI * rnd();
+                wx[2 * w] += d * cos(a), wx[2 * w + 1] += d * sin(a);
+                if (step % 97 == 0) /* now and then exactly on a cell line */
+                    wx[2 * w] = floor(wx[2 * w] * 4) / 4;
+                uint32_t gen = hint[w].gen;
+                int n = geo_index_point_hint(ix, 1, wx[2 * w], wx[2 * w + 1], &hint[w], &ids, &cap);
+                int n2 = geo_index_point(ix, 1, wx[2 * w], wx[2 * w + 1], &ids2, &cap2);
+                assert_int_equal(n, n2);
+                qsort(ids, (size_t)n, sizeof *ids, cmp_u32);
+                qsort(ids2, (size_t)n2, sizeof *ids2, cmp_u32);
+                assert_memory_equal(ids, ids2, (size_t)n * sizeof *ids);
+                reused += gen && gen == hint[w].gen;
+            }
+    }
+    assert_true(reused > NW * 300); /* the hints were used, not only refilled */
+    for (uint32_t i = NF - 50; i < NF; i++)
+        assert_int_equal(geo_index_add(ix, 1, i, &f[i]), 0);
+    free(ids2);
+    free(wx);
+    free(hint);
     /* deleting every other fence */
     for (uint32_t i = 0; i < NF; i += 2)
         geo_index_del(ix, 1, i, &f[i]);
