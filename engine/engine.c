@@ -97,7 +97,15 @@ struct engine {
     msgpack_object *bodies; /* their bodies, decoded into zone */
     uint64_t *masks;        /* their consumers */
     uint32_t *ends;         /* [i * PAR_BATCH + j]: order[i]'s emits after input j */
+    bool *deferred;         /* inputs only worker-side handlers consume: decoded there */
     size_t nbatch;
+    uint64_t worker_mask; /* the handlers on side 1 this run */
+    msgpack_zone wzone;   /* the worker's decoded inputs */
+    bool wzone_ok;
+    /* Time this thread spends in a parallel apply outside the early
+     * handlers' applies (reading and decoding the log, the late handlers,
+     * flushes, commits): its fixed load when sides are assigned. */
+    uint64_t main_ns;
     pthread_t worker;
     bool worker_started;
     pthread_mutex_t wmu;
@@ -324,6 +332,17 @@ static int apply_log_event(struct engine *eng, const struct log_event *le)
 static int apply_early(struct engine *eng, unsigned char side)
 {
     int rc = 0;
+    for (size_t j = 0; side && j < eng->nbatch && !rc; j++) {
+        size_t off = 0;
+        if (!eng->deferred[j])
+            continue;
+        msgpack_unpack_return urc =
+            msgpack_unpack((const char *)eng->batch[j].payload, eng->batch[j].payload_len, &off,
+                           &eng->wzone, &eng->bodies[j]);
+        if (urc != MSGPACK_UNPACK_SUCCESS && urc != MSGPACK_UNPACK_EXTRA_BYTES)
+            rc = CAIRN_ECORRUPT;
+        eng->batch[j].body = &eng->bodies[j];
+    }
     for (size_t i = 0; i < eng->n && !rc; i++) {
         if (!eng->early[i] || eng->side[i] != side)
             continue;
@@ -368,9 +387,12 @@ static int par_start(struct engine *eng)
         eng->bodies = calloc(PAR_BATCH, sizeof *eng->bodies);
         eng->masks = calloc(PAR_BATCH, sizeof *eng->masks);
         eng->ends = calloc(eng->n * PAR_BATCH, sizeof *eng->ends);
-        if (!eng->batch || !eng->bodies || !eng->masks || !eng->ends)
+        eng->deferred = calloc(PAR_BATCH, sizeof *eng->deferred);
+        if (!eng->batch || !eng->bodies || !eng->masks || !eng->ends || !eng->deferred)
             return CAIRN_ENOMEM;
     }
+    if (!eng->wzone_ok && !(eng->wzone_ok = msgpack_zone_init(&eng->wzone, ZONE_CHUNK)))
+        return CAIRN_ENOMEM;
     if (pthread_create(&eng->worker, NULL, worker_main, eng))
         return CAIRN_ENOMEM;
     eng->worker_started = true;
@@ -391,20 +413,25 @@ static void par_stop(struct engine *eng)
     free(eng->bodies);
     free(eng->masks);
     free(eng->ends);
+    free(eng->deferred);
+    if (eng->wzone_ok)
+        msgpack_zone_destroy(&eng->wzone);
 }
 
 /* Which thread applies each early handler: the concurrent ones, costliest
  * first (apply time so far), each to the less loaded side; everything
- * else is this thread's. Only speed depends on it, never the state. */
+ * else is this thread's, which also reads the log, runs the late handlers,
+ * flushes and commits (main_ns). Only speed depends on it, never the
+ * state. */
 static void assign_sides(struct engine *eng)
 {
-    uint64_t load[2] = {0, 0};
+    uint64_t load[2] = {eng->main_ns, 0};
     bool todo[HANDLERS_MAX];
     for (size_t i = 0; i < eng->n; i++) {
         uint64_t ns = atomic_load_explicit(&eng->apply_ns[i], memory_order_relaxed);
         eng->side[i] = 0;
         todo[i] = eng->early[i] && eng->order[i]->concurrent;
-        if (!todo[i])
+        if (eng->early[i] && !todo[i])
             load[0] += ns;
     }
     for (;;) {
@@ -421,6 +448,9 @@ static void assign_sides(struct engine *eng)
         eng->side[pick] = load[1] <= load[0];
         load[eng->side[pick]] += most;
     }
+    eng->worker_mask = 0;
+    for (size_t i = 0; i < eng->n; i++)
+        eng->worker_mask |= (uint64_t)eng->side[i] << i;
 }
 
 /* Input j of the run through the late handlers, in order, with the early
@@ -463,7 +493,6 @@ static int apply_late(struct engine *eng, size_t j, const struct event *const *e
 static int apply_run(struct engine *eng)
 {
     const struct event *em[HANDLERS_MAX] = {NULL};
-    assign_sides(eng);
     proj_set_shared(eng->proj, true);
     pthread_mutex_lock(&eng->wmu);
     eng->wgo = true;
@@ -474,6 +503,7 @@ static int apply_run(struct engine *eng)
     while (eng->wgo)
         pthread_cond_wait(&eng->wcv, &eng->wmu);
     pthread_mutex_unlock(&eng->wmu);
+    int64_t t0 = mono_ns();
     proj_set_shared(eng->proj, false);
     if (!rc)
         rc = eng->wrc;
@@ -484,6 +514,7 @@ static int apply_run(struct engine *eng)
         rc = apply_late(eng, j, em);
     for (size_t i = 0; i < eng->n; i++)
         proj_hctx_clear(eng->ctx[i]);
+    eng->main_ns += (uint64_t)(mono_ns() - t0);
     return rc;
 }
 
@@ -496,7 +527,9 @@ static int apply_range_par(struct engine *eng, struct log_iter *it, uint64_t fro
     int rc = par_start(eng);
     while (!rc && want <= *to) {
         size_t bytes = 0;
+        int64_t t0 = mono_ns();
         eng->nbatch = 0;
+        assign_sides(eng);
         while (!rc && want <= *to && eng->nbatch < PAR_BATCH && bytes < PAR_BATCH_BYTES &&
                !(rc = log_iter_next(it, &le))) {
             if (le.seq != want++) {
@@ -507,8 +540,12 @@ static int apply_range_par(struct engine *eng, struct log_iter *it, uint64_t fro
             if (!mask)
                 continue;
             size_t k = eng->nbatch, off = 0;
-            msgpack_unpack_return urc = msgpack_unpack((const char *)le.payload, le.payload_len,
-                                                       &off, &eng->zone, &eng->bodies[k]);
+            /* An input only worker-side handlers consume is decoded there. */
+            eng->deferred[k] = !(mask & ~eng->worker_mask);
+            msgpack_unpack_return urc =
+                eng->deferred[k] ? MSGPACK_UNPACK_SUCCESS
+                                 : msgpack_unpack((const char *)le.payload, le.payload_len, &off,
+                                                  &eng->zone, &eng->bodies[k]);
             if (urc != MSGPACK_UNPACK_SUCCESS && urc != MSGPACK_UNPACK_EXTRA_BYTES) {
                 rc = CAIRN_ECORRUPT;
                 break;
@@ -520,14 +557,16 @@ static int apply_range_par(struct engine *eng, struct log_iter *it, uint64_t fro
                                            .time = le.time,
                                            .payload = le.payload,
                                            .payload_len = le.payload_len,
-                                           .body = &eng->bodies[k]};
+                                           .body = eng->deferred[k] ? NULL : &eng->bodies[k]};
             eng->masks[k] = mask;
             eng->nbatch++;
             bytes += le.payload_len;
         }
+        eng->main_ns += (uint64_t)(mono_ns() - t0);
         if (!rc && eng->nbatch)
             rc = apply_run(eng);
         msgpack_zone_clear(&eng->zone);
+        msgpack_zone_clear(&eng->wzone);
         if (!rc && want <= *to && proj_txn_writes(eng->proj) >= APPLY_WRITES_MAX)
             *to = want - 1; /* commit here; the caller goes on from the checkpoint */
     }
@@ -569,6 +608,7 @@ static int apply_chunk(struct engine *eng, uint64_t from, uint64_t to)
         struct log_snap *s;
         struct log_iter *it = NULL;
         struct log_event le;
+        int64_t t_par = 0; /* a parallel apply ended then: time the flushes and commit */
         int rc = proj_begin(eng->proj);
         if (rc)
             return rc;
@@ -578,6 +618,7 @@ static int apply_chunk(struct engine *eng, uint64_t from, uint64_t to)
             if (!rc && eng->threads > 1 && eng->any_concurrent && to - from + 1 >= PAR_MIN_INPUTS) {
                 rc = apply_range_par(eng, it, from, &to);
                 want = to + 1; /* done: skip the serial loop */
+                t_par = mono_ns();
             }
             while (!rc && want <= to && !(rc = log_iter_next(it, &le))) {
                 rc = le.seq == want ? apply_log_event(eng, &le) : CAIRN_ECORRUPT;
@@ -595,6 +636,8 @@ static int apply_chunk(struct engine *eng, uint64_t from, uint64_t to)
             proj_abort(eng->proj);
         else
             rc = proj_commit(eng->proj, to);
+        if (t_par)
+            eng->main_ns += (uint64_t)(mono_ns() - t_par);
         if (!rc)
             return 0;
         int rrc = reopen_handlers(eng); /* the transaction is gone either way */

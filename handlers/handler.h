@@ -209,8 +209,16 @@ struct hentry {
     struct cairn_buf mem; /* the key, then whatever the handler keeps */
 };
 
+/* A slot keeps its entry's hash next to the pointer, so a probe past
+ * another key does not load that entry (a cache miss each, on big
+ * caches). The hash of an empty slot means nothing. */
+struct hslot {
+    uint64_t hash;
+    struct hentry *e;
+};
+
 struct hcache {
-    struct hentry **slots; /* open addressing, linear probing; a power of 2 */
+    struct hslot *slots; /* open addressing, linear probing; a power of 2 */
     size_t nslots, count;
     struct hentry **dirty; /* changed since the last flush, in order */
     size_t ndirty, dirty_cap;
@@ -225,6 +233,9 @@ int hcache_slot(struct hcache *c, const uint8_t *k, size_t n, uint64_t *hash,
 struct hentry *hcache_find(struct hcache *c, const uint8_t *k, size_t n);
 /* Lists e for the next flush (once). */
 int hcache_mark(struct hcache *c, struct hentry *e);
+/* Sorts the dirty list by key (LMDB's order): a flush putting them in
+ * that order walks the B-tree once instead of from a cold root per put. */
+void hcache_sort_dirty(struct hcache *c);
 /* Frees every entry; the cache is empty (and usable) after. */
 void hcache_clear(struct hcache *c);
 /* hcache_clear, and the dirty list too (close). */

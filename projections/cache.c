@@ -28,7 +28,7 @@ void hentry_free(struct hentry *e)
 void hcache_clear(struct hcache *c)
 {
     for (size_t i = 0; i < c->nslots; i++)
-        hentry_free(c->slots[i]);
+        hentry_free(c->slots[i].e);
     free(c->slots);
     c->slots = NULL;
     c->nslots = c->count = c->ndirty = 0;
@@ -42,13 +42,20 @@ void hcache_free(struct hcache *c)
     c->dirty_cap = 0;
 }
 
+/* The slot of key k: its entry's, or the empty one where it goes (whose
+ * hash is set now, for the entry the caller may store there; an empty
+ * slot's hash means nothing). */
 static struct hentry **slot_of(struct hcache *c, uint64_t h, const uint8_t *k, size_t n)
 {
     size_t mask = c->nslots - 1;
     for (size_t i = (size_t)h & mask;; i = (i + 1) & mask) {
-        struct hentry *e = c->slots[i];
-        if (!e || (e->hash == h && e->vn == n && !memcmp(e->mem.data, k, n)))
-            return &c->slots[i];
+        struct hslot *s = &c->slots[i];
+        if (!s->e) {
+            s->hash = h;
+            return &s->e;
+        }
+        if (s->hash == h && s->e->vn == n && !memcmp(s->e->mem.data, k, n))
+            return &s->e;
     }
 }
 
@@ -58,7 +65,7 @@ static int grow(struct hcache *c)
     if (c->nslots && (c->count + 1) * 2 <= c->nslots)
         return 0;
     size_t n = c->nslots ? c->nslots * 2 : 1024;
-    struct hentry **old = c->slots;
+    struct hslot *old = c->slots;
     size_t oldn = c->nslots;
     if (!(c->slots = calloc(n, sizeof *c->slots))) {
         c->slots = old;
@@ -66,8 +73,8 @@ static int grow(struct hcache *c)
     }
     c->nslots = n;
     for (size_t i = 0; i < oldn; i++)
-        if (old[i])
-            *slot_of(c, old[i]->hash, old[i]->mem.data, old[i]->vn) = old[i];
+        if (old[i].e)
+            *slot_of(c, old[i].hash, old[i].e->mem.data, old[i].e->vn) = old[i].e;
     free(old);
     return 0;
 }
@@ -102,4 +109,17 @@ int hcache_mark(struct hcache *c, struct hentry *e)
     c->dirty[c->ndirty++] = e;
     e->dirty = true;
     return 0;
+}
+
+static int key_cmp(const void *x, const void *y)
+{
+    const struct hentry *a = *(struct hentry *const *)x, *b = *(struct hentry *const *)y;
+    int c = memcmp(a->mem.data, b->mem.data, a->vn < b->vn ? a->vn : b->vn);
+    return c ? c : (a->vn > b->vn) - (a->vn < b->vn);
+}
+
+void hcache_sort_dirty(struct hcache *c)
+{
+    if (c->ndirty > 1)
+        qsort(c->dirty, c->ndirty, sizeof *c->dirty, key_cmp);
 }

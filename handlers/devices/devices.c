@@ -518,6 +518,7 @@ static int devices_flush(struct hctx *ctx)
 {
     struct devices *d = self(ctx);
     int rc = 0;
+    hcache_sort_dirty(&d->cache); /* in key order: see hcache_sort_dirty */
     for (size_t i = 0; i < d->cache.ndirty && !rc; i++) {
         rc = dev_write(ctx, (struct dev *)d->cache.dirty[i]);
         d->cache.dirty[i]->dirty = false;

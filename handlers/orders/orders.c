@@ -552,6 +552,7 @@ static int orders_flush(struct hctx *ctx)
 {
     struct orders *os = *hctx_user(ctx);
     int rc = 0;
+    hcache_sort_dirty(&os->cache); /* in key order: see hcache_sort_dirty */
     for (size_t i = 0; i < os->cache.ndirty && !rc; i++) {
         rc = ord_write(ctx, (struct ord *)os->cache.dirty[i]);
         os->cache.dirty[i]->dirty = false;

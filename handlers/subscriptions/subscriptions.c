@@ -216,6 +216,7 @@ static int subs_flush(struct hctx *ctx)
 {
     struct subs *s = *hctx_user(ctx);
     int rc = 0;
+    hcache_sort_dirty(&s->cache); /* in key order: see hcache_sort_dirty */
     for (size_t i = 0; i < s->cache.ndirty && !rc; i++) {
         struct cust *c = (struct cust *)s->cache.dirty[i];
         rc = hctx_put(ctx, s->view, c->e.mem.data, c->e.vn, c->e.mem.data + c->e.vn,
