@@ -8,6 +8,9 @@
  */
 #include "log_test.h"
 
+#include "log_int.h"
+
+#include <msgpack.h>
 #include <openssl/evp.h>
 
 /* ====================================================================== a 10 000-event log */
@@ -377,6 +380,100 @@ static void sha256(const void *a, size_t an, const void *b, size_t bn, uint8_t o
     assert_true(EVP_DigestFinal_ex(md, out, &hl));
     assert_int_equal(hl, 32);
     EVP_MD_CTX_free(md);
+}
+
+/* The encoder writes bytes itself; they must be what msgpack-c's packer
+ * writes for the same fields (the encoder this replaced, below), for every
+ * width of every integer and string. */
+static void ref_str(msgpack_packer *pk, const struct cairn_str *s, bool nil_if_empty)
+{
+    if (nil_if_empty && s->n == 0)
+        msgpack_pack_nil(pk);
+    else
+        msgpack_pack_str_with_body(pk, s->p, s->n);
+}
+
+static void ref_encode(struct cairn_buf *b, const struct log_input *in, uint64_t seq,
+                       int64_t ingested, const uint8_t prev[LOG_HASH_LEN],
+                       const uint8_t hash[LOG_HASH_LEN])
+{
+    msgpack_packer pk;
+    msgpack_packer_init(&pk, b, cairn_buf_msgpack_write);
+    cairn_buf_reset(b);
+    msgpack_pack_map(&pk, 11);
+    msgpack_pack_str_with_body(&pk, "seq", 3);
+    msgpack_pack_uint64(&pk, seq);
+    msgpack_pack_str_with_body(&pk, "time", 4);
+    msgpack_pack_int64(&pk, in->time);
+    msgpack_pack_str_with_body(&pk, "ingested", 8);
+    msgpack_pack_int64(&pk, ingested);
+    msgpack_pack_str_with_body(&pk, "type", 4);
+    ref_str(&pk, &in->type, false);
+    msgpack_pack_str_with_body(&pk, "tenant", 6);
+    ref_str(&pk, &in->tenant, false);
+    msgpack_pack_str_with_body(&pk, "key", 3);
+    ref_str(&pk, &in->key, false);
+    msgpack_pack_str_with_body(&pk, "id", 2);
+    ref_str(&pk, &in->id, true);
+    msgpack_pack_str_with_body(&pk, "source", 6);
+    ref_str(&pk, &in->source, false);
+    msgpack_pack_str_with_body(&pk, "payload", 7);
+    cairn_buf_append(b, in->payload, in->payload_len);
+    msgpack_pack_str_with_body(&pk, "prev", 4);
+    msgpack_pack_bin_with_body(&pk, prev, LOG_HASH_LEN);
+    msgpack_pack_str_with_body(&pk, "hash", 4);
+    msgpack_pack_bin_with_body(&pk, hash, LOG_HASH_LEN);
+}
+
+static void test_envelope_packer(void **state)
+{
+    (void)state;
+    static const int64_t ints[] = {
+        0,         1,  127, 128, 255,  256,  65535,  65536,  4294967295LL,  4294967296LL,
+        INT64_MAX, -1, -32, -33, -128, -129, -32768, -32769, -2147483648LL, -2147483649LL,
+        INT64_MIN, T0};
+    static const size_t lens[] = {0, 1, 31, 32, 255, 256, 65535, 65536, 70000};
+    enum { NI = sizeof ints / sizeof *ints, NL = sizeof lens / sizeof *lens };
+    char *text = malloc(70000);
+    assert_non_null(text);
+    memset(text, 'x', 70000);
+    static const uint8_t payload[] = {0x81, 0xa1, 'a', 0x01};
+    struct cairn_buf got, want;
+    cairn_buf_init(&got, CAIRN_PAYLOAD_MAX_CEILING + 4096);
+    cairn_buf_init(&want, SIZE_MAX);
+    EVP_MD_CTX *md = EVP_MD_CTX_new();
+    assert_non_null(md);
+    uint8_t prev[LOG_HASH_LEN], hash[LOG_HASH_LEN], h2[LOG_HASH_LEN];
+    for (unsigned i = 0; i < 200; i++) {
+        for (unsigned j = 0; j < LOG_HASH_LEN; j++)
+            prev[j] = (uint8_t)(i * 31 + j);
+        /* each field walks the widths at its own pace */
+        struct log_input in = {
+            .type = {text, lens[i % NL]},
+            .tenant = {text, lens[(i / 2) % NL]},
+            .key = {text, lens[(i / 3) % NL]},
+            .id = {text, lens[(i / 5) % NL]},
+            .source = {text, lens[(i / 7) % NL]},
+            .time = ints[i % NI],
+            .payload = payload,
+            .payload_len = sizeof payload,
+        };
+        uint64_t seq = i < NI && ints[i] >= 0 ? (uint64_t)ints[i] : UINT64_MAX - i;
+        int64_t ingested = ints[(i / 3) % NI];
+        assert_int_equal(log_envelope_encode(&got, md, &in, seq, ingested, prev, hash), 0);
+        ref_encode(&want, &in, seq, ingested, prev, hash);
+        assert_int_equal(got.len - LOG_HASH_LEN, want.len);
+        assert_memory_equal(got.data + LOG_HASH_LEN, want.data, want.len);
+        assert_memory_equal(got.data, prev, LOG_HASH_LEN);
+        /* the hash is SHA-256(prev || 0x8a || entries seq..prev) */
+        want.data[0] = 0x8a;
+        sha256(prev, LOG_HASH_LEN, want.data, want.len - (1 + 4 + 2 + LOG_HASH_LEN), h2);
+        assert_memory_equal(hash, h2, LOG_HASH_LEN);
+    }
+    EVP_MD_CTX_free(md);
+    cairn_buf_deinit(&got);
+    cairn_buf_deinit(&want);
+    free(text);
 }
 
 static void test_envelope(void **state)
@@ -766,9 +863,8 @@ int main(void)
         cmocka_unit_test(test_tamper_missing), cmocka_unit_test(test_tamper_last),
     };
     const struct CMUnitTest others[] = {
-        cmocka_unit_test(test_envelope),
-        cmocka_unit_test(test_entity_reads),
-        cmocka_unit_test(test_empty),
+        cmocka_unit_test(test_envelope),      cmocka_unit_test(test_envelope_packer),
+        cmocka_unit_test(test_entity_reads),  cmocka_unit_test(test_empty),
         cmocka_unit_test(test_verify_chunks),
     };
     int failed = cmocka_run_group_tests_name("chain", chain, chain_setup, chain_teardown);
