@@ -25,7 +25,8 @@
  * value is a stack of borrowed segments, formatted into a JSON pointer only
  * when a failure is reported; branches of anyOf/oneOf/not are tried without
  * formatting anything. (glibc's regexec allocates internally; that is out of
- * our hands.)
+ * our hands. Its answers for short strings are memoised per thread: see
+ * re_memo_match.)
  */
 #include "schemas.h"
 
@@ -35,6 +36,7 @@
 #include <fcntl.h>
 #include <math.h>
 #include <regex.h>
+#include <stdatomic.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -106,6 +108,7 @@ struct node {
     size_t min_len, max_len, min_items, max_items;
     bool has_re;
     regex_t re;
+    uint64_t re_id; /* unique per compiled pattern, process-wide: the memo's key */
     const char *pattern;
     const json_t *props_doc; /* the `properties` object: lookup for additionalProperties */
     struct prop *props;
@@ -623,7 +626,9 @@ static int kw_pattern(struct build *b, struct node *n, const json_t *v, const st
         snprintf(what, sizeof what, "is not a POSIX extended regular expression: %s", why);
         return bad(b, k->name, what);
     }
+    static _Atomic uint64_t re_ids;
     n->has_re = true;
+    n->re_id = atomic_fetch_add(&re_ids, 1) + 1;
     n->pattern = src;
     return 0;
 }
@@ -1140,6 +1145,63 @@ static const char *plural(size_t n)
     return n == 1 ? "" : "s";
 }
 
+/* Answers of regexec for short strings, per thread, keyed by the pattern's
+ * re_id and the string itself (compared in full, so a hit is always the
+ * answer regexec would give). Patterns check low-cardinality fields (event
+ * types, metric names, resource types), and glibc's regexec costs about as
+ * much as the rest of a payload's validation; a hit costs a hash and a
+ * compare. Direct-mapped: a collision only evicts. */
+#define RE_MEMO_SLOTS 256
+#define RE_MEMO_LEN 46
+
+struct re_memo {
+    uint64_t re_id; /* 0: empty */
+    uint8_t len;
+    bool match;
+    char s[RE_MEMO_LEN];
+};
+
+static _Thread_local struct re_memo re_memo[RE_MEMO_SLOTS];
+
+/* REG_STARTEND: the string's own length, so an embedded NUL does not end
+ * it early. msgpack strings are not NUL-terminated, and regexec may look
+ * for one (sanitizers check that it can), so the string is matched from a
+ * terminated copy. 0, REG_NOMATCH, another regexec failure, or -1 when
+ * out of memory. */
+static int re_memo_exec(const struct node *n, const char *s, size_t len)
+{
+    char small[256], *z = len < sizeof small ? small : malloc(len + 1);
+    if (!z)
+        return -1;
+    memcpy(z, s, len);
+    z[len] = '\0';
+    regmatch_t m[1] = {{.rm_so = 0, .rm_eo = (regoff_t)len}};
+    int rc = regexec(&n->re, z, 1, m, REG_STARTEND);
+    if (z != small)
+        free(z);
+    return rc;
+}
+
+static int re_memo_match(const struct node *n, const char *s, size_t len)
+{
+    if (len > RE_MEMO_LEN)
+        return re_memo_exec(n, s, len);
+    uint64_t h = 1469598103934665603ull ^ n->re_id; /* FNV-1a */
+    for (size_t i = 0; i < len; i++)
+        h = (h ^ (uint8_t)s[i]) * 1099511628211ull;
+    struct re_memo *m = &re_memo[(h ^ h >> 32) & (RE_MEMO_SLOTS - 1)];
+    if (m->re_id == n->re_id && m->len == len && !memcmp(m->s, s, len))
+        return m->match ? 0 : REG_NOMATCH;
+    int rc = re_memo_exec(n, s, len);
+    if (rc == 0 || rc == REG_NOMATCH) {
+        m->re_id = n->re_id;
+        m->len = (uint8_t)len;
+        m->match = rc == 0;
+        memcpy(m->s, s, len);
+    }
+    return rc;
+}
+
 static int check_string(struct vctx *c, const struct node *n, const msgpack_object *v)
 {
     const char *s = v->via.str.size ? v->via.str.ptr : ""; /* msgpack-c: NULL when empty */
@@ -1154,19 +1216,9 @@ static int check_string(struct vctx *c, const struct node *n, const msgpack_obje
                             n->min_len, plural(n->min_len), cp);
     }
     if (n->has_re) {
-        /* REG_STARTEND: the string's own length, so an embedded NUL does
-         * not end it early. msgpack strings are not NUL-terminated, and
-         * regexec may look for one (sanitizers check that it can), so the
-         * string is matched from a terminated copy. */
-        char small[256], *z = len < sizeof small ? small : malloc(len + 1);
-        if (!z)
+        int rc = re_memo_match(n, s, len);
+        if (rc < 0)
             return abort_at(c, "pattern_mismatch", "out of memory matching %s", n->pattern);
-        memcpy(z, s, len);
-        z[len] = '\0';
-        regmatch_t m[1] = {{.rm_so = 0, .rm_eo = (regoff_t)len}};
-        int rc = regexec(&n->re, z, 1, m, REG_STARTEND);
-        if (z != small)
-            free(z);
         if (rc == REG_NOMATCH)
             return mismatch(c, "pattern_mismatch", "must match the pattern %s", n->pattern);
         if (rc)

@@ -423,6 +423,48 @@ static void test_doc_is_copied(void **state)
     schema_free(s);
 }
 
+/* Pattern answers are memoised per thread (schemas.c, re_match): repeated
+ * and colliding strings, a pattern freed and another compiled (perhaps at
+ * the same address), and strings past the memo's length must all get
+ * regexec's own answer. */
+static void pattern_expect(const struct schema *s, const char *str, bool ok)
+{
+    json_t *v = json_string(str);
+    int rc = schema_validate(s, v, NULL, NULL);
+    json_decref(v);
+    if (rc != (ok ? 0 : CAIRN_EINVAL))
+        fail_msg("\"%s\": expected %s", str, ok ? "a match" : "no match");
+}
+
+static void test_pattern_memo(void **state)
+{
+    (void)state;
+    char str[128];
+    for (int round = 0; round < 3; round++) {
+        struct schema *a = compile("{\"pattern\":\"^a+$\"}");
+        struct schema *b = compile("{\"pattern\":\"^[a-z]+[0-9]$\"}");
+        for (int i = 0; i < 2000; i++) { /* far more strings than memo slots */
+            size_t len = 1 + (size_t)(i * 7 + round) % 100;
+            memset(str, 'a', len);
+            str[len] = '\0';
+            if (i % 3 == 0)
+                str[len / 2] = 'b'; /* no match for a, a match for neither */
+            pattern_expect(a, str, i % 3 != 0);
+            str[len - 1] = (char)('0' + i % 10);
+            pattern_expect(b, str, len > 1);
+            pattern_expect(a, str, false);
+        }
+        schema_free(a);
+        schema_free(b);
+        /* the same strings against a new pattern: nothing may come from a */
+        struct schema *c = compile("{\"pattern\":\"^b+$\"}");
+        pattern_expect(c, "aaa", false);
+        pattern_expect(c, "bbb", true);
+        pattern_expect(c, "a", false);
+        schema_free(c);
+    }
+}
+
 /* ====================================================================== limits */
 
 static json_t *nested_arrays(int depth)
@@ -710,7 +752,7 @@ int main(void)
         cmocka_unit_test(test_depth_limit),     cmocka_unit_test(test_schema_depth_limit),
         cmocka_unit_test(test_unknown_keyword), cmocka_unit_test(test_bad_keyword_values),
         cmocka_unit_test(test_ref_cycles),      cmocka_unit_test(test_ref_escapes),
-        cmocka_unit_test(test_schema_set),
+        cmocka_unit_test(test_schema_set),      cmocka_unit_test(test_pattern_memo),
     };
     for (size_t i = 0; i < sizeof own / sizeof own[0]; i++)
         tests[n++] = own[i];
