@@ -676,6 +676,11 @@ static bool transcode_agrees(const char *text, size_t n)
         assert_int_equal(cairn_json_to_msgpack(v, &ref, NULL), 0);
         if (fast.len != ref.len || memcmp(fast.data, ref.data, ref.len))
             fail_msg("different bytes for %.*s", (int)n, text);
+        /* ingest stores the transcoder's output without checking it again
+         * (engine/ingest.c, env_from_msgpack): it must be canonical */
+        size_t used = 0;
+        if (!cairn_mp_canonical(fast.data, fast.len, CAIRN_DEPTH_MAX, &used) || used != fast.len)
+            fail_msg("not canonical msgpack for %.*s", (int)n, text);
     } else {
         assert_int_equal(fast.len, 0);
     }
@@ -760,6 +765,18 @@ static void test_transcode_cases(void **state)
     other[299] = 'x';
     n = sprintf(t, "{\"%s\":1,\"%s\":2}", key, other);
     assert_true(transcode_agrees(t, (size_t)n));
+    /* nesting: CAIRN_DEPTH_MAX levels (an object, then arrays, the last
+     * one empty) are transcoded, and canonical at that depth; one more is
+     * declined */
+    for (int depth = CAIRN_DEPTH_MAX; depth <= CAIRN_DEPTH_MAX + 1; depth++) {
+        n = 0;
+        for (int i = 0; i < depth; i++)
+            n += sprintf(t + n, i ? "[" : "{\"a\":");
+        for (int i = 1; i < depth; i++)
+            n += sprintf(t + n, "]");
+        n += sprintf(t + n, "}");
+        assert_int_equal(transcode_agrees(t, (size_t)n), depth == CAIRN_DEPTH_MAX);
+    }
     free(t);
 }
 
