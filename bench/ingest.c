@@ -29,6 +29,7 @@
 #include "engine.h"
 #include "workload.h"
 
+#include <dirent.h>
 #include <errno.h>
 #include <pthread.h>
 #include <stdarg.h>
@@ -65,6 +66,7 @@ struct figures {
     uint64_t events, input_bytes, stored_bytes, batches;
     uint64_t written; /* bytes written to files while timed (LMDB's pages) */
     int64_t wall_ns, cpu_ns, sys_ns, producer_cpu_ns, commit_ns;
+    int64_t writer_cpu_ns, index_cpu_ns; /* the log's two threads (by name) */
     int64_t p50_ns, p99_ns, max_ns;
 };
 
@@ -228,6 +230,37 @@ static void *producer_main(void *arg)
 
 /* ====================================================================== producers */
 
+/* CPU time (ns, from schedstat) of this process's threads named `comm`
+ * (log/ names its writer "cairn-writer" and its indexer "cairn-index"). */
+static int64_t threads_cpu_ns(const char *comm)
+{
+    DIR *d = opendir("/proc/self/task");
+    struct dirent *de;
+    int64_t sum = 0;
+    while (d && (de = readdir(d))) {
+        char path[300], name[64] = "";
+        unsigned long long ns = 0;
+        if (de->d_name[0] == '.')
+            continue;
+        snprintf(path, sizeof path, "/proc/self/task/%s/comm", de->d_name);
+        FILE *f = fopen(path, "r");
+        if (!f)
+            continue;
+        bool match = fgets(name, sizeof name, f) && !strncmp(name, comm, strlen(comm)) &&
+                     (name[strlen(comm)] == '\n' || !name[strlen(comm)]);
+        fclose(f);
+        snprintf(path, sizeof path, "/proc/self/task/%s/schedstat", de->d_name);
+        if (match && (f = fopen(path, "r"))) {
+            if (fscanf(f, "%llu", &ns) == 1)
+                sum += (int64_t)ns;
+            fclose(f);
+        }
+    }
+    if (d)
+        closedir(d);
+    return sum;
+}
+
 static void producer_deinit(struct producer *p)
 {
     for (unsigned i = 0; p->slots && i < p->nslots; i++) {
@@ -276,6 +309,7 @@ static int run_producers(struct run *r, struct figures *f)
         }
     }
     uint64_t w0 = bench_io_wchar();
+    int64_t wr0 = threads_cpu_ns("cairn-writer"), ix0 = threads_cpu_ns("cairn-index");
     int64_t c0 = bench_cpu_ns(), s0 = bench_sys_ns(), t0 = bench_mono_ns();
     for (; !rc && started < np; started++)
         if (pthread_create(&ps[started].thread, NULL, producer_main, &ps[started]))
@@ -288,6 +322,8 @@ static int run_producers(struct run *r, struct figures *f)
     f->cpu_ns = bench_cpu_ns() - c0;
     f->sys_ns = bench_sys_ns() - s0;
     f->written = bench_io_wchar() - w0;
+    f->writer_cpu_ns = threads_cpu_ns("cairn-writer") - wr0;
+    f->index_cpu_ns = threads_cpu_ns("cairn-index") - ix0;
     for (unsigned i = 0; i < np; i++) {
         f->producer_cpu_ns += ps[i].cpu_ns;
         producer_deinit(&ps[i]);
@@ -573,22 +609,23 @@ static void print_header(const struct opts *o, const struct workload_corpus *jso
                100.0 * (double)json->per_type[t] / (double)json->n);
     printf("\nload average at start: %.2f (other work on the machine skews every figure)\n",
            bench_loadavg());
-    printf("\n%-4s %-8s %9s %7s %7s %6s %6s %6s %6s %7s %6s %7s %7s %7s %7s\n", "run", "path",
-           "events/s", "in MB/s", "st MB/s", "wall s", "cpu s", "sys s", "prod s", "batches",
-           "ev/bat", "wr B/ev", "p50 ms", "p99 ms", "max ms");
+    printf("\n%-4s %-8s %9s %7s %7s %6s %6s %6s %6s %6s %6s %6s %7s %6s %7s %7s %7s %7s\n", "run",
+           "path", "events/s", "in MB/s", "st MB/s", "wall s", "cpu s", "us/ev", "sys s", "prod s",
+           "wrt s", "idx s", "batches", "ev/bat", "wr B/ev", "p50 ms", "p99 ms", "max ms");
 }
 
 static void print_row(const char *run, const struct figures *f)
 {
     if (!f->name)
         return; /* the phase did not run (--only) */
-    printf("%-4s %-8s %9.0f %7.1f %7.1f %6.2f %6.2f %6.2f %6.2f %7llu %6.1f %7.0f %7.2f %7.2f "
-           "%7.2f\n",
+    printf("%-4s %-8s %9.0f %7.1f %7.1f %6.2f %6.2f %6.2f %6.2f %6.2f %6.2f %6.2f %7llu %6.1f "
+           "%7.0f %7.2f %7.2f %7.2f\n",
            run, f->name, per_s(f->events, f->wall_ns), mb_s(f->input_bytes, f->wall_ns),
            mb_s(f->stored_bytes, f->wall_ns), (double)f->wall_ns / 1e9, (double)f->cpu_ns / 1e9,
-           (double)f->sys_ns / 1e9, (double)f->producer_cpu_ns / 1e9,
-           (unsigned long long)f->batches, mean_batch(f), per_event(f->written, f->events),
-           ms(f->p50_ns), ms(f->p99_ns), ms(f->max_ns));
+           per_event((uint64_t)f->cpu_ns, f->events) / 1e3, (double)f->sys_ns / 1e9,
+           (double)f->producer_cpu_ns / 1e9, (double)f->writer_cpu_ns / 1e9,
+           (double)f->index_cpu_ns / 1e9, (unsigned long long)f->batches, mean_batch(f),
+           per_event(f->written, f->events), ms(f->p50_ns), ms(f->p99_ns), ms(f->max_ns));
 }
 
 static void print_run(unsigned k, const struct figures *nd, const struct figures *mp,
@@ -608,14 +645,16 @@ static void print_json_figures(const struct figures *f)
         return;
     printf(",\"%s\":{\"events\":%llu,\"events_per_s\":%.0f,\"input_mb_per_s\":%.2f,"
            "\"stored_mb_per_s\":%.2f,\"wall_s\":%.3f,\"cpu_s\":%.3f,\"sys_s\":%.3f,"
-           "\"producer_cpu_s\":%.3f,\"writer_busy_s\":%.3f,\"batches\":%llu,\"mean_batch\":%.1f,"
+           "\"cpu_us_per_event\":%.3f,\"producer_cpu_s\":%.3f,\"writer_cpu_s\":%.3f,"
+           "\"index_cpu_s\":%.3f,\"writer_busy_s\":%.3f,\"batches\":%llu,\"mean_batch\":%.1f,"
            "\"written_bytes_per_event\":%.0f,\"p50_ms\":%.3f,\"p99_ms\":%.3f,\"max_ms\":%.3f}",
            f->name, (unsigned long long)f->events, per_s(f->events, f->wall_ns),
            mb_s(f->input_bytes, f->wall_ns), mb_s(f->stored_bytes, f->wall_ns),
            (double)f->wall_ns / 1e9, (double)f->cpu_ns / 1e9, (double)f->sys_ns / 1e9,
-           (double)f->producer_cpu_ns / 1e9, (double)f->commit_ns / 1e9,
-           (unsigned long long)f->batches, mean_batch(f), per_event(f->written, f->events),
-           ms(f->p50_ns), ms(f->p99_ns), ms(f->max_ns));
+           per_event((uint64_t)f->cpu_ns, f->events) / 1e3, (double)f->producer_cpu_ns / 1e9,
+           (double)f->writer_cpu_ns / 1e9, (double)f->index_cpu_ns / 1e9,
+           (double)f->commit_ns / 1e9, (unsigned long long)f->batches, mean_batch(f),
+           per_event(f->written, f->events), ms(f->p50_ns), ms(f->p99_ns), ms(f->max_ns));
 }
 
 /* The raw loop as a row of the same table. */
@@ -705,8 +744,9 @@ static void print_json_ratio(const char *name, bool ran, double r)
 
 static void print_goals(const struct bench *b, const struct figures *nd, double r_mp, double r_nd)
 {
-    printf("\n(in MB/s: input bytes; st MB/s: stored envelopes; sys s: kernel CPU; prod s: CPU\n"
-           " of the parsing threads; wr B/ev: bytes written to the LMDB files per event;\n"
+    printf("\n(in MB/s: input bytes; st MB/s: stored envelopes; us/ev: CPU per event; sys s:\n"
+           " kernel CPU; prod s, wrt s, idx s: CPU of the parsing threads, the log's writer\n"
+           " thread and its indexer thread; wr B/ev: bytes written to the LMDB files per event;\n"
            " latency: per request from submit to done, for raw per commit; raw: MDB_APPEND of\n"
            " the stored envelopes, a durable commit every ev/bat values; med: the median run,\n"
            " ratios: the median of the per-run ratios)\n");

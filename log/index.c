@@ -116,8 +116,14 @@ int log_index_begin(struct log *log)
     return 0;
 }
 
+/* The write-behind entries of the indexer thread (below): put into the
+ * open transaction, or forgotten with it. */
+static int wb_flush(struct log *log);
+static void wb_clear(struct log *log);
+
 void log_index_drop(struct log *log)
 {
+    wb_clear(log);
     if (!log->itxn)
         return;
     cairn_env_write_abort(log->ienv, log->itxn);
@@ -130,7 +136,13 @@ int log_index_flush_here(struct log *log)
 {
     if (!log->itxn)
         return 0;
-    int rc = cairn_env_write_commit(log->ienv, log->itxn);
+    int rc = wb_flush(log); /* everything decided goes in before the commit */
+    if (rc) {
+        log_index_drop(log);
+        log->index_stale = true;
+        return rc;
+    }
+    rc = cairn_env_write_commit(log->ienv, log->itxn);
     log->itxn = NULL;
     if (rc)
         log->index_stale = true;
@@ -156,8 +168,10 @@ int log_index_added(struct log *log, size_t n)
  *
  *   ix_check    (waits) the indexer decides each input against the index
  *               and the batch itself: duplicate, conflict, or the seq it
- *               gets, and the dedup clock after the batch. It then puts the
- *               batch's entries while the writer goes on.
+ *               gets, and the dedup clock after the batch. The batch's
+ *               entries go into the write-behind table (below); when that
+ *               holds a run worth sorting, the indexer puts it into the
+ *               transaction while the writer goes on.
  *   ix_confirm  (waits) after the log commit: the indexer finishes the
  *               puts; if the batch is durable it prunes expired ids, marks
  *               `indexed` and commits when CAIRN_INDEX_COMMIT_* says so;
@@ -168,6 +182,203 @@ int log_index_added(struct log *log, size_t n)
  * LMDB requires. Every call is synchronous, so the writer's view is never
  * stale: a check sees every batch before it, committed or not.
  */
+
+/* ---- write-behind: decided entries, put a sorted run at a time ---- */
+
+/*
+ * The decisions need every entry decided so far (an entity's last seq for
+ * expected_seq, an id seen one batch ago), but not necessarily in the
+ * B-tree. keys entries first go into a table that decisions consult before
+ * the transaction, and are put into the transaction WB_FLUSH_RECS at a
+ * time, sorted by key: sorted puts walk the B-tree in order (the cursor's
+ * leaf and the pages above it stay in cache, and LMDB skips the search
+ * from the root while a key falls in the cursor's page), where one put per
+ * event in event order was a random walk each (most of the indexer's CPU).
+ * The table is always emptied into the transaction before it commits, and
+ * forgotten with it when it is dropped, so the index's content and
+ * `meta.indexed` mean what they meant before. dedup entries go through a
+ * table of the same kind that is put after every check (sorted within the
+ * batch), so that pruning sees every id when it did before.
+ */
+#define WB_FLUSH_RECS 32768
+
+enum { WB_KEYS, WB_DEDUP };
+
+struct wb_rec {
+    uint64_t pre0, pre1; /* the key's first 16 bytes, big-endian, zero-padded: most sorting */
+    uint64_t seq;
+    int64_t time;
+    uint32_t off; /* the key (tlen | tenant | key or id) in the arena */
+    uint16_t len;
+    uint8_t dbi; /* WB_KEYS or WB_DEDUP */
+};
+
+struct wb {
+    struct wb_rec *rec;
+    size_t n, cap;
+    uint8_t *arena;
+    size_t alen, acap;
+    uint32_t *slot; /* open addressing: 1 + index of the newest rec of a (dbi, key); 0 empty */
+    size_t scap;    /* a power of two, more than twice n */
+};
+
+static uint64_t wb_hash(unsigned dbi, const uint8_t *k, size_t n)
+{
+    uint64_t h = 1469598103934665603ull ^ dbi; /* FNV-1a */
+    for (size_t i = 0; i < n; i++)
+        h = (h ^ k[i]) * 1099511628211ull;
+    return h ^ h >> 29;
+}
+
+/* The slot of (dbi, key): its newest record, or the empty slot for it. */
+static uint32_t *wb_slot(const struct wb *w, unsigned dbi, const uint8_t *k, size_t n)
+{
+    for (size_t i = wb_hash(dbi, k, n) & (w->scap - 1);; i = (i + 1) & (w->scap - 1)) {
+        uint32_t *sl = &w->slot[i];
+        if (!*sl)
+            return sl;
+        const struct wb_rec *r = &w->rec[*sl - 1];
+        if (r->dbi == dbi && r->len == n && !memcmp(w->arena + r->off, k, n))
+            return sl;
+    }
+}
+
+static const struct wb_rec *wb_find(const struct wb *w, unsigned dbi, const uint8_t *k, size_t n)
+{
+    if (!w->n)
+        return NULL;
+    uint32_t *sl = wb_slot(w, dbi, k, n);
+    return *sl ? &w->rec[*sl - 1] : NULL;
+}
+
+static int wb_rehash(struct wb *w, size_t scap)
+{
+    uint32_t *slot = calloc(scap, sizeof *slot);
+    if (!slot)
+        return CAIRN_ENOMEM;
+    free(w->slot);
+    w->slot = slot;
+    w->scap = scap;
+    for (size_t i = 0; i < w->n; i++) { /* in order: the newest of a key wins */
+        const struct wb_rec *r = &w->rec[i];
+        *wb_slot(w, r->dbi, w->arena + r->off, r->len) = (uint32_t)(i + 1);
+    }
+    return 0;
+}
+
+static int wb_add(struct wb *w, unsigned dbi, const uint8_t *k, size_t n, uint64_t seq,
+                  int64_t time)
+{
+    if (w->n == w->cap) {
+        size_t cap = w->cap ? 2 * w->cap : 4096;
+        struct wb_rec *rec = realloc(w->rec, cap * sizeof *rec);
+        if (!rec)
+            return CAIRN_ENOMEM;
+        w->rec = rec;
+        w->cap = cap;
+    }
+    if (w->acap - w->alen < n) {
+        size_t cap = w->acap ? 2 * w->acap : 1u << 16;
+        while (cap - w->alen < n)
+            cap *= 2;
+        uint8_t *arena = realloc(w->arena, cap);
+        if (!arena)
+            return CAIRN_ENOMEM;
+        w->arena = arena;
+        w->acap = cap;
+    }
+    if (2 * (w->n + 1) >= w->scap) {
+        int rc = wb_rehash(w, w->scap ? 2 * w->scap : 8192);
+        if (rc)
+            return rc;
+    }
+    uint8_t pre[16] = {0};
+    memcpy(pre, k, n < 16 ? n : 16);
+    struct wb_rec *r = &w->rec[w->n];
+    *r = (struct wb_rec){
+        cairn_be64_get(pre), cairn_be64_get(pre + 8), seq, time, (uint32_t)w->alen, (uint16_t)n,
+        (uint8_t)dbi};
+    memcpy(w->arena + w->alen, k, n);
+    w->alen += n;
+    *wb_slot(w, dbi, k, n) = (uint32_t)++w->n;
+    return 0;
+}
+
+static void wb_reset(struct wb *w)
+{
+    if (w->n)
+        memset(w->slot, 0, w->scap * sizeof *w->slot);
+    w->n = 0;
+    w->alen = 0;
+}
+
+static void wb_free(struct wb *w)
+{
+    free(w->rec);
+    free(w->arena);
+    free(w->slot);
+    memset(w, 0, sizeof *w);
+}
+
+/* LMDB's key order (memcmp, then the shorter first), then seq: the puts of
+ * one key stay in event order (the later dedup entry wins, as before). */
+static int wb_cmp(const void *pa, const void *pb, void *arena)
+{
+    const struct wb_rec *a = pa, *b = pb;
+    if (a->dbi != b->dbi)
+        return a->dbi < b->dbi ? -1 : 1;
+    if (a->pre0 != b->pre0)
+        return a->pre0 < b->pre0 ? -1 : 1;
+    if (a->pre1 != b->pre1)
+        return a->pre1 < b->pre1 ? -1 : 1;
+    const uint8_t *ar = arena;
+    int c = memcmp(ar + a->off, ar + b->off, a->len < b->len ? a->len : b->len);
+    if (c)
+        return c;
+    if (a->len != b->len)
+        return a->len < b->len ? -1 : 1;
+    return (a->seq > b->seq) - (a->seq < b->seq);
+}
+
+/* Puts every record into txn: dedup_at in event order (its keys are event
+ * times: nearly an append), then keys and dedup sorted. */
+static int wb_put(struct log *log, struct wb *w, MDB_txn *txn)
+{
+    MDB_cursor *kc = NULL, *dc = NULL, *ac = NULL;
+    int rc = mdb_cursor_open(txn, log->keys, &kc);
+    if (!rc)
+        rc = mdb_cursor_open(txn, log->dedup, &dc);
+    if (!rc)
+        rc = mdb_cursor_open(txn, log->dedup_at, &ac);
+    for (size_t i = 0; i < w->n && !rc; i++) {
+        const struct wb_rec *r = &w->rec[i];
+        if (r->dbi != WB_DEDUP)
+            continue;
+        uint8_t ak[16];
+        cairn_be64_put(ak, log_bias(r->time));
+        cairn_be64_put(ak + 8, r->seq);
+        MDB_val k = {16, ak}, v = {r->len, w->arena + r->off};
+        rc = mdb_cursor_put(ac, &k, &v, 0);
+    }
+    if (!rc)
+        qsort_r(w->rec, w->n, sizeof *w->rec, wb_cmp, w->arena);
+    for (size_t i = 0; i < w->n && !rc; i++) {
+        const struct wb_rec *r = &w->rec[i];
+        uint8_t val[16];
+        cairn_be64_put(val, r->seq);
+        cairn_be64_put(val + 8, log_bias(r->time));
+        MDB_val k = {r->len, w->arena + r->off}, v = {r->dbi == WB_KEYS ? 8 : 16, val};
+        rc = mdb_cursor_put(r->dbi == WB_KEYS ? kc : dc, &k, &v, 0);
+    }
+    if (kc)
+        mdb_cursor_close(kc);
+    if (dc)
+        mdb_cursor_close(dc);
+    if (ac)
+        mdb_cursor_close(ac);
+    wb_reset(w); /* on failure too: the caller drops the transaction */
+    return cairn_mdb_err(rc);
+}
 
 enum ix_cmd { IX_NONE, IX_CHECK, IX_CONFIRM, IX_FLUSH, IX_STOP };
 
@@ -188,51 +399,9 @@ struct log_ix {
     bool durable;           /* confirm: the log committed the batch */
     bool in_batch;          /* between a check and its confirm: no commit may happen */
     int put_rc;             /* the puts' outcome */
+    struct wb wb;           /* keys entries decided, not yet put (indexer thread only) */
+    struct wb ids;          /* the batch's dedup entries, put after every check */
 };
-
-/* ---- the batch's own entries: a later input sees an earlier one ---- */
-
-struct bent {
-    const struct cairn_str *tenant, *name; /* name: the key or the id */
-    uint64_t seq;
-    int64_t time;
-    bool used;
-};
-
-struct bmap {
-    struct bent *v;
-    size_t cap; /* a power of two, at least twice the batch */
-};
-
-static uint64_t bhash(const struct cairn_str *t, const struct cairn_str *k)
-{
-    uint64_t h = 1469598103934665603ull; /* FNV-1a */
-    for (size_t i = 0; i < t->n; i++)
-        h = (h ^ (uint8_t)t->p[i]) * 1099511628211ull;
-    h = (h ^ 0xff) * 1099511628211ull;
-    for (size_t i = 0; i < k->n; i++)
-        h = (h ^ (uint8_t)k->p[i]) * 1099511628211ull;
-    return h;
-}
-
-static struct bent *bfind(struct bmap *m, const struct cairn_str *t, const struct cairn_str *k)
-{
-    for (size_t i = bhash(t, k) & (m->cap - 1);; i = (i + 1) & (m->cap - 1)) {
-        struct bent *e = &m->v[i];
-        if (!e->used || (e->tenant->n == t->n && e->name->n == k->n &&
-                         !memcmp(e->tenant->p, t->p, t->n) && !memcmp(e->name->p, k->p, k->n)))
-            return e;
-    }
-}
-
-static int bmap_init(struct bmap *m, size_t n)
-{
-    m->cap = 16;
-    while (m->cap < 2 * n)
-        m->cap *= 2;
-    m->v = calloc(m->cap, sizeof *m->v);
-    return m->v ? 0 : CAIRN_ENOMEM;
-}
 
 /* ---- deciding a batch (the writer waits for this) ---- */
 
@@ -264,11 +433,10 @@ int log_last_of(MDB_txn *txn, MDB_dbi keys, const struct cairn_str *tenant,
     return rc == 0 || rc == MDB_NOTFOUND ? 0 : cairn_mdb_err(rc);
 }
 
-/* The stored (seq, time) of tenant + id: 1 when found, 0 when not. */
-static int dedup_get(struct log *log, const struct log_input *in, uint64_t *seq, int64_t *t)
+/* The stored (seq, time) of the dedup key dk: 1 when found, 0 when not. */
+static int dedup_get(struct log *log, const uint8_t *dk, size_t dkn, uint64_t *seq, int64_t *t)
 {
-    uint8_t dk[1 + CAIRN_TENANT_MAX + CAIRN_ID_MAX];
-    MDB_val k = {log_tenant_key(dk, &in->tenant, &in->id), dk}, v;
+    MDB_val k = {dkn, (void *)dk}, v;
     int rc = mdb_get(log->itxn, log->dedup, &k, &v);
     if (rc == MDB_NOTFOUND)
         return 0;
@@ -289,19 +457,20 @@ static bool too_big(const struct log_input *in)
     return n + 512 > CAIRN_PAYLOAD_MAX_CEILING + 4096;
 }
 
+/* Decides each input against the entries before it: the batch's own and
+ * earlier batches' (the write-behind table, then the transaction). The
+ * entries of the accepted inputs go into the table. */
 static int ix_decide(struct log *log, struct log_ix *x)
 {
-    struct bmap keys, ids;
-    int rc = bmap_init(&keys, x->n);
-    if (!rc && (rc = bmap_init(&ids, x->n)))
-        free(keys.v);
-    if (rc)
-        return rc;
+    int rc = 0;
     uint64_t seq = x->head_seq;
     int64_t max_time = x->max_time;
+    struct wb *w = &x->wb;
     for (size_t i = 0; i < x->n && !rc; i++) {
         const struct log_input *in = &x->in[i];
         struct log_result *res = &x->res[i];
+        uint8_t ik[1 + CAIRN_TENANT_MAX + CAIRN_ID_MAX], kk[1 + CAIRN_TENANT_MAX + CAIRN_KEY_MAX];
+        size_t ikn = 0, kkn = 0;
         memset(res, 0, sizeof *res);
         if (in->time < CAIRN_TIME_MIN || in->time > CAIRN_TIME_MAX) {
             res->rc = CAIRN_EINVAL; /* ingest refuses these; never trust it blindly */
@@ -311,12 +480,12 @@ static int ix_decide(struct log *log, struct log_ix *x)
             res->rc = CAIRN_ETOOBIG;
             continue;
         }
-        struct bent *ide = NULL;
         if (in->id.n) {
             uint64_t s = 0;
             int64_t t = 0;
-            ide = bfind(&ids, &in->tenant, &in->id);
-            int found = ide->used ? (s = ide->seq, t = ide->time, 1) : dedup_get(log, in, &s, &t);
+            ikn = log_tenant_key(ik, &in->tenant, &in->id);
+            const struct wb_rec *r = wb_find(&x->ids, WB_DEDUP, ik, ikn);
+            int found = r ? (s = r->seq, t = r->time, 1) : dedup_get(log, ik, ikn, &s, &t);
             if (found < 0) {
                 rc = found;
                 break;
@@ -327,11 +496,13 @@ static int ix_decide(struct log *log, struct log_ix *x)
                 continue;
             }
         }
-        struct bent *ke = in->key.n ? bfind(&keys, &in->tenant, &in->key) : NULL;
+        if (in->key.n)
+            kkn = log_tenant_key(kk, &in->tenant, &in->key);
         if (in->expected_seq >= 0) {
             uint64_t last = 0;
-            if (ke && ke->used)
-                last = ke->seq;
+            const struct wb_rec *r = kkn ? wb_find(w, WB_KEYS, kk, kkn) : NULL;
+            if (r)
+                last = r->seq;
             else if ((rc = log_last_of(log->itxn, log->keys, &in->tenant, &in->key, &last)))
                 break;
             if (last != (uint64_t)in->expected_seq) {
@@ -342,28 +513,43 @@ static int ix_decide(struct log *log, struct log_ix *x)
         }
         res->seq = ++seq;
         max_time = dedup_clock(max_time, in->time, x->wall);
-        if (ke)
-            *ke = (struct bent){&in->tenant, &in->key, seq, in->time, true};
-        if (ide)
-            *ide = (struct bent){&in->tenant, &in->id, seq, in->time, true};
+        if (kkn)
+            rc = wb_add(w, WB_KEYS, kk, kkn, seq, in->time);
+        if (ikn && !rc)
+            rc = wb_add(&x->ids, WB_DEDUP, ik, ikn, seq, in->time);
     }
-    free(keys.v);
-    free(ids.v);
     x->max_time = max_time;
     return rc;
 }
 
-/* The entries of the decided inputs (the writer is encoding meanwhile). */
+/* After a check (the writer is encoding meanwhile): the batch's dedup
+ * entries go into the transaction now, so that pruning (ix_settle) sees
+ * every id exactly as before; the keys entries once the table holds a run
+ * worth sorting. */
 static int ix_put(struct log *log, struct log_ix *x)
 {
-    int rc = 0;
-    for (size_t i = 0; i < x->n && !rc; i++) {
-        const struct log_result *r = &x->res[i];
-        if (!r->rc && !r->duplicate)
-            rc = log_index_put(log, log->itxn, &x->in[i].tenant, &x->in[i].key, &x->in[i].id,
-                               x->in[i].time, r->seq);
-    }
+    int rc = x->ids.n ? wb_put(log, &x->ids, log->itxn) : 0;
+    if (!rc && x->wb.n >= WB_FLUSH_RECS)
+        rc = wb_put(log, &x->wb, log->itxn);
     return rc;
+}
+
+static int wb_flush(struct log *log)
+{
+    int rc = 0;
+    if (log->ix && log->ix->ids.n)
+        rc = wb_put(log, &log->ix->ids, log->itxn);
+    if (!rc && log->ix && log->ix->wb.n)
+        rc = wb_put(log, &log->ix->wb, log->itxn);
+    return rc;
+}
+
+static void wb_clear(struct log *log)
+{
+    if (log->ix) {
+        wb_reset(&log->ix->wb);
+        wb_reset(&log->ix->ids);
+    }
 }
 
 /* Forgets ids whose event time left the window, a bounded number a batch. */
@@ -424,6 +610,7 @@ static void *ix_main(void *arg)
 {
     struct log *log = arg;
     struct log_ix *x = log->ix;
+    pthread_setname_np(pthread_self(), "cairn-index"); /* per-thread profiles (perf, top -H) */
     pthread_mutex_lock(&x->mu);
     for (;;) {
         while (x->cmd == IX_NONE)
@@ -551,6 +738,8 @@ void log_ix_stop(struct log *log)
     pthread_join(x->thread, NULL);
     pthread_mutex_destroy(&x->mu);
     pthread_cond_destroy(&x->cv);
+    wb_free(&x->wb);
+    wb_free(&x->ids);
     free(x);
     log->ix = NULL;
 }

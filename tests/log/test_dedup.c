@@ -394,6 +394,80 @@ static void test_expected_seq(void **state)
     assert_int_equal(head_seq(log), 9);
 }
 
+/* The indexer keeps keys entries in memory and puts them a sorted run at a
+ * time (log/index.c, WB_FLUSH_RECS = 32 768). Across many runs, in batches
+ * of uneven sizes: every expected_seq, duplicate and entity read must see
+ * every entry before it, whether still in memory or in the index. */
+#define WB_EVENTS 80000
+#define WB_KEYS 97
+
+static void test_write_behind(void **state)
+{
+    struct fx *f = *state;
+    struct log *log = f->log;
+    uint64_t last[WB_KEYS] = {0}, count[WB_KEYS] = {0}, seq = 0;
+    char key[16], id[32];
+    struct tin *t = tins_new(1500);
+    struct log_result *res = calloc(1500, sizeof *res);
+    uint64_t *seq_of = calloc(WB_EVENTS, sizeof *seq_of); /* input -> the seq it is answered */
+    assert_non_null(seq_of);
+    for (unsigned at = 0, size = 1; at < WB_EVENTS; at += size, size = size % 1400 + 101) {
+        unsigned n = size < WB_EVENTS - at ? size : WB_EVENTS - at;
+        for (unsigned i = 0; i < n; i++) {
+            unsigned k = (at + i) * 31 % WB_KEYS;
+            snprintf(key, sizeof key, "k%u", k);
+            /* every 7th input retries an id of 40 inputs before */
+            unsigned idn = (at + i) % 7 == 6 && at + i >= 40 ? at + i - 40 : at + i;
+            snprintf(id, sizeof id, "id-%u", idn);
+            tin_setj(&t[i], "acme", key, id, T0 + (int64_t)(at + i) * 1000, "{}");
+            t[i].in.expected_seq = -1;
+            if (idn == at + i) { /* not a retry: it will get seq + 1 */
+                t[i].in.expected_seq = (int64_t)last[k];
+                last[k] = ++seq;
+                count[k]++;
+            }
+            seq_of[at + i] = seq_of[idn] ? seq_of[idn] : seq; /* a retry: the original's */
+        }
+        append_tins(log, t, n, res);
+        for (unsigned i = 0; i < n; i++) {
+            bool retry = (at + i) % 7 == 6 && at + i >= 40;
+            if (res[i].rc != 0 || res[i].duplicate != retry || res[i].seq != seq_of[at + i])
+                fail_msg("input %u: rc %d dup %d seq %llu (actual_seq %llu, expected %lld)", at + i,
+                         res[i].rc, res[i].duplicate, (unsigned long long)res[i].seq,
+                         (unsigned long long)res[i].actual_seq, (long long)t[i].in.expected_seq);
+        }
+    }
+    /* what readers see: the last seq and the events of every entity */
+    struct log_snap *s;
+    assert_int_equal(log_snap_begin(log, &s), 0);
+    for (unsigned k = 0; k < WB_KEYS; k++) {
+        snprintf(key, sizeof key, "k%u", k);
+        struct cairn_str tn = {"acme", 4}, kn = {key, strlen(key)};
+        uint64_t got = 0, n = 0, prev = 0;
+        assert_int_equal(log_snap_last_of(s, &tn, &kn, &got), 0);
+        assert_int_equal(got, last[k]);
+        struct log_iter *it;
+        struct log_event ev;
+        assert_int_equal(log_iter_open(s, 1, &tn, &kn, &it), 0);
+        while (log_iter_next(it, &ev) == 0) {
+            assert_true(ev.seq > prev);
+            assert_int_equal(ev.key.n, kn.n);
+            assert_memory_equal(ev.key.p, key, kn.n);
+            prev = ev.seq;
+            n++;
+        }
+        log_iter_close(it);
+        assert_int_equal(n, count[k]);
+        assert_int_equal(prev, last[k]);
+    }
+    log_snap_end(s);
+    assert_int_equal(dbi_entries(log, "keys"), seq);
+    assert_int_equal(dbi_entries(log, "dedup"), seq);
+    free(res);
+    free(seq_of);
+    tins_free(t, 1500);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -404,6 +478,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_prune, fx_setup, fx_teardown),
         cmocka_unit_test_setup_teardown(test_prune_reused, fx_setup, fx_teardown),
         cmocka_unit_test_setup_teardown(test_expected_seq, fx_setup, fx_teardown),
+        cmocka_unit_test_setup_teardown(test_write_behind, fx_setup, fx_teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
