@@ -13,8 +13,11 @@
  * engine and the commit), then with the violations handler alone.
  * Prints resources/s and rule evaluations/s (an evaluation = one enabled
  * rule of the resource's type). Goal: >= 200 000 evaluations/s on one core.
- *   build/bench/bench/compliance [RESOURCES]
- * (CAIRN_BENCH_KEEP=1 keeps the data directory and prints its path.)
+ *   build/bench/bench/compliance [RESOURCES [all|alone]]
+ * (the second argument runs one of the two configurations only: for
+ * profiling, e.g. valgrind --tool=callgrind --toggle-collect=engine_catch_up).
+ * (CAIRN_BENCH_KEEP=1 keeps the data directory and prints its path;
+ * CAIRN_BENCH_TIMES=1 prints each pass's CLOCK_MONOTONIC interval.)
  */
 #include "bench.h"
 #include "engine.h"
@@ -147,6 +150,10 @@ static int run_pass(struct engine *eng, const struct doc *docs, size_t nd, size_
     double s = (double)(bench_mono_ns() - t0) / 1e9,
            cpu = (double)(bench_thread_cpu_ns() - c0) / 1e9;
     handler_ns(eng, &v1, &a1);
+    if (getenv("CAIRN_BENCH_TIMES")) /* CLOCK_MONOTONIC: perf record -k CLOCK_MONOTONIC, then
+                                        perf report --time FROM,TO */
+        fprintf(stderr, "pass %d: monotonic %.6f,%.6f\n", pass, (double)t0 / 1e9,
+                (double)t0 / 1e9 + s);
     if (!rc)
         printf("pass %d (%s): %zu resources, %llu rule evaluations in %.3f s (cpu %.3f s; apply: "
                "violations %.3f s, alerts %.3f s): %.0f resources/s, %.0f evaluations/s "
@@ -213,8 +220,13 @@ static int run(size_t total, bool alone)
 int main(int argc, char **argv)
 {
     size_t total = argc > 1 ? strtoul(argv[1], NULL, 10) : 100000;
-    int rc = run(total, false);
-    if (!rc)
+    const char *only = argc > 2 ? argv[2] : "";
+    if (*only && strcmp(only, "all") && strcmp(only, "alone")) {
+        fprintf(stderr, "usage: compliance [RESOURCES [all|alone]]\n");
+        return 2;
+    }
+    int rc = strcmp(only, "alone") ? run(total, false) : 0;
+    if (!rc && strcmp(only, "all"))
         rc = run(total, true);
     if (rc)
         fprintf(stderr, "failed: %s\n", cairn_strerror(rc));

@@ -65,6 +65,7 @@
  */
 #include "handler.h"
 
+#include <assert.h>
 #include <math.h>
 #include <openssl/evp.h>
 #include <pthread.h>
@@ -227,22 +228,6 @@ static bool get_time(const msgpack_object *o, int64_t *t)
     return mp_str(o, &s) && !cairn_time_parse(s.p, s.n, t);
 }
 
-static void kv_time_opt(struct mpw *w, const char *k, bool set, int64_t t)
-{
-    if (set)
-        mpw_kv_time(w, k, t);
-    else
-        mpw_kv_cstr(w, k, NULL);
-}
-
-static void kv_str_opt(struct mpw *w, const char *k, const struct cairn_str *s)
-{
-    if (s->p)
-        mpw_kv_str(w, k, s);
-    else
-        mpw_kv_cstr(w, k, NULL);
-}
-
 /* ====================================================================== open / close */
 
 static void read_config(struct alerts *a, const json_t *cfg)
@@ -397,6 +382,9 @@ struct alert {
     int64_t opened_at, last_at, ack_at, escalated_at, escalate_at, resolved_at;
     uint64_t count, occurrences, last_seq;
     const msgpack_object *details;
+    /* The bytes of details when they are a cause's payload (else p NULL):
+     * written as they are instead of packing the decoded object again. */
+    struct cairn_str details_raw;
 };
 
 /* SHA-256, fetched once per process: EVP_sha256() in EVP_DigestInit_ex
@@ -409,20 +397,41 @@ static void sha256_fetch(void)
     sha256_md = EVP_MD_fetch(NULL, "SHA256", NULL);
 }
 
+/* The parts are joined in one buffer and hashed with the one-shot
+ * EVP_Digest when they fit (always, within the keys' limits): a digest
+ * context per alert (EVP_MD_CTX_new, Init, four Updates, Final, free)
+ * cost more than the hash. */
 static void alert_id(const struct cairn_str *source, const struct cairn_str *tenant,
                      const struct cairn_str *key, const struct cairn_str *rule, char out[17])
 {
     uint8_t md[EVP_MAX_MD_SIZE];
     unsigned mdn = 0;
     pthread_once(&sha256_once, sha256_fetch);
-    EVP_MD_CTX *c = sha256_md ? EVP_MD_CTX_new() : NULL;
     const struct cairn_str *parts[] = {source, tenant, key, rule};
-    bool ok = c && EVP_DigestInit_ex2(c, sha256_md, NULL);
-    for (int i = 0; i < 4 && ok; i++)
-        ok = EVP_DigestUpdate(c, parts[i]->p ? parts[i]->p : "", parts[i]->n) &&
-             (i == 3 || EVP_DigestUpdate(c, "", 1));
-    ok = ok && EVP_DigestFinal_ex(c, md, &mdn);
-    EVP_MD_CTX_free(c);
+    uint8_t buf[1024];
+    size_t n = 0;
+    for (int i = 0; i < 4; i++)
+        n += parts[i]->n + (i < 3);
+    bool ok = sha256_md != NULL;
+    if (ok && n <= sizeof buf) {
+        n = 0;
+        for (int i = 0; i < 4; i++) {
+            if (parts[i]->n)
+                memcpy(buf + n, parts[i]->p, parts[i]->n);
+            n += parts[i]->n;
+            if (i < 3)
+                buf[n++] = 0;
+        }
+        ok = EVP_Digest(buf, n, md, &mdn, sha256_md, NULL);
+    } else if (ok) {
+        EVP_MD_CTX *c = EVP_MD_CTX_new();
+        ok = c && EVP_DigestInit_ex2(c, sha256_md, NULL);
+        for (int i = 0; i < 4 && ok; i++)
+            ok = EVP_DigestUpdate(c, parts[i]->p ? parts[i]->p : "", parts[i]->n) &&
+                 (i == 3 || EVP_DigestUpdate(c, "", 1));
+        ok = ok && EVP_DigestFinal_ex(c, md, &mdn);
+        EVP_MD_CTX_free(c);
+    }
     if (!ok)
         memset(md, 0, 8); /* allocation failure in OpenSSL: visible, not fatal */
     cairn_hex(md, 8, out);
@@ -468,42 +477,121 @@ static void read_alert(const msgpack_object *doc, struct alert *a)
     a->details = mp_get(doc, "details");
 }
 
-/* The document, keys in this order (README, "Alerts"). */
-static int write_alert(struct mpw *w, const struct alert *a)
+/* A string value, nil when s->p is NULL (as mpw_kv_str). */
+static uint8_t *pk_str(uint8_t *o, const struct cairn_str *s)
 {
-    struct cairn_str id = {a->id, 16};
-    msgpack_pack_map(&w->pk, 22);
-    mpw_kv_str(w, "alert_id", &id);
-    mpw_kv_str(w, "tenant", &a->tenant);
-    mpw_kv_str(w, "source", &a->source);
-    mpw_kv_str(w, "type", &a->type);
-    mpw_kv_str(w, "key", &a->key);
-    mpw_kv_str(w, "rule", &a->rule);
-    mpw_kv_str(w, "severity", &a->severity);
-    mpw_kv_cstr(w, "state", astate_names[a->state]);
-    mpw_kv_bool(w, "silenced", a->silenced);
-    kv_str_opt(w, "silenced_by", &a->silenced_by);
-    mpw_kv_str(w, "title", &a->title);
-    mpw_kv_time(w, "opened_at", a->opened_at);
-    mpw_kv_time(w, "last_triggered_at", a->last_at);
-    mpw_kv_u64(w, "count", a->count);
-    mpw_kv_u64(w, "occurrences", a->occurrences);
-    mpw_str(w, "acknowledged");
+    return s->p ? mpd_strn(o, s->p, s->n) : mpd_nil(o);
+}
+
+static uint8_t *pk_time_opt(uint8_t *o, bool set, int64_t t)
+{
+    return set ? mpd_time(o, t) : mpd_nil(o);
+}
+
+/* The document, keys in this order (README, "Alerts"), appended to b. It
+ * used to be packed field by field through msgpack-c (mpw_kv_*); it is
+ * packed directly into room reserved up front (handler.h, "direct
+ * packing": the same bytes), and details, when they are the cause's
+ * payload, are copied as they are instead of packed again from their
+ * decoded form — an alert per high/critical violation made that repacking
+ * a fifth of the alerts handler. A cause's payload repacks to the same
+ * bytes (every producer packs with msgpack-c or mpd_*); the sanitized
+ * test builds check it. */
+static int write_alert(struct cairn_buf *b, const struct alert *a)
+{
+    const struct cairn_str *strs[] = {&a->tenant, &a->source,     &a->type,      &a->key,
+                                      &a->rule,   &a->severity,   &a->title,     &a->silenced_by,
+                                      &a->ack_by, &a->ack_reason, &a->resolution};
+    size_t bound = 512 + 16 + 8 * MPD_TIME_MAX;
+    for (size_t i = 0; i < sizeof strs / sizeof *strs; i++)
+        bound += strs[i]->n + MPD_HDR_MAX;
+    int rc = cairn_buf_reserve(b, bound);
+    if (rc)
+        return rc;
+    uint8_t *o = b->data + b->len;
+    o = mpd_map(o, 22);
+    o = mpd_key(o, "alert_id");
+    o = mpd_strn(o, a->id, 16);
+    o = mpd_key(o, "tenant");
+    o = pk_str(o, &a->tenant);
+    o = mpd_key(o, "source");
+    o = pk_str(o, &a->source);
+    o = mpd_key(o, "type");
+    o = pk_str(o, &a->type);
+    o = mpd_key(o, "key");
+    o = pk_str(o, &a->key);
+    o = mpd_key(o, "rule");
+    o = pk_str(o, &a->rule);
+    o = mpd_key(o, "severity");
+    o = pk_str(o, &a->severity);
+    o = mpd_key(o, "state");
+    const char *st = astate_names[a->state];
+    o = st ? mpd_strn(o, st, strlen(st)) : mpd_nil(o);
+    o = mpd_key(o, "silenced");
+    o = mpd_bool(o, a->silenced);
+    o = mpd_key(o, "silenced_by");
+    o = pk_str(o, &a->silenced_by);
+    o = mpd_key(o, "title");
+    o = pk_str(o, &a->title);
+    o = mpd_key(o, "opened_at");
+    o = mpd_time(o, a->opened_at);
+    o = mpd_key(o, "last_triggered_at");
+    o = mpd_time(o, a->last_at);
+    o = mpd_key(o, "count");
+    o = mpd_u64(o, a->count);
+    o = mpd_key(o, "occurrences");
+    o = mpd_u64(o, a->occurrences);
+    o = mpd_key(o, "acknowledged");
     if (a->has_ack) {
-        msgpack_pack_map(&w->pk, 3);
-        mpw_kv_str(w, "by", &a->ack_by);
-        kv_str_opt(w, "reason", &a->ack_reason);
-        mpw_kv_time(w, "at", a->ack_at);
+        o = mpd_map(o, 3);
+        o = mpd_key(o, "by");
+        o = pk_str(o, &a->ack_by);
+        o = mpd_key(o, "reason");
+        o = pk_str(o, &a->ack_reason);
+        o = mpd_key(o, "at");
+        o = mpd_time(o, a->ack_at);
     } else {
-        msgpack_pack_nil(&w->pk);
+        o = mpd_nil(o);
     }
-    kv_time_opt(w, "escalate_at", a->has_escalate_at, a->escalate_at);
-    kv_time_opt(w, "escalated_at", a->has_escalated, a->escalated_at);
-    kv_time_opt(w, "resolved_at", a->has_resolved, a->resolved_at);
-    kv_str_opt(w, "resolution", &a->resolution);
-    mpw_kv_obj(w, "details", a->details);
-    mpw_kv_u64(w, "last_seq", a->last_seq);
-    return mpw_finish(w);
+    o = mpd_key(o, "escalate_at");
+    o = pk_time_opt(o, a->has_escalate_at, a->escalate_at);
+    o = mpd_key(o, "escalated_at");
+    o = pk_time_opt(o, a->has_escalated, a->escalated_at);
+    o = mpd_key(o, "resolved_at");
+    o = pk_time_opt(o, a->has_resolved, a->resolved_at);
+    o = mpd_key(o, "resolution");
+    o = pk_str(o, &a->resolution);
+    o = mpd_key(o, "details");
+    b->len = (size_t)(o - b->data);
+    if (a->details && a->details_raw.p) {
+        rc = cairn_buf_append(b, a->details_raw.p, a->details_raw.n);
+        /* Checked in the sanitized test builds only (assertions stay on in
+         * every build, and this check would cost what the copy saves). */
+#if defined(__SANITIZE_ADDRESS__)
+        struct cairn_buf chk;
+        struct mpw cw;
+        cairn_buf_init(&chk, DOC_MAX);
+        mpw_init(&cw, &chk);
+        mpw_obj(&cw, a->details);
+        assert(mpw_finish(&cw) ||
+               (chk.len == a->details_raw.n && !memcmp(chk.data, a->details_raw.p, chk.len)));
+        cairn_buf_deinit(&chk);
+#endif
+    } else {
+        struct mpw w;
+        mpw_init(&w, b);
+        mpw_obj(&w, a->details);
+        rc = mpw_finish(&w);
+    }
+    if (!rc)
+        rc = cairn_buf_reserve(b, 16 + MPD_HDR_MAX);
+    if (rc)
+        return rc;
+    o = b->data + b->len;
+    o = mpd_key(o, "last_seq");
+    o = mpd_u64(o, a->last_seq);
+    b->len = (size_t)(o - b->data);
+    return 0;
 }
 
 /* ====================================================================== silences */
@@ -653,10 +741,8 @@ static int commit(struct hctx *ctx, const struct event *cause, struct alert *a, 
     struct cairn_str id = {a->id, 16};
     size_t kn = hkey_make(k, sizeof k, &a->tenant, &id);
     struct cairn_buf *b = &al->doc;
-    struct mpw w;
     cairn_buf_reset(b);
-    mpw_init(&w, b);
-    rc = write_alert(&w, a);
+    rc = write_alert(b, a);
     if (!rc)
         rc = cache_put(al, k, kn, b->data, b->len);
     if (!rc && type && !a->silenced)
@@ -668,6 +754,7 @@ static int commit(struct hctx *ctx, const struct event *cause, struct alert *a, 
 struct cause_fp {
     struct cairn_str tenant, source, type, key, rule, severity, title;
     const msgpack_object *details;
+    struct cairn_str details_raw; /* the bytes of details when known (p NULL: not) */
 };
 
 static int load_alert(struct hctx *ctx, const struct cairn_str *tenant, const char id[16],
@@ -701,6 +788,7 @@ static int alert_open(struct hctx *ctx, const struct event *cause, const struct 
     a.severity = f->severity;
     a.title = f->title;
     a.details = f->details;
+    a.details_raw = f->details_raw;
     a.last_at = cause->time;
     a.count = fresh ? 1 : a.count + 1;
     if (fresh) {
@@ -718,9 +806,10 @@ static int alert_open(struct hctx *ctx, const struct event *cause, const struct 
     return rc;
 }
 
+/* details_from_cause: the alert's details become the cause's payload. */
 static int alert_resolve(struct hctx *ctx, const struct event *cause,
                          const struct cairn_str *tenant, const char id[16], const char *resolution,
-                         const msgpack_object *details)
+                         bool details_from_cause)
 {
     struct loaded l;
     struct alert a;
@@ -731,8 +820,10 @@ static int alert_resolve(struct hctx *ctx, const struct event *cause,
         a.has_resolved = true;
         a.resolved_at = cause->time;
         a.resolution = cs(resolution);
-        if (details)
-            a.details = details;
+        if (details_from_cause) {
+            a.details = cause->body;
+            a.details_raw = (struct cairn_str){(const char *)cause->payload, cause->payload_len};
+        }
         if (!rc)
             rc = commit(ctx, cause, &a, "alert.resolved", cause->time);
     }
@@ -768,7 +859,7 @@ static int on_ack(struct hctx *ctx, const struct event *ev)
             rc = commit(ctx, ev, &a, "alert.acknowledged", ev->time);
         const struct source *s = source_of(&a.type, OPENS);
         if (!rc && s && s->one_shot)
-            rc = alert_resolve(ctx, ev, &ev->tenant, a.id, "acknowledged", NULL);
+            rc = alert_resolve(ctx, ev, &ev->tenant, a.id, "acknowledged", false);
     }
     unload(&l);
     return rc;
@@ -780,24 +871,27 @@ static int on_source(struct hctx *ctx, const struct event *ev, const struct sour
     struct cause_fp f = {.tenant = ev->tenant, .source = cs(s->source), .type = ev->type};
     struct cairn_str sev;
     char title[TITLE_MAX];
+    if (s->severity)
+        sev = cs(s->severity);
+    else if (!mp_str(mp_get(ev->body, "severity"), &sev) || sev_parse(&sev) < 0)
+        sev = cs("low");
+    /* An opening cause below the source's minimum is ignored (checked
+     * first: most violations are) */
+    if (s->action == OPENS && sev_parse(&sev) < self(ctx)->min_sev[row])
+        return 0;
     if (!mp_str(mp_get(ev->body, s->key_field), &f.key) || f.key.n > CAIRN_KEY_MAX)
         f.key = ev->key;
     if (!s->rule_field || !mp_str(mp_get(ev->body, s->rule_field), &f.rule) ||
         f.rule.n > CAIRN_KEY_MAX)
         f.rule = cs(s->rule_const);
-    if (s->severity)
-        sev = cs(s->severity);
-    else if (!mp_str(mp_get(ev->body, "severity"), &sev) || sev_parse(&sev) < 0)
-        sev = cs("low");
     char id[17];
     if (s->action == RESOLVES) {
         alert_id(&f.source, &f.tenant, &f.key, &f.rule, id);
-        return alert_resolve(ctx, ev, &ev->tenant, id, s->type, ev->body);
+        return alert_resolve(ctx, ev, &ev->tenant, id, s->type, true);
     }
-    if (sev_parse(&sev) < self(ctx)->min_sev[row])
-        return 0;
     f.severity = sev;
     f.details = ev->body;
+    f.details_raw = (struct cairn_str){(const char *)ev->payload, ev->payload_len};
     if (!mp_str(mp_get(ev->body, "title"), &f.title) || f.title.n > TITLE_MAX) {
         int n = snprintf(title, sizeof title, "%s %.*s", s->type,
                          (int)(f.key.n > 200 ? 200 : f.key.n), f.key.p ? f.key.p : "");
@@ -1143,7 +1237,7 @@ static int alarm_alert(struct hctx *ctx, const struct event *cause, const struct
     if (!open) {
         char id[17];
         alert_id(&src, tenant, &d->alarm_id, &d->alarm_id, id);
-        return alert_resolve(ctx, cause, tenant, id, resolution, NULL);
+        return alert_resolve(ctx, cause, tenant, id, resolution, false);
     }
     char title[TITLE_MAX], thr[40];
     cairn_fmt_double(d->threshold, thr, sizeof thr);

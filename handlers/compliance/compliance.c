@@ -87,6 +87,13 @@ struct crule {
     struct cairn_buf head, mid;
 };
 
+/* A control's state on one resource before and after an input (posture_move). */
+struct cscr {
+    uint32_t gen; /* the fields below are this call's when gen is the comp's */
+    uint8_t before, after;
+    bool done;
+};
+
 struct comp {
     unsigned rules, view, resources, posture, meta;
     bool layout_written;
@@ -99,6 +106,9 @@ struct comp {
     size_t ntouched, dcap;
     struct cairn_buf rec, out; /* scratch: a copied resources value; one being written */
     struct cairn_buf doc;      /* scratch: a violation document */
+    struct cscr *cs;           /* per control: posture_move's scratch */
+    size_t cscap;
+    uint32_t gen;
 };
 
 static struct comp *self(struct hctx *ctx)
@@ -126,6 +136,12 @@ static bool str_is(const struct cairn_str *s, const char *c)
 static bool str_eq(const struct cairn_str *a, const char *b, size_t bn)
 {
     return a->n == bn && !memcmp(a->p, b, bn);
+}
+
+/* A string value, nil when s->p is NULL (as mpw_kv_str packs it). */
+static uint8_t *pk_str(uint8_t *o, const struct cairn_str *s)
+{
+    return s->p ? mpd_strn(o, s->p, s->n) : mpd_nil(o);
 }
 
 static char *dupn(const char *p, size_t n)
@@ -451,6 +467,7 @@ static void comp_free(struct comp *s)
     free(s->c);
     free(s->delta);
     free(s->touched);
+    free(s->cs);
     cairn_buf_deinit(&s->rec);
     cairn_buf_deinit(&s->out);
     cairn_buf_deinit(&s->doc);
@@ -634,44 +651,59 @@ struct rres {
     bool budget; /* the evaluation ran out of steps (recorded in the violation) */
 };
 
-static enum res ctl_state(const struct rres *rr, size_t n, int ctl, bool after)
+static uint8_t res_merge(uint8_t st, enum res v)
 {
-    enum res st = R_NONE;
-    for (size_t i = 0; i < n && st != R_FAIL; i++)
-        for (size_t j = 0; j < rr[i].r->nctl; j++)
-            if (rr[i].r->ctl[j] == ctl) {
-                enum res v = after ? rr[i].now : rr[i].old;
-                st = v == R_FAIL ? R_FAIL : v == R_PASS ? R_PASS : st;
-                break;
-            }
-    return st;
+    return st == R_FAIL || v == R_FAIL ? R_FAIL : v == R_PASS ? R_PASS : st;
 }
 
 /* The resource's results moved from .old to .now (rr: every result the
  * resource has, before or after): move its state in each control of the
- * rules that changed. */
+ * rules that changed. A resource's state in a control is fail when a rule
+ * of the control failed it, else pass when one passed it, else none. The
+ * controls are visited in the order the changed rules list them (each
+ * once): the order of the posture's changes. Both states of every control
+ * of the resource are gathered in one pass (per-control scratch, reset by
+ * a generation number), not recomputed per changed control. */
 static int posture_move(struct comp *s, const struct rres *rr, size_t n)
 {
+    if (s->cscap < s->nc) {
+        size_t cap = s->nc + 64;
+        struct cscr *c = realloc(s->cs, cap * sizeof *c);
+        if (!c)
+            return CAIRN_ENOMEM;
+        memset(c + s->cscap, 0, (cap - s->cscap) * sizeof *c);
+        s->cs = c;
+        s->cscap = cap;
+    }
+    if (++s->gen == 0) { /* wrapped: no stale entry may look current */
+        for (size_t i = 0; i < s->cscap; i++)
+            s->cs[i].gen = 0;
+        s->gen = 1;
+    }
+    bool any = false;
+    for (size_t i = 0; i < n; i++) {
+        any |= rr[i].old != rr[i].now;
+        for (size_t j = 0; j < rr[i].r->nctl; j++) {
+            struct cscr *x = &s->cs[rr[i].r->ctl[j]];
+            if (x->gen != s->gen)
+                *x = (struct cscr){s->gen, R_NONE, R_NONE, false};
+            x->before = res_merge(x->before, rr[i].old);
+            x->after = res_merge(x->after, rr[i].now);
+        }
+    }
     int rc = 0;
-    for (size_t i = 0; i < n && !rc; i++) {
+    for (size_t i = 0; any && i < n && !rc; i++) {
         if (rr[i].old == rr[i].now)
             continue;
         for (size_t j = 0; j < rr[i].r->nctl && !rc; j++) {
             int c = rr[i].r->ctl[j];
-            /* done already: by an earlier changed rule of the control, or
-             * earlier in this rule (a control listed twice) */
-            bool done = false;
-            for (size_t f = 0; f < j && !done; f++)
-                done = rr[i].r->ctl[f] == c;
-            for (size_t e = 0; e < i && !done; e++)
-                for (size_t f = 0; rr[e].old != rr[e].now && f < rr[e].r->nctl && !done; f++)
-                    done = rr[e].r->ctl[f] == c;
-            if (done)
+            struct cscr *x = &s->cs[c];
+            if (x->done)
                 continue;
-            enum res before = ctl_state(rr, n, c, false), after = ctl_state(rr, n, c, true);
-            if (before != after)
-                rc = delta_add(s, c, (after == R_PASS) - (before == R_PASS),
-                               (after == R_FAIL) - (before == R_FAIL));
+            x->done = true;
+            if (x->before != x->after)
+                rc = delta_add(s, c, (x->after == R_PASS) - (x->before == R_PASS),
+                               (x->after == R_FAIL) - (x->before == R_FAIL));
         }
     }
     return rc;
@@ -689,13 +721,6 @@ static int emit_map(struct hctx *ctx, const struct event *ev, const char *type,
                     const struct cairn_str *key, struct cairn_buf *b)
 {
     return hctx_emit(ctx, ev, type, &ev->tenant, key, b->data, b->len);
-}
-
-/* Appends bytes that already are msgpack. */
-static void pack_raw(struct mpw *w, const struct cairn_buf *b)
-{
-    if (!w->err)
-        w->err = cairn_buf_append(w->buf, b->data, b->len);
 }
 
 static void write_failed(struct mpw *w, const struct crule *r, const struct resource *res,
@@ -734,7 +759,7 @@ static int violation_open(struct hctx *ctx, const struct event *ev, const struct
     size_t kn = hkey_make(k, sizeof k, &ev->tenant, &(struct cairn_str){vid, 32});
     int64_t times = 0;
     MDB_val v;
-    int rc = hctx_get(ctx, s->view, k, kn, &v);
+    int rc = hctx_get(ctx, self(ctx)->view, k, kn, &v);
     if (rc && rc != CAIRN_ENOTFOUND)
         return rc;
     if (!rc) {
@@ -744,28 +769,52 @@ static int violation_open(struct hctx *ctx, const struct event *ev, const struct
             mp_i64(mp_get(&u.data, "times_opened"), &times);
         msgpack_unpacked_destroy(&u);
     }
+    /* Packed directly (handler.h, "direct packing": the bytes msgpack-c
+     * gives) but for the failed values, which are decoded attributes. */
     struct cairn_buf *b = &s->doc;
     struct mpw w;
     cairn_buf_reset(b);
+    size_t bound = 256 + r->head.len + r->mid.len + ev->tenant.n + res->id.n + res->type.n +
+                   res->account.n + res->region.n + MPD_TIME_MAX + 16 * MPD_HDR_MAX;
+    if ((rc = cairn_buf_reserve(b, bound)))
+        return rc;
+    uint8_t *o = b->data;
+    o = mpd_map(o, 20);
+    o = mpd_key(o, "violation_id");
+    o = mpd_strn(o, vid, 32);
+    o = mpd_key(o, "tenant");
+    o = pk_str(o, &ev->tenant);
+    o = mpd_key(o, "status");
+    o = mpd_key(o, "open");
+    o = mpd_raw(o, r->head.data, r->head.len); /* rule_id title severity */
+    o = mpd_key(o, "resource_id");
+    o = pk_str(o, &res->id);
+    o = mpd_key(o, "resource_type");
+    o = pk_str(o, &res->type);
+    o = mpd_key(o, "account");
+    o = pk_str(o, &res->account);
+    o = mpd_key(o, "region");
+    o = pk_str(o, &res->region);
+    o = mpd_raw(o, r->mid.data, r->mid.len); /* frameworks controls remediation */
+    b->len = (size_t)(o - b->data);
     mpw_init(&w, b);
-    msgpack_pack_map(&w.pk, 20);
-    mpw_kv_cstr(&w, "violation_id", vid);
-    mpw_kv_str(&w, "tenant", &ev->tenant);
-    mpw_kv_cstr(&w, "status", "open");
-    pack_raw(&w, &r->head); /* rule_id title severity */
-    mpw_kv_str(&w, "resource_id", &res->id);
-    mpw_kv_str(&w, "resource_type", &res->type);
-    mpw_kv_str(&w, "account", &res->account);
-    mpw_kv_str(&w, "region", &res->region);
-    pack_raw(&w, &r->mid); /* frameworks controls remediation */
     write_failed(&w, r, res, budget);
-    mpw_kv_time(&w, "opened_at", ev->time);
-    mpw_kv_u64(&w, "opened_seq", ev->seq);
-    mpw_kv_cstr(&w, "resolved_at", NULL);
-    mpw_kv_cstr(&w, "resolved_seq", NULL);
-    mpw_kv_cstr(&w, "resolution", NULL);
-    mpw_kv_i64(&w, "times_opened", times + 1);
-    rc = mpw_finish(&w);
+    if ((rc = mpw_finish(&w)) || (rc = cairn_buf_reserve(b, 128 + MPD_TIME_MAX)))
+        return rc;
+    o = b->data + b->len;
+    o = mpd_key(o, "opened_at");
+    o = mpd_time(o, ev->time);
+    o = mpd_key(o, "opened_seq");
+    o = mpd_u64(o, ev->seq);
+    o = mpd_key(o, "resolved_at");
+    o = mpd_nil(o);
+    o = mpd_key(o, "resolved_seq");
+    o = mpd_nil(o);
+    o = mpd_key(o, "resolution");
+    o = mpd_nil(o);
+    o = mpd_key(o, "times_opened");
+    o = mpd_i64(o, times + 1);
+    b->len = (size_t)(o - b->data);
     if (!rc)
         rc = hctx_put(ctx, s->view, k, kn, b->data, b->len);
     if (!rc)
@@ -779,13 +828,12 @@ static int violation_open(struct hctx *ctx, const struct event *ev, const struct
 static int violation_resolve(struct hctx *ctx, const struct event *ev, const struct crule *r,
                              const uint8_t rk[16], const char *reason)
 {
-    struct comp *s = self(ctx);
     char vid[33];
     violation_id(r, rk, vid);
     uint8_t k[1 + CAIRN_TENANT_MAX + 64];
     size_t kn = hkey_make(k, sizeof k, &ev->tenant, &(struct cairn_str){vid, 32});
     MDB_val v;
-    int rc = hctx_get(ctx, s->view, k, kn, &v);
+    int rc = hctx_get(ctx, self(ctx)->view, k, kn, &v);
     if (rc)
         return rc == CAIRN_ENOTFOUND ? 0 : rc;
     msgpack_unpacked u;
@@ -830,7 +878,7 @@ static int violation_resolve(struct hctx *ctx, const struct event *ev, const str
     if (!rc)
         rc = mpw_finish(&pw);
     if (!rc)
-        rc = hctx_put(ctx, s->view, k, kn, b.data, b.len);
+        rc = hctx_put(ctx, self(ctx)->view, k, kn, b.data, b.len);
     /* The derived key (the resource) is read from the payload copy: the
      * old document may have moved with the put. */
     if (!rc) {
@@ -931,27 +979,39 @@ static int rec_put(struct hctx *ctx, const uint8_t *k, size_t kn, const struct r
                    const struct rres *rr, size_t n)
 {
     struct comp *s = self(ctx);
-    struct mpw w;
-    cairn_buf_reset(&s->out);
-    mpw_init(&w, &s->out);
     uint32_t kept = 0;
-    for (size_t i = 0; i < n; i++)
-        kept += rr[i].now != R_NONE;
-    msgpack_pack_map(&w.pk, 6);
-    mpw_kv_str(&w, "resource_id", &f->id);
-    mpw_kv_str(&w, "resource_type", &f->type);
-    mpw_kv_str(&w, "account", &f->account);
-    mpw_kv_str(&w, "region", &f->region);
-    mpw_kv_str(&w, "scan", &f->mark);
-    mpw_str(&w, "results");
-    msgpack_pack_map(&w.pk, kept);
+    size_t bound =
+        64 + 5 * MPD_HDR_MAX + f->id.n + f->type.n + f->account.n + f->region.n + f->mark.n;
     for (size_t i = 0; i < n; i++)
         if (rr[i].now != R_NONE) {
-            mpw_strn(&w, &(struct cairn_str){rr[i].r->id, rr[i].r->idn});
-            mpw_str(&w, rr[i].now == R_FAIL ? "F" : "P");
+            kept++;
+            bound += rr[i].r->idn + MPD_HDR_MAX + 2;
         }
-    int rc = mpw_finish(&w);
-    return rc ? rc : hctx_put(ctx, s->resources, k, kn, s->out.data, s->out.len);
+    cairn_buf_reset(&s->out);
+    int rc = cairn_buf_reserve(&s->out, bound);
+    if (rc)
+        return rc;
+    uint8_t *o = s->out.data;
+    o = mpd_map(o, 6);
+    o = mpd_key(o, "resource_id");
+    o = pk_str(o, &f->id);
+    o = mpd_key(o, "resource_type");
+    o = pk_str(o, &f->type);
+    o = mpd_key(o, "account");
+    o = pk_str(o, &f->account);
+    o = mpd_key(o, "region");
+    o = pk_str(o, &f->region);
+    o = mpd_key(o, "scan");
+    o = pk_str(o, &f->mark);
+    o = mpd_key(o, "results");
+    o = mpd_map(o, kept);
+    for (size_t i = 0; i < n; i++)
+        if (rr[i].now != R_NONE) {
+            o = mpd_strn(o, rr[i].r->id, rr[i].r->idn);
+            o = mpd_strn(o, rr[i].now == R_FAIL ? "F" : "P", 1);
+        }
+    s->out.len = (size_t)(o - s->out.data);
+    return hctx_put(ctx, s->resources, k, kn, s->out.data, s->out.len);
 }
 
 /* Copies the values of the records under prefix that `pick` selects into
