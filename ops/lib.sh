@@ -18,6 +18,7 @@ CAIRN_TEST_PACKAGES=(
   curl jq                                        # integration tests over HTTP, JSON checks
   clang libclang-rt-14-dev                       # the HTTP fuzz target (libFuzzer)
   python3                                        # test helpers (geofence routes, the CIS reference reading)
+  valgrind                                       # the memcheck stage (tests/memcheck)
 )
 
 # node and npm run the official `stripe` package that signs test webhooks.
