@@ -18,8 +18,10 @@
  *   alerts.due       period end (i64 BE, biased) | tlen|tenant|alarm_id -> ""
  *                    the end of each alarm's next period to close
  *
- * Nothing is cached in memory (the engine may close and reopen handlers
- * when a batch aborts): every decision reads the DBIs.
+ * In memory, rebuilt by open (the engine closes and reopens handlers when
+ * a batch aborts): the alert documents written since the last flush (see
+ * "the written-alerts cache") and whether any silence may exist; every
+ * other decision reads the DBIs.
  *
  * ---------------------------------------------------------------- sources
  * One row of ALERT_SOURCES per derived type (adding a source is one row):
@@ -146,6 +148,10 @@ struct alerts {
     struct hcache cache; /* of struct hentry: key then document; the dirty ones put by flush */
     int64_t esc_ns[SEV_COUNT];
     int min_sev[NSOURCES];
+    /* false: alerts.silences is empty (set in open, true from the first
+     * silence put on): a transition then skips the silence scan, a cursor
+     * per alert. */
+    bool any_silences;
 };
 
 static struct alerts *self(struct hctx *ctx)
@@ -280,6 +286,15 @@ static int alerts_open(struct hctx *ctx)
         rc = hctx_db(ctx, "agg", 0, &a->agg);
     if (!rc)
         rc = hctx_db(ctx, "due", 0, &a->due);
+    struct hcursor *c;
+    if (!rc && !(rc = hctx_cursor_open(ctx, a->silences, NULL, 0, &c))) {
+        MDB_val k, v;
+        rc = hctx_cursor_next(c, &k, &v);
+        hctx_cursor_close(c);
+        a->any_silences = !rc;
+        if (rc == CAIRN_ENOTFOUND)
+            rc = 0;
+    }
     return rc;
 }
 
@@ -633,6 +648,8 @@ static int judge_silence(struct hctx *ctx, struct alert *a, int64_t t, char *idb
     MDB_val k, v;
     a->silenced = false;
     a->silenced_by = (struct cairn_str){NULL, 0};
+    if (!al->any_silences)
+        return 0;
     int rc = hctx_cursor_open(ctx, al->silences, prefix, pn, &c);
     for (int n = 0; !rc && n < SILENCES_SCAN_MAX && !a->silenced; n++) {
         if ((rc = hctx_cursor_next(c, &k, &v)))
@@ -688,6 +705,8 @@ static int on_silence(struct hctx *ctx, const struct event *ev)
     mpw_kv_obj(&w, "comment", mp_get(ev->body, "comment"));
     mpw_kv_u64(&w, "last_seq", ev->seq);
     int rc = mpw_finish(&w);
+    if (!rc && to > ev->time)
+        al->any_silences = true;
     if (!rc)
         rc = to > ev->time ? hctx_put(ctx, al->silences, k, kn, b.data, b.len)
                            : hctx_del(ctx, al->silences, k, kn);
