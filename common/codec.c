@@ -597,6 +597,16 @@ static bool tx_header(struct tx *t, uint8_t *h, size_t n, uint8_t fix, size_t fi
     return true;
 }
 
+/* Whether any of the 8 bytes in x needs tx_str's attention: a quote, a
+ * backslash, a control character or a non-ASCII byte (exact: the classic
+ * has-zero-byte and has-byte-less-than tests, no false negatives). */
+static inline bool tx_special8(uint64_t x)
+{
+    const uint64_t ones = 0x0101010101010101ull, high = 0x8080808080808080ull;
+    uint64_t q = x ^ (ones * '"'), b = x ^ (ones * '\\');
+    return ((x | ((q - ones) & ~q) | ((b - ones) & ~b) | ((x - ones * 0x20) & ~x)) & high) != 0;
+}
+
 static bool tx_str(struct tx *t)
 {
     static const uint8_t wide[] = {0xd9, 0xda, 0xdb};
@@ -604,6 +614,17 @@ static bool tx_str(struct tx *t)
     uint8_t *h = t->o++;
     t->p++; /* the opening quote */
     for (;;) {
+        /* plain ASCII eight bytes at a time (the output has room: see
+         * struct tx; ASCII is copied one for one) */
+        while (t->end - t->p >= 8) {
+            uint64_t x;
+            memcpy(&x, t->p, 8);
+            if (tx_special8(x))
+                break;
+            memcpy(t->o, &x, 8);
+            t->o += 8;
+            t->p += 8;
+        }
         if (t->p >= t->end)
             return false;
         uint8_t c = *t->p;
@@ -705,6 +726,51 @@ static void tx_int(struct tx *t, int64_t v)
     }
 }
 
+/* The double strtod gives for the JSON number [s, end) (already checked
+ * to be one), when that is cheap to get exactly: all its digits as an
+ * integer m < 2^53 and a decimal exponent k with |k| <= 22. Then m and
+ * 10^|k| are exact doubles and one multiplication or division rounds
+ * correctly (Clinger's fast path), which is what glibc's strtod does too.
+ * False: use strtod. */
+static bool tx_real_fast(const uint8_t *s, const uint8_t *end, double *out)
+{
+    static const double pow10[] = {1e0,  1e1,  1e2,  1e3,  1e4,  1e5,  1e6,  1e7,
+                                   1e8,  1e9,  1e10, 1e11, 1e12, 1e13, 1e14, 1e15,
+                                   1e16, 1e17, 1e18, 1e19, 1e20, 1e21, 1e22};
+    bool neg = *s == '-';
+    uint64_t m = 0;
+    int k = 0;
+    const uint8_t *p = s + neg;
+    for (; p < end && *p >= '0' && *p <= '9'; p++) {
+        m = m * 10 + (uint64_t)(*p - '0');
+        if (m >= (1ull << 53))
+            return false;
+    }
+    if (p < end && *p == '.')
+        for (p++; p < end && *p >= '0' && *p <= '9'; p++, k--) {
+            m = m * 10 + (uint64_t)(*p - '0');
+            if (m >= (1ull << 53))
+                return false;
+        }
+    if (p < end && (*p == 'e' || *p == 'E')) {
+        bool eneg = false;
+        int e = 0;
+        p++;
+        if (*p == '+' || *p == '-')
+            eneg = *p++ == '-';
+        for (; p < end && *p >= '0' && *p <= '9'; p++)
+            if ((e = e * 10 + (*p - '0')) > 1000)
+                return false;
+        k += eneg ? -e : e;
+    }
+    if (k < -22 || k > 22)
+        return false;
+    double d = (double)m;
+    d = k < 0 ? d / pow10[-k] : d * pow10[k];
+    *out = neg ? -d : d;
+    return true;
+}
+
 static bool tx_number(struct tx *t)
 {
     const uint8_t *s = t->p;
@@ -746,13 +812,16 @@ static bool tx_number(struct tx *t)
         tx_int(t, neg ? (int64_t)(0 - mag) : (int64_t)mag);
         return true;
     }
-    char tmp[64];
-    size_t len = (size_t)(t->p - s);
-    if (len >= sizeof tmp)
-        return false;
-    memcpy(tmp, s, len);
-    tmp[len] = '\0';
-    double d = strtod(tmp, NULL);
+    double d;
+    if (!tx_real_fast(s, t->p, &d)) {
+        char tmp[64];
+        size_t len = (size_t)(t->p - s);
+        if (len >= sizeof tmp)
+            return false;
+        memcpy(tmp, s, len);
+        tmp[len] = '\0';
+        d = strtod(tmp, NULL);
+    }
     if (!isfinite(d))
         return false; /* jansson: real number overflow */
     uint64_t bits;

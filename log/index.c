@@ -213,31 +213,43 @@ struct wb_rec {
     uint8_t dbi; /* WB_KEYS or WB_DEDUP */
 };
 
+/* 1 + the index of the newest record of a (dbi, key), 0: empty; tag: more
+ * bits of its hash, so that probing past other keys touches no record. */
+struct wb_slot {
+    uint32_t rec, tag;
+};
+
 struct wb {
     struct wb_rec *rec;
     size_t n, cap;
     uint8_t *arena;
     size_t alen, acap;
-    uint32_t *slot; /* open addressing: 1 + index of the newest rec of a (dbi, key); 0 empty */
-    size_t scap;    /* a power of two, more than twice n */
+    struct wb_slot *slot; /* open addressing, by (dbi, key) */
+    size_t scap;          /* a power of two, more than twice n */
 };
 
 static uint64_t wb_hash(unsigned dbi, const uint8_t *k, size_t n)
 {
-    uint64_t h = 1469598103934665603ull ^ dbi; /* FNV-1a */
-    for (size_t i = 0; i < n; i++)
+    uint64_t h = 1469598103934665603ull ^ dbi; /* FNV-1a, then murmur3's finalizer: */
+    for (size_t i = 0; i < n; i++)             /* keys differ in their last bytes only */
         h = (h ^ k[i]) * 1099511628211ull;
-    return h ^ h >> 29;
+    h = (h ^ h >> 33) * 0xff51afd7ed558ccdull;
+    return h ^ h >> 33;
 }
 
-/* The slot of (dbi, key): its newest record, or the empty slot for it. */
-static uint32_t *wb_slot(const struct wb *w, unsigned dbi, const uint8_t *k, size_t n)
+/* The slot of (dbi, key) whose hash is h: its newest record, or the empty
+ * slot for it. */
+static struct wb_slot *wb_slot(const struct wb *w, uint64_t h, unsigned dbi, const uint8_t *k,
+                               size_t n)
 {
-    for (size_t i = wb_hash(dbi, k, n) & (w->scap - 1);; i = (i + 1) & (w->scap - 1)) {
-        uint32_t *sl = &w->slot[i];
-        if (!*sl)
+    uint32_t tag = (uint32_t)(h >> 32);
+    for (size_t i = h & (w->scap - 1);; i = (i + 1) & (w->scap - 1)) {
+        struct wb_slot *sl = &w->slot[i];
+        if (!sl->rec)
             return sl;
-        const struct wb_rec *r = &w->rec[*sl - 1];
+        if (sl->tag != tag)
+            continue;
+        const struct wb_rec *r = &w->rec[sl->rec - 1];
         if (r->dbi == dbi && r->len == n && !memcmp(w->arena + r->off, k, n))
             return sl;
     }
@@ -247,13 +259,13 @@ static const struct wb_rec *wb_find(const struct wb *w, unsigned dbi, const uint
 {
     if (!w->n)
         return NULL;
-    uint32_t *sl = wb_slot(w, dbi, k, n);
-    return *sl ? &w->rec[*sl - 1] : NULL;
+    struct wb_slot *sl = wb_slot(w, wb_hash(dbi, k, n), dbi, k, n);
+    return sl->rec ? &w->rec[sl->rec - 1] : NULL;
 }
 
 static int wb_rehash(struct wb *w, size_t scap)
 {
-    uint32_t *slot = calloc(scap, sizeof *slot);
+    struct wb_slot *slot = calloc(scap, sizeof *slot);
     if (!slot)
         return CAIRN_ENOMEM;
     free(w->slot);
@@ -261,7 +273,9 @@ static int wb_rehash(struct wb *w, size_t scap)
     w->scap = scap;
     for (size_t i = 0; i < w->n; i++) { /* in order: the newest of a key wins */
         const struct wb_rec *r = &w->rec[i];
-        *wb_slot(w, r->dbi, w->arena + r->off, r->len) = (uint32_t)(i + 1);
+        uint64_t h = wb_hash(r->dbi, w->arena + r->off, r->len);
+        *wb_slot(w, h, r->dbi, w->arena + r->off, r->len) =
+            (struct wb_slot){(uint32_t)(i + 1), (uint32_t)(h >> 32)};
     }
     return 0;
 }
@@ -300,7 +314,9 @@ static int wb_add(struct wb *w, unsigned dbi, const uint8_t *k, size_t n, uint64
         (uint8_t)dbi};
     memcpy(w->arena + w->alen, k, n);
     w->alen += n;
-    *wb_slot(w, dbi, k, n) = (uint32_t)++w->n;
+    uint64_t h = wb_hash(dbi, k, n);
+    struct wb_slot *sl = wb_slot(w, h, dbi, k, n);
+    *sl = (struct wb_slot){(uint32_t)++w->n, (uint32_t)(h >> 32)};
     return 0;
 }
 

@@ -703,6 +703,12 @@ static void test_transcode_cases(void **state)
         "{\"s\":[\"\",\"a\",\"\\\"\\\\\\/\\b\\f\\n\\r\\t\",\"\\u00e9\\u4e2d\\ud83d\\ude00\","
         "\"\xc3\xa9\xe4\xb8\xad\xf0\x9f\x98\x80\",\"0123456789012345678901234567890\","
         "\"01234567890123456789012345678901\"]}",
+        /* reals on both sides of the transcoder's exact fast path (|digits|
+         * < 2^53, |exponent| <= 22) and strtod's */
+        "{\"r\":[0.1,0.25,52.520008,-13.404954,1e22,1e-22,1e23,1e-23,9007199254740991.0,"
+        "9007199254740993.0,0.000001,1.7976931348623157e308,4.9e-324,2.2250738585072014e-308,"
+        "-0.0,-0,100.0e-2,3.14159265358979323846,0.30000000000000004,123.456E+3,7e-0,"
+        "0.0000000000000000000001,1000000000000000000000.5]}",
         "{\"t\":true,\"f\":false,\"z\":null,\"a\":[1,2,3,4,5,6,7,8,9,10,11,12,13,14,15],"
         "\"b\":[1,2,3,4,5,6,7,8,9,10,11,12,13,14,15,16]}",
         "{\"k1\":1,\"k2\":2,\"k3\":3,\"k4\":4,\"k5\":5,\"k6\":6,\"k7\":7,\"k8\":8,\"k9\":9,"
@@ -743,6 +749,29 @@ static void test_transcode_cases(void **state)
     for (size_t i = 0; i < sizeof no / sizeof *no; i++)
         if (transcode_agrees(no[i], strlen(no[i])))
             fail_msg("accepted %s", no[i]);
+    /* strings copied eight bytes at a time: a byte that needs attention at
+     * every offset of strings of every length up to three words */
+    static const char *const special[] = {"\\\"", "\\\\", "\\n", "\\u00e9", "\xc3\xa9", "\x7f"};
+    for (size_t len = 0; len <= 24; len++)
+        for (size_t at = 0; at <= len; at++)
+            for (size_t k = 0; k < sizeof special / sizeof *special; k++) {
+                char doc[96];
+                int m = snprintf(doc, sizeof doc, "{\"%.*s%s%.*s\":\"%.*s%s\"}", (int)at,
+                                 "abcdefghijklmnopqrstuvwxyz", special[k], (int)(len - at),
+                                 "ABCDEFGHIJKLMNOPQRSTUVWXYZ", (int)len,
+                                 "0123456789012345678901234", special[k]);
+                if (!transcode_agrees(doc, (size_t)m))
+                    fail_msg("declined %s", doc);
+            }
+    /* a raw control character or invalid UTF-8 is declined wherever it is */
+    for (size_t at = 0; at < 20; at++) {
+        char doc[64];
+        int m = snprintf(doc, sizeof doc, "{\"a\":\"%.*s\x01%.*s\"}", (int)at,
+                         "abcdefghijklmnopqrstuvwxyz", (int)(20 - at), "abcdefghijklmnopqrstu");
+        assert_false(transcode_agrees(doc, (size_t)m));
+        doc[6 + at] = (char)0xff;
+        assert_false(transcode_agrees(doc, (size_t)m));
+    }
     /* long strings and arrays: the wide headers (str16, array16/32) */
     size_t big = 70000;
     char *t = malloc(big * 2 + 64);
