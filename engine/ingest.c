@@ -16,12 +16,22 @@
 #define CAIRN_SCHEMA_DIR "schemas"
 #endif
 
+/* The handlers that validate inputs of one type (handler_validate), in
+ * table order, found once at open instead of per input. */
+struct hooks {
+    const struct schema *schema; /* the type's */
+    size_t first, n;             /* in ingest.hook */
+};
+
 struct ingest {
     struct schema_set *schemas;
     size_t payload_max;
     bool allow_engine_types;
     const struct handler *const *handlers;
     char schema_dir[1024];
+    struct hooks *hooks; /* one per schema type */
+    size_t nhooks;
+    const struct handler **hook;
 };
 
 /* Types only the engine may append. */
@@ -29,6 +39,39 @@ static const char *const engine_only_types[] = {"tick", NULL};
 
 static const char *const envelope_fields[] = {"type", "tenant",  "key",          "id",
                                               "time", "payload", "expected_seq", NULL};
+
+static bool consumes(const struct handler *h, const char *type)
+{
+    for (const char *const *t = h->consumes; t && *t; t++)
+        if (!strcmp(*t, type))
+            return true;
+    return false;
+}
+
+/* For each schema type, the handlers with a validate hook that consume it. */
+static int hooks_build(struct ingest *ing)
+{
+    size_t types = schema_set_count(ing->schemas), nh = 0, at = 0;
+    for (const struct handler *const *h = ing->handlers; *h; h++)
+        nh++;
+    ing->hooks = calloc(types + 1, sizeof *ing->hooks);
+    ing->hook = calloc(types * nh + 1, sizeof *ing->hook);
+    if (!ing->hooks || !ing->hook)
+        return CAIRN_ENOMEM;
+    for (size_t i = 0; i < types; i++) {
+        const char *type = schema_set_type(ing->schemas, i);
+        struct hooks *k = &ing->hooks[ing->nhooks++];
+        k->schema = schema_set_get(ing->schemas, type);
+        k->first = at;
+        for (const struct handler *const *h = ing->handlers; *h; h++)
+            if ((*h)->validate && consumes(*h, type))
+                ing->hook[at++] = *h;
+        k->n = at - k->first;
+    }
+    return 0;
+}
+
+void ingest_close(struct ingest *ing);
 
 int ingest_open(struct ingest **out, const struct ingest_config *cfg, struct cairn_error *e)
 {
@@ -47,6 +90,10 @@ int ingest_open(struct ingest **out, const struct ingest_config *cfg, struct cai
         free(ing);
         return rc;
     }
+    if ((rc = hooks_build(ing))) {
+        ingest_close(ing);
+        return rc;
+    }
     *out = ing;
     return 0;
 }
@@ -56,6 +103,8 @@ void ingest_close(struct ingest *ing)
     if (!ing)
         return;
     schema_set_close(ing->schemas);
+    free(ing->hooks);
+    free(ing->hook);
     free(ing);
 }
 
@@ -133,10 +182,17 @@ static int unknown_field(const char *k, size_t n, struct cairn_error *e)
 
 static int field_index(const char *k, size_t n)
 {
-    for (int i = 0; envelope_fields[i]; i++)
-        if (strlen(envelope_fields[i]) == n && !memcmp(envelope_fields[i], k, n))
-            return i;
-    return -1;
+    int i = -1; /* the candidate of that length (the names' lengths tell them apart but for 4) */
+    switch (n) {
+    case 2: i = FX_ID; break;
+    case 3: i = FX_KEY; break;
+    case 4: i = k[1] == 'y' ? FX_TYPE : FX_TIME; break;
+    case 6: i = FX_TENANT; break;
+    case 7: i = FX_PAYLOAD; break;
+    case 12: i = FX_EXPECTED; break;
+    default: return -1;
+    }
+    return memcmp(envelope_fields[i], k, n) ? -1 : i;
 }
 
 static int env_from_json(const json_t *obj, struct raw_env *r, struct cairn_error *e)
@@ -457,18 +513,17 @@ int ingest_default_key(const char *type, const json_t *payload, char *out, size_
 
 /* Lets the handlers that consume this type refuse a bad control input
  * (a malformed rule, an invalid fence) before it enters the log. */
-static int handler_validate(struct ingest *ing, const struct ingest_event *iev,
-                            const msgpack_object *body, struct cairn_error *e)
+static int handler_validate(struct ingest *ing, const struct schema *schema,
+                            const struct ingest_event *iev, const msgpack_object *body,
+                            struct cairn_error *e)
 {
     int rc = 0;
-    for (const struct handler *const *h = ing->handlers; *h && !rc; h++) {
-        if (!(*h)->validate)
-            continue;
-        bool consumes = false;
-        for (const char *const *t = (*h)->consumes; *t && !consumes; t++)
-            consumes = strlen(*t) == iev->in.type.n && !memcmp(*t, iev->in.type.p, iev->in.type.n);
-        if (!consumes)
-            continue;
+    const struct hooks *k = NULL;
+    for (size_t i = 0; i < ing->nhooks && !k; i++)
+        if (ing->hooks[i].schema == schema)
+            k = &ing->hooks[i];
+    for (size_t i = 0; k && i < k->n && !rc; i++) {
+        const struct handler *const *h = &ing->hook[k->first + i];
         struct event ev = {.type = iev->in.type,
                            .tenant = iev->in.tenant,
                            .key = iev->in.key,
@@ -622,7 +677,7 @@ static int finish(struct ingest *ing, struct checked *c, const uint8_t *payload,
                                ing->payload_max);
     if ((rc = build_event(ev, c->parts, source, payload, plen)))
         return rc;
-    if ((rc = handler_validate(ing, ev, body, e)))
+    if ((rc = handler_validate(ing, c->schema, ev, body, e)))
         ingest_event_deinit(ev);
     return rc;
 }

@@ -1263,7 +1263,73 @@ static int check_additional(struct vctx *c, const struct node *n, const msgpack_
     return V_OK;
 }
 
+/* check_object in one pass over the members, for objects of at most 64
+ * members against at most OBJ_FAST_PROPS properties (all of ours): each
+ * member is matched to its property once, instead of a scan of the members
+ * per property and per required name and a hash lookup per member for
+ * additionalProperties. The checks then run in the same order as the
+ * general version below, so the first failure reported is the same. */
+#define OBJ_FAST_PROPS 32
+
+static int check_object_general(struct vctx *c, const struct node *n, const msgpack_object *v);
+
 static int check_object(struct vctx *c, const struct node *n, const msgpack_object *v)
+{
+    uint32_t size = v->via.map.size;
+    const msgpack_object *val[OBJ_FAST_PROPS];
+    uint64_t extra = 0; /* members named by no property */
+    if (n->nprops > OBJ_FAST_PROPS || size > 64)
+        return check_object_general(c, n, v);
+    for (size_t j = 0; j < n->nprops; j++)
+        val[j] = NULL;
+    for (uint32_t i = 0; i < size; i++) {
+        const msgpack_object_kv *kv = &v->via.map.ptr[i];
+        if (kv->key.type != MSGPACK_OBJECT_STR)
+            return check_object_general(c, n, v);
+        size_t kn = kv->key.via.str.size, j = 0;
+        const char *ks = kn ? kv->key.via.str.ptr : "";
+        while (j < n->nprops && (n->props[j].len != kn || memcmp(n->props[j].name, ks, kn)))
+            j++;
+        if (j == n->nprops)
+            extra |= 1ull << i;
+        else if (!val[j]) /* the first of duplicates, as mp_member */
+            val[j] = &kv->val;
+    }
+    for (size_t i = 0; n->required && i < json_array_size(n->required); i++) {
+        const json_t *name = json_array_get(n->required, i);
+        struct seg s = {.key = json_string_value(name), .len = json_string_length(name)};
+        size_t j = 0;
+        while (j < n->nprops &&
+               (n->props[j].len != s.len || memcmp(n->props[j].name, s.key, s.len)))
+            j++;
+        if (j < n->nprops ? !val[j] : !mp_member(v, s.key, s.len))
+            return fail_at(c, &s, "missing_field", "is required");
+    }
+    for (size_t j = 0; j < n->nprops; j++) {
+        const struct prop *p = &n->props[j];
+        if (!val[j])
+            continue;
+        int r = descend(c, p->schema, val[j], (struct seg){.key = p->name, .len = p->len});
+        if (r)
+            return r;
+    }
+    if (!n->additional)
+        return V_OK;
+    for (uint32_t i = 0; extra && i < size; i++) {
+        if (!(extra >> i & 1))
+            continue;
+        const msgpack_object_kv *kv = &v->via.map.ptr[i];
+        struct seg s = {.key = kv->key.via.str.size ? kv->key.via.str.ptr : "",
+                        .len = kv->key.via.str.size};
+        int r = n->additional->never ? fail_at(c, &s, "unknown_field", "is not allowed")
+                                     : descend(c, n->additional, &kv->val, s);
+        if (r)
+            return r;
+    }
+    return V_OK;
+}
+
+static int check_object_general(struct vctx *c, const struct node *n, const msgpack_object *v)
 {
     if (n->required) {
         for (size_t i = 0; i < json_array_size(n->required); i++) {

@@ -573,6 +573,91 @@ static void test_engine_only(void **state)
     json_decref(tick);
 }
 
+/* The handlers that consume a type validate it (handler.h, validate), in
+ * table order, after the schema; the ones that do not consume it are not
+ * asked. */
+static int hook_calls[3];
+
+static int hook_a(const struct event *ev, struct cairn_error *e)
+{
+    hook_calls[0]++;
+    if (ev->key.n == 4 && !memcmp(ev->key.p, "bad1", 4))
+        return cairn_error_set(e, "bad_a", "/payload", "a says no");
+    return 0;
+}
+
+static int hook_b(const struct event *ev, struct cairn_error *e)
+{
+    hook_calls[1]++;
+    if (ev->key.n == 4 && !memcmp(ev->key.p, "bad2", 4))
+        return cairn_error_set(e, "bad_b", "/payload", "b says no");
+    if (!ev->body || ev->body->type != MSGPACK_OBJECT_MAP)
+        return cairn_error_set(e, "no_body", "", "no decoded payload");
+    return 0;
+}
+
+static int hook_c(const struct event *ev, struct cairn_error *e)
+{
+    (void)ev, (void)e;
+    hook_calls[2]++;
+    return 0;
+}
+
+static void test_handler_validate(void **state)
+{
+    (void)state;
+    static const char *const ca[] = {"telemetry", "location", NULL};
+    static const char *const cb[] = {"order", "telemetry", NULL};
+    static const char *const cc[] = {"metric", NULL};
+    static const struct handler ha = {.name = "a", .consumes = ca, .validate = hook_a};
+    static const struct handler hb = {.name = "b", .consumes = cb, .validate = hook_b};
+    static const struct handler hn = {.name = "n", .consumes = cb}; /* no hook */
+    static const struct handler hc = {.name = "c", .consumes = cc, .validate = hook_c};
+    static const struct handler *const table[] = {&hn, &ha, &hb, &hc, NULL};
+    struct ingest *ing = NULL;
+    struct cairn_error e;
+    cairn_error_clear(&e);
+    struct ingest_config cfg = {.schema_dir = CAIRN_SCHEMA_DIR, .handlers = table};
+    assert_int_equal(ingest_open(&ing, &cfg, &e), 0);
+    static const char *const ok =
+        "{\"type\":\"telemetry\",\"tenant\":\"acme\",\"key\":\"fine\",\"payload\":" TELEMETRY "}";
+    struct ingest_event ev;
+    assert_int_equal(ingest_parse_json(ing, ok, strlen(ok), "test", NOW, &ev, &e), 0);
+    ingest_event_deinit(&ev);
+    assert_int_equal(hook_calls[0], 1);
+    assert_int_equal(hook_calls[1], 1);
+    assert_int_equal(hook_calls[2], 0);
+    /* the first refusal is the answer: a's, before b is asked */
+    refused_by(ing,
+               "{\"type\":\"telemetry\",\"tenant\":\"acme\",\"key\":\"bad1\",\"payload\":" TELEMETRY
+               "}",
+               "bad_a", "/payload", "a says no");
+    assert_int_equal(hook_calls[0], 2);
+    assert_int_equal(hook_calls[1], 1);
+    refused_by(ing,
+               "{\"type\":\"telemetry\",\"tenant\":\"acme\",\"key\":\"bad2\",\"payload\":" TELEMETRY
+               "}",
+               "bad_b", "/payload", "b says no");
+    /* a schema failure comes first: no hook is asked */
+    refused_by(ing, "{\"type\":\"telemetry\",\"tenant\":\"acme\",\"key\":\"bad1\",\"payload\":{}}",
+               "missing_field", "/payload/device_id", "required");
+    assert_int_equal(hook_calls[0], 3);
+    assert_int_equal(hook_calls[1], 2);
+    /* types nobody with a hook consumes */
+    static const char *const pay =
+        "{\"type\":\"payment\",\"tenant\":\"acme\",\"key\":\"bad1\",\"payload\":{\"id\":\"evt_1\","
+        "\"type\":\"invoice.paid\",\"created\":1,\"livemode\":false,\"data\":{\"object\":{}}}}";
+    assert_int_equal(ingest_parse_json(ing, pay, strlen(pay), "test", NOW, &ev, &e), 0);
+    ingest_event_deinit(&ev);
+    assert_int_equal(hook_calls[0] + hook_calls[1] + hook_calls[2], 5);
+    ingest_close(ing);
+    /* the real table: the compliance handler compiles rule conditions */
+    refused(
+        "{\"type\":\"rule.define\",\"tenant\":\"acme\",\"payload\":{\"id\":\"r1\",\"title\":\"t\","
+        "\"severity\":\"high\",\"resource_type\":\"aws.s3.bucket\",\"condition\":\"((\"}}",
+        "invalid_rule", "/payload/condition", "column");
+}
+
 static void test_msgpack_input(void **state)
 {
     (void)state;
@@ -880,6 +965,7 @@ int main(void)
         cmocka_unit_test(test_msgpack_noncanonical),
         cmocka_unit_test(test_bound_tenant),
         cmocka_unit_test(test_result_json),
+        cmocka_unit_test(test_handler_validate),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }
