@@ -295,6 +295,8 @@ int geo_parse(const msgpack_object *g, const char *where, struct geo_shape *s,
 void geo_shape_free(struct geo_shape *s)
 {
     free(s->mem);
+    free(s->bands);
+    s->bands = NULL;
     s->mem = NULL;
     s->polys = NULL;
     s->npolys = 0;
@@ -396,6 +398,7 @@ int geo_unpack(const uint8_t *p, size_t n, struct geo_shape *s)
             memcpy(&rings[j].n, q, 4);
             q += 4;
             rings[j].xy = xy;
+            rings[j].band = NULL;
             memcpy(xy, q, (size_t)rings[j].n * 16);
             q += (size_t)rings[j].n * 16;
             xy += 2 * rings[j].n;
@@ -451,10 +454,151 @@ static bool seg_cross(double ax, double ay, double bx, double by, double cx, dou
            (d4 == 0 && on_segment(dx, dy, ax, ay, bx, by));
 }
 
+/*
+ * Bands. ring_test below skips every edge whose latitudes, widened by
+ * EDGE_EPS, miss the point's, and the answer depends only on the edges it
+ * does not skip: it is 2 as soon as one of them holds the point, else the
+ * parity of those crossing the ray, in any order. A band lists every edge
+ * whose widened latitudes meet the band's (the first and last bands
+ * reaching to -inf and +inf), so for a point in the band it lists every
+ * edge the full loop would not skip, and testing only those gives the same
+ * answer. The point's band is computed with the same expression as the
+ * edges' (monotone in the latitude, rounding included), which is all the
+ * argument needs.
+ */
+struct geo_band {
+    double y0, k;                /* band of y: floor((y - y0) * k), clamped */
+    uint32_t off[GEO_BANDS + 1]; /* band b: idx[off[b] .. off[b + 1]) */
+    uint16_t idx[];              /* edge i runs from vertex i - 1 (n - 1 for 0) to i */
+};
+
+static unsigned band_of(const struct geo_band *b, double y)
+{
+    double f = floor((y - b->y0) * b->k);
+    return !(f >= 0) ? 0 : f > GEO_BANDS - 1 ? GEO_BANDS - 1 : (unsigned)f; /* NaN: 0 */
+}
+
+static void ring_span(const struct geo_ring *r, double *lo, double *hi)
+{
+    *lo = INFINITY, *hi = -INFINITY;
+    for (uint32_t i = 0; i < r->n; i++) {
+        *lo = fmin(*lo, r->xy[2 * i + 1]);
+        *hi = fmax(*hi, r->xy[2 * i + 1]);
+    }
+}
+
+static bool ring_banded(const struct geo_ring *r)
+{
+    double lo, hi;
+    ring_span(r, &lo, &hi);
+    return r->n >= GEO_BAND_MIN && r->n <= UINT16_MAX && hi > lo;
+}
+
+/* Counts the band entries of ring r (b: y0 and k set); with fill, also
+ * fills b's offsets and edge lists. */
+static size_t band_fill(const struct geo_ring *r, struct geo_band *b, bool fill)
+{
+    size_t total = 0;
+    uint32_t cnt[GEO_BANDS] = {0};
+    for (int pass = 0; pass < (fill ? 2 : 1); pass++) {
+        if (pass == 1) {
+            uint32_t at = 0;
+            for (int k = 0; k < GEO_BANDS; k++) {
+                b->off[k] = at;
+                at += cnt[k];
+                cnt[k] = b->off[k];
+            }
+            b->off[GEO_BANDS] = at;
+        }
+        for (uint32_t i = 0, j = r->n - 1; i < r->n; j = i++) {
+            double yi = r->xy[2 * i + 1], yj = r->xy[2 * j + 1];
+            unsigned k0 = band_of(b, fmin(yi, yj) - EDGE_EPS),
+                     k1 = band_of(b, fmax(yi, yj) + EDGE_EPS);
+            for (unsigned k = k0; k <= k1; k++) {
+                if (pass == 1)
+                    b->idx[cnt[k]++] = (uint16_t)i;
+                else
+                    cnt[k]++, total++;
+            }
+        }
+    }
+    return total;
+}
+
+static size_t band_size(size_t nidx)
+{
+    return (sizeof(struct geo_band) + nidx * sizeof(uint16_t) + 7) & ~(size_t)7;
+}
+
+int geo_shape_bands(struct geo_shape *s)
+{
+    if (s->kind != GEO_POLYGON || s->bands)
+        return 0;
+    size_t bytes = 0;
+    for (uint32_t p = 0; p < s->npolys; p++)
+        for (uint32_t k = 0; k < s->polys[p].nrings; k++) {
+            const struct geo_ring *r = &s->polys[p].rings[k];
+            if (!ring_banded(r))
+                continue;
+            struct geo_band b;
+            double lo, hi;
+            ring_span(r, &lo, &hi);
+            b.y0 = lo, b.k = GEO_BANDS / (hi - lo);
+            bytes += band_size(band_fill(r, &b, false));
+        }
+    if (!bytes)
+        return 0;
+    uint8_t *mem = malloc(bytes);
+    if (!mem)
+        return CAIRN_ENOMEM;
+    s->bands = mem;
+    for (uint32_t p = 0; p < s->npolys; p++)
+        for (uint32_t k = 0; k < s->polys[p].nrings; k++) {
+            struct geo_ring *r = &s->polys[p].rings[k];
+            if (!ring_banded(r))
+                continue;
+            struct geo_band *b = (struct geo_band *)mem;
+            double lo, hi;
+            ring_span(r, &lo, &hi);
+            b->y0 = lo, b->k = GEO_BANDS / (hi - lo);
+            band_fill(r, b, true);
+            r->band = b;
+            mem += band_size(b->off[GEO_BANDS]);
+        }
+    return 0;
+}
+
+size_t geo_shape_bands_bytes(const struct geo_shape *s)
+{
+    size_t n = 0;
+    for (uint32_t p = 0; p < s->npolys; p++)
+        for (uint32_t k = 0; k < s->polys[p].nrings; k++)
+            if (s->polys[p].rings[k].band)
+                n += band_size(s->polys[p].rings[k].band->off[GEO_BANDS]);
+    return n;
+}
+
 /* 1 inside, 0 outside, 2 on the boundary. */
 static int ring_test(const struct geo_ring *r, double x, double y)
 {
     bool in = false;
+    if (r->band) { /* the same loop over the edges of the point's band */
+        const struct geo_band *b = r->band;
+        unsigned k = band_of(b, y);
+        for (uint32_t e = b->off[k]; e < b->off[k + 1]; e++) {
+            uint32_t i = b->idx[e], j = i ? i - 1 : r->n - 1;
+            double yi = r->xy[2 * i + 1], yj = r->xy[2 * j + 1];
+            if ((y < yi - EDGE_EPS && y < yj - EDGE_EPS) ||
+                (y > yi + EDGE_EPS && y > yj + EDGE_EPS))
+                continue;
+            double xi = r->xy[2 * i], xj = r->xy[2 * j];
+            if (on_segment(x, y, xj, yj, xi, yi))
+                return 2;
+            if ((yi > y) != (yj > y) && x < (xj - xi) * (y - yi) / (yj - yi) + xi)
+                in = !in;
+        }
+        return in;
+    }
     for (uint32_t i = 0, j = r->n - 1; i < r->n; j = i++) {
         double yi = r->xy[2 * i + 1], yj = r->xy[2 * j + 1];
         /* an edge whose latitudes (with the tolerance) miss y can neither

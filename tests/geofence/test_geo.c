@@ -387,9 +387,26 @@ static void test_brute_force(void **state)
  * stress it: uniform over the box, every vertex, every edge's midpoint and
  * points beside it at distances around the tolerances. Returns how many
  * uniform points it answered. */
-static long raster_check(const struct geo_shape *s, int uniform)
+/* geo_contains at (x, y) without and with the shape's bands (s has none
+ * on entry and keeps them). */
+static void bands_check(struct geo_shape *s, const double *pts, size_t n)
+{
+    char *plain = malloc(n + 1);
+    for (size_t i = 0; i < n; i++)
+        plain[i] = (char)geo_contains(s, pts[2 * i], pts[2 * i + 1]);
+    assert_int_equal(geo_shape_bands(s), 0);
+    for (size_t i = 0; i < n; i++)
+        assert_int_equal(plain[i], geo_contains(s, pts[2 * i], pts[2 * i + 1]));
+    free(plain);
+}
+
+static long banded; /* rings the band checks covered */
+
+static long raster_check(struct geo_shape *s, int uniform)
 {
     struct geo_raster r = {.user = 7};
+    size_t np = 0, npcap = (size_t)uniform + 64;
+    double *all = malloc(npcap * 2 * sizeof *all);
     geo_raster_build(s, &r);
     assert_int_equal(r.user, 7); /* the caller's byte survives */
     double w = s->maxx - s->minx, h = s->maxy - s->miny;
@@ -401,6 +418,7 @@ static long raster_check(const struct geo_shape *s, int uniform)
             known++;
             assert_int_equal(t, geo_contains(s, x, y));
         }
+        all[2 * np] = x, all[2 * np + 1] = y, np++;
     }
     static const double d[] = {0, 1e-9, 5e-9, 1e-8, 1.5e-8, 5e-8, 1e-7, 1.5e-7, 1e-6, 1e-5};
     for (uint32_t p = 0; p < s->npolys; p++)
@@ -420,10 +438,18 @@ static long raster_check(const struct geo_shape *s, int uniform)
                             int t = geo_raster_test(&r, pts[c][0], pts[c][1]);
                             if (t >= 0)
                                 assert_int_equal(t, geo_contains(s, pts[c][0], pts[c][1]));
+                            if (np == npcap)
+                                all = realloc(all, (npcap *= 2) * 2 * sizeof *all);
+                            all[2 * np] = pts[c][0], all[2 * np + 1] = pts[c][1], np++;
                         }
                     }
             }
         }
+    bands_check(s, all, np);
+    for (uint32_t p = 0; p < s->npolys; p++)
+        for (uint32_t k = 0; k < s->polys[p].nrings; k++)
+            banded += s->polys[p].rings[k].band != NULL;
+    free(all);
     return known;
 }
 
@@ -500,6 +526,7 @@ static void test_raster(void **state)
     }
     free(buf);
     assert_true(known > total / 3); /* it answers most points: the test says something */
+    assert_true(banded > 100);      /* the band checks covered rings with bands */
     /* no raster: circles and tiny polygons answer -1 */
     struct geo_raster r;
     shape("{\"type\":\"Circle\",\"center\":[1,1],\"radius_m\":1000}", &s);
