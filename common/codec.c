@@ -597,14 +597,17 @@ static bool tx_header(struct tx *t, uint8_t *h, size_t n, uint8_t fix, size_t fi
     return true;
 }
 
-/* Whether any of the 8 bytes in x needs tx_str's attention: a quote, a
- * backslash, a control character or a non-ASCII byte (exact: the classic
- * has-zero-byte and has-byte-less-than tests, no false negatives). */
-static inline bool tx_special8(uint64_t x)
+/* The bytes of x (little-endian: the first in memory is the least
+ * significant) that need tx_str's attention — a quote, a backslash, a
+ * control character or a non-ASCII byte — as their high bits. The classic
+ * has-zero-byte and has-byte-less-than tests: no false negatives, and a
+ * false positive only in a byte above a true one, so the lowest bit set
+ * marks the first byte that needs attention. */
+static inline uint64_t tx_special8(uint64_t x)
 {
     const uint64_t ones = 0x0101010101010101ull, high = 0x8080808080808080ull;
     uint64_t q = x ^ (ones * '"'), b = x ^ (ones * '\\');
-    return ((x | ((q - ones) & ~q) | ((b - ones) & ~b) | ((x - ones * 0x20) & ~x)) & high) != 0;
+    return (x | ((q - ones) & ~q) | ((b - ones) & ~b) | ((x - ones * 0x20) & ~x)) & high;
 }
 
 static bool tx_str(struct tx *t)
@@ -614,16 +617,19 @@ static bool tx_str(struct tx *t)
     uint8_t *h = t->o++;
     t->p++; /* the opening quote */
     for (;;) {
-        /* plain ASCII eight bytes at a time (the output has room: see
-         * struct tx; ASCII is copied one for one) */
+        /* plain ASCII eight bytes at a time, up to the first byte that
+         * needs attention (the output has room for all eight: see struct
+         * tx; ASCII is copied one for one) */
         while (t->end - t->p >= 8) {
             uint64_t x;
             memcpy(&x, t->p, 8);
-            if (tx_special8(x))
-                break;
+            uint64_t m = tx_special8(x);
             memcpy(t->o, &x, 8);
-            t->o += 8;
-            t->p += 8;
+            size_t k = m ? (size_t)__builtin_ctzll(m) / 8 : 8;
+            t->o += k;
+            t->p += k;
+            if (m)
+                break;
         }
         if (t->p >= t->end)
             return false;
