@@ -7,6 +7,12 @@
  * is one state transaction that also writes the checkpoint, so a crash
  * between the log commit and the state commit only means the engine
  * re-applies (checkpoint, head] at the next start: exactly once.
+ *
+ * Catching up or replaying a large range, the handlers that consume no
+ * derived type apply a run of inputs first — those marked `concurrent` on
+ * a second thread — and the others follow input by input (see "parallel
+ * apply" below): every handler gets the same events in the same order as
+ * above, so the state is the same.
  */
 #include "engine.h"
 
