@@ -107,7 +107,10 @@ struct comp {
     struct cairn_buf rec, out; /* scratch: a copied resources value; one being written */
     struct cairn_buf doc;      /* scratch: a violation document */
     EVP_MD_CTX *md;            /* SHA-256, reused: see sha() */
-    struct cscr *cs;           /* per control: posture_move's scratch */
+    uint64_t *vk;              /* the view's keys, hashed: see "the view's keys" */
+    size_t vkn, vkcap;
+    bool vk_off;     /* not tracked (over VKEYS_MAX, or no memory): every open looks */
+    struct cscr *cs; /* per control: posture_move's scratch */
     size_t cscap;
     uint32_t gen;
 };
@@ -462,6 +465,85 @@ static void rule_remove(struct comp *s, struct crule *r)
     s->nr--;
 }
 
+/* ====================================================================== the view's keys */
+
+/* Opening a violation reads its document first, for times_opened — one
+ * B-tree descent per new violation, on a first discovery ~10 % of the
+ * handler's instructions, and it finds nothing: documents exist only for
+ * (rule, resource) pairs that failed before. The handler therefore keeps
+ * the set of the view's keys in memory (an open-addressing table of their
+ * 64-bit hashes; 0 marks a free slot), built in open by a scan of the view
+ * and added to when a document is first put (documents are never deleted).
+ * A key not in the set has no document: the read is skipped. A key in it
+ * is read (a hash collision then reads nothing, as before). Past
+ * VKEYS_MAX keys, or without memory, the set is dropped and every open
+ * reads, as before. The state is the same either way. */
+#define VKEYS_MAX ((size_t)1 << 24) /* 16 M documents: a 256 MiB table */
+
+static uint64_t vk_hash(const uint8_t *k, size_t n)
+{
+    uint64_t h = hcache_hash(k, n);
+    return h ? h : 1;
+}
+
+static void vk_drop(struct comp *s)
+{
+    free(s->vk);
+    s->vk = NULL;
+    s->vkn = s->vkcap = 0;
+    s->vk_off = true;
+}
+
+static uint64_t *vk_slot(uint64_t *t, size_t cap, uint64_t h)
+{
+    for (size_t i = (size_t)h & (cap - 1);; i = (i + 1) & (cap - 1))
+        if (!t[i] || t[i] == h)
+            return &t[i];
+}
+
+/* Whether key k may have a document. */
+static bool vk_maybe(const struct comp *s, const uint8_t *k, size_t n)
+{
+    return s->vk_off || (s->vkcap && *vk_slot(s->vk, s->vkcap, vk_hash(k, n)));
+}
+
+/* Adds key k to the set (never fails: the set is dropped instead). */
+static void vk_add(struct comp *s, const uint8_t *k, size_t n)
+{
+    if (s->vk_off)
+        return;
+    if ((s->vkn + 1) * 2 > s->vkcap) {
+        size_t cap = s->vkcap ? 2 * s->vkcap : 4096;
+        uint64_t *t = cap / 2 <= VKEYS_MAX ? calloc(cap, sizeof *t) : NULL;
+        if (!t) {
+            vk_drop(s);
+            return;
+        }
+        for (size_t i = 0; i < s->vkcap; i++)
+            if (s->vk[i])
+                *vk_slot(t, cap, s->vk[i]) = s->vk[i];
+        free(s->vk);
+        s->vk = t;
+        s->vkcap = cap;
+    }
+    uint64_t h = vk_hash(k, n), *slot = vk_slot(s->vk, s->vkcap, h);
+    s->vkn += !*slot;
+    *slot = h;
+}
+
+static int vk_load(struct hctx *ctx, struct comp *s)
+{
+    struct hcursor *c;
+    MDB_val k, v;
+    int rc = hctx_cursor_open(ctx, s->view, NULL, 0, &c);
+    if (rc)
+        return rc;
+    while (!s->vk_off && !(rc = hctx_cursor_next(c, &k, &v)))
+        vk_add(s, k.mv_data, k.mv_size);
+    hctx_cursor_close(c);
+    return rc == CAIRN_ENOTFOUND ? 0 : rc;
+}
+
 static void comp_free(struct comp *s)
 {
     if (!s)
@@ -476,6 +558,7 @@ static void comp_free(struct comp *s)
     free(s->touched);
     free(s->cs);
     EVP_MD_CTX_free(s->md);
+    free(s->vk);
     cairn_buf_deinit(&s->rec);
     cairn_buf_deinit(&s->out);
     cairn_buf_deinit(&s->doc);
@@ -534,6 +617,8 @@ static int comp_open(struct hctx *ctx)
         rc = hctx_db(ctx, "meta", 0, &s->meta);
     if (!rc)
         rc = layout_check(ctx, s);
+    if (!rc)
+        rc = vk_load(ctx, s);
     struct hcursor *c;
     if (!rc)
         rc = hctx_cursor_open(ctx, s->rules, NULL, 0, &c);
@@ -768,7 +853,7 @@ static int violation_open(struct hctx *ctx, const struct event *ev, const struct
     size_t kn = hkey_make(k, sizeof k, &ev->tenant, &(struct cairn_str){vid, 32});
     int64_t times = 0;
     MDB_val v;
-    int rc = hctx_get(ctx, self(ctx)->view, k, kn, &v);
+    int rc = vk_maybe(s, k, kn) ? hctx_get(ctx, s->view, k, kn, &v) : CAIRN_ENOTFOUND;
     if (rc && rc != CAIRN_ENOTFOUND)
         return rc;
     if (!rc) {
@@ -826,6 +911,8 @@ static int violation_open(struct hctx *ctx, const struct event *ev, const struct
     b->len = (size_t)(o - b->data);
     if (!rc)
         rc = hctx_put(ctx, s->view, k, kn, b->data, b->len);
+    if (!rc)
+        vk_add(s, k, kn);
     if (!rc)
         rc = emit_map(ctx, ev, "compliance.violation", &res->id, b);
     return rc;

@@ -104,6 +104,20 @@ cairn show violations --tenant big | jq -e '.failed == {"GroupName": "x", "IpPer
     fail "a huge failed value: $(cairn show violations --tenant big | head -c 300)"
 echo "ok a failed value over 4096 bytes is cut"
 
+# --- a resource dropped by a complete scan and discovered failing again: its violation
+# reopens and counts the opening (times_opened), whether the document was written in
+# the same process or read back by a new one (the handler's in-memory set of the view's
+# keys must know it either way)
+t2() { sed 's/"tenant":"t"/"tenant":"t2"/'; }
+times_opened() { cairn show violations --tenant t2 | jq -s -r '.[0] | "\(.status) \(.times_opened)"'; }
+add "$(rule true | t2)" "$(scan 2026-06-01T01:00:00Z a1 true "[$B_BAD]" | t2)" \
+    "$(scan 2026-06-01T02:00:00Z a2 true "[]" | t2)" "$(scan 2026-06-01T03:00:00Z a3 false "[$B_BAD]" | t2)"
+[ "$(times_opened)" = "open 2" ] || fail "reopened after a drop: $(times_opened)"
+add "$(scan 2026-06-01T04:00:00Z a4 true "[]" | t2)"
+add "$(scan 2026-06-01T05:00:00Z a5 false "[$B_BAD]" | t2)"
+[ "$(times_opened)" = "open 3" ] || fail "reopened after a drop, in a new process: $(times_opened)"
+echo "ok a dropped resource found failing again reopens its violation (times_opened 2, 3)"
+
 # --- replay determinism (rules changed mid-history) and batching
 replay_matches
 # Applied again 5 lines per append (many state transactions): the same digest.
