@@ -1138,6 +1138,7 @@ static size_t par_ntrace;
 static bool par_off_main; /* a concurrent apply ran on another thread */
 static pthread_t par_main;
 static unsigned par_db[5];
+static uint64_t par_fail_at; /* p_a fails once on the input with this seq */
 
 static void par_record(char who, const struct event *ev)
 {
@@ -1180,6 +1181,10 @@ static int p_a_apply(struct hctx *ctx, const struct event *ev)
     int64_t n = payload_int(ev, "n");
     if (!pthread_equal(pthread_self(), par_main))
         par_off_main = true;
+    if (ev->seq == par_fail_at) {
+        par_fail_at = 0;
+        return CAIRN_EIO;
+    }
     int rc = par_count(ctx, par_db[0]);
     for (int64_t k = 0; k < n % 3 && !rc; k++)
         rc = emit_k(ctx, ev, "x", k, NULL, NULL);
@@ -1310,6 +1315,27 @@ static void test_parallel_apply(void **state)
     assert_int_equal(engine_replay(&cfg, into2, 4500, &e), 0);
     cfg.state_dir = into2;
     eng = open_engine(&cfg);
+    state_digest(engine_proj(eng), d3, &cp3);
+    engine_close(eng);
+    assert_int_equal(cp3, PAR_INPUTS);
+    assert_memory_equal(d1, d3, 32);
+
+    /* A concurrent handler failing in a parallel apply (on whichever
+     * thread the sides gave it) aborts the transaction: nothing of it
+     * stays, every handler is reopened, and the retry gives the same
+     * state. */
+    snprintf(into2, sizeof into2, "%s/par3", dir);
+    cfg.state_dir = into2;
+    cfg.apply_to = 1;
+    eng = open_engine(&cfg);
+    par_fail_at = 5000;
+    par_off_main = false;
+    assert_int_equal(engine_catch_up(eng, 0), CAIRN_EIO);
+    assert_true(par_off_main);
+    assert_int_equal(par_fail_at, 0);
+    assert_int_equal(proj_checkpoint(engine_proj(eng)), 1);
+    par_ntrace = 0;
+    assert_int_equal(engine_catch_up(eng, 0), 0);
     state_digest(engine_proj(eng), d3, &cp3);
     engine_close(eng);
     assert_int_equal(cp3, PAR_INPUTS);
