@@ -109,6 +109,7 @@ struct comp {
     EVP_MD_CTX *md;            /* SHA-256, reused: see sha() */
     uint64_t *vk;              /* the view's keys, hashed: see "the view's keys" */
     size_t vkn, vkcap;
+    bool vk_loaded;  /* the set was built (by the first violation_open) */
     bool vk_off;     /* not tracked (over VKEYS_MAX, or no memory): every open looks */
     struct cscr *cs; /* per control: posture_move's scratch */
     size_t cscap;
@@ -472,8 +473,10 @@ static void rule_remove(struct comp *s, struct crule *r)
  * handler's instructions, and it finds nothing: documents exist only for
  * (rule, resource) pairs that failed before. The handler therefore keeps
  * the set of the view's keys in memory (an open-addressing table of their
- * 64-bit hashes; 0 marks a free slot), built in open by a scan of the view
- * and added to when a document is first put (documents are never deleted).
+ * 64-bit hashes; 0 marks a free slot), built by a scan of the view when
+ * the process first opens a violation (not in open: commands that open no
+ * violation do not pay for the scan) and added to when a document is
+ * first put (documents are never deleted).
  * A key not in the set has no document: the read is skipped. A key in it
  * is read (a hash collision then reads nothing, as before). Past
  * VKEYS_MAX keys, or without memory, the set is dropped and every open
@@ -535,6 +538,7 @@ static int vk_load(struct hctx *ctx, struct comp *s)
 {
     struct hcursor *c;
     MDB_val k, v;
+    s->vk_loaded = true;
     int rc = hctx_cursor_open(ctx, s->view, NULL, 0, &c);
     if (rc)
         return rc;
@@ -617,8 +621,6 @@ static int comp_open(struct hctx *ctx)
         rc = hctx_db(ctx, "meta", 0, &s->meta);
     if (!rc)
         rc = layout_check(ctx, s);
-    if (!rc)
-        rc = vk_load(ctx, s);
     struct hcursor *c;
     if (!rc)
         rc = hctx_cursor_open(ctx, s->rules, NULL, 0, &c);
@@ -853,7 +855,10 @@ static int violation_open(struct hctx *ctx, const struct event *ev, const struct
     size_t kn = hkey_make(k, sizeof k, &ev->tenant, &(struct cairn_str){vid, 32});
     int64_t times = 0;
     MDB_val v;
-    int rc = vk_maybe(s, k, kn) ? hctx_get(ctx, s->view, k, kn, &v) : CAIRN_ENOTFOUND;
+    int rc = s->vk_loaded ? 0 : vk_load(ctx, s);
+    if (rc)
+        return rc;
+    rc = vk_maybe(s, k, kn) ? hctx_get(ctx, s->view, k, kn, &v) : CAIRN_ENOTFOUND;
     if (rc && rc != CAIRN_ENOTFOUND)
         return rc;
     if (!rc) {
