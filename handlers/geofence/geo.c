@@ -10,6 +10,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 
 #define DEG2RAD (M_PI / 180.0)
 /* Tolerance, in degrees, of the on-edge test: ~1 mm. GPS fixes are never
@@ -818,6 +819,40 @@ void geo_raster_build(const struct geo_shape *s, struct geo_raster *r)
     r->ok = 1;
 }
 
+/* ====================================================================== huge pages */
+
+void *geo_huge_alloc(size_t n)
+{
+    if (!n)
+        n = 1;
+    void *p = mmap(NULL, n, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (p == MAP_FAILED)
+        return NULL;
+#ifdef MADV_HUGEPAGE
+    if (n >= (1u << 21))
+        madvise(p, n, MADV_HUGEPAGE); /* advice only: ignored where THP is off */
+#endif
+    return p;
+}
+
+void geo_huge_free(void *p, size_t n)
+{
+    if (p)
+        munmap(p, n ? n : 1);
+}
+
+void *geo_huge_realloc(void *p, size_t o, size_t n)
+{
+    void *q = geo_huge_alloc(n);
+    if (!q)
+        return NULL;
+    if (p) {
+        memcpy(q, p, o < n ? o : n);
+        geo_huge_free(p, o);
+    }
+    return q;
+}
+
 /* ====================================================================== the index */
 
 /*
@@ -955,7 +990,7 @@ int geo_index_new(struct geo_index **out)
         return CAIRN_ENOMEM;
     ix->cap = 1024;
     ix->gen = 1;
-    ix->tab = calloc(ix->cap, sizeof *ix->tab);
+    ix->tab = geo_huge_alloc(ix->cap * sizeof *ix->tab);
     if (!ix->tab) {
         free(ix);
         return CAIRN_ENOMEM;
@@ -970,7 +1005,7 @@ void geo_index_free(struct geo_index *ix)
         return;
     for (size_t i = 0; i < ix->cap; i++)
         free(ix->tab[i].e);
-    free(ix->tab);
+    geo_huge_free(ix->tab, ix->cap * sizeof *ix->tab);
     free(ix->stamp);
     free(ix);
 }
@@ -999,7 +1034,7 @@ static int grow(struct geo_index *ix)
         return 0;
     struct bucket *old = ix->tab;
     size_t ocap = ix->cap;
-    ix->tab = calloc(ocap * 2, sizeof *ix->tab);
+    ix->tab = geo_huge_alloc(ocap * 2 * sizeof *ix->tab);
     if (!ix->tab) {
         ix->tab = old;
         return CAIRN_ENOMEM;
@@ -1011,7 +1046,7 @@ static int grow(struct geo_index *ix)
             struct bucket *b = find(ix, old[i].key, true);
             *b = old[i];
         }
-    free(old);
+    geo_huge_free(old, ocap * sizeof *old);
     return 0;
 }
 

@@ -167,6 +167,16 @@ int geo_index_point_hint(struct geo_index *ix, uint32_t space, double lon, doubl
  * covering too many cells of a level scans that level's cells instead. */
 int geo_index_box(struct geo_index *ix, uint32_t space, double minx, double miny, double maxx,
                   double maxy, uint32_t **ids, size_t *cap);
+/* Zeroed memory for large tables, on transparent huge pages where the
+ * system allows it (MADV_HUGEPAGE): the handler's tables are read at random
+ * on every fix, and with 4 KB pages nearly every read also missed the TLB.
+ * Free with geo_huge_free(p, n), n as given. NULL when out of memory. */
+void *geo_huge_alloc(size_t n);
+void geo_huge_free(void *p, size_t n);
+/* geo_huge_alloc(n) holding the first min(o, n) bytes of p (o bytes from
+ * geo_huge_alloc, or p NULL), p freed; NULL (p kept) when out of memory. */
+void *geo_huge_realloc(void *p, size_t o, size_t n);
+
 /* Approximate heap bytes used by the index. */
 size_t geo_index_bytes(const struct geo_index *ix);
 

@@ -111,6 +111,7 @@ struct gf {
     /* the device table (below): open addressing over pointers */
     struct gdev **dtab;
     size_t dcap, dused, dbytes;
+    struct chunk *arena; /* the entries and records (dev_alloc) */
     struct gdev **dirty; /* changed since the last write-back */
     size_t ndirty, dirtycap;
     size_t dev_max; /* records the table holds (config device_cache_max) */
@@ -270,21 +271,27 @@ static int slot_alloc(struct gf *g, uint32_t *out)
         return 0;
     }
     if (g->nf == g->capf) {
+        /* on huge pages (geo.h): fences, marks and rasters are read at
+         * random on every fix */
         uint32_t cap = g->capf ? g->capf * 2 : 1024;
-        struct fence *f = realloc(g->f, cap * sizeof *f);
-        uint32_t *mk = realloc(g->mark, cap * sizeof *mk);
-        struct geo_raster *rs = realloc(g->raster, cap * sizeof *rs);
-        if (mk)
-            g->mark = mk;
-        if (rs)
-            g->raster = rs;
+        struct fence *f = geo_huge_alloc(cap * sizeof *f);
+        uint32_t *mk = geo_huge_alloc(cap * sizeof *mk);
+        struct geo_raster *rs = geo_huge_alloc(cap * sizeof *rs);
         if (!f || !mk || !rs) {
-            if (f)
-                g->f = f;
+            geo_huge_free(f, cap * sizeof *f);
+            geo_huge_free(mk, cap * sizeof *mk);
+            geo_huge_free(rs, cap * sizeof *rs);
             return CAIRN_ENOMEM;
         }
-        memset(mk + g->capf, 0, (cap - g->capf) * sizeof *mk);
-        g->f = f;
+        if (g->capf) {
+            memcpy(f, g->f, g->capf * sizeof *f);
+            memcpy(mk, g->mark, g->capf * sizeof *mk);
+            memcpy(rs, g->raster, g->capf * sizeof *rs);
+        }
+        geo_huge_free(g->f, g->capf * sizeof *f);
+        geo_huge_free(g->mark, g->capf * sizeof *mk);
+        geo_huge_free(g->raster, g->capf * sizeof *rs);
+        g->f = f, g->mark = mk, g->raster = rs;
         g->capf = cap;
     }
     memset(&g->f[g->nf], 0, sizeof g->f[g->nf]);
@@ -456,14 +463,64 @@ static int dev_writeback(struct hctx *ctx)
     return rc;
 }
 
+/* Entries and records come from chunks of huge pages (geo.h), bump
+ * allocated and freed together by dev_drop: the entry and record of a
+ * device sit side by side, and reading them misses the TLB less. A record
+ * that outgrows its room moves to a new one (the old room is counted in
+ * dbytes until the table is emptied). */
+struct chunk {
+    struct chunk *next;
+    size_t size, used;
+};
+#define CHUNK_BYTES (32u << 20)
+
+#if defined(__SANITIZE_ADDRESS__)
+#define GF_ASAN 1
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)
+#define GF_ASAN 1
+#endif
+#endif
+
+static void *dev_alloc(struct gf *g, size_t n)
+{
+    n = (n + 15) & ~(size_t)15;
+#ifdef GF_ASAN /* a block per allocation, so the sanitizer checks each */
+    struct chunk *b = calloc(1, 64 + n);
+    if (!b)
+        return NULL;
+    b->size = 64 + n;
+    b->next = g->arena;
+    g->arena = b;
+    return (uint8_t *)b + 64;
+#endif
+    struct chunk *c = g->arena;
+    if (!c || c->size - c->used < n) {
+        size_t size = n + 64 > CHUNK_BYTES ? n + 64 : CHUNK_BYTES;
+        if (!(c = geo_huge_alloc(size)))
+            return NULL;
+        c->size = size;
+        c->used = 64; /* the header, then 16-byte aligned blocks */
+        c->next = g->arena;
+        g->arena = c;
+    }
+    void *p = (uint8_t *)c + c->used;
+    c->used += n;
+    return p;
+}
+
 static void dev_drop(struct gf *g)
 {
-    for (size_t i = 0; i < g->dcap; i++)
-        if (g->dtab[i]) {
-            free(g->dtab[i]->rec);
-            free(g->dtab[i]);
-        }
-    free(g->dtab);
+    while (g->arena) {
+        struct chunk *c = g->arena;
+        g->arena = c->next;
+#ifdef GF_ASAN
+        free(c);
+#else
+        geo_huge_free(c, c->size);
+#endif
+    }
+    geo_huge_free(g->dtab, g->dcap * sizeof *g->dtab);
     free(g->dirty);
     g->dtab = NULL;
     g->dirty = NULL;
@@ -475,7 +532,7 @@ static int dev_grow(struct gf *g)
     if (g->dcap && (g->dused + 1) * 2 < g->dcap)
         return 0;
     size_t cap = g->dcap ? g->dcap * 2 : 4096;
-    struct gdev **t = calloc(cap, sizeof *t), **old = g->dtab;
+    struct gdev **t = geo_huge_alloc(cap * sizeof *t), **old = g->dtab;
     if (!t)
         return CAIRN_ENOMEM;
     size_t ocap = g->dcap;
@@ -484,7 +541,7 @@ static int dev_grow(struct gf *g)
     for (size_t i = 0; i < ocap; i++)
         if (old[i])
             *dev_slot(g, old[i]->key, old[i]->kn, old[i]->h) = old[i];
-    free(old);
+    geo_huge_free(old, ocap * sizeof *old);
     return 0;
 }
 
@@ -511,23 +568,25 @@ static int dev_get(struct hctx *ctx, const struct gf_key *k, struct gdev **out)
     rc = hctx_get(ctx, g->dev, k->b, k->n, &v);
     if (rc && rc != CAIRN_ENOTFOUND)
         return rc;
-    struct gdev *d = calloc(1, sizeof *d + k->n);
+    /* the entry, then room for the record: 64 bytes more than it needs
+     * now (arena memory is zeroed) */
+    size_t dn = (sizeof(struct gdev) + k->n + 15) & ~(size_t)15;
+    size_t rn = rc ? 64 : (v.mv_size + 64 + 15) & ~(size_t)15;
+    struct gdev *d = dev_alloc(g, dn + rn);
     if (!d)
         return CAIRN_ENOMEM;
+    d->reccap = (uint32_t)rn;
     if (!rc) {
-        if (!(d->rec = malloc(v.mv_size))) {
-            free(d);
-            return CAIRN_ENOMEM;
-        }
+        d->rec = (uint8_t *)d + dn;
         memcpy(d->rec, v.mv_data, v.mv_size);
-        d->reclen = d->reccap = (uint32_t)v.mv_size;
+        d->reclen = (uint32_t)v.mv_size;
     }
     d->h = h;
     d->kn = (uint16_t)k->n;
     memcpy(d->key, k->b, k->n);
     *dev_slot(g, k->b, k->n, h) = d;
     g->dused++;
-    g->dbytes += sizeof *d + k->n + d->reccap + 2 * sizeof d;
+    g->dbytes += dn + rn + 2 * sizeof d;
     *out = d;
     return 0;
 }
@@ -557,12 +616,14 @@ static int dev_store(struct gf *g, struct gdev *d, const uint8_t *rec, size_t n,
                      const uint32_t *slots, uint32_t nslots)
 {
     size_t need = slots ? REC_SLOTS(n) + (size_t)nslots * 4 : n;
-    if (need > d->reccap) {
+    if (!d->rec && need <= d->reccap) {
+        d->rec = (uint8_t *)d + ((sizeof(struct gdev) + d->kn + 15) & ~(size_t)15);
+    } else if (need > d->reccap) {
         size_t cap = (need + 63) & ~(size_t)63;
-        uint8_t *p = realloc(d->rec, cap);
+        uint8_t *p = dev_alloc(g, cap);
         if (!p)
             return CAIRN_ENOMEM;
-        g->dbytes += cap - d->reccap;
+        g->dbytes += cap;
         d->rec = p;
         d->reccap = (uint32_t)cap;
     }
@@ -748,9 +809,9 @@ static void gf_close(struct hctx *ctx)
     for (uint32_t i = 0; i < g->nf; i++)
         if (g->f[i].id)
             fence_release(&g->f[i]);
-    free(g->f);
-    free(g->mark);
-    free(g->raster);
+    geo_huge_free(g->f, g->capf * sizeof *g->f);
+    geo_huge_free(g->mark, g->capf * sizeof *g->mark);
+    geo_huge_free(g->raster, g->capf * sizeof *g->raster);
     free(g->idmap);
     for (uint32_t i = 0; i < g->nt; i++)
         free(g->t[i]);
