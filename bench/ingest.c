@@ -21,7 +21,10 @@
  * request, from submit to done. Input generation and msgpack encoding
  * happen before any timing. Besides rates and latencies it reports the
  * bytes each phase wrote to its LMDB files per event (/proc/self/io), which
- * is what separates the log from the raw loop on a slow disk. The program
+ * is what separates the log from the raw loop on a slow disk, and CPU time
+ * per event in all and per thread: the parsing threads, the log's writer
+ * and its indexer (found by the names log/ gives them), which is what can
+ * be compared while other work shares the machine. The program
  * stops by itself after the three phases and prints a table and one JSON
  * line (for bench/RESULTS.md).
  */

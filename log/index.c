@@ -225,7 +225,8 @@ struct wb {
     uint8_t *arena;
     size_t alen, acap;
     struct wb_slot *slot; /* open addressing, by (dbi, key) */
-    size_t scap;          /* a power of two, more than twice n */
+    size_t scap;          /* a power of two, more than twice hashed */
+    size_t hashed;        /* rec[0, hashed) are in the slots: lookups bring them up to date */
 };
 
 static uint64_t wb_hash(unsigned dbi, const uint8_t *k, size_t n)
@@ -255,28 +256,47 @@ static struct wb_slot *wb_slot(const struct wb *w, uint64_t h, unsigned dbi, con
     }
 }
 
-static const struct wb_rec *wb_find(const struct wb *w, unsigned dbi, const uint8_t *k, size_t n)
+/* Puts the records added since the last lookup into the slots (a larger
+ * table takes them all again). Only lookups need the slots, so a run of
+ * inputs without expected_seq never hashes its keys entries. */
+static int wb_index(struct wb *w)
 {
-    if (!w->n)
-        return NULL;
-    struct wb_slot *sl = wb_slot(w, wb_hash(dbi, k, n), dbi, k, n);
-    return sl->rec ? &w->rec[sl->rec - 1] : NULL;
-}
-
-static int wb_rehash(struct wb *w, size_t scap)
-{
-    struct wb_slot *slot = calloc(scap, sizeof *slot);
-    if (!slot)
-        return CAIRN_ENOMEM;
-    free(w->slot);
-    w->slot = slot;
-    w->scap = scap;
-    for (size_t i = 0; i < w->n; i++) { /* in order: the newest of a key wins */
+    if (w->hashed == w->n)
+        return 0;
+    if (2 * w->n >= w->scap) {
+        size_t scap = w->scap ? w->scap : 8192;
+        while (2 * w->n >= scap)
+            scap *= 2;
+        struct wb_slot *slot = calloc(scap, sizeof *slot);
+        if (!slot)
+            return CAIRN_ENOMEM;
+        free(w->slot);
+        w->slot = slot;
+        w->scap = scap;
+        w->hashed = 0;
+    }
+    for (size_t i = w->hashed; i < w->n; i++) { /* in order: the newest of a key wins */
         const struct wb_rec *r = &w->rec[i];
         uint64_t h = wb_hash(r->dbi, w->arena + r->off, r->len);
         *wb_slot(w, h, r->dbi, w->arena + r->off, r->len) =
             (struct wb_slot){(uint32_t)(i + 1), (uint32_t)(h >> 32)};
     }
+    w->hashed = w->n;
+    return 0;
+}
+
+/* The newest record of (dbi, key) in *out, NULL when there is none. */
+static int wb_find(struct wb *w, unsigned dbi, const uint8_t *k, size_t n,
+                   const struct wb_rec **out)
+{
+    *out = NULL;
+    if (!w->n)
+        return 0;
+    int rc = wb_index(w);
+    if (rc)
+        return rc;
+    struct wb_slot *sl = wb_slot(w, wb_hash(dbi, k, n), dbi, k, n);
+    *out = sl->rec ? &w->rec[sl->rec - 1] : NULL;
     return 0;
 }
 
@@ -301,29 +321,21 @@ static int wb_add(struct wb *w, unsigned dbi, const uint8_t *k, size_t n, uint64
         w->arena = arena;
         w->acap = cap;
     }
-    if (2 * (w->n + 1) >= w->scap) {
-        int rc = wb_rehash(w, w->scap ? 2 * w->scap : 8192);
-        if (rc)
-            return rc;
-    }
     uint8_t pre[16] = {0};
     memcpy(pre, k, n < 16 ? n : 16);
-    struct wb_rec *r = &w->rec[w->n];
-    *r = (struct wb_rec){
+    w->rec[w->n++] = (struct wb_rec){
         cairn_be64_get(pre), cairn_be64_get(pre + 8), seq, time, (uint32_t)w->alen, (uint16_t)n,
         (uint8_t)dbi};
     memcpy(w->arena + w->alen, k, n);
     w->alen += n;
-    uint64_t h = wb_hash(dbi, k, n);
-    struct wb_slot *sl = wb_slot(w, h, dbi, k, n);
-    *sl = (struct wb_slot){(uint32_t)++w->n, (uint32_t)(h >> 32)};
     return 0;
 }
 
 static void wb_reset(struct wb *w)
 {
-    if (w->n)
+    if (w->hashed)
         memset(w->slot, 0, w->scap * sizeof *w->slot);
+    w->hashed = 0;
     w->n = 0;
     w->alen = 0;
 }
@@ -500,7 +512,9 @@ static int ix_decide(struct log *log, struct log_ix *x)
             uint64_t s = 0;
             int64_t t = 0;
             ikn = log_tenant_key(ik, &in->tenant, &in->id);
-            const struct wb_rec *r = wb_find(&x->ids, WB_DEDUP, ik, ikn);
+            const struct wb_rec *r;
+            if ((rc = wb_find(&x->ids, WB_DEDUP, ik, ikn, &r)))
+                break;
             int found = r ? (s = r->seq, t = r->time, 1) : dedup_get(log, ik, ikn, &s, &t);
             if (found < 0) {
                 rc = found;
@@ -516,7 +530,9 @@ static int ix_decide(struct log *log, struct log_ix *x)
             kkn = log_tenant_key(kk, &in->tenant, &in->key);
         if (in->expected_seq >= 0) {
             uint64_t last = 0;
-            const struct wb_rec *r = kkn ? wb_find(w, WB_KEYS, kk, kkn) : NULL;
+            const struct wb_rec *r = NULL;
+            if (kkn && (rc = wb_find(w, WB_KEYS, kk, kkn, &r)))
+                break;
             if (r)
                 last = r->seq;
             else if ((rc = log_last_of(log->itxn, log->keys, &in->tenant, &in->key, &last)))
