@@ -407,13 +407,20 @@ static unsigned dsort_byte(const struct dsort *e, int b)
 /* Sorts o[0..n) (tmp: n more) as cmp_dsort does. */
 static void dsort_sort(struct dsort *o, struct dsort *tmp, size_t n)
 {
-    size_t count[256];
-    for (int b = 0; b < 16; b++) { /* byte 0: the last of k1; 15: the first of k0 */
-        memset(count, 0, sizeof count);
-        for (size_t i = 0; i < n; i++)
-            count[dsort_byte(&o[i], b)]++;
+    /* every byte's histogram in one pass; bytes every key shares are
+     * skipped (byte 0: the last of k1; 15: the first of k0) */
+    size_t(*hist)[256] = calloc(16, sizeof *hist);
+    if (!hist) {
+        qsort(o, n, sizeof *o, cmp_dsort);
+        return;
+    }
+    for (size_t i = 0; i < n; i++)
+        for (int b = 0; b < 16; b++)
+            hist[b][dsort_byte(&o[i], b)]++;
+    for (int b = 0; b < 16; b++) {
+        size_t *count = hist[b];
         if (count[dsort_byte(&o[0], b)] == n)
-            continue; /* every key has this byte */
+            continue;
         for (size_t c = 0, sum = 0; c < 256; c++) {
             size_t k = count[c];
             count[c] = sum;
@@ -423,6 +430,7 @@ static void dsort_sort(struct dsort *o, struct dsort *tmp, size_t n)
             tmp[count[dsort_byte(&o[i], b)]++] = o[i];
         memcpy(o, tmp, n * sizeof *o);
     }
+    free(hist);
     for (size_t i = 0, j; i < n; i = j) {
         for (j = i + 1; j < n && o[j].k0 == o[i].k0 && o[j].k1 == o[i].k1;)
             j++;
