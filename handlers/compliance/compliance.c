@@ -1501,4 +1501,8 @@ const struct handler violations_handler = {
     .view = "view",
     .routes = violations_routes,
     .flush = comp_flush,
+    /* apply touches only its context (rules, posture counts, the key set,
+     * its SHA-256 context) and the state through hctx_*: it may run on the
+     * engine's apply worker during catch-up and replay. */
+    .concurrent = true,
 };
