@@ -58,6 +58,7 @@
 
 extern const struct handler geofence_handler;
 size_t geofence_memory(struct hctx *ctx);
+size_t geofence_device_memory(struct hctx *ctx);
 
 #define BATCH_DEFAULT 65536
 #define REQ 1024 /* e2e: inputs per writer request */
@@ -352,7 +353,7 @@ static int inside_sets(struct proj *p, const struct work *w, FILE *tsv, uint64_t
 struct handler_figures {
     double define_s, open_s, fixes_s, fixes_cpu_s;
     uint64_t derived, pairs;
-    size_t mem;
+    size_t mem, devmem;
 };
 
 static int phase_handler(const struct work *w, const char *tmp, size_t batch, FILE *tsv,
@@ -399,6 +400,7 @@ static int phase_handler(const struct work *w, const char *tmp, size_t batch, FI
     perf_ctl("disable");
     hf->fixes_cpu_s = (bench_cpu_ns() - cpu) / 1e9;
     hf->derived = derived;
+    hf->devmem = geofence_device_memory(ctx);
     if (!rc)
         rc = inside_sets(p, w, tsv, &hf->pairs);
     geofence_handler.close(ctx);
@@ -669,6 +671,8 @@ int main(int argc, char **argv)
     printf("  inside     %9llu (fix, fence) pairs (%.3f fences per fix)\n",
            (unsigned long long)hf.pairs, (double)hf.pairs / w.nx);
     printf("  memory     %9.0f bytes per fence (geometry + index, heap)\n", (double)hf.mem / w.nf);
+    printf("  devices    %9.0f bytes per device (the handler's device table)\n",
+           (double)hf.devmem / w.nd);
     if (e2e) {
         printf("end to end (%s; parse + log writer + engine), requests of %d, %u in flight, "
                "writer batches of at most %u:\n",
@@ -682,12 +686,13 @@ int main(int argc, char **argv)
     }
     printf("{\"fences\":%zu,\"devices\":%zu,\"fixes\":%zu,\"batch\":%zu,\"vertices_avg\":%.1f,"
            "\"define_per_s\":%.0f,\"open_s\":%.3f,\"handler_per_s\":%.0f,\"handler_cpu_us\":%.3f,"
-           "\"derived\":%llu,\"pairs\":%llu,\"bytes_per_fence\":%.0f,\"e2e_per_s\":%.0f,"
+           "\"derived\":%llu,\"pairs\":%llu,\"bytes_per_fence\":%.0f,\"bytes_per_device\":%.0f,"
+           "\"e2e_per_s\":%.0f,"
            "\"e2e_cpu_us\":%.3f,\"e2e_apply_us\":%.3f,\"e2e_events_per_commit\":%.0f,"
            "\"load\":[%.2f,%.2f]}\n",
            w.nf, w.nd, w.nx, batch, (double)w.vertices / w.nf, w.nf / hf.define_s, hf.open_s, hrate,
            hf.fixes_cpu_s * 1e6 / w.nx, (unsigned long long)hf.derived,
-           (unsigned long long)hf.pairs, (double)hf.mem / w.nf, erate,
+           (unsigned long long)hf.pairs, (double)hf.mem / w.nf, (double)hf.devmem / w.nd, erate,
            e2e ? ef.fixes_cpu_s * 1e6 / w.nx : 0, e2e ? ef.apply_s * 1e6 / w.nx : 0,
            ef.batches ? (double)ef.events / ef.batches : 0, load0, load1);
     free(w.evs);
