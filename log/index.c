@@ -189,18 +189,21 @@ int log_index_added(struct log *log, size_t n)
  * The decisions need every entry decided so far (an entity's last seq for
  * expected_seq, an id seen one batch ago), but not necessarily in the
  * B-tree. keys entries first go into a table that decisions consult before
- * the transaction, and are put into the transaction WB_FLUSH_RECS at a
- * time, sorted by key: sorted puts walk the B-tree in order (the cursor's
+ * the transaction; when it holds WB_FLUSH_RECS it is sealed (sorted by key)
+ * as the run, which is put WB_PUT_STEP records after each check (so no
+ * check waits for a whole run) while a new table fills; decisions consult
+ * the table, then the run. Sorted puts walk the B-tree in order (the cursor's
  * leaf and the pages above it stay in cache, and LMDB skips the search
  * from the root while a key falls in the cursor's page), where one put per
  * event in event order was a random walk each (most of the indexer's CPU).
- * The table is always emptied into the transaction before it commits, and
+ * The table and the run are always emptied into the transaction before it commits, and
  * forgotten with it when it is dropped, so the index's content and
  * `meta.indexed` mean what they meant before. dedup entries go through a
  * table of the same kind that is put after every check (sorted within the
  * batch), so that pruning sees every id when it did before.
  */
 #define WB_FLUSH_RECS 32768
+#define WB_PUT_STEP 2048 /* records of a sealed run put after each check */
 
 enum { WB_KEYS, WB_DEDUP };
 
@@ -368,16 +371,14 @@ static int wb_cmp(const void *pa, const void *pb, void *arena)
     return (a->seq > b->seq) - (a->seq < b->seq);
 }
 
-/* Puts every record into txn: dedup_at in event order (its keys are event
- * times: nearly an append), then keys and dedup sorted. */
-static int wb_put(struct log *log, struct wb *w, MDB_txn *txn)
+/* Seals a table for putting: its dedup_at entries go into txn in event
+ * order (their keys are event times: nearly an append), then the records
+ * are sorted. The slots are cleared: a lookup hashes the sorted records
+ * again, a key's newest (highest seq) last. */
+static int wb_seal(struct log *log, struct wb *w, MDB_txn *txn)
 {
-    MDB_cursor *kc = NULL, *dc = NULL, *ac = NULL;
-    int rc = mdb_cursor_open(txn, log->keys, &kc);
-    if (!rc)
-        rc = mdb_cursor_open(txn, log->dedup, &dc);
-    if (!rc)
-        rc = mdb_cursor_open(txn, log->dedup_at, &ac);
+    MDB_cursor *ac = NULL;
+    int rc = mdb_cursor_open(txn, log->dedup_at, &ac);
     for (size_t i = 0; i < w->n && !rc; i++) {
         const struct wb_rec *r = &w->rec[i];
         if (r->dbi != WB_DEDUP)
@@ -388,10 +389,26 @@ static int wb_put(struct log *log, struct wb *w, MDB_txn *txn)
         MDB_val k = {16, ak}, v = {r->len, w->arena + r->off};
         rc = mdb_cursor_put(ac, &k, &v, 0);
     }
+    if (ac)
+        mdb_cursor_close(ac);
+    if (rc)
+        return cairn_mdb_err(rc);
+    qsort_r(w->rec, w->n, sizeof *w->rec, wb_cmp, w->arena);
+    if (w->hashed)
+        memset(w->slot, 0, w->scap * sizeof *w->slot);
+    w->hashed = 0;
+    return 0;
+}
+
+/* Puts the sealed records [*at, end) into keys and dedup; *at follows. */
+static int wb_put_range(struct log *log, struct wb *w, MDB_txn *txn, size_t *at, size_t end)
+{
+    MDB_cursor *kc = NULL, *dc = NULL;
+    int rc = mdb_cursor_open(txn, log->keys, &kc);
     if (!rc)
-        qsort_r(w->rec, w->n, sizeof *w->rec, wb_cmp, w->arena);
-    for (size_t i = 0; i < w->n && !rc; i++) {
-        const struct wb_rec *r = &w->rec[i];
+        rc = mdb_cursor_open(txn, log->dedup, &dc);
+    for (; *at < end && !rc; ++*at) {
+        const struct wb_rec *r = &w->rec[*at];
         uint8_t val[16];
         cairn_be64_put(val, r->seq);
         cairn_be64_put(val + 8, log_bias(r->time));
@@ -402,10 +419,19 @@ static int wb_put(struct log *log, struct wb *w, MDB_txn *txn)
         mdb_cursor_close(kc);
     if (dc)
         mdb_cursor_close(dc);
-    if (ac)
-        mdb_cursor_close(ac);
-    wb_reset(w); /* on failure too: the caller drops the transaction */
     return cairn_mdb_err(rc);
+}
+
+/* Puts every record of w into txn, then empties it (on failure too: the
+ * caller drops the transaction). */
+static int wb_put(struct log *log, struct wb *w, MDB_txn *txn)
+{
+    size_t at = 0;
+    int rc = wb_seal(log, w, txn);
+    if (!rc)
+        rc = wb_put_range(log, w, txn, &at, w->n);
+    wb_reset(w);
+    return rc;
 }
 
 enum ix_cmd { IX_NONE, IX_CHECK, IX_CONFIRM, IX_FLUSH, IX_STOP };
@@ -428,6 +454,8 @@ struct log_ix {
     bool in_batch;          /* between a check and its confirm: no commit may happen */
     int put_rc;             /* the puts' outcome */
     struct wb wb;           /* keys entries decided, not yet put (indexer thread only) */
+    struct wb run;          /* a sealed (sorted) table of keys entries being put */
+    size_t run_at;          /* its records before this one are in the transaction */
     struct wb ids;          /* the batch's dedup entries, put after every check */
 };
 
@@ -530,8 +558,10 @@ static int ix_decide(struct log *log, struct log_ix *x)
             kkn = log_tenant_key(kk, &in->tenant, &in->key);
         if (in->expected_seq >= 0) {
             uint64_t last = 0;
-            const struct wb_rec *r = NULL;
+            const struct wb_rec *r = NULL; /* the newest: the table, then the run */
             if (kkn && (rc = wb_find(w, WB_KEYS, kk, kkn, &r)))
+                break;
+            if (kkn && !r && (rc = wb_find(&x->run, WB_KEYS, kk, kkn, &r)))
                 break;
             if (r)
                 last = r->seq;
@@ -561,18 +591,35 @@ static int ix_decide(struct log *log, struct log_ix *x)
 static int ix_put(struct log *log, struct log_ix *x)
 {
     int rc = x->ids.n ? wb_put(log, &x->ids, log->itxn) : 0;
-    if (!rc && x->wb.n >= WB_FLUSH_RECS)
-        rc = wb_put(log, &x->wb, log->itxn);
+    if (!rc && !x->run.n && x->wb.n >= WB_FLUSH_RECS) { /* seal: the table becomes the run */
+        struct wb t = x->run;
+        x->run = x->wb;
+        x->wb = t;
+        x->run_at = 0;
+        rc = wb_seal(log, &x->run, log->itxn);
+    }
+    if (!rc && x->run.n) { /* a step of the run per check: the next check never waits long */
+        size_t end = x->run.n - x->run_at > WB_PUT_STEP ? x->run_at + WB_PUT_STEP : x->run.n;
+        rc = wb_put_range(log, &x->run, log->itxn, &x->run_at, end);
+        if (!rc && x->run_at == x->run.n)
+            wb_reset(&x->run);
+    }
     return rc;
 }
 
 static int wb_flush(struct log *log)
 {
+    struct log_ix *x = log->ix;
     int rc = 0;
-    if (log->ix && log->ix->ids.n)
-        rc = wb_put(log, &log->ix->ids, log->itxn);
-    if (!rc && log->ix && log->ix->wb.n)
-        rc = wb_put(log, &log->ix->wb, log->itxn);
+    if (!x)
+        return 0;
+    if (x->ids.n)
+        rc = wb_put(log, &x->ids, log->itxn);
+    if (!rc && x->run.n)
+        rc = wb_put_range(log, &x->run, log->itxn, &x->run_at, x->run.n);
+    wb_reset(&x->run);
+    if (!rc && x->wb.n)
+        rc = wb_put(log, &x->wb, log->itxn);
     return rc;
 }
 
@@ -580,6 +627,7 @@ static void wb_clear(struct log *log)
 {
     if (log->ix) {
         wb_reset(&log->ix->wb);
+        wb_reset(&log->ix->run);
         wb_reset(&log->ix->ids);
     }
 }
@@ -771,6 +819,7 @@ void log_ix_stop(struct log *log)
     pthread_mutex_destroy(&x->mu);
     pthread_cond_destroy(&x->cv);
     wb_free(&x->wb);
+    wb_free(&x->run);
     wb_free(&x->ids);
     free(x);
     log->ix = NULL;

@@ -305,10 +305,33 @@ static int append_try(struct log *log, const struct log_input *in, struct log_re
     return rc;
 }
 
+/* Grows the log's map ahead of a batch that might not fit in it. A batch
+ * that fills the map is failed and retried after growing, and the indexer
+ * then drops its open transaction (a batch's entries cannot be taken out of
+ * it) and re-indexes everything since its last commit — up to
+ * CAIRN_INDEX_COMMIT_EVENTS events, once per doubling of the log. Best
+ * effort: on any failure the batch takes the usual path. */
+static void grow_ahead(struct log *log, const struct log_input *in, size_t n)
+{
+    MDB_env *env = cairn_env_mdb(log->env);
+    MDB_envinfo info;
+    MDB_stat st;
+    if (mdb_env_info(env, &info) || mdb_env_stat(env, &st) || !st.ms_psize)
+        return;
+    size_t bytes = 0;
+    for (size_t i = 0; i < n; i++)
+        bytes += in[i].payload_len + in[i].type.n + in[i].tenant.n + in[i].key.n + in[i].id.n +
+                 in[i].source.n + 256;
+    size_t pages = 2 * (bytes / st.ms_psize) + 64; /* leaves, overflow pages, branches, meta */
+    if (((size_t)info.me_last_pgno + pages) * st.ms_psize > info.me_mapsize / 8 * 7)
+        cairn_env_grow(log->env);
+}
+
 int log_append(struct log *log, const struct log_input *in, struct log_result *res, size_t n)
 {
     if (log->cfg.readonly)
         return CAIRN_EINVAL;
+    grow_ahead(log, in, n);
     for (;;) {
         int rc = append_try(log, in, res, n);
         if (rc != CAIRN_EMAPFULL)
