@@ -203,7 +203,7 @@ int log_index_added(struct log *log, size_t n)
  * batch), so that pruning sees every id when it did before.
  */
 #define WB_FLUSH_RECS 32768
-#define WB_PUT_STEP 2048 /* records of a sealed run put after each check */
+#define WB_PUT_STEP 2048 /* records of a sealed run put after each check, at least */
 
 enum { WB_KEYS, WB_DEDUP };
 
@@ -598,8 +598,12 @@ static int ix_put(struct log *log, struct log_ix *x)
         x->run_at = 0;
         rc = wb_seal(log, &x->run, log->itxn);
     }
-    if (!rc && x->run.n) { /* a step of the run per check: the next check never waits long */
-        size_t end = x->run.n - x->run_at > WB_PUT_STEP ? x->run_at + WB_PUT_STEP : x->run.n;
+    if (!rc && x->run.n) {
+        /* a step of the run per check, so the next check never waits long;
+         * at least twice the batch, so the run drains before the table
+         * refills whatever the batch size */
+        size_t step = 2 * x->n > WB_PUT_STEP ? 2 * x->n : WB_PUT_STEP;
+        size_t end = x->run.n - x->run_at > step ? x->run_at + step : x->run.n;
         rc = wb_put_range(log, &x->run, log->itxn, &x->run_at, end);
         if (!rc && x->run_at == x->run.n)
             wb_reset(&x->run);
