@@ -108,6 +108,7 @@ struct gf {
     struct geo_raster *raster;
     uint32_t epoch;
     struct cairn_buf rec, tmp;
+    struct mem *mems; /* GF_MEMBERSHIPS_MAX + 1: a device's memberships while applying */
     /* the device table (below): open addressing over pointers */
     struct gdev **dtab;
     size_t dcap, dused, dbytes;
@@ -116,6 +117,9 @@ struct gf {
     size_t ndirty, dirtycap;
     size_t dev_max; /* records the table holds (config device_cache_max) */
 };
+
+struct mem;
+static struct mem *mems_alloc(void);
 
 static struct gf *self(struct hctx *ctx)
 {
@@ -827,6 +831,7 @@ static void gf_close(struct hctx *ctx)
     geo_index_free(g->ix);
     dev_drop(g);
     free(g->cand);
+    free(g->mems);
     cairn_buf_deinit(&g->rec);
     cairn_buf_deinit(&g->tmp);
     free(g);
@@ -853,6 +858,8 @@ static int gf_open(struct hctx *ctx)
                              ? json_number_value(ar)
                              : GF_ARRIVAL_RADIUS_DEFAULT;
     int rc = geo_index_new(&g->ix);
+    if (!rc && !(g->mems = mems_alloc()))
+        rc = CAIRN_ENOMEM;
     struct {
         const char *name;
         unsigned *db;
@@ -992,6 +999,11 @@ struct mem {
     char id[GF_FENCE_ID_MAX + 1];
 };
 
+static struct mem *mems_alloc(void)
+{
+    return malloc((GF_MEMBERSHIPS_MAX + 1) * sizeof(struct mem));
+}
+
 struct devrec {
     bool exists;
     double lat, lon;
@@ -1082,14 +1094,6 @@ static int rec_write(struct hctx *ctx, const struct fix *x, struct mem *m, uint3
 
 /* ====================================================================== detection */
 
-static int cmp_slot_id(const void *a, const void *b, void *arg);
-static struct gf *sort_g; /* qsort has no context argument; apply is single-threaded */
-
-static int cmp_slot(const void *a, const void *b)
-{
-    return cmp_slot_id(a, b, sort_g);
-}
-
 static int cmp_slot_id(const void *a, const void *b, void *arg)
 {
     struct gf *g = arg;
@@ -1098,11 +1102,12 @@ static int cmp_slot_id(const void *a, const void *b, void *arg)
     return c ? c : (int)x->idlen - (int)y->idlen;
 }
 
+/* qsort_r (glibc, POSIX 2024): no global for the context, so apply keeps
+ * no state outside the handler's (handler.h, `concurrent`). */
 static void sort_slots(struct gf *g, uint32_t *s, size_t n)
 {
-    sort_g = g;
     if (n > 1)
-        qsort(s, n, sizeof *s, cmp_slot);
+        qsort_r(s, n, sizeof *s, cmp_slot_id, g);
 }
 
 static bool acc_ok(const struct fence *f, const struct fix *x)
@@ -1663,7 +1668,7 @@ static int on_location(struct hctx *ctx, const struct event *ev)
     gk_raw(&dk, x.dev.p, x.dev.n);
     if (dk.over)
         return 0;
-    static struct mem mems[GF_MEMBERSHIPS_MAX + 1]; /* apply runs on one thread */
+    struct mem *mems = g->mems;
     struct devrec r = {.m = mems};
     uint32_t ti;
     struct tenant *t = NULL;
@@ -1854,7 +1859,7 @@ static int delete_exits(struct hctx *ctx, const struct event *ev, const struct c
         struct fix x = {.ev = ev, .dev = {dev, dn}};
         struct gf_key dk;
         struct gdev *dv;
-        static struct mem mems[GF_MEMBERSHIPS_MAX + 1];
+        struct mem *mems = g->mems;
         struct devrec r;
         gk_tenant(&dk, ev->tenant.p, ev->tenant.n);
         gk_raw(&dk, dev, dn);
@@ -2041,4 +2046,8 @@ const struct handler geofence_handler = {
     .view = "fences",
     .routes = gf_routes,
     .flush = gf_flush,
+    /* apply keeps everything in its context (the device table, the index,
+     * the membership buffer; qsort_r, no globals), so catch-up and replay
+     * may run it on the engine's second thread */
+    .concurrent = true,
 };
