@@ -579,39 +579,42 @@ size_t geo_shape_bands_bytes(const struct geo_shape *s)
     return n;
 }
 
+/* One edge (j -> i) of the even-odd test: true when the point is on it
+ * (within EDGE_EPS); otherwise flips *in when the point's eastward ray
+ * crosses it. */
+static inline bool edge_step(const struct geo_ring *r, uint32_t i, uint32_t j, double x, double y,
+                             bool *in)
+{
+    double yi = r->xy[2 * i + 1], yj = r->xy[2 * j + 1];
+    /* an edge whose latitudes (with the tolerance) miss y can neither
+     * hold the point nor be crossed by its ray: most edges stop here */
+    if ((y < yi - EDGE_EPS && y < yj - EDGE_EPS) || (y > yi + EDGE_EPS && y > yj + EDGE_EPS))
+        return false;
+    double xi = r->xy[2 * i], xj = r->xy[2 * j];
+    if (on_segment(x, y, xj, yj, xi, yi))
+        return true;
+    if ((yi > y) != (yj > y) && x < (xj - xi) * (y - yi) / (yj - yi) + xi)
+        *in = !*in;
+    return false;
+}
+
 /* 1 inside, 0 outside, 2 on the boundary. */
 static int ring_test(const struct geo_ring *r, double x, double y)
 {
     bool in = false;
-    if (r->band) { /* the same loop over the edges of the point's band */
+    if (r->band) { /* the same test over the edges of the point's band only */
         const struct geo_band *b = r->band;
         unsigned k = band_of(b, y);
         for (uint32_t e = b->off[k]; e < b->off[k + 1]; e++) {
-            uint32_t i = b->idx[e], j = i ? i - 1 : r->n - 1;
-            double yi = r->xy[2 * i + 1], yj = r->xy[2 * j + 1];
-            if ((y < yi - EDGE_EPS && y < yj - EDGE_EPS) ||
-                (y > yi + EDGE_EPS && y > yj + EDGE_EPS))
-                continue;
-            double xi = r->xy[2 * i], xj = r->xy[2 * j];
-            if (on_segment(x, y, xj, yj, xi, yi))
+            uint32_t i = b->idx[e];
+            if (edge_step(r, i, i ? i - 1 : r->n - 1, x, y, &in))
                 return 2;
-            if ((yi > y) != (yj > y) && x < (xj - xi) * (y - yi) / (yj - yi) + xi)
-                in = !in;
         }
         return in;
     }
-    for (uint32_t i = 0, j = r->n - 1; i < r->n; j = i++) {
-        double yi = r->xy[2 * i + 1], yj = r->xy[2 * j + 1];
-        /* an edge whose latitudes (with the tolerance) miss y can neither
-         * hold the point nor be crossed by its ray: most edges stop here */
-        if ((y < yi - EDGE_EPS && y < yj - EDGE_EPS) || (y > yi + EDGE_EPS && y > yj + EDGE_EPS))
-            continue;
-        double xi = r->xy[2 * i], xj = r->xy[2 * j];
-        if (on_segment(x, y, xj, yj, xi, yi))
+    for (uint32_t i = 0, j = r->n - 1; i < r->n; j = i++)
+        if (edge_step(r, i, j, x, y, &in))
             return 2;
-        if ((yi > y) != (yj > y) && x < (xj - xi) * (y - yi) / (yj - yi) + xi)
-            in = !in;
-    }
     return in;
 }
 
