@@ -167,10 +167,23 @@ int geo_index_point_hint(struct geo_index *ix, uint32_t space, double lon, doubl
  * covering too many cells of a level scans that level's cells instead. */
 int geo_index_box(struct geo_index *ix, uint32_t space, double minx, double miny, double maxx,
                   double maxy, uint32_t **ids, size_t *cap);
+/* Built with AddressSanitizer: the huge-page tables come from calloc, so
+ * that the sanitizer checks their bounds and its leak checker scans them
+ * (it does not scan mmap'd memory: the fences' names and geometry that
+ * only those tables point to would be reported as leaked while live). */
+#if defined(__SANITIZE_ADDRESS__)
+#define GEO_ASAN 1
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)
+#define GEO_ASAN 1
+#endif
+#endif
+
 /* Zeroed memory for large tables, on transparent huge pages where the
  * system allows it (MADV_HUGEPAGE): the handler's tables are read at random
  * on every fix, and with 4 KB pages nearly every read also missed the TLB.
- * Free with geo_huge_free(p, n), n as given. NULL when out of memory. */
+ * Free with geo_huge_free(p, n), n as given. NULL when out of memory.
+ * (Plain calloc under GEO_ASAN.) */
 void *geo_huge_alloc(size_t n);
 void geo_huge_free(void *p, size_t n);
 /* geo_huge_alloc(n) holding the first min(o, n) bytes of p (o bytes from

@@ -486,18 +486,10 @@ struct chunk {
 };
 #define CHUNK_BYTES (32u << 20)
 
-#if defined(__SANITIZE_ADDRESS__)
-#define GF_ASAN 1
-#elif defined(__has_feature)
-#if __has_feature(address_sanitizer)
-#define GF_ASAN 1
-#endif
-#endif
-
 static void *dev_alloc(struct gf *g, size_t n)
 {
     n = (n + 15) & ~(size_t)15;
-#ifdef GF_ASAN /* a block per allocation, so the sanitizer checks each */
+#ifdef GEO_ASAN /* a block per allocation, so the sanitizer checks each */
     struct chunk *b = calloc(1, 64 + n);
     if (!b)
         return NULL;
@@ -526,7 +518,7 @@ static void dev_drop(struct gf *g)
     while (g->arena) {
         struct chunk *c = g->arena;
         g->arena = c->next;
-#ifdef GF_ASAN
+#ifdef GEO_ASAN
         free(c);
 #else
         geo_huge_free(c, c->size);
