@@ -35,7 +35,11 @@ struct proj {
      * its first state access in an apply and keeps it until
      * proj_hctx_unlock (after the apply), so a value hctx_get returned
      * stays valid for the rest of that apply whatever the other thread
-     * writes (its puts could spill dirty pages). */
+     * writes (its puts could spill dirty pages). LMDB asks that a
+     * transaction be used by one thread at a time: the mutex gives that
+     * (and orders memory between the two), and the transaction is begun,
+     * committed and aborted only by the writer thread, which owns LMDB's
+     * writer lock; the worker never opens a transaction of its own. */
     bool shared;
     pthread_mutex_t txn_mu;
 };
