@@ -122,19 +122,6 @@ int http_write_final(struct conn *c, const void *p, size_t n)
     return write_buf(c, p, n, NULL, 0, true);
 }
 
-/* Decimal digits of v at o; returns how many. */
-static size_t put_u64(char *o, uint64_t v)
-{
-    char t[20];
-    size_t k = 0;
-    do
-        t[k++] = (char)('0' + v % 10);
-    while (v /= 10);
-    for (size_t i = 0; i < k; i++)
-        o[i] = t[k - 1 - i];
-    return k;
-}
-
 static size_t put(char *o, const char *s)
 {
     size_t n = strlen(s);
@@ -148,13 +135,13 @@ static size_t response_head(char *o, int status, const char *ctype, size_t n, bo
                             const char *extra)
 {
     size_t k = put(o, "HTTP/1.1 ");
-    k += put_u64(o + k, (uint64_t)status);
+    k += cairn_u64_dec(o + k, (uint64_t)status);
     o[k++] = ' ';
     k += put(o + k, reason(status));
     k += put(o + k, "\r\nContent-Type: ");
     k += put(o + k, ctype);
     k += put(o + k, "\r\nContent-Length: ");
-    k += put_u64(o + k, n);
+    k += cairn_u64_dec(o + k, n);
     k += put(o + k, keep ? "\r\nConnection: keep-alive\r\n" : "\r\nConnection: close\r\n");
     if (extra)
         k += put(o + k, extra);

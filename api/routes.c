@@ -604,19 +604,6 @@ static void get_schema(struct req *r, char **args)
 
 /* ====================================================================== views */
 
-/* Decimal digits of v into o (at least 20 bytes); returns how many. */
-static size_t u64_dec(char *o, uint64_t v)
-{
-    char t[20];
-    size_t k = 0;
-    do
-        t[k++] = (char)('0' + v % 10);
-    while (v /= 10);
-    for (size_t i = 0; i < k; i++)
-        o[i] = t[k - 1 - i];
-    return k;
-}
-
 static bool tenant_is(const struct req *r, const struct cairn_str *t)
 {
     return r->any_tenant || (t->n == strlen(r->tok.tenant) && !memcmp(t->p, r->tok.tenant, t->n));
@@ -806,7 +793,7 @@ static void get_view_item(struct req *r, char **args)
     cairn_buf_init(&b, 64u << 20);
     char num[24];
     cairn_buf_puts(&b, "{\"seq\":"); /* no printf on the hottest route */
-    cairn_buf_append(&b, num, u64_dec(num, proj_snap_checkpoint(s)));
+    cairn_buf_append(&b, num, cairn_u64_dec(num, proj_snap_checkpoint(s)));
     cairn_buf_puts(&b, ",\"item\":");
     cairn_msgpack_to_json(v.mv_data, v.mv_size, &b, NULL);
     cairn_buf_putc(&b, '}');

@@ -105,13 +105,9 @@ int cairn_json_to_msgpack(const json_t *v, struct cairn_buf *out, struct cairn_e
 /* An integer in decimal, without printf (documents are full of them). */
 static int put_int(struct cairn_buf *out, bool neg, uint64_t v)
 {
-    char tmp[24], *p = tmp + sizeof tmp;
-    do
-        *--p = (char)('0' + v % 10);
-    while (v /= 10);
-    if (neg)
-        *--p = '-';
-    return cairn_buf_append(out, p, (size_t)(tmp + sizeof tmp - p));
+    char tmp[24];
+    tmp[0] = '-';
+    return cairn_buf_append(out, tmp + !neg, neg + cairn_u64_dec(tmp + 1, v));
 }
 
 static int obj_to_json(const msgpack_object *o, struct cairn_buf *out, int depth)

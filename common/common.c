@@ -306,6 +306,18 @@ static char *put_digits(char *o, uint64_t v, int w)
     return o + w;
 }
 
+size_t cairn_u64_dec(char *o, uint64_t v)
+{
+    char t[20];
+    size_t k = 0;
+    do
+        t[k++] = (char)('0' + v % 10);
+    while (v /= 10);
+    for (size_t i = 0; i < k; i++)
+        o[i] = t[k - 1 - i];
+    return k;
+}
+
 /* Hot: every document with a time field formats it (devices: three per
  * event), so digits are written directly instead of through snprintf. */
 size_t cairn_time_format(int64_t ns, char *out, size_t cap)

@@ -177,6 +177,9 @@ int cairn_time_parse(const char *s, size_t n, int64_t *out);
 /* Formats as RFC 3339 in UTC with the shortest of 0/3/6/9 fraction digits
  * that is exact. `out` needs 36 bytes. Returns the length. */
 size_t cairn_time_format(int64_t ns, char *out, size_t cap);
+/* v in decimal at o (room for 20 bytes), without printf; returns the
+ * length. */
+size_t cairn_u64_dec(char *o, uint64_t v);
 
 /* ======================================================================
  * Hex and big-endian integers (index keys sort as numbers).
