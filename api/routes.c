@@ -98,21 +98,27 @@ static bool pct_decode(const char *s, size_t n, char *out, size_t cap, bool plus
         char ch = s[i];
         if (ch == '%') {
             if (i + 2 >= n)
-                return false;
+                goto bad;
             int hi = cairn_hex_digit(s[i + 1]), lo = cairn_hex_digit(s[i + 2]);
             if (hi < 0 || lo < 0)
-                return false;
+                goto bad;
             ch = (char)(hi << 4 | lo);
             i += 2;
         } else if (ch == '+' && plus) {
             ch = ' ';
         }
         if (ch == '\0' || o + 1 >= cap)
-            return false;
+            goto bad;
         out[o++] = ch;
     }
     out[o] = '\0';
     return true;
+bad:
+    /* out is a C string either way: callers strlen it even when the
+     * parameter was refused (the fuzzer found a 512-byte tenant overflow) */
+    if (cap)
+        out[0] = '\0';
+    return false;
 }
 
 bool query_get(const struct req *r, const char *name, char *out, size_t cap)

@@ -340,4 +340,14 @@ post /v1/events application/x-ndjson '' >44-ndjson-empty-body
     req GET /v1/devices "Authorization: Bearer $(jwt ops '["metrics"]')"
     end
 } >52-metrics-role
+# Query parameters that are refused (too long, bad escapes, NUL): the
+# buffer they were decoded into must still be a string (a 600-byte tenant
+# once overflowed it).
+{
+    get "/v1/devices?tenant=$(printf 'b%.0s' $(seq 600))"
+    get '/v1/devices?tenant=ac%zzme'
+    get '/v1/devices?tenant=ac%00me'
+    get "/v1/streams/devices?key=$(printf 'k%.0s' $(seq 300))&type=%"
+    get '/v1/audit/events?cursor=%g0'
+} >53-refused-params
 ls | wc -l
