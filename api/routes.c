@@ -121,17 +121,32 @@ bad:
     return false;
 }
 
-bool query_get(const struct req *r, const char *name, char *out, size_t cap)
+/* The first parameter `name` of the query: its raw value in *v, *vn. */
+static bool query_find(const struct req *r, const char *name, const char **v, size_t *vn)
 {
     size_t nl = strlen(name);
     for (const char *p = r->query; *p;) {
         size_t n = strcspn(p, "&");
         const char *eq = memchr(p, '=', n);
         size_t kn = eq ? (size_t)(eq - p) : n;
-        if (kn == nl && !memcmp(p, name, nl))
-            return pct_decode(eq ? eq + 1 : p + n, eq ? n - kn - 1 : 0, out, cap, true);
+        if (kn == nl && !memcmp(p, name, nl)) {
+            *v = eq ? eq + 1 : p + n;
+            *vn = eq ? n - kn - 1 : 0;
+            return true;
+        }
         p += n + (p[n] == '&');
     }
+    return false;
+}
+
+bool query_get(const struct req *r, const char *name, char *out, size_t cap)
+{
+    const char *v;
+    size_t vn;
+    if (query_find(r, name, &v, &vn))
+        return pct_decode(v, vn, out, cap, true);
+    if (cap)
+        out[0] = '\0';
     return false;
 }
 
@@ -303,15 +318,20 @@ static int64_t now_s(const struct api *a)
 static bool authorize(struct req *r, const struct route *rt)
 {
     struct api *a = r->c->a;
-    char tenant[512];
-    tenant[0] = '\0'; /* not "= {0}": that zeroes 512 bytes per request */
-    bool has_tenant = query_get(r, "tenant", tenant, sizeof tenant);
-    size_t tn = strlen(tenant);
-    if (has_tenant && (tn == 0 || tn > CAIRN_TENANT_MAX)) {
-        http_error(r, 400, "invalid_parameter", "tenant", "tenant must be 1..%d bytes",
-                   CAIRN_TENANT_MAX);
+    char tenant[CAIRN_TENANT_MAX + 1]; /* not "= {0}": query_get terminates it */
+    const char *tv;
+    size_t tvn;
+    bool has_tenant = query_find(r, "tenant", &tv, &tvn);
+    /* A tenant that does not decode (too long, a bad escape, a NUL) is
+     * refused, never taken as absent: that would widen the request to the
+     * token's tenant, or to every tenant for an admin. */
+    bool tenant_ok = query_get(r, "tenant", tenant, sizeof tenant);
+    if (has_tenant && (!tenant_ok || !tenant[0])) {
+        http_error(r, 400, "invalid_parameter", "tenant",
+                   "tenant must be 1..%d bytes, percent-encoded", CAIRN_TENANT_MAX);
         return false;
     }
+    size_t tn = strlen(tenant);
     if (a->cfg.insecure_no_auth) {
         r->tok.roles = API_ROLE_ADMIN | API_ROLE_READ | API_ROLE_INGEST | API_ROLE_AUDIT;
         memcpy(r->tok.tenant, tenant, tn + 1);

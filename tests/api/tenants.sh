@@ -226,6 +226,19 @@ req GET /v1/devices
 expect_jq "no auth: a list sees every tenant" 200 '([.items[].tenant] | unique) == ["acme","globex"]'
 req GET '/v1/devices?tenant=globex'
 expect_jq "no auth with ?tenant=globex: globex only" 200 '([.items[].tenant] | unique) == ["globex"]'
+# A ?tenant= that does not decode is refused, not taken as absent (which
+# would widen the list to every tenant here).
+bad_tenant='tenant must be 1..64 bytes, percent-encoded'
+req GET "/v1/devices?tenant=$(printf 'g%.0s' $(seq 65))"
+expect "no auth: a 65-byte ?tenant= is refused" 400 "$(err invalid_parameter "$bad_tenant" tenant)"
+req GET '/v1/devices?tenant=glo%zzbex'
+expect "no auth: a ?tenant= with a bad escape is refused" 400 "$(err invalid_parameter "$bad_tenant" tenant)"
+req GET '/v1/devices?tenant=glo%00bex'
+expect "no auth: a ?tenant= with a NUL is refused" 400 "$(err invalid_parameter "$bad_tenant" tenant)"
+req GET '/v1/devices?tenant='
+expect "no auth: an empty ?tenant= is refused" 400 "$(err invalid_parameter "$bad_tenant" tenant)"
+req GET "/v1/devices?tenant=$(printf 'g%.0s' $(seq 64))"
+expect_jq "no auth: a 64-byte ?tenant= is accepted (no such tenant: empty)" 200 '.items == []'
 req GET /v1/devices/shared
 expect "no auth: one entity needs ?tenant=" 400 "$(err missing_parameter 'give ?tenant= to read one entity' tenant)"
 req GET '/v1/devices/shared?tenant=acme'
