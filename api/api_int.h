@@ -155,8 +155,12 @@ void routes_dispatch(struct req *r);
 bool routes_precheck(struct req *r);
 /* Re-runs a request parked on ?min_seq once the state caught up. */
 void routes_retry(struct req *r);
-/* Query parameter (percent-decoded) into out; false if absent. */
+/* Query parameter (percent-decoded) into out; false if absent or refused
+ * (too long, a bad escape, a NUL): out is then "". */
 bool query_get(const struct req *r, const char *name, char *out, size_t cap);
+/* The same, but a refused value is answered 400 invalid_parameter naming
+ * the parameter: 1 present, 0 absent (out ""), -1 refused (answered). */
+int query_param(struct req *r, const char *name, char *out, size_t cap);
 const char *routes_name(int route);
 size_t routes_count(void);
 

@@ -150,13 +150,31 @@ bool query_get(const struct req *r, const char *name, char *out, size_t cap)
     return false;
 }
 
+int query_param(struct req *r, const char *name, char *out, size_t cap)
+{
+    const char *v;
+    size_t vn;
+    if (!query_find(r, name, &v, &vn)) {
+        out[0] = '\0';
+        return 0;
+    }
+    if (pct_decode(v, vn, out, cap, true))
+        return 1;
+    http_error(r, 400, "invalid_parameter", name,
+               "%s must be at most %zu bytes, percent-encoded, without NUL", name, cap - 1);
+    return -1;
+}
+
 static bool query_u64(struct req *r, const char *name, uint64_t *out, uint64_t max)
 {
     char v[32], *end;
-    if (!query_get(r, name, v, sizeof v))
+    const char *raw;
+    size_t rn;
+    if (!query_find(r, name, &raw, &rn))
         return true;
-    unsigned long long x = strtoull(v, &end, 10);
-    if (!v[0] || *end || v[0] == '-' || x > max) {
+    bool ok = pct_decode(raw, rn, v, sizeof v, true);
+    unsigned long long x = ok ? strtoull(v, &end, 10) : 0;
+    if (!ok || !v[0] || *end || v[0] == '-' || x > max) {
         http_error(r, 400, "invalid_parameter", name, "%s must be an integer in 0..%llu", name,
                    (unsigned long long)max);
         return false;
@@ -683,7 +701,11 @@ static int view_cursor_start(struct req *r, MDB_cursor *cur, MDB_val *k, MDB_val
     char hex[2 * 512 + 2];
     *pn = r->any_tenant ? 0 : hkey_make(prefix, 512, &t, &none);
     *sn = 0;
-    if (query_get(r, "cursor", hex, sizeof hex)) {
+    const char *raw;
+    size_t rn;
+    if (query_find(r, "cursor", &raw, &rn)) {
+        if (!pct_decode(raw, rn, hex, sizeof hex, true))
+            return CAIRN_EINVAL;
         size_t hn = strlen(hex);
         if (hn % 2 || hn / 2 > 511 || cairn_unhex(hex, hn, start))
             return CAIRN_EINVAL;
@@ -932,8 +954,10 @@ static void get_stream(struct req *r, char **args)
         return;
     struct cairn_buf b;
     char dbiname[160], types[1024] = "", key[CAIRN_KEY_MAX + 1] = "";
-    bool by_type = query_get(r, "type", types, sizeof types);
-    bool by_key = query_get(r, "key", key, sizeof key);
+    int by_type = query_param(r, "type", types, sizeof types);
+    int by_key = by_type < 0 ? -1 : query_param(r, "key", key, sizeof key);
+    if (by_key < 0)
+        return; /* answered */
     struct proj_snap *s;
     MDB_dbi dbi;
     MDB_cursor *cur;

@@ -187,8 +187,14 @@ void sse_start(struct req *r, const char *stream, uint64_t from)
     s->a = a;
     s->next = from;
     snprintf(s->dbi, sizeof s->dbi, PROJ_STREAM_PREFIX "%s", stream);
-    s->by_type = query_get(r, "type", s->types, sizeof s->types);
-    s->by_key = query_get(r, "key", s->key, sizeof s->key);
+    int by_type = query_param(r, "type", s->types, sizeof s->types);
+    int by_key = by_type < 0 ? -1 : query_param(r, "key", s->key, sizeof s->key);
+    if (by_key < 0) { /* answered */
+        free(s);
+        return;
+    }
+    s->by_type = by_type;
+    s->by_key = by_key;
     s->key_n = strlen(s->key);
     s->any_tenant = r->any_tenant;
     snprintf(s->tenant, sizeof s->tenant, "%s", r->tok.tenant);

@@ -191,6 +191,10 @@ get "$READ" '/v1/devices?limit=1001'
 expect "limit over 1000" 400 "$(err invalid_parameter 'limit must be an integer in 0..1000' limit)"
 get "$READ" '/v1/devices?limit=-1'
 expect "negative limit" 400 "$(err invalid_parameter 'limit must be an integer in 0..1000' limit)"
+get "$READ" '/v1/devices?limit=%zz'
+expect "a limit with a bad escape" 400 "$(err invalid_parameter 'limit must be an integer in 0..1000' limit)"
+get "$READ" '/v1/devices?cursor=%zz'
+expect "a cursor with a bad escape" 400 "$(err invalid_parameter 'the cursor is not one this API gave' cursor)"
 get "$READ" '/v1/orders/o-skip'
 expect_jq "orders view item" 200 '.item.order_id == "o-skip" and .item.tenant == "acme"'
 get "$READ" '/v1/orders'
@@ -218,6 +222,14 @@ get "$READ" '/v1/streams/orders?type=other'
 expect_jq "stream page: a type filter matching nothing" 200 '.events == [] and .next == 2'
 get "$READ" '/v1/streams/orders?key=o-2'
 expect_jq "stream page: a key filter matching nothing" 200 '.events == []'
+# A filter that does not decode is refused, not dropped (which would return
+# the whole stream).
+get "$READ" "/v1/streams/orders?key=$(printf 'k%.0s' $(seq 257))"
+expect "stream page: a key over 256 bytes" 400 "$(err invalid_parameter 'key must be at most 256 bytes, percent-encoded, without NUL' key)"
+get "$READ" '/v1/streams/orders?type=order.%zz'
+expect "stream page: a type with a bad escape" 400 "$(err invalid_parameter 'type must be at most 1023 bytes, percent-encoded, without NUL' type)"
+get "$READ" '/v1/streams/orders?key=o%00' -H 'Accept: text/event-stream'
+expect "SSE: a key with a NUL" 400 "$(err invalid_parameter 'key must be at most 256 bytes, percent-encoded, without NUL' key)"
 get "$READ" /v1/streams/nope
 expect "unknown stream" 404 "$(err not_found 'no stream nope' stream)"
 get "$READ" '/v1/streams/orders?from=x'
