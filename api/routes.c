@@ -150,16 +150,24 @@ bool query_get(const struct req *r, const char *name, char *out, size_t cap)
     return false;
 }
 
-int query_param(struct req *r, const char *name, char *out, size_t cap)
+/* query_param without the answer: 1 present, 0 absent, -1 refused. */
+static int query_param_quiet(struct req *r, const char *name, char *out, size_t cap)
 {
     const char *v;
     size_t vn;
     if (!query_find(r, name, &v, &vn)) {
-        out[0] = '\0';
+        if (cap)
+            out[0] = '\0';
         return 0;
     }
-    if (pct_decode(v, vn, out, cap, true))
-        return 1;
+    return pct_decode(v, vn, out, cap, true) ? 1 : -1;
+}
+
+int query_param(struct req *r, const char *name, char *out, size_t cap)
+{
+    int got = query_param_quiet(r, name, out, cap);
+    if (got >= 0)
+        return got;
     http_error(r, 400, "invalid_parameter", name,
                "%s must be at most %zu bytes, percent-encoded, without NUL", name, cap - 1);
     return -1;
@@ -464,9 +472,35 @@ bool routes_precheck(struct req *r)
     return true;
 }
 
+/* A handler route's query parameters. A value that does not decode into
+ * the handler's buffer (too long, a bad escape, a NUL) is remembered, and
+ * the route answers 400 naming it whatever the handler made of the
+ * request: taking it as absent would widen the query (a dropped `fence`
+ * filter returns every fence's hits). */
+struct route_params {
+    struct req *r;
+    char refused[64];
+};
+
 static bool param_cb(void *arg, const char *name, char *out, size_t cap)
 {
-    return query_get(arg, name, out, cap);
+    struct route_params *rp = arg;
+    int got = query_param_quiet(rp->r, name, out, cap);
+    if (got < 0 && !rp->refused[0])
+        snprintf(rp->refused, sizeof rp->refused, "%s", name);
+    return got > 0;
+}
+
+/* Answers 400 for the first refused parameter; true when it did. */
+static bool params_refused(struct req *r, const struct route_params *rp)
+{
+    if (!rp->refused[0])
+        return false;
+    /* No byte count: a handler sizes its buffer one or two past its own
+     * limit (to tell "too long" apart), which the README gives per route. */
+    http_error(r, 400, "invalid_parameter", rp->refused,
+               "%s is too long for this route, or has a bad %%-escape or a NUL", rp->refused);
+    return true;
 }
 
 /* GET: the handler answers from a snapshot. POST: the handler turns the
@@ -474,8 +508,9 @@ static bool param_cb(void *arg, const char *name, char *out, size_t cap)
 static void handler_route(struct req *r, const struct handler *h, const struct handler_route *hr,
                           char **args)
 {
+    struct route_params rp = {.r = r};
     struct hread rd = {
-        .h = h, .tenant = r->any_tenant ? NULL : r->tok.tenant, .param = param_cb, .arg = r};
+        .h = h, .tenant = r->any_tenant ? NULL : r->tok.tenant, .param = param_cb, .arg = &rp};
     struct cairn_error e;
     bool answered;
     if (r->method == HTTP_GET && (wait_min_seq(r, &answered) || answered))
@@ -490,7 +525,9 @@ static void handler_route(struct req *r, const struct handler *h, const struct h
         cairn_buf_init(&b, 64u << 20);
         int status = hr->get(&rd, args, &b, &e);
         proj_snap_end(rd.snap);
-        if (status >= 400)
+        if (params_refused(r, &rp))
+            ;
+        else if (status >= 400)
             http_error_from(r, status, &e);
         else
             json_reply(r, status, &b);
@@ -509,7 +546,9 @@ static void handler_route(struct req *r, const struct handler *h, const struct h
         cairn_error_set(&e, "invalid_json", "", "the body is not JSON: %s", je.text);
     proj_snap_end(rd.snap);
     json_decref(body);
-    if (status)
+    if (params_refused(r, &rp))
+        ;
+    else if (status)
         http_error_from(r, status >= 400 ? status : 400, &e);
     else
         api_post_object(r, event);

@@ -177,6 +177,14 @@ get "$READ" '/v1/violations?limit=x'
 expect "limit not a number" 400 "$(err invalid_parameter 'limit must be an integer in 0..1000' limit)"
 get "$READ" '/v1/violations?cursor=abc'
 expect "a cursor that is not hex" 400 "$(err invalid_parameter 'the cursor is not one this API gave' cursor)"
+# A filter that does not decode is refused, not taken as absent (which would
+# widen the page to every violation).
+get "$READ" "/v1/violations?resource_id=$(printf 'r%.0s' $(seq 600))"
+expect "a resource_id filter over 511 bytes (the buffer)" 400 \
+    "$(err invalid_parameter 'resource_id is too long for this route, or has a bad %-escape or a NUL' resource_id)"
+get "$READ" '/v1/violations?severity=high&control=2.1%zz'
+expect "a control filter with a bad escape" 400 \
+    "$(err invalid_parameter 'control is too long for this route, or has a bad %-escape or a NUL' control)"
 
 # ---------------------------------------------------------------- posture
 

@@ -230,6 +230,14 @@ get "$READ" '/v1/streams/orders?type=order.%zz'
 expect "stream page: a type with a bad escape" 400 "$(err invalid_parameter 'type must be at most 1023 bytes, percent-encoded, without NUL' type)"
 get "$READ" '/v1/streams/orders?key=o%00' -H 'Accept: text/event-stream'
 expect "SSE: a key with a NUL" 400 "$(err invalid_parameter 'key must be at most 256 bytes, percent-encoded, without NUL' key)"
+# The same holds for a handler's own route parameters: a dropped fence
+# filter would answer every hit of the device.
+get "$READ" "/v1/geofence/hits?device=d-1&fence=$(printf 'f%.0s' $(seq 600))"
+expect "handler route: a fence filter over its buffer" 400 \
+    "$(err invalid_parameter 'fence is too long for this route, or has a bad %-escape or a NUL' fence)"
+get "$READ" '/v1/nearby?lat=1&lon=2&radius_m=10&limit=%zz'
+expect "handler route: a limit with a bad escape" 400 \
+    "$(err invalid_parameter 'limit is too long for this route, or has a bad %-escape or a NUL' limit)"
 get "$READ" /v1/streams/nope
 expect "unknown stream" 404 "$(err not_found 'no stream nope' stream)"
 get "$READ" '/v1/streams/orders?from=x'
