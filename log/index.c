@@ -12,17 +12,20 @@
  *  - the index is written by the indexer thread (below), in one transaction
  *    that spans many group commits: it commits (MDB_NOSYNC: its pages reach
  *    the disk when the OS writes them back) every CAIRN_INDEX_COMMIT_EVENTS
- *    events or CAIRN_INDEX_COMMIT_NS, and whenever the writer's queue
- *    empties. Each random-key B-tree page is then copied and written once
+ *    events or CAIRN_INDEX_COMMIT_NS, and when the writer's queue stays
+ *    empty (writer.c). Each random-key B-tree page is then copied and written once
  *    per index commit instead of once per group commit (most pages are
  *    touched by many batches). Duplicates and expected_seq are decided by
  *    the indexer in that open transaction, so never against a stale
  *    index; other readers
  *    see the last index commit and scan the log past `meta.indexed`
  *    (log.c: entity reads), so they never miss an event either;
- *  - `meta.indexed` (in the index) says how far it covers the log. After a
- *    process crash the OS still has every page, so the index is intact and
- *    at most one batch behind: log_index_catch_up re-indexes the tail.
+ *  - `meta.indexed` (in the index) says how far it covers the log: every
+ *    entry of an event up to it is in the index (some later ones may be
+ *    too, see ix_covered). After a process crash the OS still has every
+ *    page, so the index is intact as of its last commit: log_index_catch_up
+ *    re-indexes the tail past `indexed` (putting an entry that is already
+ *    there changes nothing).
  *  - After an OS crash unsynced pages may be lost or torn, so the index is
  *    trusted across a reboot only if it was closed cleanly (synced, with
  *    `meta.clean` set); otherwise it is dropped and rebuilt from the log.
@@ -132,11 +135,20 @@ void log_index_drop(struct log *log)
         log->index_stale = true; /* those batches are in the log, not the index */
 }
 
+/* The seq the indexer last settled durable (index.c, ix_settle): with
+ * every write-behind entry put, the index covers the log up to it. */
+static uint64_t ix_settled(struct log *log);
+/* The transaction was committed: no commit is due any more. */
+static void ix_committed(struct log *log);
+
 int log_index_flush_here(struct log *log)
 {
     if (!log->itxn)
         return 0;
     int rc = wb_flush(log); /* everything decided goes in before the commit */
+    uint64_t settled = ix_settled(log);
+    if (!rc && settled)
+        rc = log_index_mark(log, log->itxn, settled);
     if (rc) {
         log_index_drop(log);
         log->index_stale = true;
@@ -144,18 +156,19 @@ int log_index_flush_here(struct log *log)
     }
     rc = cairn_env_write_commit(log->ienv, log->itxn);
     log->itxn = NULL;
+    ix_committed(log);
     if (rc)
         log->index_stale = true;
     return rc;
 }
 
-int log_index_added(struct log *log, size_t n)
+/* Counts n settled events into the open transaction; whether it is due
+ * for a commit (CAIRN_INDEX_COMMIT_*). */
+static bool index_added(struct log *log, size_t n)
 {
     log->itxn_events += n;
-    if (log->itxn_events >= CAIRN_INDEX_COMMIT_EVENTS ||
-        mono_ns() - log->itxn_began >= CAIRN_INDEX_COMMIT_NS)
-        return log_index_flush_here(log);
-    return 0;
+    return log->itxn_events >= CAIRN_INDEX_COMMIT_EVENTS ||
+           mono_ns() - log->itxn_began >= CAIRN_INDEX_COMMIT_NS;
 }
 
 /* ====================================================================== the indexer thread */
@@ -172,15 +185,20 @@ int log_index_added(struct log *log, size_t n)
  *               entries go into the write-behind table (below); when that
  *               holds a run worth sorting, the indexer puts it into the
  *               transaction while the writer goes on.
- *   ix_confirm  (waits) after the log commit: the indexer finishes the
+ *   ix_confirm  (posted) after the log commit: the indexer finishes the
  *               puts; if the batch is durable it prunes expired ids, marks
- *               `indexed` and commits when CAIRN_INDEX_COMMIT_* says so;
- *               if not, it drops its transaction and the index is rebuilt
- *               from the log before the next check.
+ *               `indexed` and, when CAIRN_INDEX_COMMIT_* says so, has the
+ *               transaction committed right after the next check's
+ *               decisions (while the writer encodes and commits that
+ *               batch); if not, it drops its transaction and the index is
+ *               rebuilt from the log before the next check. The writer
+ *               does not wait for any of it: the producers of the batch
+ *               are told their seqs as soon as the log commit returned.
  *
  * The transaction is begun, used and ended on the indexer thread only, as
- * LMDB requires. Every call is synchronous, so the writer's view is never
- * stale: a check sees every batch before it, committed or not.
+ * LMDB requires. A check waits for the indexer to be idle (the confirm
+ * before it settled), so the writer's view is never stale: a check sees
+ * every batch before it, committed or not.
  */
 
 /* ---- write-behind: decided entries, put a sorted run at a time ---- */
@@ -196,9 +214,12 @@ int log_index_added(struct log *log, size_t n)
  * leaf and the pages above it stay in cache, and LMDB skips the search
  * from the root while a key falls in the cursor's page), where one put per
  * event in event order was a random walk each (most of the indexer's CPU).
- * The table and the run are always emptied into the transaction before it commits, and
- * forgotten with it when it is dropped, so the index's content and
- * `meta.indexed` mean what they meant before. dedup entries go through a
+ * A commit that CAIRN_INDEX_COMMIT_* makes due does not wait for the table
+ * and the run to be put (up to 65 536 puts, which held the writer tens of
+ * milliseconds once a second): `indexed` is then marked below the lowest
+ * seq they hold (ix_covered), so readers scan the log from there. A flush
+ * (the writer idle, log_close) puts everything first and marks the whole
+ * log. Both are forgotten with the transaction when it is dropped. dedup entries go through a
  * table of the same kind that is put after every check (sorted within the
  * batch), so that pruning sees every id when it did before.
  */
@@ -451,12 +472,16 @@ struct log_ix {
     int64_t wall, max_time; /* in: the clock before the batch; out: after it */
     uint64_t head_seq;      /* the seq before the batch */
     bool durable;           /* confirm: the log committed the batch */
+    uint64_t confirm_head;  /* confirm: the log's head after it */
     bool in_batch;          /* between a check and its confirm: no commit may happen */
     int put_rc;             /* the puts' outcome */
     struct wb wb;           /* keys entries decided, not yet put (indexer thread only) */
     struct wb run;          /* a sealed (sorted) table of keys entries being put */
     size_t run_at;          /* its records before this one are in the transaction */
+    uint64_t run_min;       /* the lowest seq in the run (its first before sorting) */
     struct wb ids;          /* the batch's dedup entries, put after every check */
+    uint64_t settled;       /* the head after the last batch settled durable (0: none) */
+    bool commit_due;        /* a settle found CAIRN_INDEX_COMMIT_* reached */
 };
 
 /* ---- deciding a batch (the writer waits for this) ---- */
@@ -596,6 +621,7 @@ static int ix_put(struct log *log, struct log_ix *x)
         x->run = x->wb;
         x->wb = t;
         x->run_at = 0;
+        x->run_min = x->run.rec[0].seq; /* the table is in seq order until sealed */
         rc = wb_seal(log, &x->run, log->itxn);
     }
     if (!rc && x->run.n) {
@@ -633,7 +659,37 @@ static void wb_clear(struct log *log)
         wb_reset(&log->ix->wb);
         wb_reset(&log->ix->run);
         wb_reset(&log->ix->ids);
+        log->ix->commit_due = false;
     }
+}
+
+static void ix_committed(struct log *log)
+{
+    if (log->ix)
+        log->ix->commit_due = false;
+}
+
+static uint64_t ix_settled(struct log *log)
+{
+    return log->ix ? log->ix->settled : 0;
+}
+
+/* How far the transaction covers the log once `head` is settled: up to
+ * the lowest seq whose entries are still in the write-behind (the table
+ * is in seq order; the run is sorted by key, so its lowest seq is kept
+ * from before). An index commit then needs no put of them first: after a
+ * crash, log_index_catch_up re-puts (indexed, head], and every put is
+ * idempotent (the same dedup value, the same keys duplicate). */
+static uint64_t ix_covered(const struct log_ix *x, uint64_t head)
+{
+    uint64_t low = head + 1;
+    if (x->run.n && x->run_min < low)
+        low = x->run_min;
+    if (x->wb.n && x->wb.rec[0].seq < low)
+        low = x->wb.rec[0].seq;
+    if (x->ids.n && x->ids.rec[0].seq < low)
+        low = x->ids.rec[0].seq;
+    return low - 1;
 }
 
 /* Forgets ids whose event time left the window, a bounded number a batch. */
@@ -669,15 +725,17 @@ static int ix_settle(struct log *log, struct log_ix *x)
 {
     int rc = x->put_rc;
     if (x->durable && !rc) {
-        uint64_t head = x->head_seq;
-        for (size_t i = 0; i < x->n; i++)
-            if (!x->res[i].rc && !x->res[i].duplicate)
-                head = x->res[i].seq;
         rc = dedup_prune(log, x->max_time);
         if (!rc)
-            rc = log_index_mark(log, log->itxn, head);
-        if (!rc)
-            return log_index_added(log, x->n);
+            rc = log_index_mark(log, log->itxn, ix_covered(x, x->confirm_head));
+        if (!rc) {
+            x->settled = x->confirm_head;
+            /* The commit waits for the next check's decisions (ix_main):
+             * the writer is not held for it. */
+            if (index_added(log, x->n))
+                x->commit_due = true;
+            return 0;
+        }
     }
     /* The batch is not in the log (the transaction holds its puts), or the
      * index failed to take a durable batch. Either way the transaction
@@ -717,10 +775,31 @@ static void *ix_main(void *arg)
             x->busy = false;
             pthread_cond_broadcast(&x->cv);
             pthread_mutex_unlock(&x->mu);
+            if (!rc && x->commit_due) {
+                /* The commit an earlier settle found due, now that the
+                 * writer has its decisions and encodes and commits the
+                 * batch meanwhile. Nothing of this batch is in the
+                 * transaction yet (its entries are in the write-behind
+                 * until ix_put), so the commit holds the settled batches
+                 * exactly, as `indexed` says. */
+                x->commit_due = false;
+                rc = cairn_env_write_commit(log->ienv, log->itxn);
+                log->itxn = NULL;
+                if (rc)
+                    log->index_stale = true; /* the settle drops the rest */
+                else
+                    rc = log_index_begin(log);
+            }
             if (!rc) {
                 int prc = ix_put(log, x);
                 pthread_mutex_lock(&x->mu);
                 x->put_rc = prc;
+                x->putting = false;
+                pthread_cond_broadcast(&x->cv);
+                pthread_mutex_unlock(&x->mu);
+            } else {
+                pthread_mutex_lock(&x->mu);
+                x->put_rc = rc;
                 x->putting = false;
                 pthread_cond_broadcast(&x->cv);
                 pthread_mutex_unlock(&x->mu);
@@ -750,14 +829,21 @@ static void *ix_main(void *arg)
     return NULL;
 }
 
-/* Posts a command and waits for its answer (for a check: the decisions;
- * the puts go on). */
+/* Waits until the indexer is idle (its last command answered, its puts
+ * and any settle done). Called with mu held. */
+static void ix_idle(struct log_ix *x)
+{
+    while (x->busy || x->putting || x->cmd != IX_NONE)
+        pthread_cond_wait(&x->cv, &x->mu);
+}
+
+/* Posts a command to the idle indexer and waits for its answer (for a
+ * check: the decisions; the puts go on). */
 static int ix_call(struct log *log, enum ix_cmd cmd)
 {
     struct log_ix *x = log->ix;
     pthread_mutex_lock(&x->mu);
-    while (x->busy || x->putting)
-        pthread_cond_wait(&x->cv, &x->mu);
+    ix_idle(x);
     x->cmd = cmd;
     x->busy = true;
     pthread_cond_broadcast(&x->cv);
@@ -772,22 +858,45 @@ int log_ix_check(struct log *log, const struct log_input *in, struct log_result 
                  int64_t wall, int64_t *max_time)
 {
     struct log_ix *x = log->ix;
-    x->in = in; /* the indexer is idle: ix_call waits for that before posting */
+    pthread_mutex_lock(&x->mu);
+    ix_idle(x); /* the last confirm may still be settling */
+    x->in = in;
     x->res = res;
     x->n = n;
     x->wall = wall;
     x->max_time = *max_time;
     x->head_seq = log->head_seq;
     x->put_rc = 0;
-    int rc = ix_call(log, IX_CHECK);
+    x->cmd = IX_CHECK;
+    x->busy = true;
+    pthread_cond_broadcast(&x->cv);
+    while (x->busy)
+        pthread_cond_wait(&x->cv, &x->mu);
+    int rc = x->rc;
     *max_time = x->max_time;
+    pthread_mutex_unlock(&x->mu);
     return rc;
 }
 
+/* Posted, not waited for: the producers of a durable batch are told their
+ * seqs as soon as the log commit returned, while the indexer finishes the
+ * batch's puts and settles it (the next call waits for that). The settle
+ * reads only what is copied here and what the check left in x, never the
+ * caller's inputs or results. Its outcome needs no answer: a failure
+ * leaves the index stale, rebuilt from the log before the next check. */
 int log_ix_confirm(struct log *log, bool durable)
 {
-    log->ix->durable = durable;
-    return ix_call(log, IX_CONFIRM);
+    struct log_ix *x = log->ix;
+    pthread_mutex_lock(&x->mu);
+    while (x->busy || x->cmd != IX_NONE) /* the check's answer is taken; puts may go on */
+        pthread_cond_wait(&x->cv, &x->mu);
+    x->durable = durable;
+    x->confirm_head = log->head_seq;
+    x->cmd = IX_CONFIRM;
+    x->busy = true;
+    pthread_cond_broadcast(&x->cv);
+    pthread_mutex_unlock(&x->mu);
+    return 0;
 }
 
 int log_index_flush(struct log *log)
@@ -879,8 +988,11 @@ int log_index_catch_up(struct log *log)
             continue;
         indexed = to;
     }
-    if (!rc)
+    if (!rc) {
         log->index_stale = false;
+        if (log->ix)
+            log->ix->settled = log->head_seq;
+    }
     return rc;
 }
 

@@ -62,7 +62,7 @@ struct log_config {
 /* Opens the log. Checks the format version and reads the head. */
 int log_open(struct log **out, const struct log_config *cfg);
 /* Commits the index entries of the appends so far (the writer does this
- * when its queue empties and when it stops; the indexer thread when
+ * when its queue stays empty for 20 ms and when it stops; the indexer thread when
  * CAIRN_INDEX_COMMIT_* is reached; log_close always). A failure only leaves
  * the index behind the log: it is rebuilt from the log before the next
  * append. Waits for the indexer. Between a batch's decision and its

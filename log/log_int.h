@@ -61,9 +61,6 @@ int log_index_put(struct log *log, MDB_txn *itxn, const struct cairn_str *tenant
                   uint64_t seq);
 /* Begins the index transaction unless one is open. */
 int log_index_begin(struct log *log);
-/* Counts n appended events into the open index transaction and commits
- * it when CAIRN_INDEX_COMMIT_* is reached. */
-int log_index_added(struct log *log, size_t n);
 /* Commits the open index transaction in the calling thread. */
 int log_index_flush_here(struct log *log);
 /* The indexer thread: started by log_open for a writer, stopped (after
@@ -75,7 +72,8 @@ void log_ix_stop(struct log *log);
  * indexer then writes the batch's entries while the caller commits. */
 int log_ix_check(struct log *log, const struct log_input *in, struct log_result *res, size_t n,
                  int64_t wall, int64_t *max_time);
-/* After the log commit (durable or not): the indexer keeps or drops it. */
+/* After the log commit (durable or not): the indexer keeps or drops it.
+ * Posted, not waited for (the next call to the indexer waits). */
 int log_ix_confirm(struct log *log, bool durable);
 /* The seq of the last event of tenant + key in txn (0: none). */
 int log_last_of(MDB_txn *txn, MDB_dbi keys, const struct cairn_str *tenant,

@@ -8,7 +8,9 @@
  *    from the test, so the writer thread is stuck in its next write
  *    transaction and cannot drain the queue;
  *  - the map grows from 1 MiB to hold ~20 MiB;
- *  - one writing process per log: a second is refused, readers are not.
+ *  - one writing process per log: a second is refused, readers are not;
+ *  - a process killed after an index commit that held entries past
+ *    `indexed`: reopening re-indexes them without doubling any.
  */
 #include "log_test.h"
 
@@ -538,13 +540,155 @@ static void test_second_writer(void **state)
     scratch_free(dir);
 }
 
+/* ====================================================================== a crash, the index lagging
+ */
+
+enum { LAG_BATCH = 1000, LAG_BATCHES = 36, LAG_KEYS = 997 };
+
+/* Index DBI entries and `indexed` of a log no process has open. */
+static void index_raw(const char *dir, size_t *keys, size_t *dedup, uint64_t *indexed)
+{
+    char path[600];
+    snprintf(path, sizeof path, "%s/index", dir);
+    MDB_env *env = raw_open(path, MDB_RDONLY);
+    MDB_txn *txn;
+    MDB_dbi dbi;
+    MDB_stat st;
+    MDB_val k = {7, "indexed"}, v;
+    assert_int_equal(mdb_txn_begin(env, NULL, MDB_RDONLY, &txn), 0);
+    assert_int_equal(mdb_dbi_open(txn, "keys", 0, &dbi), 0);
+    assert_int_equal(mdb_stat(txn, dbi, &st), 0);
+    *keys = st.ms_entries;
+    assert_int_equal(mdb_dbi_open(txn, "dedup", 0, &dbi), 0);
+    assert_int_equal(mdb_stat(txn, dbi, &st), 0);
+    *dedup = st.ms_entries;
+    assert_int_equal(mdb_dbi_open(txn, "meta", 0, &dbi), 0);
+    assert_int_equal(mdb_get(txn, dbi, &k, &v), 0);
+    *indexed = cairn_be64_get(v.mv_data);
+    mdb_txn_abort(txn);
+    mdb_env_close(env);
+}
+
+static void lag_input(struct tin *t, unsigned i)
+{
+    char key[16], id[16];
+    snprintf(key, sizeof key, "k%u", i % LAG_KEYS);
+    snprintf(id, sizeof id, "id-%u", i);
+    tin_setj(t, "acme", key, id, T0 + (int64_t)i * 1000, "{}");
+}
+
+/* The index commits while entries of earlier batches are still in its
+ * write-behind (log/index.c: `indexed` then stops below the lowest of
+ * them, though the commit holds some later entries), and the process dies
+ * without closing the log. Reopening re-indexes past `indexed`: the entries
+ * already there are put again without being doubled, and every entity read,
+ * expected_seq and id retry answers as if nothing had happened. */
+static void test_crash_lagging_index(void **state)
+{
+    (void)state;
+    char dir[512];
+    scratch_new(dir, sizeof dir);
+    fflush(NULL);
+    pid_t pid = fork();
+    assert_true(pid >= 0);
+    if (pid == 0) {
+        struct log *log = NULL;
+        struct log_config cfg = {.dir = dir};
+        if (log_open(&log, &cfg))
+            child_exit(10);
+        struct tin *t = calloc(LAG_BATCH, sizeof *t);
+        struct log_input *in = calloc(LAG_BATCH, sizeof *in);
+        struct log_result *res = calloc(LAG_BATCH, sizeof *res);
+        if (!t || !in || !res)
+            child_exit(11);
+        for (unsigned b = 0; b < LAG_BATCHES; b++) {
+            /* past a sealed run of keys entries (32 768), the index
+             * transaction is made due for a commit by its clock (1 s) */
+            if (b == LAG_BATCHES - 3)
+                sleep_ms(1100);
+            for (unsigned i = 0; i < LAG_BATCH; i++) {
+                lag_input(&t[i], b * LAG_BATCH + i);
+                in[i] = t[i].in;
+            }
+            if (log_append(log, in, res, LAG_BATCH))
+                child_exit(12);
+            for (unsigned i = 0; i < LAG_BATCH; i++) {
+                if (res[i].rc || res[i].seq != (uint64_t)b * LAG_BATCH + i + 1)
+                    child_exit(13);
+                tin_free(&t[i]);
+            }
+        }
+        child_exit(0); /* no log_close: a crash of the process */
+    }
+    int status;
+    assert_int_equal(waitpid(pid, &status, 0), pid);
+    assert_true(WIFEXITED(status));
+    assert_int_equal(WEXITSTATUS(status), 0);
+
+    const uint64_t n = (uint64_t)LAG_BATCH * LAG_BATCHES;
+    size_t keys, dedup;
+    uint64_t indexed;
+    index_raw(dir, &keys, &dedup, &indexed);
+    /* the last commit holds entries past what it says it covers */
+    if (!(keys > indexed && keys < n))
+        fail_msg("before reopening: %zu keys entries, indexed %llu", keys,
+                 (unsigned long long)indexed);
+
+    struct log *log = open_log(dir, 0);
+    assert_int_equal(head_seq(log), n);
+    assert_int_equal(dbi_entries(log, "keys"), n);
+    assert_int_equal(dbi_entries(log, "dedup"), n);
+    struct log_snap *s;
+    assert_int_equal(log_snap_begin(log, &s), 0);
+    for (unsigned k = 0; k < LAG_KEYS; k += 7) {
+        char key[16];
+        snprintf(key, sizeof key, "k%u", k);
+        struct cairn_str tn = {"acme", 4}, kn = {key, strlen(key)};
+        uint64_t last = 0, want = 0, count = 0, prev = 0;
+        for (uint64_t i = k; i < n; i += LAG_KEYS)
+            want = i + 1;
+        assert_int_equal(log_snap_last_of(s, &tn, &kn, &last), 0);
+        assert_int_equal(last, want);
+        struct log_iter *it;
+        struct log_event ev;
+        assert_int_equal(log_iter_open(s, 1, &tn, &kn, &it), 0);
+        while (log_iter_next(it, &ev) == 0) {
+            assert_int_equal(ev.seq, prev ? prev + LAG_KEYS : k + 1);
+            prev = ev.seq;
+            count++;
+        }
+        log_iter_close(it);
+        assert_int_equal(count, (n - k + LAG_KEYS - 1) / LAG_KEYS);
+    }
+    log_snap_end(s);
+    /* retries of ids from the start, the middle and the end; expected_seq */
+    struct tin t = {{{0}}};
+    for (unsigned i = 0; i < n; i += 4999) {
+        lag_input(&t, i);
+        struct log_result r = append1(log, &t);
+        assert_true(r.duplicate);
+        assert_int_equal(r.seq, i + 1);
+        tin_free(&t);
+    }
+    tin_setj(&t, "acme", "k5", "new", T0 + (int64_t)n * 1000, "{}");
+    for (uint64_t i = 5; i < n; i += LAG_KEYS)
+        t.in.expected_seq = (int64_t)i + 1; /* k5's last */
+    struct log_result r = append1(log, &t);
+    if (r.rc)
+        fail_msg("expected_seq %lld: rc %d, actual %llu", (long long)t.in.expected_seq, r.rc,
+                 (unsigned long long)r.actual_seq);
+    assert_int_equal(r.seq, n + 1);
+    tin_free(&t);
+    log_close(log);
+    scratch_free(dir);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_producers),
-        cmocka_unit_test(test_queue_full),
-        cmocka_unit_test(test_map_growth),
-        cmocka_unit_test(test_second_writer),
+        cmocka_unit_test(test_producers),           cmocka_unit_test(test_queue_full),
+        cmocka_unit_test(test_map_growth),          cmocka_unit_test(test_second_writer),
+        cmocka_unit_test(test_crash_lagging_index),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
