@@ -39,6 +39,8 @@
  */
 #include "log_int.h"
 
+#include <errno.h>
+#include <fcntl.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -54,6 +56,53 @@ static void boot_id(char out[64])
     if (f)
         fclose(f);
     out[n] = '\0';
+}
+
+/*
+ * The writer's index environment is written through its map (MDB_WRITEMAP):
+ * LMDB then puts new pages straight into the mapped file instead of into
+ * malloc'ed copies that it writes out at commit — no search of the
+ * transaction's dirty list (thousands of pages in a transaction that spans
+ * many batches) per page visited, no copy and pwrite of every dirty page
+ * per commit. Nothing about durability changes: the index was never
+ * synced at commit (MDB_NOSYNC), a process crash leaves its pages with the
+ * OS either way, and a clean close syncs it (mdb_env_sync writes the map
+ * back). Aborted transactions stay invisible: LMDB still copies on write.
+ *
+ * The catch: with MDB_WRITEMAP, LMDB extends the file to the whole map at
+ * every (re)map as a sparse file, and a store into a page the disk has no
+ * block for would be a SIGBUS, not an error. So the map is reserved on disk
+ * (posix_fallocate) before a write transaction may use it: ienv_write_begin
+ * checks, inside the transaction (the map cannot change under it), that
+ * the whole map is reserved, reserves what a grow added, and refuses with
+ * CAIRN_EIO — before anything is written — when the disk cannot hold it.
+ * That fails the batch's check as a failed index commit did. The data file
+ * is then as large as the map (up to twice the pages used) on disk.
+ */
+static int ienv_write_begin(struct log *log, MDB_txn **txn)
+{
+    int rc = cairn_env_write_begin(log->ienv, txn);
+    if (rc)
+        return rc;
+    MDB_envinfo info;
+    int fd;
+    if (mdb_env_info(cairn_env_mdb(log->ienv), &info) ||
+        mdb_env_get_fd(cairn_env_mdb(log->ienv), &fd)) {
+        cairn_env_write_abort(log->ienv, *txn);
+        return CAIRN_EDB;
+    }
+    if (info.me_mapsize <= log->ireserved)
+        return 0;
+    int err = posix_fallocate(fd, 0, (off_t)info.me_mapsize);
+    if (err) {
+        cairn_env_write_abort(log->ienv, *txn);
+        fprintf(stderr,
+                "cairn: log index %s/index: cannot reserve %llu MiB of disk for its map: %s\n",
+                log->cfg.dir, (unsigned long long)(info.me_mapsize >> 20), strerror(err));
+        return CAIRN_EIO;
+    }
+    log->ireserved = info.me_mapsize;
+    return 0;
 }
 
 static int meta_get_u64(struct log *log, MDB_txn *txn, const char *name, uint64_t *v)
@@ -109,7 +158,7 @@ int log_index_begin(struct log *log)
 {
     if (log->itxn)
         return 0;
-    int rc = cairn_env_write_begin(log->ienv, &log->itxn);
+    int rc = ienv_write_begin(log, &log->itxn);
     if (rc) {
         log->itxn = NULL;
         return rc;
@@ -948,7 +997,7 @@ static int index_chunk(struct log *log, uint64_t from, uint64_t to)
     int rc = log_snap_begin(log, &s);
     if (rc)
         return rc;
-    if ((rc = cairn_env_write_begin(log->ienv, &itxn))) {
+    if ((rc = ienv_write_begin(log, &itxn))) {
         log_snap_end(s);
         return rc;
     }
@@ -1005,7 +1054,7 @@ static int index_trust(struct log *log)
     MDB_txn *txn;
     MDB_val k = {4, "boot"}, v;
     boot_id(boot);
-    int rc = cairn_env_write_begin(log->ienv, &txn);
+    int rc = ienv_write_begin(log, &txn);
     if (rc)
         return rc;
     if (mdb_get(txn, log->imeta, &k, &v) == 0 && v.mv_size < sizeof stored) {
@@ -1058,12 +1107,13 @@ int log_index_open(struct log *log)
     if (snprintf(dir, sizeof dir, "%s/index", log->cfg.dir) >= (int)sizeof dir)
         return CAIRN_EINVAL;
     int rc = cairn_env_open(&log->ienv, dir, 8, log->cfg.map_size,
-                            ro ? MDB_RDONLY : MDB_NOSYNC | MDB_NOMETASYNC);
+                            ro ? MDB_RDONLY
+                               : MDB_NOSYNC | MDB_NOMETASYNC | MDB_WRITEMAP | MDB_NORDAHEAD);
     if (rc) {
         log->ienv = NULL;
         return ro ? 0 : rc; /* a reader of a log never indexed: entity reads fail */
     }
-    rc = ro ? cairn_env_read_begin(log->ienv, &txn) : cairn_env_write_begin(log->ienv, &txn);
+    rc = ro ? cairn_env_read_begin(log->ienv, &txn) : ienv_write_begin(log, &txn);
     if (rc)
         return rc;
     rc = open_index_dbis(log, txn);
@@ -1090,7 +1140,7 @@ void log_index_close(struct log *log)
     log_ix_stop(log); /* commits the open index transaction */
     /* A clean close: everything synced, so the index survives a reboot. */
     if (!log->cfg.readonly && !log->index_stale && !mdb_env_sync(cairn_env_mdb(log->ienv), 1) &&
-        !cairn_env_write_begin(log->ienv, &txn)) {
+        !ienv_write_begin(log, &txn)) {
         uint8_t one[8] = {0, 0, 0, 0, 0, 0, 0, 1};
         MDB_val k = {5, "clean"}, v = {8, one};
         if (mdb_put(txn, log->imeta, &k, &v, 0)) {

@@ -19,6 +19,7 @@ struct log {
     struct cairn_env *ienv; /* DATA/log/index (NULL: a reader found none) */
     MDB_dbi keys, dedup, dedup_at, imeta; /* in ienv: derived, see index.c */
     bool index_stale;                     /* the index lags the log: catch up before use */
+    uint64_t ireserved;                   /* bytes of the index file reserved on disk */
     /* The open index transaction, kept across group commits (see
      * CAIRN_INDEX_COMMIT_*), begun, used and ended on the indexer thread
      * only (index.c); NULL ix: a reader, or before the thread starts. */
