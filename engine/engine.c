@@ -36,7 +36,8 @@
  * of 1 000 resources) would otherwise make one transaction of far more
  * dirty pages than LMDB keeps unspilled (131 072), and past that every
  * write costs about twice as much. Checked after each input, so a single
- * input may go over it. */
+ * input may go over it. proj_txn_full also ends a transaction early when
+ * its writes could fill the state's map (a full map aborts the batch). */
 #define APPLY_WRITES_MAX 131072
 #define HANDLERS_MAX 64
 /* Distinct event types whose consumers are remembered (inputs and derived
@@ -577,7 +578,7 @@ static int apply_range_par(struct engine *eng, struct log_iter *it, uint64_t fro
             rc = apply_run(eng);
         msgpack_zone_clear(&eng->zone);
         msgpack_zone_clear(&eng->wzone);
-        if (!rc && want <= *to && proj_txn_writes(eng->proj) >= APPLY_WRITES_MAX)
+        if (!rc && want <= *to && proj_txn_full(eng->proj, APPLY_WRITES_MAX))
             *to = want - 1; /* commit here; the caller goes on from the checkpoint */
     }
     return rc;
@@ -632,7 +633,7 @@ static int apply_chunk(struct engine *eng, uint64_t from, uint64_t to)
             }
             while (!rc && want <= to && !(rc = log_iter_next(it, &le))) {
                 rc = le.seq == want ? apply_log_event(eng, &le) : CAIRN_ECORRUPT;
-                if (!rc && want < to && proj_txn_writes(eng->proj) >= APPLY_WRITES_MAX)
+                if (!rc && want < to && proj_txn_full(eng->proj, APPLY_WRITES_MAX))
                     to = want; /* commit here; the caller goes on from the checkpoint */
                 want++;
             }

@@ -131,6 +131,12 @@ int hctx_db(struct hctx *ctx, const char *name, unsigned flags, unsigned *db);
  * transaction — LMDB may move pages — so copy or decode it first. */
 int hctx_get(struct hctx *ctx, unsigned db, const void *k, size_t kn, MDB_val *v);
 int hctx_put(struct hctx *ctx, unsigned db, const void *k, size_t kn, const void *v, size_t vn);
+/* Puts only when the key is absent (MDB_NOOVERWRITE): one descent of the
+ * tree instead of hctx_get + hctx_put. 0 when stored; CAIRN_ECONFLICT
+ * when the key exists — nothing written, *existing is the stored value
+ * (valid as hctx_get's); another negative code on failure. */
+int hctx_put_new(struct hctx *ctx, unsigned db, const void *k, size_t kn, const void *v, size_t vn,
+                 MDB_val *existing);
 /* Deletes; deleting a missing key is not an error. */
 int hctx_del(struct hctx *ctx, unsigned db, const void *k, size_t kn);
 
@@ -142,6 +148,13 @@ int hctx_cursor_open(struct hctx *ctx, unsigned db, const void *prefix, size_t p
 int hctx_cursor_next(struct hcursor *c, MDB_val *k, MDB_val *v);
 /* Deletes the entry the cursor is on. */
 int hctx_cursor_del(struct hcursor *c);
+/* Puts through the cursor (any key; the prefix is not checked) and leaves
+ * it on that key. Puts in key order (a sorted write-back in flush) then
+ * stay on the current leaf while the keys fall on it, instead of
+ * descending from the root for each (mdb_put does). The cursor is a write
+ * cursor of the transaction: close it before apply/flush returns, like
+ * every hcursor. hctx_cursor_next after a put goes on from the put key. */
+int hctx_cursor_put(struct hcursor *c, const void *k, size_t kn, const void *v, size_t vn);
 void hctx_cursor_close(struct hcursor *c);
 
 /* Emits a derived event on the handler's stream: type must be one of its

@@ -24,6 +24,10 @@
 #include "handler.h"
 
 #define PROJ_FORMAT_VERSION 1
+/* The state's first map (it grows ahead, see proj_begin). The whole map
+ * is reserved on disk (proj.c, "the map and the disk"), so it starts
+ * small: a fresh state takes 64 MiB of disk, not its pages. */
+#define PROJ_MAP_SIZE_INITIAL (64ull << 20)
 #define PROJ_STREAM_PREFIX "stream."
 
 struct proj;
@@ -31,7 +35,9 @@ struct proj;
 struct proj_config {
     const char *dir; /* the DATA/state directory (created unless readonly) */
     bool readonly;
-    size_t map_size; /* 0: default; grows by itself */
+    /* 0: PROJ_MAP_SIZE_INITIAL; grows by itself. Unless readonly, the
+     * whole map is reserved on disk: do not ask for more than needed. */
+    size_t map_size;
     /* Commits without fsync (MDB_NOSYNC): for a replay into a fresh
      * directory, which is thrown away unless it completes; proj_sync
      * makes it durable at the end. A system crash may corrupt such an
@@ -47,18 +53,26 @@ struct cairn_env *proj_env(struct proj *p);
 
 /* ====================================================================== writing (the engine) */
 
-/* Begins the state write transaction all hctx calls go to. */
+/* Begins the state write transaction all hctx calls go to. Grows the map
+ * first when it is 3/4 used. CAIRN_EIO when the map cannot be reserved
+ * on disk (full disk; proj.c says why): nothing was written. */
 int proj_begin(struct proj *p);
 /* Writes the checkpoint and commits. CAIRN_EMAPFULL: already aborted;
  * call proj_grow and redo the batch. */
 int proj_commit(struct proj *p, uint64_t checkpoint);
 void proj_abort(struct proj *p);
+/* Doubles the map, reserving it on disk first: CAIRN_EIO (the map stays
+ * as it was) when the disk has no room. No transaction may be open. */
 int proj_grow(struct proj *p);
 /* The last committed checkpoint (0: nothing applied). */
 uint64_t proj_checkpoint(struct proj *p);
 /* Puts and deletes handlers made in the open transaction (hctx_put, hctx_del,
  * derived events): how big it is getting. */
 uint64_t proj_txn_writes(const struct proj *p);
+/* The open transaction should commit now: it made max_writes writes, or
+ * what its writes may have added to the file could soon fill the map (a
+ * map that fills aborts the transaction; the next proj_begin grows it). */
+bool proj_txn_full(const struct proj *p, uint64_t max_writes);
 
 /* A handler's context. Created once; its DBIs are opened by the
  * handler's open() inside a proj_begin/proj_commit pair. */

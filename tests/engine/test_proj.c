@@ -1,0 +1,411 @@
+/*
+ * test_proj.c — the state layer under the handler API (projections/):
+ *
+ *  - the map and the disk: the whole map is reserved on disk at open and
+ *    before it grows; when the reservation fails (a file-size limit stands
+ *    in for a full disk) the grow fails with CAIRN_EIO, nothing is
+ *    written and the map in use stays usable; transactions that commit
+ *    when proj_txn_full says so never fill the map (it grows ahead);
+ *  - hctx_put_new: stores an absent key, returns the stored value of a
+ *    present one without writing;
+ *  - hctx_cursor_put: sorted and unsorted puts through a cursor, mixed
+ *    with hctx_put/hctx_del on the same DBI, give the state plain puts
+ *    give (same digest), and iteration goes on from the put key;
+ *  - hctx_emit appends through a cursor kept per transaction: dense dseqs
+ *    across transactions, an aborted one and interleaved writes;
+ *  - payload checks: a non-map payload is refused in every build, a
+ *    truncated one where payloads are checked whole (PROJ_CHECK_PAYLOADS).
+ */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include <cmocka.h>
+
+#include <ftw.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/resource.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "proj.h"
+
+static int rm_one(const char *path, const struct stat *sb, int flag, struct FTW *ftw)
+{
+    (void)sb, (void)flag, (void)ftw;
+    return remove(path);
+}
+
+static int dir_setup(void **state)
+{
+    const char *base = getenv("TMPDIR");
+    char *dir = malloc(256);
+    if (!dir)
+        return -1;
+    snprintf(dir, 256, "%s/cairn-test-proj-XXXXXX", base && *base ? base : "/tmp");
+    if (!mkdtemp(dir)) {
+        free(dir);
+        return -1;
+    }
+    *state = dir;
+    return 0;
+}
+
+static int dir_teardown(void **state)
+{
+    nftw(*state, rm_one, 16, FTW_DEPTH | FTW_PHYS);
+    free(*state);
+    return 0;
+}
+
+/* A handler with two DBIs and a stream; the tests drive its context. */
+static const char *const t_consumes[] = {"in", NULL};
+static const char *const t_emits[] = {"t.out", NULL};
+static unsigned t_db_a, t_db_b;
+
+static int t_open(struct hctx *ctx)
+{
+    int rc = hctx_db(ctx, "a", 0, &t_db_a);
+    return rc ? rc : hctx_db(ctx, "b", 0, &t_db_b);
+}
+
+static int t_apply(struct hctx *ctx, const struct event *ev)
+{
+    (void)ctx, (void)ev;
+    return 0;
+}
+
+static const struct handler t_handler = {
+    .version = HANDLER_VERSION,
+    .name = "t",
+    .consumes = t_consumes,
+    .emits = t_emits,
+    .open = t_open,
+    .apply = t_apply,
+};
+
+struct fixture {
+    char dir[300];
+    struct proj *p;
+    struct hctx *ctx;
+};
+
+static void fx_open(struct fixture *f, const char *parent, const char *name, size_t map_size)
+{
+    snprintf(f->dir, sizeof f->dir, "%s/%s", parent, name);
+    assert_int_equal(proj_open(&f->p, &(struct proj_config){.dir = f->dir, .map_size = map_size}),
+                     0);
+    assert_int_equal(proj_hctx_new(f->p, &t_handler, NULL, &f->ctx), 0);
+    assert_int_equal(proj_begin(f->p), 0);
+    assert_int_equal(t_open(f->ctx), 0);
+    assert_int_equal(proj_commit(f->p, 0), 0);
+}
+
+static void fx_close(struct fixture *f)
+{
+    proj_hctx_free(f->ctx);
+    proj_close(f->p);
+}
+
+static void digest_of(struct proj *p, uint8_t out[32])
+{
+    struct proj_snap *s;
+    assert_int_equal(proj_snap_begin(p, &s), 0);
+    assert_int_equal(proj_snap_digest(s, out), 0);
+    proj_snap_end(s);
+}
+
+/* Bytes of the data file that have disk blocks. */
+static uint64_t file_blocks(const char *dir, uint64_t *size)
+{
+    char path[400];
+    struct stat st;
+    snprintf(path, sizeof path, "%s/data.mdb", dir);
+    assert_int_equal(stat(path, &st), 0);
+    *size = (uint64_t)st.st_size;
+    return (uint64_t)st.st_blocks * 512;
+}
+
+static uint64_t mapsize_of(struct proj *p)
+{
+    MDB_envinfo info;
+    mdb_env_info(cairn_env_mdb(proj_env(p)), &info);
+    return info.me_mapsize;
+}
+
+/* ====================================================================== the map and the disk */
+
+static void test_map_reserved_and_grown_ahead(void **state)
+{
+    struct fixture f;
+    fx_open(&f, *state, "s", 1u << 20);
+    uint64_t size, blocks = file_blocks(f.dir, &size);
+    assert_true(size == mapsize_of(f.p));
+    assert_true(blocks >= size); /* every byte of the map has its block */
+
+    /* Random keys, 200-byte values, committed when proj_txn_full says so:
+     * the map grows ahead, never fills in a transaction. */
+    uint8_t val[200];
+    memset(val, 'v', sizeof val);
+    uint64_t x = 88172645463325252ull, cp = 0;
+    for (int txn = 0; txn < 40; txn++) {
+        assert_int_equal(proj_begin(f.p), 0);
+        do {
+            x ^= x << 13, x ^= x >> 7, x ^= x << 17;
+            uint8_t key[8];
+            cairn_be64_put(key, x);
+            int rc = hctx_put(f.ctx, t_db_a, key, sizeof key, val, sizeof val);
+            if (rc)
+                fail_msg("put in transaction %d after %llu writes: %s", txn,
+                         (unsigned long long)proj_txn_writes(f.p), cairn_strerror(rc));
+        } while (!proj_txn_full(f.p, 20000));
+        assert_int_equal(proj_commit(f.p, ++cp), 0);
+    }
+    blocks = file_blocks(f.dir, &size);
+    assert_true(size == mapsize_of(f.p));
+    assert_true(size > (1u << 20));
+    assert_true(blocks >= size);
+    fx_close(&f);
+}
+
+/* A file-size limit makes posix_fallocate fail (EFBIG) the way a full
+ * disk does (ENOSPC): the grow fails before anything is written, and the
+ * map in use stays usable. (proj_open reserves through the same function,
+ * but there LMDB's own ftruncate meets the limit first, which a full disk
+ * would not refuse: a sparse extension needs no block.) */
+static void test_map_reserve_failure(void **state)
+{
+    struct fixture f;
+    struct rlimit old, lim;
+    signal(SIGXFSZ, SIG_IGN);
+    assert_int_equal(getrlimit(RLIMIT_FSIZE, &old), 0);
+
+    /* Grow: a 1 MiB map, the limit at 1.5 MiB. */
+    fx_open(&f, *state, "grow", 1u << 20);
+    lim = (struct rlimit){.rlim_cur = 3u << 19, .rlim_max = old.rlim_max};
+    assert_int_equal(setrlimit(RLIMIT_FSIZE, &lim), 0);
+    int rc = proj_grow(f.p);
+    assert_int_equal(setrlimit(RLIMIT_FSIZE, &old), 0);
+    assert_int_equal(rc, CAIRN_EIO);
+    assert_true(mapsize_of(f.p) == 1u << 20); /* not grown */
+    uint64_t size;
+    file_blocks(f.dir, &size);
+    assert_true(size == 1u << 20); /* what the failed reservation added is given back */
+    /* The map in use is reserved: writing to it still works. */
+    assert_int_equal(proj_begin(f.p), 0);
+    assert_int_equal(hctx_put(f.ctx, t_db_a, "k", 1, "v", 1), 0);
+    assert_int_equal(proj_commit(f.p, 1), 0);
+    assert_int_equal(proj_grow(f.p), 0);
+    assert_true(mapsize_of(f.p) == 2u << 20);
+    uint64_t blocks = file_blocks(f.dir, &size);
+    assert_true(size == 2u << 20 && blocks >= size);
+    fx_close(&f);
+}
+
+/* ====================================================================== hctx_put_new */
+
+static void test_put_new(void **state)
+{
+    struct fixture f;
+    MDB_val v, old;
+    fx_open(&f, *state, "s", 0);
+    assert_int_equal(proj_begin(f.p), 0);
+    assert_int_equal(hctx_put_new(f.ctx, t_db_a, "k1", 2, "first", 5, &old), 0);
+    assert_int_equal(proj_txn_writes(f.p), 1);
+    assert_int_equal(hctx_put_new(f.ctx, t_db_a, "k1", 2, "second", 6, &old), CAIRN_ECONFLICT);
+    assert_int_equal(proj_txn_writes(f.p), 1); /* nothing written */
+    assert_int_equal(old.mv_size, 5);
+    assert_memory_equal(old.mv_data, "first", 5);
+    assert_int_equal(hctx_get(f.ctx, t_db_a, "k1", 2, &v), 0);
+    assert_int_equal(v.mv_size, 5);
+    assert_memory_equal(v.mv_data, "first", 5);
+    /* Another DBI, same key: absent there. */
+    assert_int_equal(hctx_put_new(f.ctx, t_db_b, "k1", 2, "b", 1, &old), 0);
+    assert_int_equal(proj_commit(f.p, 1), 0);
+    /* Across transactions. */
+    assert_int_equal(proj_begin(f.p), 0);
+    assert_int_equal(hctx_put_new(f.ctx, t_db_b, "k1", 2, "x", 1, &old), CAIRN_ECONFLICT);
+    assert_memory_equal(old.mv_data, "b", 1);
+    assert_int_equal(hctx_put_new(f.ctx, t_db_b, "k2", 2, "", 0, &old), 0);
+    assert_int_equal(hctx_put_new(f.ctx, t_db_b, "k2", 2, "y", 1, &old), CAIRN_ECONFLICT);
+    assert_int_equal(old.mv_size, 0);
+    assert_int_equal(proj_commit(f.p, 2), 0);
+    fx_close(&f);
+}
+
+/* ====================================================================== hctx_cursor_put */
+
+#define CP_KEYS 3000
+
+/* Writes keys perm[0..n) (values from their index and round) to db a of
+ * f, through a cursor (cursor) or hctx_put, with a del and a plain put
+ * of db a between cursor puts now and then. */
+static void write_keys(struct fixture *f, const uint32_t *perm, size_t n, int round, bool cursor)
+{
+    struct hcursor *c = NULL;
+    if (cursor)
+        assert_int_equal(hctx_cursor_open(f->ctx, t_db_a, NULL, 0, &c), 0);
+    for (size_t i = 0; i < n; i++) {
+        uint8_t key[4], val[40];
+        cairn_be64_put(val, perm[i]);
+        memset(val + 8, 'a' + round, sizeof val - 8);
+        key[0] = (uint8_t)(perm[i] >> 24), key[1] = (uint8_t)(perm[i] >> 16);
+        key[2] = (uint8_t)(perm[i] >> 8), key[3] = (uint8_t)perm[i];
+        size_t vn = 9 + (perm[i] + (uint32_t)round) % 31;
+        if (cursor)
+            assert_int_equal(hctx_cursor_put(c, key, sizeof key, val, vn), 0);
+        else
+            assert_int_equal(hctx_put(f->ctx, t_db_a, key, sizeof key, val, vn), 0);
+        if (i % 97 == 0) { /* the same DBI written beside the cursor */
+            uint8_t k2[5] = {key[0], key[1], key[2], key[3], 'x'};
+            assert_int_equal(hctx_put(f->ctx, t_db_a, k2, sizeof k2, val, 3), 0);
+            if (i % 2)
+                assert_int_equal(hctx_del(f->ctx, t_db_a, k2, sizeof k2), 0);
+        }
+    }
+    hctx_cursor_close(c);
+}
+
+static void test_cursor_put(void **state)
+{
+    struct fixture plain, cur;
+    uint8_t d1[32], d2[32];
+    uint32_t sorted[CP_KEYS], shuffled[CP_KEYS];
+    for (uint32_t i = 0; i < CP_KEYS; i++)
+        sorted[i] = shuffled[i] = i * 7919u;
+    uint64_t x = 0x9e3779b97f4a7c15ull;
+    for (size_t i = CP_KEYS - 1; i > 0; i--) {
+        x ^= x << 13, x ^= x >> 7, x ^= x << 17;
+        size_t j = x % (i + 1);
+        uint32_t t = shuffled[i];
+        shuffled[i] = shuffled[j], shuffled[j] = t;
+    }
+    fx_open(&plain, *state, "plain", 0);
+    fx_open(&cur, *state, "cursor", 0);
+    for (int round = 0; round < 3; round++) {
+        /* Round 0 inserts in random order, 1 overwrites sorted, 2 random. */
+        const uint32_t *perm = round == 1 ? sorted : shuffled;
+        struct fixture *fs[2] = {&plain, &cur};
+        for (int k = 0; k < 2; k++) {
+            assert_int_equal(proj_begin(fs[k]->p), 0);
+            write_keys(fs[k], perm, CP_KEYS, round, k == 1);
+            assert_int_equal(proj_commit(fs[k]->p, (uint64_t)round + 1), 0);
+        }
+        digest_of(plain.p, d1);
+        digest_of(cur.p, d2);
+        assert_memory_equal(d1, d2, 32);
+    }
+    /* A put, then iteration goes on from the put key. */
+    assert_int_equal(proj_begin(cur.p), 0);
+    struct hcursor *c;
+    MDB_val k, v;
+    uint8_t key[4] = {0, 0, 0x1e, 0xef}; /* 7919 */
+    assert_int_equal(hctx_cursor_open(cur.ctx, t_db_a, NULL, 0, &c), 0);
+    assert_int_equal(hctx_cursor_put(c, key, 4, "new", 3), 0);
+    assert_int_equal(hctx_cursor_next(c, &k, &v), 0);
+    /* The successor of 7919: its "x" twin if kept, else 2 * 7919. */
+    const uint8_t twin[5] = {0, 0, 0x1e, 0xef, 'x'}, next[4] = {0, 0, 0x3d, 0xde};
+    assert_true((k.mv_size == 5 && !memcmp(k.mv_data, twin, 5)) ||
+                (k.mv_size == 4 && !memcmp(k.mv_data, next, 4)));
+    hctx_cursor_close(c);
+    assert_int_equal(hctx_get(cur.ctx, t_db_a, key, 4, &v), 0);
+    assert_int_equal(v.mv_size, 3);
+    assert_memory_equal(v.mv_data, "new", 3);
+    proj_abort(cur.p);
+    fx_close(&plain);
+    fx_close(&cur);
+}
+
+/* ====================================================================== derived streams */
+
+static int emit_n(struct fixture *f, uint64_t seq, int n)
+{
+    static const uint8_t pl[] = {0x81, 0xa1, 'n', 0x01}; /* {"n": 1} */
+    struct event cause = {.seq = seq, .type = {"in", 2}, .tenant = {"t1", 2}, .key = {"k", 1}};
+    for (int i = 0; i < n; i++) {
+        int rc = hctx_emit(f->ctx, &cause, "t.out", NULL, NULL, pl, sizeof pl);
+        if (rc)
+            return rc;
+        /* Other writes between appends: the stream cursor stays valid. */
+        uint8_t key[8];
+        cairn_be64_put(key, seq * 1000 + (uint64_t)i);
+        if ((rc = hctx_put(f->ctx, t_db_a, key, sizeof key, "x", 1)))
+            return rc;
+        proj_hctx_clear(f->ctx);
+    }
+    return 0;
+}
+
+static void test_emit_appends(void **state)
+{
+    struct fixture f;
+    fx_open(&f, *state, "s", 0);
+    /* 3 transactions of 700, 1 aborted of 300, then 500. */
+    for (uint64_t t = 1; t <= 5; t++) {
+        assert_int_equal(proj_begin(f.p), 0);
+        assert_int_equal(emit_n(&f, t, t == 4 ? 300 : t == 5 ? 500 : 700), 0);
+        if (t == 4)
+            proj_abort(f.p);
+        else
+            assert_int_equal(proj_commit(f.p, t), 0);
+    }
+    struct proj_snap *s;
+    MDB_dbi dbi;
+    MDB_cursor *c;
+    MDB_val k, v;
+    assert_int_equal(proj_snap_begin(f.p, &s), 0);
+    assert_int_equal(proj_snap_dbi(s, "stream.t", &dbi), 0);
+    assert_int_equal(mdb_cursor_open(proj_snap_txn(s), dbi, &c), 0);
+    uint64_t want = 1;
+    for (int rc = mdb_cursor_get(c, &k, &v, MDB_FIRST); rc == 0;
+         rc = mdb_cursor_get(c, &k, &v, MDB_NEXT), want++) {
+        struct proj_derived d;
+        assert_int_equal(k.mv_size, 8);
+        assert_true(cairn_be64_get(k.mv_data) == want);
+        assert_int_equal(proj_derived_decode(v.mv_data, v.mv_size, &d), 0);
+        assert_true(d.dseq == want);
+        assert_true(d.cause == (want <= 2100 ? (want - 1) / 700 + 1 : 5));
+    }
+    assert_true(want - 1 == 2600);
+    mdb_cursor_close(c);
+    proj_snap_end(s);
+    fx_close(&f);
+}
+
+static void test_emit_payload_checks(void **state)
+{
+    struct fixture f;
+    struct event cause = {.seq = 1, .type = {"in", 2}, .tenant = {"t1", 2}, .key = {"k", 1}};
+    static const uint8_t not_map[] = {0x91, 0x01};   /* [1] */
+    static const uint8_t truncated[] = {0x82, 0xa1}; /* {"…  */
+    fx_open(&f, *state, "s", 0);
+    assert_int_equal(proj_begin(f.p), 0);
+    assert_int_equal(hctx_emit(f.ctx, &cause, "t.out", NULL, NULL, not_map, sizeof not_map),
+                     CAIRN_EINVAL);
+    assert_int_equal(hctx_emit(f.ctx, &cause, "t.out", NULL, NULL, not_map, 0), CAIRN_EINVAL);
+    int rc = hctx_emit(f.ctx, &cause, "t.out", NULL, NULL, truncated, sizeof truncated);
+#ifdef PROJ_CHECK_PAYLOADS
+    assert_int_equal(rc, CAIRN_EINVAL);
+#else
+    assert_int_equal(rc, 0); /* release builds trust the handler */
+#endif
+    proj_abort(f.p);
+    fx_close(&f);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test_setup_teardown(test_map_reserved_and_grown_ahead, dir_setup, dir_teardown),
+        cmocka_unit_test_setup_teardown(test_map_reserve_failure, dir_setup, dir_teardown),
+        cmocka_unit_test_setup_teardown(test_put_new, dir_setup, dir_teardown),
+        cmocka_unit_test_setup_teardown(test_cursor_put, dir_setup, dir_teardown),
+        cmocka_unit_test_setup_teardown(test_emit_appends, dir_setup, dir_teardown),
+        cmocka_unit_test_setup_teardown(test_emit_payload_checks, dir_setup, dir_teardown),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
