@@ -102,6 +102,7 @@ struct engine {
     int threads;
     bool early[HANDLERS_MAX];
     uint64_t late_mask;
+    uint64_t raw_mask; /* handlers taking derived events undecoded (derived_raw) */
     bool any_concurrent;
     unsigned char side[HANDLERS_MAX];
     struct event *batch;    /* PAR_BATCH inputs of the current run */
@@ -280,7 +281,8 @@ static int timed_apply(struct engine *eng, size_t i, const struct event *ev)
 }
 
 /* Runs one input through every handler in order. A derived event's body
- * is decoded only when some handler consumes its type. */
+ * is decoded only when some handler not marked derived_raw consumes its
+ * type. */
 static int apply_input(struct engine *eng, const struct event *in, uint64_t in_mask)
 {
     eng->npending = 0;
@@ -297,7 +299,7 @@ static int apply_input(struct engine *eng, const struct event *in, uint64_t in_m
         for (size_t k = 0; k < nem && !rc; k++) {
             /* Only later handlers consume it (the order guarantees it). */
             uint64_t mask = consumers_of(eng, &em[k].type) & ~((2ull << i) - 1);
-            if (mask)
+            if (mask & ~eng->raw_mask) /* some consumer wants the body */
                 rc = proj_hctx_decode(eng->ctx[i], k);
             if (!rc && mask)
                 rc = push_pending(eng, &em[k], mask);
@@ -488,7 +490,7 @@ static int apply_late(struct engine *eng, size_t j, const struct event *const *e
         }
         for (size_t k = from; k < to && !rc; k++) {
             uint64_t mask = consumers_of(eng, &ev[k].type) & ~((2ull << i) - 1);
-            if (mask)
+            if (mask & ~eng->raw_mask)
                 rc = proj_hctx_decode(eng->ctx[i], k);
             if (!rc && mask)
                 rc = push_pending(eng, &ev[k], mask);
@@ -716,6 +718,8 @@ static int open_handlers(struct engine *eng, struct cairn_error *e)
                 eng->early[i] = false;
         if (!eng->early[i])
             eng->late_mask |= 1ull << i;
+        if (eng->order[i]->derived_raw)
+            eng->raw_mask |= 1ull << i;
         eng->any_concurrent |= eng->early[i] && eng->order[i]->concurrent;
     }
     const json_t *hcfg = json_object_get(eng->cfg.config, "handlers");

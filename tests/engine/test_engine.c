@@ -135,10 +135,21 @@ static uint64_t log_head_of(struct engine *eng)
     return head;
 }
 
+/* Also for handlers marked derived_raw: a NULL body is decoded here. */
 static int64_t payload_int(const struct event *ev, const char *name)
 {
     int64_t v = -1;
-    if (!mp_i64(mp_get(ev->body, name), &v))
+    msgpack_object body;
+    msgpack_zone zone;
+    size_t off = 0;
+    const msgpack_object *b = ev->body;
+    assert_true(msgpack_zone_init(&zone, 256));
+    if (!b && msgpack_unpack((const char *)ev->payload, ev->payload_len, &off, &zone, &body) ==
+                  MSGPACK_UNPACK_SUCCESS)
+        b = &body;
+    bool ok = mp_i64(mp_get(b, name), &v);
+    msgpack_zone_destroy(&zone);
+    if (!ok)
         fail_msg("event %llu has no integer %s", (unsigned long long)ev->seq, name);
     return v;
 }
@@ -646,10 +657,14 @@ static int d_b_apply(struct hctx *ctx, const struct event *ev)
     return ev->derived ? emit_k(ctx, ev, "y", (int64_t)ev->dseq, NULL, NULL) : 0;
 }
 
-/* d_c: sees x and y. */
+/* d_c: sees x and y, undecoded (derived_raw): y (only d_c consumes it)
+ * comes without a body, x (d_b consumes it too) with one. */
 static int d_c_apply(struct hctx *ctx, const struct event *ev)
 {
     (void)ctx;
+    if (ev->derived && (ev->type.n != 1 || (ev->type.p[0] == 'y') != !ev->body))
+        fail_msg("d_c: %.*s %llu with%s body", (int)ev->type.n, ev->type.p,
+                 (unsigned long long)ev->dseq, ev->body ? "" : "out");
     if (ev->seq == dispatch_fail_at) {
         dispatch_fail_at = 0;
         return CAIRN_EIO;
@@ -674,7 +689,8 @@ static const struct handler d_c = {.version = HANDLER_VERSION,
                                    .name = "d_c",
                                    .consumes = LIST("x", "y", "z"),
                                    .open = noop_open,
-                                   .apply = d_c_apply};
+                                   .apply = d_c_apply,
+                                   .derived_raw = true};
 
 static void expect_seen(size_t *at, char who, bool derived, uint64_t seq, const char *stream,
                         const char *type, uint64_t dseq, const char *tenant, const char *key,
@@ -1216,8 +1232,13 @@ static int p_l1_apply(struct hctx *ctx, const struct event *ev)
                                            : emit_k(ctx, ev, "z", (int64_t)ev->dseq, NULL, NULL);
 }
 
+/* derived_raw: y and z (only p_l2 consumes them) come without a body, x
+ * (p_l1 consumes it too) with one, in the serial and the parallel apply. */
 static int p_l2_apply(struct hctx *ctx, const struct event *ev)
 {
+    if (ev->derived && (ev->type.n != 1 || (ev->type.p[0] == 'x') != !!ev->body))
+        fail_msg("p_l2: %.*s %llu with%s body", (int)ev->type.n, ev->type.p,
+                 (unsigned long long)ev->dseq, ev->body ? "" : "out");
     par_record('2', ev);
     return ev->derived ? 0 : par_count(ctx, par_db[4]);
 }
@@ -1252,7 +1273,8 @@ static const struct handler p_l2 = {.version = HANDLER_VERSION,
                                     .name = "p_l2",
                                     .consumes = LIST("in", "x", "z", "y"),
                                     .open = p_l2_open,
-                                    .apply = p_l2_apply};
+                                    .apply = p_l2_apply,
+                                    .derived_raw = true};
 
 /* The same log through the serial and the parallel apply: every late
  * handler sees the same events in the same order, and the states have
