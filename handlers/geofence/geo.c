@@ -295,7 +295,12 @@ int geo_parse(const msgpack_object *g, const char *where, struct geo_shape *s,
 
 void geo_shape_free(struct geo_shape *s)
 {
-    free(s->mem);
+    if (s->pool)
+        geo_pool_put(s->pool, s->mem, s->memn);
+    else
+        free(s->mem);
+    s->pool = NULL;
+    s->memn = 0;
     free(s->bands);
     s->bands = NULL;
     s->mem = NULL;
@@ -864,6 +869,214 @@ void *geo_huge_realloc(void *p, size_t o, size_t n)
     return q;
 }
 
+/* ====================================================================== the pool */
+
+#define POOL_CHUNK (8u << 20)
+#define POOL_SMALL 1024         /* 16-byte classes up to here */
+#define POOL_LARGE (256u << 10) /* eighths of powers of two up to here */
+#define POOL_CLASSES (POOL_SMALL / 16 + 8 * 8)
+
+struct pool_chunk {
+    struct pool_chunk *next;
+    size_t size, used;
+};
+
+/* A block from malloc (past POOL_LARGE; every block under GEO_ASAN), listed
+ * so that geo_pool_free releases it. 16 bytes: the block stays aligned. */
+struct pool_blk {
+    struct pool_blk *prev, *next;
+};
+
+struct geo_pool {
+    void *free[POOL_CLASSES]; /* per class: a list through each block's first word */
+    struct pool_chunk *chunks;
+    struct pool_blk *big; /* the blocks from malloc */
+    size_t bytes;
+};
+
+#ifndef GEO_ASAN
+/* The class of n bytes (1 <= n <= POOL_LARGE) and its block size. */
+static unsigned pool_class(size_t n, size_t *size)
+{
+    if (n <= POOL_SMALL) {
+        unsigned c = (unsigned)((n + 15) / 16);
+        *size = (size_t)c * 16;
+        return c - 1;
+    }
+    unsigned k = 10; /* n in (2^k, 2^(k+1)] */
+    while (n > (size_t)2 << k)
+        k++;
+    size_t step = (size_t)1 << (k - 3);
+    unsigned sub = (unsigned)((n - ((size_t)1 << k) + step - 1) / step); /* 1..8 */
+    *size = ((size_t)1 << k) + sub * step;
+    return POOL_SMALL / 16 + (k - 10) * 8 + sub - 1;
+}
+#endif
+
+struct geo_pool *geo_pool_new(void)
+{
+    return calloc(1, sizeof(struct geo_pool));
+}
+
+void geo_pool_free(struct geo_pool *p)
+{
+    if (!p)
+        return;
+    while (p->big) {
+        struct pool_blk *b = p->big;
+        p->big = b->next;
+        free(b);
+    }
+    while (p->chunks) {
+        struct pool_chunk *c = p->chunks;
+        p->chunks = c->next;
+        geo_huge_free(c, c->size);
+    }
+    free(p);
+}
+
+static void *big_alloc(struct geo_pool *p, size_t n)
+{
+    struct pool_blk *h = malloc(sizeof *h + n);
+    if (!h)
+        return NULL;
+    h->prev = NULL;
+    h->next = p->big;
+    if (p->big)
+        p->big->prev = h;
+    p->big = h;
+    p->bytes += n;
+    return h + 1;
+}
+
+static void big_put(struct geo_pool *p, void *b, size_t n)
+{
+    struct pool_blk *h = (struct pool_blk *)b - 1;
+    if (h->prev)
+        h->prev->next = h->next;
+    else
+        p->big = h->next;
+    if (h->next)
+        h->next->prev = h->prev;
+    p->bytes -= n;
+    free(h);
+}
+
+void *geo_pool_alloc(struct geo_pool *p, size_t n)
+{
+    if (!n)
+        n = 1;
+#ifdef GEO_ASAN
+    return big_alloc(p, n);
+#else
+    if (n > POOL_LARGE)
+        return big_alloc(p, n);
+    size_t size;
+    unsigned c = pool_class(n, &size);
+    void *b = p->free[c];
+    if (b) {
+        memcpy(&p->free[c], b, sizeof b);
+        return b;
+    }
+    struct pool_chunk *ch = p->chunks;
+    if (!ch || ch->size - ch->used < size) {
+        /* the rest of the old chunk is left unused (under POOL_LARGE) */
+        if (!(ch = geo_huge_alloc(POOL_CHUNK)))
+            return NULL;
+        ch->size = POOL_CHUNK;
+        ch->used = 64; /* the header, then 16-byte aligned blocks */
+        ch->next = p->chunks;
+        p->chunks = ch;
+        p->bytes += POOL_CHUNK;
+    }
+    b = (uint8_t *)ch + ch->used;
+    ch->used += size;
+    return b;
+#endif
+}
+
+void geo_pool_put(struct geo_pool *p, void *b, size_t n)
+{
+    if (!b)
+        return;
+    if (!n)
+        n = 1;
+#ifdef GEO_ASAN
+    big_put(p, b, n);
+#else
+    if (n > POOL_LARGE) {
+        big_put(p, b, n);
+        return;
+    }
+    size_t size;
+    unsigned c = pool_class(n, &size);
+    memcpy(b, &p->free[c], sizeof b);
+    p->free[c] = b;
+#endif
+}
+
+size_t geo_pool_bytes(const struct geo_pool *p)
+{
+    if (!p)
+        return 0;
+#ifndef GEO_ASAN
+    /* the last chunk counts what it handed out */
+    if (p->chunks)
+        return p->bytes - (p->chunks->size - p->chunks->used);
+#endif
+    return p->bytes;
+}
+
+int geo_shape_pool(struct geo_shape *s, struct geo_pool *p)
+{
+    if (s->kind != GEO_POLYGON || s->pool || !s->mem)
+        return 0;
+    size_t nr = 0, nxy = 0, nb = 0;
+    for (uint32_t i = 0; i < s->npolys; i++)
+        for (uint32_t k = 0; k < s->polys[i].nrings; k++) {
+            const struct geo_ring *r = &s->polys[i].rings[k];
+            nr++;
+            nxy += (size_t)r->n * 16;
+            if (r->band)
+                nb += band_size(r->band->off[GEO_BANDS]);
+        }
+    size_t head = s->npolys * sizeof(struct geo_poly) + nr * sizeof(struct geo_ring);
+    size_t n = ((head + 15) & ~(size_t)15) + nxy + nb;
+    uint8_t *m = geo_pool_alloc(p, n);
+    if (!m)
+        return CAIRN_ENOMEM;
+    struct geo_poly *polys = (struct geo_poly *)m;
+    struct geo_ring *rings = (struct geo_ring *)(polys + s->npolys);
+    uint8_t *at = m + ((head + 15) & ~(size_t)15);
+    for (uint32_t i = 0; i < s->npolys; i++) {
+        polys[i].nrings = s->polys[i].nrings;
+        polys[i].rings = rings;
+        for (uint32_t k = 0; k < s->polys[i].nrings; k++) {
+            const struct geo_ring *r = &s->polys[i].rings[k];
+            rings[k].n = r->n;
+            rings[k].xy = (double *)at;
+            memcpy(at, r->xy, (size_t)r->n * 16);
+            at += (size_t)r->n * 16;
+            rings[k].band = NULL;
+            if (r->band) {
+                size_t bn = band_size(r->band->off[GEO_BANDS]);
+                memcpy(at, r->band, bn);
+                rings[k].band = (const struct geo_band *)at;
+                at += bn;
+            }
+        }
+        rings += s->polys[i].nrings;
+    }
+    free(s->mem);
+    free(s->bands);
+    s->mem = m;
+    s->polys = polys;
+    s->bands = NULL;
+    s->pool = p;
+    s->memn = n;
+    return 0;
+}
+
 /* ====================================================================== the index */
 
 /*
@@ -918,6 +1131,7 @@ struct bucket {
 
 struct geo_index {
     struct bucket *tab;
+    struct geo_pool *pool; /* the entry arrays */
     size_t cap, used;
     uint32_t gen; /* changes with every add and delete (struct geo_hint) */
     uint32_t level_count[LEVELS];
@@ -1002,7 +1216,10 @@ int geo_index_new(struct geo_index **out)
     ix->cap = 1024;
     ix->gen = 1;
     ix->tab = geo_huge_alloc(ix->cap * sizeof *ix->tab);
-    if (!ix->tab) {
+    ix->pool = geo_pool_new();
+    if (!ix->tab || !ix->pool) {
+        geo_huge_free(ix->tab, ix->cap * sizeof *ix->tab);
+        geo_pool_free(ix->pool);
         free(ix);
         return CAIRN_ENOMEM;
     }
@@ -1014,8 +1231,7 @@ void geo_index_free(struct geo_index *ix)
 {
     if (!ix)
         return;
-    for (size_t i = 0; i < ix->cap; i++)
-        free(ix->tab[i].e);
+    geo_pool_free(ix->pool); /* every entry array */
     geo_huge_free(ix->tab, ix->cap * sizeof *ix->tab);
     free(ix->stamp);
     free(ix);
@@ -1069,9 +1285,12 @@ static int bucket_add(struct geo_index *ix, uint64_t key, const struct gent *e)
     struct bucket *b = find(ix, key, true);
     if (b->n == b->cap) {
         uint32_t cap = b->cap ? b->cap * 2 : 2;
-        struct gent *p = realloc(b->e, cap * sizeof *p);
+        struct gent *p = geo_pool_alloc(ix->pool, cap * sizeof *p);
         if (!p)
             return CAIRN_ENOMEM;
+        if (b->n)
+            memcpy(p, b->e, b->n * sizeof *p);
+        geo_pool_put(ix->pool, b->e, b->cap * sizeof *p);
         b->e = p;
         b->cap = cap;
     }
@@ -1285,8 +1504,5 @@ int geo_index_box(struct geo_index *ix, uint32_t space, double minx, double miny
 
 size_t geo_index_bytes(const struct geo_index *ix)
 {
-    size_t n = ix->cap * sizeof *ix->tab + ix->nstamp * sizeof *ix->stamp;
-    for (size_t i = 0; i < ix->cap; i++)
-        n += ix->tab[i].cap * sizeof(struct gent);
-    return n;
+    return ix->cap * sizeof *ix->tab + ix->nstamp * sizeof *ix->stamp + geo_pool_bytes(ix->pool);
 }

@@ -51,14 +51,17 @@ struct geo_poly {
     struct geo_ring *rings;
 };
 
+struct geo_pool;
 struct geo_shape {
     int kind;
     double minx, miny, maxx, maxy; /* bounding box (lon/lat) */
     uint32_t npolys, nverts;
     struct geo_poly *polys;
-    double cx, cy, r; /* circle / roam: center (roam: unused), radius m */
-    void *mem;        /* one block holding polys, rings and coordinates */
-    void *bands;      /* geo_shape_bands' block, or NULL */
+    double cx, cy, r;      /* circle / roam: center (roam: unused), radius m */
+    void *mem;             /* one block holding polys, rings and coordinates */
+    void *bands;           /* geo_shape_bands' block, or NULL */
+    struct geo_pool *pool; /* NULL, or (geo_shape_pool) mem is a block of pool */
+    size_t memn;           /* with pool: the block's size (bands inside it) */
 };
 
 /* Parses and validates a geometry object (msgpack map). On failure returns
@@ -78,6 +81,27 @@ void geo_shape_free(struct geo_shape *s);
 #define GEO_BAND_MIN 16
 int geo_shape_bands(struct geo_shape *s);
 size_t geo_shape_bands_bytes(const struct geo_shape *s);
+
+/* A pool of blocks on huge pages (geo_huge_alloc) for the small objects
+ * a fix reads at random (a fence's rings and bands, the index's cells):
+ * from malloc they were scattered over 4 KB pages, and reading them missed
+ * the TLB as often as the caches. Blocks are carved from 8 MB chunks in
+ * size classes (16-byte steps up to 1 KB, eighths of a power of two up to
+ * 256 KB; larger ones come from malloc) and go back to a free list of
+ * their class; the chunks are returned by geo_pool_free. Not thread-safe:
+ * one owner. Under GEO_ASAN every block is its own allocation. */
+struct geo_pool *geo_pool_new(void);
+void geo_pool_free(struct geo_pool *p);
+/* n > 0 bytes, 16-byte aligned, not zeroed; NULL when out of memory. */
+void *geo_pool_alloc(struct geo_pool *p, size_t n);
+/* Returns block b of n bytes (n as given to geo_pool_alloc); b may be NULL. */
+void geo_pool_put(struct geo_pool *p, void *b, size_t n);
+/* Bytes taken from the system (chunks, large blocks). */
+size_t geo_pool_bytes(const struct geo_pool *p);
+/* Moves the shape's geometry and bands into one block of the pool (the
+ * rings' bands right after their coordinates); geo_shape_free returns it.
+ * On failure (CAIRN_ENOMEM) the shape is as it was. */
+int geo_shape_pool(struct geo_shape *s, struct geo_pool *p);
 
 /* Packs a parsed shape into a compact binary form (the handler's geom DBI)
  * and back. geo_unpack allocates like geo_parse. */

@@ -86,6 +86,28 @@ struct tenant {
     int64_t open_orders;
 };
 
+/* Times as cairn_time_format writes them, with the date and time of day
+ * of the last whole second kept (every hit packs one or two times, most
+ * of them in the second before): only the fraction is formatted again.
+ * Falls back to cairn_time_format when the second's string is not the
+ * plain "YYYY-MM-DDTHH:MM:SSZ" (years outside 0..9999). */
+struct tcache {
+    int64_t secs;
+    uint8_t n; /* 0: empty; else the length of s, without the 'Z' */
+    char s[MPD_TIME_MAX];
+};
+
+/* deferred writes (see "deferred writes" below) */
+enum { PW_HITS, PW_DHITS, PW_INSIDE, PW_POS, PW_KINDS };
+#define PEND_BYTES_MAX (64u << 20)
+
+struct pw {
+    uint32_t koff, voff; /* in g->pbuf */
+    uint32_t seq;        /* the order of the writes: the last of one key counts */
+    uint16_t kn, vn;
+    bool del;
+};
+
 struct gf {
     unsigned fences, geom, dev, inside, hits, dhits, pos, near, orders, oby;
     double arrival_default;
@@ -96,6 +118,7 @@ struct gf {
     struct tenant **t;
     uint32_t nt;
     struct geo_index *ix;
+    struct geo_pool *pool; /* the fences' ids and geometry (geo.h) */
     /* Bumped whenever a fence slot is taken or freed: the membership
      * slots cached in the device table (struct gdev) are valid while it
      * is unchanged. Starts at 1 (0 marks an entry without slots). */
@@ -108,6 +131,7 @@ struct gf {
     struct geo_raster *raster;
     uint32_t epoch;
     struct cairn_buf rec, tmp;
+    struct tcache tc; /* emit_hit's times */
     struct mem *mems; /* GF_MEMBERSHIPS_MAX + 1: a device's memberships while applying */
     /* the device table (below): open addressing over pointers */
     struct gdev **dtab;
@@ -116,6 +140,13 @@ struct gf {
     struct gdev **dirty; /* changed since the last write-back */
     size_t ndirty, dirtycap;
     size_t dev_max; /* records the table holds (config device_cache_max) */
+    /* deferred writes (below): per kind, then the keys and values */
+    struct pend {
+        struct pw *w;
+        size_t n, cap;
+    } pend[PW_KINDS];
+    struct cairn_buf pbuf;
+    uint32_t pseq;
 };
 
 struct mem;
@@ -227,9 +258,10 @@ static void idmap_del(struct gf *g, uint32_t slot)
     }
 }
 
-static void fence_release(struct fence *f)
+static void fence_release(struct gf *g, struct fence *f)
 {
-    free(f->id);
+    if (f->id)
+        geo_pool_put(g->pool, f->id, (size_t)f->idlen + 1);
     for (uint16_t i = 0; i < f->nfilters; i++)
         free(f->filters[i]);
     free(f->filters);
@@ -262,7 +294,7 @@ static void fence_remove(struct gf *g, uint32_t slot)
         t->ncross--;
     t->nfences--;
     g->fgen++;
-    fence_release(f);
+    fence_release(g, f);
     f->next_free = g->free_head;
     g->free_head = slot;
 }
@@ -372,74 +404,137 @@ static struct gdev *dev_find(struct gf *g, const uint8_t *k, size_t n)
     return g->dcap ? *dev_slot(g, k, n, hash_bytes(k, n)) : NULL;
 }
 
-/* The write-back order is LMDB's key order (memcmp, then length). The
- * dirty records are sorted through their keys' first 16 bytes (big-endian,
- * zero-padded) held next to the pointer, by a least-significant-byte-first
- * radix sort that skips the bytes every key shares (the tenant, an id
- * prefix): comparing through the pointers with qsort was two cache misses
- * and a memcmp per compare, about a tenth of a fix's time with 100 000
- * devices. Runs of equal prefixes are then sorted by the full keys. */
+/* The write-back order is LMDB's key order (memcmp, then length). Records
+ * (and deferred writes, below) are sorted through their keys' first 16
+ * bytes (big-endian, zero-padded) held next to the pointer, by a
+ * least-significant-byte-first radix sort that skips the bytes every key
+ * shares (the tenant, an id prefix): comparing through the pointers with
+ * qsort was two cache misses and a memcmp per compare, about a tenth of a
+ * fix's time with 100 000 devices. Runs of equal prefixes are then sorted
+ * by a full comparison (the keys, then what the caller adds). */
 struct dsort {
     uint64_t k0, k1;
-    struct gdev *d;
+    void *p;
 };
+
+typedef int (*dsort_cmp)(const void *, const void *, void *);
 
 static uint64_t be_prefix(const uint8_t *p, size_t n)
 {
     uint8_t b[8] = {0};
     memcpy(b, p, n < 8 ? n : 8);
-    return cairn_be64_get(b);
+    return gf_be64_get(b);
 }
 
-static int cmp_dsort(const void *a, const void *b)
+static void dsort_key(struct dsort *e, const uint8_t *k, size_t n, void *p)
 {
+    e->k0 = be_prefix(k, n);
+    e->k1 = n > 8 ? be_prefix(k + 8, n - 8) : 0;
+    e->p = p;
+}
+
+static int cmp_keys(const uint8_t *a, size_t an, const uint8_t *b, size_t bn)
+{
+    int c = memcmp(a, b, an < bn ? an : bn);
+    return c ? c : an < bn ? -1 : an > bn;
+}
+
+/* dsort_cmp of device entries: by key. */
+static int cmp_dsort_dev(const void *a, const void *b, void *arg)
+{
+    (void)arg;
     const struct dsort *x = a, *y = b;
     if (x->k0 != y->k0)
         return x->k0 < y->k0 ? -1 : 1;
     if (x->k1 != y->k1)
         return x->k1 < y->k1 ? -1 : 1;
-    const struct gdev *p = x->d, *q = y->d;
-    int c = memcmp(p->key, q->key, p->kn < q->kn ? p->kn : q->kn);
-    return c ? c : (int)p->kn - (int)q->kn;
+    const struct gdev *p = x->p, *q = y->p;
+    return cmp_keys(p->key, p->kn, q->key, q->kn);
 }
 
-static unsigned dsort_byte(const struct dsort *e, int b)
+static bool dsort_lt(const struct dsort *x, const struct dsort *y)
 {
-    return (unsigned)((b < 8 ? e->k1 >> (8 * b) : e->k0 >> (8 * (b - 8))) & 0xFF);
+    return x->k0 != y->k0 ? x->k0 < y->k0 : x->k1 < y->k1;
 }
 
-/* Sorts o[0..n) (tmp: n more) as cmp_dsort does. */
-static void dsort_sort(struct dsort *o, struct dsort *tmp, size_t n)
+static void dsort_swap(struct dsort *x, struct dsort *y)
 {
-    /* every byte's histogram in one pass; bytes every key shares are
-     * skipped (byte 0: the last of k1; 15: the first of k0) */
-    size_t(*hist)[256] = calloc(16, sizeof *hist);
-    if (!hist) {
-        qsort(o, n, sizeof *o, cmp_dsort);
-        return;
-    }
-    for (size_t i = 0; i < n; i++)
-        for (int b = 0; b < 16; b++)
-            hist[b][dsort_byte(&o[i], b)]++;
-    for (int b = 0; b < 16; b++) {
-        size_t *count = hist[b];
-        if (count[dsort_byte(&o[0], b)] == n)
-            continue;
-        for (size_t c = 0, sum = 0; c < 256; c++) {
-            size_t k = count[c];
-            count[c] = sum;
-            sum += k;
+    struct dsort t = *x;
+    *x = *y;
+    *y = t;
+}
+
+/* The index of the median of o[a], o[b], o[c]. */
+static size_t dsort_med3(const struct dsort *o, size_t a, size_t b, size_t c)
+{
+    if (dsort_lt(&o[b], &o[a])) {
+        size_t t = a;
+        a = b, b = t;
+    } /* now o[a] <= o[b] */
+    if (dsort_lt(&o[c], &o[a]))
+        return a;
+    return dsort_lt(&o[c], &o[b]) ? c : b;
+}
+
+/* Sorts o[0..n) by (k0, k1): a quicksort with the comparison inline (a
+ * radix sort over the 16 bytes cost twice as much: most of them vary).
+ * The pivot is the median of three pseudo-random entries (*seed): the
+ * dirty lists come in patterns (a rotated sorted run: devices reporting
+ * in turn) that made fixed median-of-three positions quadratic. The order
+ * is the keys' either way. */
+static void dsort_prefix(struct dsort *o, size_t n, uint64_t *seed)
+{
+    while (n > 16) {
+        size_t r[3];
+        for (int k = 0; k < 3; k++) {
+            *seed ^= *seed << 13, *seed ^= *seed >> 7, *seed ^= *seed << 17;
+            r[k] = (size_t)(*seed % n);
         }
-        for (size_t i = 0; i < n; i++) /* stable */
-            tmp[count[dsort_byte(&o[i], b)]++] = o[i];
-        memcpy(o, tmp, n * sizeof *o);
+        /* the median of the three to o[0], then Sedgewick's partition */
+        size_t m = dsort_med3(o, r[0], r[1], r[2]);
+        dsort_swap(&o[0], &o[m]);
+        struct dsort piv = o[0];
+        size_t i = 0, j = n;
+        for (;;) {
+            while (++i < n && dsort_lt(&o[i], &piv))
+                ;
+            while (dsort_lt(&piv, &o[--j]))
+                ;
+            if (i >= j)
+                break;
+            dsort_swap(&o[i], &o[j]);
+        }
+        dsort_swap(&o[0], &o[j]);
+        /* recurse into the smaller side, loop on the larger */
+        if (j < n - j - 1) {
+            dsort_prefix(o, j, seed);
+            o += j + 1;
+            n -= j + 1;
+        } else {
+            dsort_prefix(o + j + 1, n - j - 1, seed);
+            n = j;
+        }
     }
-    free(hist);
+    for (size_t i = 1; i < n; i++) {
+        struct dsort t = o[i];
+        size_t j = i;
+        for (; j > 0 && dsort_lt(&t, &o[j - 1]); j--)
+            o[j] = o[j - 1];
+        o[j] = t;
+    }
+}
+
+/* Sorts o[0..n) as cmp does: by the prefixes, then runs of equal
+ * prefixes by cmp. */
+static void dsort_sort(struct dsort *o, size_t n, dsort_cmp cmp, void *arg)
+{
+    uint64_t seed = 0x9E3779B97F4A7C15ULL;
+    dsort_prefix(o, n, &seed);
     for (size_t i = 0, j; i < n; i = j) {
         for (j = i + 1; j < n && o[j].k0 == o[i].k0 && o[j].k1 == o[i].k1;)
             j++;
         if (j - i > 1)
-            qsort(o + i, j - i, sizeof *o, cmp_dsort);
+            qsort_r(o + i, j - i, sizeof *o, cmp, arg);
     }
 }
 
@@ -447,18 +542,14 @@ static void dsort_sort(struct dsort *o, struct dsort *tmp, size_t n)
 static int dev_writeback(struct hctx *ctx)
 {
     struct gf *g = self(ctx);
-    struct dsort *o = g->ndirty > 1 ? malloc(2 * g->ndirty * sizeof *o) : NULL;
+    struct dsort *o = g->ndirty > 1 ? malloc(g->ndirty * sizeof *o) : NULL;
     if (o) {
+        for (size_t i = 0; i < g->ndirty; i++)
+            dsort_key(&o[i], g->dirty[i]->key, g->dirty[i]->kn, g->dirty[i]);
+        dsort_sort(o, g->ndirty, cmp_dsort_dev, NULL);
         for (size_t i = 0; i < g->ndirty; i++) {
-            const struct gdev *d = g->dirty[i];
-            o[i].k0 = be_prefix(d->key, d->kn);
-            o[i].k1 = d->kn > 8 ? be_prefix(d->key + 8, d->kn - 8u) : 0;
-            o[i].d = g->dirty[i];
-        }
-        dsort_sort(o, o + g->ndirty, g->ndirty);
-        for (size_t i = 0; i < g->ndirty; i++) {
-            assert(i == 0 || cmp_dsort(&o[i - 1], &o[i]) < 0);
-            g->dirty[i] = o[i].d;
+            assert(i == 0 || cmp_dsort_dev(&o[i - 1], &o[i], NULL) < 0);
+            g->dirty[i] = o[i].p;
         }
         free(o);
     } /* else unsorted: the same puts, only slower */
@@ -472,6 +563,140 @@ static int dev_writeback(struct hctx *ctx)
     for (; i < g->ndirty; i++) /* after a failure the transaction aborts */
         g->dirty[i]->dirty = false;
     g->ndirty = 0;
+    return rc;
+}
+
+/* ====================================================================== deferred writes */
+
+/*
+ * The writes of hits, dhits, inside and pos are not made as the fixes come
+ * but kept (key, value, order) and made in flush, sorted by key like the
+ * device records: each such put or delete went down the B-tree from the
+ * root to a random page; in key order the descents share their upper
+ * pages and LMDB's dirty-page list lookups their neighbours, and repeated
+ * writes of one key in a transaction (an inside entry put and deleted, a
+ * device's grid cell left twice) collapse to the last. The state at the
+ * commit is the same. Inside apply, a read of one of these DBIs (a fence
+ * deleted reads inside; roam reads pos) makes that DBI's pending writes
+ * first (pend_apply). Bounded: past PEND_BYTES_MAX of keys and values,
+ * every pending write is made (in apply, between two fixes).
+ */
+static int pend_apply_all(struct hctx *ctx);
+
+/* Appends to the pending writes' buffer (its capacity stays from one
+ * transaction to the next: growing it is rare). */
+static int pbuf_put(struct gf *g, const void *p, size_t n, uint32_t *off)
+{
+    struct cairn_buf *b = &g->pbuf;
+    *off = (uint32_t)b->len;
+    if (b->cap - b->len < n)
+        return cairn_buf_append(b, p, n);
+    if (n)
+        memcpy(b->data + b->len, p, n);
+    b->len += n;
+    return 0;
+}
+
+/* Keeps v[0..n) for pending writes (*off: where). */
+static int pend_value(struct hctx *ctx, const void *v, size_t n, uint32_t *off)
+{
+    struct gf *g = self(ctx);
+    int rc = 0;
+    if (g->pbuf.len + n + 2 * (GF_KEY_MAX + 1) > PEND_BYTES_MAX && (rc = pend_apply_all(ctx)))
+        return rc;
+    return pbuf_put(g, v, n, off);
+}
+
+/* A pending put of k (value at voff, vn bytes: pend_value) or delete. */
+static int pend_add(struct hctx *ctx, int kind, const struct gf_key *k, uint32_t voff, size_t vn,
+                    bool del)
+{
+    struct gf *g = self(ctx);
+    struct pend *pd = &g->pend[kind];
+    int rc = 0;
+    /* a put's value is kept by pend_value, which left room for its keys */
+    if (del && g->pbuf.len + k->n > PEND_BYTES_MAX && (rc = pend_apply_all(ctx)))
+        return rc;
+    if (pd->n == pd->cap) {
+        size_t cap = pd->cap ? pd->cap * 2 : 4096;
+        struct pw *p = realloc(pd->w, cap * sizeof *p);
+        if (!p)
+            return CAIRN_ENOMEM;
+        pd->w = p;
+        pd->cap = cap;
+    }
+    struct pw *w = &pd->w[pd->n];
+    if ((rc = pbuf_put(g, k->b, k->n, &w->koff)))
+        return rc;
+    w->voff = voff;
+    w->kn = (uint16_t)k->n;
+    w->vn = (uint16_t)vn;
+    w->del = del;
+    w->seq = g->pseq++;
+    pd->n++;
+    return 0;
+}
+
+static int cmp_dsort_pw(const void *a, const void *b, void *arg)
+{
+    const struct dsort *x = a, *y = b;
+    if (x->k0 != y->k0)
+        return x->k0 < y->k0 ? -1 : 1;
+    if (x->k1 != y->k1)
+        return x->k1 < y->k1 ? -1 : 1;
+    const struct pw *p = x->p, *q = y->p;
+    const uint8_t *base = arg;
+    int c = cmp_keys(base + p->koff, p->kn, base + q->koff, q->kn);
+    return c ? c : p->seq < q->seq ? -1 : p->seq > q->seq;
+}
+
+/* Makes the pending writes of one kind, in key order. */
+static int pend_apply(struct hctx *ctx, int kind)
+{
+    struct gf *g = self(ctx);
+    struct pend *pd = &g->pend[kind];
+    unsigned db = kind == PW_HITS     ? g->hits
+                  : kind == PW_DHITS  ? g->dhits
+                  : kind == PW_INSIDE ? g->inside
+                                      : g->pos;
+    if (!pd->n)
+        return 0;
+    const uint8_t *base = g->pbuf.data;
+    struct dsort *o = malloc(pd->n * sizeof *o);
+    if (o) {
+        for (size_t i = 0; i < pd->n; i++)
+            dsort_key(&o[i], base + pd->w[i].koff, pd->w[i].kn, &pd->w[i]);
+        dsort_sort(o, pd->n, cmp_dsort_pw, (void *)base);
+    }
+    int rc = 0;
+    for (size_t i = 0; i < pd->n && !rc; i++) {
+        assert(!o || i == 0 || cmp_dsort_pw(&o[i - 1], &o[i], (void *)base) < 0);
+        const struct pw *w = o ? o[i].p : &pd->w[i]; /* no memory: in their order */
+        if (o && i + 1 < pd->n) {
+            const struct pw *nx = o[i + 1].p;
+            if (!cmp_keys(base + w->koff, w->kn, base + nx->koff, nx->kn))
+                continue; /* a later write of the same key */
+        }
+        rc = w->del ? hctx_del(ctx, db, base + w->koff, w->kn)
+                    : hctx_put(ctx, db, base + w->koff, w->kn, base + w->voff, w->vn);
+    }
+    free(o);
+    pd->n = 0;
+    bool empty = true;
+    for (int k = 0; k < PW_KINDS; k++)
+        empty &= !g->pend[k].n;
+    if (empty) {
+        cairn_buf_reset(&g->pbuf);
+        g->pseq = 0;
+    }
+    return rc;
+}
+
+static int pend_apply_all(struct hctx *ctx)
+{
+    int rc = 0;
+    for (int k = 0; k < PW_KINDS && !rc; k++)
+        rc = pend_apply(ctx, k);
     return rc;
 }
 
@@ -653,7 +878,8 @@ static int dev_store(struct gf *g, struct gdev *d, const uint8_t *rec, size_t n,
 
 static int gf_flush(struct hctx *ctx)
 {
-    return dev_writeback(ctx);
+    int rc = dev_writeback(ctx);
+    return rc ? rc : pend_apply_all(ctx);
 }
 
 /* ====================================================================== fence options */
@@ -734,15 +960,20 @@ static int fence_insert(struct gf *g, uint32_t tenant, const struct cairn_str *i
     f->shape = *shape;
     memset(shape, 0, sizeof *shape);
     f->idlen = (uint8_t)id->n;
-    if (!(f->id = dupn(id->p, id->n)) || (rc = read_options(def, f))) {
-        fence_release(f);
+    if ((f->id = geo_pool_alloc(g->pool, id->n + 1))) {
+        memcpy(f->id, id->p, id->n);
+        f->id[id->n] = 0;
+    }
+    if (!f->id || (rc = read_options(def, f))) {
+        fence_release(g, f);
         f->next_free = g->free_head;
         g->free_head = slot;
         return rc ? rc : CAIRN_ENOMEM;
     }
     idmap_put(g, slot);
     g->fgen++;
-    geo_shape_bands(&f->shape); /* on failure the point tests read every edge */
+    geo_shape_bands(&f->shape);         /* on failure the point tests read every edge */
+    geo_shape_pool(&f->shape, g->pool); /* on failure it stays on the heap */
     g->raster[slot].user = f->nfilters || f->max_acc > 0;
     geo_raster_build(&f->shape, &g->raster[slot]);
     t->nfences++;
@@ -812,7 +1043,7 @@ static void gf_close(struct hctx *ctx)
         return;
     for (uint32_t i = 0; i < g->nf; i++)
         if (g->f[i].id)
-            fence_release(&g->f[i]);
+            fence_release(g, &g->f[i]);
     geo_huge_free(g->f, g->capf * sizeof *g->f);
     geo_huge_free(g->mark, g->capf * sizeof *g->mark);
     geo_huge_free(g->raster, g->capf * sizeof *g->raster);
@@ -821,11 +1052,15 @@ static void gf_close(struct hctx *ctx)
         free(g->t[i]);
     free(g->t);
     geo_index_free(g->ix);
+    geo_pool_free(g->pool);
     dev_drop(g);
     free(g->cand);
     free(g->mems);
     cairn_buf_deinit(&g->rec);
     cairn_buf_deinit(&g->tmp);
+    for (int k = 0; k < PW_KINDS; k++)
+        free(g->pend[k].w);
+    cairn_buf_deinit(&g->pbuf);
     free(g);
     *hctx_user(ctx) = NULL;
 }
@@ -840,6 +1075,7 @@ static int gf_open(struct hctx *ctx)
     g->fgen = 1;
     cairn_buf_init(&g->rec, 1u << 20);
     cairn_buf_init(&g->tmp, CAIRN_PAYLOAD_MAX_CEILING);
+    cairn_buf_init(&g->pbuf, PEND_BYTES_MAX + 4 * (GF_KEY_MAX + 1) + 2048);
     const json_t *dm = json_object_get(hctx_config(ctx), "device_cache_max");
     g->dev_max = json_is_integer(dm) && json_integer_value(dm) >= 1 &&
                          json_integer_value(dm) < GF_DEV_CACHE_MAX
@@ -850,6 +1086,8 @@ static int gf_open(struct hctx *ctx)
                              ? json_number_value(ar)
                              : GF_ARRIVAL_RADIUS_DEFAULT;
     int rc = geo_index_new(&g->ix);
+    if (!rc && !(g->pool = geo_pool_new()))
+        rc = CAIRN_ENOMEM;
     if (!rc && !(g->mems = mems_alloc()))
         rc = CAIRN_ENOMEM;
     struct {
@@ -903,58 +1141,110 @@ struct fix {
     bool has_acc;
 };
 
-/* Emits a hit and indexes it in hits / dhits. extra: 0 none, 1 dwell_s,
- * 2 since, 3 from (cross). */
+static size_t time_fmt(struct tcache *c, int64_t ns, char *out)
+{
+    int64_t secs = ns / 1000000000LL, frac = ns % 1000000000LL;
+    if (frac < 0)
+        frac += 1000000000LL, secs -= 1;
+    if (!c->n || c->secs != secs) {
+        char t[MPD_TIME_MAX];
+        size_t n = secs > INT64_MIN / 1000000000LL + 1
+                       ? cairn_time_format(secs * 1000000000LL, t, sizeof t)
+                       : 0;
+        if (n != 20)
+            return cairn_time_format(ns, out, MPD_TIME_MAX);
+        memcpy(c->s, t, 19);
+        c->n = 19;
+        c->secs = secs;
+    }
+    memcpy(out, c->s, 19);
+    char *o = out + 19;
+    if (frac) {
+        int w = 9;
+        if (frac % 1000000 == 0)
+            frac /= 1000000, w = 3;
+        else if (frac % 1000 == 0)
+            frac /= 1000, w = 6;
+        *o++ = '.';
+        for (int i = w - 1; i >= 0; i--, frac /= 10)
+            o[i] = (char)('0' + frac % 10);
+        o += w;
+    }
+    *o++ = 'Z';
+    return (size_t)(o - out);
+}
+
+static uint8_t *mpd_f64(uint8_t *o, double v)
+{
+    uint64_t b;
+    memcpy(&b, &v, 8);
+    return mpd_be(o, 0xcb, b, 8); /* msgpack_pack_double's encoding */
+}
+
+static uint8_t *mpd_gtime(uint8_t *o, struct tcache *c, int64_t ns)
+{
+    char t[MPD_TIME_MAX];
+    return mpd_strn(o, t, time_fmt(c, ns, t));
+}
+
+/* Emits a hit and indexes it in hits / dhits. The payload is packed
+ * directly (handler.h's mpd_*: the bytes msgpack-c's packer wrote before,
+ * key by key), into a buffer larger than any hit: ids are at most
+ * GF_FENCE_ID_MAX and CAIRN_KEY_MAX bytes, the rest under 300. */
 static int emit_hit(struct hctx *ctx, const struct fix *x, const struct fence *f, int kind,
                     const char *reason, int64_t since, const double *from)
 {
     struct gf *g = self(ctx);
-    uint8_t tmp[1024];
-    struct cairn_buf b = {.data = tmp, .cap = sizeof tmp, .max = sizeof tmp};
-    struct mpw w;
-    mpw_init(&w, &b);
+    uint8_t buf[1024];
+    _Static_assert(GF_FENCE_ID_MAX + CAIRN_KEY_MAX + 9 * MPD_HDR_MAX + 2 * (MPD_TIME_MAX + 2) +
+                           160 <
+                       sizeof buf,
+                   "a hit fits its buffer");
     uint32_t n =
         5 + (kind == HIT_EXIT ? 3 : 0) + (kind == HIT_ENTER ? 1 : 0) + (kind == HIT_CROSS ? 1 : 0);
-    msgpack_pack_map(&w.pk, n);
     struct cairn_str fid = {f ? f->id : "", f ? f->idlen : 0};
-    mpw_kv_str(&w, "fence_id", &fid);
-    mpw_kv_str(&w, "device_id", &x->dev);
-    mpw_kv_num(&w, "lat", x->lat);
-    mpw_kv_num(&w, "lon", x->lon);
-    mpw_kv_time(&w, "at", x->ev->time);
+    uint8_t *o = mpd_map(buf, n);
+    o = mpd_strn(mpd_key(o, "fence_id"), fid.p, fid.n);
+    o = mpd_key(o, "device_id");
+    o = x->dev.p ? mpd_strn(o, x->dev.p, x->dev.n) : mpd_nil(o);
+    o = mpd_f64(mpd_key(o, "lat"), x->lat);
+    o = mpd_f64(mpd_key(o, "lon"), x->lon);
+    o = mpd_gtime(mpd_key(o, "at"), &g->tc, x->ev->time);
     if (kind == HIT_ENTER)
-        mpw_kv_time(&w, "since", since);
+        o = mpd_gtime(mpd_key(o, "since"), &g->tc, since);
     if (kind == HIT_EXIT) {
-        mpw_kv_time(&w, "since", since);
-        mpw_kv_num(&w, "dwell_s", (double)(x->ev->time - since) / 1e9);
-        mpw_kv_cstr(&w, "reason", reason);
+        o = mpd_gtime(mpd_key(o, "since"), &g->tc, since);
+        o = mpd_f64(mpd_key(o, "dwell_s"), (double)(x->ev->time - since) / 1e9);
+        o = mpd_key(o, "reason");
+        o = reason ? mpd_strn(o, reason, strlen(reason)) : mpd_nil(o);
     }
     if (kind == HIT_CROSS) {
-        mpw_str(&w, "from");
-        msgpack_pack_map(&w.pk, 2);
-        mpw_kv_num(&w, "lat", from[1]);
-        mpw_kv_num(&w, "lon", from[0]);
+        o = mpd_map(mpd_key(o, "from"), 2);
+        o = mpd_f64(mpd_key(o, "lat"), from[1]);
+        o = mpd_f64(mpd_key(o, "lon"), from[0]);
     }
-    int rc = mpw_finish(&w);
-    if (!rc)
-        rc = hctx_emit(ctx, x->ev, hit_types[kind], NULL, &x->dev, b.data, b.len);
+    size_t len = (size_t)(o - buf);
+    int rc = hctx_emit(ctx, x->ev, hit_types[kind], NULL, &x->dev, buf, len);
     const struct cairn_str *t = &x->ev->tenant;
     struct gf_key k;
     uint8_t kb = (uint8_t)kind;
+    uint32_t voff = 0;
+    if (!rc)
+        rc = pend_value(ctx, buf, len, &voff);
     gk_tenant(&k, t->p, t->n);
     gk_u8str(&k, fid.p, fid.n);
     gk_be64(&k, gf_time_key(x->ev->time));
     gk_raw(&k, &kb, 1);
     gk_raw(&k, x->dev.p, x->dev.n);
     if (!rc && !k.over)
-        rc = hctx_put(ctx, g->hits, k.b, k.n, b.data, b.len);
+        rc = pend_add(ctx, PW_HITS, &k, voff, len, false);
     gk_tenant(&k, t->p, t->n);
     gk_u16str(&k, x->dev.p, x->dev.n);
     gk_be64(&k, gf_time_key(x->ev->time));
     gk_raw(&k, &kb, 1);
     gk_raw(&k, fid.p, fid.n);
     if (!rc && !k.over)
-        rc = hctx_put(ctx, g->dhits, k.b, k.n, b.data, b.len);
+        rc = pend_add(ctx, PW_DHITS, &k, voff, len, false);
     return rc;
 }
 
@@ -970,15 +1260,16 @@ static int inside_key(struct gf_key *k, const struct cairn_str *t, const char *f
 static int set_inside(struct hctx *ctx, const struct fix *x, const char *fid, size_t fn,
                       int64_t since, bool in)
 {
-    struct gf *g = self(ctx);
     struct gf_key k;
     if (inside_key(&k, &x->ev->tenant, fid, fn, &x->dev))
         return 0;
     if (!in)
-        return hctx_del(ctx, g->inside, k.b, k.n);
+        return pend_add(ctx, PW_INSIDE, &k, 0, 0, true);
     uint8_t v[8];
-    cairn_be64_put(v, (uint64_t)since);
-    return hctx_put(ctx, g->inside, k.b, k.n, v, 8);
+    uint32_t voff;
+    gf_be64_put(v, (uint64_t)since);
+    int rc = pend_value(ctx, v, 8, &voff);
+    return rc ? rc : pend_add(ctx, PW_INSIDE, &k, voff, 8, false);
 }
 
 /* ====================================================================== the device record */
@@ -1006,7 +1297,7 @@ struct devrec {
 
 static double get_f64(const uint8_t *p)
 {
-    uint64_t b = cairn_be64_get(p);
+    uint64_t b = gf_be64_get(p);
     double d;
     memcpy(&d, &b, 8);
     return d;
@@ -1016,7 +1307,7 @@ static void put_f64(uint8_t *p, double d)
 {
     uint64_t b;
     memcpy(&b, &d, 8);
-    cairn_be64_put(p, b);
+    gf_be64_put(p, b);
 }
 
 static int rec_decode(const uint8_t *p, size_t n, struct devrec *r, struct mem *mems)
@@ -1026,7 +1317,7 @@ static int rec_decode(const uint8_t *p, size_t n, struct devrec *r, struct mem *
     r->exists = true;
     r->lat = get_f64(p + 1);
     r->lon = get_f64(p + 9);
-    r->time = (int64_t)cairn_be64_get(p + 17);
+    r->time = (int64_t)gf_be64_get(p + 17);
     r->n = (uint32_t)p[25] << 8 | p[26];
     r->m = mems;
     size_t at = 27;
@@ -1036,7 +1327,7 @@ static int rec_decode(const uint8_t *p, size_t n, struct devrec *r, struct mem *
         if (at + 10 > n || at + 10 + p[at + 9] > n || p[at + 9] > GF_FENCE_ID_MAX)
             return CAIRN_ECORRUPT;
         mems[i].state = p[at];
-        mems[i].since = (int64_t)cairn_be64_get(p + at + 1);
+        mems[i].since = (int64_t)gf_be64_get(p + at + 1);
         mems[i].slot = UINT32_MAX;
         mems[i].idlen = p[at + 9];
         memcpy(mems[i].id, p + at + 10, mems[i].idlen);
@@ -1062,26 +1353,29 @@ static int rec_write(struct hctx *ctx, const struct fix *x, struct mem *m, uint3
         qsort(m, n, sizeof *m, cmp_mem);
     uint32_t slots[GF_MEMBERSHIPS_MAX];
     cairn_buf_reset(&g->rec);
-    uint8_t h[27];
+    /* n <= GF_MEMBERSHIPS_MAX: at most ~140 KB, within the buffer's max */
+    int rc = cairn_buf_reserve(&g->rec, 27 + (size_t)n * (10 + GF_FENCE_ID_MAX));
+    if (rc)
+        return rc;
+    uint8_t *h = g->rec.data;
     h[0] = 1;
     put_f64(h + 1, x->lat);
     put_f64(h + 9, x->lon);
-    cairn_be64_put(h + 17, (uint64_t)x->ev->time);
+    gf_be64_put(h + 17, (uint64_t)x->ev->time);
     h[25] = (uint8_t)(n >> 8);
     h[26] = (uint8_t)n;
-    int rc = cairn_buf_append(&g->rec, h, sizeof h);
-    for (uint32_t i = 0; i < n && !rc; i++) {
-        uint8_t e[10];
+    uint8_t *e = h + 27;
+    for (uint32_t i = 0; i < n; i++) {
         e[0] = m[i].state;
-        cairn_be64_put(e + 1, (uint64_t)m[i].since);
+        gf_be64_put(e + 1, (uint64_t)m[i].since);
         e[9] = m[i].idlen;
-        rc = cairn_buf_append(&g->rec, e, 10);
-        if (!rc)
-            rc = cairn_buf_append(&g->rec, m[i].id, m[i].idlen);
+        memcpy(e + 10, m[i].id, m[i].idlen);
+        e += 10 + m[i].idlen;
         slots[i] = m[i].slot;
         with_slots &= m[i].slot != UINT32_MAX;
     }
-    return rc ? rc : dev_store(g, d, g->rec.data, g->rec.len, with_slots ? slots : NULL, n);
+    g->rec.len = (size_t)(e - h);
+    return dev_store(g, d, g->rec.data, g->rec.len, with_slots ? slots : NULL, n);
 }
 
 /* ====================================================================== detection */
@@ -1314,7 +1608,6 @@ static void pos_cell(double lon, double lat, uint32_t *cx, uint32_t *cy)
 
 static int pos_move(struct hctx *ctx, const struct fix *x, const struct devrec *r)
 {
-    struct gf *g = self(ctx);
     uint32_t ncx, ncy, ocx = 0, ocy = 0;
     pos_cell(x->lon, x->lat, &ncx, &ncy);
     if (r->exists) {
@@ -1330,13 +1623,13 @@ static int pos_move(struct hctx *ctx, const struct fix *x, const struct devrec *
         gk_be32(&k, ocy);
         gk_be32(&k, ocx);
         gk_raw(&k, x->dev.p, x->dev.n);
-        rc = hctx_del(ctx, g->pos, k.b, k.n);
+        rc = pend_add(ctx, PW_POS, &k, 0, 0, true);
     }
     gk_tenant(&k, t->p, t->n);
     gk_be32(&k, ncy);
     gk_be32(&k, ncx);
     gk_raw(&k, x->dev.p, x->dev.n);
-    return rc ? rc : hctx_put(ctx, g->pos, k.b, k.n, "", 0);
+    return rc ? rc : pend_add(ctx, PW_POS, &k, 0, 0, false);
 }
 
 /* ====================================================================== roam */
@@ -1372,7 +1665,7 @@ static int roam_scan(struct hctx *ctx, const struct fix *x, const struct fence *
     uint32_t x0, y0, x1, y1;
     pos_cell(fmax(x->lon - dlon, -180), fmax(x->lat - dlat, -90), &x0, &y0);
     pos_cell(fmin(x->lon + dlon, 180), fmin(x->lat + dlat, 90), &x1, &y1);
-    int rc = 0;
+    int rc = pend_apply(ctx, PW_POS); /* the grid as of this fix */
     *nout = 0;
     for (uint32_t cy = y0; cy <= y1 && !rc; cy++)
         for (uint32_t cx = x0; cx <= x1 && !rc; cx++) {
@@ -1829,7 +2122,7 @@ static int delete_exits(struct hctx *ctx, const struct event *ev, const struct c
     gk_u8str(&k, id->p, id->n);
     size_t pn = k.n;
     struct fence gone = {.id = (char *)id->p, .idlen = (uint8_t)id->n};
-    int rc = 0;
+    int rc = pend_apply(ctx, PW_INSIDE); /* the devices inside as of now */
     for (int n = 0; !rc && n < GF_DELETE_EXITS_MAX; n++) {
         struct hcursor *c;
         MDB_val kk, vv;
@@ -1839,7 +2132,7 @@ static int delete_exits(struct hctx *ctx, const struct event *ev, const struct c
         rc = hctx_cursor_next(c, &kk, &vv);
         char dev[CAIRN_KEY_MAX];
         size_t dn = rc ? 0 : kk.mv_size - pn;
-        int64_t since = rc || vv.mv_size != 8 ? 0 : (int64_t)cairn_be64_get(vv.mv_data);
+        int64_t since = rc || vv.mv_size != 8 ? 0 : (int64_t)gf_be64_get(vv.mv_data);
         if (!rc) {
             memcpy(dev, (const char *)kk.mv_data + pn, dn);
             rc = hctx_cursor_del(c);
@@ -2001,16 +2294,18 @@ static int gf_apply(struct hctx *ctx, const struct event *ev)
     return 0;
 }
 
-/* For the benchmark: heap bytes of the in-memory fences and index. */
+/* For the benchmark: bytes of the in-memory fences and index (the tables,
+ * and what the pools took from the system for ids, geometry, bands and
+ * cell entries). */
 size_t geofence_memory(struct hctx *ctx)
 {
     struct gf *g = self(ctx);
     size_t n = (size_t)g->capf * (sizeof *g->f + sizeof *g->mark + sizeof *g->raster) +
-               g->idcap * 4 + geo_index_bytes(g->ix);
+               g->idcap * 4 + geo_index_bytes(g->ix) + geo_pool_bytes(g->pool);
     for (uint32_t i = 0; i < g->nf; i++)
-        if (g->f[i].id) {
+        if (g->f[i].id && !g->f[i].shape.pool) { /* left on the heap */
             const struct geo_shape *s = &g->f[i].shape;
-            n += g->f[i].idlen + 1 + s->npolys * sizeof(struct geo_poly) + (size_t)s->nverts * 16 +
+            n += s->npolys * sizeof(struct geo_poly) + (size_t)s->nverts * 16 +
                  geo_shape_bands_bytes(s);
             for (uint32_t p = 0; p < s->npolys; p++)
                 n += s->polys[p].nrings * sizeof(struct geo_ring);

@@ -4,7 +4,8 @@
  * vertices and edges, antimeridian, tiny and huge fences, poles), circles,
  * segments, validation reasons, the rasters' answers against the exact
  * test, and a brute-force cross-check of the index against a linear scan
- * (10 000 fences x 100 000 fixes, fixed seed).
+ * (10 000 fences x 100 000 fixes, fixed seed); the block pool, and shapes
+ * moved into it.
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -389,12 +390,24 @@ static void test_brute_force(void **state)
  * uniform points it answered. */
 /* geo_contains at (x, y) without and with the shape's bands (s has none
  * on entry and keeps them). */
+static struct geo_pool *tpool; /* test_raster's */
+
+/* The banded test, then the shape moved into a pool (geo_shape_pool),
+ * answer as the full loop did. */
 static void bands_check(struct geo_shape *s, const double *pts, size_t n)
 {
     char *plain = malloc(n + 1);
     for (size_t i = 0; i < n; i++)
         plain[i] = (char)geo_contains(s, pts[2 * i], pts[2 * i + 1]);
     assert_int_equal(geo_shape_bands(s), 0);
+    for (size_t i = 0; i < n; i++)
+        assert_int_equal(plain[i], geo_contains(s, pts[2 * i], pts[2 * i + 1]));
+    uint32_t nverts = s->nverts;
+    size_t banded_before = geo_shape_bands_bytes(s);
+    assert_int_equal(geo_shape_pool(s, tpool), 0);
+    assert_true(s->kind != GEO_POLYGON || s->pool == tpool);
+    assert_int_equal(s->nverts, nverts);
+    assert_int_equal(geo_shape_bands_bytes(s), banded_before);
     for (size_t i = 0; i < n; i++)
         assert_int_equal(plain[i], geo_contains(s, pts[2 * i], pts[2 * i + 1]));
     free(plain);
@@ -476,6 +489,8 @@ static void test_raster(void **state)
     (void)state;
     struct geo_shape s;
     long known = 0, total = 0;
+    tpool = geo_pool_new();
+    assert_non_null(tpool);
     /* hand-made: the U, a square with a hole, a MultiPolygon whose parts
      * touch, a sliver, edges on the raster's cell lines (a 12 x 12 grid) */
     static const char *const hand[] = {
@@ -538,6 +553,8 @@ static void test_raster(void **state)
     geo_raster_build(&s, &r);
     assert_int_equal(r.ok, 0);
     geo_shape_free(&s);
+    geo_pool_free(tpool); /* the shapes were freed into it */
+    tpool = NULL;
 }
 
 static void test_pack(void **state)
@@ -560,6 +577,53 @@ static void test_pack(void **state)
     cairn_buf_deinit(&b);
 }
 
+/* The pool (geo.h): blocks of random sizes, from one byte to past the
+ * largest class, allocated and returned in random order, each filled with
+ * its own bytes: none overlaps another, all are 16-byte aligned, and the
+ * pool reports at least what is live. */
+static void test_pool(void **state)
+{
+    (void)state;
+    enum { LIVE = 2000, OPS = 60000 };
+    struct geo_pool *p = geo_pool_new();
+    assert_non_null(p);
+    uint8_t *blk[LIVE] = {0};
+    size_t len[LIVE] = {0};
+    uint8_t tag[LIVE] = {0};
+    for (int op = 0; op < OPS; op++) {
+        int i = (int)(rnd() * LIVE);
+        if (blk[i]) {
+            for (size_t k = 0; k < len[i]; k++)
+                assert_int_equal(blk[i][k], (uint8_t)(tag[i] + k));
+            geo_pool_put(p, blk[i], len[i]);
+            blk[i] = NULL;
+            continue;
+        }
+        double u = rnd();
+        len[i] = u < 0.6    ? 1 + (size_t)(rnd() * 1024)
+                 : u < 0.95 ? 1025 + (size_t)(rnd() * 20000)
+                 : u < 0.99 ? 20000 + (size_t)(rnd() * 250000)
+                            : 262144 + (size_t)(rnd() * 100000);
+        blk[i] = geo_pool_alloc(p, len[i]);
+        assert_non_null(blk[i]);
+        assert_int_equal((uintptr_t)blk[i] % 16, 0);
+        tag[i] = (uint8_t)op;
+        for (size_t k = 0; k < len[i]; k++)
+            blk[i][k] = (uint8_t)(tag[i] + k);
+    }
+    size_t live = 0;
+    for (int i = 0; i < LIVE; i++)
+        if (blk[i]) {
+            live += len[i];
+            for (size_t k = 0; k < len[i]; k++)
+                assert_int_equal(blk[i][k], (uint8_t)(tag[i] + k));
+        }
+    assert_true(geo_pool_bytes(p) >= live);
+    for (int i = 0; i < LIVE; i += 2) /* half returned, the rest with the pool */
+        geo_pool_put(p, blk[i], len[i]);
+    geo_pool_free(p);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -572,6 +636,7 @@ int main(void)
         cmocka_unit_test(test_pack),
         cmocka_unit_test(test_brute_force),
         cmocka_unit_test(test_raster),
+        cmocka_unit_test(test_pool),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
