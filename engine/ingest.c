@@ -8,6 +8,7 @@
  */
 #include "engine.h"
 
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -481,31 +482,135 @@ int ingest_default_key_mp(const char *type, const msgpack_object *payload, char 
     return 0;
 }
 
-/* Unpacks canonical msgpack bytes (which cannot fail but for memory). */
-static int unpack(const uint8_t *p, size_t n, msgpack_zone *z, msgpack_object *o)
+/* ====================================================================== per-thread scratch */
+
+/* Each parsing thread keeps the msgpack zone its payloads are unpacked
+ * into and the buffer NDJSON is transcoded into, from input to input:
+ * they were a malloc/free pair each per input. A thread's are freed when
+ * it exits (the key's destructor). Either is taken only while not in use,
+ * so a nested use gets its own, as before. */
+#define SCRATCH_ZONE_CHUNK 4096
+#define SCRATCH_BUF_KEEP (64u << 10) /* a bigger transcoding is not kept */
+
+struct scratch {
+    msgpack_zone zone;
+    bool zone_ok, zone_busy, buf_busy;
+    struct cairn_buf buf;
+};
+
+static pthread_key_t scratch_key;
+static pthread_once_t scratch_once = PTHREAD_ONCE_INIT;
+static bool scratch_key_ok;
+
+static void scratch_free(void *p)
+{
+    struct scratch *s = p;
+    if (s->zone_ok)
+        msgpack_zone_destroy(&s->zone);
+    cairn_buf_deinit(&s->buf);
+    free(s);
+}
+
+static void scratch_key_init(void)
+{
+    scratch_key_ok = pthread_key_create(&scratch_key, scratch_free) == 0;
+}
+
+/* The calling thread's scratch, NULL when it cannot have one. */
+static struct scratch *scratch_get(void)
+{
+    pthread_once(&scratch_once, scratch_key_init);
+    if (!scratch_key_ok)
+        return NULL;
+    struct scratch *s = pthread_getspecific(scratch_key);
+    if (s)
+        return s;
+    if (!(s = calloc(1, sizeof *s)))
+        return NULL;
+    cairn_buf_init(&s->buf, SIZE_MAX);
+    s->zone_ok = msgpack_zone_init(&s->zone, SCRATCH_ZONE_CHUNK);
+    if (pthread_setspecific(scratch_key, s)) {
+        scratch_free(s);
+        return NULL;
+    }
+    return s;
+}
+
+static void zone_give(msgpack_zone *z, msgpack_zone *own);
+
+/* A buffer for transcoding: the thread's, or *own (initialised). */
+static struct cairn_buf *buf_take(struct cairn_buf *own)
+{
+    struct scratch *s = scratch_get();
+    if (s && !s->buf_busy) {
+        s->buf_busy = true;
+        cairn_buf_reset(&s->buf);
+        return &s->buf;
+    }
+    cairn_buf_init(own, SIZE_MAX);
+    return own;
+}
+
+static void buf_give(struct cairn_buf *b, struct cairn_buf *own)
+{
+    if (b == own) {
+        cairn_buf_deinit(own);
+        return;
+    }
+    struct scratch *s = pthread_getspecific(scratch_key);
+    if (b->cap > SCRATCH_BUF_KEEP) { /* a huge input: do not keep its memory */
+        cairn_buf_deinit(b);
+        cairn_buf_init(b, SIZE_MAX);
+    }
+    s->buf_busy = false;
+}
+
+/* Unpacks canonical msgpack bytes (which cannot fail but for memory) into
+ * the thread's zone, or into *own; *z is the one used, for zone_give. */
+static int unpack(const uint8_t *p, size_t n, msgpack_zone *own, msgpack_zone **z,
+                  msgpack_object *o)
 {
     size_t off = 0;
-    if (!msgpack_zone_init(z, 1024))
+    struct scratch *s = scratch_get();
+    if (s && s->zone_ok && !s->zone_busy) {
+        s->zone_busy = true;
+        *z = &s->zone;
+    } else if (msgpack_zone_init(own, 1024)) {
+        *z = own;
+    } else {
         return CAIRN_ENOMEM;
-    if (msgpack_unpack((const char *)p, n, &off, z, o) != MSGPACK_UNPACK_SUCCESS) {
-        msgpack_zone_destroy(z);
+    }
+    if (msgpack_unpack((const char *)p, n, &off, *z, o) != MSGPACK_UNPACK_SUCCESS) {
+        zone_give(*z, own);
         return CAIRN_ENOMEM;
     }
     return 0;
 }
 
+/* Releases what unpack returned: the thread's zone is emptied (its first
+ * chunk is kept), another is destroyed. */
+static void zone_give(msgpack_zone *z, msgpack_zone *own)
+{
+    if (z == own) {
+        msgpack_zone_destroy(own);
+        return;
+    }
+    struct scratch *s = pthread_getspecific(scratch_key);
+    msgpack_zone_clear(z);
+    s->zone_busy = false;
+}
+
 int ingest_default_key(const char *type, const json_t *payload, char *out, size_t cap)
 {
-    struct cairn_buf b;
-    msgpack_zone z;
+    struct cairn_buf own, *b = buf_take(&own);
+    msgpack_zone zown, *z;
     msgpack_object o;
-    cairn_buf_init(&b, SIZE_MAX);
-    int rc = cairn_json_to_msgpack(payload, &b, NULL);
-    if (!rc && !(rc = unpack(b.data, b.len, &z, &o))) {
+    int rc = cairn_json_to_msgpack(payload, b, NULL);
+    if (!rc && !(rc = unpack(b->data, b->len, &zown, &z, &o))) {
         rc = ingest_default_key_mp(type, &o, out, cap);
-        msgpack_zone_destroy(&z);
+        zone_give(z, &zown);
     }
-    cairn_buf_deinit(&b);
+    buf_give(b, &own);
     return rc;
 }
 
@@ -701,18 +806,17 @@ static int parse_value(struct ingest *ing, const json_t *obj, const char *source
     /* The payload is stored as msgpack and validated in that form. Encoded
      * without a size limit (the input line bounds it), so that a schema
      * error is still reported before the size. */
-    struct cairn_buf mp;
-    msgpack_zone z;
+    struct cairn_buf own, *mp = buf_take(&own);
+    msgpack_zone zown, *z;
     msgpack_object body;
-    cairn_buf_init(&mp, SIZE_MAX);
-    rc = cairn_json_to_msgpack(r.payload_json, &mp, e);
+    rc = cairn_json_to_msgpack(r.payload_json, mp, e);
     if (rc == CAIRN_EINVAL && e)
         snprintf(e->field, sizeof e->field, "/payload");
-    if (!rc && !(rc = unpack(mp.data, mp.len, &z, &body))) {
-        rc = finish(ing, &c, mp.data, mp.len, &body, source, ev, e);
-        msgpack_zone_destroy(&z);
+    if (!rc && !(rc = unpack(mp->data, mp->len, &zown, &z, &body))) {
+        rc = finish(ing, &c, mp->data, mp->len, &body, source, ev, e);
+        zone_give(z, &zown);
     }
-    cairn_buf_deinit(&mp);
+    buf_give(mp, &own);
     return rc;
 }
 
@@ -739,14 +843,14 @@ static int parse_mp_fast(struct ingest *ing, const uint8_t *p, size_t n, bool tr
         rc = check_env(ing, &r, now, ing->allow_engine_types, &c, ev, e);
     if (rc)
         return rc;
-    msgpack_zone z;
+    msgpack_zone zown, *z;
     msgpack_object body;
     const uint8_t *pl = r.payload_mp;
     size_t pn = (size_t)(r.payload_mp_end - pl);
-    if ((rc = unpack(pl, pn, &z, &body)))
+    if ((rc = unpack(pl, pn, &zown, &z, &body)))
         return rc;
     rc = finish(ing, &c, pl, pn, &body, source, ev, e);
-    msgpack_zone_destroy(&z);
+    zone_give(z, &zown);
     if (!rc && used)
         *used = end;
     return rc;
@@ -764,12 +868,11 @@ int ingest_parse_json_for(struct ingest *ing, const char *text, size_t n, const 
     if (n > CAIRN_LINE_MAX)
         return cairn_error_set(e, "too_large", "", "input is over the %u-byte limit",
                                (unsigned)CAIRN_LINE_MAX);
-    struct cairn_buf mp;
-    cairn_buf_init(&mp, SIZE_MAX);
+    struct cairn_buf own, *mp = buf_take(&own);
     int rc = SLOW;
-    if (cairn_json_text_to_msgpack(text, n, &mp))
-        rc = parse_mp_fast(ing, mp.data, mp.len, true, NULL, source, now, &bind, ev, e);
-    cairn_buf_deinit(&mp);
+    if (cairn_json_text_to_msgpack(text, n, mp))
+        rc = parse_mp_fast(ing, mp->data, mp->len, true, NULL, source, now, &bind, ev, e);
+    buf_give(mp, &own);
     if (rc != SLOW)
         return rc;
     cairn_error_clear(e);
