@@ -20,7 +20,9 @@
  * from the first parse to the last done callback; commit latency is per
  * request, from submit to done. Input generation and msgpack encoding
  * happen before any timing. Besides rates and latencies it reports the
- * bytes each phase wrote to its LMDB files per event (/proc/self/io), which
+ * bytes each phase wrote to its LMDB files per event (/proc/self/io: write
+ * calls; the log's index is written through its map, by the kernel's
+ * writeback, and is not counted), which
  * is what separates the log from the raw loop on a slow disk, and CPU time
  * per event in all and per thread: the parsing threads, the log's writer
  * and its indexer (found by the names log/ gives them), which is what can
@@ -749,7 +751,9 @@ static void print_goals(const struct bench *b, const struct figures *nd, double 
 {
     printf("\n(in MB/s: input bytes; st MB/s: stored envelopes; us/ev: CPU per event; sys s:\n"
            " kernel CPU; prod s, wrt s, idx s: CPU of the parsing threads, the log's writer\n"
-           " thread and its indexer thread; wr B/ev: bytes written to the LMDB files per event;\n"
+           " thread and its indexer thread; wr B/ev: bytes written to the LMDB files per event\n"
+           " by write calls (the log index is written through its map, by the kernel: not\n"
+           " counted);\n"
            " latency: per request from submit to done, for raw per commit; raw: MDB_APPEND of\n"
            " the stored envelopes, a durable commit every ev/bat values; med: the median run,\n"
            " ratios: the median of the per-run ratios)\n");
