@@ -665,19 +665,29 @@ static int write_alert(struct cairn_buf *b, const struct alert *a)
     o = pk_str(o, &a->resolution);
     o = mpd_key(o, "details");
     b->len = (size_t)(o - b->data);
-    if (a->details && a->details_raw.p) {
+    if (a->details_raw.p) {
         rc = cairn_buf_append(b, a->details_raw.p, a->details_raw.n);
         /* Checked in the sanitized test builds only (assertions stay on in
-         * every build, and this check would cost what the copy saves). */
+         * every build, and this check would cost what the copy saves): the
+         * bytes decode and pack again to themselves. */
 #if defined(__SANITIZE_ADDRESS__)
         struct cairn_buf chk;
         struct mpw cw;
+        msgpack_unpacked u;
+        msgpack_unpacked_init(&u);
         cairn_buf_init(&chk, DOC_MAX);
         mpw_init(&cw, &chk);
-        mpw_obj(&cw, a->details);
+        size_t used = 0;
+        bool one = msgpack_unpack_next(&u, a->details_raw.p, a->details_raw.n, &used) ==
+                       MSGPACK_UNPACK_SUCCESS &&
+                   used == a->details_raw.n;
+        assert(one);
+        mpw_obj(&cw, &u.data);
         assert(mpw_finish(&cw) ||
                (chk.len == a->details_raw.n && !memcmp(chk.data, a->details_raw.p, chk.len)));
         cairn_buf_deinit(&chk);
+        msgpack_unpacked_destroy(&u);
+        (void)one;
 #endif
     } else {
         struct mpw w;
@@ -971,25 +981,120 @@ static int on_ack(struct hctx *ctx, const struct event *ev)
     return rc;
 }
 
-/* A derived event of a source row. */
+/* ====================================================================== a payload's fields, raw */
+
+/* The object at p (end: the payload's end): a string's bytes and length
+ * (returns true), or, for anything else, false; either way *next is where
+ * the object ends, NULL when it is malformed. Strings and one-byte
+ * scalars — every value before a violation document's `resource_id` — are
+ * read here; containers and the rest go through mp_raw_len. */
+static inline bool raw_next(const uint8_t *p, const uint8_t *end, struct cairn_str *s,
+                            const uint8_t **next)
+{
+    *next = NULL;
+    if (p >= end)
+        return false;
+    uint8_t t = *p;
+    size_t lb = t >= 0xa0 && t <= 0xbf ? 0 : t == 0xd9 ? 1 : t == 0xda ? 2 : t == 0xdb ? 4 : 9;
+    if (lb == 9) {
+        size_t len = t <= 0x7f || t >= 0xe0 || (t >= 0xc0 && t <= 0xc3 && t != 0xc1)
+                         ? 1
+                         : mp_raw_len(p, (size_t)(end - p));
+        *next = len ? p + len : NULL;
+        return false;
+    }
+    p++;
+    if ((size_t)(end - p) < lb)
+        return false;
+    size_t len = lb ? 0 : t & 0x1f;
+    for (size_t i = 0; i < lb; i++)
+        len = len << 8 | *p++;
+    if (len > (size_t)(end - p))
+        return false;
+    *s = (struct cairn_str){(const char *)p, len};
+    *next = p + len;
+    return true;
+}
+
+/* Reads string fields of a derived event's payload (a msgpack map) from
+ * its bytes, without decoding it: out[i] is what
+ * mp_str(mp_get(body, keys[i])) gives — the value of the first key equal
+ * to keys[i] when it is a string — and found[i] whether it did. Why: the
+ * alerts handler needs at most four short top-level strings of a cause
+ * (severity, key, rule, title), which come first in a violation document,
+ * and most causes stop at the severity; decoding the whole document into
+ * msgpack objects for that was a tenth of the instructions of a first
+ * discovery with alerts. A malformed payload reads as missing fields. */
+static void raw_fields(const struct event *ev, const char *const *keys, struct cairn_str *out,
+                       bool *found, size_t nk)
+{
+    const uint8_t *p = ev->payload, *end = p ? p + ev->payload_len : p;
+    size_t left = nk, kl[4];
+    bool seen[4] = {false};
+    assert(nk <= 4);
+    for (size_t i = 0; i < nk; i++)
+        found[i] = false, kl[i] = strlen(keys[i]);
+    if (!p || p >= end)
+        return;
+    uint8_t t = *p++;
+    uint64_t pairs = t & 0x0f;
+    if ((t == 0xde && end - p >= 2) || (t == 0xdf && end - p >= 4)) {
+        pairs = 0;
+        for (int i = 0, lb = t == 0xde ? 2 : 4; i < lb; i++)
+            pairs = pairs << 8 | *p++;
+    } else if (t < 0x80 || t > 0x8f) {
+        return; /* not a map */
+    }
+    for (uint64_t j = 0; j < pairs && left && p; j++) {
+        struct cairn_str k = {NULL, 0}, v = {NULL, 0};
+        bool ks = raw_next(p, end, &k, &p);
+        if (!p)
+            return;
+        const uint8_t *vp = p;
+        bool vs = raw_next(vp, end, &v, &p);
+        for (size_t i = 0; ks && i < nk; i++) {
+            if (seen[i] || k.n != kl[i] || (k.n && *k.p != *keys[i]) || memcmp(k.p, keys[i], k.n))
+                continue;
+            seen[i] = true; /* the first such key decides (mp_get), string or not */
+            left--;
+            if (vs) {
+                out[i] = v;
+                found[i] = true;
+            }
+        }
+    }
+}
+
+/* ====================================================================== sources */
+
+/* A derived event of a source row. Its fields are read from the payload's
+ * bytes (raw_fields), so ev->body is never needed: the engine may leave
+ * it undecoded. */
 static int on_source(struct hctx *ctx, const struct event *ev, const struct source *s, size_t row)
 {
     struct cause_fp f = {.tenant = ev->tenant, .source = cs(s->source), .type = ev->type};
-    struct cairn_str sev;
     char title[TITLE_MAX];
-    if (s->severity)
-        sev = cs(s->severity);
-    else if (!mp_str(mp_get(ev->body, "severity"), &sev) || sev_parse(&sev) < 0)
-        sev = cs("low");
-    /* An opening cause below the source's minimum is ignored (checked
-     * first: most violations are) */
+    /* One scan for every field: key, title, then rule and severity when
+     * the row takes them from the payload. */
+    enum { F_KEY, F_TITLE, F_RULE, F_SEV };
+    const char *keys[4] = {s->key_field, "title", s->rule_field, "severity"};
+    struct cairn_str v[4] = {{NULL, 0}};
+    bool found[4] = {false};
+    if (s->rule_field) {
+        raw_fields(ev, keys, v, found, s->severity ? 3 : 4);
+    } else {
+        keys[F_RULE] = keys[F_SEV];
+        raw_fields(ev, keys, v, found, s->severity ? 2 : 3);
+        v[F_SEV] = v[F_RULE], found[F_SEV] = found[F_RULE], found[F_RULE] = false;
+    }
+    struct cairn_str sev = s->severity                                 ? cs(s->severity)
+                           : found[F_SEV] && sev_parse(&v[F_SEV]) >= 0 ? v[F_SEV]
+                                                                       : cs("low");
+    /* An opening cause below the source's minimum is ignored */
     if (s->action == OPENS && sev_parse(&sev) < self(ctx)->min_sev[row])
         return 0;
-    if (!mp_str(mp_get(ev->body, s->key_field), &f.key) || f.key.n > CAIRN_KEY_MAX)
-        f.key = ev->key;
-    if (!s->rule_field || !mp_str(mp_get(ev->body, s->rule_field), &f.rule) ||
-        f.rule.n > CAIRN_KEY_MAX)
-        f.rule = cs(s->rule_const);
+    f.key = found[F_KEY] && v[F_KEY].n <= CAIRN_KEY_MAX ? v[F_KEY] : ev->key;
+    f.rule = found[F_RULE] && v[F_RULE].n <= CAIRN_KEY_MAX ? v[F_RULE] : cs(s->rule_const);
     char id[17];
     if (s->action == RESOLVES) {
         alert_id(&f.source, &f.tenant, &f.key, &f.rule, id);
@@ -998,7 +1103,9 @@ static int on_source(struct hctx *ctx, const struct event *ev, const struct sour
     f.severity = sev;
     f.details = ev->body;
     f.details_raw = (struct cairn_str){(const char *)ev->payload, ev->payload_len};
-    if (!mp_str(mp_get(ev->body, "title"), &f.title) || f.title.n > TITLE_MAX) {
+    if (found[F_TITLE] && v[F_TITLE].n <= TITLE_MAX) {
+        f.title = v[F_TITLE];
+    } else {
         int n = snprintf(title, sizeof title, "%s %.*s", s->type,
                          (int)(f.key.n > 200 ? 200 : f.key.n), f.key.p ? f.key.p : "");
         f.title = (struct cairn_str){title, n < 0 ? 0 : (size_t)n};
@@ -1807,4 +1914,7 @@ const struct handler alerts_handler = {
     .view = "view",
     .routes = routes,
     .flush = alerts_flush,
+    /* A cause's fields are read from its payload's bytes (on_source), and
+     * its details copied as they are: the engine need not decode it. */
+    .derived_raw = true,
 };
