@@ -37,8 +37,11 @@
  * The compiled rules live in memory (struct comp), rebuilt in open from
  * violations.rules, in (tenant, rule id) order — the order rules are
  * evaluated and events emitted in, so a reopened handler emits exactly
- * what a replay does. The engine closes and re-opens handlers after an
- * aborted transaction, so the caches always match the committed state.
+ * what a replay does. So do the sets of violations.view's and
+ * violations.resources' keys that let a first discovery skip reads that
+ * would find nothing (see "key sets"). The engine closes and re-opens
+ * handlers after an aborted transaction, so the caches always match the
+ * committed state.
  */
 #include "cond.h"
 #include "handler.h"
@@ -94,6 +97,14 @@ struct cscr {
     bool done;
 };
 
+/* A set of a DBI's keys, as 64-bit hashes (see "key sets"). */
+struct kset {
+    uint64_t *t; /* open addressing; 0 marks a free slot */
+    size_t n, cap;
+    bool loaded; /* built (by one scan of the DBI, at the first use) */
+    bool off;    /* not tracked (over KSET_MAX, or no memory): every key may exist */
+};
+
 struct comp {
     unsigned rules, view, resources, posture, meta;
     bool layout_written;
@@ -107,11 +118,9 @@ struct comp {
     struct cairn_buf rec, out; /* scratch: a copied resources value; one being written */
     struct cairn_buf doc;      /* scratch: a violation document */
     EVP_MD_CTX *md;            /* SHA-256, reused: see sha() */
-    uint64_t *vk;              /* the view's keys, hashed: see "the view's keys" */
-    size_t vkn, vkcap;
-    bool vk_loaded;  /* the set was built (by the first violation_open) */
-    bool vk_off;     /* not tracked (over VKEYS_MAX, or no memory): every open looks */
-    struct cscr *cs; /* per control: posture_move's scratch */
+    struct kset vk;            /* the view's keys: see "key sets" */
+    struct kset rk;            /* the resources' keys */
+    struct cscr *cs;           /* per control: posture_move's scratch */
     size_t cscap;
     uint32_t gen;
 };
@@ -466,86 +475,100 @@ static void rule_remove(struct comp *s, struct crule *r)
     s->nr--;
 }
 
-/* ====================================================================== the view's keys */
+/* ====================================================================== key sets */
 
-/* Opening a violation reads its document first, for times_opened — one
- * B-tree descent per new violation, on a first discovery ~10 % of the
- * handler's instructions, and it finds nothing: documents exist only for
- * (rule, resource) pairs that failed before. The handler therefore keeps
- * the set of the view's keys in memory (an open-addressing table of their
- * 64-bit hashes; 0 marks a free slot), built by a scan of the view when
- * the process first opens a violation (not in open: commands that open no
- * violation do not pay for the scan) and added to when a document is
- * first put (documents are never deleted).
- * A key not in the set has no document: the read is skipped. A key in it
- * is read (a hash collision then reads nothing, as before). Past
- * VKEYS_MAX keys, or without memory, the set is dropped and every open
- * reads, as before. The state is the same either way. */
-#define VKEYS_MAX ((size_t)1 << 24) /* 16 M documents: a 256 MiB table */
+/* Two reads found nothing on a first discovery, and each was a B-tree
+ * descent in a transaction with tens of thousands of dirty pages: the
+ * resource's record (resource_scan: 7 % of the CPU of a first discovery
+ * before this) and the violation's document (violation_open, for
+ * times_opened: documents exist only for (rule, resource) pairs that
+ * failed before). The handler therefore keeps, for violations.view and
+ * violations.resources, the set of the DBI's keys in memory (an
+ * open-addressing table of their 64-bit hashes; 0 marks a free slot),
+ * built by one scan of the DBI the first time the process needs it (not
+ * in open: commands that never read do not pay for it) and added to by
+ * every put. A key not in the set has no value: the read is skipped. A
+ * key in it is read as before — a hash collision, or a record a complete
+ * scan deleted since (keys are never removed from the set), then reads
+ * nothing, as before. Past KSET_MAX keys, or without memory, a set is
+ * dropped and every read happens. The state is the same either way. */
+#define KSET_MAX ((size_t)1 << 24) /* 16 M keys: a 256 MiB table */
 
-static uint64_t vk_hash(const uint8_t *k, size_t n)
+static uint64_t kset_hash(const uint8_t *k, size_t n)
 {
     uint64_t h = hcache_hash(k, n);
     return h ? h : 1;
 }
 
-static void vk_drop(struct comp *s)
+static void kset_free(struct kset *ks)
 {
-    free(s->vk);
-    s->vk = NULL;
-    s->vkn = s->vkcap = 0;
-    s->vk_off = true;
+    free(ks->t);
+    *ks = (struct kset){0};
 }
 
-static uint64_t *vk_slot(uint64_t *t, size_t cap, uint64_t h)
+static uint64_t *kset_slot(uint64_t *t, size_t cap, uint64_t h)
 {
     for (size_t i = (size_t)h & (cap - 1);; i = (i + 1) & (cap - 1))
         if (!t[i] || t[i] == h)
             return &t[i];
 }
 
-/* Whether key k may have a document. */
-static bool vk_maybe(const struct comp *s, const uint8_t *k, size_t n)
+/* Adds key k (never fails: the set is dropped instead). */
+static void kset_add(struct kset *ks, const uint8_t *k, size_t n)
 {
-    return s->vk_off || (s->vkcap && *vk_slot(s->vk, s->vkcap, vk_hash(k, n)));
-}
-
-/* Adds key k to the set (never fails: the set is dropped instead). */
-static void vk_add(struct comp *s, const uint8_t *k, size_t n)
-{
-    if (s->vk_off)
+    if (ks->off)
         return;
-    if ((s->vkn + 1) * 2 > s->vkcap) {
-        size_t cap = s->vkcap ? 2 * s->vkcap : 4096;
-        uint64_t *t = cap / 2 <= VKEYS_MAX ? calloc(cap, sizeof *t) : NULL;
+    if ((ks->n + 1) * 2 > ks->cap) {
+        size_t cap = ks->cap ? 2 * ks->cap : 4096;
+        uint64_t *t = cap / 2 <= KSET_MAX ? calloc(cap, sizeof *t) : NULL;
         if (!t) {
-            vk_drop(s);
+            kset_free(ks);
+            ks->loaded = ks->off = true;
             return;
         }
-        for (size_t i = 0; i < s->vkcap; i++)
-            if (s->vk[i])
-                *vk_slot(t, cap, s->vk[i]) = s->vk[i];
-        free(s->vk);
-        s->vk = t;
-        s->vkcap = cap;
+        for (size_t i = 0; i < ks->cap; i++)
+            if (ks->t[i])
+                *kset_slot(t, cap, ks->t[i]) = ks->t[i];
+        free(ks->t);
+        ks->t = t;
+        ks->cap = cap;
     }
-    uint64_t h = vk_hash(k, n), *slot = vk_slot(s->vk, s->vkcap, h);
-    s->vkn += !*slot;
+    uint64_t h = kset_hash(k, n), *slot = kset_slot(ks->t, ks->cap, h);
+    ks->n += !*slot;
     *slot = h;
 }
 
-static int vk_load(struct hctx *ctx, struct comp *s)
+/* Whether key k of DBI db may have a value (*maybe); builds the set
+ * first. */
+static int kset_maybe(struct hctx *ctx, struct kset *ks, unsigned db, const uint8_t *k, size_t n,
+                      bool *maybe)
 {
-    struct hcursor *c;
-    MDB_val k, v;
-    s->vk_loaded = true;
-    int rc = hctx_cursor_open(ctx, s->view, NULL, 0, &c);
-    if (rc)
-        return rc;
-    while (!s->vk_off && !(rc = hctx_cursor_next(c, &k, &v)))
-        vk_add(s, k.mv_data, k.mv_size);
-    hctx_cursor_close(c);
-    return rc == CAIRN_ENOTFOUND ? 0 : rc;
+    *maybe = true;
+    if (!ks->loaded) {
+        struct hcursor *c;
+        MDB_val ck, cv;
+        ks->loaded = true;
+        int rc = hctx_cursor_open(ctx, db, NULL, 0, &c);
+        if (rc)
+            return rc;
+        while (!ks->off && !(rc = hctx_cursor_next(c, &ck, &cv)))
+            kset_add(ks, ck.mv_data, ck.mv_size);
+        hctx_cursor_close(c);
+        if (rc && rc != CAIRN_ENOTFOUND)
+            return rc;
+    }
+    *maybe = ks->off || (ks->cap && *kset_slot(ks->t, ks->cap, kset_hash(k, n)));
+    return 0;
+}
+
+/* hctx_get, skipped (CAIRN_ENOTFOUND) when the set says the key has no
+ * value. */
+static int kset_get(struct hctx *ctx, struct kset *ks, unsigned db, const uint8_t *k, size_t n,
+                    MDB_val *v)
+{
+    bool maybe;
+    int rc = kset_maybe(ctx, ks, db, k, n, &maybe);
+    return rc ? rc : maybe ? hctx_get(ctx, db, k, n, v) : CAIRN_ENOTFOUND;
 }
 
 static void comp_free(struct comp *s)
@@ -562,7 +585,8 @@ static void comp_free(struct comp *s)
     free(s->touched);
     free(s->cs);
     EVP_MD_CTX_free(s->md);
-    free(s->vk);
+    kset_free(&s->vk);
+    kset_free(&s->rk);
     cairn_buf_deinit(&s->rec);
     cairn_buf_deinit(&s->out);
     cairn_buf_deinit(&s->doc);
@@ -855,10 +879,7 @@ static int violation_open(struct hctx *ctx, const struct event *ev, const struct
     size_t kn = hkey_make(k, sizeof k, &ev->tenant, &(struct cairn_str){vid, 32});
     int64_t times = 0;
     MDB_val v;
-    int rc = s->vk_loaded ? 0 : vk_load(ctx, s);
-    if (rc)
-        return rc;
-    rc = vk_maybe(s, k, kn) ? hctx_get(ctx, s->view, k, kn, &v) : CAIRN_ENOTFOUND;
+    int rc = kset_get(ctx, &s->vk, s->view, k, kn, &v);
     if (rc && rc != CAIRN_ENOTFOUND)
         return rc;
     if (!rc) {
@@ -917,7 +938,7 @@ static int violation_open(struct hctx *ctx, const struct event *ev, const struct
     if (!rc)
         rc = hctx_put(ctx, s->view, k, kn, b->data, b->len);
     if (!rc)
-        vk_add(s, k, kn);
+        kset_add(&s->vk, k, kn);
     if (!rc)
         rc = emit_map(ctx, ev, "compliance.violation", &res->id, b);
     return rc;
@@ -1112,7 +1133,10 @@ static int rec_put(struct hctx *ctx, const uint8_t *k, size_t kn, const struct r
             o = mpd_strn(o, rr[i].now == R_FAIL ? "F" : "P", 1);
         }
     s->out.len = (size_t)(o - s->out.data);
-    return hctx_put(ctx, s->resources, k, kn, s->out.data, s->out.len);
+    rc = hctx_put(ctx, s->resources, k, kn, s->out.data, s->out.len);
+    if (!rc)
+        kset_add(&s->rk, k, kn);
+    return rc;
 }
 
 /* Copies the values of the records under prefix that `pick` selects into
@@ -1356,7 +1380,7 @@ static int resource_scan(struct hctx *ctx, const struct event *ev, const struct 
     memcpy(k + kn, res->rk, 16);
     kn += 16;
     MDB_val v;
-    int rc = hctx_get(ctx, s->resources, k, kn, &v);
+    int rc = kset_get(ctx, &s->rk, s->resources, k, kn, &v);
     if (rc && rc != CAIRN_ENOTFOUND)
         return rc;
     bool found = !rc, same_type = false, changed = true;
@@ -1501,7 +1525,7 @@ const struct handler violations_handler = {
     .view = "view",
     .routes = violations_routes,
     .flush = comp_flush,
-    /* apply touches only its context (rules, posture counts, the key set,
+    /* apply touches only its context (rules, posture counts, the key sets,
      * its SHA-256 context) and the state through hctx_*: it may run on the
      * engine's apply worker during catch-up and replay. */
     .concurrent = true,
