@@ -464,6 +464,10 @@ static int wb_seal(struct log *log, struct wb *w, MDB_txn *txn)
     if (rc)
         return cairn_mdb_err(rc);
     qsort_r(w->rec, w->n, sizeof *w->rec, wb_cmp, w->arena);
+#ifndef NDEBUG
+    for (size_t i = 1; i < w->n; i++)
+        assert(wb_cmp(&w->rec[i - 1], &w->rec[i], w->arena) < 0);
+#endif
     if (w->hashed)
         memset(w->slot, 0, w->scap * sizeof *w->slot);
     w->hashed = 0;
