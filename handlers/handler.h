@@ -247,6 +247,7 @@ struct hcache {
     size_t nslots, count;
     struct hentry **dirty; /* changed since the last flush, in order */
     size_t ndirty, dirty_cap;
+    struct hentry **fresh; /* where the entry hcache_get_or_new made goes */
 };
 
 uint64_t hcache_hash(const uint8_t *k, size_t n);
@@ -254,6 +255,16 @@ uint64_t hcache_hash(const uint8_t *k, size_t n);
  * one goes — store it there and count it (c->count++). */
 int hcache_slot(struct hcache *c, const uint8_t *k, size_t n, uint64_t *hash,
                 struct hentry ***slot);
+/* The entry of key k (*fresh false), or a new one (*fresh true): `size`
+ * bytes, zeroed (a handler's entry type, starting with its struct hentry),
+ * with hash and vn set and mem (maximum `max`) holding the key. A new
+ * entry is not in the cache yet: the caller fills it (from its stored
+ * document), then stores it with hcache_add — before any other call on the
+ * cache — or frees it with hentry_free. */
+int hcache_get_or_new(struct hcache *c, const uint8_t *k, size_t n, size_t size, size_t max,
+                      struct hentry **out, bool *fresh);
+/* Stores the fresh entry hcache_get_or_new just returned. */
+void hcache_add(struct hcache *c, struct hentry *e);
 /* The entry of key k, or NULL (no insertion). */
 struct hentry *hcache_find(struct hcache *c, const uint8_t *k, size_t n);
 /* Lists e for the next flush (once). */

@@ -31,6 +31,7 @@ void hcache_clear(struct hcache *c)
         hentry_free(c->slots[i].e);
     free(c->slots);
     c->slots = NULL;
+    c->fresh = NULL;
     c->nslots = c->count = c->ndirty = 0;
 }
 
@@ -87,6 +88,44 @@ int hcache_slot(struct hcache *c, const uint8_t *k, size_t n, uint64_t *hash, st
     *hash = hcache_hash(k, n);
     *slot = slot_of(c, *hash, k, n);
     return 0;
+}
+
+int hcache_get_or_new(struct hcache *c, const uint8_t *k, size_t n, size_t size, size_t max,
+                      struct hentry **out, bool *fresh)
+{
+    uint64_t h;
+    struct hentry **slot;
+    assert(size >= sizeof(struct hentry) && n <= max && n <= UINT32_MAX);
+    *out = NULL;
+    int rc = hcache_slot(c, k, n, &h, &slot);
+    if (rc)
+        return rc;
+    if ((*out = *slot)) {
+        *fresh = false;
+        return 0;
+    }
+    struct hentry *e = calloc(1, size);
+    if (!e)
+        return CAIRN_ENOMEM;
+    e->hash = h;
+    e->vn = (uint32_t)n;
+    cairn_buf_init(&e->mem, max);
+    if ((rc = cairn_buf_append(&e->mem, k, n))) {
+        hentry_free(e);
+        return rc;
+    }
+    c->fresh = slot;
+    *out = e;
+    *fresh = true;
+    return 0;
+}
+
+void hcache_add(struct hcache *c, struct hentry *e)
+{
+    assert(c->fresh && !*c->fresh);
+    *c->fresh = e;
+    c->fresh = NULL;
+    c->count++;
 }
 
 struct hentry *hcache_find(struct hcache *c, const uint8_t *k, size_t n)

@@ -161,31 +161,20 @@ static int dev_get(struct hctx *ctx, const uint8_t *vk, size_t vn, bool strict, 
                    bool *exists)
 {
     struct devices *d = self(ctx);
-    uint64_t h;
-    struct hentry **slot;
-    int rc = hcache_slot(&d->cache, vk, vn, &h, &slot);
-    if (rc)
+    struct hentry *e;
+    bool fresh;
+    int rc = hcache_get_or_new(&d->cache, vk, vn, sizeof(struct dev), DOC_MAX, &e, &fresh);
+    *out = (struct dev *)e;
+    *exists = true; /* a cached dev has been written (or will be, by flush) */
+    if (rc || !fresh)
         return rc;
-    if (*slot) {
-        *out = (struct dev *)*slot;
-        *exists = true; /* a cached dev has been written (or will be, by flush) */
-        return 0;
-    }
-    struct dev *v = calloc(1, sizeof *v);
-    if (!v)
-        return CAIRN_ENOMEM;
-    v->e.hash = h;
-    v->e.vn = (uint32_t)vn;
-    cairn_buf_init(&v->e.mem, DOC_MAX);
-    if ((rc = cairn_buf_append(&v->e.mem, vk, vn))) {
-        hentry_free(&v->e);
-        return rc;
-    }
+    struct dev *v = *out;
     rc = dev_load(ctx, v, exists);
     if (rc == CAIRN_ECORRUPT && !strict)
         rc = 0; /* rewritten from scratch, below */
     if (rc || (!*exists && strict)) {
         hentry_free(&v->e);
+        *out = NULL;
         return rc ? rc : CAIRN_ENOTFOUND;
     }
     if (!*exists) {
@@ -197,9 +186,7 @@ static int dev_get(struct hctx *ctx, const uint8_t *vk, size_t vn, bool strict, 
         v->status = v->battery = v->position = v->speed = (struct span){0, 0};
         v->readings = (struct span){(uint32_t)vn, 0};
     }
-    *slot = &v->e;
-    d->cache.count++;
-    *out = v;
+    hcache_add(&d->cache, &v->e);
     return 0;
 }
 
@@ -479,8 +466,8 @@ static uint8_t *put_span(uint8_t *o, const struct dev *v, const struct span *s)
 }
 
 /* Packs the dev's document (keys in the order of the file comment) and
- * puts it in the view. */
-static int dev_write(struct hctx *ctx, struct dev *v)
+ * puts it in the view through c. */
+static int dev_write(struct hctx *ctx, struct hcursor *c, struct dev *v)
 {
     struct devices *d = self(ctx);
     struct cairn_str tenant, id;
@@ -510,19 +497,22 @@ static int dev_write(struct hctx *ctx, struct dev *v)
     o = mpd_u64(mpd_key(o, "last_seq"), v->last_seq);
     d->doc.len = (size_t)(o - d->doc.data);
     assert(d->doc.len <= d->doc.cap);
-    return hctx_put(ctx, d->view, v->e.mem.data, v->e.vn, d->doc.data, d->doc.len);
+    return hctx_cursor_put(c, v->e.mem.data, v->e.vn, d->doc.data, d->doc.len);
 }
 
 /* Writes back every device this transaction changed. */
 static int devices_flush(struct hctx *ctx)
 {
     struct devices *d = self(ctx);
-    int rc = 0;
+    struct hcursor *c = NULL;
     hcache_sort_dirty(&d->cache); /* in key order: see hcache_sort_dirty */
+    /* Through one cursor: sorted puts stay on the leaf (hctx_cursor_put). */
+    int rc = d->cache.ndirty ? hctx_cursor_open(ctx, d->view, NULL, 0, &c) : 0;
     for (size_t i = 0; i < d->cache.ndirty && !rc; i++) {
-        rc = dev_write(ctx, (struct dev *)d->cache.dirty[i]);
+        rc = dev_write(ctx, c, (struct dev *)d->cache.dirty[i]);
         d->cache.dirty[i]->dirty = false;
     }
+    hctx_cursor_close(c);
     d->cache.ndirty = 0;
     if (!rc && d->cache.count > CACHE_MAX)
         hcache_clear(&d->cache); /* every dev is clean (stored): drop them all */

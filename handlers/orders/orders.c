@@ -388,23 +388,16 @@ static int ord_decode(struct ord *r, const msgpack_object *doc)
 static int ord_get(struct hctx *ctx, const uint8_t *vk, size_t vn, struct ord **out)
 {
     struct orders *os = *hctx_user(ctx);
-    uint64_t h;
-    struct hentry **slot;
-    int rc = hcache_slot(&os->cache, vk, vn, &h, &slot);
-    if (rc)
+    struct hentry *e;
+    bool fresh;
+    int rc = hcache_get_or_new(&os->cache, vk, vn, sizeof(struct ord), DOC_MAX, &e, &fresh);
+    *out = (struct ord *)e;
+    if (rc || !fresh)
         return rc;
-    if ((*out = (struct ord *)*slot))
-        return 0;
-    struct ord *r = calloc(1, sizeof *r);
-    if (!r)
-        return CAIRN_ENOMEM;
-    r->e.hash = h;
-    r->e.vn = (uint32_t)vn;
+    struct ord *r = *out;
     r->o.status = S_NONE;
-    cairn_buf_init(&r->e.mem, DOC_MAX);
     MDB_val val;
-    if (!(rc = cairn_buf_append(&r->e.mem, vk, vn)))
-        rc = hctx_get(ctx, os->view, vk, vn, &val);
+    rc = hctx_get(ctx, os->view, vk, vn, &val);
     if (rc == CAIRN_ENOTFOUND) {
         rc = 0;
         for (int i = 0; i < NFIELDS; i++)
@@ -420,11 +413,10 @@ static int ord_get(struct hctx *ctx, const uint8_t *vk, size_t vn, struct ord **
     }
     if (rc) {
         hentry_free(&r->e);
+        *out = NULL;
         return rc;
     }
-    *slot = &r->e;
-    *out = r;
-    os->cache.count++;
+    hcache_add(&os->cache, &r->e);
     return 0;
 }
 
@@ -507,7 +499,7 @@ static uint8_t *put_cstr_opt(uint8_t *o, const char *s)
 
 /* Packs r's document (keys in the order of the file comment) and puts it
  * in the view. */
-static int ord_write(struct hctx *ctx, struct ord *r)
+static int ord_write(struct hctx *ctx, struct hcursor *c, struct ord *r)
 {
     struct orders *os = *hctx_user(ctx);
     const struct order *n = &r->o;
@@ -544,19 +536,22 @@ static int ord_write(struct hctx *ctx, struct ord *r)
     o = mpd_u64(mpd_key(o, "last_seq"), r->last_seq);
     os->doc.len = (size_t)(o - os->doc.data);
     assert(os->doc.len <= os->doc.cap);
-    return hctx_put(ctx, os->view, r->e.mem.data, r->e.vn, os->doc.data, os->doc.len);
+    return hctx_cursor_put(c, r->e.mem.data, r->e.vn, os->doc.data, os->doc.len);
 }
 
 /* Writes back every order this transaction changed. */
 static int orders_flush(struct hctx *ctx)
 {
     struct orders *os = *hctx_user(ctx);
-    int rc = 0;
+    struct hcursor *c = NULL;
     hcache_sort_dirty(&os->cache); /* in key order: see hcache_sort_dirty */
+    /* Through one cursor: sorted puts stay on the leaf (hctx_cursor_put). */
+    int rc = os->cache.ndirty ? hctx_cursor_open(ctx, os->view, NULL, 0, &c) : 0;
     for (size_t i = 0; i < os->cache.ndirty && !rc; i++) {
-        rc = ord_write(ctx, (struct ord *)os->cache.dirty[i]);
+        rc = ord_write(ctx, c, (struct ord *)os->cache.dirty[i]);
         os->cache.dirty[i]->dirty = false;
     }
+    hctx_cursor_close(c);
     os->cache.ndirty = 0;
     if (!rc && os->cache.count > CACHE_MAX)
         hcache_clear(&os->cache); /* every ord is clean (stored): drop them all */

@@ -182,32 +182,25 @@ static void subs_close(struct hctx *ctx)
 static int cust_get(struct hctx *ctx, const uint8_t *vk, size_t vn, struct cust **out)
 {
     struct subs *s = *hctx_user(ctx);
-    uint64_t h;
-    struct hentry **slot;
-    int rc = hcache_slot(&s->cache, vk, vn, &h, &slot);
-    if (rc)
+    struct hentry *e;
+    bool fresh;
+    int rc =
+        hcache_get_or_new(&s->cache, vk, vn, sizeof(struct cust), VKEY_MAX + DOC_MAX, &e, &fresh);
+    *out = (struct cust *)e;
+    if (rc || !fresh)
         return rc;
-    if ((*out = (struct cust *)*slot))
-        return 0;
-    struct cust *c = calloc(1, sizeof *c);
-    if (!c)
-        return CAIRN_ENOMEM;
-    c->e.hash = h;
-    c->e.vn = (uint32_t)vn;
-    cairn_buf_init(&c->e.mem, VKEY_MAX + DOC_MAX);
+    struct cust *c = *out;
     MDB_val v = {0, NULL};
-    if (!(rc = cairn_buf_append(&c->e.mem, vk, vn)) &&
-        (rc = hctx_get(ctx, s->view, vk, vn, &v)) == CAIRN_ENOTFOUND)
+    if ((rc = hctx_get(ctx, s->view, vk, vn, &v)) == CAIRN_ENOTFOUND)
         rc = 0;
     if (!rc && v.mv_size)
         rc = cairn_buf_append(&c->e.mem, v.mv_data, v.mv_size);
     if (rc) {
         hentry_free(&c->e);
+        *out = NULL;
         return rc;
     }
-    *slot = &c->e;
-    *out = c;
-    s->cache.count++;
+    hcache_add(&s->cache, &c->e);
     return 0;
 }
 
@@ -215,14 +208,17 @@ static int cust_get(struct hctx *ctx, const uint8_t *vk, size_t vn, struct cust 
 static int subs_flush(struct hctx *ctx)
 {
     struct subs *s = *hctx_user(ctx);
-    int rc = 0;
+    struct hcursor *cur = NULL;
     hcache_sort_dirty(&s->cache); /* in key order: see hcache_sort_dirty */
+    /* Through one cursor: sorted puts stay on the leaf (hctx_cursor_put). */
+    int rc = s->cache.ndirty ? hctx_cursor_open(ctx, s->view, NULL, 0, &cur) : 0;
     for (size_t i = 0; i < s->cache.ndirty && !rc; i++) {
         struct cust *c = (struct cust *)s->cache.dirty[i];
-        rc = hctx_put(ctx, s->view, c->e.mem.data, c->e.vn, c->e.mem.data + c->e.vn,
-                      c->e.mem.len - c->e.vn);
+        rc = hctx_cursor_put(cur, c->e.mem.data, c->e.vn, c->e.mem.data + c->e.vn,
+                             c->e.mem.len - c->e.vn);
         c->e.dirty = false;
     }
+    hctx_cursor_close(cur);
     s->cache.ndirty = 0;
     if (!rc && s->cache.count > CACHE_MAX)
         hcache_clear(&s->cache); /* every customer is clean (stored): drop them all */

@@ -14,7 +14,9 @@
  *  - hctx_emit appends through a cursor kept per transaction: dense dseqs
  *    across transactions, an aborted one and interleaved writes;
  *  - payload checks: a non-map payload is refused in every build, a
- *    truncated one where payloads are checked whole (PROJ_CHECK_PAYLOADS).
+ *    truncated one where payloads are checked whole (PROJ_CHECK_PAYLOADS);
+ *  - hcache_get_or_new / hcache_add: new entries zeroed with their key,
+ *    found again after the table grew; a dropped fresh entry is not kept.
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -397,6 +399,59 @@ static void test_emit_payload_checks(void **state)
     fx_close(&f);
 }
 
+/* ====================================================================== hcache_get_or_new */
+
+struct t_entry {
+    struct hentry e;
+    int value;
+};
+
+static void test_hcache_get_or_new(void **state)
+{
+    (void)state;
+    struct hcache c = {0};
+    struct hentry *e;
+    bool fresh;
+    char key[16];
+    /* 5 000 keys (the table grows several times), each found again. */
+    for (int i = 0; i < 5000; i++) {
+        int n = snprintf(key, sizeof key, "key%d", i);
+        assert_int_equal(hcache_get_or_new(&c, (uint8_t *)key, (size_t)n, sizeof(struct t_entry),
+                                           64, &e, &fresh),
+                         0);
+        assert_true(fresh);
+        assert_int_equal(e->vn, n);
+        assert_int_equal(e->mem.len, n);
+        assert_memory_equal(e->mem.data, key, (size_t)n);
+        assert_int_equal(((struct t_entry *)e)->value, 0); /* zeroed */
+        ((struct t_entry *)e)->value = i;
+        hcache_add(&c, e);
+    }
+    assert_int_equal(c.count, 5000);
+    for (int i = 0; i < 5000; i++) {
+        int n = snprintf(key, sizeof key, "key%d", i);
+        assert_int_equal(hcache_get_or_new(&c, (uint8_t *)key, (size_t)n, sizeof(struct t_entry),
+                                           64, &e, &fresh),
+                         0);
+        assert_false(fresh);
+        assert_int_equal(((struct t_entry *)e)->value, i);
+        assert_ptr_equal(hcache_find(&c, (uint8_t *)key, (size_t)n), e);
+    }
+    /* A fresh entry the caller drops is not in the cache. */
+    assert_int_equal(
+        hcache_get_or_new(&c, (uint8_t *)"gone", 4, sizeof(struct t_entry), 64, &e, &fresh), 0);
+    assert_true(fresh);
+    hentry_free(e);
+    assert_null(hcache_find(&c, (uint8_t *)"gone", 4));
+    assert_int_equal(c.count, 5000);
+    /* A key of exactly mem's maximum fits. */
+    assert_int_equal(
+        hcache_get_or_new(&c, (uint8_t *)"0123456789", 10, sizeof(struct t_entry), 10, &e, &fresh),
+        0);
+    hentry_free(e);
+    hcache_free(&c);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -406,6 +461,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_cursor_put, dir_setup, dir_teardown),
         cmocka_unit_test_setup_teardown(test_emit_appends, dir_setup, dir_teardown),
         cmocka_unit_test_setup_teardown(test_emit_payload_checks, dir_setup, dir_teardown),
+        cmocka_unit_test(test_hcache_get_or_new),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
