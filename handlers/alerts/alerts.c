@@ -421,21 +421,28 @@ static int cache_put(struct alerts *a, const uint8_t *k, size_t kn, const uint8_
         a->cache.count++;
     }
     cairn_buf_reset(&w->mem);
-    if ((rc = cairn_buf_append(&w->mem, k, kn)) || (rc = cairn_buf_append(&w->mem, v, n)))
+    /* reserved at once: one allocation per new entry, not a grow per append */
+    if ((rc = cairn_buf_reserve(&w->mem, kn + n)) || (rc = cairn_buf_append(&w->mem, k, kn)) ||
+        (rc = cairn_buf_append(&w->mem, v, n)))
         return rc;
     return hcache_mark(&a->cache, w);
 }
 
-/* Puts every alert document this transaction wrote. */
+/* Puts every alert document this transaction wrote, in key order through
+ * one cursor (hcache_sort_dirty, hctx_cursor_put: LMDB walks the B-tree in
+ * order instead of from the root per put). */
 static int alerts_flush(struct hctx *ctx)
 {
     struct alerts *a = self(ctx);
-    int rc = 0;
+    struct hcursor *c = NULL;
+    hcache_sort_dirty(&a->cache);
+    int rc = a->cache.ndirty ? hctx_cursor_open(ctx, a->view, NULL, 0, &c) : 0;
     for (size_t i = 0; i < a->cache.ndirty && !rc; i++) {
         struct hentry *w = a->cache.dirty[i];
-        rc = hctx_put(ctx, a->view, w->mem.data, w->vn, w->mem.data + w->vn, w->mem.len - w->vn);
+        rc = hctx_cursor_put(c, w->mem.data, w->vn, w->mem.data + w->vn, w->mem.len - w->vn);
         w->dirty = false;
     }
+    hctx_cursor_close(c);
     a->cache.ndirty = 0;
     if (!rc && a->cache.count > CACHE_MAX)
         hcache_clear(&a->cache); /* every document is stored: drop them all */
