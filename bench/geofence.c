@@ -61,7 +61,8 @@ size_t geofence_memory(struct hctx *ctx);
 size_t geofence_device_memory(struct hctx *ctx);
 
 #define BATCH_DEFAULT 65536
-#define REQ 1024 /* e2e: inputs per writer request */
+#define WRITES_MAX 131072 /* the engine's APPLY_WRITES_MAX */
+#define REQ 1024          /* e2e: inputs per writer request */
 #define INFLIGHT_MAX 64
 #define MEMBERS 1024 /* per device in the inside-set replay */
 
@@ -207,7 +208,24 @@ static void perf_ctl(const char *cmd)
 }
 
 /* Feeds events [lo, hi) to the handler in state transactions of `batch`,
- * like the engine's catch-up: decode, apply, flush, commit. */
+ * like the engine's catch-up: decode, apply, flush, commit. Like the
+ * engine, a transaction also ends after the input that made WRITES_MAX
+ * writes or whose writes could soon fill the state's map (proj_txn_full:
+ * the map starts small and grows ahead of what commits added). */
+static int handler_reopen(struct proj *p, struct hctx *ctx)
+{
+    geofence_handler.close(ctx);
+    proj_hctx_reset(ctx);
+    int rc = proj_begin(p);
+    if (rc)
+        return rc;
+    if ((rc = geofence_handler.open(ctx))) {
+        proj_abort(p);
+        return rc;
+    }
+    return proj_commit(p, proj_checkpoint(p));
+}
+
 static int run_handler(struct proj *p, struct hctx *ctx, const struct work *w, size_t lo, size_t hi,
                        size_t batch, uint64_t *derived)
 {
@@ -217,6 +235,8 @@ static int run_handler(struct proj *p, struct hctx *ctx, const struct work *w, s
     for (size_t i = lo; i < hi && !rc;) {
         if ((rc = proj_begin(p)))
             break;
+        size_t i0 = i;
+        uint64_t d0 = *derived;
         for (size_t k = 0; k < batch && i < hi && !rc; k++, i++) {
             const struct ev *e = &w->evs[i];
             msgpack_object body;
@@ -239,6 +259,10 @@ static int run_handler(struct proj *p, struct hctx *ctx, const struct work *w, s
             *derived += proj_hctx_emitted(ctx, &em);
             proj_hctx_clear(ctx);
             msgpack_zone_clear(&zone);
+            if (!rc && proj_txn_full(p, WRITES_MAX)) {
+                i++; /* applied: the loop's step is skipped */
+                break;
+            }
         }
         if (!rc && geofence_handler.flush)
             rc = geofence_handler.flush(ctx);
@@ -246,8 +270,15 @@ static int run_handler(struct proj *p, struct hctx *ctx, const struct work *w, s
             proj_abort(p);
         else
             rc = proj_commit(p, i);
-        if (rc == CAIRN_EMAPFULL)
-            fprintf(stderr, "map full: rerun with a larger map\n");
+        if (rc == CAIRN_EMAPFULL) {
+            /* aborted: like the engine, reopen the handler (its memory saw
+             * the batch), grow the map and redo the batch */
+            fprintf(stderr, "bench/geofence: map full at event %zu: grown, batch redone\n", i);
+            i = i0;
+            *derived = d0;
+            if (!(rc = proj_grow(p)))
+                rc = handler_reopen(p, ctx);
+        }
     }
     msgpack_zone_destroy(&zone);
     return rc;
@@ -363,7 +394,7 @@ static int phase_handler(const struct work *w, const char *tmp, size_t batch, FI
     snprintf(path, sizeof path, "%s/state", tmp);
     struct proj *p;
     struct hctx *ctx;
-    int rc = proj_open(&p, &(struct proj_config){.dir = path, .map_size = 16ull << 30});
+    int rc = proj_open(&p, &(struct proj_config){.dir = path}); /* the map grows by itself */
     if (rc)
         return rc;
     if (!(rc = proj_hctx_new(p, &geofence_handler, NULL, &ctx)) && !(rc = proj_begin(p))) {

@@ -432,10 +432,11 @@ static double orient(double ax, double ay, double bx, double by, double cx, doub
     return (bx - ax) * (cy - ay) - (by - ay) * (cx - ax);
 }
 
-static bool on_segment(double px, double py, double ax, double ay, double bx, double by)
+/* (Coordinates are finite: plain comparisons are fmin/fmax, inline.) */
+static inline bool on_segment(double px, double py, double ax, double ay, double bx, double by)
 {
-    if (px < fmin(ax, bx) - EDGE_EPS || px > fmax(ax, bx) + EDGE_EPS ||
-        py < fmin(ay, by) - EDGE_EPS || py > fmax(ay, by) + EDGE_EPS)
+    if (px < (ax < bx ? ax : bx) - EDGE_EPS || px > (ax > bx ? ax : bx) + EDGE_EPS ||
+        py < (ay < by ? ay : by) - EDGE_EPS || py > (ay > by ? ay : by) + EDGE_EPS)
         return false;
     double dx = bx - ax, dy = by - ay, len = sqrt(dx * dx + dy * dy);
     if (len == 0)
@@ -1135,7 +1136,8 @@ struct geo_index {
     size_t cap, used;
     uint32_t gen; /* changes with every add and delete (struct geo_hint) */
     uint32_t level_count[LEVELS];
-    uint32_t *stamp; /* per id, for box dedup */
+    uint8_t levels[LEVELS], nlevels; /* the non-empty levels, coarsest first */
+    uint32_t *stamp;                 /* per id, for box dedup */
     size_t nstamp;
     uint32_t epoch;
 };
@@ -1312,6 +1314,14 @@ static void bucket_del(struct geo_index *ix, uint64_t key, uint32_t id)
         }
 }
 
+static void index_levels(struct geo_index *ix)
+{
+    ix->nlevels = 0;
+    for (int l = 0; l < LEVELS; l++)
+        if (ix->level_count[l])
+            ix->levels[ix->nlevels++] = (uint8_t)l;
+}
+
 int geo_index_add(struct geo_index *ix, uint32_t space, uint32_t id, const struct geo_shape *s)
 {
     double b[4];
@@ -1337,7 +1347,8 @@ int geo_index_add(struct geo_index *ix, uint32_t space, uint32_t id, const struc
             if (rc)
                 return rc;
         }
-    ix->level_count[l]++;
+    if (ix->level_count[l]++ == 0)
+        index_levels(ix);
     if (++ix->gen == 0)
         ix->gen = 1;
     return 0;
@@ -1353,7 +1364,8 @@ void geo_index_del(struct geo_index *ix, uint32_t space, uint32_t id, const stru
     for (uint32_t y = y0; y <= y1; y++)
         for (uint32_t x = x0; x <= x1; x++)
             bucket_del(ix, cell_key(space, l, x, y), id);
-    ix->level_count[l]--;
+    if (--ix->level_count[l] == 0)
+        index_levels(ix);
     if (++ix->gen == 0)
         ix->gen = 1;
 }
@@ -1407,10 +1419,8 @@ int geo_index_point_hint(struct geo_index *ix, uint32_t space, double lon, doubl
     int nl = 0;
     uint32_t fx = cell_of(lon, 180, LEVELS - 1), fy = cell_of(lat, 90, LEVELS - 1);
     bool valid = hint && hint->gen == ix->gen;
-    for (int l = 0; l < LEVELS; l++) {
-        if (!ix->level_count[l])
-            continue;
-        int k = LEVELS - 1 - l;
+    for (int li = 0; li < ix->nlevels; li++) {
+        int l = ix->levels[li], k = LEVELS - 1 - l;
         if (valid && nl < GEO_HINT_LEVELS && hint->fx >> k == fx >> k && hint->fy >> k == fy >> k) {
             e[nl] = hint->e[nl];
             ne[nl] = hint->n[nl];

@@ -139,7 +139,8 @@ struct gf {
     struct chunk *arena; /* the entries and records (dev_alloc) */
     struct gdev **dirty; /* changed since the last write-back */
     size_t ndirty, dirtycap;
-    size_t dev_max; /* records the table holds (config device_cache_max) */
+    size_t dev_max;   /* records the table holds (config device_cache_max) */
+    size_t defer_max; /* writes kept for the flush (config defer_max) */
     /* deferred writes (below): per kind, then the keys and values */
     struct pend {
         struct pw *w;
@@ -553,13 +554,16 @@ static int dev_writeback(struct hctx *ctx)
         }
         free(o);
     } /* else unsorted: the same puts, only slower */
-    int rc = 0;
+    /* through one cursor: in key order most puts stay on its leaf */
+    struct hcursor *c = NULL;
+    int rc = g->ndirty ? hctx_cursor_open(ctx, g->dev, NULL, 0, &c) : 0;
     size_t i = 0;
     for (; i < g->ndirty && !rc; i++) {
         struct gdev *d = g->dirty[i];
-        rc = hctx_put(ctx, g->dev, d->key, d->kn, d->rec, d->reclen);
+        rc = hctx_cursor_put(c, d->key, d->kn, d->rec, d->reclen);
         d->dirty = false;
     }
+    hctx_cursor_close(c);
     for (; i < g->ndirty; i++) /* after a failure the transaction aborts */
         g->dirty[i]->dirty = false;
     g->ndirty = 0;
@@ -578,8 +582,9 @@ static int dev_writeback(struct hctx *ctx)
  * device's grid cell left twice) collapse to the last. The state at the
  * commit is the same. Inside apply, a read of one of these DBIs (a fence
  * deleted reads inside; roam reads pos) makes that DBI's pending writes
- * first (pend_apply). Bounded: past PEND_BYTES_MAX of keys and values,
- * every pending write is made (in apply, between two fixes).
+ * first (pend_apply). Bounded: past PEND_BYTES_MAX of keys and values, or
+ * GF_DEFER_MAX writes waiting with the device records (maybe_drain), they
+ * are made in apply, between two fixes.
  */
 static int pend_apply_all(struct hctx *ctx);
 
@@ -668,7 +673,10 @@ static int pend_apply(struct hctx *ctx, int kind)
             dsort_key(&o[i], base + pd->w[i].koff, pd->w[i].kn, &pd->w[i]);
         dsort_sort(o, pd->n, cmp_dsort_pw, (void *)base);
     }
-    int rc = 0;
+    /* puts through one cursor (in key order most stay on its leaf);
+     * deletes by key (LMDB keeps the cursor valid across them) */
+    struct hcursor *c = NULL;
+    int rc = hctx_cursor_open(ctx, db, NULL, 0, &c);
     for (size_t i = 0; i < pd->n && !rc; i++) {
         assert(!o || i == 0 || cmp_dsort_pw(&o[i - 1], &o[i], (void *)base) < 0);
         const struct pw *w = o ? o[i].p : &pd->w[i]; /* no memory: in their order */
@@ -678,8 +686,9 @@ static int pend_apply(struct hctx *ctx, int kind)
                 continue; /* a later write of the same key */
         }
         rc = w->del ? hctx_del(ctx, db, base + w->koff, w->kn)
-                    : hctx_put(ctx, db, base + w->koff, w->kn, base + w->voff, w->vn);
+                    : hctx_cursor_put(c, base + w->koff, w->kn, base + w->voff, w->vn);
     }
+    hctx_cursor_close(c);
     free(o);
     pd->n = 0;
     bool empty = true;
@@ -882,6 +891,23 @@ static int gf_flush(struct hctx *ctx)
     return rc ? rc : pend_apply_all(ctx);
 }
 
+/* The engine ends a transaction early by the writes it has seen
+ * (proj_txn_full: their count, and the map room they may take), and the
+ * writes this handler defers are not seen until they are made. So they are
+ * made in apply once GF_DEFER_MAX are waiting (records and pending writes
+ * together): the count the engine sees lags by at most that many, and a
+ * transaction cannot grow unseen until it fills the map at the flush.
+ * (Config defer_max: default and ceiling GF_DEFER_MAX, geofence_int.h.) */
+
+static int maybe_drain(struct hctx *ctx)
+{
+    struct gf *g = self(ctx);
+    size_t n = g->ndirty;
+    for (int k = 0; k < PW_KINDS; k++)
+        n += g->pend[k].n;
+    return n < g->defer_max ? 0 : gf_flush(ctx);
+}
+
 /* ====================================================================== fence options */
 
 static char *dupn(const char *p, size_t n)
@@ -1081,6 +1107,11 @@ static int gf_open(struct hctx *ctx)
                          json_integer_value(dm) < GF_DEV_CACHE_MAX
                      ? (size_t)json_integer_value(dm)
                      : GF_DEV_CACHE_MAX;
+    const json_t *dx = json_object_get(hctx_config(ctx), "defer_max");
+    g->defer_max =
+        json_is_integer(dx) && json_integer_value(dx) >= 1 && json_integer_value(dx) < GF_DEFER_MAX
+            ? (size_t)json_integer_value(dx)
+            : GF_DEFER_MAX;
     const json_t *ar = json_object_get(hctx_config(ctx), "arrival_radius_m");
     g->arrival_default = json_is_number(ar) && json_number_value(ar) > 0
                              ? json_number_value(ar)
@@ -1349,8 +1380,18 @@ static int rec_write(struct hctx *ctx, const struct fix *x, struct mem *m, uint3
                      struct gdev *d, bool with_slots)
 {
     struct gf *g = self(ctx);
-    if (n > 1)
+    if (n > 8) {
         qsort(m, n, sizeof *m, cmp_mem);
+    } else { /* a few, nearly in order (kept ones are, new ones come last) */
+        for (uint32_t i = 1; i < n; i++)
+            if (cmp_mem(&m[i - 1], &m[i]) > 0) {
+                struct mem t = m[i];
+                uint32_t j = i;
+                for (; j > 0 && cmp_mem(&m[j - 1], &t) > 0; j--)
+                    m[j] = m[j - 1];
+                m[j] = t;
+            }
+    }
     uint32_t slots[GF_MEMBERSHIPS_MAX];
     cairn_buf_reset(&g->rec);
     /* n <= GF_MEMBERSHIPS_MAX: at most ~140 KB, within the buffer's max */
@@ -1392,8 +1433,17 @@ static int cmp_slot_id(const void *a, const void *b, void *arg)
  * no state outside the handler's (handler.h, `concurrent`). */
 static void sort_slots(struct gf *g, uint32_t *s, size_t n)
 {
-    if (n > 1)
+    if (n > 8) {
         qsort_r(s, n, sizeof *s, cmp_slot_id, g);
+        return;
+    }
+    for (size_t i = 1; i < n; i++) {
+        uint32_t t = s[i];
+        size_t j = i;
+        for (; j > 0 && cmp_slot_id(&s[j - 1], &t, g) > 0; j--)
+            s[j] = s[j - 1];
+        s[j] = t;
+    }
 }
 
 static bool acc_ok(const struct fence *f, const struct fix *x)
@@ -2283,8 +2333,10 @@ static int on_order(struct hctx *ctx, const struct event *ev)
 static int gf_apply(struct hctx *ctx, const struct event *ev)
 {
     const struct cairn_str *t = &ev->type;
-    if (t->n == 8 && !memcmp(t->p, "location", 8))
-        return on_location(ctx, ev);
+    if (t->n == 8 && !memcmp(t->p, "location", 8)) {
+        int rc = on_location(ctx, ev);
+        return rc ? rc : maybe_drain(ctx);
+    }
     if (t->n == 5 && !memcmp(t->p, "order", 5))
         return on_order(ctx, ev);
     if (t->n == 15 && !memcmp(t->p, "geofence.define", 15))

@@ -54,6 +54,10 @@
  * memberships each is ~150 MB; a device inside 1 000 fences costs ~20 KB. */
 #define GF_DEV_CACHE_MAX (1u << 20)
 #define GF_DEV_CACHE_BYTES (256u << 20)
+/* Writes of device records, hits, dhits, inside and pos kept in memory
+ * for the flush (geofence.c, "deferred writes"): past this many they are
+ * made in apply. Config defer_max lowers it. */
+#define GF_DEFER_MAX 32768u
 #define GF_ARRIVAL_RADIUS_DEFAULT 100.0
 
 #define GF_KEY_MAX 511

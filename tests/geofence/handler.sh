@@ -150,3 +150,13 @@ DATA_DIR=$WORK/small cairn append "$F" --engine --config "$WORK/small.json" >/de
 [ "$(DATA_DIR=$WORK/small cairn stream geofence | md5sum)" = "$(cairn stream geofence | md5sum)" ] ||
     fail "a 2-record device table gives other events"
 echo "ok a 2-record device table gives the same state and events"
+
+# Deferred writes made after every fix instead of at the flush
+# (handlers.geofence.defer_max 1): the same state and stream.
+echo '{"handlers": {"geofence": {"defer_max": 1}}}' >"$WORK/nodefer.json"
+DATA_DIR=$WORK/nodefer cairn append "$F" --engine --config "$WORK/nodefer.json" >/dev/null
+[ "$(DATA_DIR=$WORK/nodefer cairn digest)" = "$(cairn digest)" ] ||
+    fail "writes made at once give another state"
+[ "$(DATA_DIR=$WORK/nodefer cairn stream geofence | md5sum)" = "$(cairn stream geofence | md5sum)" ] ||
+    fail "writes made at once give other events"
+echo "ok writes made at once give the same state and events"
