@@ -392,13 +392,23 @@ static int vk_maybe(struct hctx *ctx, const uint8_t *k, size_t kn, bool *maybe)
  */
 
 /* The alert documents commit writes are kept here, packed as stored, and
- * put once per state transaction by flush (an alert that opens, escalates
- * and resolves within a batch is put once). load_view reads them from
- * here first, so the DBI is current only after flush — and the engine
+ * put by flush once per state transaction (an alert that opens, escalates
+ * and resolves within a batch is put once), or by commit when DEFER_MAX of
+ * them wait. load_view reads them from here first, so the DBI is current
+ * only after flush — and the engine
  * calls flush before every commit, and reopens the handler (emptying
  * this) after an aborted transaction. Bounded: past CACHE_MAX documents
  * it is emptied after the next flush. */
 #define CACHE_MAX (1u << 16)
+/* At most this many written documents wait for the flush: past it, commit
+ * puts them at once (sorted, as the flush does). The engine ends a catch-up
+ * transaction before its writes could fill the state's map, counting the
+ * puts as they happen (proj_txn_full); documents held back to the flush
+ * were not counted — with an alert per high/critical violation, ~10 000
+ * of them, a page each — so the map could fill during the flush (the
+ * transaction is then aborted, the map grown and its inputs applied
+ * again). */
+#define DEFER_MAX 4096
 
 /* Keeps document v (n bytes) of key k, to be put by flush: an entry's mem
  * holds the key (vn bytes), then the document. */
@@ -428,10 +438,10 @@ static int cache_put(struct alerts *a, const uint8_t *k, size_t kn, const uint8_
     return hcache_mark(&a->cache, w);
 }
 
-/* Puts every alert document this transaction wrote, in key order through
- * one cursor (hcache_sort_dirty, hctx_cursor_put: LMDB walks the B-tree in
- * order instead of from the root per put). */
-static int alerts_flush(struct hctx *ctx)
+/* Puts the documents written since the last put, in key order through one
+ * cursor (hcache_sort_dirty, hctx_cursor_put: LMDB walks the B-tree in
+ * order instead of from the root per put). They stay in the cache, clean. */
+static int put_dirty(struct hctx *ctx)
 {
     struct alerts *a = self(ctx);
     struct hcursor *c = NULL;
@@ -444,6 +454,14 @@ static int alerts_flush(struct hctx *ctx)
     }
     hctx_cursor_close(c);
     a->cache.ndirty = 0;
+    return rc;
+}
+
+/* Puts every alert document this transaction wrote (and not put yet). */
+static int alerts_flush(struct hctx *ctx)
+{
+    struct alerts *a = self(ctx);
+    int rc = put_dirty(ctx);
     if (!rc && a->cache.count > CACHE_MAX)
         hcache_clear(&a->cache); /* every document is stored: drop them all */
     return rc;
@@ -868,6 +886,8 @@ static int commit(struct hctx *ctx, const struct event *cause, struct alert *a, 
     rc = write_alert(b, a);
     if (!rc)
         rc = cache_put(al, k, kn, b->data, b->len);
+    if (!rc && al->cache.ndirty >= DEFER_MAX)
+        rc = put_dirty(ctx); /* see DEFER_MAX */
     if (!rc && type && !a->silenced)
         rc = hctx_emit(ctx, cause, type, &a->tenant, &id, b->data, b->len);
     return rc;
