@@ -432,16 +432,22 @@ static void par_stop(struct engine *eng)
 }
 
 /* Which thread applies each early handler: the concurrent ones, costliest
- * first (apply time so far), each to the less loaded side; everything
+ * first (apply time so far, less its lock waits), each to the less loaded
+ * side; everything
  * else is this thread's, which also reads the log, runs the late handlers,
  * flushes and commits (main_ns). Only speed depends on it, never the
  * state. */
 static void assign_sides(struct engine *eng)
 {
-    uint64_t load[2] = {eng->main_ns, 0};
+    uint64_t load[2] = {eng->main_ns, 0}, cost[HANDLERS_MAX];
     bool todo[HANDLERS_MAX];
     for (size_t i = 0; i < eng->n; i++) {
+        /* The time applies waited for the other thread's state calls is
+         * not the handler's work: counted, it made a handler that shares
+         * the lock look twice as costly, and alone on a side. */
         uint64_t ns = atomic_load_explicit(&eng->apply_ns[i], memory_order_relaxed);
+        uint64_t wait = proj_hctx_wait_ns(eng->ctx[i]);
+        ns = cost[i] = ns > wait ? ns - wait : 0;
         eng->side[i] = 0;
         todo[i] = eng->early[i] && eng->order[i]->concurrent;
         if (eng->early[i] && !todo[i])
@@ -450,11 +456,9 @@ static void assign_sides(struct engine *eng)
     for (;;) {
         size_t pick = eng->n;
         uint64_t most = 0;
-        for (size_t i = 0; i < eng->n; i++) {
-            uint64_t ns = atomic_load_explicit(&eng->apply_ns[i], memory_order_relaxed);
-            if (todo[i] && (pick == eng->n || ns > most))
-                pick = i, most = ns;
-        }
+        for (size_t i = 0; i < eng->n; i++)
+            if (todo[i] && (pick == eng->n || cost[i] > most))
+                pick = i, most = cost[i];
         if (pick == eng->n)
             break;
         todo[pick] = false;

@@ -13,6 +13,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 #define HCTX_DBS_MAX 16
@@ -77,8 +78,9 @@ struct hctx {
      * transaction's cursors when it ends, so it is never closed here: it
      * belongs to the transaction of `gen`. */
     MDB_cursor *scur;
-    unsigned gen; /* stream_head and scur are valid for this proj gen */
-    bool locked;  /* holds p->txn_mu (shared mode) */
+    unsigned gen;     /* stream_head and scur are valid for this proj gen */
+    bool locked;      /* holds p->txn_mu (shared mode) */
+    uint64_t wait_ns; /* waited for p->txn_mu, in all (proj_hctx_wait_ns) */
     /* The derived events emitted for the current input, kept for its
      * consumers: evs[i]'s type | tenant | key | payload bytes are at
      * mem.data + offs[i] (pointers are set by proj_hctx_emitted, once mem
@@ -405,13 +407,31 @@ void proj_set_shared(struct proj *p, bool on)
 
 /* ====================================================================== handler contexts */
 
-/* Before any use of the write transaction by ctx (see struct proj). */
+static int64_t mono_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000000000LL + ts.tv_nsec;
+}
+
+/* Before any use of the write transaction by ctx (see struct proj). The
+ * time spent waiting for the other thread is counted: the engine's
+ * balancing must not take it for the handler's own work. */
 static inline void txn_lock(struct hctx *ctx)
 {
     if (ctx->p->shared && !ctx->locked) {
-        pthread_mutex_lock(&ctx->p->txn_mu);
+        if (pthread_mutex_trylock(&ctx->p->txn_mu)) {
+            int64_t t0 = mono_ns();
+            pthread_mutex_lock(&ctx->p->txn_mu);
+            ctx->wait_ns += (uint64_t)(mono_ns() - t0);
+        }
         ctx->locked = true;
     }
+}
+
+uint64_t proj_hctx_wait_ns(const struct hctx *ctx)
+{
+    return ctx->wait_ns;
 }
 
 void proj_hctx_unlock(struct hctx *ctx)

@@ -106,6 +106,9 @@ void proj_hctx_mark(struct hctx *ctx);
  * transaction while no other thread applies. */
 void proj_set_shared(struct proj *p, bool on);
 void proj_hctx_unlock(struct hctx *ctx);
+/* Nanoseconds ctx's state calls have waited for the other thread's
+ * context in shared mode, since ctx was made (wall clock). */
+uint64_t proj_hctx_wait_ns(const struct hctx *ctx);
 
 /* ====================================================================== reading */
 
