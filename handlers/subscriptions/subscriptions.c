@@ -330,14 +330,17 @@ static int count_payment(struct hctx *ctx, const struct event *ev, const struct 
     memcpy(rest + ev->key.n + 1, pay->invoice.p, pay->invoice.n);
     struct cairn_str r = {rest, ev->key.n + 1 + pay->invoice.n};
     size_t kn = hkey_make(k, sizeof k, &ev->tenant, &r);
-    MDB_val v;
-    int rc = kn ? hctx_get(ctx, s->paid, k, kn, &v) : 0;
-    if (rc != CAIRN_ENOTFOUND)
-        return rc;
+    if (!kn)
+        return 0;
     uint8_t amount[8];
+    MDB_val counted_before;
     cairn_be64_put(amount, (uint64_t)pay->amount);
-    pay->counted = true;
-    return hctx_put(ctx, s->paid, k, kn, amount, sizeof amount);
+    /* One descent: stored only when this invoice was not counted yet. */
+    int rc = hctx_put_new(ctx, s->paid, k, kn, amount, sizeof amount, &counted_before);
+    if (rc == CAIRN_ECONFLICT)
+        return 0;
+    pay->counted = !rc;
+    return rc;
 }
 
 /* Is msgpack key k the string s? */
