@@ -33,6 +33,7 @@ struct proj {
     uint64_t grown_max;     /* most pages a committed transaction added to the file */
     double pages_per_write; /* the most a transaction of >= LEARN_WRITES added per write */
     bool learned;           /* pages_per_write was measured */
+    bool aborted;           /* the last transaction was aborted (proj_grow learns) */
     MDB_txn *txn;           /* the open write transaction, if any */
     unsigned gen;           /* bumped by every proj_begin */
     uint64_t checkpoint;    /* last committed */
@@ -165,9 +166,12 @@ static int open_meta(struct proj *p)
  * the map when less than a quarter of it, or less than the biggest
  * transaction so far added to the file, is left; and
  * proj_txn_full tells the engine to commit early when the writes of the
- * open transaction, at the most pages per write seen (1/8 until a big
+ * open transaction, at the most pages per write seen (1/4 until a big
  * transaction was seen; at least 1/64), could take half the room left at
- * begin. A failed
+ * begin. A transaction that filled the map anyway teaches it too (see
+ * proj_grow): random-keyed views (violation and alert ids are hashes)
+ * dirty about a page per put, and an estimate the aborted attempt did not
+ * correct let the redo fill the doubled map again. A failed
  * grow ahead only warns (the map in use is reserved; MAP_FULL still comes
  * back to proj_grow).
  *
@@ -180,7 +184,7 @@ static int open_meta(struct proj *p)
 /* Transactions of at least this many writes teach pages_per_write (small
  * ones are dominated by the pages every commit copies). */
 #define LEARN_WRITES 4096
-#define PAGES_PER_WRITE_FIRST 0.125
+#define PAGES_PER_WRITE_FIRST 0.25
 #define PAGES_PER_WRITE_MIN (1.0 / 64)
 
 static uint64_t map_size(struct proj *p)
@@ -344,6 +348,7 @@ int proj_begin(struct proj *p)
     assert(!p->txn && !p->readonly);
     p->gen++;
     p->writes = 0;
+    p->aborted = false;
     grow_ahead(p);
     int rc = cairn_env_write_begin(p->env, &p->txn);
     /* The map may have grown past the reservation (see "the map and the
@@ -383,10 +388,20 @@ void proj_abort(struct proj *p)
         return;
     cairn_env_write_abort(p->env, p->txn);
     p->txn = NULL;
+    p->aborted = true;
 }
 
 int proj_grow(struct proj *p)
 {
+    /* After a transaction that filled the map and was aborted (it took
+     * all its room in p->writes writes; proj_begin resets both): the redo
+     * must commit well before that, whatever the estimate was. */
+    if (p->aborted && p->writes >= LEARN_WRITES && p->room) {
+        double per = (double)p->room / (double)p->writes;
+        if (!p->learned || per > p->pages_per_write)
+            p->pages_per_write = per;
+        p->learned = true;
+    }
     /* Reserve what cairn_env_grow is about to map (it doubles): when the
      * disk is full the map stays as it is, reserved and usable. */
     uint64_t cur = map_size(p);

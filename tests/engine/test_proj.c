@@ -5,7 +5,8 @@
  *    before it grows; when the reservation fails (a file-size limit stands
  *    in for a full disk) the grow fails with CAIRN_EIO, nothing is
  *    written and the map in use stays usable; transactions that commit
- *    when proj_txn_full says so never fill the map (it grows ahead);
+ *    when proj_txn_full says so never fill the map (it grows ahead); a
+ *    transaction that filled it teaches proj_grow, so the redo does not;
  *  - hctx_put_new: stores an absent key, returns the stored value of a
  *    present one without writing;
  *  - hctx_cursor_put: sorted and unsorted puts through a cursor, mixed
@@ -171,6 +172,51 @@ static void test_map_reserved_and_grown_ahead(void **state)
     assert_true(size == mapsize_of(f.p));
     assert_true(size > (1u << 20));
     assert_true(blocks >= size);
+    fx_close(&f);
+}
+
+/* A transaction that fills the map despite the estimate (here: nothing
+ * asked proj_txn_full) is aborted; proj_grow learns from it, so the redo
+ * in the doubled map commits before filling it again. The values are big
+ * (two per page: far more pages per write than the first estimate), so
+ * without the lesson the redo would run into MAP_FULL once more. */
+static uint64_t put_until(struct fixture *f, uint64_t max, bool ask, int *rc)
+{
+    static uint8_t val[1500];
+    memset(val, 'v', sizeof val);
+    uint64_t x = 88172645463325252ull, n = 0;
+    *rc = 0;
+    while (n < max && !(ask && proj_txn_full(f->p, UINT64_MAX))) {
+        x ^= x << 13, x ^= x >> 7, x ^= x << 17;
+        uint8_t key[8];
+        cairn_be64_put(key, x);
+        if ((*rc = hctx_put(f->ctx, t_db_a, key, sizeof key, val, sizeof val)))
+            break;
+        n++;
+    }
+    return n;
+}
+
+static void test_map_full_teaches(void **state)
+{
+    struct fixture f;
+    int rc;
+    fx_open(&f, *state, "full", 16u << 20);
+    assert_int_equal(proj_begin(f.p), 0);
+    uint64_t n = put_until(&f, UINT64_MAX, false, &rc);
+    assert_int_equal(rc, CAIRN_EMAPFULL);
+    assert_true(n >= 4096); /* big enough to learn from */
+    proj_abort(f.p);
+    assert_int_equal(proj_grow(f.p), 0);
+
+    /* The redo: the same writes (and more), until proj_txn_full says. */
+    assert_int_equal(proj_begin(f.p), 0);
+    uint64_t m = put_until(&f, 4 * n, true, &rc);
+    if (rc)
+        fail_msg("the redo failed after %llu of %llu writes: %s", (unsigned long long)m,
+                 (unsigned long long)n, cairn_strerror(rc));
+    assert_true(m > n / 2 && m < 4 * n);
+    assert_int_equal(proj_commit(f.p, 1), 0);
     fx_close(&f);
 }
 
@@ -457,6 +503,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(test_map_reserved_and_grown_ahead, dir_setup, dir_teardown),
         cmocka_unit_test_setup_teardown(test_map_reserve_failure, dir_setup, dir_teardown),
+        cmocka_unit_test_setup_teardown(test_map_full_teaches, dir_setup, dir_teardown),
         cmocka_unit_test_setup_teardown(test_put_new, dir_setup, dir_teardown),
         cmocka_unit_test_setup_teardown(test_cursor_put, dir_setup, dir_teardown),
         cmocka_unit_test_setup_teardown(test_emit_appends, dir_setup, dir_teardown),
