@@ -12,9 +12,10 @@
  * cities; every fence detects enter and exit. Phases, each timed:
  *
  *   handler  the handler alone, as the engine drives it on replay: the
- *            events in state transactions of B (default 65 536, the
- *            engine's catch-up chunk), each payload decoded, applied, the
- *            handler's flush and the commit (with its fsync) included.
+ *            events in state transactions of at most B (default 65 536;
+ *            like the engine's, one ends earlier when proj_txn_full says
+ *            so), each payload decoded, applied, the handler's flush and
+ *            the commit (with its fsync) included.
  *            define: every geofence.define; open: close + open (the index
  *            rebuilt from the DBIs); fixes: every location.
  *   e2e      end to end, as `cairn serve` runs: a fresh DATA directory, the
