@@ -50,20 +50,26 @@ int64_t bench_thread_cpu_ns(void)
     return rusage_ns(RUSAGE_THREAD);
 }
 
-uint64_t bench_io_wchar(void)
+uint64_t bench_io_field(const char *name)
 {
     FILE *f = fopen("/proc/self/io", "r");
     char line[128];
+    size_t n = strlen(name);
     unsigned long long v = 0;
     if (!f)
         return 0;
     while (fgets(line, sizeof line, f))
-        if (!strncmp(line, "wchar:", 6)) {
-            v = strtoull(line + 6, NULL, 10);
+        if (!strncmp(line, name, n) && line[n] == ':') {
+            v = strtoull(line + n + 1, NULL, 10);
             break;
         }
     fclose(f);
     return v;
+}
+
+uint64_t bench_io_wchar(void)
+{
+    return bench_io_field("wchar");
 }
 
 double bench_loadavg(void)

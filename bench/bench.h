@@ -17,6 +17,8 @@ int64_t bench_thread_cpu_ns(void);
 /* System (kernel) CPU time of the whole process. */
 int64_t bench_sys_ns(void);
 
+/* A field of /proc/self/io ("wchar", "write_bytes", …); 0 when unavailable. */
+uint64_t bench_io_field(const char *name);
 /* Bytes this process passed to write(2)-like calls so far (wchar of
  * /proc/self/io; 0 where unavailable): how much LMDB really wrote. */
 uint64_t bench_io_wchar(void);

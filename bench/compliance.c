@@ -149,25 +149,6 @@ static void handler_stats(struct engine *eng, struct hstats *h)
     }
 }
 
-/* Bytes of file pages this process dirtied so far (write_bytes of
- * /proc/self/io: counted when a page becomes dirty, through write(2) or a
- * writable map alike — what the disk must write). 0 when unavailable. */
-static uint64_t dirtied_bytes(void)
-{
-    FILE *f = fopen("/proc/self/io", "r");
-    char line[128];
-    unsigned long long v = 0;
-    if (!f)
-        return 0;
-    while (fgets(line, sizeof line, f))
-        if (!strncmp(line, "write_bytes:", 12)) {
-            v = strtoull(line + 12, NULL, 10);
-            break;
-        }
-    fclose(f);
-    return v;
-}
-
 /* What the applying thread did over a pass. engine_catch_up applies this
  * bench's 100 inputs serially, on the calling thread (parallel apply
  * starts at 4 096 inputs), so this thread's CPU time is the whole cost of
@@ -201,7 +182,9 @@ static void sample_take(struct engine *eng, struct sample *s)
         s->oncpu = s->runq = -1; /* no schedstats: the split is not printed */
     if (f)
         fclose(f);
-    s->dirtied = dirtied_bytes();
+    /* write_bytes: counted when a page becomes dirty, through write(2) or a
+     * writable map alike — what the disk must write. */
+    s->dirtied = bench_io_field("write_bytes");
     MDB_env *env = cairn_env_mdb(proj_env(engine_proj(eng)));
     MDB_stat st;
     if (!mdb_env_info(env, &info) && !mdb_env_stat(env, &st))
