@@ -891,18 +891,24 @@ static void ix_idle(struct log_ix *x)
 }
 
 /* Posts a command to the idle indexer and waits for its answer (for a
- * check: the decisions; the puts go on). */
-static int ix_call(struct log *log, enum ix_cmd cmd)
+ * check: the decisions; the puts go on). Called with mu held, after
+ * ix_idle and after setting the command's inputs in x. */
+static int ix_post_wait(struct log_ix *x, enum ix_cmd cmd)
 {
-    struct log_ix *x = log->ix;
-    pthread_mutex_lock(&x->mu);
-    ix_idle(x);
     x->cmd = cmd;
     x->busy = true;
     pthread_cond_broadcast(&x->cv);
     while (x->busy)
         pthread_cond_wait(&x->cv, &x->mu);
-    int rc = x->rc;
+    return x->rc;
+}
+
+static int ix_call(struct log *log, enum ix_cmd cmd)
+{
+    struct log_ix *x = log->ix;
+    pthread_mutex_lock(&x->mu);
+    ix_idle(x);
+    int rc = ix_post_wait(x, cmd);
     pthread_mutex_unlock(&x->mu);
     return rc;
 }
@@ -920,12 +926,7 @@ int log_ix_check(struct log *log, const struct log_input *in, struct log_result 
     x->max_time = *max_time;
     x->head_seq = log->head_seq;
     x->put_rc = 0;
-    x->cmd = IX_CHECK;
-    x->busy = true;
-    pthread_cond_broadcast(&x->cv);
-    while (x->busy)
-        pthread_cond_wait(&x->cv, &x->mu);
-    int rc = x->rc;
+    int rc = ix_post_wait(x, IX_CHECK);
     *max_time = x->max_time;
     pthread_mutex_unlock(&x->mu);
     return rc;
