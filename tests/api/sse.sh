@@ -203,13 +203,26 @@ wait "$only" 2>/dev/null || true
 echo '{}' >"$CONFIG"
 start_server
 printf 'GET /v1/streams/subscriptions HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer %s\r\nAccept: text/event-stream\r\n\r\n' "$A" >"$WORK/slow.req"
-node "$API_HERE/slow_reader.js" "$PORT" "$WORK/slow.req" 12000 >"$WORK/slow.out" 2>"$WORK/slow.err" &
+# The reader starts reading once every event was derived and a moment
+# for the server to queue the frames has passed (go file), not after a
+# fixed time: on a loaded machine the 30 000 inputs can take longer than
+# any fixed delay, and the reader then kept up instead of falling behind.
+rm -f "$WORK/slow.go"
+SLOW_READER_GO="$WORK/slow.go" node "$API_HERE/slow_reader.js" "$PORT" "$WORK/slow.req" 0 \
+    >"$WORK/slow.out" 2>"$WORK/slow.err" &
 slow=$!
 awk 'BEGIN { for (i = 0; i < 30000; i++) printf "{\"type\":\"payment\",\"payload\":{\"id\":\"evt_%07d\",\"object\":\"event\",\"type\":\"invoice.payment_failed\",\"created\":1795255200,\"livemode\":false,\"data\":{\"object\":{\"id\":\"in_%07d\",\"object\":\"invoice\",\"customer\":\"cus_%07d\",\"status\":\"open\",\"amount_due\":2900,\"amount_paid\":0,\"currency\":\"eur\",\"attempt_count\":1}}}}\n", i, i, i }' >"$WORK/pay.ndjson"
 split -l 5000 "$WORK/pay.ndjson" "$WORK/pay."
 for f in "$WORK"/pay.a?; do
     post_file "$A_ING" application/x-ndjson "$f" -o /dev/null
 done
+stream_has() { # stream_has DSEQ: the subscriptions stream holds DSEQ
+    get "$A" "/v1/streams/subscriptions?from=$1&limit=1"
+    [ "$STATUS" = 200 ] && [ "$(jq '.events | length' <<<"$BODY")" = 1 ]
+}
+wait_until "the 30 000 payment.failed events are derived" 90 stream_has 30000 || true
+sleep 1
+touch "$WORK/slow.go"
 wait "$slow" || true
 last=$(grep -a '^event: ' "$WORK/slow.out" | tail -n 1)
 eq "a subscriber more than 4 MiB behind: the last event is overflow" "$last" "event: overflow"
