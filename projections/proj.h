@@ -62,7 +62,9 @@ int proj_begin(struct proj *p);
 int proj_commit(struct proj *p, uint64_t checkpoint);
 void proj_abort(struct proj *p);
 /* Doubles the map, reserving it on disk first: CAIRN_EIO (the map stays
- * as it was) when the disk has no room. No transaction may be open. */
+ * as it was) when the disk has no room. No transaction may be open. After
+ * an aborted transaction that filled the map it also learns that
+ * transaction's pages per write, so proj_txn_full ends the redo in time. */
 int proj_grow(struct proj *p);
 /* The last committed checkpoint (0: nothing applied). */
 uint64_t proj_checkpoint(struct proj *p);
