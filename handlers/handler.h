@@ -276,6 +276,33 @@ void hcache_sort_dirty(struct hcache *c);
 void hcache_clear(struct hcache *c);
 /* hcache_clear, and the dirty list too (close). */
 void hcache_free(struct hcache *c);
+
+/* A set of a DBI's keys, as 64-bit hashes, to skip reads that would find
+ * nothing (a resource or an alert never seen before: every one of a first
+ * discovery). Built by one scan of the DBI the first time hkset_maybe is
+ * asked (not in open: commands that never read do not pay for it) and
+ * added to by the handler on every put of a new key. A key not in the set
+ * has no value; a key in it may (a hash collision, or a value deleted
+ * since: keys are never removed), and is read as before. Past HKSET_MAX
+ * keys, or without memory, the set is dropped and every key "may" exist:
+ * the state is the same either way. Zero-initialise; hkset_free. */
+#define HKSET_MAX ((size_t)1 << 24) /* 16 M keys: a 256 MiB table */
+struct hkset {
+    uint64_t *t; /* open addressing; 0 marks a free slot */
+    size_t n, cap;
+    bool loaded; /* built (by one scan of the DBI) */
+    bool off;    /* not tracked: every key may exist */
+};
+/* Adds key k (never fails: the set is dropped instead). */
+void hkset_add(struct hkset *ks, const uint8_t *k, size_t n);
+/* Whether key k of DBI db may have a value (*maybe); builds the set first. */
+int hkset_maybe(struct hctx *ctx, struct hkset *ks, unsigned db, const uint8_t *k, size_t n,
+                bool *maybe);
+/* hctx_get, answered CAIRN_ENOTFOUND without a read when the set says the
+ * key has no value. */
+int hkset_get(struct hctx *ctx, struct hkset *ks, unsigned db, const uint8_t *k, size_t n,
+              MDB_val *v);
+void hkset_free(struct hkset *ks);
 void hentry_free(struct hentry *e);
 
 /* A packer writing into a cairn_buf; a failed append marks the buffer and

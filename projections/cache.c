@@ -2,7 +2,8 @@
  * cache.c — the write-back cache of view documents that handlers keep
  * between flushes (handler.h, struct hcache): an open-addressing table of
  * entries found by their view key, and the list of entries changed since
- * the last flush.
+ * the last flush; and the key sets (struct hkset) handlers keep to skip
+ * reads that would find nothing.
  */
 #include "handler.h"
 
@@ -161,4 +162,78 @@ void hcache_sort_dirty(struct hcache *c)
 {
     if (c->ndirty > 1)
         qsort(c->dirty, c->ndirty, sizeof *c->dirty, key_cmp);
+}
+
+/* ====================================================================== key sets */
+
+static uint64_t hkset_hash(const uint8_t *k, size_t n)
+{
+    uint64_t h = hcache_hash(k, n);
+    return h ? h : 1; /* 0 marks a free slot */
+}
+
+static uint64_t *hkset_slot(uint64_t *t, size_t cap, uint64_t h)
+{
+    for (size_t i = (size_t)h & (cap - 1);; i = (i + 1) & (cap - 1))
+        if (!t[i] || t[i] == h)
+            return &t[i];
+}
+
+void hkset_free(struct hkset *ks)
+{
+    free(ks->t);
+    *ks = (struct hkset){0};
+}
+
+void hkset_add(struct hkset *ks, const uint8_t *k, size_t n)
+{
+    if (ks->off)
+        return;
+    if ((ks->n + 1) * 2 > ks->cap) {
+        size_t cap = ks->cap ? 2 * ks->cap : 4096;
+        uint64_t *t = cap / 2 <= HKSET_MAX ? calloc(cap, sizeof *t) : NULL;
+        if (!t) {
+            hkset_free(ks);
+            ks->loaded = ks->off = true;
+            return;
+        }
+        for (size_t i = 0; i < ks->cap; i++)
+            if (ks->t[i])
+                *hkset_slot(t, cap, ks->t[i]) = ks->t[i];
+        free(ks->t);
+        ks->t = t;
+        ks->cap = cap;
+    }
+    uint64_t h = hkset_hash(k, n), *slot = hkset_slot(ks->t, ks->cap, h);
+    ks->n += !*slot;
+    *slot = h;
+}
+
+int hkset_maybe(struct hctx *ctx, struct hkset *ks, unsigned db, const uint8_t *k, size_t n,
+                bool *maybe)
+{
+    *maybe = true;
+    if (!ks->loaded) {
+        struct hcursor *c;
+        MDB_val ck, cv;
+        ks->loaded = true;
+        int rc = hctx_cursor_open(ctx, db, NULL, 0, &c);
+        if (rc)
+            return rc;
+        while (!ks->off && !(rc = hctx_cursor_next(c, &ck, &cv)))
+            hkset_add(ks, ck.mv_data, ck.mv_size);
+        hctx_cursor_close(c);
+        if (rc && rc != CAIRN_ENOTFOUND)
+            return rc;
+    }
+    *maybe = ks->off || (ks->cap && *hkset_slot(ks->t, ks->cap, hkset_hash(k, n)));
+    return 0;
+}
+
+int hkset_get(struct hctx *ctx, struct hkset *ks, unsigned db, const uint8_t *k, size_t n,
+              MDB_val *v)
+{
+    bool maybe;
+    int rc = hkset_maybe(ctx, ks, db, k, n, &maybe);
+    return rc ? rc : maybe ? hctx_get(ctx, db, k, n, v) : CAIRN_ENOTFOUND;
 }

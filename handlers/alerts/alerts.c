@@ -152,10 +152,7 @@ struct alerts {
      * silence put on): a transition then skips the silence scan, a cursor
      * per alert. */
     bool any_silences;
-    /* The set of alerts.view's keys (see "the view's keys"). */
-    uint64_t *vk;
-    size_t vkn, vkcap;
-    bool vk_loaded, vk_off;
+    struct hkset vk; /* alerts.view's keys (see "the view's keys") */
 };
 
 static struct alerts *self(struct hctx *ctx)
@@ -308,7 +305,7 @@ static void alerts_close(struct hctx *ctx)
     if (a) {
         hcache_free(&a->cache);
         cairn_buf_deinit(&a->doc);
-        free(a->vk);
+        hkset_free(&a->vk);
     }
     free(a);
     *hctx_user(ctx) = NULL;
@@ -318,75 +315,11 @@ static void alerts_close(struct hctx *ctx)
 
 /* Opening an alert reads its document first (state, count, occurrences):
  * a B-tree descent per alert that, for an alert never opened before (every
- * alert of a first discovery), finds nothing. The handler keeps the set of
- * alerts.view's keys in memory (an open-addressing table of their 64-bit
- * hashes; 0 marks a free slot), built by one scan of the view at the first
- * load of the process (not in open: commands that load no alert do not pay
- * for it) and added to by every document written (documents are never
- * deleted). A key not in the set has no document: the read is skipped. A
- * key in it is read (a hash collision then reads nothing, as before). Past
- * VKEYS_MAX keys, or without memory, the set is dropped and every load
- * reads. The state is the same either way. (The violations handler keeps
- * the same set for its view: handlers/compliance/compliance.c.) */
-#define VKEYS_MAX ((size_t)1 << 24) /* 16 M alerts: a 256 MiB table */
-
-static uint64_t *vk_slot(uint64_t *t, size_t cap, uint64_t h)
-{
-    for (size_t i = (size_t)h & (cap - 1);; i = (i + 1) & (cap - 1))
-        if (!t[i] || t[i] == h)
-            return &t[i];
-}
-
-/* h: hcache_hash of the key (0 taken as 1: 0 marks a free slot). */
-static void vk_add(struct alerts *a, uint64_t h)
-{
-    h = h ? h : 1;
-    if (a->vk_off)
-        return;
-    if ((a->vkn + 1) * 2 > a->vkcap) {
-        size_t cap = a->vkcap ? 2 * a->vkcap : 4096;
-        uint64_t *t = cap / 2 <= VKEYS_MAX ? calloc(cap, sizeof *t) : NULL;
-        if (!t) {
-            free(a->vk);
-            a->vk = NULL;
-            a->vkn = a->vkcap = 0;
-            a->vk_off = true;
-            return;
-        }
-        for (size_t i = 0; i < a->vkcap; i++)
-            if (a->vk[i])
-                *vk_slot(t, cap, a->vk[i]) = a->vk[i];
-        free(a->vk);
-        a->vk = t;
-        a->vkcap = cap;
-    }
-    uint64_t *slot = vk_slot(a->vk, a->vkcap, h);
-    a->vkn += !*slot;
-    *slot = h;
-}
-
-/* Whether key k may have a document (builds the set first). */
-static int vk_maybe(struct hctx *ctx, const uint8_t *k, size_t kn, bool *maybe)
-{
-    struct alerts *a = self(ctx);
-    *maybe = true;
-    if (!a->vk_loaded) {
-        struct hcursor *c;
-        MDB_val ck, cv;
-        a->vk_loaded = true;
-        int rc = hctx_cursor_open(ctx, a->view, NULL, 0, &c);
-        if (rc)
-            return rc;
-        while (!a->vk_off && !(rc = hctx_cursor_next(c, &ck, &cv)))
-            vk_add(a, hcache_hash(ck.mv_data, ck.mv_size));
-        hctx_cursor_close(c);
-        if (rc && rc != CAIRN_ENOTFOUND)
-            return rc;
-    }
-    uint64_t h = hcache_hash(k, kn);
-    *maybe = a->vk_off || (a->vkcap && *vk_slot(a->vk, a->vkcap, h ? h : 1));
-    return 0;
-}
+ * alert of a first discovery), finds nothing. The handler keeps a key set
+ * of alerts.view (struct hkset, handler.h), added to by every document
+ * written (documents are never deleted): a key not in it has no document
+ * and the read is skipped. The state is the same either way. (The
+ * violations handler keeps the same sets: handlers/compliance.) */
 
 /* ====================================================================== the written-alerts cache
  */
@@ -419,7 +352,7 @@ static int cache_put(struct alerts *a, const uint8_t *k, size_t kn, const uint8_
     int rc = hcache_slot(&a->cache, k, kn, &h, &slot);
     if (rc)
         return rc;
-    vk_add(a, h);
+    hkset_add(&a->vk, k, kn);
     struct hentry *w = *slot;
     if (!w) {
         if (!(w = calloc(1, sizeof *w)))
@@ -472,7 +405,7 @@ static int load_view(struct hctx *ctx, const uint8_t *k, size_t kn, struct loade
 {
     struct hentry *w = hcache_find(&self(ctx)->cache, k, kn);
     bool maybe;
-    int rc = w ? 0 : vk_maybe(ctx, k, kn, &maybe);
+    int rc = w ? 0 : hkset_maybe(ctx, &self(ctx)->vk, self(ctx)->view, k, kn, &maybe);
     if (!w && (rc || !maybe)) { /* as load() finding nothing */
         memset(l, 0, sizeof *l);
         msgpack_unpacked_init(&l->u);

@@ -97,14 +97,6 @@ struct cscr {
     bool done;
 };
 
-/* A set of a DBI's keys, as 64-bit hashes (see "key sets"). */
-struct kset {
-    uint64_t *t; /* open addressing; 0 marks a free slot */
-    size_t n, cap;
-    bool loaded; /* built (by one scan of the DBI, at the first use) */
-    bool off;    /* not tracked (over KSET_MAX, or no memory): every key may exist */
-};
-
 struct comp {
     unsigned rules, view, resources, posture, meta;
     bool layout_written;
@@ -118,8 +110,8 @@ struct comp {
     struct cairn_buf rec, out; /* scratch: a copied resources value; one being written */
     struct cairn_buf doc;      /* scratch: a violation document */
     EVP_MD_CTX *md;            /* SHA-256, reused: see sha() */
-    struct kset vk;            /* the view's keys: see "key sets" */
-    struct kset rk;            /* the resources' keys */
+    struct hkset vk;           /* the view's keys: see "key sets" */
+    struct hkset rk;           /* the resources' keys */
     struct cscr *cs;           /* per control: posture_move's scratch */
     size_t cscap;
     uint32_t gen;
@@ -484,94 +476,11 @@ static void rule_remove(struct comp *s, struct crule *r)
  * and the violation's document (violation_open, for times_opened:
  * documents exist only for (rule, resource) pairs that failed before;
  * ~10 % of the handler's instructions when it was added). The handler
- * therefore keeps, for violations.view and
- * violations.resources, the set of the DBI's keys in memory (an
- * open-addressing table of their 64-bit hashes; 0 marks a free slot),
- * built by one scan of the DBI the first time the process needs it (not
- * in open: commands that never read do not pay for it) and added to by
- * every put. A key not in the set has no value: the read is skipped. A
- * key in it is read as before — a hash collision, or a record a complete
- * scan deleted since (keys are never removed from the set), then reads
- * nothing, as before. Past KSET_MAX keys, or without memory, a set is
- * dropped and every read happens. The state is the same either way. */
-#define KSET_MAX ((size_t)1 << 24) /* 16 M keys: a 256 MiB table */
-
-static uint64_t kset_hash(const uint8_t *k, size_t n)
-{
-    uint64_t h = hcache_hash(k, n);
-    return h ? h : 1;
-}
-
-static void kset_free(struct kset *ks)
-{
-    free(ks->t);
-    *ks = (struct kset){0};
-}
-
-static uint64_t *kset_slot(uint64_t *t, size_t cap, uint64_t h)
-{
-    for (size_t i = (size_t)h & (cap - 1);; i = (i + 1) & (cap - 1))
-        if (!t[i] || t[i] == h)
-            return &t[i];
-}
-
-/* Adds key k (never fails: the set is dropped instead). */
-static void kset_add(struct kset *ks, const uint8_t *k, size_t n)
-{
-    if (ks->off)
-        return;
-    if ((ks->n + 1) * 2 > ks->cap) {
-        size_t cap = ks->cap ? 2 * ks->cap : 4096;
-        uint64_t *t = cap / 2 <= KSET_MAX ? calloc(cap, sizeof *t) : NULL;
-        if (!t) {
-            kset_free(ks);
-            ks->loaded = ks->off = true;
-            return;
-        }
-        for (size_t i = 0; i < ks->cap; i++)
-            if (ks->t[i])
-                *kset_slot(t, cap, ks->t[i]) = ks->t[i];
-        free(ks->t);
-        ks->t = t;
-        ks->cap = cap;
-    }
-    uint64_t h = kset_hash(k, n), *slot = kset_slot(ks->t, ks->cap, h);
-    ks->n += !*slot;
-    *slot = h;
-}
-
-/* Whether key k of DBI db may have a value (*maybe); builds the set
- * first. */
-static int kset_maybe(struct hctx *ctx, struct kset *ks, unsigned db, const uint8_t *k, size_t n,
-                      bool *maybe)
-{
-    *maybe = true;
-    if (!ks->loaded) {
-        struct hcursor *c;
-        MDB_val ck, cv;
-        ks->loaded = true;
-        int rc = hctx_cursor_open(ctx, db, NULL, 0, &c);
-        if (rc)
-            return rc;
-        while (!ks->off && !(rc = hctx_cursor_next(c, &ck, &cv)))
-            kset_add(ks, ck.mv_data, ck.mv_size);
-        hctx_cursor_close(c);
-        if (rc && rc != CAIRN_ENOTFOUND)
-            return rc;
-    }
-    *maybe = ks->off || (ks->cap && *kset_slot(ks->t, ks->cap, kset_hash(k, n)));
-    return 0;
-}
-
-/* hctx_get, skipped (CAIRN_ENOTFOUND) when the set says the key has no
- * value. */
-static int kset_get(struct hctx *ctx, struct kset *ks, unsigned db, const uint8_t *k, size_t n,
-                    MDB_val *v)
-{
-    bool maybe;
-    int rc = kset_maybe(ctx, ks, db, k, n, &maybe);
-    return rc ? rc : maybe ? hctx_get(ctx, db, k, n, v) : CAIRN_ENOTFOUND;
-}
+ * therefore keeps a key set (struct hkset, handler.h) for violations.view
+ * and one for violations.resources, added to by every put: a key not in
+ * the set has no value and its read is skipped. A record a complete scan
+ * deleted keeps its key in the set and is read as before (finding
+ * nothing). The state is the same either way. */
 
 static void comp_free(struct comp *s)
 {
@@ -587,8 +496,8 @@ static void comp_free(struct comp *s)
     free(s->touched);
     free(s->cs);
     EVP_MD_CTX_free(s->md);
-    kset_free(&s->vk);
-    kset_free(&s->rk);
+    hkset_free(&s->vk);
+    hkset_free(&s->rk);
     cairn_buf_deinit(&s->rec);
     cairn_buf_deinit(&s->out);
     cairn_buf_deinit(&s->doc);
@@ -881,7 +790,7 @@ static int violation_open(struct hctx *ctx, const struct event *ev, const struct
     size_t kn = hkey_make(k, sizeof k, &ev->tenant, &(struct cairn_str){vid, 32});
     int64_t times = 0;
     MDB_val v;
-    int rc = kset_get(ctx, &s->vk, s->view, k, kn, &v);
+    int rc = hkset_get(ctx, &s->vk, s->view, k, kn, &v);
     if (rc && rc != CAIRN_ENOTFOUND)
         return rc;
     if (!rc) {
@@ -940,7 +849,7 @@ static int violation_open(struct hctx *ctx, const struct event *ev, const struct
     if (!rc)
         rc = hctx_put(ctx, s->view, k, kn, b->data, b->len);
     if (!rc)
-        kset_add(&s->vk, k, kn);
+        hkset_add(&s->vk, k, kn);
     if (!rc)
         rc = emit_map(ctx, ev, "compliance.violation", &res->id, b);
     return rc;
@@ -1137,7 +1046,7 @@ static int rec_put(struct hctx *ctx, const uint8_t *k, size_t kn, const struct r
     s->out.len = (size_t)(o - s->out.data);
     rc = hctx_put(ctx, s->resources, k, kn, s->out.data, s->out.len);
     if (!rc)
-        kset_add(&s->rk, k, kn);
+        hkset_add(&s->rk, k, kn);
     return rc;
 }
 
@@ -1382,7 +1291,7 @@ static int resource_scan(struct hctx *ctx, const struct event *ev, const struct 
     memcpy(k + kn, res->rk, 16);
     kn += 16;
     MDB_val v;
-    int rc = kset_get(ctx, &s->rk, s->resources, k, kn, &v);
+    int rc = hkset_get(ctx, &s->rk, s->resources, k, kn, &v);
     if (rc && rc != CAIRN_ENOTFOUND)
         return rc;
     bool found = !rc, same_type = false, changed = true;
