@@ -18,6 +18,7 @@
  * judged per CPU second (the rate of one core's work; the wall clock of a
  * shared machine depends on its load and its disk).
  *   build/bench/bench/compliance [RESOURCES [all|alone]]
+ * (any other argument, e.g. --help: the usage, exit status 2)
  * (the second argument runs one of the two configurations only: for
  * profiling, e.g. valgrind --tool=callgrind --toggle-collect=engine_catch_up).
  * (CAIRN_BENCH_KEEP=1 keeps the data directory and prints its path;
@@ -333,14 +334,28 @@ static void summary(void)
     }
 }
 
+static int usage(void)
+{
+    fprintf(stderr, "usage: compliance [RESOURCES [all|alone]]\n"
+                    "  RESOURCES  resources discovered per pass (1 .. 100000000; default 100000)\n"
+                    "  all|alone  only every handler, or only the violations handler alone\n"
+                    "             (default: both, one after the other)\n");
+    return 2;
+}
+
 int main(int argc, char **argv)
 {
-    size_t total = argc > 1 ? strtoul(argv[1], NULL, 10) : 100000;
+    size_t total = 100000;
     const char *only = argc > 2 ? argv[2] : "";
-    if (*only && strcmp(only, "all") && strcmp(only, "alone")) {
-        fprintf(stderr, "usage: compliance [RESOURCES [all|alone]]\n");
-        return 2;
+    if (argc > 1) { /* a count, nothing else: "--help" used to run 0 resources */
+        char *end;
+        unsigned long long n = strtoull(argv[1], &end, 10);
+        if (end == argv[1] || *end || argv[1][0] == '-' || n == 0 || n > 100000000)
+            return usage();
+        total = (size_t)n;
     }
+    if (argc > 3 || (*only && strcmp(only, "all") && strcmp(only, "alone")))
+        return usage();
     int rc = strcmp(only, "alone") ? run(total, false) : 0;
     if (!rc && strcmp(only, "all"))
         rc = run(total, true);
