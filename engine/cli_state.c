@@ -231,7 +231,7 @@ static int show_view(struct proj *p, const struct handler *h, const char *tenant
     MDB_cursor *cur;
     MDB_val k, v;
     char name[160];
-    struct cairn_buf out;
+    struct cairn_buf out, doc;
     snprintf(name, sizeof name, "%s.%s", h->name, h->view);
     int rc = proj_snap_begin(p, &s);
     if (rc)
@@ -242,6 +242,7 @@ static int show_view(struct proj *p, const struct handler *h, const char *tenant
         return rc == CAIRN_ENOTFOUND ? 0 : rc;
     }
     cairn_buf_init(&out, CAIRN_PAYLOAD_MAX_CEILING * 8);
+    cairn_buf_init(&doc, CAIRN_PAYLOAD_MAX_CEILING * 2);
     for (int mrc = mdb_cursor_get(cur, &k, &v, MDB_FIRST); mrc == 0 && !rc;
          mrc = mdb_cursor_get(cur, &k, &v, MDB_NEXT)) {
         struct cairn_str t, rest;
@@ -252,6 +253,17 @@ static int show_view(struct proj *p, const struct handler *h, const char *tenant
         if (key && (rest.n != strlen(key) || memcmp(rest.p, key, rest.n)))
             continue;
         cairn_buf_reset(&out);
+        if (h->view_doc) { /* the value is a record: the handler makes the document */
+            struct hread rd = {.snap = s, .h = h};
+            cairn_buf_reset(&doc);
+            int drc = h->view_doc(&rd, &k, &v, &doc);
+            if (drc) {
+                fprintf(stderr, "cairn: show: an entry of %s: %s (skipped)\n", name,
+                        cairn_strerror(drc));
+                continue;
+            }
+            v = (MDB_val){doc.len, doc.data};
+        }
         rc = cairn_msgpack_to_json(v.mv_data, v.mv_size, &out, NULL);
         if (!rc)
             rc = cairn_buf_putc(&out, '\n');
@@ -260,6 +272,7 @@ static int show_view(struct proj *p, const struct handler *h, const char *tenant
         (*found)++;
     }
     cairn_buf_deinit(&out);
+    cairn_buf_deinit(&doc);
     mdb_cursor_close(cur);
     proj_snap_end(s);
     return rc;

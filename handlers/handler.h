@@ -126,6 +126,16 @@ struct handler {
      * violation) for a handler that reads a few fields or skips most of
      * them. Inputs are decoded as before. */
     bool derived_raw;
+    /* Optional (NULL: a view value is its document). Appends to out, as
+     * msgpack, the document of the view's entry k -> v, read from the
+     * snapshot rd (the handler's own DBIs and stream; rd has no tenant nor
+     * parameters). For a handler whose view keeps small records and the
+     * rest of each document elsewhere (violations: in the event that
+     * opened it — random-keyed 1 KB documents cost a dirtied page per
+     * insert). `cairn show` prints what it writes (an entry it fails on is
+     * reported and skipped). The generic view routes do not call it: such
+     * a handler serves GET /v1/<name> and /v1/<name>/{} itself (routes). */
+    int (*view_doc)(struct hread *rd, const MDB_val *k, const MDB_val *v, struct cairn_buf *out);
 };
 
 /* The registered handlers, NULL-terminated (handlers/registry.c). */
