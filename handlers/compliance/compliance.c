@@ -4,14 +4,16 @@
  * inputs (per tenant), so replay evaluates history with the rules in force
  * at each point. Emits `compliance.violation` / `compliance.resolved` on the
  * stream `violations`; serves GET /v1/violations (filters), /v1/violations/
- * {id} (the generic view route), /v1/compliance/{framework} and /v1/rules.
+ * {id}, /v1/compliance/{framework} and /v1/rules (compliance_routes.c).
  *
  * DBIs (every key starts with tlen|tenant, as hkey_make writes it; rk is
  * the first 16 bytes of SHA-256(account \0 region \0 resource_id), ar the
  * first 8 of SHA-256(account \0 region)):
  *
  *   violations.rules      T | rule_id            -> {rule: <payload>, tenant, defined_at, seq}
- *   violations.view       T | violation_id (hex) -> the violation document
+ *   violations.view       T | violation_id (hex) -> the violation's record (vrec.h): its
+ *                                                   lifecycle fields and the dseq of the
+ *                                                   compliance.violation holding the rest
  *   violations.resources  T | ar | rk            -> {resource_id, resource_type, account,
  *                                                   region, scan, results}
  *   violations.posture    T | fw 00 ctl          -> pass u64 BE | fail u64 BE (resources)
@@ -45,6 +47,8 @@
  */
 #include "cond.h"
 #include "handler.h"
+#include "proj.h" /* proj_hctx_emitted: emit_map */
+#include "vrec.h"
 
 #include <assert.h>
 #include <openssl/evp.h>
@@ -60,10 +64,11 @@
 #define FAILED_VALUE_MAX 4096         /* bytes of one failed attribute value kept in a violation */
 #define RECORD_MAX (1u << 20)         /* one resources value: 5 short strings + <= 1024 results */
 #define COLLECT_MAX ((size_t)1 << 34) /* records a sweep or rule change holds at once */
-/* The layout of violations.*: 2 = results inside the resources records. A
- * state written by layout 1 (a results and a ctlres DBI) is refused: it
- * must be rebuilt from the log (cairn replay). */
-#define LAYOUT 2
+/* The layout of violations.*: 2 = results inside the resources records;
+ * 3 = view records (vrec.h) instead of whole documents in the view. A state
+ * written by an older layout (1: a results and a ctlres DBI; 2: documents
+ * in the view) is refused: it must be rebuilt from the log (cairn replay). */
+#define LAYOUT 3
 
 static const char *const consumes[] = {"discovery", "rule.define", "rule.delete", NULL};
 static const char *const emits[] = {"compliance.violation", "compliance.resolved", NULL};
@@ -115,6 +120,7 @@ struct comp {
     struct cscr *cs;           /* per control: posture_move's scratch */
     size_t cscap;
     uint32_t gen;
+    uint64_t head; /* the dseq of the last event emitted (0: not known yet; emit_map) */
 };
 
 static struct comp *self(struct hctx *ctx)
@@ -473,8 +479,8 @@ static void rule_remove(struct comp *s, struct crule *r)
  * resource's record (resource_scan; 7 % of the CPU of a first discovery
  * while the state was written through malloc'ed dirty pages, whose list
  * each descent searched; since MDB_WRITEMAP, 1.5 % of its instructions)
- * and the violation's document (violation_open, for times_opened:
- * documents exist only for (rule, resource) pairs that failed before;
+ * and the violation's view record (violation_open, for times_opened:
+ * records exist only for (rule, resource) pairs that failed before;
  * ~10 % of the handler's instructions when it was added). The handler
  * therefore keeps a key set (struct hkset, handler.h) for violations.view
  * and one for violations.resources, added to by every put: a key not in
@@ -745,13 +751,32 @@ static int posture_move(struct comp *s, const struct rres *rr, size_t n)
 struct resource {
     struct cairn_str id, type, account, region;
     uint8_t rk[16];
-    const msgpack_object *attrs;
+    const msgpack_object *attrs; /* NULL: none (or a stored record's resource: rec_resource) */
 };
 
+/* Emits b on the stream; *dseq (when not NULL) is the event's dseq. The
+ * handler counts its stream's dseqs itself (every event of stream.violations
+ * is one of its emits): it learns the head from the engine's list of emitted
+ * events after the first emit since open (the engine reopens handlers after
+ * an aborted transaction, so the count never includes undone emits). */
 static int emit_map(struct hctx *ctx, const struct event *ev, const char *type,
-                    const struct cairn_str *key, struct cairn_buf *b)
+                    const struct cairn_str *key, struct cairn_buf *b, uint64_t *dseq)
 {
-    return hctx_emit(ctx, ev, type, &ev->tenant, key, b->data, b->len);
+    struct comp *s = self(ctx);
+    int rc = hctx_emit(ctx, ev, type, &ev->tenant, key, b->data, b->len);
+    if (rc)
+        return rc;
+    if (s->head) {
+        s->head++;
+    } else {
+        const struct event *evs;
+        size_t n = proj_hctx_emitted(ctx, &evs);
+        assert(n > 0);
+        s->head = evs[n - 1].dseq;
+    }
+    if (dseq)
+        *dseq = s->head;
+    return 0;
 }
 
 static void write_failed(struct mpw *w, const struct crule *r, const struct resource *res,
@@ -779,7 +804,8 @@ static void write_failed(struct mpw *w, const struct crule *r, const struct reso
 }
 
 /* The violation document: 20 fields (the ones filters use are top-level
- * strings: status, severity, rule_id, resource_type, account, region). */
+ * strings: status, severity, rule_id, resource_type, account, region). It is
+ * emitted (compliance.violation) and the view gets its record (vrec.h). */
 static int violation_open(struct hctx *ctx, const struct event *ev, const struct crule *r,
                           const struct resource *res, bool budget)
 {
@@ -788,18 +814,19 @@ static int violation_open(struct hctx *ctx, const struct event *ev, const struct
     violation_id(s->md, r, res->rk, vid);
     uint8_t k[1 + CAIRN_TENANT_MAX + 64];
     size_t kn = hkey_make(k, sizeof k, &ev->tenant, &(struct cairn_str){vid, 32});
-    int64_t times = 0;
+    uint32_t times = 0;
     MDB_val v;
     int rc = hkset_get(ctx, &s->vk, s->view, k, kn, &v);
     if (rc && rc != CAIRN_ENOTFOUND)
         return rc;
     if (!rc) {
-        msgpack_unpacked u;
-        msgpack_unpacked_init(&u);
-        if (msgpack_unpack_next(&u, v.mv_data, v.mv_size, NULL) == MSGPACK_UNPACK_SUCCESS)
-            mp_i64(mp_get(&u.data, "times_opened"), &times);
-        msgpack_unpacked_destroy(&u);
+        struct vrec old;
+        if (!vrec_decode(v.mv_data, v.mv_size, &old))
+            return CAIRN_ECORRUPT;
+        times = old.times;
     }
+    if (times < UINT32_MAX) /* (saturates: 4 G reopenings) */
+        times++;
     /* Packed directly (handler.h, "direct packing": the bytes msgpack-c
      * gives) but for the failed values, which are decoded attributes. */
     struct cairn_buf *b = &s->doc;
@@ -844,104 +871,105 @@ static int violation_open(struct hctx *ctx, const struct event *ev, const struct
     o = mpd_key(o, "resolution");
     o = mpd_nil(o);
     o = mpd_key(o, "times_opened");
-    o = mpd_i64(o, times + 1);
+    o = mpd_i64(o, times);
     b->len = (size_t)(o - b->data);
-    if (!rc)
-        rc = hctx_put(ctx, s->view, k, kn, b->data, b->len);
-    if (!rc)
+    uint64_t dseq;
+    if ((rc = emit_map(ctx, ev, "compliance.violation", &res->id, b, &dseq)))
+        return rc;
+    uint8_t rec[VREC_MAX];
+    struct vrec vr = {.dseq = dseq,
+                      .times = times,
+                      .opened_at = ev->time,
+                      .severity = {r->severity, strlen(r->severity)}};
+    if (!(rc = hctx_put(ctx, s->view, k, kn, rec, vrec_encode(&vr, rec))))
         hkset_add(&s->vk, k, kn);
-    if (!rc)
-        rc = emit_map(ctx, ev, "compliance.violation", &res->id, b);
     return rc;
 }
 
-/* Marks the violation resolved (rewriting its document) and emits
- * compliance.resolved. A missing document (impossible unless the state was
- * edited) resolves nothing. */
+/* Marks the violation resolved (its view record) and emits
+ * compliance.resolved: violation_id rule_id resource_id resource_type
+ * account region severity controls opened_at reason — the document's
+ * fields, which are the rule's and the resource's (r, res: the ones it was
+ * opened with — a rule change that changes its controls resolves its
+ * violations first) but for the severity and opened_at, kept in the record.
+ * A missing record (impossible unless the state was edited) resolves
+ * nothing. */
 static int violation_resolve(struct hctx *ctx, const struct event *ev, const struct crule *r,
-                             const uint8_t rk[16], const char *reason)
+                             const struct resource *res, const char *reason)
 {
+    struct comp *s = self(ctx);
     char vid[33];
-    violation_id(self(ctx)->md, r, rk, vid);
+    violation_id(s->md, r, res->rk, vid);
     uint8_t k[1 + CAIRN_TENANT_MAX + 64];
     size_t kn = hkey_make(k, sizeof k, &ev->tenant, &(struct cairn_str){vid, 32});
     MDB_val v;
-    int rc = hctx_get(ctx, self(ctx)->view, k, kn, &v);
+    int rc = hctx_get(ctx, s->view, k, kn, &v);
     if (rc)
         return rc == CAIRN_ENOTFOUND ? 0 : rc;
-    msgpack_unpacked u;
-    msgpack_unpacked_init(&u);
-    if (msgpack_unpack_next(&u, v.mv_data, v.mv_size, NULL) != MSGPACK_UNPACK_SUCCESS ||
-        u.data.type != MSGPACK_OBJECT_MAP) {
-        msgpack_unpacked_destroy(&u);
+    uint8_t old[VREC_MAX], rec[VREC_MAX];
+    struct vrec vr;
+    if (v.mv_size > sizeof old)
         return CAIRN_ECORRUPT;
+    memcpy(old, v.mv_data, v.mv_size); /* the put below may move it */
+    if (!vrec_decode(old, v.mv_size, &vr))
+        return CAIRN_ECORRUPT;
+    vr.resolved = true;
+    vr.resolved_seq = ev->seq;
+    vr.resolved_at = ev->time;
+    vr.resolution = (struct cairn_str){reason, strlen(reason)};
+    if ((rc = hctx_put(ctx, s->view, k, kn, rec, vrec_encode(&vr, rec))))
+        return rc;
+    struct cairn_buf *b = &s->doc;
+    cairn_buf_reset(b);
+    size_t bound = 256 + 32 + r->idn + res->id.n + res->type.n + res->account.n + res->region.n +
+                   vr.severity.n + strlen(reason) + MPD_TIME_MAX + 16 * MPD_HDR_MAX;
+    for (size_t i = 0; i < r->nctl; i++)
+        bound += strlen(s->c[r->ctl[i]].label) + MPD_HDR_MAX;
+    if ((rc = cairn_buf_reserve(b, bound)))
+        return rc;
+    uint8_t *o = b->data;
+    o = mpd_map(o, 10);
+    o = mpd_key(o, "violation_id");
+    o = mpd_strn(o, vid, 32);
+    o = mpd_key(o, "rule_id");
+    o = mpd_strn(o, r->id, r->idn);
+    o = mpd_key(o, "resource_id");
+    o = pk_str(o, &res->id);
+    o = mpd_key(o, "resource_type");
+    o = pk_str(o, &res->type);
+    o = mpd_key(o, "account");
+    o = pk_str(o, &res->account);
+    o = mpd_key(o, "region");
+    o = pk_str(o, &res->region);
+    o = mpd_key(o, "severity");
+    o = mpd_strn(o, vr.severity.p, vr.severity.n);
+    o = mpd_key(o, "controls");
+    o = mpd_array(o, (uint32_t)r->nctl);
+    for (size_t i = 0; i < r->nctl; i++) {
+        const char *l = s->c[r->ctl[i]].label;
+        o = mpd_strn(o, l, strlen(l));
     }
-    const msgpack_object *doc = &u.data;
-    char at[40];
-    cairn_time_format(ev->time, at, sizeof at);
-    struct cairn_buf b, p;
-    struct mpw w, pw;
-    cairn_buf_init(&b, CAIRN_PAYLOAD_MAX_CEILING);
-    cairn_buf_init(&p, CAIRN_PAYLOAD_MAX_CEILING);
-    mpw_init(&w, &b);
-    mpw_init(&pw, &p);
-    msgpack_pack_map(&w.pk, doc->via.map.size);
-    for (uint32_t i = 0; i < doc->via.map.size; i++) {
-        const msgpack_object_kv *kv = &doc->via.map.ptr[i];
-        mpw_obj(&w, &kv->key);
-        if (mp_str_eq(&kv->key, "status"))
-            mpw_str(&w, "resolved");
-        else if (mp_str_eq(&kv->key, "resolved_at"))
-            mpw_str(&w, at);
-        else if (mp_str_eq(&kv->key, "resolved_seq"))
-            msgpack_pack_uint64(&w.pk, ev->seq);
-        else if (mp_str_eq(&kv->key, "resolution"))
-            mpw_str(&w, reason);
-        else
-            mpw_obj(&w, &kv->val);
-    }
-    static const char *const copy[] = {"violation_id",  "rule_id",  "resource_id",
-                                       "resource_type", "account",  "region",
-                                       "severity",      "controls", "opened_at"};
-    msgpack_pack_map(&pw.pk, 10);
-    for (size_t i = 0; i < sizeof copy / sizeof *copy; i++)
-        mpw_kv_obj(&pw, copy[i], mp_get(doc, copy[i]));
-    mpw_kv_cstr(&pw, "reason", reason);
-    rc = mpw_finish(&w);
-    if (!rc)
-        rc = mpw_finish(&pw);
-    if (!rc)
-        rc = hctx_put(ctx, self(ctx)->view, k, kn, b.data, b.len);
-    /* The derived key (the resource) is read from the payload copy: the
-     * old document may have moved with the put. */
-    if (!rc) {
-        struct cairn_str key = {(const char *)p.data, 0};
-        msgpack_unpacked pu;
-        msgpack_unpacked_init(&pu);
-        if (msgpack_unpack_next(&pu, (const char *)p.data, p.len, NULL) == MSGPACK_UNPACK_SUCCESS)
-            mp_str(mp_get(&pu.data, "resource_id"), &key);
-        rc = emit_map(ctx, ev, "compliance.resolved", &key, &p);
-        msgpack_unpacked_destroy(&pu);
-    }
-    cairn_buf_deinit(&b);
-    cairn_buf_deinit(&p);
-    msgpack_unpacked_destroy(&u);
-    return rc;
+    o = mpd_key(o, "opened_at");
+    o = mpd_time(o, vr.opened_at);
+    o = mpd_key(o, "reason");
+    o = mpd_strn(o, reason, strlen(reason));
+    b->len = (size_t)(o - b->data);
+    return emit_map(ctx, ev, "compliance.resolved", &res->id, b, NULL);
 }
 
 /* Applies a resource's result changes: posture, then, in rule order, a
- * violation opened for each new failure (res is needed only then) and one
+ * violation opened for each new failure (only a discovery's results fail
+ * anew: res is then the discovered resource, with its attributes) and one
  * resolved (with reason) for each failure that ended. */
 static int results_apply(struct hctx *ctx, const struct event *ev, const struct rres *rr, size_t n,
-                         const uint8_t rk[16], const struct resource *res, const char *reason)
+                         const struct resource *res, const char *reason)
 {
     int rc = posture_move(self(ctx), rr, n);
     for (size_t i = 0; i < n && !rc; i++) {
         if (rr[i].now == R_FAIL && rr[i].old != R_FAIL) {
-            assert(res);
             rc = violation_open(ctx, ev, rr[i].r, res, rr[i].budget);
         } else if (rr[i].old == R_FAIL && rr[i].now != R_FAIL) {
-            rc = violation_resolve(ctx, ev, rr[i].r, rk, reason);
+            rc = violation_resolve(ctx, ev, rr[i].r, res, reason);
         }
     }
     return rc;
@@ -974,6 +1002,18 @@ static int rec_decode(struct rec *rc, const uint8_t *p, size_t n)
     if (rc->results && rc->results->type != MSGPACK_OBJECT_MAP)
         rc->results = NULL;
     return 0;
+}
+
+/* The resource a record describes (rk: its key's last 16 bytes), to resolve
+ * its violations: the fields their documents were opened with (the record
+ * keeps the type its results were evaluated for; id, account and region
+ * make its key). */
+static struct resource rec_resource(const struct rec *rc, const uint8_t rk[16])
+{
+    struct resource res = {
+        .id = rc->id, .type = rc->type, .account = rc->account, .region = rc->region};
+    memcpy(res.rk, rk, 16);
+    return res;
 }
 
 static enum res rec_result(const struct rec *rc, const struct crule *r)
@@ -1171,7 +1211,8 @@ static int rule_clear(struct hctx *ctx, const struct event *ev, const struct cru
             if (rr[i].r == r)
                 rr[i].now = R_NONE;
         const uint8_t *rk = (const uint8_t *)k.mv_data + k.mv_size - 16;
-        rc = results_apply(ctx, ev, rr, n, rk, NULL, reason);
+        struct resource res = rec_resource(&f, rk);
+        rc = results_apply(ctx, ev, rr, n, &res, reason);
         if (!rc)
             rc = rec_put(ctx, k.mv_data, k.mv_size, &f, rr, n);
         msgpack_unpacked_destroy(&f.u);
@@ -1275,7 +1316,8 @@ static int resource_gone(struct hctx *ctx, const struct event *ev, const struct 
     size_t n = rec_results(self(ctx), &ev->tenant, f, sc->rr);
     for (size_t i = 0; i < n; i++)
         sc->rr[i].now = R_NONE;
-    return results_apply(ctx, ev, sc->rr, n, rk, NULL, "resource_gone");
+    struct resource res = rec_resource(f, rk);
+    return results_apply(ctx, ev, sc->rr, n, &res, "resource_gone");
 }
 
 /* One discovered resource: its record (a new type drops the old type's
@@ -1319,7 +1361,7 @@ static int resource_scan(struct hctx *ctx, const struct event *ev, const struct 
         x->now = cond_eval(r->cond, res->attrs, ev->time, NULL, &x->budget) ? R_PASS : R_FAIL;
         changed |= x->now != x->old;
     }
-    rc = results_apply(ctx, ev, sc->rr, n, res->rk, res, "compliant");
+    rc = results_apply(ctx, ev, sc->rr, n, res, "compliant");
     struct rec now = {.id = res->id,
                       .type = res->type,
                       .account = sc->account,
@@ -1423,6 +1465,8 @@ static int comp_apply(struct hctx *ctx, const struct event *ev)
 
 /* compliance_routes.c */
 extern const struct handler_route violations_routes[];
+int violations_view_doc(struct hread *rd, const MDB_val *k, const MDB_val *v,
+                        struct cairn_buf *out);
 
 const struct handler violations_handler = {
     .version = HANDLER_VERSION,
@@ -1436,6 +1480,7 @@ const struct handler violations_handler = {
     .view = "view",
     .routes = violations_routes,
     .flush = comp_flush,
+    .view_doc = violations_view_doc,
     /* apply touches only its context (rules, posture counts, the key sets,
      * its SHA-256 context) and the state through hctx_*: it may run on the
      * engine's apply worker during catch-up and replay. */

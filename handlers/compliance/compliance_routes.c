@@ -6,12 +6,18 @@
  *                                  status severity rule_id (or rule) resource_type
  *                                  resource_id account region framework control;
  *                                  limit (<= 1000), cursor; <= 10 000 entries looked at
+ *   GET /v1/violations/{id}        one violation (answers as the generic view route
+ *                                  of a view holding documents would)
  *   GET /v1/compliance/{framework} the posture per control of the framework
  *   GET /v1/rules                  the rules in force (?resource_type=, ?enabled=)
  *
- * /v1/violations/{id} is the generic view route (the view DBI).
+ * The view holds records (vrec.h), not documents: violations_view_doc makes
+ * a violation's document from its record and the compliance.violation that
+ * opened it (the handler's view_doc: `cairn show violations` prints it).
  */
 #include "handler.h"
+#include "proj.h" /* the snapshot's stream DBI, proj_derived_decode */
+#include "vrec.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -23,6 +29,80 @@
 #define POSTURE_CONTROLS_MAX 1024
 
 typedef bool (*match_fn)(struct hread *rd, const msgpack_object *doc);
+
+/* ====================================================================== documents */
+
+/* Whether the msgpack string at p (n bytes, a whole object) is lit. */
+static bool key_is(const uint8_t *p, size_t n, const char *lit)
+{
+    size_t ln = strlen(lit), h = 0;
+    if (n && (p[0] & 0xe0) == 0xa0)
+        h = 1;
+    else if (n > 1 && p[0] == 0xd9)
+        h = 2;
+    return h && n - h == ln && !memcmp(p + h, lit, ln);
+}
+
+/* The document of view record v (vrec.h), appended to out: the payload of
+ * the compliance.violation that opened it, with status, resolved_at,
+ * resolved_seq and resolution replaced when the record says it was
+ * resolved — the bytes the handler's layout 2 stored in the view (its
+ * resolve repacked the document, changing those four values). The handler's
+ * view_doc (`cairn show violations`); k is not needed. */
+int violations_view_doc(struct hread *rd, const MDB_val *k, const MDB_val *v, struct cairn_buf *out)
+{
+    (void)k;
+    struct vrec r;
+    MDB_dbi dbi;
+    MDB_val sv;
+    uint8_t k8[8];
+    struct proj_derived d;
+    if (!vrec_decode(v->mv_data, v->mv_size, &r))
+        return CAIRN_ECORRUPT;
+    cairn_be64_put(k8, r.dseq);
+    MDB_val sk = {8, k8};
+    int rc = proj_snap_dbi(rd->snap, PROJ_STREAM_PREFIX "violations", &dbi);
+    if (!rc)
+        rc = cairn_mdb_err(mdb_get(hread_txn(rd), dbi, &sk, &sv));
+    if (!rc)
+        rc = proj_derived_decode(sv.mv_data, sv.mv_size, &d);
+    if (rc)
+        return rc == CAIRN_ENOTFOUND ? CAIRN_ECORRUPT : rc; /* a record without its event */
+    if (!r.resolved)
+        return cairn_buf_append(out, d.payload, d.payload_len);
+    const uint8_t *p = d.payload, *end = d.payload + d.payload_len;
+    uint32_t nkv;
+    if (p < end && (*p & 0xf0) == 0x80)
+        nkv = *p & 0x0f, p += 1;
+    else if (end - p >= 3 && *p == 0xde)
+        nkv = (uint32_t)p[1] << 8 | p[2], p += 3;
+    else
+        return CAIRN_ECORRUPT;
+    if ((rc = cairn_buf_reserve(out, d.payload_len + 64 + MPD_TIME_MAX + r.resolution.n)))
+        return rc;
+    uint8_t *o = out->data + out->len;
+    o = mpd_raw(o, d.payload, (size_t)(p - d.payload)); /* the map's header */
+    for (uint32_t i = 0; i < nkv; i++) {
+        size_t kn = mp_raw_len(p, (size_t)(end - p));
+        size_t vn = kn ? mp_raw_len(p + kn, (size_t)(end - p) - kn) : 0;
+        if (!vn)
+            return CAIRN_ECORRUPT;
+        o = mpd_raw(o, p, kn);
+        if (key_is(p, kn, "status"))
+            o = mpd_key(o, "resolved");
+        else if (key_is(p, kn, "resolved_at"))
+            o = mpd_time(o, r.resolved_at);
+        else if (key_is(p, kn, "resolved_seq"))
+            o = mpd_u64(o, r.resolved_seq);
+        else if (key_is(p, kn, "resolution"))
+            o = mpd_strn(o, r.resolution.p, r.resolution.n);
+        else
+            o = mpd_raw(o, p + kn, vn);
+        p += kn + vn;
+    }
+    out->len = (size_t)(o - out->data);
+    return 0;
+}
 
 static int bad(struct cairn_error *e, const char *field, const char *msg)
 {
@@ -40,9 +120,10 @@ static size_t tenant_prefix(struct hread *rd, uint8_t *out)
                      &(struct cairn_str){"", 0});
 }
 
-/* A page of documents of DBI `name` passing `match`: {"seq","items","next_cursor"}. */
-static int page(struct hread *rd, const char *name, match_fn match, struct cairn_buf *out,
-                struct cairn_error *e)
+/* A page of documents of DBI `name` passing `match`: {"seq","items","next_cursor"}.
+ * records: the values are view records (vrec.h), made documents first. */
+static int page(struct hread *rd, const char *name, match_fn match, bool records,
+                struct cairn_buf *out, struct cairn_error *e)
 {
     char buf[32], hex[1100];
     uint64_t limit = PAGE_DEFAULT;
@@ -76,6 +157,8 @@ static int page(struct hread *rd, const char *name, match_fn match, struct cairn
     size_t items = 0, scanned = 0;
     char last[1100] = "";
     bool more = false;
+    struct cairn_buf doc_buf;
+    cairn_buf_init(&doc_buf, CAIRN_PAYLOAD_MAX_CEILING + 4096);
     for (; !rc; rc = mdb_cursor_get(cur, &k, &v, MDB_NEXT)) {
         if (k.mv_size < pn || memcmp(k.mv_data, prefix, pn))
             break;
@@ -85,6 +168,12 @@ static int page(struct hread *rd, const char *name, match_fn match, struct cairn
         }
         scanned++;
         cairn_hex(k.mv_data, k.mv_size < 512 ? k.mv_size : 511, last);
+        if (records) { /* a record whose document cannot be made is skipped, as a bad one */
+            cairn_buf_reset(&doc_buf);
+            if (violations_view_doc(rd, &k, &v, &doc_buf))
+                continue;
+            v = (MDB_val){doc_buf.len, doc_buf.data};
+        }
         msgpack_unpacked doc;
         msgpack_unpacked_init(&doc);
         if (msgpack_unpack_next(&doc, v.mv_data, v.mv_size, NULL) == MSGPACK_UNPACK_SUCCESS &&
@@ -96,6 +185,7 @@ static int page(struct hread *rd, const char *name, match_fn match, struct cairn
         msgpack_unpacked_destroy(&doc);
     }
     mdb_cursor_close(cur);
+    cairn_buf_deinit(&doc_buf);
     if (more && last[0])
         cairn_buf_printf(out, "],\"next_cursor\":\"%s\"}", last);
     else
@@ -158,7 +248,41 @@ static int get_violations(struct hread *rd, char **args, struct cairn_buf *out,
                           struct cairn_error *e)
 {
     (void)args;
-    return page(rd, "view", violation_matches, out, e);
+    return page(rd, "view", violation_matches, true, out, e);
+}
+
+/* GET /v1/violations/{id}: {"seq", "item"}; the errors of the generic view
+ * route (400 without a tenant, 404 for an unknown id). */
+static int get_violation(struct hread *rd, char **args, struct cairn_buf *out,
+                         struct cairn_error *e)
+{
+    const char *t = hread_tenant(rd);
+    if (!t) {
+        cairn_error_set(e, "missing_parameter", "tenant", "give ?tenant= to read one entity");
+        return 400;
+    }
+    uint8_t key[1 + CAIRN_TENANT_MAX + CAIRN_KEY_MAX];
+    struct cairn_str tn = {t, strlen(t)}, id = {args[0], strlen(args[0])};
+    size_t kn = id.n <= CAIRN_KEY_MAX ? hkey_make(key, sizeof key, &tn, &id) : 0;
+    MDB_dbi dbi;
+    MDB_val k = {kn, key}, v;
+    if (!kn || hread_db(rd, "view", &dbi) || mdb_get(hread_txn(rd), dbi, &k, &v)) {
+        cairn_error_set(e, "not_found", NULL, "no violations entity %.256s", args[0]);
+        return 404;
+    }
+    struct cairn_buf doc;
+    cairn_buf_init(&doc, CAIRN_PAYLOAD_MAX_CEILING + 4096);
+    int rc = violations_view_doc(rd, &k, &v, &doc);
+    if (rc) {
+        cairn_buf_deinit(&doc);
+        cairn_error_set(e, "internal", NULL, "violation %.64s: %s", args[0], cairn_strerror(rc));
+        return 500;
+    }
+    cairn_buf_printf(out, "{\"seq\":%llu,\"item\":", (unsigned long long)hread_seq(rd));
+    cairn_msgpack_to_json(doc.data, doc.len, out, NULL);
+    cairn_buf_putc(out, '}');
+    cairn_buf_deinit(&doc);
+    return 200;
 }
 
 /* ====================================================================== rules */
@@ -182,7 +306,7 @@ static bool rule_matches(struct hread *rd, const msgpack_object *doc)
 static int get_rules(struct hread *rd, char **args, struct cairn_buf *out, struct cairn_error *e)
 {
     (void)args;
-    return page(rd, "rules", rule_matches, out, e);
+    return page(rd, "rules", rule_matches, false, out, e);
 }
 
 /* ====================================================================== posture */
@@ -332,6 +456,7 @@ static int get_posture(struct hread *rd, char **args, struct cairn_buf *out, str
 
 const struct handler_route violations_routes[] = {
     {"violations", get_violations, NULL},
+    {"violations/{}", get_violation, NULL},
     {"compliance/{}", get_posture, NULL},
     {"rules", get_rules, NULL},
     {NULL, NULL, NULL},
