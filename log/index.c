@@ -42,6 +42,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -171,11 +172,16 @@ int log_index_begin(struct log *log)
 /* The write-behind entries of the indexer thread (below): put into the
  * open transaction, or forgotten with it. */
 static int wb_flush(struct log *log);
-static void wb_clear(struct log *log);
+static bool wb_clear(struct log *log);
 
 void log_index_drop(struct log *log)
 {
-    wb_clear(log);
+    /* keys entries still in the write-behind may belong to batches settled
+     * before the last commit (it does not put them, see ix_covered): they
+     * are in the log, not in the index, whatever itxn_events says */
+    bool held = wb_clear(log);
+    if (held)
+        log->index_stale = true;
     if (!log->itxn)
         return;
     cairn_env_write_abort(log->ienv, log->itxn);
@@ -508,33 +514,42 @@ static int wb_put(struct log *log, struct wb *w, MDB_txn *txn)
     return rc;
 }
 
-enum ix_cmd { IX_NONE, IX_CHECK, IX_CONFIRM, IX_FLUSH, IX_STOP };
+enum ix_cmd { IX_CHECK, IX_CONFIRM, IX_FLUSH, IX_STOP };
+
+/* A command for the indexer, queued in order (struct log_ix). */
+struct ix_msg {
+    enum ix_cmd cmd;
+    struct log_ix_answer *ans; /* filled in when done; NULL: posted, nobody waits */
+    /* check: decide in[0, n) into res, after head_seq, with the dedup
+     * clock max_time before the batch and the writer's wall clock */
+    const struct log_input *in;
+    struct log_result *res;
+    size_t n;
+    int64_t wall, max_time; /* confirm: the clock after the batch */
+    uint64_t head_seq;      /* check: the seq before the batch; confirm: after it */
+    bool durable;           /* confirm: the log committed the batch */
+};
+
+/* Commands queued at most: a check ahead, the confirm before it, and one
+ * more (a flush or stop) — the writer waits for room beyond that. */
+#define IX_QUEUE 4
 
 struct log_ix {
     pthread_t thread;
     pthread_mutex_t mu;
     pthread_cond_t cv;
-    enum ix_cmd cmd; /* posted by the writer, IX_NONE once taken */
-    bool busy;       /* working on a command (or the puts after a check) */
-    bool putting;    /* a check's puts are not finished */
-    int rc;          /* the answer to the last command */
-    /* the request of a check */
-    const struct log_input *in;
-    struct log_result *res;
-    size_t n;
-    int64_t wall, max_time; /* in: the clock before the batch; out: after it */
-    uint64_t head_seq;      /* the seq before the batch */
-    bool durable;           /* confirm: the log committed the batch */
-    uint64_t confirm_head;  /* confirm: the log's head after it */
-    bool in_batch;          /* between a check and its confirm: no commit may happen */
-    int put_rc;             /* the puts' outcome */
-    struct wb wb;           /* keys entries decided, not yet put (indexer thread only) */
-    struct wb run;          /* a sealed (sorted) table of keys entries being put */
-    size_t run_at;          /* its records before this one are in the transaction */
-    uint64_t run_min;       /* the lowest seq in the run (its first before sorting) */
-    struct wb ids;          /* the batch's dedup entries, put after every check */
-    uint64_t settled;       /* the head after the last batch settled durable (0: none) */
-    bool commit_due;        /* a settle found CAIRN_INDEX_COMMIT_* reached */
+    struct ix_msg q[IX_QUEUE]; /* FIFO, posted by the writer's thread */
+    unsigned q_head, q_len;
+    /* the indexer thread's own state */
+    unsigned unconfirmed;    /* checks not confirmed yet: no commit may happen */
+    int put_rc;              /* a put failed: the transaction is broken until dropped */
+    struct wb wb;            /* keys entries decided, not yet put (indexer thread only) */
+    struct wb run;           /* a sealed (sorted) table of keys entries being put */
+    size_t run_at;           /* its records before this one are in the transaction */
+    uint64_t run_min;        /* the lowest seq in the run (its first before sorting) */
+    struct wb ids;           /* the batch's dedup entries, put after every check */
+    uint64_t settled;        /* the head after the last batch settled durable (0: none) */
+    _Atomic bool commit_due; /* a settle found CAIRN_INDEX_COMMIT_* reached (the writer reads it) */
 };
 
 /* ---- deciding a batch (the writer waits for this) ---- */
@@ -594,15 +609,15 @@ static bool too_big(const struct log_input *in)
 /* Decides each input against the entries before it: the batch's own and
  * earlier batches' (the write-behind table, then the transaction). The
  * entries of the accepted inputs go into the table. */
-static int ix_decide(struct log *log, struct log_ix *x)
+static int ix_decide(struct log *log, struct log_ix *x, struct ix_msg *m)
 {
     int rc = 0;
-    uint64_t seq = x->head_seq;
-    int64_t max_time = x->max_time;
+    uint64_t seq = m->head_seq;
+    int64_t max_time = m->max_time;
     struct wb *w = &x->wb;
-    for (size_t i = 0; i < x->n && !rc; i++) {
-        const struct log_input *in = &x->in[i];
-        struct log_result *res = &x->res[i];
+    for (size_t i = 0; i < m->n && !rc; i++) {
+        const struct log_input *in = &m->in[i];
+        struct log_result *res = &m->res[i];
         uint8_t ik[1 + CAIRN_TENANT_MAX + CAIRN_ID_MAX], kk[1 + CAIRN_TENANT_MAX + CAIRN_KEY_MAX];
         size_t ikn = 0, kkn = 0;
         memset(res, 0, sizeof *res);
@@ -626,7 +641,7 @@ static int ix_decide(struct log *log, struct log_ix *x)
                 rc = found;
                 break;
             }
-            if (found && t >= dedup_clock(max_time, in->time, x->wall) - log->cfg.dedup_window_ns) {
+            if (found && t >= dedup_clock(max_time, in->time, m->wall) - log->cfg.dedup_window_ns) {
                 res->seq = s;
                 res->duplicate = true;
                 continue;
@@ -652,13 +667,13 @@ static int ix_decide(struct log *log, struct log_ix *x)
             }
         }
         res->seq = ++seq;
-        max_time = dedup_clock(max_time, in->time, x->wall);
+        max_time = dedup_clock(max_time, in->time, m->wall);
         if (kkn)
             rc = wb_add(w, WB_KEYS, kk, kkn, seq, in->time);
         if (ikn && !rc)
             rc = wb_add(&x->ids, WB_DEDUP, ik, ikn, seq, in->time);
     }
-    x->max_time = max_time;
+    m->max_time = max_time;
     return rc;
 }
 
@@ -666,7 +681,7 @@ static int ix_decide(struct log *log, struct log_ix *x)
  * entries go into the transaction now, so that pruning (ix_settle) sees
  * every id exactly as before; the keys entries once the table holds a run
  * worth sorting. */
-static int ix_put(struct log *log, struct log_ix *x)
+static int ix_put(struct log *log, struct log_ix *x, size_t n)
 {
     int rc = x->ids.n ? wb_put(log, &x->ids, log->itxn) : 0;
     if (!rc && !x->run.n && x->wb.n >= WB_FLUSH_RECS) { /* seal: the table becomes the run */
@@ -681,7 +696,7 @@ static int ix_put(struct log *log, struct log_ix *x)
         /* a step of the run per check, so the next check never waits long;
          * at least twice the batch, so the run drains before the table
          * refills whatever the batch size */
-        size_t step = 2 * x->n > WB_PUT_STEP ? 2 * x->n : WB_PUT_STEP;
+        size_t step = 2 * n > WB_PUT_STEP ? 2 * n : WB_PUT_STEP;
         size_t end = x->run.n - x->run_at > step ? x->run_at + step : x->run.n;
         rc = wb_put_range(log, &x->run, log->itxn, &x->run_at, end);
         if (!rc && x->run_at == x->run.n)
@@ -706,14 +721,20 @@ static int wb_flush(struct log *log)
     return rc;
 }
 
-static void wb_clear(struct log *log)
+/* Forgets the write-behind (with the transaction it was for); whether it
+ * held keys entries. */
+static bool wb_clear(struct log *log)
 {
-    if (log->ix) {
-        wb_reset(&log->ix->wb);
-        wb_reset(&log->ix->run);
-        wb_reset(&log->ix->ids);
-        log->ix->commit_due = false;
-    }
+    struct log_ix *x = log->ix;
+    if (!x)
+        return false;
+    bool held = x->wb.n || x->run.n;
+    wb_reset(&x->wb);
+    wb_reset(&x->run);
+    wb_reset(&x->ids);
+    x->commit_due = false;
+    x->put_rc = 0;
+    return held;
 }
 
 static void ix_committed(struct log *log)
@@ -773,32 +794,91 @@ static int dedup_prune(struct log *log, int64_t max_time)
 }
 
 /* After the log commit: keep the batch (durable) or forget the index
- * transaction (the batch is not in the log, and earlier ones are). */
-static int ix_settle(struct log *log, struct log_ix *x)
+ * transaction (the batch is not in the log, and earlier ones are). m is
+ * the batch's confirm: the clock and head after it. */
+static int ix_settle(struct log *log, struct log_ix *x, const struct ix_msg *m)
 {
     int rc = x->put_rc;
-    if (x->durable && !rc) {
-        rc = dedup_prune(log, x->max_time);
+    if (m->durable && !rc && log->itxn && !log->index_stale) {
+        rc = dedup_prune(log, m->max_time);
         if (!rc)
-            rc = log_index_mark(log, log->itxn, ix_covered(x, x->confirm_head));
+            rc = log_index_mark(log, log->itxn, ix_covered(x, m->head_seq));
         if (!rc) {
-            x->settled = x->confirm_head;
-            /* The commit waits for the next check's decisions (ix_main):
-             * the writer is not held for it. */
-            if (index_added(log, x->n))
+            x->settled = m->head_seq;
+            /* The commit waits for a check's decisions with no batch
+             * before it unconfirmed (ix_check): the writer is not held
+             * for it. */
+            if (index_added(log, m->n))
                 x->commit_due = true;
             return 0;
         }
     }
-    /* The batch is not in the log (the transaction holds its puts), or the
-     * index failed to take a durable batch. Either way the transaction
-     * goes, and the index is rebuilt from the log before the next check if
-     * it held (or missed) durable batches. */
-    bool lost = log->itxn_events > 0 || x->durable;
+    /* The batch is not in the log (the transaction holds its puts, and
+     * those of a batch decided after it), or the index failed to take a
+     * durable batch, or lost it before. Either way the transaction goes,
+     * and the index is rebuilt from the log before the next check if it
+     * held (or missed) durable batches. */
+    bool lost = log->itxn_events > 0 || m->durable;
     log_index_drop(log);
     if (lost)
         log->index_stale = true;
     return rc;
+}
+
+static void ix_answer(struct log_ix *x, struct log_ix_answer *ans, int rc, int64_t max_time)
+{
+    if (!ans)
+        return;
+    pthread_mutex_lock(&x->mu);
+    ans->rc = rc;
+    ans->max_time = max_time;
+    ans->done = true;
+    pthread_cond_broadcast(&x->cv);
+    pthread_mutex_unlock(&x->mu);
+}
+
+/* A check: decisions (answered at once), then the due commit if no batch
+ * before this one waits for its confirm, then the puts while the writer
+ * encodes and commits. A check made while an earlier batch is not
+ * confirmed (the writer's decide-ahead, log.c) cannot catch a stale index
+ * up — the log does not hold that batch yet — nor use a broken
+ * transaction: it answers CAIRN_EBUSY and the writer decides the batch
+ * again once the one before is confirmed. Every check, whatever its
+ * answer, is confirmed once. */
+static void ix_check(struct log *log, struct log_ix *x, struct ix_msg *m)
+{
+    int rc = 0;
+    if ((log->index_stale || x->put_rc) && x->unconfirmed)
+        rc = CAIRN_EBUSY;
+    else if (log->index_stale)
+        rc = log_index_catch_up(log);
+    if (!rc)
+        rc = log_index_begin(log);
+    if (!rc)
+        rc = ix_decide(log, x, m);
+    ix_answer(x, m->ans, rc, m->max_time);
+    x->unconfirmed++;
+    if (rc)
+        return;
+    if (x->commit_due && x->unconfirmed == 1) {
+        /* The commit an earlier settle found due, now that the writer has
+         * its decisions and encodes and commits the batch meanwhile.
+         * Nothing of this batch is in the transaction yet (its entries
+         * are in the write-behind until ix_put), and every batch before
+         * it is settled, so the commit holds settled batches exactly, as
+         * `indexed` says. */
+        x->commit_due = false;
+        rc = cairn_env_write_commit(log->ienv, log->itxn);
+        log->itxn = NULL;
+        if (rc)
+            log->index_stale = true; /* the settle drops the rest */
+        else
+            rc = log_index_begin(log);
+    }
+    if (!rc)
+        rc = ix_put(log, x, m->n);
+    if (rc)
+        x->put_rc = rc;
 }
 
 static void *ix_main(void *arg)
@@ -806,151 +886,113 @@ static void *ix_main(void *arg)
     struct log *log = arg;
     struct log_ix *x = log->ix;
     pthread_setname_np(pthread_self(), "cairn-index"); /* per-thread profiles (perf, top -H) */
-    pthread_mutex_lock(&x->mu);
     for (;;) {
-        while (x->cmd == IX_NONE)
+        pthread_mutex_lock(&x->mu);
+        while (!x->q_len)
             pthread_cond_wait(&x->cv, &x->mu);
-        enum ix_cmd cmd = x->cmd;
-        x->cmd = IX_NONE;
+        struct ix_msg m = x->q[x->q_head];
+        x->q_head = (x->q_head + 1) % IX_QUEUE;
+        x->q_len--;
+        pthread_cond_broadcast(&x->cv); /* room in the queue */
         pthread_mutex_unlock(&x->mu);
         int rc = 0;
-        if (cmd == IX_CHECK) {
-            x->in_batch = true;
-            rc = log->index_stale ? log_index_catch_up(log) : 0;
-            if (!rc)
-                rc = log_index_begin(log);
-            if (!rc)
-                rc = ix_decide(log, x);
-            /* answer, then put while the writer encodes and commits */
-            pthread_mutex_lock(&x->mu);
-            x->rc = rc;
-            x->putting = !rc;
-            x->busy = false;
-            pthread_cond_broadcast(&x->cv);
-            pthread_mutex_unlock(&x->mu);
-            if (!rc && x->commit_due) {
-                /* The commit an earlier settle found due, now that the
-                 * writer has its decisions and encodes and commits the
-                 * batch meanwhile. Nothing of this batch is in the
-                 * transaction yet (its entries are in the write-behind
-                 * until ix_put), so the commit holds the settled batches
-                 * exactly, as `indexed` says. */
-                x->commit_due = false;
-                rc = cairn_env_write_commit(log->ienv, log->itxn);
-                log->itxn = NULL;
-                if (rc)
-                    log->index_stale = true; /* the settle drops the rest */
-                else
-                    rc = log_index_begin(log);
-            }
-            if (!rc) {
-                int prc = ix_put(log, x);
-                pthread_mutex_lock(&x->mu);
-                x->put_rc = prc;
-                x->putting = false;
-                pthread_cond_broadcast(&x->cv);
-                pthread_mutex_unlock(&x->mu);
-            } else {
-                pthread_mutex_lock(&x->mu);
-                x->put_rc = rc;
-                x->putting = false;
-                pthread_cond_broadcast(&x->cv);
-                pthread_mutex_unlock(&x->mu);
-            }
-            pthread_mutex_lock(&x->mu);
+        if (m.cmd == IX_CHECK) {
+            ix_check(log, x, &m);
             continue;
         }
-        if (cmd == IX_CONFIRM) {
-            rc = ix_settle(log, x);
-            x->in_batch = false;
-        } else if (!x->in_batch) {
+        if (m.cmd == IX_CONFIRM) {
+            assert(x->unconfirmed > 0);
+            x->unconfirmed--;
+            rc = ix_settle(log, x, &m);
+        } else if (!x->unconfirmed) {
             rc = log_index_flush_here(log); /* IX_FLUSH, IX_STOP */
-        } else if (cmd == IX_STOP) {
+        } else if (m.cmd == IX_STOP) {
             /* a batch never confirmed: its entries must not be kept */
             log_index_drop(log);
             log->index_stale = true;
         } /* else (a flush): the transaction holds a batch the log may not
            * commit; the settle of its confirm commits when it is due */
-        pthread_mutex_lock(&x->mu);
-        x->rc = rc;
-        x->busy = false;
-        pthread_cond_broadcast(&x->cv);
-        if (cmd == IX_STOP)
+        ix_answer(x, m.ans, rc, 0);
+        if (m.cmd == IX_STOP)
             break;
     }
-    pthread_mutex_unlock(&x->mu);
     return NULL;
 }
 
-/* Waits until the indexer is idle (its last command answered, its puts
- * and any settle done). Called with mu held. */
-static void ix_idle(struct log_ix *x)
+/* Queues m for the indexer (waiting for room). */
+static void ix_post(struct log_ix *x, const struct ix_msg *m)
 {
-    while (x->busy || x->putting || x->cmd != IX_NONE)
+    pthread_mutex_lock(&x->mu);
+    while (x->q_len == IX_QUEUE)
         pthread_cond_wait(&x->cv, &x->mu);
+    if (m->ans)
+        m->ans->done = false;
+    x->q[(x->q_head + x->q_len) % IX_QUEUE] = *m;
+    x->q_len++;
+    pthread_cond_broadcast(&x->cv);
+    pthread_mutex_unlock(&x->mu);
 }
 
-/* Posts a command to the idle indexer and waits for its answer (for a
- * check: the decisions; the puts go on). Called with mu held, after
- * ix_idle and after setting the command's inputs in x. */
-static int ix_post_wait(struct log_ix *x, enum ix_cmd cmd)
+int log_ix_wait(struct log *log, struct log_ix_answer *ans)
 {
-    x->cmd = cmd;
-    x->busy = true;
-    pthread_cond_broadcast(&x->cv);
-    while (x->busy)
+    struct log_ix *x = log->ix;
+    pthread_mutex_lock(&x->mu);
+    while (!ans->done)
         pthread_cond_wait(&x->cv, &x->mu);
-    return x->rc;
+    pthread_mutex_unlock(&x->mu);
+    return ans->rc;
 }
 
 static int ix_call(struct log *log, enum ix_cmd cmd)
 {
-    struct log_ix *x = log->ix;
-    pthread_mutex_lock(&x->mu);
-    ix_idle(x);
-    int rc = ix_post_wait(x, cmd);
-    pthread_mutex_unlock(&x->mu);
-    return rc;
+    struct log_ix_answer ans;
+    ix_post(log->ix, &(struct ix_msg){.cmd = cmd, .ans = &ans});
+    return log_ix_wait(log, &ans);
+}
+
+void log_ix_check_post(struct log *log, const struct log_input *in, struct log_result *res,
+                       size_t n, int64_t wall, int64_t max_time, uint64_t head_seq,
+                       struct log_ix_answer *ans)
+{
+    ix_post(log->ix, &(struct ix_msg){.cmd = IX_CHECK,
+                                      .ans = ans,
+                                      .in = in,
+                                      .res = res,
+                                      .n = n,
+                                      .wall = wall,
+                                      .max_time = max_time,
+                                      .head_seq = head_seq});
 }
 
 int log_ix_check(struct log *log, const struct log_input *in, struct log_result *res, size_t n,
                  int64_t wall, int64_t *max_time)
 {
-    struct log_ix *x = log->ix;
-    pthread_mutex_lock(&x->mu);
-    ix_idle(x); /* the last confirm may still be settling */
-    x->in = in;
-    x->res = res;
-    x->n = n;
-    x->wall = wall;
-    x->max_time = *max_time;
-    x->head_seq = log->head_seq;
-    x->put_rc = 0;
-    int rc = ix_post_wait(x, IX_CHECK);
-    *max_time = x->max_time;
-    pthread_mutex_unlock(&x->mu);
+    struct log_ix_answer ans;
+    log_ix_check_post(log, in, res, n, wall, *max_time, log->head_seq, &ans);
+    int rc = log_ix_wait(log, &ans);
+    *max_time = ans.max_time;
     return rc;
 }
 
 /* Posted, not waited for: the producers of a durable batch are told their
  * seqs as soon as the log commit returned, while the indexer finishes the
- * batch's puts and settles it (the next call waits for that). The settle
- * reads only what is copied here and what the check left in x, never the
- * caller's inputs or results. Its outcome needs no answer: a failure
- * leaves the index stale, rebuilt from the log before the next check. */
-int log_ix_confirm(struct log *log, bool durable)
+ * batch's puts and settles it (commands are taken in order: a later one
+ * finds it settled). The settle reads only what the message carries and
+ * the check left in x, never the caller's inputs or results. Its outcome
+ * needs no answer: a failure leaves the index stale, rebuilt from the log
+ * before the next check. */
+void log_ix_confirm(struct log *log, bool durable, size_t n, int64_t max_time)
 {
-    struct log_ix *x = log->ix;
-    pthread_mutex_lock(&x->mu);
-    while (x->busy || x->cmd != IX_NONE) /* the check's answer is taken; puts may go on */
-        pthread_cond_wait(&x->cv, &x->mu);
-    x->durable = durable;
-    x->confirm_head = log->head_seq;
-    x->cmd = IX_CONFIRM;
-    x->busy = true;
-    pthread_cond_broadcast(&x->cv);
-    pthread_mutex_unlock(&x->mu);
-    return 0;
+    ix_post(log->ix, &(struct ix_msg){.cmd = IX_CONFIRM,
+                                      .n = n,
+                                      .max_time = max_time,
+                                      .head_seq = log->head_seq,
+                                      .durable = durable});
+}
+
+bool log_ix_commit_due(struct log *log)
+{
+    return log->ix && log->ix->commit_due;
 }
 
 int log_index_flush(struct log *log)

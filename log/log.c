@@ -267,11 +267,58 @@ static int write_meta(struct log *log, MDB_txn *txn)
     return cairn_mdb_err(rc);
 }
 
+/* The batch's decisions: those made ahead, while the batch before it
+ * committed, when they are for this very batch and were made; else the
+ * indexer's, now. *now: the wall clock they used. */
+static int decide(struct log *log, const struct log_input *in, struct log_result *res, size_t n,
+                  int64_t *now, int64_t *max_time)
+{
+    if (log->ahead.posted) {
+        log->ahead.posted = false;
+        int rc = log_ix_wait(log, &log->ahead.ans);
+        if (!rc && log->ahead.in == in && log->ahead.res == res && log->ahead.n == n) {
+            *now = log->ahead.wall;
+            *max_time = log->ahead.ans.max_time;
+            return 0;
+        }
+        /* Not made (a stale index cannot be caught up ahead) or not for
+         * this batch: the indexer forgets them, and decides again. */
+        log_ix_confirm(log, false, log->ahead.n, 0);
+    }
+    *now = cairn_now_ns();
+    return log_ix_check(log, in, res, n, *now, max_time);
+}
+
+/* Posts the next batch's decisions (take), to be made while this one
+ * commits: they assume it becomes durable. Not when an index commit is
+ * due: that waits for a check with nothing unconfirmed before it. */
+static void decide_ahead(struct log *log, log_take_fn take, void *arg)
+{
+    if (log_ix_commit_due(log) || !take(arg, &log->ahead.in, &log->ahead.res, &log->ahead.n))
+        return;
+    log->ahead.posted = true;
+    log->ahead.wall = cairn_now_ns();
+    log_ix_check_post(log, log->ahead.in, log->ahead.res, log->ahead.n, log->ahead.wall,
+                      log->max_time, log->head_seq, &log->ahead.ans);
+}
+
+/* The batch decided ahead of one that failed: its decisions do not hold. */
+static void drop_ahead(struct log *log)
+{
+    if (!log->ahead.posted)
+        return;
+    log->ahead.posted = false;
+    log_ix_wait(log, &log->ahead.ans); /* the indexer no longer writes its results */
+    log_ix_confirm(log, false, log->ahead.n, 0);
+}
+
 /* One batch: the indexer decides it (duplicates, conflicts, seqs), then
  * the events and head go into the log transaction (durable: it is what
  * producers are told) while the indexer writes the batch's index entries
- * (index.c explains why the index may lag the log). */
-static int append_try(struct log *log, const struct log_input *in, struct log_result *res, size_t n)
+ * (index.c explains why the index may lag the log) and, with take,
+ * decides the next batch. */
+static int append_try(struct log *log, const struct log_input *in, struct log_result *res, size_t n,
+                      log_take_fn take, void *arg)
 {
     MDB_txn *txn;
     uint64_t head_seq = log->head_seq;
@@ -279,13 +326,15 @@ static int append_try(struct log *log, const struct log_input *in, struct log_re
     int64_t max_time = log->max_time, last_ingested = log->last_ingested;
     memcpy(head_hash, log->head_hash, LOG_HASH_LEN);
 
-    int64_t now = cairn_now_ns(), new_max = max_time;
-    int rc = log_ix_check(log, in, res, n, now, &new_max);
+    int64_t now, new_max = max_time;
+    int rc = decide(log, in, res, n, &now, &new_max);
     if (!rc && !(rc = cairn_env_write_begin(log->env, &txn))) {
         rc = append_decided(log, txn, in, res, n, now);
         log->max_time = new_max;
         if (!rc && log->head_seq != head_seq)
             rc = write_meta(log, txn);
+        if (!rc && take)
+            decide_ahead(log, take, arg);
         if (rc)
             cairn_env_write_abort(log->env, txn);
         else
@@ -294,10 +343,12 @@ static int append_try(struct log *log, const struct log_input *in, struct log_re
     /* The index follows the log: it keeps a durable batch (a failure there
      * only means it lags, and it is rebuilt from the log) and drops one
      * that is not. */
-    log_ix_confirm(log, rc == 0);
+    log_ix_confirm(log, rc == 0, n, new_max);
     if (!rc)
         return 0;
-    /* Nothing of this batch is durable: forget it. */
+    /* Nothing of this batch is durable: forget it, and what was decided
+     * after it. */
+    drop_ahead(log);
     log->head_seq = head_seq;
     memcpy(log->head_hash, head_hash, LOG_HASH_LEN);
     log->max_time = max_time;
@@ -329,11 +380,17 @@ static void grow_ahead(struct log *log, const struct log_input *in, size_t n)
 
 int log_append(struct log *log, const struct log_input *in, struct log_result *res, size_t n)
 {
+    return log_append_ahead(log, in, res, n, NULL, NULL);
+}
+
+int log_append_ahead(struct log *log, const struct log_input *in, struct log_result *res, size_t n,
+                     log_take_fn take, void *arg)
+{
     if (log->cfg.readonly)
         return CAIRN_EINVAL;
     grow_ahead(log, in, n);
     for (;;) {
-        int rc = append_try(log, in, res, n);
+        int rc = append_try(log, in, res, n, take, arg);
         if (rc != CAIRN_EMAPFULL)
             return rc;
         /* Either environment may be the full one: grow both. */

@@ -9,6 +9,13 @@
 #include <assert.h>
 #include <openssl/evp.h>
 
+/* The answer to a check (log_ix_check_post), valid once done. */
+struct log_ix_answer {
+    bool done;
+    int rc;
+    int64_t max_time; /* the dedup clock after the batch */
+};
+
 /* An open log. The events and the head live in `env` (DATA/log), committed
  * durably; the indexes derived from them (keys, dedup) live in `ienv`
  * (DATA/log/index), see index.c. */
@@ -35,7 +42,30 @@ struct log {
     int64_t last_ingested; /* ingested times never go backwards */
     struct cairn_buf enc;
     EVP_MD_CTX *md;
+    /* A batch whose decisions were posted while the one before it was
+     * committing (log_append_ahead): the next append of exactly that batch
+     * takes them. Writer thread only. */
+    struct {
+        bool posted;
+        const struct log_input *in;
+        struct log_result *res;
+        size_t n;
+        int64_t wall;
+        struct log_ix_answer ans;
+    } ahead;
 };
+
+/* Hands the appender the batch that comes next, if one is ready: its
+ * inputs, where its results go, and how many (they must stay until that
+ * batch is appended). */
+typedef bool (*log_take_fn)(void *arg, const struct log_input **in, struct log_result **res,
+                            size_t *n);
+/* log_append, and once the batch is encoded, before its commit, asks take
+ * for the next one and has the indexer decide it while the log commits
+ * (the disk's wait is the longest part of a batch). The next call with
+ * that very batch uses those decisions; a failed commit drops them. */
+int log_append_ahead(struct log *log, const struct log_input *in, struct log_result *res, size_t n,
+                     log_take_fn take, void *arg);
 
 /* Encodes the envelope of `in` at `seq` into b and computes its hash.
  * On return the stored bytes are b->data + LOG_HASH_LEN, b->len -
@@ -73,9 +103,25 @@ void log_ix_stop(struct log *log);
  * indexer then writes the batch's entries while the caller commits. */
 int log_ix_check(struct log *log, const struct log_input *in, struct log_result *res, size_t n,
                  int64_t wall, int64_t *max_time);
-/* After the log commit (durable or not): the indexer keeps or drops it.
- * Posted, not waited for (the next call to the indexer waits). */
-int log_ix_confirm(struct log *log, bool durable);
+/* The same, posted: the seqs follow head_seq and the clock starts at
+ * max_time; in and res must stay until the answer is done (log_ix_wait).
+ * Posted while an earlier batch is not confirmed (deciding ahead), the
+ * decisions assume that batch becomes durable: the caller must drop them
+ * (confirm not durable, decide again) if it does not. Every check must be
+ * confirmed once, in order. */
+void log_ix_check_post(struct log *log, const struct log_input *in, struct log_result *res,
+                       size_t n, int64_t wall, int64_t max_time, uint64_t head_seq,
+                       struct log_ix_answer *ans);
+/* Waits for a posted command's answer; its rc. */
+int log_ix_wait(struct log *log, struct log_ix_answer *ans);
+/* After the log commit of the oldest batch checked and not confirmed
+ * (durable or not; n inputs, the clock max_time after it, the head
+ * log->head_seq after it): the indexer keeps or drops it. Posted, not
+ * waited for (commands are taken in order). */
+void log_ix_confirm(struct log *log, bool durable, size_t n, int64_t max_time);
+/* Whether an index commit waits for a check with no batch unconfirmed
+ * before it (then the writer should not decide ahead). */
+bool log_ix_commit_due(struct log *log);
 /* The seq of the last event of tenant + key in txn (0: none). */
 int log_last_of(MDB_txn *txn, MDB_dbi keys, const struct cairn_str *tenant,
                 const struct cairn_str *key, uint64_t *seq);

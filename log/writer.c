@@ -33,9 +33,14 @@ struct log_writer {
     bool stopping;
     log_commit_fn on_commit;
     void *arg;
-    /* Batch gathered from several requests (writer thread only). */
-    struct log_input *in;
-    struct log_result *res;
+    /* Batches gathered from several requests (writer thread only): the one
+     * being appended and the next one, taken while the first commits so
+     * that the indexer decides it meanwhile (log_append_ahead). */
+    struct log_input *in[2];
+    struct log_result *res[2];
+    struct log_req *next; /* the next batch's requests (NULL: none taken) */
+    size_t next_n;
+    unsigned next_buf; /* which of in/res it is in */
     _Atomic uint64_t batches, events, duplicates, conflicts, commit_ns;
     _Atomic uint64_t batch_hist[LOG_BATCH_BUCKETS], commit_hist[LOG_COMMIT_BUCKETS + 1];
 };
@@ -118,17 +123,48 @@ static bool wait_idle(struct log_writer *w)
     return w->head || w->stopping;
 }
 
-static void commit_batch(struct log_writer *w, struct log_req *reqs, size_t n)
+/* Copies the inputs of the requests reqs into batch buffer b. */
+static void gather(struct log_writer *w, struct log_req *reqs, unsigned b)
 {
     size_t at = 0;
     for (struct log_req *r = reqs; r; r = r->next_) {
-        memcpy(w->in + at, r->inputs, r->n * sizeof *w->in);
+        memcpy(w->in[b] + at, r->inputs, r->n * sizeof *w->in[b]);
         at += r->n;
     }
+}
+
+/* log_take_fn: the batch after the one being appended, when requests are
+ * queued (without waiting for more: batch_wait_us asks for full batches,
+ * so then nothing is taken early). */
+static bool take_next(void *arg, const struct log_input **in, struct log_result **res, size_t *n)
+{
+    struct log_writer *w = arg;
+    if (w->batch_wait_us || w->next)
+        return false;
+    pthread_mutex_lock(&w->mu);
+    if (!w->head) {
+        pthread_mutex_unlock(&w->mu);
+        return false;
+    }
+    w->next = take_batch(w, &w->next_n);
+    pthread_cond_broadcast(&w->nonfull);
+    pthread_mutex_unlock(&w->mu);
+    gather(w, w->next, w->next_buf);
+    *in = w->in[w->next_buf];
+    *res = w->res[w->next_buf];
+    *n = w->next_n;
+    return true;
+}
+
+/* Appends the batch in buffer b (its inputs gathered) and answers its
+ * requests. */
+static void commit_batch(struct log_writer *w, struct log_req *reqs, size_t n, unsigned b)
+{
     uint64_t before, after;
     log_head_cached(w->log, &before);
+    w->next_buf = !b;
     int64_t t0 = mono_ns();
-    int rc = log_append(w->log, w->in, w->res, n);
+    int rc = log_append_ahead(w->log, w->in[b], w->res[b], n, take_next, w);
     int64_t took = mono_ns() - t0;
     w->commit_ns += (uint64_t)took;
     observe(w, n, took);
@@ -136,10 +172,10 @@ static void commit_batch(struct log_writer *w, struct log_req *reqs, size_t n)
     w->batches++;
     w->events += after - before;
 
-    at = 0;
+    size_t at = 0;
     for (struct log_req *r = reqs, *next; r; r = next) {
         next = r->next_; /* done may free r */
-        memcpy(r->results, w->res + at, r->n * sizeof *w->res);
+        memcpy(r->results, w->res[b] + at, r->n * sizeof *w->res[b]);
         for (size_t i = 0; i < r->n && !rc; i++) {
             w->duplicates += r->results[i].duplicate;
             w->conflicts += r->results[i].rc == CAIRN_ECONFLICT;
@@ -158,19 +194,31 @@ static void *writer_main(void *arg)
     pthread_setname_np(pthread_self(), "cairn-writer"); /* per-thread profiles (perf, top -H) */
     pthread_mutex_lock(&w->mu);
     for (;;) {
-        while (!w->head && !w->stopping)
-            pthread_cond_wait(&w->nonempty, &w->mu);
-        if (!w->head)
-            break; /* stopping and drained */
-        if (w->batch_wait_us && w->queued < w->batch_max)
-            wait_for_fuller(w);
         size_t n;
-        struct log_req *reqs = take_batch(w, &n);
-        pthread_cond_broadcast(&w->nonfull);
-        pthread_mutex_unlock(&w->mu);
-        commit_batch(w, reqs, n);
+        struct log_req *reqs;
+        unsigned b;
+        if (w->next) { /* taken while the last batch committed */
+            reqs = w->next;
+            n = w->next_n;
+            b = w->next_buf;
+            w->next = NULL;
+            pthread_mutex_unlock(&w->mu);
+        } else {
+            while (!w->head && !w->stopping)
+                pthread_cond_wait(&w->nonempty, &w->mu);
+            if (!w->head)
+                break; /* stopping and drained */
+            if (w->batch_wait_us && w->queued < w->batch_max)
+                wait_for_fuller(w);
+            reqs = take_batch(w, &n);
+            pthread_cond_broadcast(&w->nonfull);
+            pthread_mutex_unlock(&w->mu);
+            b = 0;
+            gather(w, reqs, b);
+        }
+        commit_batch(w, reqs, n, b);
         pthread_mutex_lock(&w->mu);
-        if (!w->head && !w->stopping && !wait_idle(w)) {
+        if (!w->next && !w->head && !w->stopping && !wait_idle(w)) {
             /* idle: let the index catch up with the log now */
             pthread_mutex_unlock(&w->mu);
             log_index_flush(w->log);
@@ -199,10 +247,12 @@ int log_writer_start(struct log_writer **out, struct log *log, log_commit_fn on_
         w->queue_max = w->batch_max;
     w->batch_wait_us = cfg->batch_wait_us;
     /* A batch holds at most max(batch_max, one request <= queue_max). */
-    w->in = calloc(w->queue_max, sizeof *w->in);
-    w->res = calloc(w->queue_max, sizeof *w->res);
-    if (!w->in || !w->res)
-        goto fail;
+    for (unsigned b = 0; b < 2; b++) {
+        w->in[b] = calloc(w->queue_max, sizeof *w->in[b]);
+        w->res[b] = calloc(w->queue_max, sizeof *w->res[b]);
+        if (!w->in[b] || !w->res[b])
+            goto fail;
+    }
     pthread_mutex_init(&w->mu, NULL);
     pthread_cond_init(&w->nonempty, NULL);
     pthread_cond_init(&w->nonfull, NULL);
@@ -215,8 +265,10 @@ int log_writer_start(struct log_writer **out, struct log *log, log_commit_fn on_
     *out = w;
     return 0;
 fail:
-    free(w->in);
-    free(w->res);
+    for (unsigned b = 0; b < 2; b++) {
+        free(w->in[b]);
+        free(w->res[b]);
+    }
     free(w);
     return CAIRN_ENOMEM;
 }
@@ -300,8 +352,10 @@ void log_writer_stop(struct log_writer *w)
     pthread_mutex_destroy(&w->mu);
     pthread_cond_destroy(&w->nonempty);
     pthread_cond_destroy(&w->nonfull);
-    free(w->in);
-    free(w->res);
+    for (unsigned b = 0; b < 2; b++) {
+        free(w->in[b]);
+        free(w->res[b]);
+    }
     free(w);
 }
 

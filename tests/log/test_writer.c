@@ -26,12 +26,15 @@ static void sleep_ms(long ms)
 
 /* ====================================================================== many producers */
 
-enum { PRODUCERS = 8, PER_PRODUCER = 5000, REQ_MAX = 300 };
+enum { PRODUCERS = 8, PER_PRODUCER = 5000, REQ_MAX = 300, PAD_MAX = 512 };
+
+static char PADDING[PAD_MAX + 1]; /* PAD_MAX x's, set by run_producers */
 
 struct producer {
     struct log_writer *w;
     unsigned no;
     unsigned seed;
+    unsigned pad; /* bytes of padding in each payload */
     uint64_t seqs[PER_PRODUCER];
     int failures;
 };
@@ -76,11 +79,13 @@ static void pending_done(struct log_req *req)
 static void producer_inputs(struct producer *p, unsigned at, unsigned n, struct tin *t,
                             struct log_input *in)
 {
-    char key[32], id[32], payload[96];
+    char key[32], id[32], payload[96 + PAD_MAX];
     snprintf(key, sizeof key, "p%u", p->no);
+    assert_true(p->pad <= PAD_MAX);
     for (unsigned i = 0; i < n; i++) {
         snprintf(id, sizeof id, "p%u-%u", p->no, at + i);
-        snprintf(payload, sizeof payload, "{\"p\":%u,\"i\":%u}", p->no, at + i);
+        snprintf(payload, sizeof payload, "{\"p\":%u,\"i\":%u,\"pad\":\"%.*s\"}", p->no, at + i,
+                 (int)p->pad, PADDING);
         tin_setj(&t[i], "acme", key, id, T0 + (int64_t)(at + i), payload);
         in[i] = t[i].in;
     }
@@ -184,20 +189,24 @@ static void *producer_main(void *arg)
     return NULL;
 }
 
-static void test_producers(void **state)
+/* Many producers on a log whose maps start at map_size, payloads padded
+ * with pad bytes. */
+static void run_producers(size_t map_size, unsigned pad)
 {
-    (void)state;
     enum { N = PRODUCERS * PER_PRODUCER };
     char dir[512];
     scratch_new(dir, sizeof dir);
-    struct log *log = open_log(dir, 0);
+    struct log *log = NULL;
+    struct log_config cfg = {.dir = dir, .map_size = map_size};
+    memset(PADDING, 'x', PAD_MAX);
+    assert_int_equal(log_open(&log, &cfg), 0);
     struct log_writer *w;
     struct commits c = {.mu = PTHREAD_MUTEX_INITIALIZER};
     assert_int_equal(log_writer_start(&w, log, on_commit, &c), 0);
     struct producer *p = calloc(PRODUCERS, sizeof *p);
     pthread_t th[PRODUCERS];
     for (unsigned i = 0; i < PRODUCERS; i++) {
-        p[i] = (struct producer){.w = w, .no = i, .seed = 1234 + i};
+        p[i] = (struct producer){.w = w, .no = i, .seed = 1234 + i, .pad = pad};
         assert_int_equal(pthread_create(&th[i], NULL, producer_main, &p[i]), 0);
     }
     for (unsigned i = 0; i < PRODUCERS; i++)
@@ -274,6 +283,22 @@ static void test_producers(void **state)
     free(p);
     log_close(log);
     scratch_free(dir);
+}
+
+static void test_producers(void **state)
+{
+    (void)state;
+    run_producers(0, 0);
+}
+
+/* The same with maps that fill again and again (256 KiB, doubled each
+ * time): batch commits fail with a full map while the next batch was
+ * already decided (the writer decides ahead), index transactions fail and
+ * the index is rebuilt from the log — and the outcome is the same. */
+static void test_producers_maps_fill(void **state)
+{
+    (void)state;
+    run_producers(256u << 10, 400);
 }
 
 /* ====================================================================== a full queue */
@@ -693,9 +718,9 @@ static void test_crash_lagging_index(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_producers),           cmocka_unit_test(test_queue_full),
-        cmocka_unit_test(test_map_growth),          cmocka_unit_test(test_second_writer),
-        cmocka_unit_test(test_crash_lagging_index),
+        cmocka_unit_test(test_producers),     cmocka_unit_test(test_producers_maps_fill),
+        cmocka_unit_test(test_queue_full),    cmocka_unit_test(test_map_growth),
+        cmocka_unit_test(test_second_writer), cmocka_unit_test(test_crash_lagging_index),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
