@@ -50,9 +50,10 @@
  * PAR_MIN_INPUTS inputs is applied in runs of at most PAR_BATCH inputs
  * (and about PAR_BATCH_BYTES of payload), each run first through the
  * handlers that consume no derived type — the concurrent ones on a second
- * thread —, then through the others, input by input. Live batches are
- * smaller and stay serial. Each run costs two hand-overs between the
- * threads, which can take milliseconds on a loaded machine: fewer, bigger
+ * thread —, then through the others, input by input; the runs are
+ * pipelined (apply_range_par). Live batches are smaller and stay serial.
+ * Each run costs a hand-over between the threads (a wake-up and a wait),
+ * which can take milliseconds on a loaded machine: fewer, bigger
  * runs (4 MiB rather than 1 MiB, ~3 500 inputs of the bench workload) were
  * as fast or up to 1.25x faster on a 1M replay at load 6. A run is the
  * unit of the APPLY_WRITES_MAX check in that mode (a run's writes may go
@@ -92,6 +93,13 @@ struct engine {
     bool closed;       /* handlers are closed (a reopen failed): reopen before applying */
     bool nosync;       /* a replay into a fresh directory: state commits without fsync */
     _Atomic uint64_t applied[HANDLERS_MAX], apply_ns[HANDLERS_MAX];
+    /* CPU time of each early handler's runs in parallel applies (the
+     * thread's CPU clock, read around each handler's run: a system call,
+     * too slow per apply): what the parallel apply balances. Wall-clock
+     * times also count the time a thread was not running — on a loaded
+     * machine that made a handler look several times as costly as it is
+     * — and the waits for the other thread's state lock. */
+    _Atomic uint64_t apply_cpu[HANDLERS_MAX];
     /* Test hook (CAIRN_TEST_CRASH_BEFORE_APPLY=N): SIGKILL ourselves after
      * the Nth log commit, before its state transaction — the window the
      * exactly-once test needs to hit. 0: off. */
@@ -104,19 +112,26 @@ struct engine {
     uint64_t late_mask;
     uint64_t raw_mask; /* handlers taking derived events undecoded (derived_raw) */
     bool any_concurrent;
-    unsigned char side[HANDLERS_MAX];
-    struct event *batch;    /* PAR_BATCH inputs of the current run */
-    msgpack_object *bodies; /* their bodies, decoded into zone */
-    uint64_t *masks;        /* their consumers */
-    uint32_t *ends;         /* [i * PAR_BATCH + j]: order[i]'s emits after input j */
-    bool *deferred;         /* inputs only worker-side handlers consume: decoded there */
-    size_t nbatch;
-    uint64_t worker_mask; /* the handlers on side 1 this run */
-    msgpack_zone wzone;   /* the worker's decoded inputs */
-    bool wzone_ok;
-    /* Time this thread spends in a parallel apply outside the early
-     * handlers' applies (reading and decoding the log, the late handlers,
-     * flushes, commits): its fixed load when sides are assigned. */
+    /* A pipelined parallel apply keeps two runs in flight (slots 0 and
+     * 1): the worker applies its early handlers to run k while this
+     * thread applies its own to run k, then the late handlers to run k-1,
+     * then reads run k+1. Per slot, each PAR_BATCH (or n * PAR_BATCH)
+     * long: */
+    unsigned char side[2][HANDLERS_MAX]; /* the run's assignment */
+    bool sides_set;                      /* side[] holds a previous run's */
+    uint64_t worker_mask[2];             /* the handlers on side 1 */
+    struct event *batch;                 /* the run's inputs */
+    msgpack_object *bodies;              /* their bodies, decoded into rzone or wzone */
+    uint64_t *masks;                     /* their consumers */
+    uint32_t *ends;                      /* [i * PAR_BATCH + j]: order[i]'s emits after input j */
+    bool *deferred; /* inputs only worker-side handlers consume: decoded there */
+    size_t nbatch[2];
+    msgpack_zone rzone[2], wzone[2]; /* bodies decoded by this thread, the worker */
+    bool zones_ok;
+    unsigned wslot; /* the slot the worker applies (under wmu with wgo) */
+    /* CPU time this thread spends in a parallel apply outside the early
+     * handlers' applies (reading and decoding the log, the late
+     * handlers): its fixed load when sides are assigned. */
     uint64_t main_ns;
     pthread_t worker;
     bool worker_started;
@@ -261,9 +276,23 @@ static uint64_t consumers_of(struct engine *eng, const struct cairn_str *type)
     return mask;
 }
 
+static int64_t cpu_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
+    return (int64_t)ts.tv_sec * 1000000000LL + ts.tv_nsec;
+}
+
+static void add_relaxed(_Atomic uint64_t *a, uint64_t v)
+{
+    atomic_store_explicit(a, atomic_load_explicit(a, memory_order_relaxed) + v,
+                          memory_order_relaxed);
+}
+
 /* One apply, counted for /metrics. Only one call in APPLY_TIMED_EVERY is
  * timed (the sum is scaled): two clock reads per call were 1-2 % of
- * replay. One writer: relaxed loads and stores, no locked add. */
+ * replay. One writer per handler: relaxed loads and stores, no locked
+ * add. */
 #define APPLY_TIMED_EVERY 8
 static int timed_apply(struct engine *eng, size_t i, const struct event *ev)
 {
@@ -273,10 +302,7 @@ static int timed_apply(struct engine *eng, size_t i, const struct event *ev)
         return eng->order[i]->apply(eng->ctx[i], ev);
     int64_t t0 = mono_ns();
     int rc = eng->order[i]->apply(eng->ctx[i], ev);
-    uint64_t ns = (uint64_t)(mono_ns() - t0) * APPLY_TIMED_EVERY;
-    atomic_store_explicit(&eng->apply_ns[i],
-                          atomic_load_explicit(&eng->apply_ns[i], memory_order_relaxed) + ns,
-                          memory_order_relaxed);
+    add_relaxed(&eng->apply_ns[i], (uint64_t)(mono_ns() - t0) * APPLY_TIMED_EVERY);
     return rc;
 }
 
@@ -317,10 +343,7 @@ static int apply_log_event(struct engine *eng, const struct log_event *le)
     if (!mask)
         return 0; /* no handler consumes it: nothing to decode */
     msgpack_object body;
-    size_t off = 0;
-    msgpack_unpack_return urc =
-        msgpack_unpack((const char *)le->payload, le->payload_len, &off, &eng->zone, &body);
-    if (urc != MSGPACK_UNPACK_SUCCESS && urc != MSGPACK_UNPACK_EXTRA_BYTES) {
+    if (mp_unpack(le->payload, le->payload_len, &eng->zone, &body, NULL)) {
         msgpack_zone_clear(&eng->zone);
         return CAIRN_ECORRUPT;
     }
@@ -339,34 +362,37 @@ static int apply_log_event(struct engine *eng, const struct log_event *le)
 
 /* ====================================================================== parallel apply */
 
-/* Applies the current run to the early handlers on `side`, handler by
+/* Applies the run in `slot` to the early handlers on `side`, handler by
  * handler (each handler's events stay in log order; handlers are
- * independent of each other here), keeping their emits for apply_late. */
-static int apply_early(struct engine *eng, unsigned char side)
+ * independent of each other here), keeping their emits for the late
+ * handlers. In shared mode: each apply releases the state lock. */
+static int apply_early(struct engine *eng, unsigned char side, unsigned slot)
 {
     int rc = 0;
-    for (size_t j = 0; side && j < eng->nbatch && !rc; j++) {
-        size_t off = 0;
-        if (!eng->deferred[j])
+    size_t base = (size_t)slot * PAR_BATCH, nb = eng->nbatch[slot];
+    struct event *batch = eng->batch + base;
+    uint32_t *ends = eng->ends + (size_t)slot * eng->n * PAR_BATCH;
+    for (size_t j = 0; side && j < nb && !rc; j++) {
+        if (!eng->deferred[base + j])
             continue;
-        msgpack_unpack_return urc =
-            msgpack_unpack((const char *)eng->batch[j].payload, eng->batch[j].payload_len, &off,
-                           &eng->wzone, &eng->bodies[j]);
-        if (urc != MSGPACK_UNPACK_SUCCESS && urc != MSGPACK_UNPACK_EXTRA_BYTES)
+        if (mp_unpack(batch[j].payload, batch[j].payload_len, &eng->wzone[slot],
+                      &eng->bodies[base + j], NULL))
             rc = CAIRN_ECORRUPT;
-        eng->batch[j].body = &eng->bodies[j];
+        batch[j].body = &eng->bodies[base + j];
     }
     for (size_t i = 0; i < eng->n && !rc; i++) {
-        if (!eng->early[i] || eng->side[i] != side)
+        if (!eng->early[i] || eng->side[slot][i] != side)
             continue;
-        for (size_t j = 0; j < eng->nbatch && !rc; j++) {
-            if (eng->masks[j] >> i & 1) {
+        int64_t c0 = cpu_ns();
+        for (size_t j = 0; j < nb && !rc; j++) {
+            if (eng->masks[base + j] >> i & 1) {
                 proj_hctx_mark(eng->ctx[i]);
-                rc = timed_apply(eng, i, &eng->batch[j]);
+                rc = timed_apply(eng, i, &batch[j]);
                 proj_hctx_unlock(eng->ctx[i]);
             }
-            eng->ends[i * PAR_BATCH + j] = (uint32_t)proj_hctx_nemitted(eng->ctx[i]);
+            ends[i * PAR_BATCH + j] = (uint32_t)proj_hctx_nemitted(eng->ctx[i]);
         }
+        add_relaxed(&eng->apply_cpu[i], (uint64_t)(cpu_ns() - c0));
     }
     return rc;
 }
@@ -380,8 +406,9 @@ static void *worker_main(void *arg)
             pthread_cond_wait(&eng->wcv, &eng->wmu);
         if (eng->wquit)
             break;
+        unsigned slot = eng->wslot;
         pthread_mutex_unlock(&eng->wmu);
-        int rc = apply_early(eng, 1);
+        int rc = apply_early(eng, 1, slot);
         pthread_mutex_lock(&eng->wmu);
         eng->wrc = rc;
         eng->wgo = false;
@@ -391,21 +418,53 @@ static void *worker_main(void *arg)
     return NULL;
 }
 
+static void worker_go(struct engine *eng, unsigned slot)
+{
+    pthread_mutex_lock(&eng->wmu);
+    eng->wslot = slot;
+    eng->wgo = true;
+    pthread_cond_broadcast(&eng->wcv);
+    pthread_mutex_unlock(&eng->wmu);
+}
+
+static int worker_wait(struct engine *eng)
+{
+    pthread_mutex_lock(&eng->wmu);
+    while (eng->wgo)
+        pthread_cond_wait(&eng->wcv, &eng->wmu);
+    int rc = eng->wrc;
+    pthread_mutex_unlock(&eng->wmu);
+    return rc;
+}
+
 static int par_start(struct engine *eng)
 {
     if (eng->worker_started)
         return 0;
     if (!eng->batch) {
-        eng->batch = calloc(PAR_BATCH, sizeof *eng->batch);
-        eng->bodies = calloc(PAR_BATCH, sizeof *eng->bodies);
-        eng->masks = calloc(PAR_BATCH, sizeof *eng->masks);
-        eng->ends = calloc(eng->n * PAR_BATCH, sizeof *eng->ends);
-        eng->deferred = calloc(PAR_BATCH, sizeof *eng->deferred);
+        eng->batch = calloc(2 * PAR_BATCH, sizeof *eng->batch);
+        eng->bodies = calloc(2 * PAR_BATCH, sizeof *eng->bodies);
+        eng->masks = calloc(2 * PAR_BATCH, sizeof *eng->masks);
+        eng->ends = calloc(2 * eng->n * PAR_BATCH, sizeof *eng->ends);
+        eng->deferred = calloc(2 * PAR_BATCH, sizeof *eng->deferred);
         if (!eng->batch || !eng->bodies || !eng->masks || !eng->ends || !eng->deferred)
             return CAIRN_ENOMEM;
     }
-    if (!eng->wzone_ok && !(eng->wzone_ok = msgpack_zone_init(&eng->wzone, ZONE_CHUNK)))
-        return CAIRN_ENOMEM;
+    if (!eng->zones_ok) {
+        bool ok = true;
+        for (int i = 0; i < 2; i++) {
+            ok = msgpack_zone_init(&eng->rzone[i], ZONE_CHUNK) && ok;
+            ok = msgpack_zone_init(&eng->wzone[i], ZONE_CHUNK) && ok;
+        }
+        if (!ok) {
+            for (int i = 0; i < 2; i++) {
+                msgpack_zone_destroy(&eng->rzone[i]);
+                msgpack_zone_destroy(&eng->wzone[i]);
+            }
+            return CAIRN_ENOMEM;
+        }
+        eng->zones_ok = true;
+    }
     if (pthread_create(&eng->worker, NULL, worker_main, eng))
         return CAIRN_ENOMEM;
     eng->worker_started = true;
@@ -427,28 +486,30 @@ static void par_stop(struct engine *eng)
     free(eng->masks);
     free(eng->ends);
     free(eng->deferred);
-    if (eng->wzone_ok)
-        msgpack_zone_destroy(&eng->wzone);
+    if (eng->zones_ok)
+        for (int i = 0; i < 2; i++) {
+            msgpack_zone_destroy(&eng->rzone[i]);
+            msgpack_zone_destroy(&eng->wzone[i]);
+        }
 }
 
-/* Which thread applies each early handler: the concurrent ones, costliest
- * first (apply time so far, less its lock waits), each to the less loaded
- * side; everything
- * else is this thread's, which also reads the log, runs the late handlers,
- * flushes and commits (main_ns). Only speed depends on it, never the
+/* Which thread applies each early handler in the run of `slot`: the
+ * concurrent ones, costliest first (apply CPU time so far), each to the
+ * less loaded side; everything else is this thread's, which also reads
+ * the log and runs the late handlers (main_ns). The runs are pipelined
+ * (the worker's applies overlap this thread's reading and late
+ * handlers), so the two loads are what each thread does between the
+ * hand-overs. The flushes and the commit are not counted: the worker is
+ * idle then whatever the assignment. Only speed depends on it, never the
  * state. */
-static void assign_sides(struct engine *eng)
+static void assign_sides(struct engine *eng, unsigned slot)
 {
     uint64_t load[2] = {eng->main_ns, 0}, cost[HANDLERS_MAX];
     bool todo[HANDLERS_MAX];
+    unsigned char *side = eng->side[slot];
     for (size_t i = 0; i < eng->n; i++) {
-        /* The time applies waited for the other thread's state calls is
-         * not the handler's work: counted, it made a handler that shares
-         * the lock look twice as costly, and alone on a side. */
-        uint64_t ns = atomic_load_explicit(&eng->apply_ns[i], memory_order_relaxed);
-        uint64_t wait = proj_hctx_wait_ns(eng->ctx[i]);
-        ns = cost[i] = ns > wait ? ns - wait : 0;
-        eng->side[i] = 0;
+        uint64_t ns = cost[i] = atomic_load_explicit(&eng->apply_cpu[i], memory_order_relaxed);
+        side[i] = 0;
         todo[i] = eng->early[i] && eng->order[i]->concurrent;
         if (eng->early[i] && !todo[i])
             load[0] += ns;
@@ -462,40 +523,62 @@ static void assign_sides(struct engine *eng)
         if (pick == eng->n)
             break;
         todo[pick] = false;
-        eng->side[pick] = load[1] <= load[0];
-        load[eng->side[pick]] += most;
+        side[pick] = load[1] <= load[0];
+        load[side[pick]] += most;
     }
-    eng->worker_mask = 0;
+    /* Keep the last run's assignment unless this one is clearly better
+     * balanced (by 5 % of the work): two handlers of about the same cost
+     * (devices and geofence) otherwise swap sides run after run, and a
+     * handler's cache then moves between the CPUs' caches each time. */
+    const unsigned char *last = eng->side[slot ^ 1];
+    uint64_t was[2] = {eng->main_ns, 0};
+    for (size_t i = 0; eng->sides_set && i < eng->n; i++)
+        if (eng->early[i])
+            was[last[i]] += cost[i];
+    uint64_t total = load[0] + load[1];
+    uint64_t now_gap = load[0] > load[1] ? load[0] - load[1] : load[1] - load[0];
+    uint64_t was_gap = was[0] > was[1] ? was[0] - was[1] : was[1] - was[0];
+    if (eng->sides_set && was_gap <= now_gap + total / 20)
+        memcpy(side, last, eng->n);
+    eng->sides_set = true;
+    eng->worker_mask[slot] = 0;
     for (size_t i = 0; i < eng->n; i++)
-        eng->worker_mask |= (uint64_t)eng->side[i] << i;
+        eng->worker_mask[slot] |= (uint64_t)side[i] << i;
 }
 
-/* Input j of the run through the late handlers, in order, with the early
- * handlers' emits for it: the pending list is built exactly as
+/* Input j of the run in `slot` through the late handlers, in order, with
+ * the early handlers' emits for it: the pending list is built exactly as
  * apply_input builds it (the input, then each handler's emits in handler
  * order), so each late handler sees the events of the serial apply in the
- * same order. em[i]: order[i]'s emits over the run (early handlers). */
-static int apply_late(struct engine *eng, size_t j, const struct event *const *em)
+ * same order. em[i]: order[i]'s emits over the run (early handlers: their
+ * held set, see proj_hctx_flip). Each apply releases the state lock: the
+ * worker applies the next run meanwhile. */
+static int apply_late(struct engine *eng, unsigned slot, size_t j, const struct event *const *em)
 {
+    size_t base = (size_t)slot * PAR_BATCH;
+    const uint32_t *ends = eng->ends + (size_t)slot * eng->n * PAR_BATCH;
     eng->npending = 0;
-    int rc = push_pending(eng, &eng->batch[j], eng->masks[j] & eng->late_mask);
+    int rc = push_pending(eng, &eng->batch[base + j], eng->masks[base + j] & eng->late_mask);
     for (size_t i = 0; i < eng->n && !rc; i++) {
         const struct event *ev = em[i];
         size_t from = 0, to = 0;
         if (eng->early[i]) {
-            from = j ? eng->ends[i * PAR_BATCH + j - 1] : 0;
-            to = eng->ends[i * PAR_BATCH + j];
+            from = j ? ends[i * PAR_BATCH + j - 1] : 0;
+            to = ends[i * PAR_BATCH + j];
         } else {
             size_t upto = eng->npending;
             for (size_t k = 0; k < upto && !rc; k++)
-                if (eng->pending[k].mask >> i & 1)
+                if (eng->pending[k].mask >> i & 1) {
                     rc = timed_apply(eng, i, eng->pending[k].ev);
+                    proj_hctx_unlock(eng->ctx[i]);
+                }
             to = proj_hctx_emitted(eng->ctx[i], &ev);
         }
         for (size_t k = from; k < to && !rc; k++) {
             uint64_t mask = consumers_of(eng, &ev[k].type) & ~((2ull << i) - 1);
             if (mask & ~eng->raw_mask)
-                rc = proj_hctx_decode(eng->ctx[i], k);
+                rc = eng->early[i] ? proj_hctx_decode_held(eng->ctx[i], k)
+                                   : proj_hctx_decode(eng->ctx[i], k);
             if (!rc && mask)
                 rc = push_pending(eng, &ev[k], mask);
         }
@@ -506,86 +589,137 @@ static int apply_late(struct engine *eng, size_t j, const struct event *const *e
     return rc;
 }
 
-/* Applies the gathered run (eng->batch[0..nbatch)). */
-static int apply_run(struct engine *eng)
+/* The late handlers over the run in `slot`, whose early applies are done
+ * and whose emits were made the held sets (proj_hctx_flip). */
+static int late_run(struct engine *eng, unsigned slot)
 {
     const struct event *em[HANDLERS_MAX] = {NULL};
-    proj_set_shared(eng->proj, true);
-    pthread_mutex_lock(&eng->wmu);
-    eng->wgo = true;
-    pthread_cond_broadcast(&eng->wcv);
-    pthread_mutex_unlock(&eng->wmu);
-    int rc = apply_early(eng, 0);
-    pthread_mutex_lock(&eng->wmu);
-    while (eng->wgo)
-        pthread_cond_wait(&eng->wcv, &eng->wmu);
-    pthread_mutex_unlock(&eng->wmu);
-    int64_t t0 = mono_ns();
-    proj_set_shared(eng->proj, false);
-    if (!rc)
-        rc = eng->wrc;
+    if (!eng->late_mask)
+        return 0;
     for (size_t i = 0; i < eng->n; i++)
         if (eng->early[i])
-            proj_hctx_emitted(eng->ctx[i], &em[i]);
-    for (size_t j = 0; j < eng->nbatch && !rc; j++)
-        rc = apply_late(eng, j, em);
+            proj_hctx_held(eng->ctx[i], &em[i]);
+    int rc = 0;
+    for (size_t j = 0; j < eng->nbatch[slot] && !rc; j++)
+        rc = apply_late(eng, slot, j, em);
+    return rc;
+}
+
+static void flip_early(struct engine *eng)
+{
     for (size_t i = 0; i < eng->n; i++)
-        proj_hctx_clear(eng->ctx[i]);
-    eng->main_ns += (uint64_t)(mono_ns() - t0);
+        if (eng->early[i])
+            proj_hctx_flip(eng->ctx[i]);
+}
+
+/* Reads a run of inputs from `it` into `slot` (at most PAR_BATCH inputs
+ * and about PAR_BATCH_BYTES of payload, up to *to), decoding those a
+ * handler of this thread consumes (the others are decoded by the
+ * worker). */
+static int read_run(struct engine *eng, struct log_iter *it, unsigned slot, uint64_t *want,
+                    uint64_t to)
+{
+    struct log_event le;
+    size_t base = (size_t)slot * PAR_BATCH, bytes = 0, nb = 0;
+    int rc = 0;
+    msgpack_zone_clear(&eng->rzone[slot]); /* its run is done */
+    msgpack_zone_clear(&eng->wzone[slot]);
+    while (*want <= to && nb < PAR_BATCH && bytes < PAR_BATCH_BYTES &&
+           !(rc = log_iter_next(it, &le))) {
+        if (le.seq != (*want)++) {
+            rc = CAIRN_ECORRUPT;
+            break;
+        }
+        uint64_t mask = consumers_of(eng, &le.type);
+        if (!mask)
+            continue;
+        size_t k = base + nb;
+        /* An input only worker-side handlers consume is decoded there. */
+        eng->deferred[k] = !(mask & ~eng->worker_mask[slot]);
+        if (!eng->deferred[k] &&
+            mp_unpack(le.payload, le.payload_len, &eng->rzone[slot], &eng->bodies[k], NULL)) {
+            rc = CAIRN_ECORRUPT;
+            break;
+        }
+        eng->batch[k] = (struct event){.seq = le.seq,
+                                       .type = le.type,
+                                       .tenant = le.tenant,
+                                       .key = le.key,
+                                       .time = le.time,
+                                       .payload = le.payload,
+                                       .payload_len = le.payload_len,
+                                       .body = eng->deferred[k] ? NULL : &eng->bodies[k]};
+        eng->masks[k] = mask;
+        nb++;
+        bytes += le.payload_len;
+    }
+    eng->nbatch[slot] = nb;
     return rc;
 }
 
 /* The parallel counterpart of apply_chunk's loop: applies [from, *to]
- * from it in runs; may lower *to (APPLY_WRITES_MAX, checked per run). */
+ * from it in runs, pipelined: while the worker applies its early handlers
+ * to run k, this thread applies its own to run k, then the late handlers
+ * to run k-1 (with the early handlers' held emits of run k-1), then reads
+ * run k+1. Every handler still gets its events in log order, and each late
+ * handler the events of the serial apply in the same order. May lower
+ * *to: proj_txn_full is checked between runs, while the worker is idle
+ * (so at the same points whatever the timing), and the transaction ends
+ * after the run just read. */
 static int apply_range_par(struct engine *eng, struct log_iter *it, uint64_t from, uint64_t *to)
 {
-    struct log_event le;
     uint64_t want = from;
     int rc = par_start(eng);
+    bool busy = false; /* the worker applies a run */
+    int held = -1;     /* the slot of the run whose late handlers are due */
+    unsigned s = 0;
+    if (rc)
+        return rc;
+    proj_set_shared(eng->proj, true);
     while (!rc && want <= *to) {
-        size_t bytes = 0;
-        int64_t t0 = mono_ns();
-        eng->nbatch = 0;
-        assign_sides(eng);
-        while (!rc && want <= *to && eng->nbatch < PAR_BATCH && bytes < PAR_BATCH_BYTES &&
-               !(rc = log_iter_next(it, &le))) {
-            if (le.seq != want++) {
-                rc = CAIRN_ECORRUPT;
-                break;
-            }
-            uint64_t mask = consumers_of(eng, &le.type);
-            if (!mask)
-                continue;
-            size_t k = eng->nbatch, off = 0;
-            /* An input only worker-side handlers consume is decoded there. */
-            eng->deferred[k] = !(mask & ~eng->worker_mask);
-            msgpack_unpack_return urc =
-                eng->deferred[k] ? MSGPACK_UNPACK_SUCCESS
-                                 : msgpack_unpack((const char *)le.payload, le.payload_len, &off,
-                                                  &eng->zone, &eng->bodies[k]);
-            if (urc != MSGPACK_UNPACK_SUCCESS && urc != MSGPACK_UNPACK_EXTRA_BYTES) {
-                rc = CAIRN_ECORRUPT;
-                break;
-            }
-            eng->batch[k] = (struct event){.seq = le.seq,
-                                           .type = le.type,
-                                           .tenant = le.tenant,
-                                           .key = le.key,
-                                           .time = le.time,
-                                           .payload = le.payload,
-                                           .payload_len = le.payload_len,
-                                           .body = eng->deferred[k] ? NULL : &eng->bodies[k]};
-            eng->masks[k] = mask;
-            eng->nbatch++;
-            bytes += le.payload_len;
+        int64_t t0 = cpu_ns();
+        assign_sides(eng, s);
+        rc = read_run(eng, it, s, &want, *to);
+        eng->main_ns += (uint64_t)(cpu_ns() - t0);
+        if (busy) {
+            int wrc = worker_wait(eng);
+            busy = false;
+            rc = rc ? rc : wrc;
         }
-        eng->main_ns += (uint64_t)(mono_ns() - t0);
-        if (!rc && eng->nbatch)
-            rc = apply_run(eng);
-        msgpack_zone_clear(&eng->zone);
-        msgpack_zone_clear(&eng->wzone);
-        if (!rc && want <= *to && proj_txn_full(eng->proj, APPLY_WRITES_MAX))
-            *to = want - 1; /* commit here; the caller goes on from the checkpoint */
+        if (rc)
+            break;
+        /* The worker is idle: the run `held` is through every early
+         * handler. */
+        bool full = want <= *to && proj_txn_full(eng->proj, APPLY_WRITES_MAX);
+        flip_early(eng);
+        if (eng->nbatch[s]) {
+            worker_go(eng, s);
+            busy = true;
+            rc = apply_early(eng, 0, s);
+        }
+        t0 = cpu_ns();
+        if (!rc && held >= 0)
+            rc = late_run(eng, (unsigned)held);
+        held = eng->nbatch[s] ? (int)s : -1;
+        eng->main_ns += (uint64_t)(cpu_ns() - t0);
+        if (full)
+            *to = want - 1; /* commit after this run; the caller goes on from the checkpoint */
+        s ^= 1;
+    }
+    if (busy) {
+        int wrc = worker_wait(eng);
+        rc = rc ? rc : wrc;
+    }
+    if (!rc && held >= 0) {
+        int64_t t0 = cpu_ns();
+        flip_early(eng);
+        rc = late_run(eng, (unsigned)held);
+        eng->main_ns += (uint64_t)(cpu_ns() - t0);
+    }
+    proj_set_shared(eng->proj, false);
+    for (size_t i = 0; i < eng->n; i++) {
+        proj_hctx_clear(eng->ctx[i]);
+        proj_hctx_release(eng->ctx[i]);
     }
     return rc;
 }
@@ -625,7 +759,6 @@ static int apply_chunk(struct engine *eng, uint64_t from, uint64_t to)
         struct log_snap *s;
         struct log_iter *it = NULL;
         struct log_event le;
-        int64_t t_par = 0; /* a parallel apply ended then: time the flushes and commit */
         int rc = proj_begin(eng->proj);
         if (rc)
             return rc;
@@ -635,7 +768,6 @@ static int apply_chunk(struct engine *eng, uint64_t from, uint64_t to)
             if (!rc && eng->threads > 1 && eng->any_concurrent && to - from + 1 >= PAR_MIN_INPUTS) {
                 rc = apply_range_par(eng, it, from, &to);
                 want = to + 1; /* done: skip the serial loop */
-                t_par = mono_ns();
             }
             while (!rc && want <= to && !(rc = log_iter_next(it, &le))) {
                 rc = le.seq == want ? apply_log_event(eng, &le) : CAIRN_ECORRUPT;
@@ -653,8 +785,6 @@ static int apply_chunk(struct engine *eng, uint64_t from, uint64_t to)
             proj_abort(eng->proj);
         else
             rc = proj_commit(eng->proj, to);
-        if (t_par)
-            eng->main_ns += (uint64_t)(mono_ns() - t_par);
         if (!rc)
             return 0;
         int rrc = reopen_handlers(eng); /* the transaction is gone either way */

@@ -110,7 +110,8 @@ struct handler {
      * and calls no non-reentrant library function. Only used for handlers
      * that consume no derived type: when catching up or replaying large
      * ranges, the engine then applies a run of inputs to them on a second
-     * thread while the other handlers apply the same inputs; each handler
+     * thread while the other handlers apply the same inputs (or, those
+     * consuming derived types, the run before); each handler
      * still sees its events in log order, its own state and its own
      * derived stream, so the state is byte for byte that of the serial
      * run. The state calls (hctx_*) take a lock in that mode: an apply
@@ -451,5 +452,14 @@ static inline uint8_t *mpd_time(uint8_t *o, int64_t ns)
 /* The length of the msgpack object at p (n bytes available); 0 when it
  * is truncated or malformed. Any nesting (no recursion). */
 size_t mp_raw_len(const uint8_t *p, size_t n);
+
+/* Decodes the msgpack object at p (n bytes available) into *out, its
+ * arrays and maps allocated from zone, strings pointing into p (an empty
+ * one too: never NULL). The same objects as msgpack_unpack, and it
+ * refuses what msgpack_unpack refuses (truncated, 0xc1, containers nested
+ * deeper than 32), in ~60 % of its instructions. *used (if not NULL):
+ * the object's length; bytes after it are left alone. 0, or CAIRN_EINVAL
+ * when malformed (or out of memory): *out is then unspecified. */
+int mp_unpack(const uint8_t *p, size_t n, msgpack_zone *zone, msgpack_object *out, size_t *used);
 
 #endif

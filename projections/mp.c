@@ -282,3 +282,209 @@ size_t mp_raw_len(const uint8_t *p, size_t n)
     const uint8_t *e = raw_skip(p, p + n);
     return e ? (size_t)(e - p) : 0;
 }
+
+/* ====================================================================== decoding */
+
+/* mp_unpack's depth limit: msgpack-c's unpacker keeps at most
+ * MSGPACK_EMBED_STACK_SIZE (32) open non-empty containers and fails when a
+ * container starts past that; the same inputs fail here. */
+#define MP_DEPTH_MAX 32
+
+struct mpdec {
+    const uint8_t *p, *end;
+    msgpack_zone *zone;
+};
+
+/* The n-byte (0, 1, 2, 4 or 8) big-endian number at p. */
+static inline uint64_t be_n(const uint8_t *p, unsigned n)
+{
+    switch (n) {
+    case 1: return p[0];
+    case 2: return (uint64_t)p[0] << 8 | p[1];
+    case 4: return (uint64_t)p[0] << 24 | (uint64_t)p[1] << 16 | (uint64_t)p[2] << 8 | p[3];
+    case 8:
+        return (uint64_t)p[0] << 56 | (uint64_t)p[1] << 48 | (uint64_t)p[2] << 40 |
+               (uint64_t)p[3] << 32 | (uint64_t)p[4] << 24 | (uint64_t)p[5] << 16 |
+               (uint64_t)p[6] << 8 | p[7];
+    default: return 0;
+    }
+}
+
+/* A str, bin or ext body of len bytes at d->p. */
+static inline bool dec_raw(struct mpdec *d, msgpack_object *o, msgpack_object_type t, uint64_t len)
+{
+    if (len > (uint64_t)(d->end - d->p))
+        return false;
+    /* An empty one points where its bytes would be, never NULL: packers
+     * memcpy from it (msgpack-c leaves some pointer there too). */
+    const char *p = (const char *)d->p;
+    d->p += len;
+    o->type = t;
+    if (t == MSGPACK_OBJECT_EXT) {
+        o->via.ext.type = (int8_t)p[0];
+        o->via.ext.ptr = p + 1;
+        o->via.ext.size = (uint32_t)(len - 1);
+    } else { /* str and bin share their layout */
+        o->via.str.ptr = p;
+        o->via.str.size = (uint32_t)len;
+    }
+    return true;
+}
+
+static bool dec_obj(struct mpdec *d, msgpack_object *o, unsigned depth);
+
+/* n items (maps: n pairs) of a container starting at depth `depth`. */
+static bool dec_items(struct mpdec *d, msgpack_object *o, bool map, uint64_t n, unsigned depth)
+{
+    if (map) {
+        o->type = MSGPACK_OBJECT_MAP;
+        o->via.map.size = (uint32_t)n;
+        o->via.map.ptr = NULL;
+    } else {
+        o->type = MSGPACK_OBJECT_ARRAY;
+        o->via.array.size = (uint32_t)n;
+        o->via.array.ptr = NULL;
+    }
+    if (depth >= MP_DEPTH_MAX)
+        return false;
+    if (!n)
+        return true;
+    /* Every object takes at least a byte: a count beyond the bytes left
+     * is malformed (and bounds the allocation). */
+    if (n * (map ? 2 : 1) > (uint64_t)(d->end - d->p))
+        return false;
+    if (map) {
+        msgpack_object_kv *kv = msgpack_zone_malloc(d->zone, (size_t)n * sizeof *kv);
+        if (!kv)
+            return false;
+        o->via.map.ptr = kv;
+        for (uint64_t i = 0; i < n; i++) {
+            /* keys are nearly always fixstr: decoded here, without a call */
+            if (d->p < d->end && (*d->p & 0xe0) == 0xa0) {
+                unsigned len = *d->p++ & 0x1f;
+                if (!dec_raw(d, &kv[i].key, MSGPACK_OBJECT_STR, len))
+                    return false;
+            } else if (!dec_obj(d, &kv[i].key, depth + 1)) {
+                return false;
+            }
+            if (!dec_obj(d, &kv[i].val, depth + 1))
+                return false;
+        }
+    } else {
+        msgpack_object *a = msgpack_zone_malloc(d->zone, (size_t)n * sizeof *a);
+        if (!a)
+            return false;
+        o->via.array.ptr = a;
+        for (uint64_t i = 0; i < n; i++)
+            if (!dec_obj(d, &a[i], depth + 1))
+                return false;
+    }
+    return true;
+}
+
+static bool dec_obj(struct mpdec *d, msgpack_object *o, unsigned depth)
+{
+    if (d->p >= d->end)
+        return false;
+    uint8_t t = *d->p++;
+    if (t <= 0x7f) {
+        o->type = MSGPACK_OBJECT_POSITIVE_INTEGER;
+        o->via.u64 = t;
+        return true;
+    }
+    if (t >= 0xe0) {
+        o->type = MSGPACK_OBJECT_NEGATIVE_INTEGER;
+        o->via.i64 = (int8_t)t;
+        return true;
+    }
+    if (t <= 0x8f)
+        return dec_items(d, o, true, t & 0x0f, depth);
+    if (t <= 0x9f)
+        return dec_items(d, o, false, t & 0x0f, depth);
+    if (t <= 0xbf)
+        return dec_raw(d, o, MSGPACK_OBJECT_STR, t & 0x1f);
+    /* 0xc0..0xdf: the fixed part's length, then what it is. */
+    static const uint8_t lb[32] = {
+        0, 0, 0, 0, 1, 2, 4, 1, 2, 4, 4, 8, /* nil, -, false, true, bin, ext, float */
+        1, 2, 4, 8, 1, 2, 4, 8,             /* uint, int */
+        0, 0, 0, 0, 0,                      /* fixext */
+        1, 2, 4, 2, 4, 2, 4,                /* str, array, map */
+    };
+    unsigned n = lb[t - 0xc0];
+    if ((size_t)(d->end - d->p) < n)
+        return false;
+    uint64_t v = be_n(d->p, n);
+    d->p += n;
+    switch (t) {
+    case 0xc0: o->type = MSGPACK_OBJECT_NIL; return true;
+    case 0xc2:
+    case 0xc3:
+        o->type = MSGPACK_OBJECT_BOOLEAN;
+        o->via.boolean = t == 0xc3;
+        return true;
+    case 0xc4:
+    case 0xc5:
+    case 0xc6: return dec_raw(d, o, MSGPACK_OBJECT_BIN, v);
+    case 0xc7:
+    case 0xc8:
+    case 0xc9: return dec_raw(d, o, MSGPACK_OBJECT_EXT, v + 1);
+    case 0xca: {
+        uint32_t u = (uint32_t)v;
+        float f;
+        memcpy(&f, &u, sizeof f);
+        o->type = MSGPACK_OBJECT_FLOAT32;
+        o->via.f64 = f;
+        return true;
+    }
+    case 0xcb:
+        o->type = MSGPACK_OBJECT_FLOAT64;
+        memcpy(&o->via.f64, &v, sizeof v);
+        return true;
+    case 0xcc:
+    case 0xcd:
+    case 0xce:
+    case 0xcf:
+        o->type = MSGPACK_OBJECT_POSITIVE_INTEGER;
+        o->via.u64 = v;
+        return true;
+    case 0xd0:
+    case 0xd1:
+    case 0xd2:
+    case 0xd3: {
+        /* sign-extend the n-byte value; non-negative ones are positive
+         * integers, as msgpack-c makes them */
+        int64_t s = n == 8 ? (int64_t)v : (int64_t)(v << (64 - 8 * n)) >> (64 - 8 * n);
+        if (s < 0) {
+            o->type = MSGPACK_OBJECT_NEGATIVE_INTEGER;
+            o->via.i64 = s;
+        } else {
+            o->type = MSGPACK_OBJECT_POSITIVE_INTEGER;
+            o->via.u64 = (uint64_t)s;
+        }
+        return true;
+    }
+    case 0xd4:
+    case 0xd5:
+    case 0xd6:
+    case 0xd7:
+    case 0xd8: return dec_raw(d, o, MSGPACK_OBJECT_EXT, (1u << (t - 0xd4)) + 1);
+    case 0xd9:
+    case 0xda:
+    case 0xdb: return dec_raw(d, o, MSGPACK_OBJECT_STR, v);
+    case 0xdc:
+    case 0xdd: return dec_items(d, o, false, v, depth);
+    case 0xde:
+    case 0xdf: return dec_items(d, o, true, v, depth);
+    default: return false; /* 0xc1: never used */
+    }
+}
+
+int mp_unpack(const uint8_t *p, size_t n, msgpack_zone *zone, msgpack_object *out, size_t *used)
+{
+    struct mpdec d = {p, p + n, zone};
+    if (!dec_obj(&d, out, 0))
+        return CAIRN_EINVAL;
+    if (used)
+        *used = (size_t)(d.p - p);
+    return 0;
+}

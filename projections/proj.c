@@ -64,6 +64,21 @@ struct proj_snap {
     MDB_txn *txn;
 };
 
+/* Derived events kept for their consumers: evs[i]'s type | tenant | key
+ * | payload bytes are at mem.data + offs[i] (pointers are set by
+ * proj_hctx_emitted, once mem stops growing); bodies[i] is decoded by
+ * proj_hctx_decode into zone. */
+struct emits {
+    struct event *evs;
+    size_t *offs;
+    msgpack_object *bodies;
+    size_t nem, cap;
+    size_t nem_base; /* nem when the current input began (proj_hctx_mark) */
+    struct cairn_buf mem;
+    msgpack_zone zone;
+    bool zone_used; /* something was decoded into zone since the last clear */
+};
+
 struct hctx {
     struct proj *p;
     const struct handler *h;
@@ -79,21 +94,12 @@ struct hctx {
      * transaction's cursors when it ends, so it is never closed here: it
      * belongs to the transaction of `gen`. */
     MDB_cursor *scur;
-    unsigned gen;     /* stream_head and scur are valid for this proj gen */
-    bool locked;      /* holds p->txn_mu (shared mode) */
-    uint64_t wait_ns; /* waited for p->txn_mu, in all (proj_hctx_wait_ns) */
-    /* The derived events emitted for the current input, kept for its
-     * consumers: evs[i]'s type | tenant | key | payload bytes are at
-     * mem.data + offs[i] (pointers are set by proj_hctx_emitted, once mem
-     * stops growing); bodies[i] is decoded by proj_hctx_decode into zone. */
-    struct event *evs;
-    size_t *offs;
-    msgpack_object *bodies;
-    size_t nem, cap;
-    size_t nem_base; /* nem when the current input began (proj_hctx_mark) */
-    struct cairn_buf mem;
-    msgpack_zone zone;
-    bool zone_used; /* something was decoded into zone since the last clear */
+    unsigned gen; /* stream_head and scur are valid for this proj gen */
+    bool locked;  /* holds p->txn_mu (shared mode) */
+    /* The derived events emitted since the last clear (em), and those
+     * held by proj_hctx_flip for a pipelined parallel apply (the other
+     * set; see struct emits). */
+    struct emits sets[2], *em;
     struct cairn_buf enc;
 };
 
@@ -422,31 +428,13 @@ void proj_set_shared(struct proj *p, bool on)
 
 /* ====================================================================== handler contexts */
 
-static int64_t mono_ns(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000000000LL + ts.tv_nsec;
-}
-
-/* Before any use of the write transaction by ctx (see struct proj). The
- * time spent waiting for the other thread is counted: the engine's
- * balancing must not take it for the handler's own work. */
+/* Before any use of the write transaction by ctx (see struct proj). */
 static inline void txn_lock(struct hctx *ctx)
 {
     if (ctx->p->shared && !ctx->locked) {
-        if (pthread_mutex_trylock(&ctx->p->txn_mu)) {
-            int64_t t0 = mono_ns();
-            pthread_mutex_lock(&ctx->p->txn_mu);
-            ctx->wait_ns += (uint64_t)(mono_ns() - t0);
-        }
+        pthread_mutex_lock(&ctx->p->txn_mu);
         ctx->locked = true;
     }
-}
-
-uint64_t proj_hctx_wait_ns(const struct hctx *ctx)
-{
-    return ctx->wait_ns;
 }
 
 void proj_hctx_unlock(struct hctx *ctx)
@@ -469,9 +457,16 @@ int proj_hctx_new(struct proj *p, const struct handler *h, const json_t *config,
     /* Every emit's bytes for one input: CAIRN_EMIT_PER_EVENT_MAX events
      * of at most a payload each would be far more than memory; the enc
      * maximum per event is the real bound, this one only caps the sum. */
-    cairn_buf_init(&ctx->mem, (size_t)1 << 32);
-    if (!ctx->config || !msgpack_zone_init(&ctx->zone, 8192)) {
+    ctx->em = &ctx->sets[0];
+    bool ok = ctx->config != NULL;
+    for (int i = 0; i < 2; i++) {
+        cairn_buf_init(&ctx->sets[i].mem, (size_t)1 << 32);
+        ok = msgpack_zone_init(&ctx->sets[i].zone, 8192) && ok;
+    }
+    if (!ok) {
         json_decref(ctx->config);
+        for (int i = 0; i < 2; i++)
+            msgpack_zone_destroy(&ctx->sets[i].zone);
         free(ctx);
         return CAIRN_ENOMEM;
     }
@@ -484,14 +479,16 @@ void proj_hctx_free(struct hctx *ctx)
 {
     if (!ctx)
         return;
-    proj_hctx_clear(ctx);
-    free(ctx->evs);
-    free(ctx->offs);
-    free(ctx->bodies);
+    for (int i = 0; i < 2; i++) {
+        struct emits *e = &ctx->sets[i];
+        free(e->evs);
+        free(e->offs);
+        free(e->bodies);
+        cairn_buf_deinit(&e->mem);
+        msgpack_zone_destroy(&e->zone);
+    }
     json_decref(ctx->config);
     cairn_buf_deinit(&ctx->enc);
-    cairn_buf_deinit(&ctx->mem);
-    msgpack_zone_destroy(&ctx->zone);
     free(ctx);
 }
 
@@ -499,6 +496,7 @@ void proj_hctx_reset(struct hctx *ctx)
 {
     proj_hctx_unlock(ctx);
     proj_hctx_clear(ctx);
+    proj_hctx_release(ctx);
     ctx->ndbs = 0;
     ctx->user = NULL;
     ctx->gen = (unsigned)-1;
@@ -723,35 +721,35 @@ static int encode_derived(struct cairn_buf *b, const struct proj_derived *d)
 /* Keeps a copy of the event for the consumers of the same input. */
 static int keep_emitted(struct hctx *ctx, const struct proj_derived *d)
 {
-    if (ctx->nem - ctx->nem_base == CAIRN_EMIT_PER_EVENT_MAX)
+    if (ctx->em->nem - ctx->em->nem_base == CAIRN_EMIT_PER_EVENT_MAX)
         return CAIRN_ETOOBIG;
-    if (ctx->nem == ctx->cap) {
-        size_t cap = ctx->cap ? ctx->cap * 2 : 16;
-        struct event *evs = realloc(ctx->evs, cap * sizeof *evs);
+    if (ctx->em->nem == ctx->em->cap) {
+        size_t cap = ctx->em->cap ? ctx->em->cap * 2 : 16;
+        struct event *evs = realloc(ctx->em->evs, cap * sizeof *evs);
         if (evs)
-            ctx->evs = evs;
-        size_t *offs = realloc(ctx->offs, cap * sizeof *offs);
+            ctx->em->evs = evs;
+        size_t *offs = realloc(ctx->em->offs, cap * sizeof *offs);
         if (offs)
-            ctx->offs = offs;
-        msgpack_object *bodies = realloc(ctx->bodies, cap * sizeof *bodies);
+            ctx->em->offs = offs;
+        msgpack_object *bodies = realloc(ctx->em->bodies, cap * sizeof *bodies);
         if (bodies)
-            ctx->bodies = bodies;
+            ctx->em->bodies = bodies;
         if (!evs || !offs || !bodies)
             return CAIRN_ENOMEM;
-        ctx->cap = cap;
+        ctx->em->cap = cap;
     }
-    size_t at = ctx->mem.len;
+    size_t at = ctx->em->mem.len;
     const struct cairn_str *src[] = {&d->type, &d->tenant, &d->key};
     int rc = 0;
     for (int i = 0; i < 3 && !rc; i++)
-        rc = cairn_buf_append(&ctx->mem, src[i]->p, src[i]->n);
+        rc = cairn_buf_append(&ctx->em->mem, src[i]->p, src[i]->n);
     if (!rc)
-        rc = cairn_buf_append(&ctx->mem, d->payload, d->payload_len);
+        rc = cairn_buf_append(&ctx->em->mem, d->payload, d->payload_len);
     if (rc) {
-        ctx->mem.len = at;
+        ctx->em->mem.len = at;
         return rc;
     }
-    struct event *ev = &ctx->evs[ctx->nem];
+    struct event *ev = &ctx->em->evs[ctx->em->nem];
     *ev = (struct event){
         .derived = true,
         .seq = d->cause,
@@ -763,7 +761,7 @@ static int keep_emitted(struct hctx *ctx, const struct proj_derived *d)
         .time = d->time,
         .payload_len = d->payload_len,
     };
-    ctx->offs[ctx->nem++] = at;
+    ctx->em->offs[ctx->em->nem++] = at;
     return 0;
 }
 
@@ -801,51 +799,91 @@ int hctx_emit(struct hctx *ctx, const struct event *cause, const char *type,
     return keep_emitted(ctx, &d);
 }
 
-size_t proj_hctx_emitted(struct hctx *ctx, const struct event **evs)
+/* Sets the pointers of e's events (mem no longer grows). */
+static size_t emits_fix(struct emits *e, const struct event **evs)
 {
-    for (size_t i = 0; i < ctx->nem; i++) {
-        struct event *ev = &ctx->evs[i];
-        const char *at = (const char *)ctx->mem.data + ctx->offs[i];
+    for (size_t i = 0; i < e->nem; i++) {
+        struct event *ev = &e->evs[i];
+        const char *at = (const char *)e->mem.data + e->offs[i];
         ev->type.p = at;
         ev->tenant.p = at += ev->type.n;
         ev->key.p = at += ev->tenant.n;
         ev->payload = (const uint8_t *)(at += ev->key.n);
     }
-    *evs = ctx->evs;
-    return ctx->nem;
+    *evs = e->evs;
+    return e->nem;
+}
+
+static int emits_decode(struct emits *e, size_t i)
+{
+    struct event *ev = &e->evs[i];
+    assert(i < e->nem && ev->payload);
+    e->zone_used = true;
+    if (mp_unpack(ev->payload, ev->payload_len, &e->zone, &e->bodies[i], NULL))
+        return CAIRN_EINVAL;
+    ev->body = &e->bodies[i];
+    return 0;
+}
+
+static void emits_clear(struct emits *e)
+{
+    e->nem = e->nem_base = 0;
+    cairn_buf_reset(&e->mem);
+    if (e->zone_used) /* runs for every handler and input: skip when idle */
+        msgpack_zone_clear(&e->zone);
+    e->zone_used = false;
+}
+
+static struct emits *held(struct hctx *ctx)
+{
+    return ctx->em == &ctx->sets[0] ? &ctx->sets[1] : &ctx->sets[0];
+}
+
+size_t proj_hctx_emitted(struct hctx *ctx, const struct event **evs)
+{
+    return emits_fix(ctx->em, evs);
 }
 
 int proj_hctx_decode(struct hctx *ctx, size_t i)
 {
-    struct event *ev = &ctx->evs[i];
-    size_t off = 0;
-    assert(i < ctx->nem && ev->payload);
-    ctx->zone_used = true;
-    msgpack_unpack_return rc = msgpack_unpack((const char *)ev->payload, ev->payload_len, &off,
-                                              &ctx->zone, &ctx->bodies[i]);
-    if (rc != MSGPACK_UNPACK_SUCCESS && rc != MSGPACK_UNPACK_EXTRA_BYTES)
-        return CAIRN_EINVAL;
-    ev->body = &ctx->bodies[i];
-    return 0;
+    return emits_decode(ctx->em, i);
 }
 
 size_t proj_hctx_nemitted(const struct hctx *ctx)
 {
-    return ctx->nem;
+    return ctx->em->nem;
 }
 
 void proj_hctx_mark(struct hctx *ctx)
 {
-    ctx->nem_base = ctx->nem;
+    ctx->em->nem_base = ctx->em->nem;
 }
 
 void proj_hctx_clear(struct hctx *ctx)
 {
-    ctx->nem = ctx->nem_base = 0;
-    cairn_buf_reset(&ctx->mem);
-    if (ctx->zone_used) /* runs for every handler and input: skip when idle */
-        msgpack_zone_clear(&ctx->zone);
-    ctx->zone_used = false;
+    emits_clear(ctx->em);
+}
+
+void proj_hctx_flip(struct hctx *ctx)
+{
+    struct emits *h = held(ctx);
+    emits_clear(h);
+    ctx->em = h; /* the old current set is now the held one */
+}
+
+size_t proj_hctx_held(struct hctx *ctx, const struct event **evs)
+{
+    return emits_fix(held(ctx), evs);
+}
+
+int proj_hctx_decode_held(struct hctx *ctx, size_t i)
+{
+    return emits_decode(held(ctx), i);
+}
+
+void proj_hctx_release(struct hctx *ctx)
+{
+    emits_clear(held(ctx));
 }
 
 /* ====================================================================== reading */

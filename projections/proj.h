@@ -100,6 +100,18 @@ size_t proj_hctx_nemitted(const struct hctx *ctx);
  * events of several inputs are kept (the engine's parallel apply);
  * proj_hctx_clear also starts a new input. */
 void proj_hctx_mark(struct hctx *ctx);
+/* Pipelined parallel apply: a context keeps a second, held set of emitted
+ * events, so one thread can read the events of a run (held) while another
+ * goes on emitting those of the next (current). proj_hctx_flip makes the
+ * current set the held one (the previous held set is dropped) and starts
+ * an empty current set; proj_hctx_held and proj_hctx_decode_held are
+ * proj_hctx_emitted and proj_hctx_decode for the held set (borrowed until
+ * the next flip or release), which touch nothing of the current set;
+ * proj_hctx_release drops the held set. */
+void proj_hctx_flip(struct hctx *ctx);
+size_t proj_hctx_held(struct hctx *ctx, const struct event **evs);
+int proj_hctx_decode_held(struct hctx *ctx, size_t i);
+void proj_hctx_release(struct hctx *ctx);
 
 /* Shared mode: handlers apply on two threads in the same write
  * transaction; each context's state accesses then take a lock that it
@@ -108,9 +120,6 @@ void proj_hctx_mark(struct hctx *ctx);
  * transaction while no other thread applies. */
 void proj_set_shared(struct proj *p, bool on);
 void proj_hctx_unlock(struct hctx *ctx);
-/* Nanoseconds ctx's state calls have waited for the other thread's
- * context in shared mode, since ctx was made (wall clock). */
-uint64_t proj_hctx_wait_ns(const struct hctx *ctx);
 
 /* ====================================================================== reading */
 

@@ -8,7 +8,11 @@
  *    packed per event: the state digest depends on it);
  *  - mp_raw_len measures any object msgpack-c can decode, nested or not,
  *    and refuses every truncation, a never-used type byte, and counts
- *    larger than the bytes left.
+ *    larger than the bytes left;
+ *  - mp_unpack decodes the very objects msgpack_unpack decodes (types,
+ *    values, strings pointing at the same bytes) and refuses what it
+ *    refuses: every truncation, nesting past 32, and thousands of
+ *    mutations of a sample.
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -151,11 +155,155 @@ static void test_raw_len(void **state)
     msgpack_sbuffer_destroy(&sb);
 }
 
+/* Same type and value; str, bin and ext point at the same bytes. */
+static bool obj_same(const msgpack_object *a, const msgpack_object *b)
+{
+    if (a->type != b->type)
+        return false;
+    switch (a->type) {
+    case MSGPACK_OBJECT_NIL: return true;
+    case MSGPACK_OBJECT_BOOLEAN: return a->via.boolean == b->via.boolean;
+    case MSGPACK_OBJECT_POSITIVE_INTEGER: return a->via.u64 == b->via.u64;
+    case MSGPACK_OBJECT_NEGATIVE_INTEGER: return a->via.i64 == b->via.i64;
+    case MSGPACK_OBJECT_FLOAT32:
+    case MSGPACK_OBJECT_FLOAT64: return !memcmp(&a->via.f64, &b->via.f64, sizeof a->via.f64);
+    case MSGPACK_OBJECT_STR:
+    case MSGPACK_OBJECT_BIN:
+        return a->via.str.size == b->via.str.size &&
+               (!a->via.str.size || a->via.str.ptr == b->via.str.ptr);
+    case MSGPACK_OBJECT_EXT:
+        return a->via.ext.type == b->via.ext.type && a->via.ext.size == b->via.ext.size &&
+               a->via.ext.ptr == b->via.ext.ptr;
+    case MSGPACK_OBJECT_ARRAY:
+        if (a->via.array.size != b->via.array.size)
+            return false;
+        for (uint32_t i = 0; i < a->via.array.size; i++)
+            if (!obj_same(&a->via.array.ptr[i], &b->via.array.ptr[i]))
+                return false;
+        return true;
+    case MSGPACK_OBJECT_MAP:
+        if (a->via.map.size != b->via.map.size)
+            return false;
+        for (uint32_t i = 0; i < a->via.map.size; i++)
+            if (!obj_same(&a->via.map.ptr[i].key, &b->via.map.ptr[i].key) ||
+                !obj_same(&a->via.map.ptr[i].val, &b->via.map.ptr[i].val))
+                return false;
+        return true;
+    }
+    return false;
+}
+
+/* mp_unpack and msgpack_unpack on p[0..n): both fail, or both decode the
+ * same object of the same length. Returns whether they decoded. */
+static bool unpack_agree(const uint8_t *p, size_t n)
+{
+    msgpack_zone z1, z2;
+    msgpack_zone_init(&z1, 256);
+    msgpack_zone_init(&z2, 256);
+    msgpack_object a, b;
+    size_t used = 0, off = 0;
+    bool mine = mp_unpack(p, n, &z1, &a, &used) == 0;
+    msgpack_unpack_return urc = msgpack_unpack((const char *)p, n, &off, &z2, &b);
+    bool theirs = urc == MSGPACK_UNPACK_SUCCESS || urc == MSGPACK_UNPACK_EXTRA_BYTES;
+    assert_int_equal(mine, theirs);
+    if (mine) {
+        assert_int_equal(used, off);
+        assert_true(obj_same(&a, &b));
+    }
+    msgpack_zone_destroy(&z1);
+    msgpack_zone_destroy(&z2);
+    return mine;
+}
+
+static bool mine_decodes(const uint8_t *p, size_t n)
+{
+    msgpack_zone z;
+    msgpack_object o;
+    msgpack_zone_init(&z, 256);
+    bool ok = mp_unpack(p, n, &z, &o, NULL) == 0;
+    msgpack_zone_destroy(&z);
+    return ok;
+}
+
+static void test_unpack_matches_msgpack_c(void **state)
+{
+    (void)state;
+    msgpack_sbuffer sb;
+    msgpack_packer pk;
+    msgpack_sbuffer_init(&sb);
+    msgpack_packer_init(&pk, &sb, msgpack_sbuffer_write);
+    pack_sample(&pk);
+    size_t whole = sb.size;
+    msgpack_pack_uint64(&pk, 5); /* trailing bytes: left alone */
+    const uint8_t *p = (const uint8_t *)sb.data;
+    assert_true(unpack_agree(p, sb.size));
+    for (size_t n = 0; n < whole; n++)
+        assert_false(unpack_agree(p, n));
+    /* Every integer and float format, empty and fixext-16 ones. */
+    msgpack_sbuffer_clear(&sb);
+    msgpack_pack_array(&pk, 15);
+    msgpack_pack_int8(&pk, 5); /* a non-negative int 8: a positive integer */
+    msgpack_pack_int8(&pk, -100);
+    msgpack_pack_int16(&pk, -30000);
+    msgpack_pack_int32(&pk, -2000000000);
+    msgpack_pack_int64(&pk, 7);
+    msgpack_pack_uint8(&pk, 200);
+    msgpack_pack_uint16(&pk, 60000);
+    msgpack_pack_uint32(&pk, 4000000000u);
+    msgpack_pack_uint64(&pk, UINT64_MAX);
+    msgpack_pack_float(&pk, -0.0f);
+    msgpack_pack_str(&pk, 0);
+    msgpack_pack_bin(&pk, 0);
+    msgpack_pack_ext_with_body(&pk, "0123456789abcdef", 16, -1);
+    msgpack_pack_ext(&pk, 0, 3);
+    msgpack_pack_array(&pk, 0);
+    static const uint8_t raw_ints[] = {0xd0, 0x05, 0xd1, 0x00, 0x05, 0xd3, 0, 0, 0, 0, 0, 0, 0, 9};
+    msgpack_sbuffer_write(&sb, (const char *)raw_ints, sizeof raw_ints);
+    p = (const uint8_t *)sb.data;
+    assert_true(unpack_agree(p, sb.size));
+    assert_true(unpack_agree(p + sb.size - sizeof raw_ints, 2));
+    assert_true(unpack_agree(p + sb.size - sizeof raw_ints + 2, 3));
+    assert_true(unpack_agree(p + sb.size - 9, 9));
+    /* Nesting: msgpack-c refuses a container inside 32 open ones. */
+    for (int depth = 30; depth <= 34; depth++) {
+        msgpack_sbuffer_clear(&sb);
+        for (int i = 0; i < depth; i++)
+            msgpack_pack_array(&pk, 1);
+        msgpack_pack_map(&pk, 0);
+        assert_int_equal(unpack_agree((const uint8_t *)sb.data, sb.size), depth < 32);
+    }
+    assert_false(unpack_agree((const uint8_t *)"\xc1", 1));
+    /* (msgpack-c would try to allocate the 2^32 pairs first) */
+    assert_false(mine_decodes((const uint8_t *)"\xdf\xff\xff\xff\xff\x01\x02", 7));
+    /* Mutations of the sample: wherever the result is well-formed (so
+     * msgpack-c's allocations stay bounded by its length), they agree. */
+    msgpack_sbuffer_clear(&sb);
+    pack_sample(&pk);
+    uint8_t *m = malloc(sb.size);
+    assert_non_null(m);
+    uint64_t x = 88172645463325252ull;
+    for (int round = 0; round < 20000; round++) {
+        memcpy(m, sb.data, sb.size);
+        for (int k = 0; k < 1 + round % 4; k++) {
+            x ^= x << 13, x ^= x >> 7, x ^= x << 17;
+            m[x % sb.size] = (uint8_t)(x >> 32);
+        }
+        size_t n = sb.size - (round % 3 ? 0 : (x >> 40) % sb.size);
+        if (mp_raw_len(m, n))
+            unpack_agree(m, n);
+        else
+            assert_false(mine_decodes(m, n));
+    }
+    free(m);
+    msgpack_sbuffer_destroy(&sb);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_direct_writers_match_msgpack_c),
         cmocka_unit_test(test_raw_len),
+        cmocka_unit_test(test_unpack_matches_msgpack_c),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
