@@ -98,7 +98,7 @@ struct tcache {
 };
 
 /* deferred writes (see "deferred writes" below) */
-enum { PW_HITS, PW_DHITS, PW_INSIDE, PW_POS, PW_KINDS };
+enum { PW_HITLOG, PW_HITS, PW_DHITS, PW_INSIDE, PW_POS, PW_KINDS };
 #define PEND_BYTES_MAX (64u << 20)
 
 struct pw {
@@ -109,7 +109,8 @@ struct pw {
 };
 
 struct gf {
-    unsigned fences, geom, dev, inside, hits, dhits, pos, near, orders, oby;
+    unsigned fences, geom, dev, inside, hitlog, hits, dhits, pos, near, orders, oby, meta;
+    bool layout_written; /* geofence.meta "layout" is GF_LAYOUT */
     double arrival_default;
     struct fence *f;
     uint32_t nf, capf, free_head; /* free list through next_free, UINT32_MAX: none */
@@ -607,7 +608,7 @@ static int pend_value(struct hctx *ctx, const void *v, size_t n, uint32_t *off)
 {
     struct gf *g = self(ctx);
     int rc = 0;
-    if (g->pbuf.len + n + 2 * (GF_KEY_MAX + 1) > PEND_BYTES_MAX && (rc = pend_apply_all(ctx)))
+    if (g->pbuf.len + n + 3 * (GF_KEY_MAX + 1) > PEND_BYTES_MAX && (rc = pend_apply_all(ctx)))
         return rc;
     return pbuf_put(g, v, n, off);
 }
@@ -619,7 +620,8 @@ static int pend_add(struct hctx *ctx, int kind, const struct gf_key *k, uint32_t
     struct gf *g = self(ctx);
     struct pend *pd = &g->pend[kind];
     int rc = 0;
-    /* a put's value is kept by pend_value, which left room for its keys */
+    /* a put's value is kept by pend_value, which left room for its keys
+     * (a hit's payload: three) */
     if (del && g->pbuf.len + k->n > PEND_BYTES_MAX && (rc = pend_apply_all(ctx)))
         return rc;
     if (pd->n == pd->cap) {
@@ -660,7 +662,8 @@ static int pend_apply(struct hctx *ctx, int kind)
 {
     struct gf *g = self(ctx);
     struct pend *pd = &g->pend[kind];
-    unsigned db = kind == PW_HITS     ? g->hits
+    unsigned db = kind == PW_HITLOG   ? g->hitlog
+                  : kind == PW_HITS   ? g->hits
                   : kind == PW_DHITS  ? g->dhits
                   : kind == PW_INSIDE ? g->inside
                                       : g->pos;
@@ -887,7 +890,15 @@ static int dev_store(struct gf *g, struct gdev *d, const uint8_t *rec, size_t n,
 
 static int gf_flush(struct hctx *ctx)
 {
-    int rc = dev_writeback(ctx);
+    struct gf *g = self(ctx);
+    int rc = 0;
+    if (!g->layout_written) {
+        uint8_t v[4] = {0, 0, 0, GF_LAYOUT};
+        if ((rc = hctx_put(ctx, g->meta, "layout", 6, v, 4)))
+            return rc;
+        g->layout_written = true;
+    }
+    rc = dev_writeback(ctx);
     return rc ? rc : pend_apply_all(ctx);
 }
 
@@ -1091,6 +1102,38 @@ static void gf_close(struct hctx *ctx)
     *hctx_user(ctx) = NULL;
 }
 
+/* A state without the layout mark is new (nothing in hits yet: the mark
+ * goes in at the first flush) or of layout 1 (geofence_int.h), which is
+ * refused: its hits hold payloads that hitlog would have. */
+static int layout_check(struct hctx *ctx)
+{
+    struct gf *g = self(ctx);
+    MDB_val v, k;
+    int rc = hctx_get(ctx, g->meta, "layout", 6, &v);
+    if (!rc) {
+        const uint8_t *b = v.mv_data;
+        if (v.mv_size != 4 || b[0] || b[1] || b[2] || b[3] != GF_LAYOUT)
+            goto old;
+        g->layout_written = true;
+        return 0;
+    }
+    if (rc != CAIRN_ENOTFOUND)
+        return rc;
+    struct hcursor *c;
+    if ((rc = hctx_cursor_open(ctx, g->hits, NULL, 0, &c)))
+        return rc;
+    rc = hctx_cursor_next(c, &k, &v);
+    hctx_cursor_close(c);
+    if (rc == CAIRN_ENOTFOUND)
+        return 0;
+    if (rc)
+        return rc;
+old:
+    fprintf(stderr, "cairn: the geofence state has an older layout: rebuild the state from the "
+                    "log (cairn replay)\n");
+    return CAIRN_EINVAL;
+}
+
 static int gf_open(struct hctx *ctx)
 {
     struct gf *g = calloc(1, sizeof *g);
@@ -1124,12 +1167,14 @@ static int gf_open(struct hctx *ctx)
     struct {
         const char *name;
         unsigned *db;
-    } dbs[] = {{"fences", &g->fences}, {"geom", &g->geom}, {"dev", &g->dev},
-               {"inside", &g->inside}, {"hits", &g->hits}, {"dhits", &g->dhits},
-               {"pos", &g->pos},       {"near", &g->near}, {"orders", &g->orders},
-               {"oby", &g->oby}};
+    } dbs[] = {{"fences", &g->fences}, {"geom", &g->geom},     {"dev", &g->dev},
+               {"inside", &g->inside}, {"hitlog", &g->hitlog}, {"hits", &g->hits},
+               {"dhits", &g->dhits},   {"pos", &g->pos},       {"near", &g->near},
+               {"orders", &g->orders}, {"oby", &g->oby},       {"meta", &g->meta}};
     for (size_t i = 0; !rc && i < sizeof dbs / sizeof *dbs; i++)
         rc = hctx_db(ctx, dbs[i].name, 0, dbs[i].db);
+    if (!rc)
+        rc = layout_check(ctx);
     if (!rc)
         rc = load_fences(ctx);
     if (rc)
@@ -1218,7 +1263,8 @@ static uint8_t *mpd_gtime(uint8_t *o, struct tcache *c, int64_t ns)
     return mpd_strn(o, t, time_fmt(c, ns, t));
 }
 
-/* Emits a hit and indexes it in hits / dhits. The payload is packed
+/* Emits a hit, keeps its payload in hitlog and indexes it in hits and
+ * dhits (geofence_int.h). The payload is packed
  * directly (handler.h's mpd_*: the bytes msgpack-c's packer wrote before,
  * key by key), into a buffer larger than any hit: ids are at most
  * GF_FENCE_ID_MAX and CAIRN_KEY_MAX bytes, the rest under 300. */
@@ -1260,22 +1306,33 @@ static int emit_hit(struct hctx *ctx, const struct fix *x, const struct fence *f
     struct gf_key k;
     uint8_t kb = (uint8_t)kind;
     uint32_t voff = 0;
-    if (!rc)
-        rc = pend_value(ctx, buf, len, &voff);
+    /* the payload in hitlog, in time order; hits and dhits (keys of the
+     * same four fields) point to it. The hitlog key is as long as the
+     * hits key, one byte shorter than the dhits key: it fits when they do */
+    gk_tenant(&k, t->p, t->n);
+    gk_be64(&k, gf_time_key(x->ev->time));
+    gk_raw(&k, &kb, 1);
+    gk_u8str(&k, fid.p, fid.n);
+    gk_raw(&k, x->dev.p, x->dev.n);
+    if (rc || k.over)
+        return rc;
+    if ((rc = pend_value(ctx, buf, len, &voff)) ||
+        (rc = pend_add(ctx, PW_HITLOG, &k, voff, len, false)))
+        return rc;
     gk_tenant(&k, t->p, t->n);
     gk_u8str(&k, fid.p, fid.n);
     gk_be64(&k, gf_time_key(x->ev->time));
     gk_raw(&k, &kb, 1);
     gk_raw(&k, x->dev.p, x->dev.n);
-    if (!rc && !k.over)
-        rc = pend_add(ctx, PW_HITS, &k, voff, len, false);
+    if (!k.over)
+        rc = pend_add(ctx, PW_HITS, &k, 0, 0, false);
     gk_tenant(&k, t->p, t->n);
     gk_u16str(&k, x->dev.p, x->dev.n);
     gk_be64(&k, gf_time_key(x->ev->time));
     gk_raw(&k, &kb, 1);
     gk_raw(&k, fid.p, fid.n);
     if (!rc && !k.over)
-        rc = pend_add(ctx, PW_DHITS, &k, voff, len, false);
+        rc = pend_add(ctx, PW_DHITS, &k, 0, 0, false);
     return rc;
 }
 

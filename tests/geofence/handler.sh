@@ -160,3 +160,23 @@ DATA_DIR=$WORK/nodefer cairn append "$F" --engine --config "$WORK/nodefer.json" 
 [ "$(DATA_DIR=$WORK/nodefer cairn stream geofence | md5sum)" = "$(cairn stream geofence | md5sum)" ] ||
     fail "writes made at once give other events"
 echo "ok writes made at once give the same state and events"
+
+# A state of the older layout (hit payloads in geofence.hits, no layout
+# mark in geofence.meta: written before geofence.hitlog) is refused when
+# the handler opens, with the way out; cairn replay rebuilds it.
+OLD=$WORK/old
+mkdir -p "$OLD/state"
+cp -r "$DATA/log" "$OLD/log"
+mdb_dump -a "$DATA/state" | awk '/^VERSION=/ { h = ""; hold = 1 }
+    hold { if (!/^db_pagesize=/) h = h $0 "\n"
+           if (/^HEADER=END/) { hold = 0; skip = h ~ /\ndatabase=geofence\.meta\n/; if (!skip) printf "%s", h }
+           next }
+    !skip' | mdb_load "$OLD/state"
+[ "$(mdb_stat -s geofence.hits "$OLD/state" | sed -n 's/ *Entries: //p')" -gt 0 ] ||
+    fail "the old-layout state has no hits"
+out=$(DATA_DIR=$OLD cairn append /dev/null --engine 2>&1) && fail "an old-layout state was opened: $out"
+grep -q "the geofence state has an older layout: rebuild the state from the log" <<<"$out" ||
+    fail "old layout: $out"
+DATA_DIR=$OLD cairn replay >/dev/null
+[ "$(DATA_DIR=$OLD cairn digest)" = "$(cairn digest)" ] || fail "the replayed old state differs"
+echo "ok an old-layout state is refused, and replay rebuilds it"
