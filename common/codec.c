@@ -379,7 +379,17 @@ bool cairn_utf8_valid(const uint8_t *p, size_t n)
         return true; /* p may be NULL (msgpack-c's empty strings) */
     const uint8_t *end = p + n;
     while (p < end) {
-        if (*p < 0x80) { /* ASCII runs are the common case */
+        /* ASCII runs are the common case: eight bytes at a time */
+        while ((size_t)(end - p) >= 8) {
+            uint64_t w;
+            memcpy(&w, p, 8);
+            if (w & 0x8080808080808080ull)
+                break;
+            p += 8;
+        }
+        if (p == end)
+            break;
+        if (*p < 0x80) {
             p++;
             continue;
         }
@@ -403,11 +413,29 @@ static uint64_t be_n(const uint8_t *p, int n)
  * check below is quadratic). */
 #define CANON_MAP_KEYS_MAX 64
 
+/* The checker, and optionally the unpacker: with z set, every value
+ * checked is also decoded into the msgpack_object that msgpack_unpack
+ * would give for the same bytes (strings point into them, arrays and maps
+ * are allocated in z), so the caller needs no second pass. */
 struct canon {
     const uint8_t *p, *end;
+    msgpack_zone *z; /* NULL: check only */
+    bool trusted;    /* known canonical (the transcoder's output): decode only */
 };
 
-static bool canon_value(struct canon *c, int depth, int max);
+/* Whether the n bytes at p are ASCII, n <= 8, when 8 bytes from p may be
+ * read (they are inside the input). */
+static bool ascii8(const uint8_t *p, size_t n)
+{
+    uint64_t w;
+    memcpy(&w, p, 8);
+    uint64_t mask = n == 8 ? ~0ull : (1ull << (8 * n)) - 1; /* the first n bytes (little-endian) */
+    if (!(w & mask & 0x8080808080808080ull))
+        return true;
+    return false;
+}
+
+static bool canon_value(struct canon *c, int depth, int max, msgpack_object *o);
 
 /* A str of the canonical width; s/n its body. */
 static bool canon_str(struct canon *c, const uint8_t **s, size_t *n)
@@ -421,7 +449,13 @@ static bool canon_str(struct canon *c, const uint8_t **s, size_t *n)
     size_t len = hdr ? (size_t)be_n(c->p, (int)hdr) : (size_t)(t & 0x1f);
     size_t min = hdr == 1 ? 32 : hdr == 2 ? 256 : hdr == 4 ? 65536 : 0;
     c->p += hdr;
-    if (len < min || (size_t)(c->end - c->p) < len || !cairn_utf8_valid(c->p, len))
+    size_t room = (size_t)(c->end - c->p);
+    if (len < min || room < len)
+        return false;
+    /* short strings (most keys and values) checked in one load when the
+     * input holds eight more bytes */
+    if (!c->trusted && !(len <= 8 && room >= 8 && ascii8(c->p, len)) &&
+        !cairn_utf8_valid(c->p, len))
         return false;
     *s = c->p;
     *n = len;
@@ -429,92 +463,140 @@ static bool canon_str(struct canon *c, const uint8_t **s, size_t *n)
     return true;
 }
 
-static bool canon_map(struct canon *c, size_t count, int depth, int max)
+static void set_str(msgpack_object *o, const uint8_t *s, size_t n)
+{
+    o->type = MSGPACK_OBJECT_STR;
+    o->via.str.size = (uint32_t)n;
+    o->via.str.ptr = (const char *)s;
+}
+
+static bool canon_map(struct canon *c, size_t count, int depth, int max, msgpack_object *o)
 {
     const uint8_t *ks[CANON_MAP_KEYS_MAX];
     size_t kn[CANON_MAP_KEYS_MAX];
+    msgpack_object_kv *kv = NULL;
     if (count > CANON_MAP_KEYS_MAX)
         return false;
-    for (size_t i = 0; i < count; i++) {
-        if (!canon_str(c, &ks[i], &kn[i]) || memchr(ks[i], 0, kn[i]))
+    if (c->z) {
+        kv = msgpack_zone_malloc(c->z, count * sizeof *kv);
+        if (!kv)
             return false;
-        for (size_t j = 0; j < i; j++)
+        o->type = MSGPACK_OBJECT_MAP;
+        o->via.map.size = (uint32_t)count;
+        o->via.map.ptr = kv;
+    }
+    for (size_t i = 0; i < count; i++) {
+        if (!canon_str(c, &ks[i], &kn[i]))
+            return false;
+        if (!c->trusted && memchr(ks[i], 0, kn[i]))
+            return false;
+        for (size_t j = 0; j < i && !c->trusted; j++)
             if (kn[j] == kn[i] && !memcmp(ks[j], ks[i], kn[i]))
                 return false; /* a duplicate key */
-        if (!canon_value(c, depth + 1, max))
+        if (kv)
+            set_str(&kv[i].key, ks[i], kn[i]);
+        if (!canon_value(c, depth + 1, max, kv ? &kv[i].val : NULL))
             return false;
     }
     return true;
 }
 
-static bool canon_value(struct canon *c, int depth, int max)
+static bool canon_array(struct canon *c, size_t n, int depth, int max, msgpack_object *o)
 {
-    if (depth > max || c->p >= c->end)
-        return false;
-    uint8_t t = *c->p;
-    size_t left = (size_t)(c->end - c->p) - 1;
-    if (t <= 0x7f || t >= 0xe0 || t == 0xc0 || t == 0xc2 || t == 0xc3) {
-        c->p++; /* fixint, nil, false, true */
-        return true;
+    msgpack_object *item = NULL;
+    if (c->z) {
+        item = msgpack_zone_malloc(c->z, n * sizeof *item);
+        if (!item)
+            return false;
+        o->type = MSGPACK_OBJECT_ARRAY;
+        o->via.array.size = (uint32_t)n;
+        o->via.array.ptr = item;
     }
-    if ((t >= 0xa0 && t <= 0xbf) || (t >= 0xd9 && t <= 0xdb)) {
-        const uint8_t *s;
-        size_t n;
-        return canon_str(c, &s, &n);
-    }
-    if (t >= 0x80 && t <= 0x9f) { /* fixmap, fixarray */
+    for (size_t i = 0; i < n; i++)
+        if (!canon_value(c, depth + 1, max, item ? &item[i] : NULL))
+            return false;
+    return true;
+}
+
+/* The scalars; 1 byte of type at c->p, left bytes after it. */
+static bool canon_scalar(struct canon *c, uint8_t t, size_t left, msgpack_object *o)
+{
+    msgpack_object v;
+    if (t <= 0x7f || t >= 0xe0) { /* fixint */
         c->p++;
-        size_t n = t & 0x0f;
-        if (t >= 0x90) {
-            for (size_t i = 0; i < n; i++)
-                if (!canon_value(c, depth + 1, max))
-                    return false;
-            return true;
-        }
-        return canon_map(c, n, depth, max);
-    }
-    switch (t) {
-    case 0xcb: { /* float64: any finite double (JSON has no NaN) */
+        if (t <= 0x7f)
+            v = (msgpack_object){.type = MSGPACK_OBJECT_POSITIVE_INTEGER, .via.u64 = t};
+        else
+            v = (msgpack_object){.type = MSGPACK_OBJECT_NEGATIVE_INTEGER, .via.i64 = (int8_t)t};
+    } else if (t == 0xc0) {
+        c->p++;
+        v = (msgpack_object){.type = MSGPACK_OBJECT_NIL};
+    } else if (t == 0xc2 || t == 0xc3) {
+        c->p++;
+        v = (msgpack_object){.type = MSGPACK_OBJECT_BOOLEAN, .via.boolean = t == 0xc3};
+    } else if (t == 0xcb) { /* float64: any finite double (JSON has no NaN) */
         if (left < 8)
             return false;
         uint64_t bits = be_n(c->p + 1, 8);
         double d;
         memcpy(&d, &bits, sizeof d);
         c->p += 9;
-        return isfinite(d);
-    }
-    case 0xcc:
-    case 0xcd:
-    case 0xce:
-    case 0xcf: { /* uint: positive ints only in the smallest width */
+        if (!isfinite(d))
+            return false;
+        v = (msgpack_object){.type = MSGPACK_OBJECT_FLOAT64, .via.f64 = d};
+    } else if (t >= 0xcc && t <= 0xcf) { /* uint: positive ints only in the smallest width */
         int w = 1 << (t - 0xcc);
         if (left < (size_t)w)
             return false;
-        uint64_t v = be_n(c->p + 1, w);
+        uint64_t u = be_n(c->p + 1, w);
         uint64_t min = w == 1 ? 0x80 : w == 2 ? 0x100 : w == 4 ? 0x10000 : 0x100000000ull;
         c->p += 1 + w;
-        return v >= min && v <= (uint64_t)INT64_MAX;
-    }
-    case 0xd0:
-    case 0xd1:
-    case 0xd2:
-    case 0xd3: { /* int: negative ints only, in the smallest width */
+        if (u < min || u > (uint64_t)INT64_MAX)
+            return false;
+        v = (msgpack_object){.type = MSGPACK_OBJECT_POSITIVE_INTEGER, .via.u64 = u};
+    } else if (t >= 0xd0 && t <= 0xd3) { /* int: negative ints only, in the smallest width */
         int w = 1 << (t - 0xd0);
         if (left < (size_t)w)
             return false;
         uint64_t raw = be_n(c->p + 1, w);
-        int64_t v = w == 1   ? (int8_t)raw
+        int64_t i = w == 1   ? (int8_t)raw
                     : w == 2 ? (int16_t)raw
                     : w == 4 ? (int32_t)raw
                              : (int64_t)raw;
         int64_t lim = w == 1 ? -32 : w == 2 ? -128 : w == 4 ? -32768 : -2147483648LL;
         c->p += 1 + w;
-        return v < lim;
+        if (i >= lim)
+            return false;
+        v = (msgpack_object){.type = MSGPACK_OBJECT_NEGATIVE_INTEGER, .via.i64 = i};
+    } else {
+        return false; /* bin, ext, float32 */
     }
-    case 0xdc:
-    case 0xde: /* array16, map16 */
-    case 0xdd:
-    case 0xdf: { /* array32, map32 */
+    if (o)
+        *o = v;
+    return true;
+}
+
+static bool canon_value(struct canon *c, int depth, int max, msgpack_object *o)
+{
+    if (depth > max || c->p >= c->end)
+        return false;
+    uint8_t t = *c->p;
+    size_t left = (size_t)(c->end - c->p) - 1;
+    if ((t >= 0xa0 && t <= 0xbf) || (t >= 0xd9 && t <= 0xdb)) {
+        const uint8_t *s;
+        size_t n;
+        if (!canon_str(c, &s, &n))
+            return false;
+        if (o)
+            set_str(o, s, n);
+        return true;
+    }
+    if (t >= 0x80 && t <= 0x9f) { /* fixmap, fixarray */
+        c->p++;
+        size_t n = t & 0x0f;
+        return t >= 0x90 ? canon_array(c, n, depth, max, o) : canon_map(c, n, depth, max, o);
+    }
+    if (t >= 0xdc && t <= 0xdf) { /* array16, array32, map16, map32 */
         int w = t == 0xdc || t == 0xde ? 2 : 4;
         if (left < (size_t)w)
             return false;
@@ -523,22 +605,28 @@ static bool canon_value(struct canon *c, int depth, int max)
         if (n < (w == 2 ? 16u : 65536u))
             return false;
         if (t == 0xde || t == 0xdf)
-            return canon_map(c, n, depth, max);
+            return canon_map(c, n, depth, max, o);
         if (n > (size_t)(c->end - c->p)) /* each item is at least one byte */
             return false;
-        for (size_t i = 0; i < n; i++)
-            if (!canon_value(c, depth + 1, max))
-                return false;
-        return true;
+        return canon_array(c, n, depth, max, o);
     }
-    default: return false; /* bin, ext, float32 */
-    }
+    return canon_scalar(c, t, left, o);
 }
 
 bool cairn_mp_canonical(const uint8_t *p, size_t n, int max_depth, size_t *used)
 {
-    struct canon c = {p, p + n};
-    if (!canon_value(&c, 1, max_depth))
+    struct canon c = {p, p + n, NULL, false};
+    if (!canon_value(&c, 1, max_depth, NULL))
+        return false;
+    *used = (size_t)(c.p - p);
+    return true;
+}
+
+bool cairn_mp_canonical_unpack(const uint8_t *p, size_t n, int max_depth, bool trusted,
+                               msgpack_zone *z, msgpack_object *o, size_t *used)
+{
+    struct canon c = {p, p + n, z, trusted};
+    if (!canon_value(&c, 1, max_depth, o))
         return false;
     *used = (size_t)(c.p - p);
     return true;

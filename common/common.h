@@ -236,6 +236,16 @@ int cairn_msgpack_to_jansson(const uint8_t *p, size_t n, json_t **out, size_t *u
  * through jansson, which canonicalises or reports the error), not
  * necessarily that the value is invalid. */
 bool cairn_mp_canonical(const uint8_t *p, size_t n, int max_depth, size_t *used);
+/* cairn_mp_canonical, and in the same pass the value decoded into *o as
+ * msgpack_unpack would decode it (the same object: strings point into p,
+ * arrays and maps are allocated in z). False also when z cannot allocate;
+ * *o is then partly set and z holds what was allocated. trusted: p is
+ * known to be canonical (cairn_json_text_to_msgpack's output), so UTF-8,
+ * NUL in keys and duplicate keys are not checked again. */
+struct msgpack_zone;
+struct msgpack_object;
+bool cairn_mp_canonical_unpack(const uint8_t *p, size_t n, int max_depth, bool trusted,
+                               struct msgpack_zone *z, struct msgpack_object *o, size_t *used);
 /* JSON text of one object straight to the canonical msgpack that
  * cairn_json_to_msgpack writes for jansson's parse of it (the same bytes),
  * appended to out. False — nothing appended — for anything it declines:

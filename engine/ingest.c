@@ -161,6 +161,7 @@ struct raw_env {
     struct field f[FX_N];
     const json_t *payload_json;                 /* JSON: the payload value */
     const uint8_t *payload_mp, *payload_mp_end; /* msgpack: its bytes */
+    msgpack_object body;                        /* msgpack: them decoded */
 };
 
 /* Names the top-level field of an error cairn_error_set just filled; the
@@ -231,8 +232,8 @@ static int env_from_json(const json_t *obj, struct raw_env *r, struct cairn_erro
  * (cairn_json_text_to_msgpack), canonical by construction, so each value
  * is only measured, not checked again (tests/common checks that every
  * transcoded document passes cairn_mp_canonical). */
-static int env_from_msgpack(const uint8_t *p, size_t n, bool trusted, struct raw_env *r,
-                            size_t *used, struct cairn_error *e)
+static int env_from_msgpack(const uint8_t *p, size_t n, bool trusted, msgpack_zone *z,
+                            struct raw_env *r, size_t *used, struct cairn_error *e)
 {
     const uint8_t *at = p, *end = p + n;
     memset(r, 0, sizeof *r);
@@ -248,9 +249,9 @@ static int env_from_msgpack(const uint8_t *p, size_t n, bool trusted, struct raw
             return SLOW;
         const char *k = (const char *)at;
         at += kl;
-        if (!cairn_utf8_valid((const uint8_t *)k, kl))
+        int fi = field_index(k, kl); /* a known name is ASCII: valid UTF-8 */
+        if (fi < 0 && !cairn_utf8_valid((const uint8_t *)k, kl))
             return SLOW;
-        int fi = field_index(k, kl);
         if (fi < 0)
             return unknown_field(k, kl, e);
         struct field *f = &r->f[fi];
@@ -258,9 +259,13 @@ static int env_from_msgpack(const uint8_t *p, size_t n, bool trusted, struct raw
             return SLOW; /* a duplicate: the slow path names it */
         const uint8_t *v = at;
         size_t vn;
-        /* The payload sits one level below the envelope. */
-        if (trusted ? !(vn = mp_raw_len(v, (size_t)(end - v)))
-                    : !cairn_mp_canonical(v, (size_t)(end - v), CAIRN_DEPTH_MAX - 1, &vn))
+        /* The payload sits one level below the envelope. It is checked
+         * (a trusted one only measured) and decoded (into z, for the
+         * schema) in one pass. */
+        if (fi == FX_PAYLOAD ? !cairn_mp_canonical_unpack(v, (size_t)(end - v), CAIRN_DEPTH_MAX - 1,
+                                                          trusted, z, &r->body, &vn)
+            : trusted        ? !(vn = mp_raw_len(v, (size_t)(end - v)))
+                             : !cairn_mp_canonical(v, (size_t)(end - v), CAIRN_DEPTH_MAX - 1, &vn))
             return SLOW;
         at += vn;
         if (fi == FX_PAYLOAD) {
@@ -565,12 +570,10 @@ static void buf_give(struct cairn_buf *b, struct cairn_buf *own)
     s->buf_busy = false;
 }
 
-/* Unpacks canonical msgpack bytes (which cannot fail but for memory) into
- * the thread's zone, or into *own; *z is the one used, for zone_give. */
-static int unpack(const uint8_t *p, size_t n, msgpack_zone *own, msgpack_zone **z,
-                  msgpack_object *o)
+/* A zone for decoding one input: the thread's, or *own (initialised); *z
+ * is the one taken, for zone_give. */
+static int zone_take(msgpack_zone *own, msgpack_zone **z)
 {
-    size_t off = 0;
     struct scratch *s = scratch_get();
     if (s && s->zone_ok && !s->zone_busy) {
         s->zone_busy = true;
@@ -580,6 +583,18 @@ static int unpack(const uint8_t *p, size_t n, msgpack_zone *own, msgpack_zone **
     } else {
         return CAIRN_ENOMEM;
     }
+    return 0;
+}
+
+/* Unpacks canonical msgpack bytes (which cannot fail but for memory) into
+ * a zone from zone_take; *z is the one used, for zone_give. */
+static int unpack(const uint8_t *p, size_t n, msgpack_zone *own, msgpack_zone **z,
+                  msgpack_object *o)
+{
+    size_t off = 0;
+    int rc = zone_take(own, z);
+    if (rc)
+        return rc;
     if (msgpack_unpack((const char *)p, n, &off, *z, o) != MSGPACK_UNPACK_SUCCESS) {
         zone_give(*z, own);
         return CAIRN_ENOMEM;
@@ -835,21 +850,20 @@ static int parse_mp_fast(struct ingest *ing, const uint8_t *p, size_t n, bool tr
     struct raw_env r;
     struct checked c = {0};
     size_t end = 0;
+    msgpack_zone zown, *z;
     memset(ev, 0, sizeof *ev);
-    int rc = env_from_msgpack(p, n, trusted, &r, &end, e);
+    int rc = zone_take(&zown, &z);
+    if (rc)
+        return rc;
+    rc = env_from_msgpack(p, n, trusted, z, &r, &end, e);
     if (!rc)
         rc = apply_bind(&r, bind, e);
     if (!rc)
         rc = check_env(ing, &r, now, ing->allow_engine_types, &c, ev, e);
-    if (rc)
-        return rc;
-    msgpack_zone zown, *z;
-    msgpack_object body;
-    const uint8_t *pl = r.payload_mp;
-    size_t pn = (size_t)(r.payload_mp_end - pl);
-    if ((rc = unpack(pl, pn, &zown, &z, &body)))
-        return rc;
-    rc = finish(ing, &c, pl, pn, &body, source, ev, e);
+    if (!rc) {
+        const uint8_t *pl = r.payload_mp;
+        rc = finish(ing, &c, pl, (size_t)(r.payload_mp_end - pl), &r.body, source, ev, e);
+    }
     zone_give(z, &zown);
     if (!rc && used)
         *used = end;

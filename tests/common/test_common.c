@@ -19,6 +19,8 @@
 
 #include "common.h"
 
+#include <msgpack.h>
+
 /* 2026-11-21T10:00:00Z (date -u -d 2026-11-21T10:00:00Z +%s). */
 #define T_2026_11_21 1795255200LL
 #define NS 1000000000LL
@@ -658,6 +660,103 @@ static void test_errors(void **state)
     assert_string_equal(cairn_strerror(-999), "unknown error");
 }
 
+/* ====================================================================== canonical msgpack */
+
+/* cairn_mp_canonical_unpack accepts exactly what cairn_mp_canonical does,
+ * and decodes it as msgpack_unpack does. */
+static void unpack_agrees(const uint8_t *p, size_t n, bool canonical)
+{
+    size_t used = 0, used2 = 0, off = 0;
+    msgpack_zone z, z2;
+    msgpack_object o, ref;
+    assert_true(msgpack_zone_init(&z, 64));
+    assert_true(msgpack_zone_init(&z2, 64));
+    bool ok = cairn_mp_canonical(p, n, CAIRN_DEPTH_MAX, &used);
+    assert_int_equal(ok, canonical);
+    assert_int_equal(cairn_mp_canonical_unpack(p, n, CAIRN_DEPTH_MAX, false, &z, &o, &used2), ok);
+    if (ok) {
+        assert_int_equal(used2, used);
+        assert_int_equal(msgpack_unpack((const char *)p, n, &off, &z2, &ref),
+                         MSGPACK_UNPACK_SUCCESS);
+        assert_int_equal(off, used);
+        assert_true(msgpack_object_equal(o, ref));
+        assert_int_equal(o.type, ref.type); /* equal also compares ints across signs */
+        /* trusted (known canonical): the same object, without the checks */
+        msgpack_object t;
+        assert_true(cairn_mp_canonical_unpack(p, n, CAIRN_DEPTH_MAX, true, &z, &t, &used2));
+        assert_int_equal(used2, used);
+        assert_true(msgpack_object_equal(t, ref));
+    }
+    msgpack_zone_destroy(&z);
+    msgpack_zone_destroy(&z2);
+}
+
+static void test_canonical_bytes(void **state)
+{
+    (void)state;
+    static const struct {
+        const char *hex;
+        bool canonical;
+    } cases[] = {
+        {"80", true},
+        {"81a161c0", true},
+        {"82a161c2a162c3", true},
+        {"83a1617fa162e0a163ccff", true},
+        {"81a161cc7f", false},               /* 127 in a uint8 */
+        {"81a161d0df", true},                /* -33 */
+        {"81a161d0e0", false},               /* -32 in an int8 */
+        {"81a161cf8000000000000000", false}, /* above int64 */
+        {"81a161d3ffffffff7fffffff", true},  /* -2^31 - 1 */
+        {"81a161cb3ff8000000000000", true},  /* 1.5 */
+        {"81a161cb7ff8000000000000", false}, /* NaN */
+        {"81a161ca3fc00000", false},         /* float32 */
+        {"81a161c40100", false},             /* bin */
+        {"82a161c0a161c0", false},           /* a duplicate key */
+        {"81a16193c0c2c3", true},
+        {"81a161dc000fc0c0c0c0c0c0c0c0c0c0c0c0c0c0c0", false}, /* array16 of 15 */
+        {"81a161a2c3a9", true},                                /* é */
+        {"81a161a2c328", false},                               /* invalid UTF-8 */
+        {"81a161d90141", false},                               /* str8 of 1 */
+        {"81a001", true},                                      /* {"": 1} */
+        {"81a2610001", false},                                 /* a key holding NUL */
+        {"81a161", false},                                     /* truncated */
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        uint8_t b[64];
+        size_t n = strlen(cases[i].hex) / 2;
+        assert_int_equal(cairn_unhex(cases[i].hex, 2 * n, b), 0);
+        unpack_agrees(b, n, cases[i].canonical);
+    }
+}
+
+/* UTF-8 around the eight-byte ASCII steps: one bad or multi-byte sequence
+ * at every position of strings of 1 to 40 bytes. */
+static void test_utf8_positions(void **state)
+{
+    (void)state;
+    for (size_t len = 1; len <= 40; len++) {
+        for (size_t at = 0; at < len; at++) {
+            uint8_t s[48];
+            memset(s, 'a', sizeof s);
+            s[at] = 0x80; /* a lone continuation byte */
+            assert_false(cairn_utf8_valid(s, len));
+            s[at] = 0xff;
+            assert_false(cairn_utf8_valid(s, len));
+            if (at + 2 <= len) {
+                s[at] = 0xc3, s[at + 1] = 0xa9; /* é */
+                assert_true(cairn_utf8_valid(s, len));
+                s[at + 1] = 'a'; /* truncated */
+                assert_false(cairn_utf8_valid(s, len));
+            } else {
+                s[at] = 0xc3; /* cut by the end */
+                assert_false(cairn_utf8_valid(s, len));
+            }
+            memset(s, 'a', sizeof s);
+            assert_true(cairn_utf8_valid(s, len));
+        }
+    }
+}
+
 /* ====================================================================== JSON text -> msgpack */
 
 /* The transcoder must give exactly jansson + cairn_json_to_msgpack's bytes,
@@ -681,6 +780,7 @@ static bool transcode_agrees(const char *text, size_t n)
         size_t used = 0;
         if (!cairn_mp_canonical(fast.data, fast.len, CAIRN_DEPTH_MAX, &used) || used != fast.len)
             fail_msg("not canonical msgpack for %.*s", (int)n, text);
+        unpack_agrees(fast.data, fast.len, true);
     } else {
         assert_int_equal(fast.len, 0);
     }
@@ -891,6 +991,8 @@ int main(void)
         cmocka_unit_test(test_fmt_double),
         cmocka_unit_test(test_hex_be64),
         cmocka_unit_test(test_errors),
+        cmocka_unit_test(test_canonical_bytes),
+        cmocka_unit_test(test_utf8_positions),
         cmocka_unit_test(test_transcode_cases),
         cmocka_unit_test(test_transcode_random),
     };
