@@ -731,6 +731,7 @@ static bool doc_matches(const struct req *r, const msgpack_object *doc)
 struct page {
     struct cairn_buf b;
     size_t items, scanned;
+    struct cairn_buf doc; /* a document view_doc made */
 };
 
 static int view_cursor_start(struct req *r, MDB_cursor *cur, MDB_val *k, MDB_val *v,
@@ -759,7 +760,23 @@ static int view_cursor_start(struct req *r, MDB_cursor *cur, MDB_val *k, MDB_val
     return rc;
 }
 
-static void view_page(struct req *r, MDB_cursor *cur, uint64_t limit, struct page *pg)
+/* The document of view entry k -> v: v itself, or what the handler's
+ * view_doc makes of it (into doc; false: it failed, skip the entry). */
+static bool view_doc(const struct handler *h, struct proj_snap *s, const MDB_val *k, MDB_val *v,
+                     struct cairn_buf *doc)
+{
+    if (!h->view_doc)
+        return true;
+    struct hread rd = {.snap = s, .h = h};
+    cairn_buf_reset(doc);
+    if (h->view_doc(&rd, k, v, doc))
+        return false;
+    *v = (MDB_val){doc->len, doc->data};
+    return true;
+}
+
+static void view_page(struct req *r, const struct handler *h, struct proj_snap *s, MDB_cursor *cur,
+                      uint64_t limit, struct page *pg)
 {
     uint8_t prefix[512], start[512];
     size_t pn, sn;
@@ -781,6 +798,8 @@ static void view_page(struct req *r, MDB_cursor *cur, uint64_t limit, struct pag
         }
         pg->scanned++;
         cairn_hex(k.mv_data, k.mv_size < 512 ? k.mv_size : 511, last);
+        if (!view_doc(h, s, &k, &v, &pg->doc))
+            continue;
         msgpack_unpacked doc;
         msgpack_unpacked_init(&doc);
         if (msgpack_unpack_next(&doc, v.mv_data, v.mv_size, NULL) == MSGPACK_UNPACK_SUCCESS &&
@@ -839,14 +858,16 @@ static void get_view_list(struct req *r, char **args)
         return;
     uint64_t cp = s ? proj_snap_checkpoint(s) : (uint64_t)r->c->a->applied;
     cairn_buf_init(&pg.b, 64u << 20);
+    cairn_buf_init(&pg.doc, 64u << 20);
     cairn_buf_printf(&pg.b, "{\"seq\":%llu,\"items\":[", (unsigned long long)cp);
     if (s && !mdb_cursor_open(proj_snap_txn(s), dbi, &cur)) {
-        view_page(r, cur, limit, &pg);
+        view_page(r, view_handler(args[0]), s, cur, limit, &pg);
         mdb_cursor_close(cur);
     } else {
         cairn_buf_puts(&pg.b, "],\"next_cursor\":null}");
     }
     proj_snap_end(s);
+    cairn_buf_deinit(&pg.doc);
     if (pg.items == SIZE_MAX) {
         cairn_buf_deinit(&pg.b);
         return;
@@ -876,7 +897,14 @@ static void get_view_item(struct req *r, char **args)
             http_error(r, 404, "not_found", NULL, "no %s entity %.256s", args[0], args[1]);
         return;
     }
-    struct cairn_buf b;
+    struct cairn_buf b, doc;
+    cairn_buf_init(&doc, 64u << 20);
+    if (!view_doc(view_handler(args[0]), s, &k, &v, &doc)) {
+        proj_snap_end(s);
+        cairn_buf_deinit(&doc);
+        http_error(r, 500, "internal", NULL, "cannot read %s entity %.256s", args[0], args[1]);
+        return;
+    }
     cairn_buf_init(&b, 64u << 20);
     char num[24];
     cairn_buf_puts(&b, "{\"seq\":"); /* no printf on the hottest route */
@@ -885,6 +913,7 @@ static void get_view_item(struct req *r, char **args)
     cairn_msgpack_to_json(v.mv_data, v.mv_size, &b, NULL);
     cairn_buf_putc(&b, '}');
     proj_snap_end(s);
+    cairn_buf_deinit(&doc);
     json_reply(r, 200, &b);
 }
 

@@ -132,10 +132,11 @@ struct handler {
      * snapshot rd (the handler's own DBIs and stream; rd has no tenant nor
      * parameters). For a handler whose view keeps small records and the
      * rest of each document elsewhere (violations: in the event that
-     * opened it — random-keyed 1 KB documents cost a dirtied page per
-     * insert). `cairn show` prints what it writes (an entry it fails on is
-     * reported and skipped). The generic view routes do not call it: such
-     * a handler serves GET /v1/<name> and /v1/<name>/{} itself (routes). */
+     * opened it; alerts: in the last event that carried the alert —
+     * random-keyed 1-2 KB documents cost a dirtied page per insert).
+     * `cairn show` and the generic view routes serve what it writes (an
+     * entry it fails on is skipped: show reports it, a GET of that entity
+     * answers 500). */
     int (*view_doc)(struct hread *rd, const MDB_val *k, const MDB_val *v, struct cairn_buf *out);
 };
 
@@ -188,6 +189,15 @@ void hctx_cursor_close(struct hcursor *c);
 int hctx_emit(struct hctx *ctx, const struct event *cause, const char *type,
               const struct cairn_str *tenant, const struct cairn_str *key, const uint8_t *payload,
               size_t n);
+/* The dseq the last successful hctx_emit of ctx stored its event at (read
+ * it right after that emit). A handler that keeps a document once, in the
+ * event that carried it, refers to it by this (view_doc). */
+uint64_t hctx_emitted_dseq(const struct hctx *ctx);
+/* The payload of the event at dseq of the handler's own stream, in the open
+ * transaction (events emitted earlier in it included): 0 with *p, *n set
+ * (valid as hctx_get's value: until the next write), CAIRN_ENOTFOUND, or a
+ * failure. */
+int hctx_stream_payload(struct hctx *ctx, uint64_t dseq, const uint8_t **p, size_t *n);
 
 /* The handler's configuration object (the "handlers.<name>" section of
  * the engine config; an empty object when absent). Borrowed. */

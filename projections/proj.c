@@ -662,6 +662,28 @@ void hctx_cursor_close(struct hcursor *c)
 
 /* ====================================================================== derived streams */
 
+uint64_t hctx_emitted_dseq(const struct hctx *ctx)
+{
+    return ctx->stream_head;
+}
+
+int hctx_stream_payload(struct hctx *ctx, uint64_t dseq, const uint8_t **p, size_t *n)
+{
+    uint8_t k8[8];
+    MDB_val k = {8, k8}, v;
+    struct proj_derived d;
+    if (!ctx->h->emits || !ctx->h->emits[0] || !ctx->ndbs) /* no stream (opened by hctx_db) */
+        return CAIRN_ENOTFOUND;
+    cairn_be64_put(k8, dseq);
+    txn_lock(ctx);
+    int rc = cairn_mdb_err(mdb_get(ctx->p->txn, ctx->stream, &k, &v));
+    if (!rc)
+        rc = proj_derived_decode(v.mv_data, v.mv_size, &d);
+    if (!rc)
+        *p = d.payload, *n = d.payload_len;
+    return rc;
+}
+
 static int load_stream_head(struct hctx *ctx)
 {
     MDB_val k, v;

@@ -14,6 +14,9 @@
  *    give (same digest), and iteration goes on from the put key;
  *  - hctx_emit appends through a cursor kept per transaction: dense dseqs
  *    across transactions, an aborted one and interleaved writes;
+ *  - hctx_emitted_dseq gives each emitted event's dseq, and
+ *    hctx_stream_payload reads an event of the handler's stream back in a
+ *    later transaction or the same one (not one an aborted one emitted);
  *  - payload checks: a non-map payload is refused in every build, a
  *    truncated one where payloads are checked whole (PROJ_CHECK_PAYLOADS);
  *  - hcache_get_or_new / hcache_add: new entries zeroed with their key,
@@ -424,6 +427,47 @@ static void test_emit_appends(void **state)
     fx_close(&f);
 }
 
+static void test_emit_dseq_read_back(void **state)
+{
+    struct fixture f;
+    struct event cause = {.seq = 1, .type = {"in", 2}, .tenant = {"t1", 2}, .key = {"k", 1}};
+    uint8_t pl[] = {0x81, 0xa1, 'n', 0x00}; /* {"n": i} */
+    const uint8_t *p;
+    size_t n;
+    fx_open(&f, *state, "s", 0);
+    for (uint64_t t = 1; t <= 3; t++) { /* the second transaction is aborted */
+        assert_int_equal(proj_begin(f.p), 0);
+        for (uint8_t i = 0; i < 10; i++) {
+            pl[3] = (uint8_t)(t * 10 + i);
+            assert_int_equal(hctx_emit(f.ctx, &cause, "t.out", NULL, NULL, pl, sizeof pl), 0);
+            uint64_t want = (t == 3 ? 10 : (t - 1) * 10) + i + 1;
+            assert_true(hctx_emitted_dseq(f.ctx) == want);
+            /* the event just emitted, and the first of the transaction */
+            assert_int_equal(hctx_stream_payload(f.ctx, want, &p, &n), 0);
+            assert_int_equal(n, sizeof pl);
+            assert_memory_equal(p, pl, sizeof pl);
+            assert_int_equal(hctx_stream_payload(f.ctx, want - i, &p, &n), 0);
+            assert_int_equal(p[3], t * 10);
+            proj_hctx_clear(f.ctx);
+        }
+        assert_int_equal(hctx_stream_payload(f.ctx, 99, &p, &n), CAIRN_ENOTFOUND);
+        if (t == 2)
+            proj_abort(f.p);
+        else
+            assert_int_equal(proj_commit(f.p, t), 0);
+    }
+    /* A later transaction reads the committed ones: 1..10 of the first,
+     * 11..20 of the third (the second's were undone). */
+    assert_int_equal(proj_begin(f.p), 0);
+    assert_int_equal(hctx_stream_payload(f.ctx, 5, &p, &n), 0);
+    assert_int_equal(p[3], 14);
+    assert_int_equal(hctx_stream_payload(f.ctx, 15, &p, &n), 0);
+    assert_int_equal(p[3], 34);
+    assert_int_equal(hctx_stream_payload(f.ctx, 21, &p, &n), CAIRN_ENOTFOUND);
+    proj_abort(f.p);
+    fx_close(&f);
+}
+
 static void test_emit_payload_checks(void **state)
 {
     struct fixture f;
@@ -507,6 +551,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_put_new, dir_setup, dir_teardown),
         cmocka_unit_test_setup_teardown(test_cursor_put, dir_setup, dir_teardown),
         cmocka_unit_test_setup_teardown(test_emit_appends, dir_setup, dir_teardown),
+        cmocka_unit_test_setup_teardown(test_emit_dseq_read_back, dir_setup, dir_teardown),
         cmocka_unit_test_setup_teardown(test_emit_payload_checks, dir_setup, dir_teardown),
         cmocka_unit_test(test_hcache_get_or_new),
     };
