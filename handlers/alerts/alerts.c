@@ -4,7 +4,9 @@
  * alert.resolved on stream `alerts`.
  *
  * DBIs:
- *   alerts.view      tlen|tenant|alert_id -> the alert document
+ *   alerts.view      tlen|tenant|alert_id -> the alert document, or (when the last
+ *                    change emitted it) 'E' | dseq u64 BE: the document is the
+ *                    payload of that event of stream.alerts (see "view records")
  *   alerts.esc       escalate_at (i64 BE, biased) | tlen|tenant|alert_id -> ""
  *                    one entry per firing alert not yet escalated, so a tick
  *                    finds the alerts to escalate without a scan
@@ -66,6 +68,7 @@
  * See the ALARMS section below for the exact CloudWatch semantics.
  */
 #include "handler.h"
+#include "proj.h" /* the snapshot's stream DBI, proj_derived_decode: alerts_view_doc */
 
 #include <assert.h>
 #include <math.h>
@@ -203,6 +206,19 @@ struct loaded {
     const msgpack_object *doc; /* NULL: absent */
 };
 
+/* Fills l (initialised, empty) from a copy of the document p[0..n). */
+static int load_bytes(struct loaded *l, const void *p, size_t n)
+{
+    if (!(l->mem = malloc(n ? n : 1)))
+        return CAIRN_ENOMEM;
+    memcpy(l->mem, p, n);
+    if (msgpack_unpack_next(&l->u, (const char *)l->mem, n, NULL) != MSGPACK_UNPACK_SUCCESS ||
+        l->u.data.type != MSGPACK_OBJECT_MAP)
+        return CAIRN_ECORRUPT;
+    l->doc = &l->u.data;
+    return 0;
+}
+
 static int load(struct hctx *ctx, unsigned db, const void *k, size_t kn, struct loaded *l)
 {
     MDB_val v;
@@ -211,15 +227,7 @@ static int load(struct hctx *ctx, unsigned db, const void *k, size_t kn, struct 
     int rc = hctx_get(ctx, db, k, kn, &v);
     if (rc)
         return rc == CAIRN_ENOTFOUND ? 0 : rc;
-    if (!(l->mem = malloc(v.mv_size ? v.mv_size : 1)))
-        return CAIRN_ENOMEM;
-    memcpy(l->mem, v.mv_data, v.mv_size);
-    if (msgpack_unpack_next(&l->u, (const char *)l->mem, v.mv_size, NULL) !=
-            MSGPACK_UNPACK_SUCCESS ||
-        l->u.data.type != MSGPACK_OBJECT_MAP)
-        return CAIRN_ECORRUPT;
-    l->doc = &l->u.data;
-    return 0;
+    return load_bytes(l, v.mv_data, v.mv_size);
 }
 
 static void unload(struct loaded *l)
@@ -321,6 +329,38 @@ static void alerts_close(struct hctx *ctx)
  * and the read is skipped. The state is the same either way. (The
  * violations handler keeps the same sets: handlers/compliance.) */
 
+/* ====================================================================== view records */
+
+/* Every change of an alert but one (a cause re-triggering a firing or
+ * acknowledged alert: count, last_triggered_at, details, severity) emits
+ * an event whose payload is the whole new document (alert.triggered,
+ * .escalated, .acknowledged, .resolved), and streams are never trimmed. So
+ * the view keeps, for an alert whose last change was emitted, only that
+ * event's dseq ("E" | dseq u64 BE: 9 bytes), and the document itself
+ * otherwise (a msgpack map: its first byte is never 'E'). The documents
+ * are ~2 KB (the violation is their details) and their keys hashes: whole
+ * documents in the view made nearly every alert opened dirty (and split)
+ * its own B-tree leaf, in every commit — a fifth of the CPU of a first
+ * discovery with every handler (bench/compliance). Readers make the
+ * document again: load_view in apply (hctx_stream_payload), and
+ * alerts_view_doc for `cairn show alerts`, the view routes and the ack
+ * route. A state written before (documents only) reads as it is. */
+#define VREF_LEN 9
+
+static size_t vref_make(uint8_t out[VREF_LEN], uint64_t dseq)
+{
+    out[0] = 'E';
+    cairn_be64_put(out + 1, dseq);
+    return VREF_LEN;
+}
+
+/* The dseq a view value refers to, or 0 when it is a document. */
+static uint64_t vref_dseq(const MDB_val *v)
+{
+    const uint8_t *p = v->mv_data;
+    return v->mv_size == VREF_LEN && p[0] == 'E' ? cairn_be64_get(p + 1) : 0;
+}
+
 /* ====================================================================== the written-alerts cache
  */
 
@@ -343,9 +383,18 @@ static void alerts_close(struct hctx *ctx)
  * again). */
 #define DEFER_MAX 4096
 
-/* Keeps document v (n bytes) of key k, to be put by flush: an entry's mem
- * holds the key (vn bytes), then the document. */
-static int cache_put(struct alerts *a, const uint8_t *k, size_t kn, const uint8_t *v, size_t n)
+/* A cached document: the key (vn bytes) then the document in mem, and the
+ * dseq of the event of stream.alerts whose payload it is (0: none — it
+ * changed without an event: the view gets the document itself). */
+struct aentry {
+    struct hentry h;
+    uint64_t dseq;
+};
+
+/* Keeps document v (n bytes) of key k, carried by event dseq (0: none), to
+ * be put by flush. */
+static int cache_put(struct alerts *a, const uint8_t *k, size_t kn, const uint8_t *v, size_t n,
+                     uint64_t dseq)
 {
     uint64_t h;
     struct hentry **slot;
@@ -355,7 +404,8 @@ static int cache_put(struct alerts *a, const uint8_t *k, size_t kn, const uint8_
     hkset_add(&a->vk, k, kn);
     struct hentry *w = *slot;
     if (!w) {
-        if (!(w = calloc(1, sizeof *w)))
+        struct aentry *ae = calloc(1, sizeof *ae);
+        if (!(w = &ae->h)) /* (h is ae's first member: NULL stays NULL) */
             return CAIRN_ENOMEM;
         w->hash = h;
         w->vn = (uint32_t)kn;
@@ -363,6 +413,7 @@ static int cache_put(struct alerts *a, const uint8_t *k, size_t kn, const uint8_
         *slot = w;
         a->cache.count++;
     }
+    ((struct aentry *)w)->dseq = dseq;
     cairn_buf_reset(&w->mem);
     /* reserved at once: one allocation per new entry, not a grow per append */
     if ((rc = cairn_buf_reserve(&w->mem, kn + n)) || (rc = cairn_buf_append(&w->mem, k, kn)) ||
@@ -382,7 +433,10 @@ static int put_dirty(struct hctx *ctx)
     int rc = a->cache.ndirty ? hctx_cursor_open(ctx, a->view, NULL, 0, &c) : 0;
     for (size_t i = 0; i < a->cache.ndirty && !rc; i++) {
         struct hentry *w = a->cache.dirty[i];
-        rc = hctx_cursor_put(c, w->mem.data, w->vn, w->mem.data + w->vn, w->mem.len - w->vn);
+        uint64_t dseq = ((struct aentry *)w)->dseq;
+        uint8_t ref[VREF_LEN];
+        rc = dseq ? hctx_cursor_put(c, w->mem.data, w->vn, ref, vref_make(ref, dseq))
+                  : hctx_cursor_put(c, w->mem.data, w->vn, w->mem.data + w->vn, w->mem.len - w->vn);
         w->dirty = false;
     }
     hctx_cursor_close(c);
@@ -400,30 +454,30 @@ static int alerts_flush(struct hctx *ctx)
     return rc;
 }
 
-/* load() of the view: the document commit wrote last, if any. */
+/* load() of the view: the document commit wrote last, if any (from the
+ * cache, the view, or the event the view refers to). */
 static int load_view(struct hctx *ctx, const uint8_t *k, size_t kn, struct loaded *l)
 {
     struct hentry *w = hcache_find(&self(ctx)->cache, k, kn);
     bool maybe;
-    int rc = w ? 0 : hkset_maybe(ctx, &self(ctx)->vk, self(ctx)->view, k, kn, &maybe);
-    if (!w && (rc || !maybe)) { /* as load() finding nothing */
-        memset(l, 0, sizeof *l);
-        msgpack_unpacked_init(&l->u);
-        return rc;
-    }
-    if (!w)
-        return load(ctx, self(ctx)->view, k, kn, l);
-    size_t n = w->mem.len - w->vn;
     memset(l, 0, sizeof *l);
     msgpack_unpacked_init(&l->u);
-    if (!(l->mem = malloc(n ? n : 1)))
-        return CAIRN_ENOMEM;
-    memcpy(l->mem, w->mem.data + w->vn, n);
-    if (msgpack_unpack_next(&l->u, (const char *)l->mem, n, NULL) != MSGPACK_UNPACK_SUCCESS ||
-        l->u.data.type != MSGPACK_OBJECT_MAP)
-        return CAIRN_ECORRUPT;
-    l->doc = &l->u.data;
-    return 0;
+    int rc = w ? 0 : hkset_maybe(ctx, &self(ctx)->vk, self(ctx)->view, k, kn, &maybe);
+    if (!w && (rc || !maybe)) /* as load() finding nothing */
+        return rc;
+    if (w)
+        return load_bytes(l, w->mem.data + w->vn, w->mem.len - w->vn);
+    MDB_val v;
+    if ((rc = hctx_get(ctx, self(ctx)->view, k, kn, &v)))
+        return rc == CAIRN_ENOTFOUND ? 0 : rc;
+    uint64_t dseq = vref_dseq(&v);
+    if (!dseq)
+        return load_bytes(l, v.mv_data, v.mv_size);
+    const uint8_t *p;
+    size_t n;
+    if ((rc = hctx_stream_payload(ctx, dseq, &p, &n)))
+        return rc == CAIRN_ENOTFOUND ? CAIRN_ECORRUPT : rc; /* a reference to no event */
+    return load_bytes(l, p, n);
 }
 
 /* ====================================================================== the alert document */
@@ -817,12 +871,14 @@ static int commit(struct hctx *ctx, const struct event *cause, struct alert *a, 
     struct cairn_buf *b = &al->doc;
     cairn_buf_reset(b);
     rc = write_alert(b, a);
+    uint64_t dseq = 0; /* the event carrying the document (view records) */
+    if (!rc && type && !a->silenced &&
+        !(rc = hctx_emit(ctx, cause, type, &a->tenant, &id, b->data, b->len)))
+        dseq = hctx_emitted_dseq(ctx);
     if (!rc)
-        rc = cache_put(al, k, kn, b->data, b->len);
+        rc = cache_put(al, k, kn, b->data, b->len, dseq);
     if (!rc && al->cache.ndirty >= DEFER_MAX)
         rc = put_dirty(ctx); /* see DEFER_MAX */
-    if (!rc && type && !a->silenced)
-        rc = hctx_emit(ctx, cause, type, &a->tenant, &id, b->data, b->len);
     return rc;
 }
 
@@ -1782,6 +1838,30 @@ static bool id_ok(const char *id)
     return true;
 }
 
+/* The handler's view_doc: the document of view value v (view records), read
+ * from the snapshot rd — appended to out. */
+static int alerts_view_doc(struct hread *rd, const MDB_val *k, const MDB_val *v,
+                           struct cairn_buf *out)
+{
+    (void)k;
+    uint64_t dseq = vref_dseq(v);
+    if (!dseq)
+        return cairn_buf_append(out, v->mv_data, v->mv_size);
+    MDB_dbi dbi;
+    uint8_t k8[8];
+    MDB_val sk = {8, k8}, sv;
+    struct proj_derived d;
+    cairn_be64_put(k8, dseq);
+    int rc = proj_snap_dbi(rd->snap, PROJ_STREAM_PREFIX "alerts", &dbi);
+    if (!rc)
+        rc = cairn_mdb_err(mdb_get(hread_txn(rd), dbi, &sk, &sv));
+    if (!rc)
+        rc = proj_derived_decode(sv.mv_data, sv.mv_size, &d);
+    if (rc)
+        return rc == CAIRN_ENOTFOUND ? CAIRN_ECORRUPT : rc; /* a reference to no event */
+    return cairn_buf_append(out, d.payload, d.payload_len);
+}
+
 /* POST /v1/alerts/{id}/ack {"by", "reason"?} -> an alert.ack input. */
 static int route_ack(struct hread *rd, char **args, const json_t *body, json_t **event,
                      struct cairn_error *e)
@@ -1803,11 +1883,16 @@ static int route_ack(struct hread *rd, char **args, const json_t *body, json_t *
     k = (MDB_val){hkey_make(key, sizeof key, &t, &id), key};
     if (mdb_get(hread_txn(rd), dbi, &k, &v))
         return cairn_error_set(e, "not_found", NULL, "no alert %.64s", args[0]), 404;
+    struct cairn_buf doc;
+    cairn_buf_init(&doc, DOC_MAX);
     msgpack_unpacked u;
     msgpack_unpacked_init(&u);
-    bool firing = msgpack_unpack_next(&u, v.mv_data, v.mv_size, NULL) == MSGPACK_UNPACK_SUCCESS &&
-                  mp_str_eq(mp_get(&u.data, "state"), "firing");
+    bool firing =
+        !alerts_view_doc(rd, &k, &v, &doc) &&
+        msgpack_unpack_next(&u, (const char *)doc.data, doc.len, NULL) == MSGPACK_UNPACK_SUCCESS &&
+        mp_str_eq(mp_get(&u.data, "state"), "firing");
     msgpack_unpacked_destroy(&u);
+    cairn_buf_deinit(&doc);
     if (!firing)
         return cairn_error_set(e, "conflict", "/state", "alert %s is not firing", args[0]), 409;
     json_t *payload = json_pack("{s:s, s:O}", "alert_id", args[0], "by", by);
@@ -1874,6 +1959,7 @@ const struct handler alerts_handler = {
     .view = "view",
     .routes = routes,
     .flush = alerts_flush,
+    .view_doc = alerts_view_doc,
     /* A cause's fields are read from its payload's bytes (on_source), and
      * its details copied as they are: the engine need not decode it. */
     .derived_raw = true,

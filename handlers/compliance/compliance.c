@@ -4,7 +4,8 @@
  * inputs (per tenant), so replay evaluates history with the rules in force
  * at each point. Emits `compliance.violation` / `compliance.resolved` on the
  * stream `violations`; serves GET /v1/violations (filters), /v1/violations/
- * {id}, /v1/compliance/{framework} and /v1/rules (compliance_routes.c).
+ * {id} (the generic view route, with view_doc), /v1/compliance/{framework} and
+ * /v1/rules (compliance_routes.c).
  *
  * DBIs (every key starts with tlen|tenant, as hkey_make writes it; rk is
  * the first 16 bytes of SHA-256(account \0 region \0 resource_id), ar the
@@ -47,7 +48,6 @@
  */
 #include "cond.h"
 #include "handler.h"
-#include "proj.h" /* proj_hctx_emitted: emit_map */
 #include "vrec.h"
 
 #include <assert.h>
@@ -120,7 +120,6 @@ struct comp {
     struct cscr *cs;           /* per control: posture_move's scratch */
     size_t cscap;
     uint32_t gen;
-    uint64_t head; /* the dseq of the last event emitted (0: not known yet; emit_map) */
 };
 
 static struct comp *self(struct hctx *ctx)
@@ -754,29 +753,14 @@ struct resource {
     const msgpack_object *attrs; /* NULL: none (or a stored record's resource: rec_resource) */
 };
 
-/* Emits b on the stream; *dseq (when not NULL) is the event's dseq. The
- * handler counts its stream's dseqs itself (every event of stream.violations
- * is one of its emits): it learns the head from the engine's list of emitted
- * events after the first emit since open (the engine reopens handlers after
- * an aborted transaction, so the count never includes undone emits). */
+/* Emits b on the stream; *dseq (when not NULL) is the event's dseq. */
 static int emit_map(struct hctx *ctx, const struct event *ev, const char *type,
                     const struct cairn_str *key, struct cairn_buf *b, uint64_t *dseq)
 {
-    struct comp *s = self(ctx);
     int rc = hctx_emit(ctx, ev, type, &ev->tenant, key, b->data, b->len);
-    if (rc)
-        return rc;
-    if (s->head) {
-        s->head++;
-    } else {
-        const struct event *evs;
-        size_t n = proj_hctx_emitted(ctx, &evs);
-        assert(n > 0);
-        s->head = evs[n - 1].dseq;
-    }
-    if (dseq)
-        *dseq = s->head;
-    return 0;
+    if (!rc && dseq)
+        *dseq = hctx_emitted_dseq(ctx);
+    return rc;
 }
 
 static void write_failed(struct mpw *w, const struct crule *r, const struct resource *res,

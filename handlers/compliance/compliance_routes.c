@@ -6,14 +6,13 @@
  *                                  status severity rule_id (or rule) resource_type
  *                                  resource_id account region framework control;
  *                                  limit (<= 1000), cursor; <= 10 000 entries looked at
- *   GET /v1/violations/{id}        one violation (answers as the generic view route
- *                                  of a view holding documents would)
  *   GET /v1/compliance/{framework} the posture per control of the framework
  *   GET /v1/rules                  the rules in force (?resource_type=, ?enabled=)
  *
  * The view holds records (vrec.h), not documents: violations_view_doc makes
  * a violation's document from its record and the compliance.violation that
- * opened it (the handler's view_doc: `cairn show violations` prints it).
+ * opened it — the handler's view_doc, so `cairn show violations` and the
+ * generic view route GET /v1/violations/{id} serve documents too.
  */
 #include "handler.h"
 #include "proj.h" /* the snapshot's stream DBI, proj_derived_decode */
@@ -251,40 +250,6 @@ static int get_violations(struct hread *rd, char **args, struct cairn_buf *out,
     return page(rd, "view", violation_matches, true, out, e);
 }
 
-/* GET /v1/violations/{id}: {"seq", "item"}; the errors of the generic view
- * route (400 without a tenant, 404 for an unknown id). */
-static int get_violation(struct hread *rd, char **args, struct cairn_buf *out,
-                         struct cairn_error *e)
-{
-    const char *t = hread_tenant(rd);
-    if (!t) {
-        cairn_error_set(e, "missing_parameter", "tenant", "give ?tenant= to read one entity");
-        return 400;
-    }
-    uint8_t key[1 + CAIRN_TENANT_MAX + CAIRN_KEY_MAX];
-    struct cairn_str tn = {t, strlen(t)}, id = {args[0], strlen(args[0])};
-    size_t kn = id.n <= CAIRN_KEY_MAX ? hkey_make(key, sizeof key, &tn, &id) : 0;
-    MDB_dbi dbi;
-    MDB_val k = {kn, key}, v;
-    if (!kn || hread_db(rd, "view", &dbi) || mdb_get(hread_txn(rd), dbi, &k, &v)) {
-        cairn_error_set(e, "not_found", NULL, "no violations entity %.256s", args[0]);
-        return 404;
-    }
-    struct cairn_buf doc;
-    cairn_buf_init(&doc, CAIRN_PAYLOAD_MAX_CEILING + 4096);
-    int rc = violations_view_doc(rd, &k, &v, &doc);
-    if (rc) {
-        cairn_buf_deinit(&doc);
-        cairn_error_set(e, "internal", NULL, "violation %.64s: %s", args[0], cairn_strerror(rc));
-        return 500;
-    }
-    cairn_buf_printf(out, "{\"seq\":%llu,\"item\":", (unsigned long long)hread_seq(rd));
-    cairn_msgpack_to_json(doc.data, doc.len, out, NULL);
-    cairn_buf_putc(out, '}');
-    cairn_buf_deinit(&doc);
-    return 200;
-}
-
 /* ====================================================================== rules */
 
 static bool rule_matches(struct hread *rd, const msgpack_object *doc)
@@ -456,7 +421,6 @@ static int get_posture(struct hread *rd, char **args, struct cairn_buf *out, str
 
 const struct handler_route violations_routes[] = {
     {"violations", get_violations, NULL},
-    {"violations/{}", get_violation, NULL},
     {"compliance/{}", get_posture, NULL},
     {"rules", get_rules, NULL},
     {NULL, NULL, NULL},
