@@ -126,14 +126,37 @@ void mpw_init(struct mpw *w, struct cairn_buf *buf)
     msgpack_packer_init(&w->pk, w, mpw_write);
 }
 
+/* Room for n more bytes in w's buffer without growing it (and no error
+ * so far): the direct writers (mpd_*) then write the very bytes the
+ * msgpack-c packer would, without its callback per token. */
+static inline uint8_t *room(struct mpw *w, size_t n)
+{
+    struct cairn_buf *b = w->buf;
+    return !w->err && b->cap - b->len >= n ? b->data + b->len : NULL;
+}
+
+static inline void wrote(struct mpw *w, const uint8_t *end)
+{
+    w->buf->len = (size_t)(end - w->buf->data);
+}
+
+static void put_strn(struct mpw *w, const char *s, size_t n)
+{
+    uint8_t *o = room(w, MPD_HDR_MAX + n);
+    if (o)
+        wrote(w, mpd_strn(o, s, n));
+    else
+        msgpack_pack_str_with_body(&w->pk, s, n);
+}
+
 void mpw_str(struct mpw *w, const char *s)
 {
-    msgpack_pack_str_with_body(&w->pk, s, strlen(s));
+    put_strn(w, s, strlen(s));
 }
 
 void mpw_strn(struct mpw *w, const struct cairn_str *s)
 {
-    msgpack_pack_str_with_body(&w->pk, s->p, s->n);
+    put_strn(w, s->p, s->n);
 }
 
 void mpw_kv_str(struct mpw *w, const char *k, const struct cairn_str *v)
@@ -157,13 +180,21 @@ void mpw_kv_cstr(struct mpw *w, const char *k, const char *v)
 void mpw_kv_i64(struct mpw *w, const char *k, int64_t v)
 {
     mpw_str(w, k);
-    msgpack_pack_int64(&w->pk, v);
+    uint8_t *o = room(w, MPD_HDR_MAX);
+    if (o)
+        wrote(w, mpd_i64(o, v));
+    else
+        msgpack_pack_int64(&w->pk, v);
 }
 
 void mpw_kv_u64(struct mpw *w, const char *k, uint64_t v)
 {
     mpw_str(w, k);
-    msgpack_pack_uint64(&w->pk, v);
+    uint8_t *o = room(w, MPD_HDR_MAX);
+    if (o)
+        wrote(w, mpd_u64(o, v));
+    else
+        msgpack_pack_uint64(&w->pk, v);
 }
 
 void mpw_kv_num(struct mpw *w, const char *k, double v)
@@ -186,15 +217,50 @@ void mpw_kv_time(struct mpw *w, const char *k, int64_t ns)
     char t[40];
     size_t n = cairn_time_format(ns, t, sizeof t);
     mpw_str(w, k);
-    msgpack_pack_str_with_body(&w->pk, t, n);
+    put_strn(w, t, n);
+}
+
+/* A scalar written directly, as msgpack_pack_object writes it (floats:
+ * msgpack_pack_float of the value as a float, msgpack_pack_double);
+ * false for containers, bin and ext, or without room. */
+static bool obj_direct(struct mpw *w, const msgpack_object *o)
+{
+    uint8_t *p = room(w, MPD_HDR_MAX);
+    if (!p)
+        return false;
+    switch (o->type) {
+    case MSGPACK_OBJECT_NIL: wrote(w, mpd_nil(p)); return true;
+    case MSGPACK_OBJECT_BOOLEAN: wrote(w, mpd_bool(p, o->via.boolean)); return true;
+    case MSGPACK_OBJECT_POSITIVE_INTEGER: wrote(w, mpd_u64(p, o->via.u64)); return true;
+    case MSGPACK_OBJECT_NEGATIVE_INTEGER: wrote(w, mpd_i64(p, o->via.i64)); return true;
+    case MSGPACK_OBJECT_FLOAT32: {
+        float f = (float)o->via.f64;
+        uint32_t u;
+        memcpy(&u, &f, sizeof u);
+        wrote(w, mpd_be(p, 0xca, u, 4));
+        return true;
+    }
+    case MSGPACK_OBJECT_FLOAT64: {
+        uint64_t u;
+        memcpy(&u, &o->via.f64, sizeof u);
+        wrote(w, mpd_be(p, 0xcb, u, 8));
+        return true;
+    }
+    case MSGPACK_OBJECT_STR:
+        if (!(p = room(w, MPD_HDR_MAX + o->via.str.size)))
+            return false;
+        wrote(w, mpd_strn(p, o->via.str.ptr, o->via.str.size));
+        return true;
+    default: return false;
+    }
 }
 
 void mpw_obj(struct mpw *w, const msgpack_object *o)
 {
-    if (o)
-        msgpack_pack_object(&w->pk, *o);
-    else
+    if (!o)
         msgpack_pack_nil(&w->pk);
+    else if (!obj_direct(w, o))
+        msgpack_pack_object(&w->pk, *o);
 }
 
 void mpw_kv_obj(struct mpw *w, const char *k, const msgpack_object *o)

@@ -9,6 +9,9 @@
  *  - mp_raw_len measures any object msgpack-c can decode, nested or not,
  *    and refuses every truncation, a never-used type byte, and counts
  *    larger than the bytes left;
+ *  - the packer (mpw_*), which writes scalars and strings directly when
+ *    its buffer has room and through msgpack-c otherwise, writes msgpack-c's
+ *    bytes either way;
  *  - mp_unpack decodes the very objects msgpack_unpack decodes (types,
  *    values, strings pointing at the same bytes) and refuses what it
  *    refuses: every truncation, nesting past 32, and thousands of
@@ -215,6 +218,105 @@ static bool unpack_agree(const uint8_t *p, size_t n)
     return mine;
 }
 
+/* Packs the same values through mpw_* into b and through msgpack-c into
+ * sb. */
+static void pack_both(struct mpw *w, msgpack_packer *pk, const char *text)
+{
+    static const int64_t ints[] = {INT64_MIN, -2147483649LL, -32769, -129, -33,   -32,         -1,
+                                   0,         127,           128,    256,  65536, 4294967296LL};
+    static const size_t lens[] = {0, 1, 31, 32, 255, 256, 65535, 65536};
+    for (size_t i = 0; i < sizeof ints / sizeof ints[0]; i++) {
+        msgpack_object o = {.type = ints[i] < 0 ? MSGPACK_OBJECT_NEGATIVE_INTEGER
+                                                : MSGPACK_OBJECT_POSITIVE_INTEGER};
+        if (ints[i] < 0)
+            o.via.i64 = ints[i];
+        else
+            o.via.u64 = (uint64_t)ints[i];
+        mpw_kv_obj(w, "int", &o);
+        mpw_kv_i64(w, "i64", ints[i]);
+        msgpack_pack_str_with_body(pk, "int", 3);
+        msgpack_pack_object(pk, o);
+        msgpack_pack_str_with_body(pk, "i64", 3);
+        msgpack_pack_int64(pk, ints[i]);
+        if (ints[i] >= 0) {
+            mpw_kv_u64(w, "u64", (uint64_t)ints[i]);
+            msgpack_pack_str_with_body(pk, "u64", 3);
+            msgpack_pack_uint64(pk, (uint64_t)ints[i]);
+        }
+    }
+    for (size_t i = 0; i < sizeof lens / sizeof lens[0]; i++) {
+        msgpack_object o = {.type = MSGPACK_OBJECT_STR};
+        o.via.str.ptr = text;
+        o.via.str.size = (uint32_t)lens[i];
+        struct cairn_str cs = {text, lens[i]};
+        mpw_obj(w, &o);
+        mpw_strn(w, &cs);
+        msgpack_pack_object(pk, o);
+        msgpack_pack_str_with_body(pk, text, lens[i]);
+    }
+    msgpack_object scalars[6] = {
+        {.type = MSGPACK_OBJECT_NIL},     {.type = MSGPACK_OBJECT_BOOLEAN},
+        {.type = MSGPACK_OBJECT_BOOLEAN}, {.type = MSGPACK_OBJECT_FLOAT32},
+        {.type = MSGPACK_OBJECT_FLOAT64}, {.type = MSGPACK_OBJECT_FLOAT64}};
+    scalars[2].via.boolean = true;
+    scalars[3].via.f64 = 1.1; /* packed as the float 1.1f */
+    scalars[4].via.f64 = -2.25;
+    scalars[5].via.f64 = 1e300;
+    for (size_t i = 0; i < 6; i++) {
+        mpw_obj(w, &scalars[i]);
+        msgpack_pack_object(pk, scalars[i]);
+    }
+    mpw_obj(w, NULL);
+    msgpack_pack_nil(pk);
+    mpw_kv_time(w, "t", 1700000000123456789LL);
+    mpw_kv_cstr(w, "c", "value");
+    msgpack_pack_str_with_body(pk, "t", 1);
+    msgpack_pack_str_with_body(pk, "2023-11-14T22:13:20.123456789Z", 30);
+    msgpack_pack_str_with_body(pk, "c", 1);
+    msgpack_pack_str_with_body(pk, "value", 5);
+}
+
+static void test_packer_matches_msgpack_c(void **state)
+{
+    (void)state;
+    char *text = malloc(65536);
+    assert_non_null(text);
+    memset(text, 'y', 65536);
+    /* reserved: the direct writes; empty: every write grows the buffer
+     * (msgpack-c's packer and mpw_write) */
+    for (int reserved = 0; reserved < 2; reserved++) {
+        struct cairn_buf b;
+        struct mpw w;
+        msgpack_sbuffer sb;
+        msgpack_packer pk;
+        cairn_buf_init(&b, 1u << 20);
+        if (reserved)
+            assert_int_equal(cairn_buf_reserve(&b, 1u << 19), 0);
+        msgpack_sbuffer_init(&sb);
+        msgpack_packer_init(&pk, &sb, msgpack_sbuffer_write);
+        mpw_init(&w, &b);
+        pack_both(&w, &pk, text);
+        assert_int_equal(mpw_finish(&w), 0);
+        assert_int_equal(b.len, sb.size);
+        assert_memory_equal(b.data, sb.data, sb.size);
+        msgpack_sbuffer_destroy(&sb);
+        cairn_buf_deinit(&b);
+    }
+    /* past the buffer's maximum: the error sticks, nothing is written
+     * past it */
+    struct cairn_buf b;
+    struct mpw w;
+    cairn_buf_init(&b, 16);
+    mpw_init(&w, &b);
+    struct cairn_str big = {text, 100};
+    mpw_strn(&w, &big);
+    mpw_kv_u64(&w, "k", 1);
+    assert_int_not_equal(mpw_finish(&w), 0);
+    assert_true(b.len <= 16);
+    cairn_buf_deinit(&b);
+    free(text);
+}
+
 static bool mine_decodes(const uint8_t *p, size_t n)
 {
     msgpack_zone z;
@@ -304,6 +406,7 @@ int main(void)
         cmocka_unit_test(test_direct_writers_match_msgpack_c),
         cmocka_unit_test(test_raw_len),
         cmocka_unit_test(test_unpack_matches_msgpack_c),
+        cmocka_unit_test(test_packer_matches_msgpack_c),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
