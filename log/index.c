@@ -232,28 +232,34 @@ static bool index_added(struct log *log, size_t n)
  * The index transaction lives on its own thread, so that writing the index
  * of batch N (B-tree puts with random keys: about half of the writer's CPU)
  * overlaps encoding, hashing and durably committing batch N in the writer.
- * Per batch, the writer makes two calls:
+ * Per batch, the writer makes two calls, queued to the indexer in order
+ * (a FIFO of commands, taken one at a time):
  *
- *   ix_check    (waits) the indexer decides each input against the index
- *               and the batch itself: duplicate, conflict, or the seq it
+ *   check       the indexer decides each input against the index and the
+ *               batches before it: duplicate, conflict, or the seq it
  *               gets, and the dedup clock after the batch. The batch's
  *               entries go into the write-behind table (below); when that
  *               holds a run worth sorting, the indexer puts it into the
- *               transaction while the writer goes on.
- *   ix_confirm  (posted) after the log commit: the indexer finishes the
+ *               transaction while the writer goes on. The writer posts
+ *               the next batch's check once a batch is encoded, before its
+ *               durable commit (log.c, decide_ahead), so the decisions are
+ *               made while the disk syncs; it waits for the answer only
+ *               when it comes to that batch.
+ *   confirm     (posted) after the log commit: the indexer finishes the
  *               puts; if the batch is durable it prunes expired ids, marks
  *               `indexed` and, when CAIRN_INDEX_COMMIT_* says so, has the
- *               transaction committed right after the next check's
- *               decisions (while the writer encodes and commits that
- *               batch); if not, it drops its transaction and the index is
- *               rebuilt from the log before the next check. The writer
+ *               transaction committed right after the decisions of a
+ *               check with no batch before it unconfirmed (the writer
+ *               stops deciding ahead while a commit is due); if not, it
+ *               drops its transaction — with whatever was decided after
+ *               the batch, which the writer decides again — and the index
+ *               is rebuilt from the log before the next check. The writer
  *               does not wait for any of it: the producers of the batch
  *               are told their seqs as soon as the log commit returned.
  *
  * The transaction is begun, used and ended on the indexer thread only, as
- * LMDB requires. A check waits for the indexer to be idle (the confirm
- * before it settled), so the writer's view is never stale: a check sees
- * every batch before it, committed or not.
+ * LMDB requires. Commands are taken in order, so a check sees every batch
+ * before it, committed or not, and every confirm before it settled.
  */
 
 /* ---- write-behind: decided entries, put a sorted run at a time ---- */
@@ -438,8 +444,12 @@ static int wb_cmp(const void *pa, const void *pb, void *arena)
         return a->pre0 < b->pre0 ? -1 : 1;
     if (a->pre1 != b->pre1)
         return a->pre1 < b->pre1 ? -1 : 1;
+    /* two keys of 16 bytes or more with equal pre0, pre1 share their first
+     * 16 bytes (a shorter one is zero-padded there: compared in full) */
     const uint8_t *ar = arena;
-    int c = memcmp(ar + a->off, ar + b->off, a->len < b->len ? a->len : b->len);
+    size_t skip = a->len >= 16 && b->len >= 16 ? 16 : 0;
+    int c =
+        memcmp(ar + a->off + skip, ar + b->off + skip, (a->len < b->len ? a->len : b->len) - skip);
     if (c)
         return c;
     if (a->len != b->len)
