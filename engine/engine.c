@@ -129,6 +129,13 @@ struct engine {
     msgpack_zone rzone[2], wzone[2]; /* bodies decoded by this thread, the worker */
     bool zones_ok;
     unsigned wslot; /* the slot the worker applies (under wmu with wgo) */
+    bool wflush;    /* under wmu with wgo: flushes (fside) instead of a run */
+    /* Concurrent flushes (handler.h, `flush_concurrent`): fside[i] 1: the
+     * worker flushes order[i]; flush_cpu: CPU time of each flush so far,
+     * what the split balances. */
+    unsigned char fside[HANDLERS_MAX];
+    uint64_t flush_cpu[HANDLERS_MAX];
+    bool any_flush_concurrent;
     /* CPU time this thread spends in a parallel apply outside the early
      * handlers' applies (reading and decoding the log, the late
      * handlers): its fixed load when sides are assigned. */
@@ -397,6 +404,23 @@ static int apply_early(struct engine *eng, unsigned char side, unsigned slot)
     return rc;
 }
 
+/* The flushes of the handlers on `side` (fside), in handler order, each
+ * timed. A flush not in per-call mode holds the state lock from its first
+ * state call to its end. */
+static int flush_side(struct engine *eng, unsigned char side)
+{
+    int rc = 0;
+    for (size_t i = 0; i < eng->n && !rc; i++) {
+        if (!eng->order[i]->flush || eng->fside[i] != side)
+            continue;
+        int64_t c0 = cpu_ns();
+        rc = eng->order[i]->flush(eng->ctx[i]);
+        proj_hctx_unlock(eng->ctx[i]);
+        eng->flush_cpu[i] += (uint64_t)(cpu_ns() - c0);
+    }
+    return rc;
+}
+
 static void *worker_main(void *arg)
 {
     struct engine *eng = arg;
@@ -407,8 +431,9 @@ static void *worker_main(void *arg)
         if (eng->wquit)
             break;
         unsigned slot = eng->wslot;
+        bool flush = eng->wflush;
         pthread_mutex_unlock(&eng->wmu);
-        int rc = apply_early(eng, 1, slot);
+        int rc = flush ? flush_side(eng, 1) : apply_early(eng, 1, slot);
         pthread_mutex_lock(&eng->wmu);
         eng->wrc = rc;
         eng->wgo = false;
@@ -422,6 +447,7 @@ static void worker_go(struct engine *eng, unsigned slot)
 {
     pthread_mutex_lock(&eng->wmu);
     eng->wslot = slot;
+    eng->wflush = false;
     eng->wgo = true;
     pthread_cond_broadcast(&eng->wcv);
     pthread_mutex_unlock(&eng->wmu);
@@ -724,6 +750,53 @@ static int apply_range_par(struct engine *eng, struct log_iter *it, uint64_t fro
     return rc;
 }
 
+/* Every handler's flush. After a parallel apply the handlers marked
+ * flush_concurrent are split between the two threads (costliest first,
+ * each to the less loaded side; the others' flushes are this thread's),
+ * and flush at the same time in per-call lock mode: their sorting and
+ * packing overlap, their puts interleave. */
+static int flush_all(struct engine *eng, bool par)
+{
+    if (!par || !eng->any_flush_concurrent || !eng->worker_started) {
+        for (size_t i = 0; i < eng->n; i++)
+            eng->fside[i] = 0;
+        return flush_side(eng, 0);
+    }
+    uint64_t load[2] = {0, 0};
+    bool todo[HANDLERS_MAX];
+    for (size_t i = 0; i < eng->n; i++) {
+        const struct handler *h = eng->order[i];
+        eng->fside[i] = 0;
+        todo[i] = h->flush && h->concurrent && h->flush_concurrent;
+        if (h->flush && !todo[i])
+            load[0] += eng->flush_cpu[i];
+    }
+    for (;;) {
+        size_t pick = eng->n;
+        for (size_t i = 0; i < eng->n; i++)
+            if (todo[i] && (pick == eng->n || eng->flush_cpu[i] > eng->flush_cpu[pick]))
+                pick = i;
+        if (pick == eng->n)
+            break;
+        todo[pick] = false;
+        eng->fside[pick] = load[1] <= load[0];
+        load[eng->fside[pick]] += eng->flush_cpu[pick];
+        proj_hctx_percall(eng->ctx[pick], true);
+    }
+    proj_set_shared(eng->proj, true);
+    pthread_mutex_lock(&eng->wmu);
+    eng->wflush = true;
+    eng->wgo = true;
+    pthread_cond_broadcast(&eng->wcv);
+    pthread_mutex_unlock(&eng->wmu);
+    int rc = flush_side(eng, 0);
+    int wrc = worker_wait(eng);
+    proj_set_shared(eng->proj, false);
+    for (size_t i = 0; i < eng->n; i++)
+        proj_hctx_percall(eng->ctx[i], false);
+    return rc ? rc : wrc;
+}
+
 static int open_all(struct engine *eng, struct cairn_error *e);
 
 /* After an aborted state transaction, handlers may hold in-memory caches
@@ -759,6 +832,7 @@ static int apply_chunk(struct engine *eng, uint64_t from, uint64_t to)
         struct log_snap *s;
         struct log_iter *it = NULL;
         struct log_event le;
+        bool par = false; /* applied in parallel: the worker is there to flush */
         int rc = proj_begin(eng->proj);
         if (rc)
             return rc;
@@ -766,6 +840,7 @@ static int apply_chunk(struct engine *eng, uint64_t from, uint64_t to)
             rc = log_iter_open(s, from, NULL, NULL, &it);
             uint64_t want = from;
             if (!rc && eng->threads > 1 && eng->any_concurrent && to - from + 1 >= PAR_MIN_INPUTS) {
+                par = true;
                 rc = apply_range_par(eng, it, from, &to);
                 want = to + 1; /* done: skip the serial loop */
             }
@@ -778,9 +853,8 @@ static int apply_chunk(struct engine *eng, uint64_t from, uint64_t to)
             log_iter_close(it);
             log_snap_end(s);
         }
-        for (size_t i = 0; !rc && i < eng->n; i++)
-            if (eng->order[i]->flush)
-                rc = eng->order[i]->flush(eng->ctx[i]);
+        if (!rc)
+            rc = flush_all(eng, par);
         if (rc)
             proj_abort(eng->proj);
         else
@@ -855,6 +929,7 @@ static int open_handlers(struct engine *eng, struct cairn_error *e)
         if (eng->order[i]->derived_raw)
             eng->raw_mask |= 1ull << i;
         eng->any_concurrent |= eng->early[i] && eng->order[i]->concurrent;
+        eng->any_flush_concurrent |= eng->order[i]->concurrent && eng->order[i]->flush_concurrent;
     }
     const json_t *hcfg = json_object_get(eng->cfg.config, "handlers");
     for (size_t i = 0; i < eng->n && !rc; i++)

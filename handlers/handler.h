@@ -127,6 +127,15 @@ struct handler {
      * violation) for a handler that reads a few fields or skips most of
      * them. Inputs are decoded as before. */
     bool derived_raw;
+    /* Optional (false: no), with `concurrent`. After a parallel apply the
+     * handler's flush may run on the apply worker, at the same time as
+     * other handlers' flushes. Its state calls then take the state lock
+     * one call at a time (the puts of all flushes still go one after the
+     * other: LMDB has one writer), so a value hctx_get or
+     * hctx_cursor_next returned stays valid only until the flush's next
+     * state call. Worth it for a flush that does much work of its own
+     * (sorting, packing documents) between its puts. */
+    bool flush_concurrent;
     /* Optional (NULL: a view value is its document). Appends to out, as
      * msgpack, the document of the view's entry k -> v, read from the
      * snapshot rd (the handler's own DBIs and stream; rd has no tenant nor

@@ -96,6 +96,7 @@ struct hctx {
     MDB_cursor *scur;
     unsigned gen; /* stream_head and scur are valid for this proj gen */
     bool locked;  /* holds p->txn_mu (shared mode) */
+    bool percall; /* releases it at the end of each call (proj_hctx_percall) */
     /* The derived events emitted since the last clear (em), and those
      * held by proj_hctx_flip for a pipelined parallel apply (the other
      * set; see struct emits). */
@@ -445,6 +446,18 @@ void proj_hctx_unlock(struct hctx *ctx)
     }
 }
 
+void proj_hctx_percall(struct hctx *ctx, bool on)
+{
+    ctx->percall = on;
+}
+
+/* At the end of a state call: in per-call mode the lock goes back. */
+static inline void txn_end(struct hctx *ctx)
+{
+    if (ctx->percall)
+        proj_hctx_unlock(ctx);
+}
+
 int proj_hctx_new(struct proj *p, const struct handler *h, const json_t *config, struct hctx **out)
 {
     struct hctx *ctx = calloc(1, sizeof *ctx);
@@ -551,7 +564,9 @@ int hctx_get(struct hctx *ctx, unsigned db, const void *k, size_t kn, MDB_val *v
     assert(db < ctx->ndbs);
     MDB_val key = {kn, (void *)k};
     txn_lock(ctx);
-    return cairn_mdb_err(mdb_get(ctx->p->txn, ctx->dbs[db], &key, v));
+    int rc = cairn_mdb_err(mdb_get(ctx->p->txn, ctx->dbs[db], &key, v));
+    txn_end(ctx);
+    return rc;
 }
 
 int hctx_put(struct hctx *ctx, unsigned db, const void *k, size_t kn, const void *v, size_t vn)
@@ -560,7 +575,9 @@ int hctx_put(struct hctx *ctx, unsigned db, const void *k, size_t kn, const void
     MDB_val key = {kn, (void *)k}, val = {vn, (void *)v};
     txn_lock(ctx);
     ctx->p->writes++;
-    return cairn_mdb_err(mdb_put(ctx->p->txn, ctx->dbs[db], &key, &val, 0));
+    int rc = cairn_mdb_err(mdb_put(ctx->p->txn, ctx->dbs[db], &key, &val, 0));
+    txn_end(ctx);
+    return rc;
 }
 
 int hctx_put_new(struct hctx *ctx, unsigned db, const void *k, size_t kn, const void *v, size_t vn,
@@ -570,6 +587,7 @@ int hctx_put_new(struct hctx *ctx, unsigned db, const void *k, size_t kn, const 
     MDB_val key = {kn, (void *)k}, val = {vn, (void *)v};
     txn_lock(ctx);
     int rc = mdb_put(ctx->p->txn, ctx->dbs[db], &key, &val, MDB_NOOVERWRITE);
+    txn_end(ctx);
     if (rc == MDB_KEYEXIST) {
         *existing = val; /* LMDB points data at the stored value */
         return CAIRN_ECONFLICT;
@@ -586,6 +604,7 @@ int hctx_del(struct hctx *ctx, unsigned db, const void *k, size_t kn)
     txn_lock(ctx);
     ctx->p->writes++;
     int rc = mdb_del(ctx->p->txn, ctx->dbs[db], &key, NULL);
+    txn_end(ctx);
     return rc == MDB_NOTFOUND ? 0 : cairn_mdb_err(rc);
 }
 
@@ -606,6 +625,7 @@ int hctx_cursor_open(struct hctx *ctx, unsigned db, const void *prefix, size_t p
     c->ctx = ctx;
     txn_lock(ctx);
     int rc = mdb_cursor_open(ctx->p->txn, ctx->dbs[db], &c->c);
+    txn_end(ctx);
     if (rc) {
         free(c);
         return cairn_mdb_err(rc);
@@ -626,6 +646,7 @@ int hctx_cursor_next(struct hcursor *c, MDB_val *k, MDB_val *v)
     } else {
         rc = mdb_cursor_get(c->c, k, v, MDB_NEXT);
     }
+    txn_end(c->ctx);
     if (rc)
         return cairn_mdb_err(rc);
     if (k->mv_size < c->pn || memcmp(k->mv_data, c->prefix, c->pn))
@@ -642,21 +663,27 @@ int hctx_cursor_put(struct hcursor *c, const void *k, size_t kn, const void *v, 
      * leaf when the key falls between its first and last keys. Iterating
      * after a put continues from the put key. */
     c->started = true;
-    return cairn_mdb_err(mdb_cursor_put(c->c, &key, &val, 0));
+    int rc = cairn_mdb_err(mdb_cursor_put(c->c, &key, &val, 0));
+    txn_end(c->ctx);
+    return rc;
 }
 
 int hctx_cursor_del(struct hcursor *c)
 {
     txn_lock(c->ctx);
-    return cairn_mdb_err(mdb_cursor_del(c->c, 0));
+    int rc = cairn_mdb_err(mdb_cursor_del(c->c, 0));
+    txn_end(c->ctx);
+    return rc;
 }
 
 void hctx_cursor_close(struct hcursor *c)
 {
     if (!c)
         return;
-    txn_lock(c->ctx);
+    struct hctx *ctx = c->ctx;
+    txn_lock(ctx);
     mdb_cursor_close(c->c);
+    txn_end(ctx);
     free(c);
 }
 

@@ -120,6 +120,10 @@ void proj_hctx_release(struct hctx *ctx);
  * transaction while no other thread applies. */
 void proj_set_shared(struct proj *p, bool on);
 void proj_hctx_unlock(struct hctx *ctx);
+/* Per-call mode (shared mode only): each state call of ctx takes the lock
+ * and releases it when it returns, so two contexts' calls interleave (the
+ * engine's concurrent flushes, handler.h `flush_concurrent`). */
+void proj_hctx_percall(struct hctx *ctx, bool on);
 
 /* ====================================================================== reading */
 

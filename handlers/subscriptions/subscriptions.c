@@ -662,5 +662,6 @@ const struct handler subscriptions_handler = {
     .close = subs_close,
     .view = "view",
     .flush = subs_flush,
-    .concurrent = true, /* touches only its context (handler.h) */
+    .concurrent = true,       /* touches only its context (handler.h) */
+    .flush_concurrent = true, /* flush: sorts and puts through one cursor */
 };
