@@ -734,7 +734,7 @@ bool geo_segment_hits(const struct geo_shape *s, double ax, double ay, double bx
  * centre of the run's first cell classifies the run.
  */
 #define RASTER_MARGIN 1e-7
-_Static_assert(sizeof(struct geo_raster) == 64, "a raster is one cache line");
+_Static_assert(sizeof(struct geo_raster) == 128, "a raster is two cache lines");
 /* Boxes narrower than this (~1 m) get no raster: their cells would be
  * little wider than the margin, and the exact test on them is cheap. */
 #define RASTER_MIN_DEG 1e-5

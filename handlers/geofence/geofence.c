@@ -1547,8 +1547,10 @@ static int find_candidates(struct gf *g, uint32_t ti, const struct fix *x, struc
     }
     if (n < 0)
         return n;
-    for (int i = 0; i < n; i++)
+    for (int i = 0; i < n; i++) { /* both lines: the cell may be in either */
         __builtin_prefetch(&g->raster[g->cand[i]]);
+        __builtin_prefetch((const char *)&g->raster[g->cand[i]] + 64);
+    }
     *out = (size_t)n;
     return 0;
 }

@@ -492,7 +492,8 @@ static void test_raster(void **state)
     tpool = geo_pool_new();
     assert_non_null(tpool);
     /* hand-made: the U, a square with a hole, a MultiPolygon whose parts
-     * touch, a sliver, edges on the raster's cell lines (a 12 x 12 grid) */
+     * touch, a sliver, edges on the cell lines of a 12 x 12 and of a
+     * 20 x 20 raster (GEO_RASTER_N) */
     static const char *const hand[] = {
         "{\"type\":\"Polygon\",\"coordinates\":[[[0,0],[3,0],[3,3],[2,3],[2,1],[1,1],[1,3],[0,3],"
         "[0,0]]]}",
@@ -502,6 +503,7 @@ static void test_raster(void **state)
         "0],[2,1],[1,1],[1,0]]]]}",
         "{\"type\":\"Polygon\",\"coordinates\":[[[0,0],[1,0.0001],[1,0.0002],[0,0]]]}",
         "{\"type\":\"Polygon\",\"coordinates\":[[[0,0],[12,0],[12,12],[1,12],[1,1],[0,1],[0,0]]]}",
+        "{\"type\":\"Polygon\",\"coordinates\":[[[0,0],[20,0],[20,20],[1,20],[1,1],[0,1],[0,0]]]}",
         "{\"type\":\"Polygon\",\"coordinates\":[[[179,-89],[180,-89],[180,89],[179,89],[179,"
         "-89]]]}",
     };
