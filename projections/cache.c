@@ -10,12 +10,31 @@
 #include <stdlib.h>
 #include <string.h>
 
+/* A word at a time: each 8-byte word (the tail zero-padded) is mixed in by
+ * a multiply and a shift (both bijections, so keys of one length that
+ * differ never meet inside the loop), then MurmurHash3's finalizer spreads
+ * every bit into the low ones that pick a slot. It was FNV-1a, one serial
+ * multiply per byte: with 37-byte keys the key sets' lookups and adds were
+ * ~5 % of a first discovery. In memory only (slots; nothing stored or
+ * ordered by it), so its value may differ between builds and byte orders. */
 uint64_t hcache_hash(const uint8_t *k, size_t n)
 {
-    uint64_t h = 1469598103934665603ull; /* FNV-1a */
-    for (size_t i = 0; i < n; i++)
-        h = (h ^ k[i]) * 1099511628211ull;
-    return h;
+    const uint64_t m = 0xff51afd7ed558ccdull;
+    uint64_t h = 0x9e3779b97f4a7c15ull ^ n, w;
+    for (; n >= 8; k += 8, n -= 8) {
+        memcpy(&w, k, 8);
+        h = (h ^ w) * m;
+        h ^= h >> 32;
+    }
+    if (n) {
+        w = 0;
+        memcpy(&w, k, n);
+        h = (h ^ w) * m;
+        h ^= h >> 32;
+    }
+    h ^= h >> 33;
+    h *= 0xc4ceb9fe1a85ec53ull;
+    return h ^ h >> 33;
 }
 
 void hentry_free(struct hentry *e)
