@@ -50,7 +50,9 @@ struct proj {
      * its first state access in an apply and keeps it until
      * proj_hctx_unlock (after the apply), so a value hctx_get returned
      * stays valid for the rest of that apply whatever the other thread
-     * writes (its puts could spill dirty pages). LMDB asks that a
+     * writes (its puts could spill dirty pages); in per-call mode
+     * (proj_hctx_percall: the concurrent flushes) it is released at the
+     * end of each call instead. LMDB asks that a
      * transaction be used by one thread at a time: the mutex gives that
      * (and orders memory between the two), and the transaction is begun,
      * committed and aborted only by the writer thread, which owns LMDB's
