@@ -7,10 +7,15 @@
  * a fuller batch, appends them in one transaction, and only after the commit
  * returned tells each producer its seqs (req->done). While one batch is
  * being fsynced, the next one queues up: under load batches grow by
- * themselves and the fsync cost is shared.
+ * themselves and the fsync cost is shared. What is queued when a batch is
+ * encoded is taken as the next batch right then (without batch_wait_us),
+ * so that the indexer decides it during the fsync (log_append_ahead);
+ * what comes later waits for the batch after.
  *
  * The queue is bounded in events (queue_max): a producer that finds it full
- * either waits (tools) or is told CAIRN_EBUSY (HTTP answers 429).
+ * either waits (tools) or is told CAIRN_EBUSY (HTTP answers 429). Besides
+ * the queue, at most two batches are out of it: the one committing and the
+ * one decided ahead.
  */
 #include "log_int.h"
 
