@@ -28,11 +28,14 @@
  *            state (one state transaction per log commit).
  *            Timed from the first parse to the state reaching the last fix.
  *
- * It prints events/s and CPU per event of each, derived events, heap bytes
- * per fence, and the inside-sets the handler computed: after the handler
- * run, the enter/exit events of stream geofence are replayed per device to
- * give, for every fix, the fences it is inside (fences have no dwell or
- * margin, so membership is containment). With --out DIR it writes
+ * It prints events/s and CPU per event of each (user + system; for the
+ * handler phase also the system part alone: the state is written through
+ * its map, so the kernel's page faults and write-back count), derived
+ * events, heap bytes per fence, and the inside-sets the handler computed:
+ * after the handler run, the enter/exit events of stream geofence are
+ * replayed per device to give, for every fix, the fences it is inside
+ * (fences have no dwell or margin, so membership is containment). With
+ * --out DIR it writes
  * fences.csv (id TAB WKT), fixes.csv (i TAB device TAB lon TAB lat) and
  * inside.tsv (i TAB fence_id, one line per pair, in fix order) for
  * bench/geofence_postgis.sh, which runs the same fixes through PostGIS and
@@ -383,7 +386,7 @@ static int inside_sets(struct proj *p, const struct work *w, FILE *tsv, uint64_t
 }
 
 struct handler_figures {
-    double define_s, open_s, fixes_s, fixes_cpu_s;
+    double define_s, open_s, fixes_s, fixes_cpu_s, fixes_sys_s;
     uint64_t derived, pairs;
     size_t mem, devmem;
 };
@@ -425,12 +428,13 @@ static int phase_handler(const struct work *w, const char *tmp, size_t batch, FI
     derived = 0;
     perf_ctl("enable");
     a = bench_mono_ns();
-    int64_t cpu = bench_cpu_ns();
+    int64_t cpu = bench_cpu_ns(), sys = bench_sys_ns();
     if (!rc)
         rc = run_handler(p, ctx, w, w->nf, w->nf + w->nx, batch, &derived);
     hf->fixes_s = (bench_mono_ns() - a) / 1e9;
     perf_ctl("disable");
     hf->fixes_cpu_s = (bench_cpu_ns() - cpu) / 1e9;
+    hf->fixes_sys_s = (bench_sys_ns() - sys) / 1e9;
     hf->derived = derived;
     hf->devmem = geofence_device_memory(ctx);
     if (!rc)
@@ -697,8 +701,8 @@ int main(int argc, char **argv)
            batch);
     printf("  define     %9.0f fences/s\n", w.nf / hf.define_s);
     printf("  open       %9.3f s (index rebuilt from the DBIs)\n", hf.open_s);
-    printf("  fixes      %9.0f location events/s (%.2f us CPU per event)\n", hrate,
-           hf.fixes_cpu_s * 1e6 / w.nx);
+    printf("  fixes      %9.0f location events/s (%.2f us CPU per event, %.2f of it system)\n",
+           hrate, hf.fixes_cpu_s * 1e6 / w.nx, hf.fixes_sys_s * 1e6 / w.nx);
     printf("  derived    %9llu events (enter/exit)\n", (unsigned long long)hf.derived);
     printf("  inside     %9llu (fix, fence) pairs (%.3f fences per fix)\n",
            (unsigned long long)hf.pairs, (double)hf.pairs / w.nx);
@@ -721,12 +725,13 @@ int main(int argc, char **argv)
            "\"derived\":%llu,\"pairs\":%llu,\"bytes_per_fence\":%.0f,\"bytes_per_device\":%.0f,"
            "\"e2e_per_s\":%.0f,"
            "\"e2e_cpu_us\":%.3f,\"e2e_apply_us\":%.3f,\"e2e_events_per_commit\":%.0f,"
-           "\"load\":[%.2f,%.2f]}\n",
+           "\"load\":[%.2f,%.2f],\"handler_sys_us\":%.3f}\n",
            w.nf, w.nd, w.nx, batch, (double)w.vertices / w.nf, w.nf / hf.define_s, hf.open_s, hrate,
            hf.fixes_cpu_s * 1e6 / w.nx, (unsigned long long)hf.derived,
            (unsigned long long)hf.pairs, (double)hf.mem / w.nf, (double)hf.devmem / w.nd, erate,
            e2e ? ef.fixes_cpu_s * 1e6 / w.nx : 0, e2e ? ef.apply_s * 1e6 / w.nx : 0,
-           ef.batches ? (double)ef.events / ef.batches : 0, load0, load1);
+           ef.batches ? (double)ef.events / ef.batches : 0, load0, load1,
+           hf.fixes_sys_s * 1e6 / w.nx);
     free(w.evs);
     cairn_buf_deinit(&w.mp);
     cairn_buf_deinit(&w.lines);
