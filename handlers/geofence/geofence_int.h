@@ -2,7 +2,7 @@
  * geofence_int.h — shared by the geofence handler's files: limits, key
  * layouts of its DBIs, the device record.
  *
- * DBIs (all keys start with tlen u8 | tenant):
+ * DBIs (all keys but geofence.meta's start with tlen u8 | tenant):
  *
  *   geofence.fences  T | fence_id                      -> the fence document (msgpack; the view)
  *   geofence.geom    T | fence_id                      -> packed geometry (geo_pack)
@@ -24,12 +24,15 @@
  * the payloads from hitlog). Layout 1 kept the payload in hits and dhits
  * themselves: ~180-byte entries landing on random pages of two trees
  * that grow with the history, so every state transaction rewrote most of
- * both (14 000 hits per 65 536 fixes in bench/geofence: ~1.6 us of the
- * 4.7 us of CPU per fix, much of it the kernel's page faults and
- * write-back of the dirtied pages). Now the payloads are appended at the
- * end of hitlog (fixes come roughly in time order) and the random inserts
- * go to trees of ~40-byte entries, a quarter the pages. A state of
- * layout 1 is refused at open (rebuild it from the log: cairn replay).
+ * both (14 000 hits per 65 536 fixes in bench/geofence; leaving those
+ * writes out saved ~1.6 of the 4.7 us of CPU per fix, much of it the
+ * kernel's page faults and write-back of the dirtied pages). Now the
+ * payloads are appended at the end of hitlog (fixes come roughly in time
+ * order; its leaves end about half full, as LMDB splits a full leaf in
+ * the middle unless a put says MDB_APPEND) and the random inserts go to
+ * trees of ~40-byte entries, a quarter the pages. As before, the last hit
+ * of one (fence, device, time, kind) is the one kept. A state of layout 1
+ * is refused at open (rebuild it from the log: cairn replay).
  *
  * Device record (geofence.dev), fixed byte order:
  *
