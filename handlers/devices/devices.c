@@ -65,14 +65,30 @@ struct span {
 
 /* One device, decoded. mem holds the view key (at 0, vn bytes), then the
  * packed msgpack of status, battery, position, speed and the readings'
- * key/value pairs (nread of them, back to back). */
+ * key/value pairs (nread of them, back to back).
+ *
+ * A position taken from a location event is kept open: its span holds
+ * only the event's fields (npos key/value pairs) and its time stays a
+ * number (pos_time); dev_write adds the map header and the formatted time.
+ * Formatting the time per location event was ~18 % of the handler's
+ * instructions, and only the last one per transaction is written. A
+ * position read from a stored document is kept closed (the whole packed
+ * map, or null when the span is empty). */
 struct dev {
     struct hentry e; /* the cache's part: key hash, dirty, mem */
     bool online;
+    bool pos_open;       /* position: npos pairs, the time in pos_time (above) */
     int64_t first, last; /* first_seen, last_seen (INT64_MIN: unreadable) */
+    int64_t pos_time;
     uint64_t n_telemetry, n_location, last_seq;
-    uint32_t nread;
+    uint32_t nread, npos;
     struct span status, battery, position, speed, readings;
+};
+
+/* A dirty dev's sort key for the flush (sort_dirty). */
+struct skey {
+    uint64_t a, b; /* key bytes [cp, cp + 16), big-endian, zero-padded */
+    struct hentry *e;
 };
 
 struct devices {
@@ -81,6 +97,8 @@ struct devices {
     struct hcache cache;  /* of struct dev; the dirty ones are written back by flush */
     struct cairn_buf tmp; /* the next mem of the dev being updated */
     struct cairn_buf doc; /* the document being written back */
+    struct skey *sk;      /* sort_dirty's arrays: 2 * sk_cap */
+    size_t sk_cap;
 };
 
 static struct devices *self(struct hctx *ctx)
@@ -183,6 +201,8 @@ static int dev_get(struct hctx *ctx, const uint8_t *vk, size_t vn, bool strict, 
         v->first = v->last = INT64_MIN;
         v->n_telemetry = v->n_location = 0;
         v->nread = 0;
+        v->pos_open = false;
+        v->npos = 0;
         v->status = v->battery = v->position = v->speed = (struct span){0, 0};
         v->readings = (struct span){(uint32_t)vn, 0};
     }
@@ -216,6 +236,7 @@ static void devices_close(struct hctx *ctx)
         hcache_free(&d->cache);
         cairn_buf_deinit(&d->tmp);
         cairn_buf_deinit(&d->doc);
+        free(d->sk);
         free(d);
     }
     *hctx_user(ctx) = NULL;
@@ -402,17 +423,17 @@ static void value_or_keep(struct mpw *w, struct span *out, const struct dev *v,
     *out = (struct span){(uint32_t)at, (uint32_t)(w->buf->len - at)};
 }
 
-/* The position of a location event: the fields it has, and its time. */
-static void write_position(struct mpw *w, const struct event *ev, const struct devin *in)
+/* The fields of a location event's position (the open form: no map
+ * header, no time; see struct dev); returns how many. */
+static uint32_t write_position(struct mpw *w, const struct devin *in)
 {
-    uint32_t n = 1;
+    uint32_t n = 0;
     for (size_t i = 0; i < POS_FIELDS; i++)
-        n += in->pos[i] != NULL;
-    msgpack_pack_map(&w->pk, n);
-    for (size_t i = 0; i < POS_FIELDS; i++)
-        if (in->pos[i])
+        if (in->pos[i]) {
             mpw_kv_obj(w, pos_names[i], in->pos[i]);
-    mpw_kv_time(w, "time", ev->time);
+            n++;
+        }
+    return n;
 }
 
 /* The values of a newer event over the dev's: status, battery and
@@ -436,9 +457,11 @@ static int take_values(struct devices *d, struct dev *v, const struct event *ev,
     value_or_keep(&w, &n.status, v, &v->status, loc ? NULL : in->status);
     value_or_keep(&w, &n.battery, v, &v->battery, loc ? NULL : in->battery);
     size_t at = t->len;
-    if (loc)
-        write_position(&w, ev, in);
-    else
+    if (loc) {
+        n.npos = write_position(&w, in);
+        n.pos_open = true;
+        n.pos_time = ev->time;
+    } else
         mpw_raw(&w, v->e.mem.data + v->position.off, v->position.len);
     n.position = (struct span){(uint32_t)at, (uint32_t)(t->len - at)};
     value_or_keep(&w, &n.speed, v, &v->speed, loc ? in->speed : NULL);
@@ -450,10 +473,14 @@ static int take_values(struct devices *d, struct dev *v, const struct event *ev,
     n.readings = (struct span){(uint32_t)at, (uint32_t)(t->len - at)};
     if ((rc = mpw_finish(&w)))
         return rc;
-    /* The scratch becomes the dev's memory and the old memory the next
-     * scratch: no copy. */
-    n.e.mem = *t;
-    *t = v->e.mem;
+    /* Copied into the dev's memory, which keeps its capacity: swapping
+     * the two buffers (as before) handed each dev the previous one's
+     * memory, too small as often as not, so the scratch was reallocated on
+     * most events (reserve was 3 % of the handler). */
+    n.e.mem = v->e.mem;
+    cairn_buf_reset(&n.e.mem);
+    if ((rc = cairn_buf_append(&n.e.mem, t->data, t->len)))
+        return rc;
     *v = n;
     return 0;
 }
@@ -474,9 +501,9 @@ static int dev_write(struct hctx *ctx, struct hcursor *c, struct dev *v)
     if (!hkey_split(v->e.mem.data, v->e.vn, &tenant, &id))
         return CAIRN_ECORRUPT;
     cairn_buf_reset(&d->doc);
-    /* mem holds every variable-length part; the rest is 12 keys, 3 times,
-     * and headers and numbers. */
-    int rc = cairn_buf_reserve(&d->doc, v->e.mem.len + 3 * MPD_TIME_MAX + 32 * MPD_HDR_MAX + 128);
+    /* mem holds every variable-length part; the rest is 12 keys (and the
+     * open position's "time"), 3 times, and headers and numbers. */
+    int rc = cairn_buf_reserve(&d->doc, v->e.mem.len + 3 * MPD_TIME_MAX + 32 * MPD_HDR_MAX + 136);
     if (rc)
         return rc;
     uint8_t *o = mpd_map(d->doc.data, 12);
@@ -487,7 +514,14 @@ static int dev_write(struct hctx *ctx, struct hcursor *c, struct dev *v)
     o = put_span(mpd_key(o, "battery"), v, &v->battery);
     o = mpd_time(mpd_key(o, "first_seen"), v->first);
     o = mpd_time(mpd_key(o, "last_seen"), v->last);
-    o = put_span(mpd_key(o, "position"), v, &v->position);
+    o = mpd_key(o, "position");
+    if (v->pos_open) { /* the same bytes as the closed form (struct dev) */
+        o = mpd_map(o, v->npos + 1);
+        o = mpd_raw(o, v->e.mem.data + v->position.off, v->position.len);
+        o = mpd_time(mpd_key(o, "time"), v->pos_time);
+    } else {
+        o = put_span(o, v, &v->position);
+    }
     o = put_span(mpd_key(o, "speed"), v, &v->speed);
     o = mpd_map(mpd_key(o, "readings"), v->nread);
     o = mpd_raw(o, v->e.mem.data + v->readings.off, v->readings.len);
@@ -500,14 +534,87 @@ static int dev_write(struct hctx *ctx, struct hcursor *c, struct dev *v)
     return hctx_cursor_put(c, v->e.mem.data, v->e.vn, d->doc.data, d->doc.len);
 }
 
+static uint64_t word_at(const struct hentry *e, size_t at)
+{
+    uint8_t w[8] = {0};
+    if (at < e->vn)
+        memcpy(w, e->mem.data + at, e->vn - at < 8 ? e->vn - at : 8);
+    return cairn_be64_get(w);
+}
+
+/* Key order (memcmp, then the shorter first: LMDB's) of two dirty devs
+ * whose keys share their first cp bytes. */
+static bool skey_less(const struct skey *x, const struct skey *y, size_t cp)
+{
+    if (x->a != y->a)
+        return x->a < y->a;
+    if (x->b != y->b)
+        return x->b < y->b;
+    const struct hentry *a = x->e, *b = y->e; /* equal to cp + 16, or padding */
+    size_t n = a->vn < b->vn ? a->vn : b->vn;
+    int c = memcmp(a->mem.data + cp, b->mem.data + cp, n - cp);
+    return c ? c < 0 : a->vn < b->vn;
+}
+
+/* hcache_sort_dirty's order (by key, LMDB's), without its qsort: that
+ * called a memcmp through a function pointer per comparison (~850
+ * instructions per dirty dev). Here the 16 key bytes past the prefix all
+ * dirty keys share (the tenant's length byte, and more when the tenants'
+ * names start alike) are two integers next to the pointer, compared
+ * inline by a merge sort; the keys themselves are read only on a tie.
+ * Keys in the list are distinct, so the order is the one qsort gave. */
+static int sort_dirty(struct devices *d)
+{
+    struct hentry **l = d->cache.dirty;
+    size_t n = d->cache.ndirty, cp = n ? l[0]->vn : 0;
+    if (n < 2)
+        return 0;
+    if (n > d->sk_cap) {
+        struct skey *p = realloc(d->sk, 2 * n * sizeof *p);
+        if (!p)
+            return CAIRN_ENOMEM;
+        d->sk = p;
+        d->sk_cap = n;
+    }
+    for (size_t i = 1; i < n && cp; i++) {
+        size_t m = l[i]->vn < cp ? l[i]->vn : cp, j = 0;
+        while (j < m && l[i]->mem.data[j] == l[0]->mem.data[j])
+            j++;
+        cp = j;
+    }
+    struct skey *a = d->sk, *b = d->sk + n;
+    for (size_t i = 0; i < n; i++)
+        a[i] = (struct skey){word_at(l[i], cp), word_at(l[i], cp + 8), l[i]};
+    for (size_t w = 1; w < n; w *= 2) { /* bottom-up merges of runs of w */
+        for (size_t lo = 0; lo < n; lo += 2 * w) {
+            size_t mid = lo + w < n ? lo + w : n, hi = lo + 2 * w < n ? lo + 2 * w : n;
+            size_t i = lo, j = mid, k = lo;
+            while (i < mid && j < hi)
+                b[k++] = skey_less(&a[j], &a[i], cp) ? a[j++] : a[i++];
+            while (i < mid)
+                b[k++] = a[i++];
+            while (j < hi)
+                b[k++] = a[j++];
+        }
+        struct skey *t = a;
+        a = b;
+        b = t;
+    }
+    for (size_t i = 0; i < n; i++)
+        l[i] = a[i].e;
+    return 0;
+}
+
 /* Writes back every device this transaction changed. */
 static int devices_flush(struct hctx *ctx)
 {
     struct devices *d = self(ctx);
     struct hcursor *c = NULL;
-    hcache_sort_dirty(&d->cache); /* in key order: see hcache_sort_dirty */
+    int rc = sort_dirty(d); /* in key order: see hcache_sort_dirty */
+    if (rc)
+        return rc;
     /* Through one cursor: sorted puts stay on the leaf (hctx_cursor_put). */
-    int rc = d->cache.ndirty ? hctx_cursor_open(ctx, d->view, NULL, 0, &c) : 0;
+    rc = d->cache.ndirty ? hctx_cursor_open(ctx, d->view, NULL, 0, &c) : 0;
     for (size_t i = 0; i < d->cache.ndirty && !rc; i++) {
         rc = dev_write(ctx, c, (struct dev *)d->cache.dirty[i]);
         d->cache.dirty[i]->dirty = false;
