@@ -203,8 +203,9 @@ static int dev_get(struct hctx *ctx, const uint8_t *vk, size_t vn, bool strict, 
         v->nread = 0;
         v->pos_open = false;
         v->npos = 0;
-        v->status = v->battery = v->position = v->speed = (struct span){0, 0};
-        v->readings = (struct span){(uint32_t)vn, 0};
+        /* Empty spans where they go (update_in_place inserts there). */
+        v->status = v->battery = v->position = v->speed = v->readings =
+            (struct span){(uint32_t)vn, 0};
     }
     hcache_add(&d->cache, &v->e);
     return 0;
@@ -485,6 +486,137 @@ static int take_values(struct devices *d, struct dev *v, const struct event *ev,
     return 0;
 }
 
+/* ====================================================================== updating in place */
+
+/* update_in_place's spans, in the order of their bytes in mem. */
+enum { SP_STATUS, SP_BATTERY, SP_POSITION, SP_SPEED, SP_READINGS, SP_N };
+
+/* Replaces the n bytes at `at` of v's memory, inside span sp, with src's
+ * bytes: the rest of the memory moves when the length differs, and the
+ * spans after sp with it. */
+static int replace(struct dev *v, int sp, size_t at, size_t n, const struct cairn_buf *src)
+{
+    struct cairn_buf *m = &v->e.mem;
+    struct span *s[SP_N] = {&v->status, &v->battery, &v->position, &v->speed, &v->readings};
+    if (src->len != n) {
+        int rc = src->len > n ? cairn_buf_reserve(m, src->len - n) : 0;
+        if (rc)
+            return rc;
+        memmove(m->data + at + src->len, m->data + at + n, m->len - at - n);
+        m->len = m->len - n + src->len;
+        s[sp]->len = (uint32_t)(s[sp]->len - n + src->len);
+        for (int k = sp + 1; k < SP_N; k++)
+            s[k]->off = (uint32_t)(s[k]->off - n + src->len);
+    }
+    memcpy(m->data + at, src->data, src->len);
+    return 0;
+}
+
+/* Packs o into the scratch buffer (emptied first). */
+static int pack_obj(struct cairn_buf *t, const msgpack_object *o)
+{
+    struct mpw w;
+    cairn_buf_reset(t);
+    mpw_init(&w, t);
+    mpw_obj(&w, o);
+    return mpw_finish(&w);
+}
+
+/* Span sp becomes the packed o (kept when o is NULL: the event has no
+ * such value). */
+static int replace_value(struct devices *d, struct dev *v, int sp, struct span *s,
+                         const msgpack_object *o)
+{
+    int rc = o ? pack_obj(&d->tmp, o) : 0;
+    return o && !rc ? replace(v, sp, s->off, s->len, &d->tmp) : rc;
+}
+
+/* merge_readings in place (for data of at most 64 entries: one bit
+ * each): each old key's value is replaced by data's first value of that
+ * key, then data's other string keys are appended (readings is the last
+ * span: at the end of mem), up to READINGS_MAX. */
+static int merge_in_place(struct devices *d, struct dev *v, const msgpack_object *data, uint32_t nd)
+{
+    uint64_t known = 0; /* data entries whose key is an old key */
+    uint32_t no = v->nread;
+    size_t at = v->readings.off;
+    int rc;
+    if (no > READINGS_MAX)
+        return CAIRN_ECORRUPT;
+    for (uint32_t j = 0; j < no; j++) {
+        size_t end = (size_t)v->readings.off + v->readings.len, kn, vn;
+        const uint8_t *p = v->e.mem.data + at;
+        struct cairn_str s;
+        long first = -1;
+        if (!(kn = raw_len(p, end - at)) || !(vn = raw_len(p + kn, end - at - kn)))
+            return CAIRN_ECORRUPT;
+        for (uint32_t i = 0; raw_str(p, kn, &s) && i < nd; i++) {
+            const msgpack_object *k = &data->via.map.ptr[i].key;
+            if (k->type == MSGPACK_OBJECT_STR && k->via.str.size == s.n &&
+                !memcmp(k->via.str.ptr, s.p, s.n)) {
+                known |= 1ull << i;
+                first = first < 0 ? (long)i : first;
+            }
+        }
+        at += kn;
+        if (first >= 0) {
+            if ((rc = pack_obj(&d->tmp, &data->via.map.ptr[first].val)) ||
+                (rc = replace(v, SP_READINGS, at, vn, &d->tmp)))
+                return rc;
+            vn = d->tmp.len;
+        }
+        at += vn;
+    }
+    struct mpw w;
+    size_t len = v->e.mem.len;
+    uint32_t nadd = 0;
+    mpw_init(&w, &v->e.mem); /* appends */
+    for (uint32_t i = 0; i < nd && no + nadd < READINGS_MAX; i++) {
+        const msgpack_object_kv *kv = &data->via.map.ptr[i];
+        if (kv->key.type == MSGPACK_OBJECT_STR && !(known >> i & 1)) {
+            mpw_obj(&w, &kv->key);
+            mpw_obj(&w, &kv->val);
+            nadd++;
+        }
+    }
+    if ((rc = mpw_finish(&w)))
+        return rc;
+    v->readings.len += (uint32_t)(v->e.mem.len - len);
+    v->nread = no + nadd;
+    return 0;
+}
+
+/* take_values without rebuilding the dev's memory: each value the event
+ * has replaces its span in place (most keep their length: nothing else
+ * moves). Rebuilding copied every value of the device twice per event.
+ * Data of more than 64 entries goes through take_values. Same bytes. */
+static int update_in_place(struct devices *d, struct dev *v, const struct event *ev,
+                           const struct devin *in, bool loc)
+{
+    int rc;
+    if (loc) {
+        struct mpw w;
+        cairn_buf_reset(&d->tmp);
+        mpw_init(&w, &d->tmp);
+        uint32_t npos = write_position(&w, in);
+        if ((rc = mpw_finish(&w)) ||
+            (rc = replace(v, SP_POSITION, v->position.off, v->position.len, &d->tmp)))
+            return rc;
+        v->npos = npos;
+        v->pos_open = true;
+        v->pos_time = ev->time;
+        return replace_value(d, v, SP_SPEED, &v->speed, in->speed);
+    }
+    const msgpack_object *data = in->data;
+    uint32_t nd = data && data->type == MSGPACK_OBJECT_MAP ? data->via.map.size : 0;
+    if (nd > 64)
+        return take_values(d, v, ev, in, loc);
+    if ((rc = replace_value(d, v, SP_STATUS, &v->status, in->status)) ||
+        (rc = replace_value(d, v, SP_BATTERY, &v->battery, in->battery)))
+        return rc;
+    return merge_in_place(d, v, data, nd);
+}
+
 /* ====================================================================== writing back */
 
 static uint8_t *put_span(uint8_t *o, const struct dev *v, const struct span *s)
@@ -662,7 +794,7 @@ static int on_device_event(struct hctx *ctx, const struct event *ev)
         return rc;
     bool loc = ev->type.n == 8 && !memcmp(ev->type.p, "location", 8);
     bool was_online = exists && v->online;
-    if ((!exists || ev->time >= v->last) && (rc = take_values(d, v, ev, &in, loc)))
+    if ((!exists || ev->time >= v->last) && (rc = update_in_place(d, v, ev, &in, loc)))
         return rc;
     int64_t last = exists && v->last > ev->time ? v->last : ev->time;
     v->first = exists && v->first < ev->time ? v->first : ev->time;

@@ -10,6 +10,8 @@
 #   d-read  status reports and readings: values merged by key, new keys
 #           appended, a late report (counted, not taken)
 #   d-off   offline on the tick, back online with a new position
+#   d-many  readings past READINGS_MAX: 2 keys, then data of 70 entries
+#           (more than the 64 merged in place), then 4 over the 64 kept
 #
 # Expected documents: fixtures/devices/<device_id>.json; the derived
 # stream: fixtures/devices/stream.json.
@@ -20,7 +22,7 @@ append "$FIXTURES/devices.ndjson"
 append "$FIXTURES/devices2.ndjson"
 append "$FIXTURES/devices3.ndjson"
 
-for id in d-pos d-read d-off; do
+for id in d-pos d-read d-off d-many; do
     check "devices/$id.json" show devices "$id" --tenant t
 done
 check devices/d-pos.u.json show devices d-pos --tenant u

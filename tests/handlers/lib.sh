@@ -86,6 +86,7 @@ chunks_match() {
     cat "$@" >"$WORK/all.ndjson"
     split -n l/8 "$WORK/all.ndjson" "$WORK/chunk."
     for f in "$WORK"/chunk.*; do
+        [ -s "$f" ] || continue # split by bytes: a long line can leave a chunk empty
         DATA_DIR=$chunked append "$f"
         i=$((i + 1))
     done
