@@ -307,8 +307,8 @@ static void scan_body(const msgpack_object *body, struct devin *in)
     }
 }
 
-/* mp_raw_len, with the kinds readings hold most (short strings, small
- * ints, floats, nil, booleans) measured inline. */
+/* mp_raw_len, with the kinds readings hold most (short strings, ints,
+ * floats, nil, booleans) measured inline. */
 static size_t raw_len(const uint8_t *p, size_t n)
 {
     size_t len = 0;
@@ -318,6 +318,10 @@ static size_t raw_len(const uint8_t *p, size_t n)
         len = 1u + (p[0] & 0x1f);
     else if (n && p[0] == 0xcb)
         len = 9;
+    else if (n && p[0] >= 0xcc && p[0] <= 0xd3) /* u8..u64, i8..i64 */
+        len = 1 + (1u << ((p[0] - 0xcc) & 3));
+    else if (n && p[0] == 0xca)
+        len = 5;
     else
         return mp_raw_len(p, n);
     return len <= n ? len : 0;
@@ -538,7 +542,9 @@ static int pack_position(struct cairn_buf *t, const struct devin *in, uint32_t *
 {
     static const uint8_t name_len[POS_FIELDS] = {3, 3, 3, 8, 7};
     cairn_buf_reset(t);
-    int rc = cairn_buf_reserve(t, POS_FIELDS * (1 + 8 + MPD_HDR_MAX));
+    int rc = t->cap >= POS_FIELDS * (1 + 8 + MPD_HDR_MAX)
+                 ? 0
+                 : cairn_buf_reserve(t, POS_FIELDS * (1 + 8 + MPD_HDR_MAX));
     if (rc)
         return rc;
     uint8_t *o = t->data;
@@ -559,11 +565,26 @@ static int pack_position(struct cairn_buf *t, const struct devin *in, uint32_t *
     return mpw_finish(&w);
 }
 
-/* Packs o into the scratch buffer (emptied first). */
+/* Packs o into the scratch buffer (emptied first): numbers, booleans and
+ * nil directly (put_num: the same bytes), the rest through the packer. */
 static int pack_obj(struct cairn_buf *t, const msgpack_object *o)
 {
     struct mpw w;
+    uint8_t *p;
     cairn_buf_reset(t);
+    int rc = t->cap >= MPD_HDR_MAX ? 0 : cairn_buf_reserve(t, MPD_HDR_MAX);
+    if (rc)
+        return rc;
+    if (o->type == MSGPACK_OBJECT_BOOLEAN)
+        p = mpd_bool(t->data, o->via.boolean);
+    else if (o->type == MSGPACK_OBJECT_NIL)
+        p = mpd_nil(t->data);
+    else
+        p = put_num(t->data, o);
+    if (p) {
+        t->len = (size_t)(p - t->data);
+        return 0;
+    }
     mpw_init(&w, t);
     mpw_obj(&w, o);
     return mpw_finish(&w);
