@@ -335,6 +335,25 @@ int hkset_get(struct hctx *ctx, struct hkset *ks, unsigned db, const uint8_t *k,
 void hkset_free(struct hkset *ks);
 void hentry_free(struct hentry *e);
 
+/* A handler's state layout. A handler whose DBIs changed shape keeps its
+ * layout number in a DBI of its own (key "layout" -> u32 BE) and refuses a
+ * state written by another layout: applying inputs to DBIs of the old shape
+ * as if they had the new one would corrupt them; the state is rebuilt from
+ * the log instead. Fill meta, probe, layout and what before hlayout_check. */
+struct hlayout {
+    unsigned meta;    /* the DBI holding the mark */
+    unsigned probe;   /* a DBI every layout writes: non-empty without a mark = older */
+    uint32_t layout;  /* this code's layout */
+    const char *what; /* named in the refusal: "the <what> state has an older layout" */
+    bool written;     /* the mark is in the state */
+};
+/* In open: 0 when the state has this layout or is empty; CAIRN_EINVAL,
+ * with "cairn: the <what> state has an older layout: rebuild the state from
+ * the log (cairn replay)" on stderr, otherwise. */
+int hlayout_check(struct hctx *ctx, struct hlayout *l);
+/* In flush: puts the mark, the first time only. */
+int hlayout_mark(struct hctx *ctx, struct hlayout *l);
+
 /* A packer writing into a cairn_buf; a failed append marks the buffer and
  * mpw_finish reports it, so callers pack without checking each call. */
 struct mpw {

@@ -2,11 +2,13 @@
  * cache.c — the write-back cache of view documents that handlers keep
  * between flushes (handler.h, struct hcache): an open-addressing table of
  * entries found by their view key, and the list of entries changed since
- * the last flush; and the key sets (struct hkset) handlers keep to skip
- * reads that would find nothing.
+ * the last flush; the key sets (struct hkset) handlers keep to skip
+ * reads that would find nothing; and the state layout mark (struct
+ * hlayout).
  */
 #include "handler.h"
 
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -255,4 +257,48 @@ int hkset_get(struct hctx *ctx, struct hkset *ks, unsigned db, const uint8_t *k,
     bool maybe;
     int rc = hkset_maybe(ctx, ks, db, k, n, &maybe);
     return rc ? rc : maybe ? hctx_get(ctx, db, k, n, v) : CAIRN_ENOTFOUND;
+}
+
+/* ====================================================================== layout mark */
+
+int hlayout_check(struct hctx *ctx, struct hlayout *l)
+{
+    MDB_val k, v;
+    int rc = hctx_get(ctx, l->meta, "layout", 6, &v);
+    if (!rc) {
+        const uint8_t *b = v.mv_data;
+        if (v.mv_size != 4 ||
+            ((uint32_t)b[0] << 24 | (uint32_t)b[1] << 16 | (uint32_t)b[2] << 8 | b[3]) != l->layout)
+            goto old;
+        l->written = true;
+        return 0;
+    }
+    if (rc != CAIRN_ENOTFOUND)
+        return rc;
+    struct hcursor *c;
+    if ((rc = hctx_cursor_open(ctx, l->probe, NULL, 0, &c)))
+        return rc;
+    rc = hctx_cursor_next(c, &k, &v);
+    hctx_cursor_close(c);
+    if (rc == CAIRN_ENOTFOUND)
+        return 0; /* empty: this layout from the start */
+    if (rc)
+        return rc;
+old:
+    fprintf(stderr,
+            "cairn: the %s state has an older layout: rebuild the state from the log (cairn "
+            "replay)\n",
+            l->what);
+    return CAIRN_EINVAL;
+}
+
+int hlayout_mark(struct hctx *ctx, struct hlayout *l)
+{
+    if (l->written)
+        return 0;
+    uint8_t v[4] = {(uint8_t)(l->layout >> 24), (uint8_t)(l->layout >> 16),
+                    (uint8_t)(l->layout >> 8), (uint8_t)l->layout};
+    int rc = hctx_put(ctx, l->meta, "layout", 6, v, 4);
+    l->written = !rc;
+    return rc;
 }

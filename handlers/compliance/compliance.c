@@ -104,7 +104,7 @@ struct cscr {
 
 struct comp {
     unsigned rules, view, resources, posture, meta;
-    bool layout_written;
+    struct hlayout layout;
     struct crule *r; /* sorted by (tenant, id) */
     size_t nr, rcap;
     struct ctl *c;
@@ -509,37 +509,6 @@ static void comp_free(struct comp *s)
     free(s);
 }
 
-/* A state without the layout mark but with resources was written by
- * layout 1: its results are not where this code looks, and evaluating on
- * it would reopen every open violation. */
-static int layout_check(struct hctx *ctx, struct comp *s)
-{
-    MDB_val v;
-    int rc = hctx_get(ctx, s->meta, "layout", 6, &v);
-    if (!rc) {
-        if (v.mv_size != 4 || be32_get(v.mv_data) != LAYOUT)
-            goto old;
-        s->layout_written = true;
-        return 0;
-    }
-    if (rc != CAIRN_ENOTFOUND)
-        return rc;
-    struct hcursor *c;
-    MDB_val k;
-    if ((rc = hctx_cursor_open(ctx, s->resources, NULL, 0, &c)))
-        return rc;
-    rc = hctx_cursor_next(c, &k, &v);
-    hctx_cursor_close(c);
-    if (rc == CAIRN_ENOTFOUND)
-        return 0;
-    if (rc)
-        return rc;
-old:
-    fprintf(stderr, "cairn: the violations state has an older layout: rebuild the state from the "
-                    "log (cairn replay)\n");
-    return CAIRN_EINVAL;
-}
-
 static int comp_open(struct hctx *ctx)
 {
     struct comp *s = calloc(1, sizeof *s);
@@ -559,8 +528,13 @@ static int comp_open(struct hctx *ctx)
         rc = hctx_db(ctx, "posture", 0, &s->posture);
     if (!rc)
         rc = hctx_db(ctx, "meta", 0, &s->meta);
+    /* A state without the mark but with resources was written by layout 1
+     * (its results are not where this code looks: evaluating on it would
+     * reopen every open violation); layout 2 kept documents in the view. */
+    s->layout = (struct hlayout){
+        .meta = s->meta, .probe = s->resources, .layout = LAYOUT, .what = "violations"};
     if (!rc)
-        rc = layout_check(ctx, s);
+        rc = hlayout_check(ctx, &s->layout);
     struct hcursor *c;
     if (!rc)
         rc = hctx_cursor_open(ctx, s->rules, NULL, 0, &c);
@@ -647,13 +621,8 @@ static int comp_flush(struct hctx *ctx)
 {
     struct comp *s = self(ctx);
     int rc = 0;
-    if (!s->layout_written) {
-        uint8_t v[4];
-        be32_put(v, LAYOUT);
-        if ((rc = hctx_put(ctx, s->meta, "layout", 6, v, 4)))
-            return rc;
-        s->layout_written = true;
-    }
+    if ((rc = hlayout_mark(ctx, &s->layout)))
+        return rc;
     for (size_t i = 0; i < s->ntouched && !rc; i++) {
         int c = s->touched[i];
         uint8_t k[512], val[16];

@@ -288,6 +288,48 @@ static void test_put_new(void **state)
     fx_close(&f);
 }
 
+/* ====================================================================== hlayout */
+
+/* An empty state takes the layout (marked once, at the first flush); a
+ * state with another mark, or with data and no mark (the layout before
+ * marks existed), is refused. DBI a holds the mark, b is the probe. */
+static void test_layout_mark(void **state)
+{
+    struct fixture f;
+    MDB_val v;
+    fx_open(&f, *state, "s", 0);
+    struct hlayout l = {.meta = t_db_a, .probe = t_db_b, .layout = 7, .what = "t"};
+    assert_int_equal(proj_begin(f.p), 0);
+    assert_int_equal(hlayout_check(f.ctx, &l), 0);
+    assert_false(l.written);
+    assert_int_equal(hlayout_mark(f.ctx, &l), 0);
+    assert_true(l.written);
+    assert_int_equal(proj_txn_writes(f.p), 1);
+    assert_int_equal(hlayout_mark(f.ctx, &l), 0); /* once */
+    assert_int_equal(proj_txn_writes(f.p), 1);
+    assert_int_equal(hctx_get(f.ctx, t_db_a, "layout", 6, &v), 0);
+    assert_int_equal(v.mv_size, 4);
+    assert_memory_equal(v.mv_data, "\0\0\0\7", 4);
+    assert_int_equal(hctx_put(f.ctx, t_db_b, "k", 1, "v", 1), 0);
+    assert_int_equal(proj_commit(f.p, 1), 0);
+
+    assert_int_equal(proj_begin(f.p), 0);
+    struct hlayout same = {.meta = t_db_a, .probe = t_db_b, .layout = 7, .what = "t"};
+    assert_int_equal(hlayout_check(f.ctx, &same), 0);
+    assert_true(same.written);
+    struct hlayout newer = {.meta = t_db_a, .probe = t_db_b, .layout = 8, .what = "t"};
+    assert_int_equal(hlayout_check(f.ctx, &newer), CAIRN_EINVAL);
+    /* No mark but data in the probe: written before marks existed. */
+    assert_int_equal(hctx_del(f.ctx, t_db_a, "layout", 6), 0);
+    assert_int_equal(hlayout_check(f.ctx, &newer), CAIRN_EINVAL);
+    /* No mark and an empty probe: a state this layout may start. */
+    assert_int_equal(hctx_del(f.ctx, t_db_b, "k", 1), 0);
+    assert_int_equal(hlayout_check(f.ctx, &newer), 0);
+    assert_false(newer.written);
+    proj_abort(f.p);
+    fx_close(&f);
+}
+
 /* ====================================================================== hctx_cursor_put */
 
 #define CP_KEYS 3000
@@ -549,6 +591,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_map_reserve_failure, dir_setup, dir_teardown),
         cmocka_unit_test_setup_teardown(test_map_full_teaches, dir_setup, dir_teardown),
         cmocka_unit_test_setup_teardown(test_put_new, dir_setup, dir_teardown),
+        cmocka_unit_test_setup_teardown(test_layout_mark, dir_setup, dir_teardown),
         cmocka_unit_test_setup_teardown(test_cursor_put, dir_setup, dir_teardown),
         cmocka_unit_test_setup_teardown(test_emit_appends, dir_setup, dir_teardown),
         cmocka_unit_test_setup_teardown(test_emit_dseq_read_back, dir_setup, dir_teardown),
