@@ -723,6 +723,19 @@ struct resource {
 };
 
 /* Emits b on the stream; *dseq (when not NULL) is the event's dseq. */
+/* resource_id, resource_type, account and region: keys and values. */
+static uint8_t *pk_resource(uint8_t *o, const struct resource *res)
+{
+    o = mpd_key(o, "resource_id");
+    o = pk_str(o, &res->id);
+    o = mpd_key(o, "resource_type");
+    o = pk_str(o, &res->type);
+    o = mpd_key(o, "account");
+    o = pk_str(o, &res->account);
+    o = mpd_key(o, "region");
+    return pk_str(o, &res->region);
+}
+
 static int emit_map(struct hctx *ctx, const struct event *ev, const char *type,
                     const struct cairn_str *key, struct cairn_buf *b, uint64_t *dseq)
 {
@@ -798,14 +811,7 @@ static int violation_open(struct hctx *ctx, const struct event *ev, const struct
     o = mpd_key(o, "status");
     o = mpd_key(o, "open");
     o = mpd_raw(o, r->head.data, r->head.len); /* rule_id title severity */
-    o = mpd_key(o, "resource_id");
-    o = pk_str(o, &res->id);
-    o = mpd_key(o, "resource_type");
-    o = pk_str(o, &res->type);
-    o = mpd_key(o, "account");
-    o = pk_str(o, &res->account);
-    o = mpd_key(o, "region");
-    o = pk_str(o, &res->region);
+    o = pk_resource(o, res);
     o = mpd_raw(o, r->mid.data, r->mid.len); /* frameworks controls remediation */
     b->len = (size_t)(o - b->data);
     mpw_init(&w, b);
@@ -886,14 +892,7 @@ static int violation_resolve(struct hctx *ctx, const struct event *ev, const str
     o = mpd_strn(o, vid, 32);
     o = mpd_key(o, "rule_id");
     o = mpd_strn(o, r->id, r->idn);
-    o = mpd_key(o, "resource_id");
-    o = pk_str(o, &res->id);
-    o = mpd_key(o, "resource_type");
-    o = pk_str(o, &res->type);
-    o = mpd_key(o, "account");
-    o = pk_str(o, &res->account);
-    o = mpd_key(o, "region");
-    o = pk_str(o, &res->region);
+    o = pk_resource(o, res);
     o = mpd_key(o, "severity");
     o = mpd_strn(o, vr.severity.p, vr.severity.n);
     o = mpd_key(o, "controls");
