@@ -35,6 +35,13 @@
  * The cache is the handler's in-memory state in the sense of the contract:
  * the engine closes and reopens the handler after an aborted transaction,
  * so it never holds work that did not commit.
+ *
+ * A dev keeps its values packed, each in a span of its memory, and an
+ * event replaces only the spans it has values for, in place
+ * (update_in_place: a value of the same length moves nothing); a
+ * location's time stays a number until the flush (struct dev). Rebuilding
+ * the memory per event, and formatting a time per location, cost a third
+ * of the handler's instructions. The bytes written are the same.
  */
 #include "handler.h"
 
@@ -443,7 +450,9 @@ static uint32_t write_position(struct mpw *w, const struct devin *in)
 
 /* The values of a newer event over the dev's: status, battery and
  * readings from telemetry, position and speed from location. Built in
- * the scratch buffer, which then becomes the dev's mem. */
+ * the scratch buffer, then copied into the dev's mem. Only for telemetry
+ * data of more than 64 entries now (update_in_place does the rest, to the
+ * same bytes). */
 static int take_values(struct devices *d, struct dev *v, const struct event *ev,
                        const struct devin *in, bool loc)
 {
@@ -709,13 +718,19 @@ static int dev_write(struct hctx *ctx, struct hcursor *c, struct dev *v)
     o = mpd_bool(mpd_key(o, "online"), v->online);
     o = put_span(mpd_key(o, "status"), v, &v->status);
     o = put_span(mpd_key(o, "battery"), v, &v->battery);
-    o = mpd_time(mpd_key(o, "first_seen"), v->first);
-    o = mpd_time(mpd_key(o, "last_seen"), v->last);
+    /* last_seen formatted once: a location's time is mostly the same
+     * (mpd_time's bytes; formatting was a quarter of the flush). */
+    char last[MPD_TIME_MAX];
+    size_t nlast = cairn_time_format(v->last, last, sizeof last);
+    o = v->first == v->last ? mpd_strn(mpd_key(o, "first_seen"), last, nlast)
+                            : mpd_time(mpd_key(o, "first_seen"), v->first);
+    o = mpd_strn(mpd_key(o, "last_seen"), last, nlast);
     o = mpd_key(o, "position");
     if (v->pos_open) { /* the same bytes as the closed form (struct dev) */
         o = mpd_map(o, v->npos + 1);
         o = mpd_raw(o, v->e.mem.data + v->position.off, v->position.len);
-        o = mpd_time(mpd_key(o, "time"), v->pos_time);
+        o = mpd_key(o, "time");
+        o = v->pos_time == v->last ? mpd_strn(o, last, nlast) : mpd_time(o, v->pos_time);
     } else {
         o = put_span(o, v, &v->position);
     }
