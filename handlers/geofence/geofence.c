@@ -98,7 +98,7 @@ struct tcache {
 };
 
 /* deferred writes (see "deferred writes" below) */
-enum { PW_HITLOG, PW_HITS, PW_DHITS, PW_INSIDE, PW_POS, PW_KINDS };
+enum { PW_HITS, PW_DHITS, PW_INSIDE, PW_POS, PW_KINDS };
 #define PEND_BYTES_MAX (64u << 20)
 
 struct pw {
@@ -109,7 +109,7 @@ struct pw {
 };
 
 struct gf {
-    unsigned fences, geom, dev, inside, hitlog, hits, dhits, pos, near, orders, oby, meta;
+    unsigned fences, geom, dev, inside, hits, dhits, pos, near, orders, oby, meta;
     bool layout_written; /* geofence.meta "layout" is GF_LAYOUT */
     double arrival_default;
     struct fence *f;
@@ -621,7 +621,7 @@ static int pend_add(struct hctx *ctx, int kind, const struct gf_key *k, uint32_t
     struct pend *pd = &g->pend[kind];
     int rc = 0;
     /* a put's value is kept by pend_value, which left room for its keys
-     * (a hit's payload: three) */
+     * (a hit's dseq: two) */
     if (del && g->pbuf.len + k->n > PEND_BYTES_MAX && (rc = pend_apply_all(ctx)))
         return rc;
     if (pd->n == pd->cap) {
@@ -662,8 +662,7 @@ static int pend_apply(struct hctx *ctx, int kind)
 {
     struct gf *g = self(ctx);
     struct pend *pd = &g->pend[kind];
-    unsigned db = kind == PW_HITLOG   ? g->hitlog
-                  : kind == PW_HITS   ? g->hits
+    unsigned db = kind == PW_HITS     ? g->hits
                   : kind == PW_DHITS  ? g->dhits
                   : kind == PW_INSIDE ? g->inside
                                       : g->pos;
@@ -1104,7 +1103,7 @@ static void gf_close(struct hctx *ctx)
 
 /* A state without the layout mark is new (nothing in hits yet: the mark
  * goes in at the first flush) or of layout 1 (geofence_int.h), which is
- * refused: its hits hold payloads that hitlog would have. */
+ * refused, as is layout 2 (mark 2: its hits hold no dseq). */
 static int layout_check(struct hctx *ctx)
 {
     struct gf *g = self(ctx);
@@ -1167,10 +1166,10 @@ static int gf_open(struct hctx *ctx)
     struct {
         const char *name;
         unsigned *db;
-    } dbs[] = {{"fences", &g->fences}, {"geom", &g->geom},     {"dev", &g->dev},
-               {"inside", &g->inside}, {"hitlog", &g->hitlog}, {"hits", &g->hits},
-               {"dhits", &g->dhits},   {"pos", &g->pos},       {"near", &g->near},
-               {"orders", &g->orders}, {"oby", &g->oby},       {"meta", &g->meta}};
+    } dbs[] = {{"fences", &g->fences}, {"geom", &g->geom}, {"dev", &g->dev},
+               {"inside", &g->inside}, {"hits", &g->hits}, {"dhits", &g->dhits},
+               {"pos", &g->pos},       {"near", &g->near}, {"orders", &g->orders},
+               {"oby", &g->oby},       {"meta", &g->meta}};
     for (size_t i = 0; !rc && i < sizeof dbs / sizeof *dbs; i++)
         rc = hctx_db(ctx, dbs[i].name, 0, dbs[i].db);
     if (!rc)
@@ -1263,8 +1262,8 @@ static uint8_t *mpd_gtime(uint8_t *o, struct tcache *c, int64_t ns)
     return mpd_strn(o, t, time_fmt(c, ns, t));
 }
 
-/* Emits a hit, keeps its payload in hitlog and indexes it in hits and
- * dhits (geofence_int.h). The payload is packed
+/* Emits a hit and indexes its event (the dseq hctx_emit stored it at) in
+ * hits and dhits (geofence_int.h). The payload is packed
  * directly (handler.h's mpd_*: the bytes msgpack-c's packer wrote before,
  * key by key), into a buffer larger than any hit: ids are at most
  * GF_FENCE_ID_MAX and CAIRN_KEY_MAX bytes, the rest under 300. */
@@ -1304,35 +1303,30 @@ static int emit_hit(struct hctx *ctx, const struct fix *x, const struct fence *f
     int rc = hctx_emit(ctx, x->ev, hit_types[kind], NULL, &x->dev, buf, len);
     const struct cairn_str *t = &x->ev->tenant;
     struct gf_key k;
-    uint8_t kb = (uint8_t)kind;
+    uint8_t kb = (uint8_t)kind, d8[8];
     uint32_t voff = 0;
-    /* the payload in hitlog, in time order; hits and dhits (keys of the
-     * same four fields) point to it. The hitlog key is as long as the
-     * hits key, one byte shorter than the dhits key: it fits when they do */
-    gk_tenant(&k, t->p, t->n);
-    gk_be64(&k, gf_time_key(x->ev->time));
-    gk_raw(&k, &kb, 1);
-    gk_u8str(&k, fid.p, fid.n);
-    gk_raw(&k, x->dev.p, x->dev.n);
-    if (rc || k.over)
+    /* the payload is kept once, in the event: hits and dhits (keys of the
+     * same four fields) hold its dseq. The dhits key is one byte longer
+     * than the hits key: it fits when that one does */
+    if (rc)
         return rc;
-    if ((rc = pend_value(ctx, buf, len, &voff)) ||
-        (rc = pend_add(ctx, PW_HITLOG, &k, voff, len, false)))
-        return rc;
+    cairn_be64_put(d8, hctx_emitted_dseq(ctx));
     gk_tenant(&k, t->p, t->n);
     gk_u8str(&k, fid.p, fid.n);
     gk_be64(&k, gf_time_key(x->ev->time));
     gk_raw(&k, &kb, 1);
     gk_raw(&k, x->dev.p, x->dev.n);
-    if (!k.over)
-        rc = pend_add(ctx, PW_HITS, &k, 0, 0, false);
+    if (k.over)
+        return 0;
+    if ((rc = pend_value(ctx, d8, 8, &voff)) || (rc = pend_add(ctx, PW_HITS, &k, voff, 8, false)))
+        return rc;
     gk_tenant(&k, t->p, t->n);
     gk_u16str(&k, x->dev.p, x->dev.n);
     gk_be64(&k, gf_time_key(x->ev->time));
     gk_raw(&k, &kb, 1);
     gk_raw(&k, fid.p, fid.n);
-    if (!rc && !k.over)
-        rc = pend_add(ctx, PW_DHITS, &k, 0, 0, false);
+    if (!k.over)
+        rc = pend_add(ctx, PW_DHITS, &k, voff, 8, false);
     return rc;
 }
 

@@ -8,31 +8,32 @@
  *   geofence.geom    T | fence_id                      -> packed geometry (geo_pack)
  *   geofence.dev     T | device_id                     -> device record (below)
  *   geofence.inside  T | flen u8 | fence_id | device   -> since (i64 BE): devices inside (WITHIN)
- *   geofence.hitlog  T | time i64 BE biased | kind u8 | flen u8 | fence_id | device
- *                                                      -> hit payload (msgpack)
- *   geofence.hits    T | flen u8 | fence_id | time | kind u8 | device -> "" (by fence)
- *   geofence.dhits   T | dlen u16 BE | device | time | kind u8 | fence_id -> "" (by device)
+ *   geofence.hits    T | flen u8 | fence_id | time | kind u8 | device -> dseq u64 BE (by fence)
+ *   geofence.dhits   T | dlen u16 BE | device | time | kind u8 | fence_id -> dseq (by device)
  *   geofence.pos     T | cy u32 BE | cx u32 BE | device -> "" (device grid, POS_CELL_DEG cells)
  *   geofence.near    T | flen u8 | fence_id | alen u16 BE | a | b -> "" (roam pairs, both ways)
  *   geofence.orders  T | order_id                      -> order record (msgpack)
  *   geofence.oby     T | dlen u16 BE | device | order_id -> "" (open orders awaiting arrival)
  *   geofence.meta    "layout"                      -> u32 BE (GF_LAYOUT)
  *
- * A hit (fence, device, time, kind) is one payload in hitlog, in time
- * order, and one empty entry in each of hits and dhits, whose keys hold
- * the same four fields (a query by fence or device reads its index, then
- * the payloads from hitlog). Layout 1 kept the payload in hits and dhits
- * themselves: ~180-byte entries landing on random pages of two trees
- * that grow with the history, so every state transaction rewrote most of
- * both (14 000 hits per 65 536 fixes in bench/geofence; leaving those
- * writes out saved ~1.6 of the 4.7 us of CPU per fix, much of it the
- * kernel's page faults and write-back of the dirtied pages). Now the
- * payloads are appended at the end of hitlog (fixes come roughly in time
- * order; its leaves end about half full, as LMDB splits a full leaf in
- * the middle unless a put says MDB_APPEND) and the random inserts go to
- * trees of ~40-byte entries, a quarter the pages. As before, the last hit
- * of one (fence, device, time, kind) is the one kept. A state of layout 1
- * is refused at open (rebuild it from the log: cairn replay).
+ * A hit (fence, device, time, kind) is one event of stream.geofence (its
+ * payload the hit's document) and one entry in each of hits and dhits,
+ * whose keys hold the same four fields and whose value is the event's
+ * dseq (a query by fence or device reads its index, then the payloads from
+ * the stream). Layout 1 kept the payload in hits and dhits themselves:
+ * ~180-byte entries landing on random pages of two trees that grow with
+ * the history, so every state transaction rewrote most of both (14 000
+ * hits per 65 536 fixes in bench/geofence; leaving those writes out saved
+ * ~1.6 of the 4.7 us of CPU per fix, much of it the kernel's page faults
+ * and write-back of the dirtied pages). Layout 2 kept the payload once
+ * more in geofence.hitlog (time-ordered key, appended; its leaves ended
+ * half full, as LMDB splits a full leaf in the middle unless a put says
+ * MDB_APPEND) and empty values in hits and dhits; layout 3 drops hitlog:
+ * the stream, append-only and never trimmed, already holds the payload
+ * (one put fewer per hit). The random inserts go to trees of ~48-byte
+ * entries. As before, the last hit of one (fence, device, time, kind) is
+ * the one kept (its dseq). A state of layout 1 or 2 is refused at open
+ * (rebuild it from the log: cairn replay).
  *
  * Device record (geofence.dev), fixed byte order:
  *
@@ -80,7 +81,7 @@
 
 #define GF_KEY_MAX 511
 /* The layout of the DBIs above (geofence.meta "layout"). */
-#define GF_LAYOUT 2
+#define GF_LAYOUT 3
 
 enum gf_state { GF_PENDING = 1, GF_INSIDE = 2 };
 enum gf_hit {

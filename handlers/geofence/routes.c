@@ -391,12 +391,12 @@ static int get_hits(struct hread *rd, char **args, struct cairn_buf *out, struct
     gk_be64(&start, gf_time_key(from));
     struct scan s;
     MDB_val k, v;
-    MDB_dbi logdbi = 0;
+    MDB_dbi sdbi = 0;
     put_seq(rd, out);
     cairn_buf_puts(out, ",\"hits\":[");
     int rc = scan_open(rd, hf ? "hits" : "dhits", p.b, p.n, &s);
     if (!rc)
-        rc = hread_db(rd, "hitlog", &logdbi);
+        rc = proj_snap_dbi(rd->snap, PROJ_STREAM_PREFIX "geofence", &sdbi);
     bool more = false;
     struct cairn_buf tmp;
     cairn_buf_init(&tmp, 1u << 20);
@@ -416,26 +416,20 @@ static int get_hits(struct hread *rd, char **args, struct cairn_buf *out, struct
             break;
         }
         unsigned kind = kb[p.n + 8];
-        /* the payload, from hitlog: T | time | kind | fence | device */
-        struct gf_key lk;
-        gk_tenant(&lk, t, strlen(t));
-        gk_raw(&lk, kb + p.n, 9);
-        if (hf) {
-            gk_u8str(&lk, fence, strlen(fence));
-            gk_raw(&lk, rest, rn);
-        } else {
-            gk_u8str(&lk, rest, rn);
-            gk_raw(&lk, dev, strlen(dev));
-        }
-        MDB_val lkv = {lk.n, lk.b};
-        int mrc = lk.over ? MDB_NOTFOUND : mdb_get(hread_txn(rd), logdbi, &lkv, &v);
+        /* the payload, from the hit's event in stream.geofence (the value
+         * is its dseq) */
+        struct proj_derived d;
+        MDB_val sv;
+        int mrc = v.mv_size == 8 ? mdb_get(hread_txn(rd), sdbi, &v, &sv) : MDB_NOTFOUND;
         if (mrc) { /* indexed, so it is there */
             rc = mrc == MDB_NOTFOUND ? CAIRN_ECORRUPT : cairn_mdb_err(mrc);
             break;
         }
+        if ((rc = proj_derived_decode(sv.mv_data, sv.mv_size, &d)))
+            break;
         cairn_buf_reset(&tmp);
         size_t used;
-        if ((rc = cairn_msgpack_to_json(v.mv_data, v.mv_size, &tmp, &used)) || tmp.len < 2)
+        if ((rc = cairn_msgpack_to_json(d.payload, d.payload_len, &tmp, &used)) || tmp.len < 2)
             break;
         cairn_buf_printf(out, "%s{\"type\":\"geofence.%s\",", n++ ? "," : "",
                          kind < 8 ? gf_hit_names[kind] : "?");

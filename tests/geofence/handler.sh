@@ -161,22 +161,32 @@ DATA_DIR=$WORK/nodefer cairn append "$F" --engine --config "$WORK/nodefer.json" 
     fail "writes made at once give other events"
 echo "ok writes made at once give the same state and events"
 
-# A state of the older layout (hit payloads in geofence.hits, no layout
-# mark in geofence.meta: written before geofence.hitlog) is refused when
-# the handler opens, with the way out; cairn replay rebuilds it.
-OLD=$WORK/old
-mkdir -p "$OLD/state"
-cp -r "$DATA/log" "$OLD/log"
-mdb_dump -a "$DATA/state" | awk '/^VERSION=/ { h = ""; hold = 1 }
+# States of the older layouts are refused when the handler opens, with
+# the way out; cairn replay rebuilds them. Layout 1 (hit payloads in
+# geofence.hits, no layout mark in geofence.meta: written before
+# geofence.hitlog) is the test's state without geofence.meta; layout 2
+# (payloads in geofence.hitlog, geofence.meta "layout" 2) is the test's
+# state with the mark set to 2.
+old_state() { # $1: the directory, $2: awk program run on the dump
+    mkdir -p "$1/state"
+    cp -r "$DATA/log" "$1/log"
+    mdb_dump -a "$DATA/state" | awk "$2" | mdb_load "$1/state"
+    [ "$(mdb_stat -s geofence.hits "$1/state" | sed -n 's/ *Entries: //p')" -gt 0 ] ||
+        fail "the old-layout state has no hits"
+    out=$(DATA_DIR=$1 cairn append /dev/null --engine 2>&1) && fail "an old-layout state was opened: $out"
+    grep -q "the geofence state has an older layout: rebuild the state from the log" <<<"$out" ||
+        fail "old layout: $out"
+    DATA_DIR=$1 cairn replay >/dev/null
+    [ "$(DATA_DIR=$1 cairn digest)" = "$(cairn digest)" ] || fail "the replayed old state differs"
+}
+old_state "$WORK/old" '/^VERSION=/ { h = ""; hold = 1 }
     hold { if (!/^db_pagesize=/) h = h $0 "\n"
            if (/^HEADER=END/) { hold = 0; skip = h ~ /\ndatabase=geofence\.meta\n/; if (!skip) printf "%s", h }
            next }
-    !skip' | mdb_load "$OLD/state"
-[ "$(mdb_stat -s geofence.hits "$OLD/state" | sed -n 's/ *Entries: //p')" -gt 0 ] ||
-    fail "the old-layout state has no hits"
-out=$(DATA_DIR=$OLD cairn append /dev/null --engine 2>&1) && fail "an old-layout state was opened: $out"
-grep -q "the geofence state has an older layout: rebuild the state from the log" <<<"$out" ||
-    fail "old layout: $out"
-DATA_DIR=$OLD cairn replay >/dev/null
-[ "$(DATA_DIR=$OLD cairn digest)" = "$(cairn digest)" ] || fail "the replayed old state differs"
-echo "ok an old-layout state is refused, and replay rebuilds it"
+    !skip'
+# "layout" is 6c61796f7574 in the dump, its value 00000003 on the next line
+old_state "$WORK/old2" '/^database=/ { meta = $0 == "database=geofence.meta" }
+    meta && prev == " 6c61796f7574" && $0 == " 00000003" { $0 = " 00000002"; set = 1 }
+    { prev = $0; print }
+    END { if (!set) exit 1 }'
+echo "ok old-layout states (1 and 2) are refused, and replay rebuilds them"

@@ -43,7 +43,7 @@ ok "hits by fence" "geofence/hits?tenant=t&fence=A" '[.hits[] | .type + " " + .d
 ok "hits by device" "geofence/hits?tenant=t&device=d2" '[.hits[] | .type + " " + .fence_id] == ["geofence.enter A","geofence.exit A"]'
 ok "hits in a time range" "geofence/hits?tenant=t&fence=A&from=2026-03-01T10:00:02Z&to=2026-03-01T10:00:03Z" '[.hits[].device_id] == ["d2"]'
 ok "hits need a filter" "geofence/hits?tenant=t" '.error.code == "missing_parameter"'
-# the payloads come from geofence.hitlog, the order from the index
+# the payloads come from stream.geofence (the index holds dseqs), the order from the index
 ok "hits of a fence and a device" "geofence/hits?tenant=t&fence=A&device=d2" '[.hits[].type] == ["geofence.enter","geofence.exit"] and .hits[0] == {"type":"geofence.enter","fence_id":"A","device_id":"d2","lat":0.5,"lon":0.503,"at":"2026-03-01T10:00:02Z","since":"2026-03-01T10:00:02Z"} and .hits[1] == {"type":"geofence.exit","fence_id":"A","device_id":"d2","lat":0.5,"lon":1.5,"at":"2026-03-01T10:00:04Z","since":"2026-03-01T10:00:02Z","dwell_s":2,"reason":"left"}'
 ok "hits by device, all fences" "geofence/hits?tenant=t&device=d1" '[.hits[] | .fence_id + " " + .at] == ["A 2026-03-01T10:00:01Z"]'
 ok "hits limited" "geofence/hits?tenant=t&fence=A&limit=2" '[.hits[].device_id] == ["d1","d2"] and .truncated == true'
