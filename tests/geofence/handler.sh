@@ -179,11 +179,13 @@ old_state() { # $1: the directory, $2: awk program run on the dump
     DATA_DIR=$1 cairn replay >/dev/null
     [ "$(DATA_DIR=$1 cairn digest)" = "$(cairn digest)" ] || fail "the replayed old state differs"
 }
+# shellcheck disable=SC2016 # an awk program
 old_state "$WORK/old" '/^VERSION=/ { h = ""; hold = 1 }
     hold { if (!/^db_pagesize=/) h = h $0 "\n"
            if (/^HEADER=END/) { hold = 0; skip = h ~ /\ndatabase=geofence\.meta\n/; if (!skip) printf "%s", h }
            next }
     !skip'
+# shellcheck disable=SC2016 # an awk program
 # "layout" is 6c61796f7574 in the dump, its value 00000003 on the next line
 old_state "$WORK/old2" '/^database=/ { meta = $0 == "database=geofence.meta" }
     meta && prev == " 6c61796f7574" && $0 == " 00000003" { $0 = " 00000002"; set = 1 }
