@@ -771,10 +771,12 @@ static bool skey_less(const struct skey *x, const struct skey *y, size_t cp)
 /* hcache_sort_dirty's order (by key, LMDB's), without its qsort: that
  * called a memcmp through a function pointer per comparison (~850
  * instructions per dirty dev). Here the 16 key bytes past the prefix all
- * dirty keys share (the tenant's length byte, and more when the tenants'
- * names start alike) are two integers next to the pointer, compared
- * inline by a merge sort; the keys themselves are read only on a tie.
- * Keys in the list are distinct, so the order is the one qsort gave. */
+ * dirty keys share (none with tenants of different name lengths; with
+ * one tenant, its length byte and name) are two integers next to the
+ * pointer, compared inline by a merge sort; the keys themselves are read
+ * only on a tie (keys longer than the prefix + 16 bytes that agree on
+ * those: a long tenant name's devices). Keys in the list are distinct,
+ * so the order is the one qsort gave. */
 static int sort_dirty(struct devices *d)
 {
     struct hentry **l = d->cache.dirty;
