@@ -110,7 +110,7 @@ struct pw {
 
 struct gf {
     unsigned fences, geom, dev, inside, hits, dhits, pos, near, orders, oby, meta;
-    bool layout_written; /* geofence.meta "layout" is GF_LAYOUT */
+    struct hlayout layout; /* geofence.meta "layout" is GF_LAYOUT */
     double arrival_default;
     struct fence *f;
     uint32_t nf, capf, free_head; /* free list through next_free, UINT32_MAX: none */
@@ -370,27 +370,6 @@ struct gdev {
 
 #define REC_SLOTS(n) (((size_t)(n) + 3) & ~(size_t)3)
 
-/* Eight bytes at a time (FNV-1a's byte loop was a chain of dependent
- * multiplies per key byte, on every fix). Only the table layout depends on
- * it. */
-static uint64_t hash_bytes(const uint8_t *p, size_t n)
-{
-    uint64_t h = 0x9E3779B97F4A7C15ULL ^ n, w;
-    for (; n >= 8; p += 8, n -= 8) {
-        memcpy(&w, p, 8);
-        h = (h ^ w) * 0xff51afd7ed558ccdULL;
-        h ^= h >> 32;
-    }
-    if (n) {
-        w = 0;
-        memcpy(&w, p, n);
-        h = (h ^ w) * 0xc4ceb9fe1a85ec53ULL;
-    }
-    h ^= h >> 33;
-    h *= 0xff51afd7ed558ccdULL;
-    return h ^ (h >> 33);
-}
-
 static struct gdev **dev_slot(struct gf *g, const uint8_t *k, size_t n, uint64_t h)
 {
     size_t m = g->dcap - 1;
@@ -403,7 +382,7 @@ static struct gdev **dev_slot(struct gf *g, const uint8_t *k, size_t n, uint64_t
 
 static struct gdev *dev_find(struct gf *g, const uint8_t *k, size_t n)
 {
-    return g->dcap ? *dev_slot(g, k, n, hash_bytes(k, n)) : NULL;
+    return g->dcap ? *dev_slot(g, k, n, hcache_hash(k, n)) : NULL;
 }
 
 /* The write-back order is LMDB's key order (memcmp, then length). Records
@@ -790,7 +769,7 @@ static int dev_grow(struct gf *g)
 static int dev_get(struct hctx *ctx, const struct gf_key *k, struct gdev **out)
 {
     struct gf *g = self(ctx);
-    uint64_t h = hash_bytes(k->b, k->n);
+    uint64_t h = hcache_hash(k->b, k->n);
     struct gdev **slot = g->dcap ? dev_slot(g, k->b, k->n, h) : NULL;
     if (slot && *slot) {
         *out = *slot;
@@ -889,15 +868,9 @@ static int dev_store(struct gf *g, struct gdev *d, const uint8_t *rec, size_t n,
 
 static int gf_flush(struct hctx *ctx)
 {
-    struct gf *g = self(ctx);
-    int rc = 0;
-    if (!g->layout_written) {
-        uint8_t v[4] = {0, 0, 0, GF_LAYOUT};
-        if ((rc = hctx_put(ctx, g->meta, "layout", 6, v, 4)))
-            return rc;
-        g->layout_written = true;
-    }
-    rc = dev_writeback(ctx);
+    int rc = hlayout_mark(ctx, &self(ctx)->layout);
+    if (!rc)
+        rc = dev_writeback(ctx);
     return rc ? rc : pend_apply_all(ctx);
 }
 
@@ -1101,38 +1074,6 @@ static void gf_close(struct hctx *ctx)
     *hctx_user(ctx) = NULL;
 }
 
-/* A state without the layout mark is new (nothing in hits yet: the mark
- * goes in at the first flush) or of layout 1 (geofence_int.h), which is
- * refused, as is layout 2 (mark 2: its hits hold no dseq). */
-static int layout_check(struct hctx *ctx)
-{
-    struct gf *g = self(ctx);
-    MDB_val v, k;
-    int rc = hctx_get(ctx, g->meta, "layout", 6, &v);
-    if (!rc) {
-        const uint8_t *b = v.mv_data;
-        if (v.mv_size != 4 || b[0] || b[1] || b[2] || b[3] != GF_LAYOUT)
-            goto old;
-        g->layout_written = true;
-        return 0;
-    }
-    if (rc != CAIRN_ENOTFOUND)
-        return rc;
-    struct hcursor *c;
-    if ((rc = hctx_cursor_open(ctx, g->hits, NULL, 0, &c)))
-        return rc;
-    rc = hctx_cursor_next(c, &k, &v);
-    hctx_cursor_close(c);
-    if (rc == CAIRN_ENOTFOUND)
-        return 0;
-    if (rc)
-        return rc;
-old:
-    fprintf(stderr, "cairn: the geofence state has an older layout: rebuild the state from the "
-                    "log (cairn replay)\n");
-    return CAIRN_EINVAL;
-}
-
 static int gf_open(struct hctx *ctx)
 {
     struct gf *g = calloc(1, sizeof *g);
@@ -1172,8 +1113,13 @@ static int gf_open(struct hctx *ctx)
                {"oby", &g->oby},       {"meta", &g->meta}};
     for (size_t i = 0; !rc && i < sizeof dbs / sizeof *dbs; i++)
         rc = hctx_db(ctx, dbs[i].name, 0, dbs[i].db);
+    /* A state without the mark is new (nothing in hits yet: the mark goes
+     * in at the first flush) or of layout 1 (geofence_int.h), which is
+     * refused, as is layout 2 (mark 2: its hits hold no dseq). */
+    g->layout = (struct hlayout){
+        .meta = g->meta, .probe = g->hits, .layout = GF_LAYOUT, .what = "geofence"};
     if (!rc)
-        rc = layout_check(ctx);
+        rc = hlayout_check(ctx, &g->layout);
     if (!rc)
         rc = load_fences(ctx);
     if (rc)
