@@ -722,7 +722,6 @@ struct resource {
     const msgpack_object *attrs; /* NULL: none (or a stored record's resource: rec_resource) */
 };
 
-/* Emits b on the stream; *dseq (when not NULL) is the event's dseq. */
 /* resource_id, resource_type, account and region: keys and values. */
 static uint8_t *pk_resource(uint8_t *o, const struct resource *res)
 {
@@ -736,6 +735,7 @@ static uint8_t *pk_resource(uint8_t *o, const struct resource *res)
     return pk_str(o, &res->region);
 }
 
+/* Emits b on the stream; *dseq (when not NULL) is the event's dseq. */
 static int emit_map(struct hctx *ctx, const struct event *ev, const char *type,
                     const struct cairn_str *key, struct cairn_buf *b, uint64_t *dseq)
 {
