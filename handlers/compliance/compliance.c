@@ -722,17 +722,19 @@ struct resource {
     const msgpack_object *attrs; /* NULL: none (or a stored record's resource: rec_resource) */
 };
 
-/* resource_id, resource_type, account and region: keys and values. */
-static uint8_t *pk_resource(uint8_t *o, const struct resource *res)
+/* resource_id, resource_type, account and region: keys and values (the
+ * violation and resolved documents, and the resources record). */
+static uint8_t *pk_resource(uint8_t *o, const struct cairn_str *id, const struct cairn_str *type,
+                            const struct cairn_str *account, const struct cairn_str *region)
 {
     o = mpd_key(o, "resource_id");
-    o = pk_str(o, &res->id);
+    o = pk_str(o, id);
     o = mpd_key(o, "resource_type");
-    o = pk_str(o, &res->type);
+    o = pk_str(o, type);
     o = mpd_key(o, "account");
-    o = pk_str(o, &res->account);
+    o = pk_str(o, account);
     o = mpd_key(o, "region");
-    return pk_str(o, &res->region);
+    return pk_str(o, region);
 }
 
 /* Emits b on the stream; *dseq (when not NULL) is the event's dseq. */
@@ -811,7 +813,7 @@ static int violation_open(struct hctx *ctx, const struct event *ev, const struct
     o = mpd_key(o, "status");
     o = mpd_key(o, "open");
     o = mpd_raw(o, r->head.data, r->head.len); /* rule_id title severity */
-    o = pk_resource(o, res);
+    o = pk_resource(o, &res->id, &res->type, &res->account, &res->region);
     o = mpd_raw(o, r->mid.data, r->mid.len); /* frameworks controls remediation */
     b->len = (size_t)(o - b->data);
     mpw_init(&w, b);
@@ -892,7 +894,7 @@ static int violation_resolve(struct hctx *ctx, const struct event *ev, const str
     o = mpd_strn(o, vid, 32);
     o = mpd_key(o, "rule_id");
     o = mpd_strn(o, r->id, r->idn);
-    o = pk_resource(o, res);
+    o = pk_resource(o, &res->id, &res->type, &res->account, &res->region);
     o = mpd_key(o, "severity");
     o = mpd_strn(o, vr.severity.p, vr.severity.n);
     o = mpd_key(o, "controls");
@@ -1018,14 +1020,7 @@ static int rec_put(struct hctx *ctx, const uint8_t *k, size_t kn, const struct r
         return rc;
     uint8_t *o = s->out.data;
     o = mpd_map(o, 6);
-    o = mpd_key(o, "resource_id");
-    o = pk_str(o, &f->id);
-    o = mpd_key(o, "resource_type");
-    o = pk_str(o, &f->type);
-    o = mpd_key(o, "account");
-    o = pk_str(o, &f->account);
-    o = mpd_key(o, "region");
-    o = pk_str(o, &f->region);
+    o = pk_resource(o, &f->id, &f->type, &f->account, &f->region);
     o = mpd_key(o, "scan");
     o = pk_str(o, &f->mark);
     o = mpd_key(o, "results");
