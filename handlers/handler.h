@@ -223,6 +223,10 @@ MDB_txn *hread_txn(struct hread *rd);
 /* Opens the handler's own DBI "<handler>.<name>" in the snapshot;
  * CAIRN_ENOTFOUND when it does not exist yet (nothing derived). */
 int hread_db(struct hread *rd, const char *name, MDB_dbi *dbi);
+/* The payload of the event at dseq of the handler's own stream, in the
+ * snapshot (hctx_stream_payload's twin for routes and view_doc): 0 with
+ * *p, *n set (valid while the snapshot is), CAIRN_ENOTFOUND, or a failure. */
+int hread_stream_payload(struct hread *rd, uint64_t dseq, const uint8_t **p, size_t *n);
 /* The caller's tenant, or NULL when the caller may see every tenant (an
  * admin without ?tenant=, or --insecure-no-auth). */
 const char *hread_tenant(struct hread *rd);

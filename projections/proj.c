@@ -1219,6 +1219,29 @@ int hread_db(struct hread *rd, const char *name, MDB_dbi *dbi)
     return proj_snap_dbi(rd->snap, full, dbi);
 }
 
+int hread_stream_payload(struct hread *rd, uint64_t dseq, const uint8_t **p, size_t *n)
+{
+    char name[160];
+    int rc;
+    if (!rd->stream_open) {
+        if (snprintf(name, sizeof name, PROJ_STREAM_PREFIX "%s", rd->h->name) >= (int)sizeof name)
+            return CAIRN_EINVAL;
+        if ((rc = proj_snap_dbi(rd->snap, name, &rd->stream)))
+            return rc;
+        rd->stream_open = true;
+    }
+    uint8_t k8[8];
+    MDB_val k = {8, k8}, v;
+    struct proj_derived d;
+    cairn_be64_put(k8, dseq);
+    rc = cairn_mdb_err(mdb_get(rd->snap->txn, rd->stream, &k, &v));
+    if (!rc)
+        rc = proj_derived_decode(v.mv_data, v.mv_size, &d);
+    if (!rc)
+        *p = d.payload, *n = d.payload_len;
+    return rc;
+}
+
 const char *hread_tenant(struct hread *rd)
 {
     return rd->tenant;

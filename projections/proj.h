@@ -160,6 +160,8 @@ struct hread {
     const char *tenant; /* NULL: every tenant */
     bool (*param)(void *arg, const char *name, char *out, size_t cap);
     void *arg;
+    MDB_dbi stream; /* the handler's stream, once hread_stream_payload opened it */
+    bool stream_open;
 };
 
 /* SHA-256 over every DBI of the snapshot in name order, and every entry in

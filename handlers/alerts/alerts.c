@@ -68,7 +68,6 @@
  * See the ALARMS section below for the exact CloudWatch semantics.
  */
 #include "handler.h"
-#include "proj.h" /* the snapshot's stream DBI, proj_derived_decode: alerts_view_doc */
 
 #include <assert.h>
 #include <math.h>
@@ -1847,19 +1846,12 @@ static int alerts_view_doc(struct hread *rd, const MDB_val *k, const MDB_val *v,
     uint64_t dseq = vref_dseq(v);
     if (!dseq)
         return cairn_buf_append(out, v->mv_data, v->mv_size);
-    MDB_dbi dbi;
-    uint8_t k8[8];
-    MDB_val sk = {8, k8}, sv;
-    struct proj_derived d;
-    cairn_be64_put(k8, dseq);
-    int rc = proj_snap_dbi(rd->snap, PROJ_STREAM_PREFIX "alerts", &dbi);
-    if (!rc)
-        rc = cairn_mdb_err(mdb_get(hread_txn(rd), dbi, &sk, &sv));
-    if (!rc)
-        rc = proj_derived_decode(sv.mv_data, sv.mv_size, &d);
+    const uint8_t *p;
+    size_t n;
+    int rc = hread_stream_payload(rd, dseq, &p, &n);
     if (rc)
         return rc == CAIRN_ENOTFOUND ? CAIRN_ECORRUPT : rc; /* a reference to no event */
-    return cairn_buf_append(out, d.payload, d.payload_len);
+    return cairn_buf_append(out, p, n);
 }
 
 /* POST /v1/alerts/{id}/ack {"by", "reason"?} -> an alert.ack input. */

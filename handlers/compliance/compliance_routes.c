@@ -15,7 +15,6 @@
  * generic view route GET /v1/violations/{id} serve documents too.
  */
 #include "handler.h"
-#include "proj.h" /* the snapshot's stream DBI, proj_derived_decode */
 #include "vrec.h"
 
 #include <stdio.h>
@@ -52,24 +51,16 @@ int violations_view_doc(struct hread *rd, const MDB_val *k, const MDB_val *v, st
 {
     (void)k;
     struct vrec r;
-    MDB_dbi dbi;
-    MDB_val sv;
-    uint8_t k8[8];
-    struct proj_derived d;
+    const uint8_t *doc;
+    size_t dn;
     if (!vrec_decode(v->mv_data, v->mv_size, &r))
         return CAIRN_ECORRUPT;
-    cairn_be64_put(k8, r.dseq);
-    MDB_val sk = {8, k8};
-    int rc = proj_snap_dbi(rd->snap, PROJ_STREAM_PREFIX "violations", &dbi);
-    if (!rc)
-        rc = cairn_mdb_err(mdb_get(hread_txn(rd), dbi, &sk, &sv));
-    if (!rc)
-        rc = proj_derived_decode(sv.mv_data, sv.mv_size, &d);
+    int rc = hread_stream_payload(rd, r.dseq, &doc, &dn);
     if (rc)
         return rc == CAIRN_ENOTFOUND ? CAIRN_ECORRUPT : rc; /* a record without its event */
     if (!r.resolved)
-        return cairn_buf_append(out, d.payload, d.payload_len);
-    const uint8_t *p = d.payload, *end = d.payload + d.payload_len;
+        return cairn_buf_append(out, doc, dn);
+    const uint8_t *p = doc, *end = doc + dn;
     uint32_t nkv;
     if (p < end && (*p & 0xf0) == 0x80)
         nkv = *p & 0x0f, p += 1;
@@ -77,10 +68,10 @@ int violations_view_doc(struct hread *rd, const MDB_val *k, const MDB_val *v, st
         nkv = (uint32_t)p[1] << 8 | p[2], p += 3;
     else
         return CAIRN_ECORRUPT;
-    if ((rc = cairn_buf_reserve(out, d.payload_len + 64 + MPD_TIME_MAX + r.resolution.n)))
+    if ((rc = cairn_buf_reserve(out, dn + 64 + MPD_TIME_MAX + r.resolution.n)))
         return rc;
     uint8_t *o = out->data + out->len;
-    o = mpd_raw(o, d.payload, (size_t)(p - d.payload)); /* the map's header */
+    o = mpd_raw(o, doc, (size_t)(p - doc)); /* the map's header */
     for (uint32_t i = 0; i < nkv; i++) {
         size_t kn = mp_raw_len(p, (size_t)(end - p));
         size_t vn = kn ? mp_raw_len(p + kn, (size_t)(end - p) - kn) : 0;

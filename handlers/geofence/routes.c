@@ -13,7 +13,6 @@
  * Reads only the DBIs (never the writer's in-memory index).
  */
 #include "geofence_int.h"
-#include "proj.h"
 
 #include <math.h>
 #include <stdio.h>
@@ -391,12 +390,9 @@ static int get_hits(struct hread *rd, char **args, struct cairn_buf *out, struct
     gk_be64(&start, gf_time_key(from));
     struct scan s;
     MDB_val k, v;
-    MDB_dbi sdbi = 0;
     put_seq(rd, out);
     cairn_buf_puts(out, ",\"hits\":[");
     int rc = scan_open(rd, hf ? "hits" : "dhits", p.b, p.n, &s);
-    if (!rc)
-        rc = proj_snap_dbi(rd->snap, PROJ_STREAM_PREFIX "geofence", &sdbi);
     bool more = false;
     struct cairn_buf tmp;
     cairn_buf_init(&tmp, 1u << 20);
@@ -418,18 +414,17 @@ static int get_hits(struct hread *rd, char **args, struct cairn_buf *out, struct
         unsigned kind = kb[p.n + 8];
         /* the payload, from the hit's event in stream.geofence (the value
          * is its dseq) */
-        struct proj_derived d;
-        MDB_val sv;
-        int mrc = v.mv_size == 8 ? mdb_get(hread_txn(rd), sdbi, &v, &sv) : MDB_NOTFOUND;
-        if (mrc) { /* indexed, so it is there */
-            rc = mrc == MDB_NOTFOUND ? CAIRN_ECORRUPT : cairn_mdb_err(mrc);
+        const uint8_t *doc;
+        size_t dn;
+        rc = v.mv_size == 8 ? hread_stream_payload(rd, cairn_be64_get(v.mv_data), &doc, &dn)
+                            : CAIRN_ENOTFOUND;
+        if (rc) { /* indexed, so it is there */
+            rc = rc == CAIRN_ENOTFOUND ? CAIRN_ECORRUPT : rc;
             break;
         }
-        if ((rc = proj_derived_decode(sv.mv_data, sv.mv_size, &d)))
-            break;
         cairn_buf_reset(&tmp);
         size_t used;
-        if ((rc = cairn_msgpack_to_json(d.payload, d.payload_len, &tmp, &used)) || tmp.len < 2)
+        if ((rc = cairn_msgpack_to_json(doc, dn, &tmp, &used)) || tmp.len < 2)
             break;
         cairn_buf_printf(out, "%s{\"type\":\"geofence.%s\",", n++ ? "," : "",
                          kind < 8 ? gf_hit_names[kind] : "?");
