@@ -229,6 +229,7 @@ struct figures {
     int64_t wall_ns, cpu_ns, sys_ns;
     int64_t thread_ns; /* CPU of the calling thread (the rest: the engine's apply worker) */
     uint64_t check;    /* a sum over what was read, so nothing is optimised away */
+    struct engine_replay_stats st; /* replays: the engine's counters */
 };
 
 static void fig_begin(struct figures *f)
@@ -319,7 +320,8 @@ static int replay_into(const struct opts *o, const char *data, const char *scrat
                                 .schema_dir = o->schemas,
                                 .log_readonly = true,
                                 .handlers = table,
-                                .apply_threads = (int)o->threads};
+                                .apply_threads = (int)o->threads,
+                                .replay_stats = &f->st};
     bench_path(into, sizeof into, scratch, name);
     bench_rmtree(into);
     memset(f, 0, sizeof *f);
@@ -399,6 +401,35 @@ static void print_row(unsigned run, const char *phase, const struct figures *f,
     printf("\n");
 }
 
+/* Where the replay's time went: the engine's phases and, per handler, its
+ * CPU in parallel applies and flushes and its waits for the state lock
+ * (the other apply thread holding it). */
+static void print_engine_stats(const struct engine_replay_stats *st)
+{
+    const struct engine_phase_stats *ph = &st->phases;
+    printf("     phases (wall s): apply %.3f, flush %.3f, commit %.3f over %llu transactions; "
+           "waiting for the worker %.3f; cpu s: reading %.3f, late handlers %.3f\n",
+           (double)ph->apply_ns / 1e9, (double)ph->flush_ns / 1e9, (double)ph->commit_ns / 1e9,
+           (unsigned long long)ph->transactions, (double)ph->wait_ns / 1e9,
+           (double)ph->read_cpu_ns / 1e9, (double)ph->late_cpu_ns / 1e9);
+    printf("     %-14s %6s %10s %9s %9s %10s %10s %9s\n", "handler", "thread", "applied",
+           "apply cpu", "flush cpu", "lock calls", "lock waits", "wait s");
+    uint64_t calls = 0, waits = 0, wait_ns = 0;
+    for (size_t i = 0; i < st->n; i++) {
+        const struct engine_handler_stats *h = &st->handlers[i];
+        printf("     %-14s %6s %10llu %9.3f %9.3f %10llu %10llu %9.3f\n", h->name,
+               h->worker ? "worker" : "writer", (unsigned long long)h->applied,
+               (double)h->apply_cpu_ns / 1e9, (double)h->flush_cpu_ns / 1e9,
+               (unsigned long long)h->lock_calls, (unsigned long long)h->lock_waits,
+               (double)h->lock_wait_ns / 1e9);
+        calls += h->lock_calls;
+        waits += h->lock_waits;
+        wait_ns += h->lock_wait_ns;
+    }
+    printf("     %-14s %6s %10s %9s %9s %10llu %10llu %9.3f\n", "(all)", "", "", "", "",
+           (unsigned long long)calls, (unsigned long long)waits, (double)wait_ns / 1e9);
+}
+
 /* ====================================================================== runs */
 
 struct results {
@@ -438,6 +469,7 @@ static int one_run(const struct opts *o, const char *data, const char *scratch, 
      * calling thread's share bounds the wall time on an idle machine. */
     printf("     (replay cpu: this thread %.3f s, the apply worker %.3f s)\n",
            (double)rp.thread_ns / 1e9, (double)(rp.cpu_ns - rp.thread_ns) / 1e9);
+    print_engine_stats(&rp.st);
     r->replay[k] = per_s(rp.events, rp.wall_ns);
     r->ratio[k] = r->replay[k] / r->scan[SCAN_DECODE][k];
     r->ratio_next[k] = r->replay[k] / r->scan[SCAN_NEXT][k];

@@ -140,6 +140,7 @@ struct engine {
      * handlers' applies (reading and decoding the log, the late
      * handlers): its fixed load when sides are assigned. */
     uint64_t main_ns;
+    struct engine_phase_stats ph; /* engine_phase_stats */
     pthread_t worker;
     bool worker_started;
     pthread_mutex_t wmu;
@@ -372,7 +373,8 @@ static int apply_log_event(struct engine *eng, const struct log_event *le)
 /* Applies the run in `slot` to the early handlers on `side`, handler by
  * handler (each handler's events stay in log order; handlers are
  * independent of each other here), keeping their emits for the late
- * handlers. In shared mode: each apply releases the state lock. */
+ * handlers. Each handler's emits of the run are appended to its stream
+ * at the end of its run (proj_hctx_sync), on this thread. */
 static int apply_early(struct engine *eng, unsigned char side, unsigned slot)
 {
     int rc = 0;
@@ -395,18 +397,18 @@ static int apply_early(struct engine *eng, unsigned char side, unsigned slot)
             if (eng->masks[base + j] >> i & 1) {
                 proj_hctx_mark(eng->ctx[i]);
                 rc = timed_apply(eng, i, &batch[j]);
-                proj_hctx_unlock(eng->ctx[i]);
             }
             ends[i * PAR_BATCH + j] = (uint32_t)proj_hctx_nemitted(eng->ctx[i]);
         }
+        if (!rc)
+            rc = proj_hctx_sync(eng->ctx[i]);
         add_relaxed(&eng->apply_cpu[i], (uint64_t)(cpu_ns() - c0));
     }
     return rc;
 }
 
 /* The flushes of the handlers on `side` (fside), in handler order, each
- * timed. A flush not in per-call mode holds the state lock from its first
- * state call to its end. */
+ * timed. */
 static int flush_side(struct engine *eng, unsigned char side)
 {
     int rc = 0;
@@ -415,7 +417,6 @@ static int flush_side(struct engine *eng, unsigned char side)
             continue;
         int64_t c0 = cpu_ns();
         rc = eng->order[i]->flush(eng->ctx[i]);
-        proj_hctx_unlock(eng->ctx[i]);
         eng->flush_cpu[i] += (uint64_t)(cpu_ns() - c0);
     }
     return rc;
@@ -577,8 +578,8 @@ static void assign_sides(struct engine *eng, unsigned slot)
  * apply_input builds it (the input, then each handler's emits in handler
  * order), so each late handler sees the events of the serial apply in the
  * same order. em[i]: order[i]'s emits over the run (early handlers: their
- * held set, see proj_hctx_flip). Each apply releases the state lock: the
- * worker applies the next run meanwhile. */
+ * held set, see proj_hctx_flip). The worker applies the next run
+ * meanwhile. */
 static int apply_late(struct engine *eng, unsigned slot, size_t j, const struct event *const *em)
 {
     size_t base = (size_t)slot * PAR_BATCH;
@@ -594,10 +595,8 @@ static int apply_late(struct engine *eng, unsigned slot, size_t j, const struct 
         } else {
             size_t upto = eng->npending;
             for (size_t k = 0; k < upto && !rc; k++)
-                if (eng->pending[k].mask >> i & 1) {
+                if (eng->pending[k].mask >> i & 1)
                     rc = timed_apply(eng, i, eng->pending[k].ev);
-                    proj_hctx_unlock(eng->ctx[i]);
-                }
             to = proj_hctx_emitted(eng->ctx[i], &ev);
         }
         for (size_t k = from; k < to && !rc; k++) {
@@ -628,6 +627,9 @@ static int late_run(struct engine *eng, unsigned slot)
     int rc = 0;
     for (size_t j = 0; j < eng->nbatch[slot] && !rc; j++)
         rc = apply_late(eng, slot, j, em);
+    for (size_t i = 0; i < eng->n && !rc; i++)
+        if (!eng->early[i])
+            rc = proj_hctx_sync(eng->ctx[i]);
     return rc;
 }
 
@@ -706,9 +708,13 @@ static int apply_range_par(struct engine *eng, struct log_iter *it, uint64_t fro
         int64_t t0 = cpu_ns();
         assign_sides(eng, s);
         rc = read_run(eng, it, s, &want, *to);
-        eng->main_ns += (uint64_t)(cpu_ns() - t0);
+        uint64_t dt = (uint64_t)(cpu_ns() - t0);
+        eng->main_ns += dt;
+        eng->ph.read_cpu_ns += dt;
         if (busy) {
+            int64_t w0 = mono_ns();
             int wrc = worker_wait(eng);
+            eng->ph.wait_ns += (uint64_t)(mono_ns() - w0);
             busy = false;
             rc = rc ? rc : wrc;
         }
@@ -727,20 +733,26 @@ static int apply_range_par(struct engine *eng, struct log_iter *it, uint64_t fro
         if (!rc && held >= 0)
             rc = late_run(eng, (unsigned)held);
         held = eng->nbatch[s] ? (int)s : -1;
-        eng->main_ns += (uint64_t)(cpu_ns() - t0);
+        dt = (uint64_t)(cpu_ns() - t0);
+        eng->main_ns += dt;
+        eng->ph.late_cpu_ns += dt;
         if (full)
             *to = want - 1; /* commit after this run; the caller goes on from the checkpoint */
         s ^= 1;
     }
     if (busy) {
+        int64_t w0 = mono_ns();
         int wrc = worker_wait(eng);
+        eng->ph.wait_ns += (uint64_t)(mono_ns() - w0);
         rc = rc ? rc : wrc;
     }
     if (!rc && held >= 0) {
         int64_t t0 = cpu_ns();
         flip_early(eng);
         rc = late_run(eng, (unsigned)held);
-        eng->main_ns += (uint64_t)(cpu_ns() - t0);
+        uint64_t dt = (uint64_t)(cpu_ns() - t0);
+        eng->main_ns += dt;
+        eng->ph.late_cpu_ns += dt;
     }
     proj_set_shared(eng->proj, false);
     for (size_t i = 0; i < eng->n; i++) {
@@ -753,8 +765,9 @@ static int apply_range_par(struct engine *eng, struct log_iter *it, uint64_t fro
 /* Every handler's flush. After a parallel apply the handlers marked
  * flush_concurrent are split between the two threads (costliest first,
  * each to the less loaded side; the others' flushes are this thread's),
- * and flush at the same time in per-call lock mode: their sorting and
- * packing overlap, their puts interleave. */
+ * and flush at the same time, each state call taking the state lock
+ * (shared mode): their sorting and packing overlap, their puts
+ * interleave. */
 static int flush_all(struct engine *eng, bool par)
 {
     if (!par || !eng->any_flush_concurrent || !eng->worker_started) {
@@ -781,7 +794,6 @@ static int flush_all(struct engine *eng, bool par)
         todo[pick] = false;
         eng->fside[pick] = load[1] <= load[0];
         load[eng->fside[pick]] += eng->flush_cpu[pick];
-        proj_hctx_percall(eng->ctx[pick], true);
     }
     proj_set_shared(eng->proj, true);
     pthread_mutex_lock(&eng->wmu);
@@ -792,8 +804,6 @@ static int flush_all(struct engine *eng, bool par)
     int rc = flush_side(eng, 0);
     int wrc = worker_wait(eng);
     proj_set_shared(eng->proj, false);
-    for (size_t i = 0; i < eng->n; i++)
-        proj_hctx_percall(eng->ctx[i], false);
     return rc ? rc : wrc;
 }
 
@@ -833,6 +843,7 @@ static int apply_chunk(struct engine *eng, uint64_t from, uint64_t to)
         struct log_iter *it = NULL;
         struct log_event le;
         bool par = false; /* applied in parallel: the worker is there to flush */
+        int64_t t0 = mono_ns(), t1;
         int rc = proj_begin(eng->proj);
         if (rc)
             return rc;
@@ -853,12 +864,16 @@ static int apply_chunk(struct engine *eng, uint64_t from, uint64_t to)
             log_iter_close(it);
             log_snap_end(s);
         }
+        eng->ph.apply_ns += (uint64_t)((t1 = mono_ns()) - t0);
         if (!rc)
             rc = flush_all(eng, par);
+        eng->ph.flush_ns += (uint64_t)((t0 = mono_ns()) - t1);
         if (rc)
             proj_abort(eng->proj);
         else
             rc = proj_commit(eng->proj, to);
+        eng->ph.commit_ns += (uint64_t)(mono_ns() - t0);
+        eng->ph.transactions++;
         if (!rc)
             return 0;
         int rrc = reopen_handlers(eng); /* the transaction is gone either way */
@@ -1092,10 +1107,24 @@ struct proj *engine_proj(struct engine *eng)
 size_t engine_handler_stats(struct engine *eng, struct engine_handler_stats *out, size_t cap)
 {
     size_t n = eng->n < cap ? eng->n : cap;
-    for (size_t i = 0; i < n; i++)
-        out[i] =
-            (struct engine_handler_stats){eng->order[i]->name, eng->applied[i], eng->apply_ns[i]};
+    for (size_t i = 0; i < n; i++) {
+        out[i] = (struct engine_handler_stats){
+            .name = eng->order[i]->name,
+            .applied = eng->applied[i],
+            .apply_ns = eng->apply_ns[i],
+            .apply_cpu_ns = atomic_load_explicit(&eng->apply_cpu[i], memory_order_relaxed),
+            .flush_cpu_ns = eng->flush_cpu[i],
+            .worker = eng->sides_set && eng->side[0][i] | eng->side[1][i],
+        };
+        proj_hctx_lock_stats(eng->ctx[i], &out[i].lock_calls, &out[i].lock_waits,
+                             &out[i].lock_wait_ns);
+    }
     return n;
+}
+
+void engine_phase_stats(struct engine *eng, struct engine_phase_stats *out)
+{
+    *out = eng->ph;
 }
 
 int engine_apply_error(struct engine *eng)
@@ -1191,6 +1220,11 @@ int engine_replay(const struct engine_config *cfg, const char *into, uint64_t to
         rc = cairn_error_set(e, "replay", "", "%s is not empty", into);
     if (!rc && (rc = proj_sync(eng->proj)))
         cairn_error_set(e, "replay", "", "syncing %s failed: %s", into, cairn_strerror(rc));
+    struct engine_replay_stats *st = cfg->replay_stats;
+    if (st) {
+        st->n = engine_handler_stats(eng, st->handlers, sizeof st->handlers / sizeof *st->handlers);
+        engine_phase_stats(eng, &st->phases);
+    }
     engine_close(eng);
     return rc;
 }

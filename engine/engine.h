@@ -116,6 +116,9 @@ struct engine_config {
      * be quick; may be NULL. */
     void (*on_applied)(void *arg, uint64_t checkpoint);
     void *on_applied_arg;
+    /* engine_replay only (may be NULL): the counters of the replay's
+     * engine, read just before it closes (bench/replay prints them). */
+    struct engine_replay_stats *replay_stats;
 };
 
 /* Opens the log (and, unless log_readonly, takes the writer lock), the
@@ -144,8 +147,33 @@ struct engine_handler_stats {
     const char *name;
     uint64_t applied;  /* events given to apply */
     uint64_t apply_ns; /* time spent in apply (one call in 8 timed, scaled) */
+    /* Parallel applies (catch-up and replay with apply_threads 2): */
+    uint64_t apply_cpu_ns; /* CPU time of its early applies (thread CPU clock) */
+    uint64_t flush_cpu_ns; /* CPU time of its flushes after parallel applies */
+    uint64_t lock_calls;   /* state calls (each takes the state lock) ... */
+    uint64_t lock_waits;   /* ... those that found it taken by the other thread ... */
+    uint64_t lock_wait_ns; /* ... and the time they waited for it */
+    bool worker;           /* one of the last two runs applied it on the second thread */
 };
 size_t engine_handler_stats(struct engine *eng, struct engine_handler_stats *out, size_t cap);
+/* Where a catch-up's or replay's time went, summed over its state
+ * transactions (wall clock unless said otherwise). */
+struct engine_phase_stats {
+    uint64_t transactions;
+    uint64_t apply_ns;    /* applying the inputs (both threads) */
+    uint64_t flush_ns;    /* the handlers' flushes */
+    uint64_t commit_ns;   /* the commits */
+    uint64_t wait_ns;     /* parallel: this thread waiting for the worker's run */
+    uint64_t read_cpu_ns; /* parallel: this thread reading and decoding the log, CPU */
+    uint64_t late_cpu_ns; /* parallel: the late handlers (on this thread), CPU */
+};
+void engine_phase_stats(struct engine *eng, struct engine_phase_stats *out);
+/* What engine_replay fills in before it returns (engine_config.replay_stats). */
+struct engine_replay_stats {
+    struct engine_handler_stats handlers[64];
+    size_t n;
+    struct engine_phase_stats phases;
+};
 /* 0, or the last failure applying the log to the state (retried). */
 int engine_apply_error(struct engine *eng);
 

@@ -114,8 +114,13 @@ struct handler {
      * consuming derived types, the run before); each handler
      * still sees its events in log order, its own state and its own
      * derived stream, so the state is byte for byte that of the serial
-     * run. The state calls (hctx_*) take a lock in that mode: an apply
-     * that touches the state on most events gains little. */
+     * run. The state calls (hctx_*) take a lock in that mode, each for its
+     * own duration (hctx_emit takes none: its event is appended to the
+     * stream after the run); a value a state call returned stays valid as
+     * in a serial apply — until the handler's own next write — since the
+     * other thread only touches other handlers' DBIs. An apply that spends
+     * most of its time in state calls still gains little: those go one
+     * at a time. */
     bool concurrent;
     /* Optional (false: no). Derived events reach apply undecoded: ev->body
      * is NULL unless another consumer of the same event needed it decoded
@@ -130,11 +135,10 @@ struct handler {
     /* Optional (false: no), with `concurrent`. After a parallel apply the
      * handler's flush may run on the apply worker, at the same time as
      * other handlers' flushes. Its state calls then take the state lock
-     * one call at a time (the puts of all flushes still go one after the
-     * other: LMDB has one writer), so a value hctx_get or
-     * hctx_cursor_next returned stays valid only until the flush's next
-     * state call. Worth it for a flush that does much work of its own
-     * (sorting, packing documents) between its puts. */
+     * one call at a time, as in a concurrent apply (the puts of all
+     * flushes still go one after the other: LMDB has one writer). Worth
+     * it for a flush that does much work of its own (sorting, packing
+     * documents) between its puts. */
     bool flush_concurrent;
     /* Optional (NULL: a view value is its document). Appends to out, as
      * msgpack, the document of the view's entry k -> v, read from the
@@ -160,8 +164,9 @@ extern const struct handler *const handler_table[];
 int hctx_db(struct hctx *ctx, const char *name, unsigned flags, unsigned *db);
 
 /* Reads a value: 0 with v set, CAIRN_ENOTFOUND, or a failure. v points into
- * the database and is valid only until the next write (to ANY DBI) in the
- * transaction — LMDB may move pages — so copy or decode it first. */
+ * the database and is valid only until the handler's next write (to ANY
+ * of its DBIs, an emit included) in the transaction — LMDB may move pages
+ * — so copy or decode it first. */
 int hctx_get(struct hctx *ctx, unsigned db, const void *k, size_t kn, MDB_val *v);
 int hctx_put(struct hctx *ctx, unsigned db, const void *k, size_t kn, const void *v, size_t vn);
 /* Puts only when the key is absent (MDB_NOOVERWRITE): one descent of the

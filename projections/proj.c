@@ -7,12 +7,15 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <linux/futex.h>
 #include <openssl/evp.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/syscall.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -46,19 +49,24 @@ struct proj {
     size_t ndbis;
     bool dbis_current; /* the cache has every DBI: no refresh before a snapshot */
     /* While handlers apply on two threads (proj_set_shared), every use of
-     * the write transaction goes through txn_mu: a context takes it at
-     * its first state access in an apply and keeps it until
-     * proj_hctx_unlock (after the apply), so a value hctx_get returned
-     * stays valid for the rest of that apply whatever the other thread
-     * writes (its puts could spill dirty pages); in per-call mode
-     * (proj_hctx_percall: the concurrent flushes) it is released at the
-     * end of each call instead. LMDB asks that a
-     * transaction be used by one thread at a time: the mutex gives that
-     * (and orders memory between the two), and the transaction is begun,
-     * committed and aborted only by the writer thread, which owns LMDB's
-     * writer lock; the worker never opens a transaction of its own. */
+     * the write transaction goes through txn_mu, one state call at a time:
+     * LMDB asks that a transaction be used by one thread at a time; the
+     * mutex gives that (and orders memory between the two), and the
+     * transaction is begun, committed and aborted only by the writer
+     * thread, which owns LMDB's writer lock; the worker never opens a
+     * transaction of its own. Between its calls a context's values stay
+     * valid until its own next write, as in a serial apply: the other
+     * thread's calls only touch the other handlers' DBIs, and their pages
+     * are not this handler's — with MDB_WRITEMAP (proj_open) LMDB never
+     * frees or moves a dirty page it spills, it only clears its flag, and
+     * the pages a put allocates are free ones, never a page of another
+     * DBI's tree. (The context used to keep the lock from its first call
+     * in an apply to the end of that apply: most applies of either thread
+     * then held it, and the two threads took turns — 1.27 s of waits in
+     * a 3.1 s replay.) Emits do not take it at all in this mode: see
+     * "derived streams". The lock spins before it sleeps (txn_lock). */
     bool shared;
-    pthread_mutex_t txn_mu;
+    _Atomic int txn_mu; /* 0 free, 1 held, 2 held and a thread may sleep on it */
 };
 
 struct proj_snap {
@@ -97,8 +105,17 @@ struct hctx {
      * belongs to the transaction of `gen`. */
     MDB_cursor *scur;
     unsigned gen; /* stream_head and scur are valid for this proj gen */
-    bool locked;  /* holds p->txn_mu (shared mode) */
-    bool percall; /* releases it at the end of each call (proj_hctx_percall) */
+    /* Shared mode: the envelopes emitted but not yet appended to the
+     * stream (proj_hctx_sync), dseqs stream_head - npend + 1 ...
+     * stream_head; envelope i is pend.data[pend_end[i-1] .. pend_end[i]). */
+    struct cairn_buf pend;
+    size_t *pend_end;
+    size_t npend, pend_cap;
+    /* Shared mode: its state calls (each takes txn_mu), how often one
+     * found txn_mu taken by the other thread, and how long it waited for
+     * it (see txn_lock). */
+    _Atomic uint64_t lock_calls;
+    _Atomic uint64_t lock_waits, lock_wait_ns; /* read by /metrics meanwhile */
     /* The derived events emitted since the last clear (em), and those
      * held by proj_hctx_flip for a pipelined parallel apply (the other
      * set; see struct emits). */
@@ -294,7 +311,6 @@ int proj_open(struct proj **out, const struct proj_config *cfg)
         return CAIRN_ENOMEM;
     p->readonly = cfg->readonly;
     pthread_mutex_init(&p->dbi_mu, NULL);
-    pthread_mutex_init(&p->txn_mu, NULL);
     if (!(p->dir = strdup(cfg->dir))) {
         proj_close(p);
         return CAIRN_ENOMEM;
@@ -325,7 +341,6 @@ void proj_close(struct proj *p)
     for (size_t i = 0; i < p->ndbis; i++)
         free(p->names[i]);
     pthread_mutex_destroy(&p->dbi_mu);
-    pthread_mutex_destroy(&p->txn_mu);
     free(p->dir);
     free(p);
 }
@@ -431,33 +446,79 @@ void proj_set_shared(struct proj *p, bool on)
 
 /* ====================================================================== handler contexts */
 
-/* Before any use of the write transaction by ctx (see struct proj). */
+static int64_t mono_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000000000LL + ts.tv_nsec;
+}
+
+/* The state lock of shared mode (struct proj): held for one state call
+ * at a time — an LMDB get or put, a few microseconds — so a thread that
+ * finds it taken spins a while (TXN_SPIN polls) before it sleeps on a
+ * futex. With a mutex that sleeps at once, each collision cost a futex
+ * wait and wake (tens of microseconds on this VM, longer than the call
+ * it waited for): 30 000-70 000 collisions per 1M-event replay. A waiter
+ * whose holder was preempted (a loaded machine) stops spinning after
+ * ~20-50 us and sleeps. The classic three-state futex lock (0 free, 1
+ * held, 2 held with possible sleepers; Drepper, "Futexes are tricky"). */
+#define TXN_SPIN 1000
+
+static inline void cpu_relax(void)
+{
+#if defined(__x86_64__) || defined(__i386__)
+    __builtin_ia32_pause();
+#elif defined(__aarch64__)
+    __asm__ __volatile__("yield");
+#endif
+}
+
+static void txn_mu_wait(_Atomic int *mu)
+{
+    for (int i = 0; i < TXN_SPIN; i++) {
+        cpu_relax();
+        int free = 0;
+        if (atomic_load_explicit(mu, memory_order_relaxed) == 0 &&
+            atomic_compare_exchange_weak_explicit(mu, &free, 1, memory_order_acquire,
+                                                  memory_order_relaxed))
+            return;
+    }
+    while (atomic_exchange_explicit(mu, 2, memory_order_acquire) != 0)
+        syscall(SYS_futex, mu, FUTEX_WAIT_PRIVATE, 2, NULL, NULL, 0);
+}
+
+/* Before a use of the write transaction by ctx (see struct proj); txn_end
+ * after it. A lock the other thread holds is counted and its wait timed
+ * (the clock is read only then): proj_hctx_lock_stats. */
 static inline void txn_lock(struct hctx *ctx)
 {
-    if (ctx->p->shared && !ctx->locked) {
-        pthread_mutex_lock(&ctx->p->txn_mu);
-        ctx->locked = true;
-    }
+    if (!ctx->p->shared)
+        return;
+    atomic_store_explicit(&ctx->lock_calls,
+                          atomic_load_explicit(&ctx->lock_calls, memory_order_relaxed) + 1,
+                          memory_order_relaxed);
+    int free = 0;
+    if (atomic_compare_exchange_strong_explicit(&ctx->p->txn_mu, &free, 1, memory_order_acquire,
+                                                memory_order_relaxed))
+        return;
+    int64_t t0 = mono_ns();
+    txn_mu_wait(&ctx->p->txn_mu);
+    atomic_fetch_add_explicit(&ctx->lock_waits, 1, memory_order_relaxed);
+    atomic_fetch_add_explicit(&ctx->lock_wait_ns, (uint64_t)(mono_ns() - t0), memory_order_relaxed);
 }
 
-void proj_hctx_unlock(struct hctx *ctx)
-{
-    if (ctx->locked) {
-        ctx->locked = false;
-        pthread_mutex_unlock(&ctx->p->txn_mu);
-    }
-}
-
-void proj_hctx_percall(struct hctx *ctx, bool on)
-{
-    ctx->percall = on;
-}
-
-/* At the end of a state call: in per-call mode the lock goes back. */
 static inline void txn_end(struct hctx *ctx)
 {
-    if (ctx->percall)
-        proj_hctx_unlock(ctx);
+    if (ctx->p->shared && atomic_exchange_explicit(&ctx->p->txn_mu, 0, memory_order_release) == 2)
+        syscall(SYS_futex, &ctx->p->txn_mu, FUTEX_WAKE_PRIVATE, 1, NULL, NULL, 0);
+}
+
+void proj_hctx_lock_stats(const struct hctx *ctx, uint64_t *calls, uint64_t *waits,
+                          uint64_t *wait_ns)
+{
+    *calls = atomic_load_explicit(&ctx->lock_calls, memory_order_relaxed);
+    *waits = atomic_load_explicit(&ctx->lock_waits, memory_order_relaxed);
+    *wait_ns = atomic_load_explicit(&ctx->lock_wait_ns, memory_order_relaxed);
 }
 
 int proj_hctx_new(struct proj *p, const struct handler *h, const json_t *config, struct hctx **out)
@@ -469,6 +530,7 @@ int proj_hctx_new(struct proj *p, const struct handler *h, const json_t *config,
     ctx->h = h;
     ctx->config = config ? json_incref((json_t *)config) : json_object();
     cairn_buf_init(&ctx->enc, CAIRN_PAYLOAD_MAX_CEILING + 4096);
+    cairn_buf_init(&ctx->pend, (size_t)1 << 32); /* bounded by the runs (engine.c) */
     /* Every emit's bytes for one input: CAIRN_EMIT_PER_EVENT_MAX events
      * of at most a payload each would be far more than memory; the enc
      * maximum per event is the real bound, this one only caps the sum. */
@@ -504,12 +566,15 @@ void proj_hctx_free(struct hctx *ctx)
     }
     json_decref(ctx->config);
     cairn_buf_deinit(&ctx->enc);
+    cairn_buf_deinit(&ctx->pend);
+    free(ctx->pend_end);
     free(ctx);
 }
 
 void proj_hctx_reset(struct hctx *ctx)
 {
-    proj_hctx_unlock(ctx);
+    ctx->npend = 0; /* emitted in a transaction that is gone */
+    cairn_buf_reset(&ctx->pend);
     proj_hctx_clear(ctx);
     proj_hctx_release(ctx);
     ctx->ndbs = 0;
@@ -701,13 +766,22 @@ int hctx_stream_payload(struct hctx *ctx, uint64_t dseq, const uint8_t **p, size
     uint8_t k8[8];
     MDB_val k = {8, k8}, v;
     struct proj_derived d;
+    int rc;
     if (!ctx->h->emits || !ctx->h->emits[0] || !ctx->ndbs) /* no stream (opened by hctx_db) */
         return CAIRN_ENOTFOUND;
-    cairn_be64_put(k8, dseq);
-    txn_lock(ctx);
-    int rc = cairn_mdb_err(mdb_get(ctx->p->txn, ctx->stream, &k, &v));
-    if (!rc)
-        rc = proj_derived_decode(v.mv_data, v.mv_size, &d);
+    if (ctx->npend && ctx->gen == ctx->p->gen && dseq <= ctx->stream_head &&
+        dseq > ctx->stream_head - ctx->npend) { /* emitted, not appended yet */
+        size_t i = ctx->npend - (size_t)(ctx->stream_head - dseq) - 1;
+        size_t from = i ? ctx->pend_end[i - 1] : 0;
+        rc = proj_derived_decode(ctx->pend.data + from, ctx->pend_end[i] - from, &d);
+    } else {
+        cairn_be64_put(k8, dseq);
+        txn_lock(ctx);
+        rc = cairn_mdb_err(mdb_get(ctx->p->txn, ctx->stream, &k, &v));
+        txn_end(ctx);
+        if (!rc)
+            rc = proj_derived_decode(v.mv_data, v.mv_size, &d);
+    }
     if (!rc)
         *p = d.payload, *n = d.payload_len;
     return rc;
@@ -733,6 +807,7 @@ static bool emits_type(const struct handler *h, const char *type)
     return false;
 }
 
+/* Appends d's envelope to b. */
 static int encode_derived(struct cairn_buf *b, const struct proj_derived *d)
 {
     /* The payload must be one msgpack map and nothing else: consumers
@@ -747,12 +822,12 @@ static int encode_derived(struct cairn_buf *b, const struct proj_derived *d)
     if (mp_raw_len(pl, d->payload_len) != d->payload_len)
         return CAIRN_EINVAL;
 #endif
-    cairn_buf_reset(b);
+    size_t at = b->len;
     int rc = cairn_buf_reserve(b, d->stream.n + d->type.n + d->tenant.n + d->key.n +
                                       d->payload_len + 12 * MPD_HDR_MAX + 64);
     if (rc)
         return CAIRN_ETOOBIG;
-    uint8_t *o = mpd_map(b->data, 8);
+    uint8_t *o = mpd_map(b->data + at, 8);
     o = mpd_strn(mpd_key(o, "stream"), d->stream.p, d->stream.n);
     o = mpd_u64(mpd_key(o, "dseq"), d->dseq);
     o = mpd_u64(mpd_key(o, "cause"), d->cause);
@@ -761,12 +836,14 @@ static int encode_derived(struct cairn_buf *b, const struct proj_derived *d)
     o = mpd_strn(mpd_key(o, "key"), d->key.p, d->key.n);
     o = mpd_i64(mpd_key(o, "time"), d->time);
     o = mpd_raw(mpd_key(o, "payload"), d->payload, d->payload_len);
-    b->len = (size_t)(o - b->data);
-    assert(b->len <= b->cap);
+    assert((size_t)(o - b->data) <= b->cap);
     /* Checked before it is written (STYLE.md 6). */
     struct proj_derived check;
-    return proj_derived_decode(b->data, b->len, &check) || check.dseq != d->dseq ? CAIRN_ETOOBIG
-                                                                                 : 0;
+    if (proj_derived_decode(b->data + at, (size_t)(o - b->data) - at, &check) ||
+        check.dseq != d->dseq)
+        return CAIRN_ETOOBIG;
+    b->len = (size_t)(o - b->data);
+    return 0;
 }
 
 /* Keeps a copy of the event for the consumers of the same input. */
@@ -823,10 +900,16 @@ int hctx_emit(struct hctx *ctx, const struct event *cause, const char *type,
     /* Emitting an undeclared type is a programming error in the handler:
      * the engine's ordering of consumers relies on the declaration. */
     assert(emits_type(ctx->h, type));
-    txn_lock(ctx);
-    int rc = ctx->gen == ctx->p->gen ? 0 : load_stream_head(ctx);
-    if (rc)
-        return rc;
+    int rc = 0;
+    if (ctx->gen != ctx->p->gen) { /* the first emit of the transaction */
+        txn_lock(ctx);
+        rc = load_stream_head(ctx);
+        txn_end(ctx);
+        ctx->npend = 0;
+        cairn_buf_reset(&ctx->pend);
+        if (rc)
+            return rc;
+    }
     struct proj_derived d = {
         .stream = {ctx->h->name, strlen(ctx->h->name)},
         .type = {type, strlen(type)},
@@ -838,16 +921,61 @@ int hctx_emit(struct hctx *ctx, const struct event *cause, const char *type,
         .payload = payload,
         .payload_len = n,
     };
-    if ((rc = encode_derived(&ctx->enc, &d)))
-        return rc;
-    uint8_t k8[8];
-    cairn_be64_put(k8, d.dseq);
-    MDB_val k = {8, k8}, v = {ctx->enc.len, ctx->enc.data};
-    ctx->p->writes++;
-    if ((rc = cairn_mdb_err(mdb_cursor_put(ctx->scur, &k, &v, MDB_APPEND))))
-        return rc;
+    if (ctx->p->shared) {
+        /* Kept for proj_hctx_sync: an apply that only emits takes no lock. */
+        if (ctx->npend == ctx->pend_cap) {
+            size_t cap = ctx->pend_cap ? ctx->pend_cap * 2 : 64;
+            size_t *ends = realloc(ctx->pend_end, cap * sizeof *ends);
+            if (!ends)
+                return CAIRN_ENOMEM;
+            ctx->pend_end = ends;
+            ctx->pend_cap = cap;
+        }
+        if ((rc = encode_derived(&ctx->pend, &d)))
+            return rc;
+        ctx->pend_end[ctx->npend++] = ctx->pend.len;
+    } else {
+        cairn_buf_reset(&ctx->enc);
+        if ((rc = encode_derived(&ctx->enc, &d)))
+            return rc;
+        uint8_t k8[8];
+        cairn_be64_put(k8, d.dseq);
+        MDB_val k = {8, k8}, v = {ctx->enc.len, ctx->enc.data};
+        ctx->p->writes++;
+        if ((rc = cairn_mdb_err(mdb_cursor_put(ctx->scur, &k, &v, MDB_APPEND))))
+            return rc;
+    }
     ctx->stream_head = d.dseq;
     return keep_emitted(ctx, &d);
+}
+
+/* Envelopes appended per hold of the state lock by proj_hctx_sync: the
+ * other thread's calls get in between. */
+#define SYNC_PER_LOCK 16
+
+int proj_hctx_sync(struct hctx *ctx)
+{
+    int rc = 0;
+    size_t i = 0, from = 0;
+    uint8_t k8[8];
+    uint64_t dseq = ctx->stream_head - ctx->npend;
+    if (!ctx->npend)
+        return 0;
+    assert(ctx->gen == ctx->p->gen);
+    while (!rc && i < ctx->npend) {
+        txn_lock(ctx);
+        for (size_t end = i + SYNC_PER_LOCK; !rc && i < ctx->npend && i < end; i++) {
+            cairn_be64_put(k8, ++dseq);
+            MDB_val k = {8, k8}, v = {ctx->pend_end[i] - from, ctx->pend.data + from};
+            from = ctx->pend_end[i];
+            ctx->p->writes++;
+            rc = cairn_mdb_err(mdb_cursor_put(ctx->scur, &k, &v, MDB_APPEND));
+        }
+        txn_end(ctx);
+    }
+    ctx->npend = 0;
+    cairn_buf_reset(&ctx->pend);
+    return rc;
 }
 
 /* Sets the pointers of e's events (mem no longer grows). */

@@ -113,17 +113,27 @@ size_t proj_hctx_held(struct hctx *ctx, const struct event **evs);
 int proj_hctx_decode_held(struct hctx *ctx, size_t i);
 void proj_hctx_release(struct hctx *ctx);
 
-/* Shared mode: handlers apply on two threads in the same write
- * transaction; each context's state accesses then take a lock that it
- * keeps until proj_hctx_unlock, which the engine calls after every apply
- * (handler.h, `concurrent`). Set and cleared by the thread owning the
- * transaction while no other thread applies. */
+/* Shared mode: handlers apply (and flush) on two threads in the same
+ * write transaction; each state call (hctx_*) then takes a lock for its
+ * duration, and hctx_emit keeps the envelope in the context instead of
+ * appending it to the stream (its dseq is known: the stream's head plus
+ * what is kept), so an apply that only emits never takes the lock;
+ * hctx_stream_payload finds kept events too. proj_hctx_sync appends the
+ * kept envelopes (taking the lock a few puts at a time): the engine
+ * calls it at the end of each handler's run, on the thread that applied
+ * it, and every context must be synced before shared mode ends (an emit
+ * outside it appends at once, after the head). Set and cleared by the
+ * thread owning the transaction while no other thread applies.
+ * proj_hctx_reset (and the first emit of a later transaction) drops what
+ * an aborted transaction kept. */
 void proj_set_shared(struct proj *p, bool on);
-void proj_hctx_unlock(struct hctx *ctx);
-/* Per-call mode (shared mode only): each state call of ctx takes the lock
- * and releases it when it returns, so two contexts' calls interleave (the
- * engine's concurrent flushes, handler.h `flush_concurrent`). */
-void proj_hctx_percall(struct hctx *ctx, bool on);
+int proj_hctx_sync(struct hctx *ctx);
+/* Since ctx was made: its state calls in shared mode (each takes the state
+ * lock), how many of them found the lock held by the other thread, and
+ * the time they waited for it in all (monotonic clock) — the contention
+ * between the two apply threads. */
+void proj_hctx_lock_stats(const struct hctx *ctx, uint64_t *calls, uint64_t *waits,
+                          uint64_t *wait_ns);
 
 /* ====================================================================== reading */
 

@@ -17,6 +17,11 @@
  *  - hctx_emitted_dseq gives each emitted event's dseq, and
  *    hctx_stream_payload reads an event of the handler's stream back in a
  *    later transaction or the same one (not one an aborted one emitted);
+ *  - shared mode (two apply threads): emits are kept in the context, not
+ *    written (no state write counted), with their dseqs and payloads
+ *    readable, until proj_hctx_sync appends them; a state built that way
+ *    equals one built by plain emits; what an aborted transaction kept
+ *    is dropped;
  *  - payload checks: a non-map payload is refused in every build, a
  *    truncated one where payloads are checked whole (PROJ_CHECK_PAYLOADS);
  *  - hcache_get_or_new / hcache_add: new entries zeroed with their key,
@@ -510,6 +515,80 @@ static void test_emit_dseq_read_back(void **state)
     fx_close(&f);
 }
 
+/* The payload {"n": i} (i < 128) of the shared-mode test. */
+static void shared_emit(struct fixture *f, uint8_t i)
+{
+    struct event cause = {
+        .seq = 1 + i / 8, .type = {"in", 2}, .tenant = {"t1", 2}, .key = {"k", 1}};
+    uint8_t pl[] = {0x81, 0xa1, 'n', i};
+    assert_int_equal(hctx_emit(f->ctx, &cause, "t.out", NULL, NULL, pl, sizeof pl), 0);
+    proj_hctx_clear(f->ctx);
+}
+
+static void test_emit_shared(void **state)
+{
+    struct fixture plain, sh;
+    const uint8_t *p;
+    size_t n;
+    uint8_t da[32], db[32];
+    fx_open(&plain, *state, "plain", 0);
+    fx_open(&sh, *state, "shared", 0);
+    /* The reference: 100 plain emits in one transaction. */
+    assert_int_equal(proj_begin(plain.p), 0);
+    for (uint8_t i = 0; i < 100; i++)
+        shared_emit(&plain, i);
+    assert_int_equal(proj_commit(plain.p, 1), 0);
+
+    /* An aborted shared transaction first: what it kept goes with it. */
+    assert_int_equal(proj_begin(sh.p), 0);
+    proj_set_shared(sh.p, true);
+    for (uint8_t i = 0; i < 5; i++)
+        shared_emit(&sh, 120);
+    proj_set_shared(sh.p, false);
+    proj_abort(sh.p);
+    proj_hctx_reset(sh.ctx);
+    assert_int_equal(proj_begin(sh.p), 0);
+    assert_int_equal(t_open(sh.ctx), 0);
+    assert_int_equal(proj_commit(sh.p, 0), 0);
+
+    assert_int_equal(proj_begin(sh.p), 0);
+    proj_set_shared(sh.p, true);
+    for (uint8_t i = 0; i < 60; i++) { /* kept: nothing written yet */
+        shared_emit(&sh, i);
+        assert_true(hctx_emitted_dseq(sh.ctx) == (uint64_t)i + 1);
+    }
+    assert_true(proj_txn_writes(sh.p) == 0);
+    assert_int_equal(hctx_stream_payload(sh.ctx, 1, &p, &n), 0);
+    assert_int_equal(n, 4);
+    assert_int_equal(p[3], 0);
+    assert_int_equal(hctx_stream_payload(sh.ctx, 60, &p, &n), 0);
+    assert_int_equal(p[3], 59);
+    assert_int_equal(hctx_stream_payload(sh.ctx, 61, &p, &n), CAIRN_ENOTFOUND);
+    assert_int_equal(proj_hctx_sync(sh.ctx), 0);
+    assert_true(proj_txn_writes(sh.p) == 60);
+    for (uint8_t i = 60; i < 90; i++) /* kept again, after appended ones */
+        shared_emit(&sh, i);
+    assert_int_equal(hctx_stream_payload(sh.ctx, 30, &p, &n), 0); /* from the stream */
+    assert_int_equal(p[3], 29);
+    assert_int_equal(hctx_stream_payload(sh.ctx, 75, &p, &n), 0); /* kept */
+    assert_int_equal(p[3], 74);
+    assert_int_equal(proj_hctx_sync(sh.ctx), 0);
+    assert_int_equal(proj_hctx_sync(sh.ctx), 0); /* nothing kept: nothing done */
+    assert_true(proj_txn_writes(sh.p) == 90);
+    proj_set_shared(sh.p, false);
+    for (uint8_t i = 90; i < 100; i++) /* plain again: appended after the head */
+        shared_emit(&sh, i);
+    assert_true(hctx_emitted_dseq(sh.ctx) == 100);
+    assert_int_equal(hctx_stream_payload(sh.ctx, 80, &p, &n), 0);
+    assert_int_equal(p[3], 79);
+    assert_int_equal(proj_commit(sh.p, 1), 0);
+    digest_of(plain.p, da);
+    digest_of(sh.p, db);
+    assert_memory_equal(da, db, 32);
+    fx_close(&plain);
+    fx_close(&sh);
+}
+
 static void test_emit_payload_checks(void **state)
 {
     struct fixture f;
@@ -595,6 +674,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_cursor_put, dir_setup, dir_teardown),
         cmocka_unit_test_setup_teardown(test_emit_appends, dir_setup, dir_teardown),
         cmocka_unit_test_setup_teardown(test_emit_dseq_read_back, dir_setup, dir_teardown),
+        cmocka_unit_test_setup_teardown(test_emit_shared, dir_setup, dir_teardown),
         cmocka_unit_test_setup_teardown(test_emit_payload_checks, dir_setup, dir_teardown),
         cmocka_unit_test(test_hcache_get_or_new),
     };
