@@ -109,11 +109,10 @@ static uint8_t *put_hash_field(uint8_t *o, const char *name, const uint8_t h[LOG
     return o + LOG_HASH_LEN;
 }
 
-int log_envelope_encode(struct cairn_buf *b, EVP_MD_CTX *md, const struct log_input *in,
-                        uint64_t seq, int64_t ingested, const uint8_t prev[LOG_HASH_LEN],
-                        uint8_t hash[LOG_HASH_LEN])
+int log_envelope_encode_append(struct cairn_buf *b, EVP_MD_CTX *md, const struct log_input *in,
+                               uint64_t seq, int64_t ingested, const uint8_t prev[LOG_HASH_LEN],
+                               uint8_t hash[LOG_HASH_LEN])
 {
-    cairn_buf_reset(b);
     /* Reserve everything once: prev, the map header, 11 keys of at most 9
      * bytes, 3 integers of at most 9, 5 strings of at most 5 + body, the
      * payload, the two bin8 hashes. */
@@ -122,7 +121,7 @@ int log_envelope_encode(struct cairn_buf *b, EVP_MD_CTX *md, const struct log_in
     int rc = cairn_buf_reserve(b, need);
     if (rc)
         return rc;
-    uint8_t *o = b->data;
+    uint8_t *start = b->data + b->len, *o = start;
     memcpy(o, prev, LOG_HASH_LEN);
     o += LOG_HASH_LEN;
     *o++ = 0x8a; /* the map without hash: hashed */
@@ -141,15 +140,23 @@ int log_envelope_encode(struct cairn_buf *b, EVP_MD_CTX *md, const struct log_in
     o = put_hash_field(o, "prev", prev);
 
     unsigned int hl = 0;
-    size_t hashed = (size_t)(o - b->data);
-    if (!EVP_DigestInit_ex2(md, sha256(), NULL) || !EVP_DigestUpdate(md, b->data, hashed) ||
+    size_t hashed = (size_t)(o - start);
+    if (!EVP_DigestInit_ex2(md, sha256(), NULL) || !EVP_DigestUpdate(md, start, hashed) ||
         !EVP_DigestFinal_ex(md, hash, &hl))
         return CAIRN_EIO;
-    b->data[LOG_HASH_LEN] = (uint8_t)0x8b; /* the stored map has hash too */
+    start[LOG_HASH_LEN] = (uint8_t)0x8b; /* the stored map has hash too */
     o = put_hash_field(o, "hash", hash);
-    b->len = (size_t)(o - b->data);
-    assert(b->len <= need);
+    assert((size_t)(o - start) <= need);
+    b->len += (size_t)(o - start);
     return 0;
+}
+
+int log_envelope_encode(struct cairn_buf *b, EVP_MD_CTX *md, const struct log_input *in,
+                        uint64_t seq, int64_t ingested, const uint8_t prev[LOG_HASH_LEN],
+                        uint8_t hash[LOG_HASH_LEN])
+{
+    cairn_buf_reset(b);
+    return log_envelope_encode_append(b, md, in, seq, ingested, prev, hash);
 }
 
 /* ====================================================================== decoding */

@@ -538,6 +538,7 @@ struct ix_msg {
     int64_t wall, max_time; /* confirm: the clock after the batch */
     uint64_t head_seq;      /* check: the seq before the batch; confirm: after it */
     bool durable;           /* confirm: the log committed the batch */
+    struct log_pre *pre;    /* check: encode the batch too (NULL: the writer does) */
 };
 
 /* Commands queued at most: a check ahead, the confirm before it, and one
@@ -685,6 +686,44 @@ static int ix_decide(struct log *log, struct log_ix *x, struct ix_msg *m)
     }
     m->max_time = max_time;
     return rc;
+}
+
+/* Encodes a batch decided ahead (struct log_pre) as append_cursor (log.c)
+ * would: each accepted input at its seq, ingested at the batch's wall
+ * clock but never before the previous event, chained from pre->prev. Best
+ * effort: on any failure pre->ok stays false and the writer encodes. */
+static void ix_encode(const struct ix_msg *m)
+{
+    struct log_pre *p = m->pre;
+    p->ok = false;
+    cairn_buf_reset(&p->buf);
+    if (p->at_cap < m->n + 1) {
+        size_t *at = realloc(p->at, (m->n + 1) * sizeof *at);
+        if (!at)
+            return;
+        p->at = at;
+        p->at_cap = m->n + 1;
+    }
+    uint8_t prev[LOG_HASH_LEN], hash[LOG_HASH_LEN];
+    memcpy(prev, p->prev, LOG_HASH_LEN);
+    int64_t last = p->last_ingested;
+    size_t k = 0;
+    for (size_t i = 0; i < m->n; i++) {
+        const struct log_result *r = &m->res[i];
+        if (r->rc || r->duplicate)
+            continue;
+        int64_t ingested = m->wall > last ? m->wall : last;
+        p->at[k++] = p->buf.len;
+        if (log_envelope_encode_append(&p->buf, p->md, &m->in[i], r->seq, ingested, prev, hash))
+            return;
+        memcpy(prev, hash, LOG_HASH_LEN);
+        last = ingested;
+    }
+    p->at[k] = p->buf.len;
+    p->count = k;
+    memcpy(p->hash, prev, LOG_HASH_LEN);
+    p->ingested = last;
+    p->ok = true;
 }
 
 /* After a check (the writer is encoding meanwhile): the batch's dedup
@@ -847,7 +886,8 @@ static void ix_answer(struct log_ix *x, struct log_ix_answer *ans, int rc, int64
     pthread_mutex_unlock(&x->mu);
 }
 
-/* A check: decisions (answered at once), then the due commit if no batch
+/* A check: decisions (with, for a batch decided ahead, its envelopes:
+ * ix_encode; answered at once), then the due commit if no batch
  * before this one waits for its confirm, then the puts while the writer
  * encodes and commits. A check made while an earlier batch is not
  * confirmed (the writer's decide-ahead, log.c) cannot catch a stale index
@@ -866,6 +906,8 @@ static void ix_check(struct log *log, struct log_ix *x, struct ix_msg *m)
         rc = log_index_begin(log);
     if (!rc)
         rc = ix_decide(log, x, m);
+    if (!rc && m->pre)
+        ix_encode(m);
     ix_answer(x, m->ans, rc, m->max_time);
     x->unconfirmed++;
     if (rc)
@@ -962,10 +1004,11 @@ static int ix_call(struct log *log, enum ix_cmd cmd)
 
 void log_ix_check_post(struct log *log, const struct log_input *in, struct log_result *res,
                        size_t n, int64_t wall, int64_t max_time, uint64_t head_seq,
-                       struct log_ix_answer *ans)
+                       struct log_pre *pre, struct log_ix_answer *ans)
 {
     ix_post(log->ix, &(struct ix_msg){.cmd = IX_CHECK,
                                       .ans = ans,
+                                      .pre = pre,
                                       .in = in,
                                       .res = res,
                                       .n = n,
@@ -978,7 +1021,7 @@ int log_ix_check(struct log *log, const struct log_input *in, struct log_result 
                  int64_t wall, int64_t *max_time)
 {
     struct log_ix_answer ans;
-    log_ix_check_post(log, in, res, n, wall, *max_time, log->head_seq, &ans);
+    log_ix_check_post(log, in, res, n, wall, *max_time, log->head_seq, NULL, &ans);
     int rc = log_ix_wait(log, &ans);
     *max_time = ans.max_time;
     return rc;

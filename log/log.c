@@ -17,6 +17,10 @@
 #include <sys/file.h>
 #include <unistd.h>
 
+/* A batch encoded ahead (struct log_pre) takes at most this much memory;
+ * a larger one is encoded by the writer as it appends. */
+#define PRE_MAX (64u << 20)
+
 struct log_snap {
     struct log *log;
     MDB_txn *txn;
@@ -144,8 +148,9 @@ int log_open(struct log **out, const struct log_config *cfg)
         log->cfg.dedup_window_ns = CAIRN_DEDUP_WINDOW_NS_DEFAULT;
     log->max_time = CAIRN_TIME_MIN; /* times are bounded below by it */
     cairn_buf_init(&log->enc, CAIRN_PAYLOAD_MAX_CEILING + 4096);
+    cairn_buf_init(&log->ahead.pre.buf, PRE_MAX);
     int rc = CAIRN_ENOMEM;
-    if (!(log->md = EVP_MD_CTX_new()))
+    if (!(log->md = EVP_MD_CTX_new()) || !(log->ahead.pre.md = EVP_MD_CTX_new()))
         goto fail;
     rc = cairn_env_open(&log->env, cfg->dir, 8, cfg->map_size, cfg->readonly ? MDB_RDONLY : 0);
     if (rc)
@@ -186,6 +191,9 @@ void log_close(struct log *log)
         close(log->lock_fd); /* releases the flock */
     EVP_MD_CTX_free(log->md);
     cairn_buf_deinit(&log->enc);
+    EVP_MD_CTX_free(log->ahead.pre.md);
+    cairn_buf_deinit(&log->ahead.pre.buf);
+    free(log->ahead.pre.at);
     free(log);
 }
 
@@ -204,12 +212,47 @@ void log_head_cached(struct log *log, uint64_t *seq)
     *seq = log->head_seq;
 }
 
+uint64_t log_encoded_ahead(struct log *log)
+{
+    return log->encoded_ahead;
+}
+
 const struct log_config *log_config(struct log *log)
 {
     return &log->cfg;
 }
 
 /* ====================================================================== appending */
+
+/* Appends the envelopes the indexer encoded for exactly these decisions
+ * (struct log_pre): the same bytes append_cursor would encode. */
+static int append_pre(struct log *log, MDB_cursor *cur, const struct log_result *res, size_t n,
+                      const struct log_pre *p)
+{
+    size_t k = 0;
+    for (size_t i = 0; i < n; i++) {
+        if (res[i].rc || res[i].duplicate)
+            continue;
+        uint64_t seq = res[i].seq;
+        assert(seq == log->head_seq + 1 && k < p->count);
+        uint8_t sk[8];
+        cairn_be64_put(sk, seq);
+        size_t at = p->at[k] + LOG_HASH_LEN; /* past the prev it was hashed with */
+        MDB_val k8 = {8, sk}, v = {p->at[k + 1] - at, p->buf.data + at};
+        int rc = mdb_cursor_put(cur, &k8, &v, MDB_APPEND);
+        if (rc)
+            return cairn_mdb_err(rc);
+        log->head_seq = seq;
+        k++;
+    }
+    assert(k == p->count);
+    log->encoded_ahead++;
+    if (k) {
+        memcpy(log->head_hash, p->hash, LOG_HASH_LEN);
+        log->last_ingested = p->ingested;
+    }
+    return 0;
+}
 
 static int append_cursor(struct log *log, MDB_cursor *cur, const struct log_input *in,
                          struct log_result *res, size_t n, int64_t now)
@@ -241,13 +284,13 @@ static int append_cursor(struct log *log, MDB_cursor *cur, const struct log_inpu
  * the next append does not search the tree from the root again (mdb_put
  * would, with a fresh cursor each time). */
 static int append_decided(struct log *log, MDB_txn *txn, const struct log_input *in,
-                          struct log_result *res, size_t n, int64_t now)
+                          struct log_result *res, size_t n, int64_t now, const struct log_pre *pre)
 {
     MDB_cursor *cur;
     int rc = mdb_cursor_open(txn, log->events, &cur);
     if (rc)
         return cairn_mdb_err(rc);
-    rc = append_cursor(log, cur, in, res, n, now);
+    rc = pre ? append_pre(log, cur, res, n, pre) : append_cursor(log, cur, in, res, n, now);
     mdb_cursor_close(cur);
     return rc;
 }
@@ -268,17 +311,24 @@ static int write_meta(struct log *log, MDB_txn *txn)
 }
 
 /* The batch's decisions: those made ahead, while the batch before it
- * committed, when they are for this very batch and were made; else the
- * indexer's, now. *now: the wall clock they used. */
+ * committed, when they are for this very batch and were made (with *pre
+ * its envelopes, when the indexer encoded them too); else the indexer's,
+ * now. *now: the wall clock they used. */
 static int decide(struct log *log, const struct log_input *in, struct log_result *res, size_t n,
-                  int64_t *now, int64_t *max_time)
+                  int64_t *now, int64_t *max_time, const struct log_pre **pre)
 {
+    *pre = NULL;
     if (log->ahead.posted) {
         log->ahead.posted = false;
         int rc = log_ix_wait(log, &log->ahead.ans);
         if (!rc && log->ahead.in == in && log->ahead.res == res && log->ahead.n == n) {
             *now = log->ahead.wall;
             *max_time = log->ahead.ans.max_time;
+            /* encoded after the head it was given: the head now (the
+             * batch before became durable, else this one was dropped) */
+            if (log->ahead.pre.ok && !memcmp(log->ahead.pre.prev, log->head_hash, LOG_HASH_LEN) &&
+                log->ahead.pre.last_ingested == log->last_ingested)
+                *pre = &log->ahead.pre;
             return 0;
         }
         /* Not made (a stale index cannot be caught up ahead) or not for
@@ -298,8 +348,12 @@ static void decide_ahead(struct log *log, log_take_fn take, void *arg)
         return;
     log->ahead.posted = true;
     log->ahead.wall = cairn_now_ns();
+    struct log_pre *pre = &log->ahead.pre;
+    pre->ok = false;
+    memcpy(pre->prev, log->head_hash, LOG_HASH_LEN);
+    pre->last_ingested = log->last_ingested;
     log_ix_check_post(log, log->ahead.in, log->ahead.res, log->ahead.n, log->ahead.wall,
-                      log->max_time, log->head_seq, &log->ahead.ans);
+                      log->max_time, log->head_seq, pre, &log->ahead.ans);
 }
 
 /* The batch decided ahead of one that failed: its decisions do not hold. */
@@ -327,9 +381,10 @@ static int append_try(struct log *log, const struct log_input *in, struct log_re
     memcpy(head_hash, log->head_hash, LOG_HASH_LEN);
 
     int64_t now, new_max = max_time;
-    int rc = decide(log, in, res, n, &now, &new_max);
+    const struct log_pre *pre;
+    int rc = decide(log, in, res, n, &now, &new_max, &pre);
     if (!rc && !(rc = cairn_env_write_begin(log->env, &txn))) {
-        rc = append_decided(log, txn, in, res, n, now);
+        rc = append_decided(log, txn, in, res, n, now, pre);
         log->max_time = new_max;
         if (!rc && log->head_seq != head_seq)
             rc = write_meta(log, txn);

@@ -140,6 +140,7 @@ void log_writer_stop(struct log_writer *w);
 #define LOG_COMMIT_BUCKETS 12 /* commit latency <= 0.1 ms * 2^i, i < 12 (~205 ms), +Inf */
 struct log_writer_stats {
     uint64_t batches, events, duplicates, conflicts;
+    uint64_t encoded_ahead; /* batches the indexer encoded while the one before committed */
     uint64_t commit_ns_total;
     uint64_t batch_hist[LOG_BATCH_BUCKETS];       /* cumulative counts per bucket */
     uint64_t commit_hist[LOG_COMMIT_BUCKETS + 1]; /* last: +Inf */

@@ -16,6 +16,29 @@ struct log_ix_answer {
     int64_t max_time; /* the dedup clock after the batch */
 };
 
+/* A batch encoded ahead: the indexer, once it has decided a batch posted
+ * while the one before it commits (log_append_ahead), also encodes and
+ * hashes its envelopes, so that the writer, when the commit returned, only
+ * appends them — encoding and SHA-256 (~0.5 us an event) leave the
+ * writer's chain of encode, commit, encode, commit... The chain it
+ * continues is given with the post; the envelopes are byte for byte what
+ * append_cursor would encode for the same decisions, seqs and ingested
+ * times (log.c uses them only for that very batch, after the batch before
+ * it became durable; otherwise it encodes as before). */
+struct log_pre {
+    /* given with the post (writer) */
+    uint8_t prev[LOG_HASH_LEN]; /* the hash of the head before the batch */
+    int64_t last_ingested;      /* the ingested time of that head */
+    EVP_MD_CTX *md;             /* the indexer's digest context */
+    /* filled by the indexer, read by the writer once the answer is done */
+    bool ok;              /* encoded (else the writer encodes) */
+    struct cairn_buf buf; /* prev || envelope of each accepted input, in order */
+    size_t *at;           /* where each one starts in buf; at[count] = buf.len */
+    size_t at_cap, count;
+    uint8_t hash[LOG_HASH_LEN]; /* the hash of the batch's last event */
+    int64_t ingested;           /* and its ingested time */
+};
+
 /* An open log. The events and the head live in `env` (DATA/log), committed
  * durably; the indexes derived from them (keys, dedup) live in `ienv`
  * (DATA/log/index), see index.c. */
@@ -38,8 +61,9 @@ struct log {
     /* Appender state: touched only by the single appending thread. */
     uint64_t head_seq;
     uint8_t head_hash[LOG_HASH_LEN];
-    int64_t max_time;      /* newest event time seen: the dedup clock */
-    int64_t last_ingested; /* ingested times never go backwards */
+    uint64_t encoded_ahead; /* batches appended from a struct log_pre */
+    int64_t max_time;       /* newest event time seen: the dedup clock */
+    int64_t last_ingested;  /* ingested times never go backwards */
     struct cairn_buf enc;
     EVP_MD_CTX *md;
     /* A batch whose decisions were posted while the one before it was
@@ -52,6 +76,7 @@ struct log {
         size_t n;
         int64_t wall;
         struct log_ix_answer ans;
+        struct log_pre pre; /* its envelopes, when the indexer encoded them */
     } ahead;
 };
 
@@ -74,12 +99,19 @@ int log_envelope_encode(struct cairn_buf *b, EVP_MD_CTX *md, const struct log_in
                         uint64_t seq, int64_t ingested, const uint8_t prev[LOG_HASH_LEN],
                         uint8_t hash[LOG_HASH_LEN]);
 
+/* The same, appended to b (prev, then the stored bytes, from b->len on). */
+int log_envelope_encode_append(struct cairn_buf *b, EVP_MD_CTX *md, const struct log_input *in,
+                               uint64_t seq, int64_t ingested, const uint8_t prev[LOG_HASH_LEN],
+                               uint8_t hash[LOG_HASH_LEN]);
+
 /* log_event_hash with a caller's digest context (no allocation). */
 void log_event_hash_md(EVP_MD_CTX *md, const struct log_event *ev, uint8_t out[LOG_HASH_LEN]);
 
 /* The appender's head seq (the writer thread's view; no transaction). */
 void log_head_cached(struct log *log, uint64_t *seq);
 const struct log_config *log_config(struct log *log);
+/* Batches appended from envelopes encoded ahead (writer thread). */
+uint64_t log_encoded_ahead(struct log *log);
 
 /* index.c — the derived indexes (keys, dedup, dedup_at). */
 int log_index_open(struct log *log);
@@ -108,10 +140,11 @@ int log_ix_check(struct log *log, const struct log_input *in, struct log_result 
  * Posted while an earlier batch is not confirmed (deciding ahead), the
  * decisions assume that batch becomes durable: the caller must drop them
  * (confirm not durable, decide again) if it does not. Every check must be
- * confirmed once, in order. */
+ * confirmed once, in order. pre (optional): encode the decided batch too,
+ * with `wall` as its ingested clock (struct log_pre). */
 void log_ix_check_post(struct log *log, const struct log_input *in, struct log_result *res,
                        size_t n, int64_t wall, int64_t max_time, uint64_t head_seq,
-                       struct log_ix_answer *ans);
+                       struct log_pre *pre, struct log_ix_answer *ans);
 /* Waits for a posted command's answer; its rc. */
 int log_ix_wait(struct log *log, struct log_ix_answer *ans);
 /* After the log commit of the oldest batch checked and not confirmed

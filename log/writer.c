@@ -9,8 +9,8 @@
  * being fsynced, the next one queues up: under load batches grow by
  * themselves and the fsync cost is shared. What is queued when a batch is
  * encoded is taken as the next batch right then (without batch_wait_us),
- * so that the indexer decides it during the fsync (log_append_ahead);
- * what comes later waits for the batch after.
+ * so that the indexer decides and encodes it during the fsync
+ * (log_append_ahead); what comes later waits for the batch after.
  *
  * The queue is bounded in events (queue_max): a producer that finds it full
  * either waits (tools) or is told CAIRN_EBUSY (HTTP answers 429). Besides
@@ -46,7 +46,7 @@ struct log_writer {
     struct log_req *next; /* the next batch's requests (NULL: none taken) */
     size_t next_n;
     unsigned next_buf; /* which of in/res it is in */
-    _Atomic uint64_t batches, events, duplicates, conflicts, commit_ns;
+    _Atomic uint64_t batches, events, duplicates, conflicts, encoded_ahead, commit_ns;
     _Atomic uint64_t batch_hist[LOG_BATCH_BUCKETS], commit_hist[LOG_COMMIT_BUCKETS + 1];
 };
 
@@ -176,6 +176,7 @@ static void commit_batch(struct log_writer *w, struct log_req *reqs, size_t n, u
     log_head_cached(w->log, &after);
     w->batches++;
     w->events += after - before;
+    w->encoded_ahead = log_encoded_ahead(w->log);
 
     size_t at = 0;
     for (struct log_req *r = reqs, *next; r; r = next) {
@@ -370,6 +371,7 @@ void log_writer_stats(struct log_writer *w, struct log_writer_stats *out)
     out->events = w->events;
     out->duplicates = w->duplicates;
     out->conflicts = w->conflicts;
+    out->encoded_ahead = w->encoded_ahead;
     out->commit_ns_total = w->commit_ns;
     uint64_t acc = 0;
     for (unsigned i = 0; i < LOG_BATCH_BUCKETS; i++)
