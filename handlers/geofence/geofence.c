@@ -98,7 +98,7 @@ struct tcache {
 };
 
 /* deferred writes (see "deferred writes" below) */
-enum { PW_HITS, PW_DHITS, PW_INSIDE, PW_POS, PW_KINDS };
+enum { PW_HITS, PW_DHITS, PW_INSIDE, PW_POS, PW_HITQ, PW_KINDS };
 #define PEND_BYTES_MAX (64u << 20)
 
 struct pw {
@@ -109,7 +109,7 @@ struct pw {
 };
 
 struct gf {
-    unsigned fences, geom, dev, inside, hits, dhits, pos, near, orders, oby, meta;
+    unsigned fences, geom, dev, inside, hits, dhits, hitq, pos, near, orders, oby, meta;
     struct hlayout layout; /* geofence.meta "layout" is GF_LAYOUT */
     double arrival_default;
     struct fence *f;
@@ -142,6 +142,8 @@ struct gf {
     size_t ndirty, dirtycap;
     size_t dev_max;   /* records the table holds (config device_cache_max) */
     size_t defer_max; /* writes kept for the flush (config defer_max) */
+    size_t nq;        /* hits in geofence.hitq (pending puts included) */
+    size_t hitq_max;  /* then merged into hits and dhits (config hitq_max) */
     /* deferred writes (below): per kind, then the keys and values */
     struct pend {
         struct pw *w;
@@ -553,7 +555,7 @@ static int dev_writeback(struct hctx *ctx)
 /* ====================================================================== deferred writes */
 
 /*
- * The writes of hits, dhits, inside and pos are not made as the fixes come
+ * The writes of hitq, hits, dhits, inside and pos are not made as the fixes come
  * but kept (key, value, order) and made in flush, sorted by key like the
  * device records: each such put or delete went down the B-tree from the
  * root to a random page; in key order the descents share their upper
@@ -561,8 +563,8 @@ static int dev_writeback(struct hctx *ctx)
  * writes of one key in a transaction (an inside entry put and deleted, a
  * device's grid cell left twice) collapse to the last. The state at the
  * commit is the same. Inside apply, a read of one of these DBIs (a fence
- * deleted reads inside; roam reads pos) makes that DBI's pending writes
- * first (pend_apply). Bounded: past PEND_BYTES_MAX of keys and values, or
+ * deleted reads inside; roam reads pos; a merge reads hitq) makes that
+ * DBI's pending writes first (pend_apply). Bounded: past PEND_BYTES_MAX of keys and values, or
  * GF_DEFER_MAX writes waiting with the device records (maybe_drain), they
  * are made in apply, between two fixes.
  */
@@ -644,6 +646,7 @@ static int pend_apply(struct hctx *ctx, int kind)
     unsigned db = kind == PW_HITS     ? g->hits
                   : kind == PW_DHITS  ? g->dhits
                   : kind == PW_INSIDE ? g->inside
+                  : kind == PW_HITQ   ? g->hitq
                                       : g->pos;
     if (!pd->n)
         return 0;
@@ -1074,6 +1077,20 @@ static void gf_close(struct hctx *ctx)
     *hctx_user(ctx) = NULL;
 }
 
+/* g->nq: the hits in hitq (at most hitq_max). */
+static int hitq_count(struct hctx *ctx)
+{
+    struct gf *g = self(ctx);
+    struct hcursor *c;
+    MDB_val k, v;
+    int rc = hctx_cursor_open(ctx, g->hitq, NULL, 0, &c);
+    g->nq = 0;
+    while (!rc && !(rc = hctx_cursor_next(c, &k, &v)))
+        g->nq++;
+    hctx_cursor_close(c);
+    return rc == CAIRN_ENOTFOUND ? 0 : rc;
+}
+
 static int gf_open(struct hctx *ctx)
 {
     struct gf *g = calloc(1, sizeof *g);
@@ -1095,6 +1112,14 @@ static int gf_open(struct hctx *ctx)
         json_is_integer(dx) && json_integer_value(dx) >= 1 && json_integer_value(dx) < GF_DEFER_MAX
             ? (size_t)json_integer_value(dx)
             : GF_DEFER_MAX;
+    /* part of the state's shape: live and replay must use the same (it
+     * changes what hitq and the indexes hold at a checkpoint, not any
+     * answer) */
+    const json_t *hq = json_object_get(hctx_config(ctx), "hitq_max");
+    g->hitq_max =
+        json_is_integer(hq) && json_integer_value(hq) >= 1 && json_integer_value(hq) < GF_HITQ_MAX
+            ? (size_t)json_integer_value(hq)
+            : GF_HITQ_MAX;
     const json_t *ar = json_object_get(hctx_config(ctx), "arrival_radius_m");
     g->arrival_default = json_is_number(ar) && json_number_value(ar) > 0
                              ? json_number_value(ar)
@@ -1109,17 +1134,19 @@ static int gf_open(struct hctx *ctx)
         unsigned *db;
     } dbs[] = {{"fences", &g->fences}, {"geom", &g->geom}, {"dev", &g->dev},
                {"inside", &g->inside}, {"hits", &g->hits}, {"dhits", &g->dhits},
-               {"pos", &g->pos},       {"near", &g->near}, {"orders", &g->orders},
-               {"oby", &g->oby},       {"meta", &g->meta}};
+               {"hitq", &g->hitq},     {"pos", &g->pos},   {"near", &g->near},
+               {"orders", &g->orders}, {"oby", &g->oby},   {"meta", &g->meta}};
     for (size_t i = 0; !rc && i < sizeof dbs / sizeof *dbs; i++)
         rc = hctx_db(ctx, dbs[i].name, 0, dbs[i].db);
     /* A state without the mark is new (nothing in hits yet: the mark goes
      * in at the first flush) or of layout 1 (geofence_int.h), which is
-     * refused, as is layout 2 (mark 2: its hits hold no dseq). */
+     * refused, as are layouts 2 and 3 (marks 2 and 3: no hitq). */
     g->layout = (struct hlayout){
         .meta = g->meta, .probe = g->hits, .layout = GF_LAYOUT, .what = "geofence"};
     if (!rc)
         rc = hlayout_check(ctx, &g->layout);
+    if (!rc)
+        rc = hitq_count(ctx);
     if (!rc)
         rc = load_fences(ctx);
     if (rc)
@@ -1208,11 +1235,60 @@ static uint8_t *mpd_gtime(uint8_t *o, struct tcache *c, int64_t ns)
     return mpd_strn(o, t, time_fmt(c, ns, t));
 }
 
-/* Emits a hit and indexes its event (the dseq hctx_emit stored it at) in
- * hits and dhits (geofence_int.h). The payload is packed
- * directly (handler.h's mpd_*: the bytes msgpack-c's packer wrote before,
- * key by key), into a buffer larger than any hit: ids are at most
- * GF_FENCE_ID_MAX and CAIRN_KEY_MAX bytes, the rest under 300. */
+/* Moves the hits of geofence.hitq into hits and dhits (pending writes,
+ * made in key order at the flush) and empties it (see emit_hit). */
+static int hitq_merge(struct hctx *ctx)
+{
+    struct gf *g = self(ctx);
+    int rc = pend_apply(ctx, PW_HITQ);
+    struct hcursor *c = NULL;
+    if (!rc)
+        rc = hctx_cursor_open(ctx, g->hitq, NULL, 0, &c);
+    MDB_val k, v;
+    while (!rc && !(rc = hctx_cursor_next(c, &k, &v))) {
+        struct gf_key h, d;
+        uint8_t d8[8];
+        uint32_t voff;
+        if (k.mv_size != 8 || v.mv_size > GF_KEY_MAX || !gf_hits_key_ok(v.mv_data, v.mv_size)) {
+            rc = CAIRN_ECORRUPT;
+            break;
+        }
+        memcpy(d8, k.mv_data, 8);
+        h.n = 0;
+        h.over = false;
+        gk_raw(&h, v.mv_data, v.mv_size); /* copied: v is valid until a write */
+        gf_dhits_key(&d, h.b, h.n);
+        if ((rc = hctx_cursor_del(c)) || (rc = pend_value(ctx, d8, 8, &voff)) ||
+            (rc = pend_add(ctx, PW_HITS, &h, voff, 8, false)))
+            break;
+        /* the dhits key is one byte longer than the hits key */
+        if (!d.over && (rc = pend_add(ctx, PW_DHITS, &d, voff, 8, false)))
+            break;
+    }
+    hctx_cursor_close(c);
+    if (rc == CAIRN_ENOTFOUND)
+        rc = 0;
+    g->nq = 0;
+    return rc;
+}
+
+/* Emits a hit and queues its event (the dseq hctx_emit stored it at) in
+ * geofence.hitq, to be indexed in hits and dhits (geofence_int.h). The
+ * payload is packed directly (handler.h's mpd_*: the bytes msgpack-c's
+ * packer wrote before, key by key), into a buffer larger than any hit: ids
+ * are at most GF_FENCE_ID_MAX and CAIRN_KEY_MAX bytes, the rest under 300.
+ *
+ * Why a queue: hits and dhits are ordered by fence and by device, so hits
+ * arriving in time order land on random leaves of two trees that grow with
+ * the history; a transaction of 14 000 hits (65 536 fixes of
+ * bench/geofence) rewrote nearly every leaf of both, a page copy, a page
+ * fault and a page written back each. hitq is keyed by dseq, so its puts
+ * append; once it holds hitq_max hits (GF_HITQ_MAX, geofence_int.h) they
+ * are merged into the indexes in key order, together, each leaf rewritten
+ * once per merge instead of once per transaction. The merge comes at the
+ * hit that fills the queue, so where it happens depends only on the
+ * inputs, never on how they were cut into transactions: live, replayed or
+ * replayed in chunks, the state is the same. Queries read both (routes.c). */
 static int emit_hit(struct hctx *ctx, const struct fix *x, const struct fence *f, int kind,
                     const char *reason, int64_t since, const double *from)
 {
@@ -1247,33 +1323,28 @@ static int emit_hit(struct hctx *ctx, const struct fix *x, const struct fence *f
     }
     size_t len = (size_t)(o - buf);
     int rc = hctx_emit(ctx, x->ev, hit_types[kind], NULL, &x->dev, buf, len);
-    const struct cairn_str *t = &x->ev->tenant;
-    struct gf_key k;
-    uint8_t kb = (uint8_t)kind, d8[8];
-    uint32_t voff = 0;
-    /* the payload is kept once, in the event: hits and dhits (keys of the
-     * same four fields) hold its dseq. The dhits key is one byte longer
-     * than the hits key: it fits when that one does */
     if (rc)
         return rc;
-    cairn_be64_put(d8, hctx_emitted_dseq(ctx));
-    gk_tenant(&k, t->p, t->n);
-    gk_u8str(&k, fid.p, fid.n);
-    gk_be64(&k, gf_time_key(x->ev->time));
-    gk_raw(&k, &kb, 1);
-    gk_raw(&k, x->dev.p, x->dev.n);
-    if (k.over)
-        return 0;
-    if ((rc = pend_value(ctx, d8, 8, &voff)) || (rc = pend_add(ctx, PW_HITS, &k, voff, 8, false)))
+    const struct cairn_str *t = &x->ev->tenant;
+    struct gf_key h, q;
+    uint8_t kb = (uint8_t)kind;
+    uint32_t voff = 0;
+    /* the payload is kept once, in the event; hitq holds its dseq -> the
+     * hit's hits key (the four fields) */
+    gk_tenant(&h, t->p, t->n);
+    gk_u8str(&h, fid.p, fid.n);
+    gk_be64(&h, gf_time_key(x->ev->time));
+    gk_raw(&h, &kb, 1);
+    gk_raw(&h, x->dev.p, x->dev.n);
+    if (h.over)
+        return 0; /* not indexed */
+    q.n = 0;
+    q.over = false;
+    gk_be64(&q, hctx_emitted_dseq(ctx));
+    if ((rc = pend_value(ctx, h.b, h.n, &voff)) ||
+        (rc = pend_add(ctx, PW_HITQ, &q, voff, h.n, false)))
         return rc;
-    gk_tenant(&k, t->p, t->n);
-    gk_u16str(&k, x->dev.p, x->dev.n);
-    gk_be64(&k, gf_time_key(x->ev->time));
-    gk_raw(&k, &kb, 1);
-    gk_raw(&k, fid.p, fid.n);
-    if (!k.over)
-        rc = pend_add(ctx, PW_DHITS, &k, voff, 8, false);
-    return rc;
+    return ++g->nq < g->hitq_max ? 0 : hitq_merge(ctx);
 }
 
 static int inside_key(struct gf_key *k, const struct cairn_str *t, const char *fid, size_t fn,

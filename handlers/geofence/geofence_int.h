@@ -10,6 +10,7 @@
  *   geofence.inside  T | flen u8 | fence_id | device   -> since (i64 BE): devices inside (WITHIN)
  *   geofence.hits    T | flen u8 | fence_id | time | kind u8 | device -> dseq u64 BE (by fence)
  *   geofence.dhits   T | dlen u16 BE | device | time | kind u8 | fence_id -> dseq (by device)
+ *   geofence.hitq    dseq u64 BE -> the hit's hits key (hits not yet in hits/dhits)
  *   geofence.pos     T | cy u32 BE | cx u32 BE | device -> "" (device grid, POS_CELL_DEG cells)
  *   geofence.near    T | flen u8 | fence_id | alen u16 BE | a | b -> "" (roam pairs, both ways)
  *   geofence.orders  T | order_id                      -> order record (msgpack)
@@ -20,20 +21,29 @@
  * payload the hit's document) and one entry in each of hits and dhits,
  * whose keys hold the same four fields and whose value is the event's
  * dseq (a query by fence or device reads its index, then the payloads from
- * the stream). Layout 1 kept the payload in hits and dhits themselves:
- * ~180-byte entries landing on random pages of two trees that grow with
- * the history, so every state transaction rewrote most of both (14 000
- * hits per 65 536 fixes in bench/geofence; leaving those writes out saved
- * ~1.6 of the 4.7 us of CPU per fix, much of it the kernel's page faults
- * and write-back of the dirtied pages). Layout 2 kept the payload once
- * more in geofence.hitlog (time-ordered key, appended; its leaves ended
- * half full, as LMDB splits a full leaf in the middle unless a put says
- * MDB_APPEND) and empty values in hits and dhits; layout 3 drops hitlog:
- * the stream, append-only and never trimmed, already holds the payload
- * (one put fewer per hit). The random inserts go to trees of ~48-byte
- * entries. As before, the last hit of one (fence, device, time, kind) is
- * the one kept (its dseq). A state of layout 1 or 2 is refused at open
- * (rebuild it from the log: cairn replay).
+ * the stream). The newest hits, until GF_HITQ_MAX of them have come, are
+ * instead in hitq, keyed by their dseq (so appended) with the hits key as
+ * value; then the queue is merged into both indexes in key order and
+ * emptied (geofence.c, emit_hit), and a query reads the queue too
+ * (routes.c). As before, the last hit of one (fence, device, time, kind)
+ * is the one kept (its dseq).
+ *
+ * Layouts. 1 kept the payload in hits and dhits themselves: ~180-byte
+ * entries landing on random pages of two trees that grow with the history,
+ * so every state transaction rewrote most of both (14 000 hits per 65 536
+ * fixes in bench/geofence; leaving those writes out saved ~1.6 of the
+ * 4.7 us of CPU per fix, much of it the kernel's page faults and
+ * write-back of the dirtied pages). 2 kept the payload once more in
+ * geofence.hitlog (time-ordered key, appended; its leaves ended half full,
+ * as LMDB splits a full leaf in the middle unless a put says MDB_APPEND)
+ * and empty values in hits and dhits. 3 dropped hitlog: the stream,
+ * append-only and never trimmed, already holds the payload (one put fewer
+ * per hit). Its random inserts, to trees of ~48-byte entries, still
+ * rewrote nearly every leaf of both in each large transaction (a page
+ * copy, a page fault and a page written back each: 0.7 of 3.7 us per fix).
+ * 4 adds hitq: a transaction appends to it, and each leaf of hits and
+ * dhits is rewritten once per merge of 65 536 hits. A state of layout 1, 2
+ * or 3 is refused at open (rebuild it from the log: cairn replay).
  *
  * Device record (geofence.dev), fixed byte order:
  *
@@ -77,11 +87,15 @@
  * for the flush (geofence.c, "deferred writes"): past this many they are
  * made in apply. Config defer_max lowers it. */
 #define GF_DEFER_MAX 32768u
+/* Hits queued in geofence.hitq before they are merged into hits and dhits
+ * (config hitq_max lowers it; live and replay must use the same). A query
+ * of hits reads the whole queue: ~3 MB at most. */
+#define GF_HITQ_MAX 65536u
 #define GF_ARRIVAL_RADIUS_DEFAULT 100.0
 
 #define GF_KEY_MAX 511
 /* The layout of the DBIs above (geofence.meta "layout"). */
-#define GF_LAYOUT 3
+#define GF_LAYOUT 4
 
 enum gf_state { GF_PENDING = 1, GF_INSIDE = 2 };
 enum gf_hit {
@@ -167,6 +181,26 @@ static inline void gk_tenant(struct gf_key *k, const char *p, size_t n)
 static inline uint64_t gf_time_key(int64_t t)
 {
     return (uint64_t)t ^ (1ull << 63);
+}
+
+/* The dhits key of a hit from its hits key h[0..hn) (a key of hitq's
+ * values, well formed: the fence id at h[tl + 1], tl = 1 + the tenant's
+ * length; hn >= tl + 1 + flen + 9): T | dlen | device | time | kind |
+ * fence_id. k->over when it does not fit. */
+static inline void gf_dhits_key(struct gf_key *k, const uint8_t *h, size_t hn)
+{
+    size_t tl = 1 + (size_t)h[0], fl = h[tl], at = tl + 1 + fl;
+    k->n = 0;
+    k->over = false;
+    gk_raw(k, h, tl);
+    gk_u16str(k, (const char *)h + at + 9, hn - at - 9);
+    gk_raw(k, h + at, 9);
+    gk_raw(k, h + tl + 1, fl);
+}
+/* Whether h[0..hn) is a well-formed hits key (a hitq value). */
+static inline bool gf_hits_key_ok(const uint8_t *h, size_t hn)
+{
+    return hn >= 1 && (size_t)h[0] + 2 <= hn && (size_t)h[0] + 2 + h[1 + h[0]] + 9 <= hn;
 }
 
 extern const char *const gf_hit_names[];

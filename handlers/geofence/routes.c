@@ -149,7 +149,7 @@ static int scan_next(struct scan *s, const void *from, size_t fn, MDB_val *k, MD
         return CAIRN_ENOTFOUND;
     if (rc)
         return cairn_mdb_err(rc);
-    if (k->mv_size < s->pn || memcmp(k->mv_data, s->prefix, s->pn))
+    if (s->pn && (k->mv_size < s->pn || memcmp(k->mv_data, s->prefix, s->pn)))
         return CAIRN_ENOTFOUND;
     return 0;
 }
@@ -358,6 +358,99 @@ static int get_containing(struct hread *rd, char **args, struct cairn_buf *out,
 
 /* ====================================================================== hits */
 
+static int cmp_keys(const uint8_t *a, size_t an, const uint8_t *b, size_t bn)
+{
+    int c = memcmp(a, b, an < bn ? an : bn);
+    return c ? c : an < bn ? -1 : an > bn;
+}
+
+/* The queued hits (geofence.hitq) a query may answer with: the first cap
+ * in key order, with their dseq. */
+struct hitq {
+    struct qhit {
+        uint64_t dseq;
+        size_t kn;
+        uint8_t k[GF_KEY_MAX + 1];
+    } * slot;      /* cap of them */
+    uint32_t *ord; /* the n kept, in key order (indices into slot) */
+    size_t n, cap;
+};
+
+/* Keeps the hit (k, dseq) if it is among the first cap keys; of equal keys
+ * the later queued one (larger dseq), as the merge into the index does. */
+static void hitq_keep(struct hitq *q, const struct gf_key *k, uint64_t dseq)
+{
+    if (q->n == q->cap) {
+        const struct qhit *last = &q->slot[q->ord[q->n - 1]];
+        if (cmp_keys(k->b, k->n, last->k, last->kn) > 0)
+            return;
+    }
+    size_t lo = 0, hi = q->n;
+    while (lo < hi) { /* the first kept key >= k */
+        size_t mid = (lo + hi) / 2;
+        const struct qhit *h = &q->slot[q->ord[mid]];
+        if (cmp_keys(h->k, h->kn, k->b, k->n) < 0)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    if (lo < q->n) {
+        struct qhit *h = &q->slot[q->ord[lo]];
+        if (!cmp_keys(h->k, h->kn, k->b, k->n)) {
+            if (dseq > h->dseq)
+                h->dseq = dseq;
+            return;
+        }
+    }
+    uint32_t s = (uint32_t)q->n;
+    if (q->n == q->cap) /* the last one goes (lo < n: k is smaller) */
+        s = q->ord[--q->n];
+    memmove(q->ord + lo + 1, q->ord + lo, (q->n - lo) * sizeof *q->ord);
+    q->ord[lo] = s;
+    q->slot[s].dseq = dseq;
+    q->slot[s].kn = k->n;
+    memcpy(q->slot[s].k, k->b, k->n);
+    q->n++;
+}
+
+/* The queued hits of tenant prefix tp[0..tn) matching the query (fence
+ * and/or device, time in [from, to]), as keys of the index it walks (hits
+ * when fence is given, else dhits): the first q->cap of them in that
+ * index's order. hitq holds at most GF_HITQ_MAX hits, and the whole of it
+ * is read. */
+static int hitq_collect(struct hread *rd, const uint8_t *tp, size_t tn, const char *fence,
+                        const char *dev, int64_t from, int64_t to, struct hitq *q)
+{
+    struct scan s;
+    MDB_val k, v;
+    size_t fn = fence ? strlen(fence) : 0, dn = dev ? strlen(dev) : 0;
+    int rc = scan_open(rd, "hitq", NULL, 0, &s);
+    while (!rc && !(rc = scan_next(&s, NULL, 0, &k, &v))) {
+        const uint8_t *h = v.mv_data;
+        size_t hn = v.mv_size;
+        if (k.mv_size != 8 || hn > GF_KEY_MAX || !gf_hits_key_ok(h, hn) || hn < tn ||
+            memcmp(h, tp, tn))
+            continue;
+        size_t fl = h[tn], at = tn + 1 + fl;
+        int64_t tm = (int64_t)(cairn_be64_get(h + at) ^ (1ull << 63));
+        if (tm < from || tm > to || (fence && (fl != fn || memcmp(h + tn + 1, fence, fn))) ||
+            (dev && (hn - at - 9 != dn || memcmp(h + at + 9, dev, dn))))
+            continue;
+        struct gf_key key;
+        if (fence) {
+            key.n = 0;
+            key.over = false;
+            gk_raw(&key, h, hn);
+        } else {
+            gf_dhits_key(&key, h, hn);
+        }
+        if (!key.over) /* else not in dhits either */
+            hitq_keep(q, &key, cairn_be64_get(k.mv_data));
+    }
+    scan_close(&s);
+    return rc == CAIRN_ENOTFOUND ? 0 : rc;
+}
+
 static int get_hits(struct hread *rd, char **args, struct cairn_buf *out, struct cairn_error *e)
 {
     (void)args;
@@ -380,44 +473,95 @@ static int get_hits(struct hread *rd, char **args, struct cairn_buf *out, struct
         cairn_error_set(e, "missing_parameter", "fence", "give fence= or device= (or both)");
         return 400;
     }
-    struct gf_key p, start;
-    gk_tenant(&p, t, strlen(t));
+    struct gf_key tp, p, start;
+    gk_tenant(&tp, t, strlen(t));
+    p = tp;
     if (hf)
         gk_u8str(&p, fence, strlen(fence));
     else
         gk_u16str(&p, dev, strlen(dev));
     start = p;
     gk_be64(&start, gf_time_key(from));
-    struct scan s;
+    /* The hits still queued in hitq (geofence_int.h), merged in key order
+     * with those of the index: the answer is the one a single index of
+     * every hit would give. */
+    /* (the answer takes at most limit + 1 of them: limit, then one to
+     * say truncated) */
+    struct hitq q = {.cap = limit + 1};
+    q.slot = malloc(q.cap * sizeof *q.slot);
+    q.ord = malloc(q.cap * sizeof *q.ord);
+    int rc = !q.slot || !q.ord ? CAIRN_ENOMEM
+             : p.over
+                 ? 0
+                 : hitq_collect(rd, tp.b, tp.n, hf ? fence : NULL, hd ? dev : NULL, from, to, &q);
+    struct scan s = {0};
     MDB_val k, v;
     put_seq(rd, out);
     cairn_buf_puts(out, ",\"hits\":[");
-    int rc = scan_open(rd, hf ? "hits" : "dhits", p.b, p.n, &s);
-    bool more = false;
+    if (!rc)
+        rc = scan_open(rd, hf ? "hits" : "dhits", p.b, p.n, &s);
+    if (rc == CAIRN_ENOTFOUND)
+        rc = 0; /* no index yet: the queue only */
+    bool more = false, have = false, idx_end = false;
+    size_t qi = 0;
     struct cairn_buf tmp;
     cairn_buf_init(&tmp, 1u << 20);
-    while (!rc && !(rc = scan_next(&s, start.b, start.n, &k, &v))) {
-        const uint8_t *kb = k.mv_data;
-        if (k.mv_size < p.n + 9)
-            continue;
-        int64_t tm = (int64_t)(cairn_be64_get(kb + p.n) ^ (1ull << 63));
-        if (tm > to)
+    while (!rc) {
+        /* the next hit of the index, unless the one read last is pending */
+        if (!have && !idx_end) {
+            int r = scan_next(&s, start.b, start.n, &k, &v);
+            if (r == CAIRN_ENOTFOUND) {
+                idx_end = true;
+            } else if (r) {
+                rc = r;
+                break;
+            } else {
+                const uint8_t *kb = k.mv_data;
+                if (k.mv_size < p.n + 9)
+                    continue;
+                int64_t tm = (int64_t)(cairn_be64_get(kb + p.n) ^ (1ull << 63));
+                if (tm > to) {
+                    idx_end = true;
+                } else {
+                    const char *rest = (const char *)kb + p.n + 9;
+                    size_t rn = k.mv_size - p.n - 9;
+                    if (hf && hd && (rn != strlen(dev) || memcmp(rest, dev, rn)))
+                        continue;
+                    have = true;
+                }
+            }
+        }
+        if (!have && qi == q.n)
             break;
-        const char *rest = (const char *)kb + p.n + 9;
-        size_t rn = k.mv_size - p.n - 9;
-        if (hf && hd && (rn != strlen(dev) || memcmp(rest, dev, rn)))
-            continue;
+        /* the smaller key of the two; on a tie the queued one, the later */
+        const uint8_t *kb;
+        uint64_t dseq;
+        const struct qhit *qh = qi < q.n ? &q.slot[q.ord[qi]] : NULL;
+        int c = !have ? 1 : !qh ? -1 : cmp_keys(k.mv_data, k.mv_size, qh->k, qh->kn);
+        if (c < 0) {
+            if (v.mv_size != 8) { /* indexed, so it is there */
+                rc = CAIRN_ECORRUPT;
+                break;
+            }
+            kb = k.mv_data;
+            dseq = cairn_be64_get(v.mv_data);
+        } else {
+            kb = qh->k;
+            dseq = qh->dseq;
+        }
         if (n == limit) {
             more = true;
             break;
         }
+        if (c <= 0)
+            have = false;
+        if (c >= 0)
+            qi++;
         unsigned kind = kb[p.n + 8];
-        /* the payload, from the hit's event in stream.geofence (the value
-         * is its dseq) */
+        /* the payload, from the hit's event in stream.geofence */
         const uint8_t *doc;
         size_t dn;
-        rc = v.mv_size == 8 ? hread_stream_payload(rd, cairn_be64_get(v.mv_data), &doc, &dn)
-                            : CAIRN_ENOTFOUND;
+        rc = hread_stream_payload(rd, dseq, &doc, &dn);
         if (rc) { /* indexed, so it is there */
             rc = rc == CAIRN_ENOTFOUND ? CAIRN_ECORRUPT : rc;
             break;
@@ -431,6 +575,8 @@ static int get_hits(struct hread *rd, char **args, struct cairn_buf *out, struct
         cairn_buf_append(out, tmp.data + 1, tmp.len - 1);
     }
     cairn_buf_deinit(&tmp);
+    free(q.slot);
+    free(q.ord);
     scan_close(&s);
     if (rc && rc != CAIRN_ENOTFOUND)
         return fail(e, rc);

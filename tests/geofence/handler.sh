@@ -161,23 +161,52 @@ DATA_DIR=$WORK/nodefer cairn append "$F" --engine --config "$WORK/nodefer.json" 
     fail "writes made at once give other events"
 echo "ok writes made at once give the same state and events"
 
+# Hits queue in geofence.hitq and are merged into geofence.hits / dhits
+# every hitq_max hits (handlers.geofence.hitq_max, geofence_int.h; the
+# default, 65 536, is never reached here). With 2, merges come inside
+# transactions and between them: the same events, and replay and chunks
+# rebuild that state (the queue's size shapes the state, so both use the
+# same config).
+echo '{"handlers": {"geofence": {"hitq_max": 2}}}' >"$WORK/q2.json"
+export CAIRN_CONFIG=$WORK/q2.json
+Q2=$WORK/q2
+DATA_DIR=$Q2 append "$F"
+[ "$(DATA_DIR=$Q2 cairn stream geofence | md5sum)" = "$(cairn stream geofence | md5sum)" ] ||
+    fail "hitq_max 2 gives other events"
+entries() { mdb_stat -s "geofence.$2" "$1/state" | sed -n 's/ *Entries: //p'; }
+hits=$(entries "$Q2" hits)
+if ! [ "$hits" -gt 10 ] || [ "$(entries "$Q2" dhits)" != "$hits" ] || [ "$(entries "$Q2" hitq)" -ge 2 ]; then
+    fail "hitq_max 2: $hits hits, $(entries "$Q2" dhits) dhits, $(entries "$Q2" hitq) queued"
+fi
+if [ "$(entries "$DATA" hits)" != 0 ] || ! [ "$(entries "$DATA" hitq)" -gt 10 ]; then
+    fail "default hitq_max: hits merged already"
+fi
+live=$(DATA_DIR=$Q2 cairn digest)
+[ "$(DATA_DIR=$Q2 cairn replay --into "$WORK/q2replay")" = "$live" ] || fail "hitq_max 2: replay differs"
+split -n l/8 "$F" "$WORK/q2chunk."
+for f in "$WORK"/q2chunk.*; do
+    if [ -s "$f" ]; then DATA_DIR=$WORK/q2chunked append "$f"; fi
+done
+[ "$(DATA_DIR=$WORK/q2chunked cairn digest)" = "$live" ] || fail "hitq_max 2: chunks differ"
+echo "ok hitq_max 2: hits merged, the same events, replay and chunks give its state"
+
 # States of the older layouts are refused when the handler opens, with
-# the way out; cairn replay rebuilds them. Layout 1 (hit payloads in
-# geofence.hits, no layout mark in geofence.meta: written before
-# geofence.hitlog) is the test's state without geofence.meta; layout 2
-# (payloads in geofence.hitlog, geofence.meta "layout" 2) is the test's
-# state with the mark set to 2.
+# the way out; cairn replay rebuilds them (from the hitq_max 2 state, whose
+# hits and dhits are not empty). Layout 1 (hit payloads in geofence.hits,
+# no layout mark in geofence.meta: written before geofence.hitlog) is that
+# state without geofence.meta; layouts 2 (payloads in geofence.hitlog) and
+# 3 (no hitq: every hit in hits and dhits) are that state with the mark
+# set to 2 and 3.
 old_state() { # $1: the directory, $2: awk program run on the dump
     mkdir -p "$1/state"
-    cp -r "$DATA/log" "$1/log"
-    mdb_dump -a "$DATA/state" | awk "$2" | mdb_load "$1/state"
-    [ "$(mdb_stat -s geofence.hits "$1/state" | sed -n 's/ *Entries: //p')" -gt 0 ] ||
-        fail "the old-layout state has no hits"
+    cp -r "$Q2/log" "$1/log"
+    mdb_dump -a "$Q2/state" | awk "$2" | mdb_load "$1/state"
+    [ "$(entries "$1" hits)" -gt 0 ] || fail "the old-layout state has no hits"
     out=$(DATA_DIR=$1 cairn append /dev/null --engine 2>&1) && fail "an old-layout state was opened: $out"
     grep -q "the geofence state has an older layout: rebuild the state from the log" <<<"$out" ||
         fail "old layout: $out"
     DATA_DIR=$1 cairn replay >/dev/null
-    [ "$(DATA_DIR=$1 cairn digest)" = "$(cairn digest)" ] || fail "the replayed old state differs"
+    [ "$(DATA_DIR=$1 cairn digest)" = "$live" ] || fail "the replayed old state differs"
 }
 # shellcheck disable=SC2016 # an awk program
 old_state "$WORK/old" '/^VERSION=/ { h = ""; hold = 1 }
@@ -185,10 +214,13 @@ old_state "$WORK/old" '/^VERSION=/ { h = ""; hold = 1 }
            if (/^HEADER=END/) { hold = 0; skip = h ~ /\ndatabase=geofence\.meta\n/; if (!skip) printf "%s", h }
            next }
     !skip'
-# shellcheck disable=SC2016 # an awk program
-# "layout" is 6c61796f7574 in the dump, its value 00000003 on the next line
-old_state "$WORK/old2" '/^database=/ { meta = $0 == "database=geofence.meta" }
-    meta && prev == " 6c61796f7574" && $0 == " 00000003" { $0 = " 00000002"; set = 1 }
+# "layout" is 6c61796f7574 in the dump, its value 00000004 on the next line
+for v in 2 3; do
+    # shellcheck disable=SC2016 # an awk program
+    old_state "$WORK/old$v" '/^database=/ { meta = $0 == "database=geofence.meta" }
+    meta && prev == " 6c61796f7574" && $0 == " 00000004" { $0 = " 0000000'"$v"'"; set = 1 }
     { prev = $0; print }
     END { if (!set) exit 1 }'
-echo "ok old-layout states (1 and 2) are refused, and replay rebuilds them"
+done
+unset CAIRN_CONFIG
+echo "ok old-layout states (1, 2 and 3) are refused, and replay rebuilds them"

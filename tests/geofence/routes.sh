@@ -1,6 +1,10 @@
 #!/usr/bin/env bash
 # The geofence HTTP routes against `cairn serve --insecure-no-auth` on a
 # free 127.0.0.1 port: fences, one fence, WITHIN, hits, NEARBY, containing.
+# The same answers whatever part of the hits is still queued in
+# geofence.hitq (handlers.geofence.hitq_max: the default queues them all
+# here, 1 merges each into the indexes at once, 4 leaves the last two
+# queued, one of them replacing a merged hit of the same key).
 set -euo pipefail
 . "$CAIRN_SOURCE_DIR/tests/handlers/lib.sh"
 
@@ -13,21 +17,42 @@ T=1772359200000000000
     printf '{"type":"location","tenant":"t","time":%d,"payload":{"device_id":"d2","lat":0.5,"lon":0.503}}\n' $((T + 2000000000))
     printf '{"type":"location","tenant":"t","time":%d,"payload":{"device_id":"d3","lat":0.5,"lon":2}}\n' $((T + 3000000000))
     printf '{"type":"location","tenant":"t","time":%d,"payload":{"device_id":"d2","lat":0.5,"lon":1.5}}\n' $((T + 4000000000))
+    # three fixes of d4 at one time: enter, exit, enter again (the second
+    # enter has the first one's key: fence, time, kind, device)
+    printf '{"type":"geofence.define","tenant":"v","time":%d,"payload":{"fence_id":"E","geometry":{"type":"Polygon","coordinates":[[[0,0],[1,0],[1,1],[0,1],[0,0]]]},"detect":["enter","exit"]}}\n' $T
+    printf '{"type":"location","tenant":"v","time":%d,"payload":{"device_id":"d4","lat":0.5,"lon":0.5}}\n' $((T + 5000000000))
+    printf '{"type":"location","tenant":"v","time":%d,"payload":{"device_id":"d4","lat":0.5,"lon":2}}\n' $((T + 5000000000))
+    printf '{"type":"location","tenant":"v","time":%d,"payload":{"device_id":"d4","lat":0.6,"lon":0.6}}\n' $((T + 5000000000))
 } >"$WORK/in.ndjson"
-append "$WORK/in.ndjson"
 
-PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-"$CAIRN" serve --data "$DATA" --listen "127.0.0.1:$PORT" --insecure-no-auth >"$WORK/serve.log" 2>&1 &
-PID=$!
-trap 'kill $PID 2>/dev/null; wait $PID 2>/dev/null; rm -rf "$WORK"' EXIT
-for _ in $(seq 100); do curl -sf "http://127.0.0.1:$PORT/healthz" >/dev/null && break; sleep 0.1; done
+PID=
+trap 'if [ -n "$PID" ]; then kill $PID 2>/dev/null; wait $PID 2>/dev/null; fi; rm -rf "$WORK"' EXIT
+serve() {
+    if [ -n "$PID" ]; then
+        kill $PID 2>/dev/null
+        wait $PID 2>/dev/null || true
+    fi
+    PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+    "$CAIRN" serve --data "$DATA" --listen "127.0.0.1:$PORT" --insecure-no-auth >"$WORK/serve.log" 2>&1 &
+    PID=$!
+    for _ in $(seq 100); do curl -sf "http://127.0.0.1:$PORT/healthz" >/dev/null && break; sleep 0.1; done
+}
 get() { curl -s "http://127.0.0.1:$PORT/v1/$1"; }
 ok() { # ok NAME PATH JQ
     get "$2" | jq -e "$3" >/dev/null || fail "$1: $(get "$2")"
     echo "ok $1"
 }
-ok "fences of t" "fences?tenant=t" '.seq == 7 and ([.fences[].fence_id] == ["A","B"]) and .next == null'
-ok "fences of every tenant (admin)" "fences" '[.fences[] | .tenant + "/" + .fence_id] == ["t/A","t/B","u/A"]'
+for q in default 1 4; do
+if [ $q = default ]; then unset CAIRN_CONFIG; else
+    echo "{\"handlers\": {\"geofence\": {\"hitq_max\": $q}}}" >"$WORK/q.json"
+    export CAIRN_CONFIG=$WORK/q.json
+    DATA=$WORK/data$q
+fi
+append "$WORK/in.ndjson"
+serve
+echo "hitq_max $q:"
+ok "fences of t" "fences?tenant=t" '.seq == 11 and ([.fences[].fence_id] == ["A","B"]) and .next == null'
+ok "fences of every tenant (admin)" "fences" '[.fences[] | .tenant + "/" + .fence_id] == ["t/A","t/B","u/A","v/E"]'
 ok "fences paginated" "fences?tenant=t&limit=1" '[.fences[].fence_id] == ["A"] and .next == "A"'
 ok "after" "fences?tenant=t&after=A" '[.fences[].fence_id] == ["B"]'
 ok "one fence" "fences/A?tenant=t" '.fence.name == "a" and .fence.vertices == 4'
@@ -51,3 +76,7 @@ ok "hits of another tenant" "geofence/hits?tenant=u&device=d2" '.hits == [] and 
 ok "nearby, nearest first" "nearby?tenant=t&lat=0.5&lon=0.5&radius_m=2000" '[.devices[].device_id] == ["d1"]'
 ok "nearby wider" "nearby?tenant=t&lat=0.5&lon=1.4&radius_m=100000&limit=2" '[.devices[].device_id] == ["d2","d3"] and (.devices[0].distance_m | floor) == 11119'
 ok "nearby radius bound" "nearby?tenant=t&lat=0&lon=0&radius_m=1e9" '.error.code == "invalid_parameter"'
+ok "a later hit of one key replaces the first" "geofence/hits?tenant=v&fence=E" '[.hits[] | .type + " " + (.lat | tostring)] == ["geofence.enter 0.6","geofence.exit 0.5"]'
+ok "... by device too" "geofence/hits?tenant=v&device=d4" '[.hits[] | .type + " " + (.lat | tostring)] == ["geofence.enter 0.6","geofence.exit 0.5"]'
+ok "... and limited" "geofence/hits?tenant=v&fence=E&device=d4&limit=1" '[.hits[].lat] == [0.6] and .truncated == true'
+done
