@@ -16,6 +16,7 @@
  */
 #include "engine.h"
 
+#include <limits.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdatomic.h>
@@ -57,10 +58,14 @@
  * runs (4 MiB rather than 1 MiB, ~3 500 inputs of the bench workload) were
  * as fast or up to 1.25x faster on a 1M replay at load 6. A run is the
  * unit of the APPLY_WRITES_MAX check in that mode (a run's writes may go
- * past it), so keep it small next to it. */
+ * past it, and the check lags PAR_SLOTS - 1 runs: apply_range_par), so
+ * keep it small next to it. */
 #define PAR_MIN_INPUTS 4096
 #define PAR_BATCH 8192
 #define PAR_BATCH_BYTES (4u << 20)
+/* Runs in flight in a parallel apply (apply_range_par): one emit set per
+ * run in each context (proj.h). */
+#define PAR_SLOTS PROJ_EMIT_SETS
 
 /* An event of the current input and the handlers consuming its type. */
 struct pending {
@@ -112,24 +117,29 @@ struct engine {
     uint64_t late_mask;
     uint64_t raw_mask; /* handlers taking derived events undecoded (derived_raw) */
     bool any_concurrent;
-    /* A pipelined parallel apply keeps two runs in flight (slots 0 and
-     * 1): the worker applies its early handlers to run k while this
-     * thread applies its own to run k, then the late handlers to run k-1,
-     * then reads run k+1. Per slot, each PAR_BATCH (or n * PAR_BATCH)
-     * long: */
-    unsigned char side[2][HANDLERS_MAX]; /* the run's assignment */
-    bool sides_set;                      /* side[] holds a previous run's */
-    uint64_t worker_mask[2];             /* the handlers on side 1 */
-    struct event *batch;                 /* the run's inputs */
-    msgpack_object *bodies;              /* their bodies, decoded into rzone or wzone */
-    uint64_t *masks;                     /* their consumers */
-    uint32_t *ends;                      /* [i * PAR_BATCH + j]: order[i]'s emits after input j */
+    /* A pipelined parallel apply keeps up to PAR_SLOTS runs in flight
+     * (run r in slot r % PAR_SLOTS): the worker applies its early
+     * handlers to the runs in order while this thread reads runs, applies
+     * its own early handlers to them and, once the worker is done with a
+     * run, the late handlers (apply_range_par). Per slot, each PAR_BATCH
+     * (or n * PAR_BATCH) long: */
+    unsigned char side[PAR_SLOTS][HANDLERS_MAX]; /* the run's assignment */
+    bool sides_set;                              /* side[] holds a previous run's */
+    uint64_t worker_mask[PAR_SLOTS];             /* the handlers on side 1 */
+    uint64_t run_writes[PAR_SLOTS]; /* every handler's writes up to the end of the run */
+    uint64_t cum_writes[PAR_SLOTS][HANDLERS_MAX]; /* order[i]'s, at the end of its run */
+    struct event *batch;                          /* the run's inputs */
+    msgpack_object *bodies;                       /* their bodies, decoded into rzone or wzone */
+    uint64_t *masks;                              /* their consumers */
+    uint32_t *ends; /* [i * PAR_BATCH + j]: order[i]'s emits after input j */
     bool *deferred; /* inputs only worker-side handlers consume: decoded there */
-    size_t nbatch[2];
-    msgpack_zone rzone[2], wzone[2]; /* bodies decoded by this thread, the worker */
+    size_t nbatch[PAR_SLOTS];
+    msgpack_zone rzone[PAR_SLOTS], wzone[PAR_SLOTS]; /* bodies decoded here, by the worker */
     bool zones_ok;
-    unsigned wslot; /* the slot the worker applies (under wmu with wgo) */
-    bool wflush;    /* under wmu with wgo: flushes (fside) instead of a run */
+    /* Under wmu: runs 0 .. wposted-1 of the current apply_range_par are
+     * posted to the worker, 0 .. wdone-1 done by it (in order). */
+    unsigned wposted, wdone;
+    bool wflush; /* under wmu: the worker flushes (fside) */
     /* Concurrent flushes (handler.h, `flush_concurrent`): fside[i] 1: the
      * worker flushes order[i]; flush_cpu: CPU time of each flush so far,
      * what the split balances. */
@@ -145,8 +155,8 @@ struct engine {
     bool worker_started;
     pthread_mutex_t wmu;
     pthread_cond_t wcv;
-    bool wgo, wquit; /* under wmu: a run for the worker / stop */
-    int wrc;         /* the worker's result for the run */
+    bool wquit; /* under wmu: stop */
+    int wrc;    /* the worker's first failure since the apply or flush began */
 };
 
 /* ====================================================================== ordering */
@@ -393,6 +403,7 @@ static int apply_early(struct engine *eng, unsigned char side, unsigned slot)
         if (!eng->early[i] || eng->side[slot][i] != side)
             continue;
         int64_t c0 = cpu_ns();
+        proj_hctx_select(eng->ctx[i], slot);
         for (size_t j = 0; j < nb && !rc; j++) {
             if (eng->masks[base + j] >> i & 1) {
                 proj_hctx_mark(eng->ctx[i]);
@@ -402,6 +413,7 @@ static int apply_early(struct engine *eng, unsigned char side, unsigned slot)
         }
         if (!rc)
             rc = proj_hctx_sync(eng->ctx[i]);
+        eng->cum_writes[slot][i] = proj_hctx_writes(eng->ctx[i]);
         add_relaxed(&eng->apply_cpu[i], (uint64_t)(cpu_ns() - c0));
     }
     return rc;
@@ -422,46 +434,68 @@ static int flush_side(struct engine *eng, unsigned char side)
     return rc;
 }
 
+/* The worker: the posted runs in order (its early handlers, side 1), or
+ * the flushes of side 1. After a failure it skips the runs left (they
+ * are marked done: the transaction is aborted). */
 static void *worker_main(void *arg)
 {
     struct engine *eng = arg;
     pthread_mutex_lock(&eng->wmu);
     for (;;) {
-        while (!eng->wgo && !eng->wquit)
+        while (!eng->wflush && eng->wdone == eng->wposted && !eng->wquit)
             pthread_cond_wait(&eng->wcv, &eng->wmu);
         if (eng->wquit)
             break;
-        unsigned slot = eng->wslot;
         bool flush = eng->wflush;
+        unsigned r = eng->wdone;
+        int rc = eng->wrc;
         pthread_mutex_unlock(&eng->wmu);
-        int rc = flush ? flush_side(eng, 1) : apply_early(eng, 1, slot);
+        if (!rc)
+            rc = flush ? flush_side(eng, 1) : apply_early(eng, 1, r % PAR_SLOTS);
         pthread_mutex_lock(&eng->wmu);
-        eng->wrc = rc;
-        eng->wgo = false;
+        if (!eng->wrc)
+            eng->wrc = rc;
+        if (flush)
+            eng->wflush = false;
+        else
+            eng->wdone = r + 1;
         pthread_cond_broadcast(&eng->wcv);
     }
     pthread_mutex_unlock(&eng->wmu);
     return NULL;
 }
 
-static void worker_go(struct engine *eng, unsigned slot)
+/* Posts run r (the next one) to the worker. */
+static void worker_post(struct engine *eng, unsigned r)
 {
     pthread_mutex_lock(&eng->wmu);
-    eng->wslot = slot;
-    eng->wflush = false;
-    eng->wgo = true;
+    assert(r == eng->wposted);
+    eng->wposted = r + 1;
     pthread_cond_broadcast(&eng->wcv);
     pthread_mutex_unlock(&eng->wmu);
 }
 
-static int worker_wait(struct engine *eng)
+/* Waits until the worker is done with run r (or idle, r == UINT_MAX: no
+ * flush going and every posted run done); its failure, if any. */
+static int worker_wait(struct engine *eng, unsigned r)
 {
     pthread_mutex_lock(&eng->wmu);
-    while (eng->wgo)
+    while (eng->wflush || (r == UINT_MAX ? eng->wdone < eng->wposted : eng->wdone <= r))
         pthread_cond_wait(&eng->wcv, &eng->wmu);
     int rc = eng->wrc;
     pthread_mutex_unlock(&eng->wmu);
     return rc;
+}
+
+/* Whether the worker is done with run r (without waiting); *rc: its
+ * failure, if any (the runs after it are skipped, not applied). */
+static bool worker_done(struct engine *eng, unsigned r, int *rc)
+{
+    pthread_mutex_lock(&eng->wmu);
+    bool done = eng->wdone > r;
+    *rc = eng->wrc;
+    pthread_mutex_unlock(&eng->wmu);
+    return done;
 }
 
 static int par_start(struct engine *eng)
@@ -469,22 +503,22 @@ static int par_start(struct engine *eng)
     if (eng->worker_started)
         return 0;
     if (!eng->batch) {
-        eng->batch = calloc(2 * PAR_BATCH, sizeof *eng->batch);
-        eng->bodies = calloc(2 * PAR_BATCH, sizeof *eng->bodies);
-        eng->masks = calloc(2 * PAR_BATCH, sizeof *eng->masks);
-        eng->ends = calloc(2 * eng->n * PAR_BATCH, sizeof *eng->ends);
-        eng->deferred = calloc(2 * PAR_BATCH, sizeof *eng->deferred);
+        eng->batch = calloc(PAR_SLOTS * PAR_BATCH, sizeof *eng->batch);
+        eng->bodies = calloc(PAR_SLOTS * PAR_BATCH, sizeof *eng->bodies);
+        eng->masks = calloc(PAR_SLOTS * PAR_BATCH, sizeof *eng->masks);
+        eng->ends = calloc(PAR_SLOTS * eng->n * PAR_BATCH, sizeof *eng->ends);
+        eng->deferred = calloc(PAR_SLOTS * PAR_BATCH, sizeof *eng->deferred);
         if (!eng->batch || !eng->bodies || !eng->masks || !eng->ends || !eng->deferred)
             return CAIRN_ENOMEM;
     }
     if (!eng->zones_ok) {
         bool ok = true;
-        for (int i = 0; i < 2; i++) {
+        for (int i = 0; i < PAR_SLOTS; i++) {
             ok = msgpack_zone_init(&eng->rzone[i], ZONE_CHUNK) && ok;
             ok = msgpack_zone_init(&eng->wzone[i], ZONE_CHUNK) && ok;
         }
         if (!ok) {
-            for (int i = 0; i < 2; i++) {
+            for (int i = 0; i < PAR_SLOTS; i++) {
                 msgpack_zone_destroy(&eng->rzone[i]);
                 msgpack_zone_destroy(&eng->wzone[i]);
             }
@@ -514,7 +548,7 @@ static void par_stop(struct engine *eng)
     free(eng->ends);
     free(eng->deferred);
     if (eng->zones_ok)
-        for (int i = 0; i < 2; i++) {
+        for (int i = 0; i < PAR_SLOTS; i++) {
             msgpack_zone_destroy(&eng->rzone[i]);
             msgpack_zone_destroy(&eng->wzone[i]);
         }
@@ -525,8 +559,8 @@ static void par_stop(struct engine *eng)
  * less loaded side; everything else is this thread's, which also reads
  * the log and runs the late handlers (main_ns). The runs are pipelined
  * (the worker's applies overlap this thread's reading and late
- * handlers), so the two loads are what each thread does between the
- * hand-overs. The flushes and the commit are not counted: the worker is
+ * handlers), so the two loads are what each thread does per run. The
+ * flushes and the commit are not counted: the worker is
  * idle then whatever the assignment. Only speed depends on it, never the
  * state. */
 static void assign_sides(struct engine *eng, unsigned slot)
@@ -557,7 +591,7 @@ static void assign_sides(struct engine *eng, unsigned slot)
      * balanced (by 5 % of the work): two handlers of about the same cost
      * (devices and geofence) otherwise swap sides run after run, and a
      * handler's cache then moves between the CPUs' caches each time. */
-    const unsigned char *last = eng->side[slot ^ 1];
+    const unsigned char *last = eng->side[(slot + PAR_SLOTS - 1) % PAR_SLOTS];
     uint64_t was[2] = {eng->main_ns, 0};
     for (size_t i = 0; eng->sides_set && i < eng->n; i++)
         if (eng->early[i])
@@ -578,7 +612,7 @@ static void assign_sides(struct engine *eng, unsigned slot)
  * apply_input builds it (the input, then each handler's emits in handler
  * order), so each late handler sees the events of the serial apply in the
  * same order. em[i]: order[i]'s emits over the run (early handlers: their
- * held set, see proj_hctx_flip). The worker applies the next run
+ * set of the run, see proj_hctx_select). The worker applies later runs
  * meanwhile. */
 static int apply_late(struct engine *eng, unsigned slot, size_t j, const struct event *const *em)
 {
@@ -602,7 +636,7 @@ static int apply_late(struct engine *eng, unsigned slot, size_t j, const struct 
         for (size_t k = from; k < to && !rc; k++) {
             uint64_t mask = consumers_of(eng, &ev[k].type) & ~((2ull << i) - 1);
             if (mask & ~eng->raw_mask)
-                rc = eng->early[i] ? proj_hctx_decode_held(eng->ctx[i], k)
+                rc = eng->early[i] ? proj_hctx_set_decode(eng->ctx[i], slot, k)
                                    : proj_hctx_decode(eng->ctx[i], k);
             if (!rc && mask)
                 rc = push_pending(eng, &ev[k], mask);
@@ -614,30 +648,31 @@ static int apply_late(struct engine *eng, unsigned slot, size_t j, const struct 
     return rc;
 }
 
-/* The late handlers over the run in `slot`, whose early applies are done
- * and whose emits were made the held sets (proj_hctx_flip). */
+/* Finishes the run in `slot`, whose early applies are done on both
+ * threads: the late handlers over it, then its emit sets are emptied for
+ * a later run, and run_writes[slot] is every handler's writes up to its
+ * end (what the next proj_txn_full check of apply_range_par uses). */
 static int late_run(struct engine *eng, unsigned slot)
 {
     const struct event *em[HANDLERS_MAX] = {NULL};
-    if (!eng->late_mask)
-        return 0;
-    for (size_t i = 0; i < eng->n; i++)
-        if (eng->early[i])
-            proj_hctx_held(eng->ctx[i], &em[i]);
     int rc = 0;
-    for (size_t j = 0; j < eng->nbatch[slot] && !rc; j++)
-        rc = apply_late(eng, slot, j, em);
-    for (size_t i = 0; i < eng->n && !rc; i++)
-        if (!eng->early[i])
-            rc = proj_hctx_sync(eng->ctx[i]);
-    return rc;
-}
-
-static void flip_early(struct engine *eng)
-{
     for (size_t i = 0; i < eng->n; i++)
         if (eng->early[i])
-            proj_hctx_flip(eng->ctx[i]);
+            proj_hctx_set_events(eng->ctx[i], slot, &em[i]);
+    for (size_t j = 0; eng->late_mask && j < eng->nbatch[slot] && !rc; j++)
+        rc = apply_late(eng, slot, j, em);
+    uint64_t writes = 0;
+    for (size_t i = 0; i < eng->n && !rc; i++) {
+        if (eng->early[i]) {
+            proj_hctx_set_clear(eng->ctx[i], slot);
+            writes += eng->cum_writes[slot][i];
+        } else {
+            rc = proj_hctx_sync(eng->ctx[i]);
+            writes += proj_hctx_writes(eng->ctx[i]);
+        }
+    }
+    eng->run_writes[slot] = writes;
+    return rc;
 }
 
 /* Reads a run of inputs from `it` into `slot` (at most PAR_BATCH inputs
@@ -685,79 +720,100 @@ static int read_run(struct engine *eng, struct log_iter *it, unsigned slot, uint
     return rc;
 }
 
+/* Whether run r (in `slot`) gives this thread a handler the worker had in
+ * the run before: the worker may still be applying it. */
+static bool moved_here(struct engine *eng, unsigned slot)
+{
+    const unsigned char *last = eng->side[(slot + PAR_SLOTS - 1) % PAR_SLOTS];
+    for (size_t i = 0; i < eng->n; i++)
+        if (eng->early[i] && last[i] && !eng->side[slot][i])
+            return true;
+    return false;
+}
+
 /* The parallel counterpart of apply_chunk's loop: applies [from, *to]
- * from it in runs, pipelined: while the worker applies its early handlers
- * to run k, this thread applies its own to run k, then the late handlers
- * to run k-1 (with the early handlers' held emits of run k-1), then reads
- * run k+1. Every handler still gets its events in log order, and each late
- * handler the events of the serial apply in the same order. May lower
- * *to: proj_txn_full is checked between runs, while the worker is idle
- * (so at the same points whatever the timing), and the transaction ends
- * after the run just read. */
+ * from it in runs, pipelined. This thread reads run r, posts it to the
+ * worker (which applies its early handlers to the posted runs in order),
+ * applies its own early handlers to it, then the late handlers to every
+ * earlier run the worker is done with, and goes on reading while fewer
+ * than PAR_SLOTS runs are in flight; it waits for the worker only when
+ * PAR_SLOTS are. So a run that costs the worker much more than the others
+ * (geofence writes its deferred puts every few runs: 20-30 ms instead of
+ * ~10) no longer stops this thread: with two runs in flight it waited for
+ * each (0.3-0.5 s of a 1M replay). Every handler still gets its events in
+ * log order, and each late handler the events of the serial apply in the
+ * same order. May lower *to: the transaction ends after run r when, at
+ * the read of run r + PAR_SLOTS, the writes of every handler up to the
+ * end of run r (all done then, whatever the timing) make proj_txn_full
+ * true, so commit points do not depend on the threads' timing. */
 static int apply_range_par(struct engine *eng, struct log_iter *it, uint64_t from, uint64_t *to)
 {
     uint64_t want = from;
+    unsigned nread = 0, nlate = 0; /* runs read; runs finished (late handlers) */
     int rc = par_start(eng);
-    bool busy = false; /* the worker applies a run */
-    int held = -1;     /* the slot of the run whose late handlers are due */
-    unsigned s = 0;
     if (rc)
         return rc;
+    pthread_mutex_lock(&eng->wmu); /* the worker is idle */
+    eng->wposted = eng->wdone = 0;
+    eng->wrc = 0;
+    pthread_mutex_unlock(&eng->wmu);
+    uint64_t writes0 = 0; /* the handlers' writes before this transaction */
+    for (size_t i = 0; i < eng->n; i++)
+        writes0 += proj_hctx_writes(eng->ctx[i]);
     proj_set_shared(eng->proj, true);
-    while (!rc && want <= *to) {
-        int64_t t0 = cpu_ns();
-        assign_sides(eng, s);
-        rc = read_run(eng, it, s, &want, *to);
-        uint64_t dt = (uint64_t)(cpu_ns() - t0);
-        eng->main_ns += dt;
-        eng->ph.read_cpu_ns += dt;
-        if (busy) {
-            int64_t w0 = mono_ns();
-            int wrc = worker_wait(eng);
-            eng->ph.wait_ns += (uint64_t)(mono_ns() - w0);
-            busy = false;
-            rc = rc ? rc : wrc;
-        }
-        if (rc)
-            break;
-        /* The worker is idle: the run `held` is through every early
-         * handler. */
-        bool full = want <= *to && proj_txn_full(eng->proj, APPLY_WRITES_MAX);
-        flip_early(eng);
-        if (eng->nbatch[s]) {
-            worker_go(eng, s);
-            busy = true;
+    bool more = want <= *to;
+    while (!rc && (more || nlate < nread)) {
+        unsigned s = nread % PAR_SLOTS;
+        if (more && nread - nlate < PAR_SLOTS) {
+            if (nread >= PAR_SLOTS &&
+                proj_txn_full_at(eng->proj, eng->run_writes[s] - writes0, APPLY_WRITES_MAX)) {
+                *to = want - 1; /* commit here; the caller goes on from the checkpoint */
+                more = false;
+                continue;
+            }
+            int64_t t0 = cpu_ns();
+            assign_sides(eng, s);
+            rc = read_run(eng, it, s, &want, *to);
+            uint64_t dt = (uint64_t)(cpu_ns() - t0);
+            eng->main_ns += dt;
+            eng->ph.read_cpu_ns += dt;
+            more = want <= *to;
+            if (!rc && nread && moved_here(eng, s)) {
+                int64_t w0 = mono_ns();
+                rc = worker_wait(eng, nread - 1);
+                eng->ph.wait_ns += (uint64_t)(mono_ns() - w0);
+            }
+            if (rc)
+                break;
+            worker_post(eng, nread++);
             rc = apply_early(eng, 0, s);
+            /* The runs the worker is done with, without waiting. */
+            while (!rc && nlate < nread && worker_done(eng, nlate, &rc) && !rc) {
+                t0 = cpu_ns();
+                rc = late_run(eng, nlate++ % PAR_SLOTS);
+                dt = (uint64_t)(cpu_ns() - t0);
+                eng->main_ns += dt;
+                eng->ph.late_cpu_ns += dt;
+            }
+        } else {
+            int64_t w0 = mono_ns();
+            rc = worker_wait(eng, nlate);
+            eng->ph.wait_ns += (uint64_t)(mono_ns() - w0);
+            int64_t t0 = cpu_ns();
+            if (!rc)
+                rc = late_run(eng, nlate++ % PAR_SLOTS);
+            uint64_t dt = (uint64_t)(cpu_ns() - t0);
+            eng->main_ns += dt;
+            eng->ph.late_cpu_ns += dt;
         }
-        t0 = cpu_ns();
-        if (!rc && held >= 0)
-            rc = late_run(eng, (unsigned)held);
-        held = eng->nbatch[s] ? (int)s : -1;
-        dt = (uint64_t)(cpu_ns() - t0);
-        eng->main_ns += dt;
-        eng->ph.late_cpu_ns += dt;
-        if (full)
-            *to = want - 1; /* commit after this run; the caller goes on from the checkpoint */
-        s ^= 1;
     }
-    if (busy) {
-        int64_t w0 = mono_ns();
-        int wrc = worker_wait(eng);
-        eng->ph.wait_ns += (uint64_t)(mono_ns() - w0);
-        rc = rc ? rc : wrc;
-    }
-    if (!rc && held >= 0) {
-        int64_t t0 = cpu_ns();
-        flip_early(eng);
-        rc = late_run(eng, (unsigned)held);
-        uint64_t dt = (uint64_t)(cpu_ns() - t0);
-        eng->main_ns += dt;
-        eng->ph.late_cpu_ns += dt;
-    }
+    int wrc = worker_wait(eng, UINT_MAX); /* nothing may run past here */
+    rc = rc ? rc : wrc;
     proj_set_shared(eng->proj, false);
     for (size_t i = 0; i < eng->n; i++) {
-        proj_hctx_clear(eng->ctx[i]);
-        proj_hctx_release(eng->ctx[i]);
+        for (unsigned k = 0; k < PAR_SLOTS; k++)
+            proj_hctx_set_clear(eng->ctx[i], k);
+        proj_hctx_select(eng->ctx[i], 0);
     }
     return rc;
 }
@@ -796,13 +852,13 @@ static int flush_all(struct engine *eng, bool par)
         load[eng->fside[pick]] += eng->flush_cpu[pick];
     }
     proj_set_shared(eng->proj, true);
-    pthread_mutex_lock(&eng->wmu);
+    pthread_mutex_lock(&eng->wmu); /* the worker is idle (apply_range_par waited) */
+    eng->wrc = 0;
     eng->wflush = true;
-    eng->wgo = true;
     pthread_cond_broadcast(&eng->wcv);
     pthread_mutex_unlock(&eng->wmu);
     int rc = flush_side(eng, 0);
-    int wrc = worker_wait(eng);
+    int wrc = worker_wait(eng, UINT_MAX);
     proj_set_shared(eng->proj, false);
     return rc ? rc : wrc;
 }

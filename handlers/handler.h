@@ -111,7 +111,7 @@ struct handler {
      * that consume no derived type: when catching up or replaying large
      * ranges, the engine then applies a run of inputs to them on a second
      * thread while the other handlers apply the same inputs (or, those
-     * consuming derived types, the run before); each handler
+     * consuming derived types, earlier runs); each handler
      * still sees its events in log order, its own state and its own
      * derived stream, so the state is byte for byte that of the serial
      * run. The state calls (hctx_*) take a lock in that mode, each for its

@@ -116,10 +116,11 @@ struct hctx {
      * it (see txn_lock). */
     _Atomic uint64_t lock_calls;
     _Atomic uint64_t lock_waits, lock_wait_ns; /* read by /metrics meanwhile */
-    /* The derived events emitted since the last clear (em), and those
-     * held by proj_hctx_flip for a pipelined parallel apply (the other
-     * set; see struct emits). */
-    struct emits sets[2], *em;
+    /* The derived events emitted since the last clear (em: one of sets,
+     * proj_hctx_select), the other sets holding those of earlier runs of
+     * a pipelined parallel apply (see struct emits). */
+    struct emits sets[PROJ_EMIT_SETS], *em;
+    uint64_t writes; /* its puts, deletes and appends since it was made */
     struct cairn_buf enc;
 };
 
@@ -296,10 +297,15 @@ static void learn_growth(struct proj *p)
     p->learned = true;
 }
 
-bool proj_txn_full(const struct proj *p, uint64_t max_writes)
+bool proj_txn_full_at(const struct proj *p, uint64_t writes, uint64_t max_writes)
 {
     double per = p->learned ? p->pages_per_write : PAGES_PER_WRITE_FIRST;
-    return p->writes >= max_writes || (double)p->writes * per * 2 >= (double)p->room;
+    return writes >= max_writes || (double)writes * per * 2 >= (double)p->room;
+}
+
+bool proj_txn_full(const struct proj *p, uint64_t max_writes)
+{
+    return proj_txn_full_at(p, p->writes, max_writes);
 }
 
 /* ====================================================================== opening */
@@ -536,13 +542,13 @@ int proj_hctx_new(struct proj *p, const struct handler *h, const json_t *config,
      * maximum per event is the real bound, this one only caps the sum. */
     ctx->em = &ctx->sets[0];
     bool ok = ctx->config != NULL;
-    for (int i = 0; i < 2; i++) {
+    for (int i = 0; i < PROJ_EMIT_SETS; i++) {
         cairn_buf_init(&ctx->sets[i].mem, (size_t)1 << 32);
         ok = msgpack_zone_init(&ctx->sets[i].zone, 8192) && ok;
     }
     if (!ok) {
         json_decref(ctx->config);
-        for (int i = 0; i < 2; i++)
+        for (int i = 0; i < PROJ_EMIT_SETS; i++)
             msgpack_zone_destroy(&ctx->sets[i].zone);
         free(ctx);
         return CAIRN_ENOMEM;
@@ -556,7 +562,7 @@ void proj_hctx_free(struct hctx *ctx)
 {
     if (!ctx)
         return;
-    for (int i = 0; i < 2; i++) {
+    for (int i = 0; i < PROJ_EMIT_SETS; i++) {
         struct emits *e = &ctx->sets[i];
         free(e->evs);
         free(e->offs);
@@ -575,8 +581,9 @@ void proj_hctx_reset(struct hctx *ctx)
 {
     ctx->npend = 0; /* emitted in a transaction that is gone */
     cairn_buf_reset(&ctx->pend);
-    proj_hctx_clear(ctx);
-    proj_hctx_release(ctx);
+    for (unsigned i = 0; i < PROJ_EMIT_SETS; i++)
+        proj_hctx_set_clear(ctx, i);
+    ctx->em = &ctx->sets[0];
     ctx->ndbs = 0;
     ctx->user = NULL;
     ctx->gen = (unsigned)-1;
@@ -641,7 +648,7 @@ int hctx_put(struct hctx *ctx, unsigned db, const void *k, size_t kn, const void
     assert(db < ctx->ndbs);
     MDB_val key = {kn, (void *)k}, val = {vn, (void *)v};
     txn_lock(ctx);
-    ctx->p->writes++;
+    ctx->p->writes++, ctx->writes++;
     int rc = cairn_mdb_err(mdb_put(ctx->p->txn, ctx->dbs[db], &key, &val, 0));
     txn_end(ctx);
     return rc;
@@ -660,7 +667,7 @@ int hctx_put_new(struct hctx *ctx, unsigned db, const void *k, size_t kn, const 
         return CAIRN_ECONFLICT;
     }
     if (!rc)
-        ctx->p->writes++;
+        ctx->p->writes++, ctx->writes++;
     return cairn_mdb_err(rc);
 }
 
@@ -669,7 +676,7 @@ int hctx_del(struct hctx *ctx, unsigned db, const void *k, size_t kn)
     assert(db < ctx->ndbs);
     MDB_val key = {kn, (void *)k};
     txn_lock(ctx);
-    ctx->p->writes++;
+    ctx->p->writes++, ctx->writes++;
     int rc = mdb_del(ctx->p->txn, ctx->dbs[db], &key, NULL);
     txn_end(ctx);
     return rc == MDB_NOTFOUND ? 0 : cairn_mdb_err(rc);
@@ -725,7 +732,7 @@ int hctx_cursor_put(struct hcursor *c, const void *k, size_t kn, const void *v, 
 {
     MDB_val key = {kn, (void *)k}, val = {vn, (void *)v};
     txn_lock(c->ctx);
-    c->ctx->p->writes++;
+    c->ctx->p->writes++, c->ctx->writes++;
     /* mdb_cursor_put positions with MDB_SET, which stays on the cursor's
      * leaf when the key falls between its first and last keys. Iterating
      * after a put continues from the put key. */
@@ -941,7 +948,7 @@ int hctx_emit(struct hctx *ctx, const struct event *cause, const char *type,
         uint8_t k8[8];
         cairn_be64_put(k8, d.dseq);
         MDB_val k = {8, k8}, v = {ctx->enc.len, ctx->enc.data};
-        ctx->p->writes++;
+        ctx->p->writes++, ctx->writes++;
         if ((rc = cairn_mdb_err(mdb_cursor_put(ctx->scur, &k, &v, MDB_APPEND))))
             return rc;
     }
@@ -968,7 +975,7 @@ int proj_hctx_sync(struct hctx *ctx)
             cairn_be64_put(k8, ++dseq);
             MDB_val k = {8, k8}, v = {ctx->pend_end[i] - from, ctx->pend.data + from};
             from = ctx->pend_end[i];
-            ctx->p->writes++;
+            ctx->p->writes++, ctx->writes++;
             rc = cairn_mdb_err(mdb_cursor_put(ctx->scur, &k, &v, MDB_APPEND));
         }
         txn_end(ctx);
@@ -1013,11 +1020,6 @@ static void emits_clear(struct emits *e)
     e->zone_used = false;
 }
 
-static struct emits *held(struct hctx *ctx)
-{
-    return ctx->em == &ctx->sets[0] ? &ctx->sets[1] : &ctx->sets[0];
-}
-
 size_t proj_hctx_emitted(struct hctx *ctx, const struct event **evs)
 {
     return emits_fix(ctx->em, evs);
@@ -1043,26 +1045,30 @@ void proj_hctx_clear(struct hctx *ctx)
     emits_clear(ctx->em);
 }
 
-void proj_hctx_flip(struct hctx *ctx)
+void proj_hctx_select(struct hctx *ctx, unsigned set)
 {
-    struct emits *h = held(ctx);
-    emits_clear(h);
-    ctx->em = h; /* the old current set is now the held one */
+    assert(set < PROJ_EMIT_SETS);
+    ctx->em = &ctx->sets[set];
 }
 
-size_t proj_hctx_held(struct hctx *ctx, const struct event **evs)
+size_t proj_hctx_set_events(struct hctx *ctx, unsigned set, const struct event **evs)
 {
-    return emits_fix(held(ctx), evs);
+    return emits_fix(&ctx->sets[set], evs);
 }
 
-int proj_hctx_decode_held(struct hctx *ctx, size_t i)
+int proj_hctx_set_decode(struct hctx *ctx, unsigned set, size_t i)
 {
-    return emits_decode(held(ctx), i);
+    return emits_decode(&ctx->sets[set], i);
 }
 
-void proj_hctx_release(struct hctx *ctx)
+void proj_hctx_set_clear(struct hctx *ctx, unsigned set)
 {
-    emits_clear(held(ctx));
+    emits_clear(&ctx->sets[set]);
+}
+
+uint64_t proj_hctx_writes(const struct hctx *ctx)
+{
+    return ctx->writes;
 }
 
 /* ====================================================================== reading */

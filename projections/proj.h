@@ -75,6 +75,10 @@ uint64_t proj_txn_writes(const struct proj *p);
  * what its writes may have added to the file could soon fill the map (a
  * map that fills aborts the transaction; the next proj_begin grows it). */
 bool proj_txn_full(const struct proj *p, uint64_t max_writes);
+/* proj_txn_full as if the transaction had made `writes` writes (the
+ * parallel apply counts the writes of the runs that are complete, so its
+ * commit points do not depend on the threads' timing). */
+bool proj_txn_full_at(const struct proj *p, uint64_t writes, uint64_t max_writes);
 
 /* A handler's context. Created once; its DBIs are opened by the
  * handler's open() inside a proj_begin/proj_commit pair. */
@@ -100,18 +104,24 @@ size_t proj_hctx_nemitted(const struct hctx *ctx);
  * events of several inputs are kept (the engine's parallel apply);
  * proj_hctx_clear also starts a new input. */
 void proj_hctx_mark(struct hctx *ctx);
-/* Pipelined parallel apply: a context keeps a second, held set of emitted
- * events, so one thread can read the events of a run (held) while another
- * goes on emitting those of the next (current). proj_hctx_flip makes the
- * current set the held one (the previous held set is dropped) and starts
- * an empty current set; proj_hctx_held and proj_hctx_decode_held are
- * proj_hctx_emitted and proj_hctx_decode for the held set (borrowed until
- * the next flip or release), which touch nothing of the current set;
- * proj_hctx_release drops the held set. */
-void proj_hctx_flip(struct hctx *ctx);
-size_t proj_hctx_held(struct hctx *ctx, const struct event **evs);
-int proj_hctx_decode_held(struct hctx *ctx, size_t i);
-void proj_hctx_release(struct hctx *ctx);
+/* Pipelined parallel apply: a context keeps PROJ_EMIT_SETS sets of
+ * emitted events, so one thread can read the events of a run while
+ * another goes on emitting those of later runs. proj_hctx_select makes
+ * set `set` the current one (the one emits go to and proj_hctx_emitted,
+ * _decode, _clear, _nemitted and _mark work on; set 0 until then and
+ * after proj_hctx_reset); proj_hctx_set_events and proj_hctx_set_decode
+ * are proj_hctx_emitted and proj_hctx_decode for any set (borrowed until
+ * it is cleared), and touch no other set; proj_hctx_set_clear empties one.
+ * Only the thread applying the context selects and emits; a set is read
+ * by another only once the run that filled it is done. */
+#define PROJ_EMIT_SETS 3
+void proj_hctx_select(struct hctx *ctx, unsigned set);
+size_t proj_hctx_set_events(struct hctx *ctx, unsigned set, const struct event **evs);
+int proj_hctx_set_decode(struct hctx *ctx, unsigned set, size_t i);
+void proj_hctx_set_clear(struct hctx *ctx, unsigned set);
+/* The writes (puts, deletes, stream appends) ctx made since it was made:
+ * a count that depends only on the events it applied. */
+uint64_t proj_hctx_writes(const struct hctx *ctx);
 
 /* Shared mode: handlers apply (and flush) on two threads in the same
  * write transaction; each state call (hctx_*) then takes a lock for its
