@@ -47,6 +47,8 @@
 #include "handler.h"
 #include "proj.h"
 
+#include "../handlers/geofence/geo.h"
+
 #include <math.h>
 #include <pthread.h>
 #include <stdio.h>
@@ -445,6 +447,115 @@ static int phase_handler(const struct work *w, const char *tmp, size_t batch, FI
     return rc;
 }
 
+/* ====================================================================== detection alone */
+
+/*
+ * The detection steps of the handler's location path, without the state:
+ * the same fences through geo.h as the handler builds them (parse, bands,
+ * moved into a pool, raster, index), and for every fix the index query
+ * through the device's hint, the raster of each candidate, and the exact
+ * test where the raster does not answer — with the same prefetches as
+ * geofence.c's find_candidates and find_inside. No filters (the bench's
+ * fences have none). It counts the (fix, fence) pairs, which must equal
+ * the handler's, and how the candidates were answered.
+ */
+struct detect_figures {
+    double build_s, fixes_s, fixes_cpu_s;
+    uint64_t cand, raster_in, raster_out, exact, pairs;
+    size_t mem;
+};
+
+static int phase_detect(const struct work *w, struct detect_figures *df)
+{
+    struct geo_shape *f = calloc(w->nf, sizeof *f);
+    struct geo_raster *ras = geo_huge_alloc(w->nf * sizeof *ras);
+    struct geo_hint *hint = geo_huge_alloc(w->nd * sizeof *hint);
+    double *fix = malloc(w->nx * 2 * sizeof *fix);
+    struct geo_pool *pool = geo_pool_new();
+    struct geo_index *ix = NULL;
+    int rc = f && ras && hint && fix && pool ? geo_index_new(&ix) : CAIRN_ENOMEM;
+    msgpack_zone zone;
+    msgpack_zone_init(&zone, 2048);
+    int64_t a = bench_mono_ns();
+    for (size_t i = 0; i < w->nf + w->nx && !rc; i++) {
+        const struct ev *e = &w->evs[i];
+        msgpack_object body;
+        size_t off = 0;
+        if (msgpack_unpack((const char *)w->mp.data + e->mp, e->mpn, &off, &zone, &body) !=
+            MSGPACK_UNPACK_SUCCESS) {
+            rc = CAIRN_ECORRUPT;
+            break;
+        }
+        if (i >= w->nf) { /* a fix: its position, read before the timed loop */
+            size_t x = i - w->nf;
+            if (!mp_num(mp_get(&body, "lon"), &fix[2 * x]) ||
+                !mp_num(mp_get(&body, "lat"), &fix[2 * x + 1]))
+                rc = CAIRN_ECORRUPT;
+        } else {
+            struct cairn_error err = {0};
+            if (!(rc = geo_parse(mp_get(&body, "geometry"), "", &f[i], &err))) {
+                geo_shape_bands(&f[i]);
+                geo_shape_pool(&f[i], pool);
+                geo_raster_build(&f[i], &ras[i]);
+                rc = geo_index_add(ix, 0, (uint32_t)i, &f[i]);
+            }
+        }
+        msgpack_zone_clear(&zone);
+    }
+    msgpack_zone_destroy(&zone);
+    df->build_s = (bench_mono_ns() - a) / 1e9;
+    df->mem = ix ? geo_index_bytes(ix) + geo_pool_bytes(pool) + w->nf * sizeof *ras : 0;
+    uint32_t *cand = NULL;
+    size_t cap = 0;
+    perf_ctl("enable");
+    a = bench_mono_ns();
+    int64_t cpu = bench_cpu_ns();
+    for (size_t i = 0; i < w->nx && !rc; i++) {
+        double lon = fix[2 * i], lat = fix[2 * i + 1];
+        int n = geo_index_point_hint(ix, 0, lon, lat, &hint[i % w->nd], &cand, &cap);
+        if (n < 0) {
+            rc = n;
+            break;
+        }
+        for (int k = 0; k < n; k++) {
+            __builtin_prefetch(&ras[cand[k]]);
+            __builtin_prefetch((const char *)&ras[cand[k]] + 64);
+        }
+        int m = 0;
+        for (int k = 0; k < n; k++) {
+            int in = geo_raster_test(&ras[cand[k]], lon, lat);
+            df->raster_in += in == 1;
+            df->raster_out += in == 0;
+            if (in)
+                cand[m++] = cand[k];
+            if (in < 0) /* (geo_raster_test prefetched the geometry) */
+                __builtin_prefetch(&f[cand[k]]);
+        }
+        for (int k = 0; k < m; k++) {
+            bool in = true;
+            if (geo_raster_test(&ras[cand[k]], lon, lat) < 0) {
+                in = geo_contains(&f[cand[k]], lon, lat);
+                df->exact++;
+            }
+            df->pairs += in;
+        }
+        df->cand += (uint64_t)n;
+    }
+    df->fixes_s = (bench_mono_ns() - a) / 1e9;
+    df->fixes_cpu_s = (bench_cpu_ns() - cpu) / 1e9;
+    perf_ctl("disable");
+    free(cand);
+    geo_index_free(ix);
+    for (size_t i = 0; f && i < w->nf; i++)
+        geo_shape_free(&f[i]);
+    geo_pool_free(pool);
+    free(f);
+    free(fix);
+    geo_huge_free(ras, w->nf * sizeof *ras);
+    geo_huge_free(hint, w->nd * sizeof *hint);
+    return rc;
+}
+
 /* ====================================================================== end to end */
 
 struct slot {
@@ -626,12 +737,16 @@ int main(int argc, char **argv)
     size_t batch = BATCH_DEFAULT;
     unsigned log_batch = 0, inflight = 8;
     const char *dir = "/tmp", *out = NULL;
-    bool e2e = true, all = false;
+    bool e2e = true, all = false, detect = false, handler = true;
     rng = 42;
     for (int i = 1; i < argc; i++) {
         const char *v = i + 1 < argc ? argv[i + 1] : "0";
         if (!strcmp(argv[i], "--no-e2e"))
             e2e = false;
+        else if (!strcmp(argv[i], "--detect"))
+            detect = true;
+        else if (!strcmp(argv[i], "--detect-only"))
+            detect = true, handler = e2e = false;
         else if (!strcmp(argv[i], "--all-handlers"))
             all = true;
         else if (!strcmp(argv[i], "-f") && ++i)
@@ -655,7 +770,7 @@ int main(int argc, char **argv)
         else {
             fprintf(stderr, "usage: bench/geofence [-f FENCES] [-d DEVICES] [-n FIXES] [--batch "
                             "B] [--log-batch L] [--inflight K] [--seed S] [--dir DIR] [--out DIR] "
-                            "[--no-e2e] [--all-handlers]\n");
+                            "[--no-e2e] [--all-handlers] [--detect | --detect-only]\n");
             return 2;
         }
     }
@@ -684,19 +799,43 @@ int main(int argc, char **argv)
     struct handler_figures hf = {0};
     struct e2e_figures ef = {0};
     FILE *tsv = out ? out_file(out, "inside.tsv") : NULL;
+    struct detect_figures df = {0};
     double load0 = bench_loadavg();
-    int rc = phase_handler(&w, tmp, batch, tsv, &hf);
+    int rc = handler ? phase_handler(&w, tmp, batch, tsv, &hf) : 0;
     if (tsv)
         fclose(tsv);
     if (rc)
         die("handler run", rc);
+    if (detect && (rc = phase_detect(&w, &df)))
+        die("detection run", rc);
+    if (detect && handler && df.pairs != hf.pairs) {
+        fprintf(stderr,
+                "bench/geofence: detection alone found %llu (fix, fence) pairs, the handler "
+                "%llu\n",
+                (unsigned long long)df.pairs, (unsigned long long)hf.pairs);
+        return 1;
+    }
     if (e2e && (rc = phase_e2e(&w, tmp, all, log_batch, inflight, &ef)))
         die("end-to-end run", rc);
     double load1 = bench_loadavg();
 
-    double hrate = w.nx / hf.fixes_s, erate = e2e ? w.nx / ef.fixes_s : 0;
+    double hrate = handler ? w.nx / hf.fixes_s : 0, erate = e2e ? w.nx / ef.fixes_s : 0;
     printf("fences %zu (%.1f vertices avg), devices %zu, fixes %zu; load average %.2f -> %.2f\n",
            w.nf, (double)w.vertices / w.nf, w.nd, w.nx, load0, load1);
+    if (detect) {
+        double nx = (double)w.nx;
+        printf("detection alone (geo.h: index through the device's hint, rasters, exact tests; "
+               "no state):\n");
+        printf("  build      %9.3f s (parse, bands, pool, raster, index)\n", df.build_s);
+        printf("  fixes      %9.0f location events/s (%.3f us CPU per event)\n", nx / df.fixes_s,
+               df.fixes_cpu_s * 1e6 / nx);
+        printf("  per fix    %9.3f candidates: %.3f inside and %.3f outside by raster, %.3f exact "
+               "tests; %.3f fences inside\n",
+               df.cand / nx, df.raster_in / nx, df.raster_out / nx, df.exact / nx, df.pairs / nx);
+        printf("  memory     %9.0f bytes per fence (index, pool, raster)\n", (double)df.mem / w.nf);
+    }
+    if (!handler)
+        goto json;
     printf("handler alone, state transactions of %zu events (decode, apply, flush, commit):\n",
            batch);
     printf("  define     %9.0f fences/s\n", w.nf / hf.define_s);
@@ -720,18 +859,21 @@ int main(int argc, char **argv)
                erate, ef.fixes_cpu_s * 1e6 / w.nx, ef.apply_s * 1e6 / w.nx,
                ef.batches ? (double)ef.events / ef.batches : 0);
     }
+json:
     printf("{\"fences\":%zu,\"devices\":%zu,\"fixes\":%zu,\"batch\":%zu,\"vertices_avg\":%.1f,"
            "\"define_per_s\":%.0f,\"open_s\":%.3f,\"handler_per_s\":%.0f,\"handler_cpu_us\":%.3f,"
            "\"derived\":%llu,\"pairs\":%llu,\"bytes_per_fence\":%.0f,\"bytes_per_device\":%.0f,"
            "\"e2e_per_s\":%.0f,"
            "\"e2e_cpu_us\":%.3f,\"e2e_apply_us\":%.3f,\"e2e_events_per_commit\":%.0f,"
-           "\"load\":[%.2f,%.2f],\"handler_sys_us\":%.3f}\n",
+           "\"load\":[%.2f,%.2f],\"handler_sys_us\":%.3f,\"detect_cpu_us\":%.3f,"
+           "\"detect_cand\":%.3f,\"detect_exact\":%.3f}\n",
            w.nf, w.nd, w.nx, batch, (double)w.vertices / w.nf, w.nf / hf.define_s, hf.open_s, hrate,
            hf.fixes_cpu_s * 1e6 / w.nx, (unsigned long long)hf.derived,
            (unsigned long long)hf.pairs, (double)hf.mem / w.nf, (double)hf.devmem / w.nd, erate,
            e2e ? ef.fixes_cpu_s * 1e6 / w.nx : 0, e2e ? ef.apply_s * 1e6 / w.nx : 0,
            ef.batches ? (double)ef.events / ef.batches : 0, load0, load1,
-           hf.fixes_sys_s * 1e6 / w.nx);
+           hf.fixes_sys_s * 1e6 / w.nx, df.fixes_cpu_s * 1e6 / w.nx, (double)df.cand / w.nx,
+           (double)df.exact / w.nx);
     free(w.evs);
     cairn_buf_deinit(&w.mp);
     cairn_buf_deinit(&w.lines);

@@ -18,6 +18,8 @@
  * edge (hand-written tests, snapped coordinates). */
 #define EDGE_EPS 1e-8
 
+static float f_down(double d);
+
 /* ====================================================================== parsing */
 
 struct parse {
@@ -300,7 +302,7 @@ void geo_shape_free(struct geo_shape *s)
     else
         free(s->mem);
     s->pool = NULL;
-    s->memn = 0;
+    s->memn = s->headn = 0;
     free(s->bands);
     s->bands = NULL;
     s->mem = NULL;
@@ -611,6 +613,13 @@ static int ring_test(const struct geo_ring *r, double x, double y)
     if (r->band) { /* the same test over the edges of the point's band only */
         const struct geo_band *b = r->band;
         unsigned k = band_of(b, y);
+        /* the band's edges are scattered over the coordinates: ask for
+         * all their lines first, so the misses overlap */
+        for (uint32_t e = b->off[k]; e < b->off[k + 1]; e++) {
+            uint32_t i = b->idx[e];
+            __builtin_prefetch(r->xy + 2 * i);
+            __builtin_prefetch(r->xy + 2 * (i ? i - 1 : r->n - 1));
+        }
         for (uint32_t e = b->off[k]; e < b->off[k + 1]; e++) {
             uint32_t i = b->idx[e];
             if (edge_step(r, i, i ? i - 1 : r->n - 1, x, y, &in))
@@ -796,10 +805,18 @@ void geo_raster_build(const struct geo_shape *s, struct geo_raster *r)
     uint8_t user = r->user;
     memset(r, 0, sizeof *r);
     r->user = user;
+    if (s->kind == GEO_POLYGON && s->pool) {
+        r->geom = s->polys;
+        r->glines = (uint8_t)(s->headn < 8 * 64 ? (s->headn + 63) / 64 : 8);
+    }
     double w = s->maxx - s->minx, h = s->maxy - s->miny;
     if (s->kind != GEO_POLYGON || !(w >= RASTER_MIN_DEG && h >= RASTER_MIN_DEG))
         return;
-    r->x0 = s->minx, r->y0 = s->miny;
+    /* the corner as a float at or below the box's, the scale over the
+     * widened box: only the cell lines move, which the argument above
+     * allows (they are computed below from the stored values) */
+    r->x0 = f_down(s->minx), r->y0 = f_down(s->miny);
+    w = s->maxx - r->x0, h = s->maxy - r->y0;
     r->sx = (float)(GEO_RASTER_N / w), r->sy = (float)(GEO_RASTER_N / h);
     double xs[GEO_RASTER_N + 1], ys[GEO_RASTER_N + 1];
     for (int i = 0; i <= GEO_RASTER_N; i++)
@@ -1028,6 +1045,12 @@ size_t geo_pool_bytes(const struct geo_pool *p)
     return p->bytes;
 }
 
+/* The block: polygons and rings, then every ring's bands, then the
+ * coordinates, from a 64-byte boundary. The exact test reads them in that
+ * order (ring, band, the band's edges): for a one-ring fence the ring and
+ * the band's offsets share the block's first two lines, which
+ * geo_raster_test prefetches when it cannot answer. */
+#define POOL_ALIGN 64
 int geo_shape_pool(struct geo_shape *s, struct geo_pool *p)
 {
     if (s->kind != GEO_POLYGON || s->pool || !s->mem)
@@ -1042,28 +1065,31 @@ int geo_shape_pool(struct geo_shape *s, struct geo_pool *p)
                 nb += band_size(r->band->off[GEO_BANDS]);
         }
     size_t head = s->npolys * sizeof(struct geo_poly) + nr * sizeof(struct geo_ring);
-    size_t n = ((head + 15) & ~(size_t)15) + nxy + nb;
+    head = (head + 7) & ~(size_t)7;
+    /* pool blocks are 16-byte aligned: up to 48 bytes to reach a line */
+    size_t n = POOL_ALIGN - 16 + head + nb + nxy;
     uint8_t *m = geo_pool_alloc(p, n);
     if (!m)
         return CAIRN_ENOMEM;
-    struct geo_poly *polys = (struct geo_poly *)m;
+    uint8_t *m0 = (uint8_t *)(((uintptr_t)m + POOL_ALIGN - 1) & ~(uintptr_t)(POOL_ALIGN - 1));
+    struct geo_poly *polys = (struct geo_poly *)m0;
     struct geo_ring *rings = (struct geo_ring *)(polys + s->npolys);
-    uint8_t *at = m + ((head + 15) & ~(size_t)15);
+    uint8_t *bat = m0 + head, *xat = m0 + head + nb;
     for (uint32_t i = 0; i < s->npolys; i++) {
         polys[i].nrings = s->polys[i].nrings;
         polys[i].rings = rings;
         for (uint32_t k = 0; k < s->polys[i].nrings; k++) {
             const struct geo_ring *r = &s->polys[i].rings[k];
             rings[k].n = r->n;
-            rings[k].xy = (double *)at;
-            memcpy(at, r->xy, (size_t)r->n * 16);
-            at += (size_t)r->n * 16;
+            rings[k].xy = (double *)xat;
+            memcpy(xat, r->xy, (size_t)r->n * 16);
+            xat += (size_t)r->n * 16;
             rings[k].band = NULL;
             if (r->band) {
                 size_t bn = band_size(r->band->off[GEO_BANDS]);
-                memcpy(at, r->band, bn);
-                rings[k].band = (const struct geo_band *)at;
-                at += bn;
+                memcpy(bat, r->band, bn);
+                rings[k].band = (const struct geo_band *)bat;
+                bat += bn;
             }
         }
         rings += s->polys[i].nrings;
@@ -1075,6 +1101,7 @@ int geo_shape_pool(struct geo_shape *s, struct geo_pool *p)
     s->bands = NULL;
     s->pool = p;
     s->memn = n;
+    s->headn = head + nb;
     return 0;
 }
 
@@ -1396,6 +1423,14 @@ static struct bucket *find_at(struct geo_index *ix, uint64_t key, size_t i)
     }
 }
 
+/* Every line of a cell's entries (the scan reads them all), at most 16. */
+static inline void prefetch_entries(const struct gent *e, uint32_t n)
+{
+    const char *p = (const char *)e, *end = (const char *)(e + n);
+    for (int k = 0; p < end && k < 16; p += 64, k++)
+        __builtin_prefetch(p);
+}
+
 /* The cells of the point on every non-empty level are independent loads
  * from a table larger than the caches: their slots are prefetched first,
  * then their entry arrays, so the misses overlap instead of queueing.
@@ -1425,8 +1460,7 @@ int geo_index_point_hint(struct geo_index *ix, uint32_t space, double lon, doubl
             e[nl] = hint->e[nl];
             ne[nl] = hint->n[nl];
             probe[nl] = false;
-            if (ne[nl])
-                __builtin_prefetch(e[nl]);
+            prefetch_entries(e[nl], ne[nl]);
         } else {
             key[nl] = cell_key(space, l, fx >> k, fy >> k);
             at[nl] = mix(key[nl]) & m;
@@ -1440,8 +1474,7 @@ int geo_index_point_hint(struct geo_index *ix, uint32_t space, double lon, doubl
             const struct bucket *b = find_at(ix, key[i], at[i]);
             e[i] = b ? b->e : NULL;
             ne[i] = b ? b->n : 0;
-            if (ne[i])
-                __builtin_prefetch(e[i]);
+            prefetch_entries(e[i], ne[i]);
         }
     if (hint) {
         hint->gen = nl <= GEO_HINT_LEVELS ? ix->gen : 0;

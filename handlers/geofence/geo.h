@@ -62,6 +62,7 @@ struct geo_shape {
     void *bands;           /* geo_shape_bands' block, or NULL */
     struct geo_pool *pool; /* NULL, or (geo_shape_pool) mem is a block of pool */
     size_t memn;           /* with pool: the block's size (bands inside it) */
+    size_t headn;          /* with pool: bytes of polys, rings and bands at polys */
 };
 
 /* Parses and validates a geometry object (msgpack map). On failure returns
@@ -129,28 +130,55 @@ double geo_dist(double lon1, double lat1, double lon2, double lat2);
  * geo_contains' (geo.c argues why). Two 64-byte cache lines per fence:
  * 20 x 20 cells leave a point of bench/geofence's stars unanswered about
  * half as often as the 12 x 12 of one line did (the unknown cells are
- * those along the boundary: their share falls as 1/N). */
+ * those along the boundary: their share falls as 1/N).
+ *
+ * The raster also keeps where the shape's geometry lives (geom: the block
+ * geo_contains reads first, see geo_shape_pool), and a test that cannot
+ * answer prefetches its rings and bands: the exact test that follows then
+ * starts with them on their way (only the coordinates of the point's band
+ * are left to fetch), without a load of the shape's own struct to learn
+ * the address. The corner is kept as floats (rounded down, so the raster
+ * still covers the box) to make room for it in the two lines. */
 #define GEO_RASTER_N 20
 struct geo_raster {
-    double x0, y0; /* the bounding box's lower left corner */
-    float sx, sy;  /* cells per degree: lon is in column floor((lon - x0) * sx) */
-    uint8_t ok;    /* 0: no raster (circles, tiny boxes): every test is -1 */
-    uint8_t user;  /* the caller's byte: geo_raster_build keeps it */
+    const void *geom; /* the shape's geometry block (prefetch only), or NULL */
+    float x0, y0;     /* the lower left corner: lon is in column floor((lon - x0) * sx) */
+    float sx, sy;     /* cells per degree */
+    uint8_t ok;       /* 0: no raster (circles, tiny boxes): every test is -1 */
+    uint8_t user;     /* the caller's byte: geo_raster_build keeps it */
+    uint8_t glines;   /* lines of geom to prefetch (the rings and bands, at most 8) */
     uint8_t cell[(GEO_RASTER_N * GEO_RASTER_N + 3) / 4]; /* 2 bits: 0 unknown, 1 out, 2 in */
 };
 
+/* Builds r for s; call it after geo_shape_pool (geom is the block then),
+ * and again whenever the shape's memory moves. */
 void geo_raster_build(const struct geo_shape *s, struct geo_raster *r);
 
-/* 1: geo_contains(s, lon, lat) is true; 0: it is false; -1: ask it. */
+/* Prefetches the lines of the geometry the exact test reads before it
+ * knows which coordinates it needs (rings, bands). */
+static inline void geo_raster_prefetch_geom(const struct geo_raster *r)
+{
+    for (unsigned i = 0; i < r->glines; i++)
+        __builtin_prefetch((const char *)r->geom + 64 * i);
+}
+
+/* 1: geo_contains(s, lon, lat) is true; 0: it is false; -1: ask it (the
+ * shape's geometry is then prefetched). */
 static inline int geo_raster_test(const struct geo_raster *r, double lon, double lat)
 {
-    if (!r->ok || lon == 180 || lon == -180) /* ±180 also tests the other side */
+    if (!r->ok || lon == 180 || lon == -180) { /* ±180 also tests the other side */
+        geo_raster_prefetch_geom(r);
         return -1;
+    }
     double fx = (lon - r->x0) * r->sx, fy = (lat - r->y0) * r->sy;
-    if (!(fx >= 0 && fx < GEO_RASTER_N && fy >= 0 && fy < GEO_RASTER_N))
+    if (!(fx >= 0 && fx < GEO_RASTER_N && fy >= 0 && fy < GEO_RASTER_N)) {
+        geo_raster_prefetch_geom(r);
         return -1;
+    }
     unsigned c = (unsigned)fy * GEO_RASTER_N + (unsigned)fx;
     unsigned v = (unsigned)(r->cell[c >> 2] >> ((c & 3) * 2)) & 3;
+    if (!v)
+        geo_raster_prefetch_geom(r);
     return v ? (int)v - 1 : -1;
 }
 

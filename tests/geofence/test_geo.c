@@ -459,6 +459,28 @@ static long raster_check(struct geo_shape *s, int uniform)
             }
         }
     bands_check(s, all, np);
+    /* built again on the pooled shape: the same cells, and the block to
+     * prefetch (its rings and bands, from a line boundary) */
+    struct geo_raster r2 = {.user = 7};
+    geo_raster_build(s, &r2);
+    assert_int_equal(r2.ok, r.ok);
+    assert_true(r2.x0 == r.x0 && r2.y0 == r.y0 && r2.sx == r.sx && r2.sy == r.sy);
+    assert_memory_equal(r2.cell, r.cell, sizeof r.cell);
+    if (s->kind == GEO_POLYGON) {
+        assert_ptr_equal(r2.geom, s->polys);
+        assert_int_equal((uintptr_t)s->polys % 64, 0);
+        assert_true(r2.glines >= 1 && r2.glines <= 8);
+        assert_true(r2.glines == 8 || s->headn <= 64u * r2.glines);
+        for (uint32_t p = 0; p < s->npolys; p++) /* the rings and bands lie in the head */
+            for (uint32_t k = 0; k < s->polys[p].nrings; k++) {
+                const struct geo_ring *g = &s->polys[p].rings[k];
+                const char *hd = (const char *)s->polys;
+                assert_true((const char *)g >= hd && (const char *)(g + 1) <= hd + s->headn);
+                assert_true(!g->band ||
+                            ((const char *)g->band >= hd && (const char *)g->band < hd + s->headn));
+                assert_true((const char *)g->xy >= hd + s->headn);
+            }
+    }
     for (uint32_t p = 0; p < s->npolys; p++)
         for (uint32_t k = 0; k < s->polys[p].nrings; k++)
             banded += s->polys[p].rings[k].band != NULL;
