@@ -143,8 +143,58 @@ struct mark {
     struct cairn_str id;
 };
 
+/* The stored document's top-level fields, found in one pass instead of
+ * an mp_get scan of the document per field read (~2 % of the handler's
+ * instructions); NULL when absent (or no document). The first
+ * occurrence wins, as with mp_get. */
+enum dfield {
+    D_SUBSCRIPTION_ID,
+    D_STATUS,
+    D_PLAN,
+    D_CURRENT_PERIOD_END,
+    D_CANCELED_AT,
+    D_LAST_INVOICE,
+    D_LIFETIME_PAID,
+    D_PAID_INVOICES,
+    D_STALE_EVENTS,
+    D_SUBSCRIPTION_EVENT,
+    D_INVOICE_EVENT,
+    D_N
+};
+static const char *const dnames[D_N] = {"subscription_id",    "status",        "plan",
+                                        "current_period_end", "canceled_at",   "last_invoice",
+                                        "lifetime_paid",      "paid_invoices", "stale_events",
+                                        "subscription_event", "invoice_event"};
+
+/* strlen of each (checked in subs_open). */
+static const uint8_t dlen[D_N] = {15, 6, 4, 18, 11, 12, 13, 13, 12, 18, 13};
+
+struct dix {
+    const msgpack_object *f[D_N];
+};
+
+static void doc_index(const msgpack_object *doc, struct dix *x)
+{
+    memset(x, 0, sizeof *x);
+    if (!doc || doc->type != MSGPACK_OBJECT_MAP)
+        return;
+    for (uint32_t i = 0; i < doc->via.map.size; i++) {
+        const msgpack_object *k = &doc->via.map.ptr[i].key;
+        if (k->type != MSGPACK_OBJECT_STR)
+            continue;
+        for (int f = 0; f < D_N; f++)
+            if (!x->f[f] && k->via.str.size == dlen[f] &&
+                !memcmp(k->via.str.size ? k->via.str.ptr : "", dnames[f], k->via.str.size)) {
+                x->f[f] = &doc->via.map.ptr[i].val;
+                break;
+            }
+    }
+}
+
 static int subs_open(struct hctx *ctx)
 {
+    for (int f = 0; f < D_N; f++)
+        assert(strlen(dnames[f]) == dlen[f]);
     struct subs *s = calloc(1, sizeof *s);
     if (!s)
         return CAIRN_ENOMEM;
@@ -273,9 +323,8 @@ static bool parse_stripe(const struct event *ev, struct stripe *st)
            st->obj->type == MSGPACK_OBJECT_MAP;
 }
 
-static int read_mark(const msgpack_object *doc, const char *part, struct mark *m)
+static int read_mark(const msgpack_object *p, struct mark *m)
 {
-    const msgpack_object *p = mp_get(doc, part);
     struct cairn_str t;
     memset(m, 0, sizeof *m);
     if (!p || p->type == MSGPACK_OBJECT_NIL)
@@ -297,10 +346,10 @@ static bool after(const struct stripe *st, const struct mark *m)
     return c > 0 || (c == 0 && st->id.n > m->id.n);
 }
 
-static uint64_t get_u64(const msgpack_object *map, const char *k)
+static uint64_t u64_of(const msgpack_object *o)
 {
     int64_t v;
-    return mp_i64(mp_get(map, k), &v) && v > 0 ? (uint64_t)v : 0;
+    return mp_i64(o, &v) && v > 0 ? (uint64_t)v : 0;
 }
 
 /* ====================================================================== lifetime_paid */
@@ -351,9 +400,9 @@ static bool key_is(const msgpack_object *k, const struct cairn_str *s)
 }
 
 /* lifetime_paid with the payment added (kept order; a new currency last). */
-static void write_lifetime(struct mpw *w, const msgpack_object *doc, const struct payment *pay)
+static void write_lifetime(struct mpw *w, const struct dix *doc, const struct payment *pay)
 {
-    const msgpack_object *m = mp_get(doc, "lifetime_paid");
+    const msgpack_object *m = doc->f[D_LIFETIME_PAID];
     uint32_t n = m && m->type == MSGPACK_OBJECT_MAP ? m->via.map.size : 0;
     bool found = false;
     if (n > CURRENCIES_MAX)
@@ -421,13 +470,13 @@ static const msgpack_object *first_item(const msgpack_object *sub)
 
 /* plan {price_id, product, unit_amount, currency, interval} from a Price
  * (items.data[0].price) or a legacy Plan; the kept one when neither. */
-static void write_plan(struct mpw *w, const msgpack_object *sub, const msgpack_object *keep)
+static void write_plan(struct mpw *w, const msgpack_object *sub, const struct dix *keep)
 {
     const msgpack_object *price = mp_get(first_item(sub), "price"), *legacy = mp_get(sub, "plan");
     bool is_price = price && price->type == MSGPACK_OBJECT_MAP;
     const msgpack_object *p = is_price ? price : legacy;
     if (!p || p->type != MSGPACK_OBJECT_MAP) {
-        mpw_kv_obj(w, "plan", mp_get(keep, "plan"));
+        mpw_kv_obj(w, "plan", keep->f[D_PLAN]);
         return;
     }
     mpw_str(w, "plan");
@@ -443,32 +492,34 @@ static void write_plan(struct mpw *w, const msgpack_object *sub, const msgpack_o
 /* subscription_id, status, plan, current_period_end, canceled_at from a
  * fresh subscription event. A field the object lacks keeps the document's
  * value when both are about the same subscription, else is null. */
-static void write_sub(struct mpw *w, const struct stripe *st, const msgpack_object *doc)
+static const struct dix no_doc; /* every field NULL */
+
+static void write_sub(struct mpw *w, const struct stripe *st, const struct dix *doc)
 {
     const msgpack_object *o = st->obj, *item = first_item(o);
     struct cairn_str nid, oid;
     bool has_id = str_max(mp_get(o, "id"), STRIPE_ID_MAX, &nid);
-    bool same = !has_id || (mp_str(mp_get(doc, "subscription_id"), &oid) && str_eq(&nid, &oid));
-    const msgpack_object *keep = same ? doc : NULL;
-    kv_str_or(w, "subscription_id", mp_get(o, "id"), mp_get(keep, "subscription_id"));
+    bool same = !has_id || (mp_str(doc->f[D_SUBSCRIPTION_ID], &oid) && str_eq(&nid, &oid));
+    const struct dix *keep = same ? doc : &no_doc;
+    kv_str_or(w, "subscription_id", mp_get(o, "id"), keep->f[D_SUBSCRIPTION_ID]);
     struct cairn_str status;
     if (str_max(mp_get(o, "status"), 64, &status))
         mpw_kv_str(w, "status", &status);
     else if (st->kind == K_SUB_DEL)
         mpw_kv_cstr(w, "status", "canceled");
     else
-        mpw_kv_obj(w, "status", mp_get(keep, "status"));
+        mpw_kv_obj(w, "status", keep->f[D_STATUS]);
     write_plan(w, o, keep);
     if (!kv_unix(w, "current_period_end", mp_get(o, "current_period_end")) &&
         !kv_unix(w, "current_period_end", mp_get(item, "current_period_end")))
-        mpw_kv_obj(w, "current_period_end", mp_get(keep, "current_period_end"));
+        mpw_kv_obj(w, "current_period_end", keep->f[D_CURRENT_PERIOD_END]);
     const msgpack_object *c = mp_get(o, "canceled_at");
     if (kv_unix(w, "canceled_at", c))
         ;
     else if (st->kind == K_SUB_DEL)
         mpw_kv_time(w, "canceled_at", st->created);
     else
-        mpw_kv_obj(w, "canceled_at", c ? NULL : mp_get(keep, "canceled_at"));
+        mpw_kv_obj(w, "canceled_at", c ? NULL : keep->f[D_CANCELED_AT]);
 }
 
 /* The invoice's subscription: `subscription` (an id or expanded) or, from
@@ -484,9 +535,9 @@ static const msgpack_object *invoice_sub(const msgpack_object *inv)
 
 /* last_invoice {id, status, amount_due, amount_paid, currency,
  * subscription, created} from a fresh invoice event. */
-static void write_invoice(struct mpw *w, const struct stripe *st, const msgpack_object *doc)
+static void write_invoice(struct mpw *w, const struct stripe *st, const struct dix *doc)
 {
-    const msgpack_object *o = st->obj, *old = mp_get(doc, "last_invoice");
+    const msgpack_object *o = st->obj, *old = doc->f[D_LAST_INVOICE];
     struct cairn_str nid, oid;
     bool has_id = str_max(mp_get(o, "id"), STRIPE_ID_MAX, &nid);
     bool same = old && (!has_id || (mp_str(mp_get(old, "id"), &oid) && str_eq(&nid, &oid)));
@@ -519,11 +570,8 @@ static void write_mark(struct mpw *w, const char *k, const struct stripe *st)
     mpw_kv_time(w, "created", st->created);
 }
 
-static const char *const sub_fields[] = {"subscription_id", "status", "plan", "current_period_end",
-                                         "canceled_at"};
-
 static int write_doc(struct mpw *w, const struct event *ev, const struct stripe *st,
-                     const msgpack_object *doc, bool fresh, const struct payment *pay)
+                     const struct dix *doc, bool fresh, const struct payment *pay)
 {
     bool sub = is_sub(st->kind);
     msgpack_pack_map(&w->pk, 14);
@@ -532,23 +580,23 @@ static int write_doc(struct mpw *w, const struct event *ev, const struct stripe 
     if (fresh && sub)
         write_sub(w, st, doc);
     else
-        for (size_t i = 0; i < sizeof sub_fields / sizeof sub_fields[0]; i++)
-            mpw_kv_obj(w, sub_fields[i], mp_get(doc, sub_fields[i]));
+        for (int f = D_SUBSCRIPTION_ID; f <= D_CANCELED_AT; f++)
+            mpw_kv_obj(w, dnames[f], doc->f[f]);
     if (fresh && !sub)
         write_invoice(w, st, doc);
     else
-        mpw_kv_obj(w, "last_invoice", mp_get(doc, "last_invoice"));
+        mpw_kv_obj(w, "last_invoice", doc->f[D_LAST_INVOICE]);
     write_lifetime(w, doc, pay);
-    mpw_kv_u64(w, "paid_invoices", get_u64(doc, "paid_invoices") + pay->counted);
-    mpw_kv_u64(w, "stale_events", get_u64(doc, "stale_events") + !fresh);
+    mpw_kv_u64(w, "paid_invoices", u64_of(doc->f[D_PAID_INVOICES]) + pay->counted);
+    mpw_kv_u64(w, "stale_events", u64_of(doc->f[D_STALE_EVENTS]) + !fresh);
     if (fresh && sub)
         write_mark(w, "subscription_event", st);
     else
-        mpw_kv_obj(w, "subscription_event", mp_get(doc, "subscription_event"));
+        mpw_kv_obj(w, "subscription_event", doc->f[D_SUBSCRIPTION_EVENT]);
     if (fresh && !sub)
         write_mark(w, "invoice_event", st);
     else
-        mpw_kv_obj(w, "invoice_event", mp_get(doc, "invoice_event"));
+        mpw_kv_obj(w, "invoice_event", doc->f[D_INVOICE_EVENT]);
     mpw_kv_u64(w, "last_seq", ev->seq);
     return mpw_finish(w);
 }
@@ -632,11 +680,13 @@ static int subs_apply(struct hctx *ctx, const struct event *ev)
     cairn_buf_reset(b);
     rc = cairn_buf_append(b, vk, vn);
     mpw_init(&w, b);
+    struct dix x;
+    doc_index(doc, &x);
     if (!rc)
-        rc = read_mark(doc, is_sub(st.kind) ? "subscription_event" : "invoice_event", &m);
+        rc = read_mark(x.f[is_sub(st.kind) ? D_SUBSCRIPTION_EVENT : D_INVOICE_EVENT], &m);
     bool fresh = after(&st, &m);
     if (!rc)
-        rc = write_doc(&w, ev, &st, doc, fresh, &pay);
+        rc = write_doc(&w, ev, &st, &x, fresh, &pay);
     if (!rc && b->len - vn > DOC_MAX) /* the document alone is bounded */
         rc = CAIRN_ETOOBIG;
     msgpack_zone_clear(&s->zone);
