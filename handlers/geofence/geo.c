@@ -1426,6 +1426,8 @@ static struct bucket *find_at(struct geo_index *ix, uint64_t key, size_t i)
 /* Every line of a cell's entries (the scan reads them all), at most 16. */
 static inline void prefetch_entries(const struct gent *e, uint32_t n)
 {
+    if (!n) /* an empty cell's e is NULL: no arithmetic on it (UBSan) */
+        return;
     const char *p = (const char *)e, *end = (const char *)(e + n);
     for (int k = 0; p < end && k < 16; p += 64, k++)
         __builtin_prefetch(p);
