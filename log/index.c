@@ -269,9 +269,11 @@ static bool index_added(struct log *log, size_t n)
  * expected_seq, an id seen one batch ago), but not necessarily in the
  * B-tree. keys entries first go into a table that decisions consult before
  * the transaction; when it holds WB_FLUSH_RECS it is sealed (sorted by key)
- * as the run, which is put WB_PUT_STEP records after each check (so no
- * check waits for a whole run) while a new table fills; decisions consult
- * the table, then the run. Sorted puts walk the B-tree in order (the cursor's
+ * as the run, which is put while a new table fills: each check owes
+ * WB_PUT_STEP records of it (at least twice the batch), paid WB_PUT_CHUNK
+ * at a time whenever no command waits (ix_main) — so the next check, the
+ * one the writer waits for, is never queued behind a step of puts;
+ * decisions consult the table, then the run. Sorted puts walk the B-tree in order (the cursor's
  * leaf and the pages above it stay in cache, and LMDB skips the search
  * from the root while a key falls in the cursor's page), where one put per
  * event in event order was a random walk each (most of the indexer's CPU).
@@ -285,7 +287,8 @@ static bool index_added(struct log *log, size_t n)
  * batch), so that pruning sees every id when it did before.
  */
 #define WB_FLUSH_RECS 32768
-#define WB_PUT_STEP 2048 /* records of a sealed run put after each check, at least */
+#define WB_PUT_STEP 2048 /* records of a sealed run owed by each check, at least */
+#define WB_PUT_CHUNK 256 /* records put between two looks at the command queue */
 
 enum { WB_KEYS, WB_DEDUP };
 
@@ -503,7 +506,20 @@ static int wb_put_range(struct log *log, struct wb *w, MDB_txn *txn, size_t *at,
         cairn_be64_put(val, r->seq);
         cairn_be64_put(val + 8, log_bias(r->time));
         MDB_val k = {r->len, w->arena + r->off}, v = {r->dbi == WB_KEYS ? 8 : 16, val};
-        rc = mdb_cursor_put(r->dbi == WB_KEYS ? kc : dc, &k, &v, 0);
+        if (r->dbi == WB_KEYS) {
+            /* A keys entry is its entity's newest: puts come in seq order
+             * per key (a run is sorted by key, then seq, and put whole
+             * before the next table is sealed; catching up puts with
+             * log_index_put, before any of these). MDB_APPENDDUP then
+             * skips the search among the key's seqs; should LMDB find one
+             * not below it anyway, the plain put decides as before
+             * (MDB_KEYEXIST leaves the key's entries unchanged). */
+            rc = mdb_cursor_put(kc, &k, &v, MDB_APPENDDUP);
+            if (rc == MDB_KEYEXIST)
+                rc = mdb_cursor_put(kc, &k, &v, 0);
+        } else {
+            rc = mdb_cursor_put(dc, &k, &v, 0);
+        }
     }
     if (kc)
         mdb_cursor_close(kc);
@@ -557,6 +573,7 @@ struct log_ix {
     struct wb wb;            /* keys entries decided, not yet put (indexer thread only) */
     struct wb run;           /* a sealed (sorted) table of keys entries being put */
     size_t run_at;           /* its records before this one are in the transaction */
+    size_t run_owed;         /* records of it to put before waiting for a command */
     uint64_t run_min;        /* the lowest seq in the run (its first before sorting) */
     struct wb ids;           /* the batch's dedup entries, put after every check */
     uint64_t settled;        /* the head after the last batch settled durable (0: none) */
@@ -742,16 +759,44 @@ static int ix_put(struct log *log, struct log_ix *x, size_t n)
         rc = wb_seal(log, &x->run, log->itxn);
     }
     if (!rc && x->run.n) {
-        /* a step of the run per check, so the next check never waits long;
+        /* a step of the run per check, put when no command waits (ix_pay);
          * at least twice the batch, so the run drains before the table
          * refills whatever the batch size */
-        size_t step = 2 * n > WB_PUT_STEP ? 2 * n : WB_PUT_STEP;
-        size_t end = x->run.n - x->run_at > step ? x->run_at + step : x->run.n;
-        rc = wb_put_range(log, &x->run, log->itxn, &x->run_at, end);
-        if (!rc && x->run_at == x->run.n)
-            wb_reset(&x->run);
+        x->run_owed += 2 * n > WB_PUT_STEP ? 2 * n : WB_PUT_STEP;
     }
     return rc;
+}
+
+/* A put failed (x->put_rc) with no batch unconfirmed: every batch in
+ * the transaction is durable in the log, so the transaction goes and the
+ * index is rebuilt from the log before it is used again (ix_pay can fail
+ * after the settle that would have dropped it, see ix_settle). */
+static void ix_broken(struct log *log)
+{
+    log_index_drop(log); /* clears put_rc */
+    log->index_stale = true;
+}
+
+/* Puts up to WB_PUT_CHUNK records of the run that checks owe (ix_put).
+ * Called between commands: a check queued meanwhile is decided first, and
+ * its decisions see the records not put yet in the run, as before. */
+static void ix_pay(struct log *log, struct log_ix *x)
+{
+    if (!x->run.n || x->put_rc || !log->itxn) {
+        x->run_owed = 0; /* nothing to put, or the transaction is broken until dropped */
+        return;
+    }
+    size_t left = x->run.n - x->run_at, k = x->run_owed < WB_PUT_CHUNK ? x->run_owed : WB_PUT_CHUNK;
+    if (k > left)
+        k = left;
+    int rc = wb_put_range(log, &x->run, log->itxn, &x->run_at, x->run_at + k);
+    x->run_owed -= k;
+    if (rc)
+        x->put_rc = rc;
+    else if (x->run_at == x->run.n)
+        wb_reset(&x->run);
+    if (!x->run.n)
+        x->run_owed = 0;
 }
 
 static int wb_flush(struct log *log)
@@ -900,7 +945,9 @@ static void ix_check(struct log *log, struct log_ix *x, struct ix_msg *m)
     int rc = 0;
     if ((log->index_stale || x->put_rc) && x->unconfirmed)
         rc = CAIRN_EBUSY;
-    else if (log->index_stale)
+    else if (x->put_rc)
+        ix_broken(log); /* a put between commands, after its batches settled */
+    if (!rc && log->index_stale)
         rc = log_index_catch_up(log);
     if (!rc)
         rc = log_index_begin(log);
@@ -940,8 +987,15 @@ static void *ix_main(void *arg)
     pthread_setname_np(pthread_self(), "cairn-index"); /* per-thread profiles (perf, top -H) */
     for (;;) {
         pthread_mutex_lock(&x->mu);
-        while (!x->q_len)
+        while (!x->q_len) {
+            if (x->run_owed) { /* put what checks owe while no command waits */
+                pthread_mutex_unlock(&x->mu);
+                ix_pay(log, x);
+                pthread_mutex_lock(&x->mu);
+                continue;
+            }
             pthread_cond_wait(&x->cv, &x->mu);
+        }
         struct ix_msg m = x->q[x->q_head];
         x->q_head = (x->q_head + 1) % IX_QUEUE;
         x->q_len--;
@@ -957,6 +1011,8 @@ static void *ix_main(void *arg)
             x->unconfirmed--;
             rc = ix_settle(log, x, &m);
         } else if (!x->unconfirmed) {
+            if (x->put_rc)
+                ix_broken(log);
             rc = log_index_flush_here(log); /* IX_FLUSH, IX_STOP */
         } else if (m.cmd == IX_STOP) {
             /* a batch never confirmed: its entries must not be kept */
