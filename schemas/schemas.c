@@ -114,6 +114,7 @@ struct node {
     struct prop *props;
     size_t nprops;
     const json_t *required;
+    int *req_prop; /* per required name, its index in props (-1: none); NULL: no props */
     struct node *additional, *items, *not_;
     struct list all, any, one;
     const char *ref;
@@ -136,6 +137,7 @@ static void node_free(struct node *n)
     free(n->enum_text);
     free(n->const_text);
     free(n->props);
+    free(n->req_prop);
     free(n->all.v);
     free(n->any.v);
     free(n->one.v);
@@ -772,6 +774,27 @@ static const struct keyword *keyword_find(const char *name, size_t len)
 
 /* ====================================================================== build: nodes */
 
+/* Which property each required name is (check_object looks it up per
+ * object validated otherwise): once both keywords are read. */
+static int map_required(struct build *b, struct node *n)
+{
+    size_t nreq = n->required ? json_array_size(n->required) : 0;
+    if (!nreq || !n->nprops)
+        return 0;
+    n->req_prop = malloc(nreq * sizeof *n->req_prop);
+    if (!n->req_prop)
+        return oom(b->e);
+    for (size_t i = 0; i < nreq; i++) {
+        const json_t *name = json_array_get(n->required, i);
+        size_t len = json_string_length(name), j = 0;
+        while (j < n->nprops &&
+               (n->props[j].len != len || memcmp(n->props[j].name, json_string_value(name), len)))
+            j++;
+        n->req_prop[i] = j < n->nprops ? (int)j : -1;
+    }
+    return 0;
+}
+
 static int build_node(struct build *b, const json_t *j, struct node **out)
 {
     struct node *n = NULL;
@@ -804,7 +827,7 @@ static int build_node(struct build *b, const json_t *j, struct node **out)
             return rc; /* b->path keeps naming the failing keyword */
         path_pop(b, mark);
     }
-    return 0;
+    return map_required(b, n);
 }
 
 /* ====================================================================== link: $ref */
@@ -1282,27 +1305,33 @@ static int check_object(struct vctx *c, const struct node *n, const msgpack_obje
         return check_object_general(c, n, v);
     for (size_t j = 0; j < n->nprops; j++)
         val[j] = NULL;
+    size_t hint = 0; /* members mostly come in the properties' order: look there first */
     for (uint32_t i = 0; i < size; i++) {
         const msgpack_object_kv *kv = &v->via.map.ptr[i];
         if (kv->key.type != MSGPACK_OBJECT_STR)
             return check_object_general(c, n, v);
-        size_t kn = kv->key.via.str.size, j = 0;
+        size_t kn = kv->key.via.str.size, j = n->nprops;
         const char *ks = kn ? kv->key.via.str.ptr : "";
-        while (j < n->nprops && (n->props[j].len != kn || memcmp(n->props[j].name, ks, kn)))
-            j++;
-        if (j == n->nprops)
+        for (size_t t = 0, q = hint; t < n->nprops; t++, q = q + 1 == n->nprops ? 0 : q + 1) {
+            const struct prop *pr = &n->props[q];
+            if (pr->len == kn && (!kn || (pr->name[0] == ks[0] && !memcmp(pr->name, ks, kn)))) {
+                j = q;
+                break;
+            }
+        }
+        if (j == n->nprops) {
             extra |= 1ull << i;
-        else if (!val[j]) /* the first of duplicates, as mp_member */
+            continue;
+        }
+        hint = j + 1 == n->nprops ? 0 : j + 1;
+        if (!val[j]) /* the first of duplicates, as mp_member */
             val[j] = &kv->val;
     }
     for (size_t i = 0; n->required && i < json_array_size(n->required); i++) {
         const json_t *name = json_array_get(n->required, i);
         struct seg s = {.key = json_string_value(name), .len = json_string_length(name)};
-        size_t j = 0;
-        while (j < n->nprops &&
-               (n->props[j].len != s.len || memcmp(n->props[j].name, s.key, s.len)))
-            j++;
-        if (j < n->nprops ? !val[j] : !mp_member(v, s.key, s.len))
+        int j = n->req_prop ? n->req_prop[i] : -1;
+        if (j >= 0 ? !val[j] : !mp_member(v, s.key, s.len))
             return fail_at(c, &s, "missing_field", "is required");
     }
     for (size_t j = 0; j < n->nprops; j++) {
