@@ -113,13 +113,21 @@ struct sent {
     uint8_t k[]; /* the view key */
 };
 
+/* A heap slot: the entry's time next to its pointer, so the heap's
+ * comparisons read the entries only on equal times (a cache miss per
+ * level otherwise). tsort: the same, for sort_queued. */
+struct hent {
+    int64_t t;
+    struct sent *e;
+};
+
 struct tsort {
     int64_t t;
     struct sent *e;
 };
 
 struct seen {
-    struct sent **h; /* min-heap in devices.seen's key order */
+    struct hent *h; /* min-heap in devices.seen's key order */
     size_t n, cap;
     size_t ndel;     /* stored entries popped since the last flush */
     struct sent **q; /* pushed since the last flush (some popped since) */
@@ -345,6 +353,11 @@ static bool sent_less(const struct sent *a, const struct sent *b)
     return c ? c < 0 : a->kn < b->kn;
 }
 
+static bool hent_less(const struct hent *a, const struct hent *b)
+{
+    return a->t != b->t ? a->t < b->t : sent_less(a->e, b->e);
+}
+
 static bool sent_same(const struct sent *a, const struct sent *b)
 {
     return a->t == b->t && a->kn == b->kn && !memcmp(a->k, b->k, a->kn);
@@ -354,33 +367,35 @@ static int heap_push(struct seen *s, struct sent *e)
 {
     if (s->n == s->cap) {
         size_t cap = s->cap ? 2 * s->cap : 1024;
-        struct sent **h = realloc(s->h, cap * sizeof *h);
+        struct hent *h = realloc(s->h, cap * sizeof *h);
         if (!h)
             return CAIRN_ENOMEM;
         s->h = h;
         s->cap = cap;
     }
     size_t i = s->n++;
-    while (i > 0 && sent_less(e, s->h[(i - 1) / 2])) {
+    struct hent x = {e->t, e};
+    while (i > 0 && hent_less(&x, &s->h[(i - 1) / 2])) {
         s->h[i] = s->h[(i - 1) / 2];
         i = (i - 1) / 2;
     }
-    s->h[i] = e;
+    s->h[i] = x;
     e->live = true;
     return 0;
 }
 
 static struct sent *heap_pop(struct seen *s)
 {
-    struct sent *top = s->h[0], *last = s->h[--s->n];
+    struct sent *top = s->h[0].e;
+    struct hent last = s->h[--s->n];
     size_t i = 0;
     for (;;) {
         size_t c = 2 * i + 1;
         if (c >= s->n)
             break;
-        if (c + 1 < s->n && sent_less(s->h[c + 1], s->h[c]))
+        if (c + 1 < s->n && hent_less(&s->h[c + 1], &s->h[c]))
             c++;
-        if (!sent_less(s->h[c], last))
+        if (!hent_less(&s->h[c], &last))
             break;
         s->h[i] = s->h[c];
         i = c;
@@ -502,7 +517,7 @@ static void seen_free(struct seen *s)
         if (!s->q[i]->live)
             seen_ent_free(s->q[i]);
     for (size_t i = 0; i < s->n; i++)
-        seen_ent_free(s->h[i]);
+        seen_ent_free(s->h[i].e);
     free(s->h);
     free(s->q);
     free(s->ts);
@@ -597,11 +612,11 @@ static int seen_put(struct hctx *ctx, const uint8_t *vk, size_t vn, int64_t t)
  * the DBI held one. */
 static int seen_take(struct seen *s, int64_t threshold, struct sent **out)
 {
-    if (!s->n || s->h[0]->t >= threshold)
+    if (!s->n || s->h[0].t >= threshold)
         return 0;
     struct sent *e = heap_pop(s);
     bool stored = e->in_db;
-    while (s->n && sent_same(s->h[0], e)) {
+    while (s->n && s->h[0].t == e->t && sent_same(s->h[0].e, e)) {
         struct sent *x = heap_pop(s);
         stored |= x->in_db;
         seen_drop(x);
