@@ -1170,8 +1170,9 @@ size_t engine_handler_stats(struct engine *eng, struct engine_handler_stats *out
             .apply_ns = eng->apply_ns[i],
             .apply_cpu_ns = atomic_load_explicit(&eng->apply_cpu[i], memory_order_relaxed),
             .flush_cpu_ns = eng->flush_cpu[i],
-            .worker = eng->sides_set && eng->side[0][i] | eng->side[1][i],
         };
+        for (unsigned k = 0; eng->sides_set && k < PAR_SLOTS; k++)
+            out[i].worker |= eng->side[k][i];
         proj_hctx_lock_stats(eng->ctx[i], &out[i].lock_calls, &out[i].lock_waits,
                              &out[i].lock_wait_ns);
     }

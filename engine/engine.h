@@ -153,7 +153,7 @@ struct engine_handler_stats {
     uint64_t lock_calls;   /* state calls (each takes the state lock) ... */
     uint64_t lock_waits;   /* ... those that found it taken by the other thread ... */
     uint64_t lock_wait_ns; /* ... and the time they waited for it */
-    bool worker;           /* one of the last two runs applied it on the second thread */
+    bool worker;           /* one of the last runs applied it on the second thread */
 };
 size_t engine_handler_stats(struct engine *eng, struct engine_handler_stats *out, size_t cap);
 /* Where a catch-up's or replay's time went, summed over its state
