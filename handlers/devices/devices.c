@@ -332,8 +332,9 @@ static size_t seen_key(uint8_t *out, int64_t t, const uint8_t *vk, size_t vn)
  * deleted from its front, then the entries pushed since and still there
  * are put in key order, through one cursor. A move (a delete and a put
  * from the root of the B-tree, in the tick) cost ~5 000 instructions,
- * 15 % of the handler on the bench log. The DBI holds the same entries at
- * every commit as before. Past SEEN_MIRROR_MAX entries (config:
+ * 15 % of the handler on the bench log; batched, ~3 500 (most of it the
+ * delete: LMDB's node delete walks the page's pointer array). The DBI
+ * holds the same entries at every commit as before. Past SEEN_MIRROR_MAX entries (config:
  * seen_mirror_max, for tests of the direct path) the mirror is written
  * out and dropped, and the index is read and written directly. */
 /* Allocations of a few dozen bytes: one per online device. */
