@@ -69,7 +69,8 @@ struct opts {
 struct figures {
     const char *name;
     uint64_t events, input_bytes, stored_bytes, batches;
-    uint64_t written; /* bytes written to files while timed (LMDB's pages) */
+    uint64_t encoded_ahead; /* batches the indexer encoded during the commit before */
+    uint64_t written;       /* bytes written to files while timed (LMDB's pages) */
     int64_t wall_ns, cpu_ns, sys_ns, producer_cpu_ns, commit_ns;
     int64_t writer_cpu_ns, index_cpu_ns; /* the log's two threads (by name) */
     int64_t p50_ns, p99_ns, max_ns;
@@ -390,6 +391,7 @@ static int finish_phase(struct run *r, struct log *log, const struct log_writer_
     uint64_t head;
     f->events = st.events;
     f->batches = st.batches;
+    f->encoded_ahead = st.encoded_ahead;
     f->commit_ns = (int64_t)st.commit_ns_total;
     f->input_bytes = r->corpus->data.len;
     latency_figures(r, f);
@@ -652,6 +654,7 @@ static void print_json_figures(const struct figures *f)
            "\"stored_mb_per_s\":%.2f,\"wall_s\":%.3f,\"cpu_s\":%.3f,\"sys_s\":%.3f,"
            "\"cpu_us_per_event\":%.3f,\"producer_cpu_s\":%.3f,\"writer_cpu_s\":%.3f,"
            "\"index_cpu_s\":%.3f,\"writer_busy_s\":%.3f,\"batches\":%llu,\"mean_batch\":%.1f,"
+           "\"encoded_ahead\":%llu,"
            "\"written_bytes_per_event\":%.0f,\"p50_ms\":%.3f,\"p99_ms\":%.3f,\"max_ms\":%.3f}",
            f->name, (unsigned long long)f->events, per_s(f->events, f->wall_ns),
            mb_s(f->input_bytes, f->wall_ns), mb_s(f->stored_bytes, f->wall_ns),
@@ -659,7 +662,8 @@ static void print_json_figures(const struct figures *f)
            per_event((uint64_t)f->cpu_ns, f->events) / 1e3, (double)f->producer_cpu_ns / 1e9,
            (double)f->writer_cpu_ns / 1e9, (double)f->index_cpu_ns / 1e9,
            (double)f->commit_ns / 1e9, (unsigned long long)f->batches, mean_batch(f),
-           per_event(f->written, f->events), ms(f->p50_ns), ms(f->p99_ns), ms(f->max_ns));
+           (unsigned long long)f->encoded_ahead, per_event(f->written, f->events), ms(f->p50_ns),
+           ms(f->p99_ns), ms(f->max_ns));
 }
 
 /* The raw loop as a row of the same table. */
