@@ -318,6 +318,23 @@ size_t cairn_u64_dec(char *o, uint64_t v)
     return k;
 }
 
+/* The fraction of a second (0 <= frac < 1e9) as ".ddd", ".dddddd" or
+ * ".ddddddddd" — the shortest that is exact, nothing for 0 — then 'Z'. */
+static char *put_frac(char *o, int64_t frac)
+{
+    if (frac) {
+        *o++ = '.';
+        if (frac % 1000000 == 0)
+            o = put_digits(o, (uint64_t)(frac / 1000000), 3);
+        else if (frac % 1000 == 0)
+            o = put_digits(o, (uint64_t)(frac / 1000), 6);
+        else
+            o = put_digits(o, (uint64_t)frac, 9);
+    }
+    *o++ = 'Z';
+    return o;
+}
+
 /* Hot: every document with a time field formats it (devices: three per
  * event), so digits are written directly instead of through snprintf. */
 size_t cairn_time_format(int64_t ns, char *out, size_t cap)
@@ -346,16 +363,7 @@ size_t cairn_time_format(int64_t ns, char *out, size_t cap)
     o = put_digits(o, (uint64_t)(rem / 60 % 60), 2);
     *o++ = ':';
     o = put_digits(o, (uint64_t)(rem % 60), 2);
-    if (frac) {
-        *o++ = '.';
-        if (frac % 1000000 == 0)
-            o = put_digits(o, (uint64_t)(frac / 1000000), 3);
-        else if (frac % 1000 == 0)
-            o = put_digits(o, (uint64_t)(frac / 1000), 6);
-        else
-            o = put_digits(o, (uint64_t)frac, 9);
-    }
-    *o++ = 'Z';
+    o = put_frac(o, frac);
     size_t n = (size_t)(o - tmp);
     if (cap) {
         size_t k = n < cap ? n : cap - 1;
@@ -363,6 +371,31 @@ size_t cairn_time_format(int64_t ns, char *out, size_t cap)
         out[k] = '\0';
     }
     return n;
+}
+
+void cairn_time_cache_init(struct cairn_time_cache *c)
+{
+    for (size_t i = 0; i < CAIRN_TIME_CACHE_SLOTS; i++)
+        c->slot[i].sec = -1;
+}
+
+size_t cairn_time_format_cached(struct cairn_time_cache *c, int64_t ns, char *out, size_t cap)
+{
+    if (ns < 0 || cap < 36)
+        return cairn_time_format(ns, out, cap);
+    int64_t sec = ns / 1000000000, frac = ns % 1000000000;
+    struct cairn_time_slot *s = &c->slot[sec % CAIRN_TIME_CACHE_SLOTS];
+    if (s->sec != sec) {
+        char t[40];
+        if (cairn_time_format(sec * 1000000000, t, sizeof t) != 20) /* a year past 9999 */
+            return cairn_time_format(ns, out, cap);
+        memcpy(s->date, t, sizeof s->date);
+        s->sec = sec;
+    }
+    memcpy(out, s->date, sizeof s->date);
+    char *o = put_frac(out + sizeof s->date, frac);
+    *o = '\0';
+    return (size_t)(o - out);
 }
 
 /* ====================================================================== hex and integers */

@@ -177,6 +177,21 @@ int cairn_time_parse(const char *s, size_t n, int64_t *out);
 /* Formats as RFC 3339 in UTC with the shortest of 0/3/6/9 fraction digits
  * that is exact. `out` needs 36 bytes. Returns the length. */
 size_t cairn_time_format(int64_t ns, char *out, size_t cap);
+/* Formatted dates of recent seconds, for code that formats many times a
+ * few seconds apart (a handler's state transaction: devices' last_seen
+ * and position times, orders' history): the "YYYY-MM-DDTHH:MM:SS" of a
+ * second is formatted once while its slot keeps it. */
+#define CAIRN_TIME_CACHE_SLOTS 64
+struct cairn_time_cache {
+    struct cairn_time_slot {
+        int64_t sec;   /* -1: empty */
+        char date[19]; /* "YYYY-MM-DDTHH:MM:SS" */
+    } slot[CAIRN_TIME_CACHE_SLOTS];
+};
+void cairn_time_cache_init(struct cairn_time_cache *c);
+/* cairn_time_format's bytes, the date taken from c when it holds the
+ * second. */
+size_t cairn_time_format_cached(struct cairn_time_cache *c, int64_t ns, char *out, size_t cap);
 /* v in decimal at o (room for 20 bytes), without printf; returns the
  * length. */
 size_t cairn_u64_dec(char *o, uint64_t v);

@@ -138,17 +138,10 @@ struct seen {
     bool loaded, off;
 };
 
-/* Formatted times of recent seconds (fmt_time). */
-#define TSLOTS 64
-struct tslot {
-    int64_t sec;   /* -1: empty */
-    char date[19]; /* "YYYY-MM-DDTHH:MM:SS" */
-};
-
 struct devices {
     unsigned view, seen;
-    struct tslot ts[TSLOTS];
-    struct seen sn; /* devices.seen, mirrored (the seen index, below) */
+    struct cairn_time_cache ts; /* fmt_time */
+    struct seen sn;             /* devices.seen, mirrored (the seen index, below) */
     int64_t offline_after_ns;
     struct hcache cache;  /* of struct dev; the dirty ones are written back by flush */
     struct cairn_buf tmp; /* the next mem of the dev being updated */
@@ -284,8 +277,7 @@ static int devices_open(struct hctx *ctx)
     const json_t *sm = json_object_get(hctx_config(ctx), "seen_mirror_max");
     d->sn.max = json_is_integer(sm) && json_integer_value(sm) >= 0 ? (size_t)json_integer_value(sm)
                                                                    : SEEN_MIRROR_MAX;
-    for (size_t i = 0; i < TSLOTS; i++)
-        d->ts[i].sec = -1;
+    cairn_time_cache_init(&d->ts);
     cairn_buf_init(&d->tmp, DOC_MAX);
     cairn_buf_init(&d->doc, DOC_MAX + 4096);
     *hctx_user(ctx) = d;
@@ -1150,44 +1142,13 @@ static int update_in_place(struct devices *d, struct dev *v, const struct event 
 
 /* ====================================================================== writing back */
 
-static char *put_digits(char *o, uint64_t v, int n)
-{
-    for (int i = n - 1; i >= 0; i--, v /= 10)
-        o[i] = (char)('0' + v % 10);
-    return o + n;
-}
-
-/* cairn_time_format's bytes (out: MPD_TIME_MAX), the date and clock of a
- * second taken from d->ts when it was formatted lately: a transaction's
- * last_seen and position times fall in a few dozen seconds, and the
- * whole format was 3 % of the handler. */
+/* cairn_time_format's bytes (out: MPD_TIME_MAX), through the handler's
+ * cache of recently formatted seconds: a transaction's last_seen and
+ * position times fall in a few dozen seconds, and the whole format was
+ * 3 % of the handler. */
 static size_t fmt_time(struct devices *d, int64_t ns, char *out)
 {
-    if (ns < 0)
-        return cairn_time_format(ns, out, MPD_TIME_MAX);
-    int64_t sec = ns / 1000000000, frac = ns % 1000000000;
-    struct tslot *s = &d->ts[sec % TSLOTS];
-    if (s->sec != sec) {
-        char t[MPD_TIME_MAX];
-        if (cairn_time_format(sec * 1000000000, t, sizeof t) != 20) /* a year past 9999 */
-            return cairn_time_format(ns, out, MPD_TIME_MAX);
-        memcpy(s->date, t, sizeof s->date);
-        s->sec = sec;
-    }
-    memcpy(out, s->date, sizeof s->date);
-    char *o = out + sizeof s->date;
-    if (frac) { /* as cairn_time_format: 3, 6 or 9 digits */
-        *o++ = '.';
-        if (frac % 1000000 == 0)
-            o = put_digits(o, (uint64_t)(frac / 1000000), 3);
-        else if (frac % 1000 == 0)
-            o = put_digits(o, (uint64_t)(frac / 1000), 6);
-        else
-            o = put_digits(o, (uint64_t)frac, 9);
-    }
-    *o++ = 'Z';
-    *o = '\0';
-    return (size_t)(o - out);
+    return cairn_time_format_cached(&d->ts, ns, out, MPD_TIME_MAX);
 }
 
 static uint8_t *put_span(uint8_t *o, const struct dev *v, const struct span *s)

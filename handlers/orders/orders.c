@@ -178,19 +178,12 @@ struct ord {
     struct span field[NFIELDS], history;
 };
 
-/* Formatted times of recent seconds (fmt_time). */
-#define TSLOTS 64
-struct tslot {
-    int64_t sec;   /* -1: empty */
-    char date[19]; /* "YYYY-MM-DDTHH:MM:SS" */
-};
-
 struct orders {
     unsigned view;
-    struct tslot ts[TSLOTS];
-    struct hcache cache;  /* of struct ord; the dirty ones are written back by flush */
-    struct cairn_buf tmp; /* the next mem of the ord being updated */
-    struct cairn_buf doc; /* the document being written back */
+    struct cairn_time_cache ts; /* fmt_time */
+    struct hcache cache;        /* of struct ord; the dirty ones are written back by flush */
+    struct cairn_buf tmp;       /* the next mem of the ord being updated */
+    struct cairn_buf doc;       /* the document being written back */
 };
 
 enum outcome { APPLIED, LATE, INVALID };
@@ -209,8 +202,7 @@ static int orders_open(struct hctx *ctx)
     struct orders *o = calloc(1, sizeof *o);
     if (!o)
         return CAIRN_ENOMEM;
-    for (size_t i = 0; i < TSLOTS; i++)
-        o->ts[i].sec = -1;
+    cairn_time_cache_init(&o->ts);
     cairn_buf_init(&o->tmp, DOC_MAX);
     cairn_buf_init(&o->doc, DOC_MAX + 4096);
     *hctx_user(ctx) = o;
@@ -470,44 +462,13 @@ static int ord_get(struct hctx *ctx, const uint8_t *vk, size_t vn, struct ord **
 
 /* ====================================================================== updating an ord */
 
-static char *put_digits(char *o, uint64_t v, int n)
+/* cairn_time_format's bytes (out: MPD_TIME_MAX), through the handler's
+ * cache of recently formatted seconds: inputs come roughly in time
+ * order, and formatting each history entry's time was ~15 % of the
+ * handler. */
+static size_t fmt_time(struct orders *o, int64_t ns, char *out)
 {
-    for (int i = n - 1; i >= 0; i--, v /= 10)
-        o[i] = (char)('0' + v % 10);
-    return o + n;
-}
-
-/* cairn_time_format's bytes (out: MPD_TIME_MAX), the date and clock of a
- * second taken from os->ts when it was formatted lately (inputs come
- * roughly in time order); as devices.c's fmt_time. Formatting each
- * history entry's time was ~15 % of the handler. */
-static size_t fmt_time(struct orders *os, int64_t ns, char *out)
-{
-    if (ns < 0)
-        return cairn_time_format(ns, out, MPD_TIME_MAX);
-    int64_t sec = ns / 1000000000, frac = ns % 1000000000;
-    struct tslot *s = &os->ts[sec % TSLOTS];
-    if (s->sec != sec) {
-        char t[MPD_TIME_MAX];
-        if (cairn_time_format(sec * 1000000000, t, sizeof t) != 20) /* a year past 9999 */
-            return cairn_time_format(ns, out, MPD_TIME_MAX);
-        memcpy(s->date, t, sizeof s->date);
-        s->sec = sec;
-    }
-    memcpy(out, s->date, sizeof s->date);
-    char *o = out + sizeof s->date;
-    if (frac) { /* as cairn_time_format: 3, 6 or 9 digits */
-        *o++ = '.';
-        if (frac % 1000000 == 0)
-            o = put_digits(o, (uint64_t)(frac / 1000000), 3);
-        else if (frac % 1000 == 0)
-            o = put_digits(o, (uint64_t)(frac / 1000), 6);
-        else
-            o = put_digits(o, (uint64_t)frac, 9);
-    }
-    *o++ = 'Z';
-    *o = '\0';
-    return (size_t)(o - out);
+    return cairn_time_format_cached(&o->ts, ns, out, MPD_TIME_MAX);
 }
 
 /* The most a history entry takes (write_entry). */

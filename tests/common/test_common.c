@@ -200,6 +200,29 @@ static void test_time_format(void **state)
     fmt_is(INT64_MIN, "1677-09-21T00:12:43.145224192Z");
 }
 
+/* The cached formatter gives cairn_time_format's bytes: seconds seen
+ * again (a hit), seconds sharing a slot (64 apart: a replaced slot), every
+ * fraction width, and negative times (the slow path). */
+static void test_time_format_cached(void **state)
+{
+    (void)state;
+    struct cairn_time_cache c;
+    cairn_time_cache_init(&c);
+    const int64_t base = T_2026_11_21 * NS;
+    static const int64_t fracs[] = {0, 250000000, 123000, 7, 999999999};
+    const int64_t secs[] = {0, 1, 0, 64, 0, 128, 63, 86399, 1, -1795255201LL, -9000000000LL};
+    char a[48], b[48];
+    for (int round = 0; round < 2; round++)
+        for (size_t i = 0; i < sizeof secs / sizeof *secs; i++)
+            for (size_t f = 0; f < sizeof fracs / sizeof *fracs; f++) {
+                int64_t ns = base + secs[i] * NS + fracs[f];
+                size_t n = cairn_time_format(ns, a, sizeof a);
+                size_t m = cairn_time_format_cached(&c, ns, b, sizeof b);
+                assert_int_equal(m, n);
+                assert_string_equal(b, a);
+            }
+}
+
 static void test_time_round_trip(void **state)
 {
     (void)state;
@@ -981,6 +1004,7 @@ int main(void)
         cmocka_unit_test(test_time_parse_invalid),
         cmocka_unit_test(test_time_format),
         cmocka_unit_test(test_time_round_trip),
+        cmocka_unit_test(test_time_format_cached),
         cmocka_unit_test(test_buf_max),
         cmocka_unit_test(test_json_escape),
         cmocka_unit_test(test_codec_round_trip),
