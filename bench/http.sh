@@ -38,6 +38,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
 BUILD=${CAIRN_BENCH_BUILD:-build/bench}
+case $BUILD in /*) ;; *) BUILD=$ROOT/$BUILD ;; esac # relative to the checkout
 PORT=${CAIRN_BENCH_PORT:-18480}
 DURATION=${DURATION:-10}
 DEVICES=${DEVICES:-1000}
@@ -64,8 +65,8 @@ fi
 
 cmake -S . -B "$BUILD" -G Ninja -DCMAKE_BUILD_TYPE=Release -DCAIRN_TESTS=OFF >/dev/null
 cmake --build "$BUILD" --target cairn bench_http_sse >/dev/null
-CAIRN=$ROOT/$BUILD/engine/cairn
-SSE=$ROOT/$BUILD/bench/http_sse
+CAIRN=$BUILD/engine/cairn
+SSE=$BUILD/bench/http_sse
 
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/cairn-bench-http-XXXXXX")
 SERVER=
