@@ -4,7 +4,7 @@
  *
  *   bench/geofence [-f FENCES] [-d DEVICES] [-n FIXES] [--batch B] [--log-batch L]
  *                  [--inflight K] [--seed S] [--dir DIR] [--out DIR] [--no-e2e]
- *                  [--all-handlers]
+ *                  [--all-handlers] [--detect | --detect-only]
  *
  * FENCES polygons (8..64 vertices, star-shaped, 100 m .. 3 km across)
  * scattered over 20 cities (~0.5 degree around each centre), DEVICES
@@ -27,6 +27,17 @@
  *            default, 1 024) and the engine applies each commit to the
  *            state (one state transaction per log commit).
  *            Timed from the first parse to the state reaching the last fix.
+ *   detect   with --detect (after the handler phase) or --detect-only (no
+ *            handler or e2e phase): the detection steps alone, through
+ *            geo.h with no state (phase_detect): the fences built as the
+ *            handler builds them (parse, bands, pool, raster, index; timed
+ *            as "build"), then every fix's index query through its device's
+ *            hint, the candidates' rasters and the exact tests where a
+ *            raster cannot answer, with the handler's prefetches. It prints
+ *            the CPU per fix, how the candidates were answered (raster in /
+ *            out, exact tests) and the index, pool and raster bytes per
+ *            fence. With --detect the (fix, fence) pairs it found must equal
+ *            the handler's, or the run fails (exit 1).
  *
  * It prints events/s and CPU per event of each (user + system; for the
  * handler phase also the system part alone: the state is written through
