@@ -139,6 +139,20 @@ struct engine {
     /* Under wmu: runs 0 .. wposted-1 of the current apply_range_par are
      * posted to the worker, 0 .. wdone-1 done by it (in order). */
     unsigned wposted, wdone;
+    /* Who applies what (apply_range_par): job[slot][i] is JOB_FREE until
+     * a thread takes order[i]'s early apply of the run in `slot` (the
+     * worker its own handlers, in order; this thread its own, and the
+     * worker's it steals while it would otherwise wait: steal_job), then
+     * JOB_TAKEN; hdone[i]: the runs of this apply_range_par order[i] has
+     * applied (run r may begin once hdone[i] == r: a handler's runs stay
+     * in log order, whichever thread applies each). decoded[slot]: the
+     * run's deferred inputs are DEC_NONE, DEC_BUSY (a thread decodes
+     * them) or DEC_DONE (dec_rc: how that went). Changes are signalled
+     * on wcv (under wmu) for the thread that waits for one. */
+    _Atomic unsigned char job[PAR_SLOTS][HANDLERS_MAX];
+    _Atomic unsigned hdone[HANDLERS_MAX];
+    _Atomic unsigned char decoded[PAR_SLOTS];
+    int dec_rc[PAR_SLOTS];
     bool wflush; /* under wmu: the worker flushes (fside) */
     /* Concurrent flushes (handler.h, `flush_concurrent`): fside[i] 1: the
      * worker flushes order[i]; flush_cpu: CPU time of each flush so far,
@@ -380,43 +394,180 @@ static int apply_log_event(struct engine *eng, const struct log_event *le)
 
 /* ====================================================================== parallel apply */
 
-/* Applies the run in `slot` to the early handlers on `side`, handler by
- * handler (each handler's events stay in log order; handlers are
- * independent of each other here), keeping their emits for the late
- * handlers. Each handler's emits of the run are appended to its stream
- * at the end of its run (proj_hctx_sync), on this thread. */
-static int apply_early(struct engine *eng, unsigned char side, unsigned slot)
+enum { JOB_FREE, JOB_TAKEN };
+enum { DEC_NONE, DEC_BUSY, DEC_DONE };
+
+/* Wakes the thread waiting on wcv for a job, a decode or a run. */
+static void par_signal(struct engine *eng)
+{
+    pthread_mutex_lock(&eng->wmu);
+    pthread_cond_broadcast(&eng->wcv);
+    pthread_mutex_unlock(&eng->wmu);
+}
+
+/* The inputs of the run in `slot` only worker-side handlers consume are
+ * decoded by the first thread that applies one of those handlers to the
+ * run (usually the worker); the other waits for it. */
+static int run_decoded(struct engine *eng, unsigned slot)
+{
+    unsigned char none = DEC_NONE;
+    if (atomic_compare_exchange_strong(&eng->decoded[slot], &none, DEC_BUSY)) {
+        int rc = 0;
+        size_t base = (size_t)slot * PAR_BATCH, nb = eng->nbatch[slot];
+        struct event *batch = eng->batch + base;
+        for (size_t j = 0; j < nb && !rc; j++) {
+            if (!eng->deferred[base + j])
+                continue;
+            if (mp_unpack(batch[j].payload, batch[j].payload_len, &eng->wzone[slot],
+                          &eng->bodies[base + j], NULL))
+                rc = CAIRN_ECORRUPT;
+            batch[j].body = &eng->bodies[base + j];
+        }
+        eng->dec_rc[slot] = rc;
+        atomic_store(&eng->decoded[slot], DEC_DONE);
+        par_signal(eng);
+        return rc;
+    }
+    if (atomic_load(&eng->decoded[slot]) != DEC_DONE) {
+        pthread_mutex_lock(&eng->wmu);
+        while (atomic_load(&eng->decoded[slot]) != DEC_DONE)
+            pthread_cond_wait(&eng->wcv, &eng->wmu);
+        pthread_mutex_unlock(&eng->wmu);
+    }
+    return eng->dec_rc[slot];
+}
+
+/* Applies run r (in `slot`) to the early handler order[i], whose runs
+ * before r are done (hdone[i] == r), keeping its emits for the late
+ * handlers; its emits of the run are appended to its stream at the end
+ * (proj_hctx_sync), on this thread. Then hdone[i] is r + 1, even after a
+ * failure (the transaction is aborted then; nobody waits forever). */
+static int apply_early_one(struct engine *eng, size_t i, unsigned r)
 {
     int rc = 0;
+    unsigned slot = r % PAR_SLOTS;
     size_t base = (size_t)slot * PAR_BATCH, nb = eng->nbatch[slot];
     struct event *batch = eng->batch + base;
     uint32_t *ends = eng->ends + (size_t)slot * eng->n * PAR_BATCH;
-    for (size_t j = 0; side && j < nb && !rc; j++) {
-        if (!eng->deferred[base + j])
-            continue;
-        if (mp_unpack(batch[j].payload, batch[j].payload_len, &eng->wzone[slot],
-                      &eng->bodies[base + j], NULL))
-            rc = CAIRN_ECORRUPT;
-        batch[j].body = &eng->bodies[base + j];
+    int64_t c0 = cpu_ns();
+    proj_hctx_select(eng->ctx[i], slot);
+    for (size_t j = 0; j < nb && !rc; j++) {
+        if (eng->masks[base + j] >> i & 1) {
+            proj_hctx_mark(eng->ctx[i]);
+            rc = timed_apply(eng, i, &batch[j]);
+        }
+        ends[i * PAR_BATCH + j] = (uint32_t)proj_hctx_nemitted(eng->ctx[i]);
     }
+    if (!rc)
+        rc = proj_hctx_sync(eng->ctx[i]);
+    eng->cum_writes[slot][i] = proj_hctx_writes(eng->ctx[i]);
+    add_relaxed(&eng->apply_cpu[i], (uint64_t)(cpu_ns() - c0));
+    atomic_store(&eng->hdone[i], r + 1);
+    par_signal(eng);
+    return rc;
+}
+
+/* A failure of either thread in a parallel apply: kept (the first) in
+ * wrc, which also ends every wait of the other thread and makes the
+ * worker skip the runs left (the transaction is aborted). */
+static void par_fail(struct engine *eng, int rc)
+{
+    pthread_mutex_lock(&eng->wmu);
+    if (!eng->wrc)
+        eng->wrc = rc;
+    pthread_cond_broadcast(&eng->wcv);
+    pthread_mutex_unlock(&eng->wmu);
+}
+
+/* Waits until order[i] has applied the runs before r; a failure of
+ * either thread ends the wait (returned). */
+static int wait_hdone(struct engine *eng, size_t i, unsigned r)
+{
+    int rc = 0;
+    if (atomic_load(&eng->hdone[i]) == r)
+        return 0;
+    pthread_mutex_lock(&eng->wmu);
+    while (atomic_load(&eng->hdone[i]) != r && !(rc = eng->wrc))
+        pthread_cond_wait(&eng->wcv, &eng->wmu);
+    pthread_mutex_unlock(&eng->wmu);
+    return rc;
+}
+
+/* Takes the job of order[i] in `slot` for this thread: false when the
+ * other thread has it. */
+static bool take_job(struct engine *eng, unsigned slot, size_t i)
+{
+    unsigned char free_ = JOB_FREE;
+    return atomic_compare_exchange_strong(&eng->job[slot][i], &free_, JOB_TAKEN);
+}
+
+/* Applies run r to the early handlers on `side` (side[slot]), handler by
+ * handler (each handler's events stay in log order; handlers are
+ * independent of each other here), except those the other thread took. */
+static int apply_early(struct engine *eng, unsigned char side, unsigned r)
+{
+    int rc = 0;
+    unsigned slot = r % PAR_SLOTS;
     for (size_t i = 0; i < eng->n && !rc; i++) {
-        if (!eng->early[i] || eng->side[slot][i] != side)
+        if (!eng->early[i] || eng->side[slot][i] != side || !take_job(eng, slot, i))
             continue;
-        int64_t c0 = cpu_ns();
-        proj_hctx_select(eng->ctx[i], slot);
-        for (size_t j = 0; j < nb && !rc; j++) {
-            if (eng->masks[base + j] >> i & 1) {
-                proj_hctx_mark(eng->ctx[i]);
-                rc = timed_apply(eng, i, &batch[j]);
-            }
-            ends[i * PAR_BATCH + j] = (uint32_t)proj_hctx_nemitted(eng->ctx[i]);
+        if (side)
+            rc = run_decoded(eng, slot);
+        if (!rc && atomic_load(&eng->hdone[i]) != r) {
+            /* The other thread has the run before (the assignment moved
+             * the handler). */
+            int64_t w0 = mono_ns();
+            rc = wait_hdone(eng, i, r);
+            if (!side)
+                eng->ph.wait_ns += (uint64_t)(mono_ns() - w0);
         }
         if (!rc)
-            rc = proj_hctx_sync(eng->ctx[i]);
-        eng->cum_writes[slot][i] = proj_hctx_writes(eng->ctx[i]);
-        add_relaxed(&eng->apply_cpu[i], (uint64_t)(cpu_ns() - c0));
+            rc = apply_early_one(eng, i, r);
+        if (rc)
+            par_fail(eng, rc);
     }
     return rc;
+}
+
+/* A worker's job this thread can take now: an early handler of a run in
+ * [from, to) on the worker's side that nobody took and whose runs before
+ * are done — the earliest run first, and in it the last handler (the
+ * worker takes them in order). Sets *r and *i; false when there is none. */
+static bool find_job(struct engine *eng, unsigned from, unsigned to, unsigned *r, size_t *i)
+{
+    for (unsigned k = from; k < to; k++) {
+        unsigned slot = k % PAR_SLOTS;
+        for (size_t h = eng->n; h-- > 0;)
+            if (eng->early[h] && eng->side[slot][h] && atomic_load(&eng->hdone[h]) == k &&
+                atomic_load(&eng->job[slot][h]) == JOB_FREE) {
+                *r = k;
+                *i = h;
+                return true;
+            }
+    }
+    return false;
+}
+
+/* Instead of waiting for the worker: applies one job of a run in
+ * [from, to) the worker has not begun (find_job), if there is one. The
+ * state is the same whichever thread applies a handler's run: each
+ * handler's runs are applied in order, one at a time. */
+static bool steal_job(struct engine *eng, unsigned from, unsigned to, int *rc)
+{
+    unsigned r;
+    size_t i;
+    while (find_job(eng, from, to, &r, &i)) {
+        if (!take_job(eng, r % PAR_SLOTS, i))
+            continue; /* the worker took it meanwhile */
+        *rc = run_decoded(eng, r % PAR_SLOTS);
+        if (!*rc)
+            *rc = apply_early_one(eng, i, r);
+        if (*rc)
+            par_fail(eng, *rc);
+        eng->ph.stolen++;
+        return true;
+    }
+    return false;
 }
 
 /* The flushes of the handlers on `side` (fside), in handler order, each
@@ -434,9 +585,10 @@ static int flush_side(struct engine *eng, unsigned char side)
     return rc;
 }
 
-/* The worker: the posted runs in order (its early handlers, side 1), or
- * the flushes of side 1. After a failure it skips the runs left (they
- * are marked done: the transaction is aborted). */
+/* The worker: the posted runs in order (its early handlers, side 1, but
+ * those this thread stole), or the flushes of side 1. After a failure it
+ * skips the runs left (they are marked done: the transaction is
+ * aborted). */
 static void *worker_main(void *arg)
 {
     struct engine *eng = arg;
@@ -451,7 +603,7 @@ static void *worker_main(void *arg)
         int rc = eng->wrc;
         pthread_mutex_unlock(&eng->wmu);
         if (!rc)
-            rc = flush ? flush_side(eng, 1) : apply_early(eng, 1, r % PAR_SLOTS);
+            rc = flush ? flush_side(eng, 1) : apply_early(eng, 1, r);
         pthread_mutex_lock(&eng->wmu);
         if (!eng->wrc)
             eng->wrc = rc;
@@ -488,7 +640,8 @@ static int worker_wait(struct engine *eng, unsigned r)
 }
 
 /* Whether the worker is done with run r (without waiting); *rc: its
- * failure, if any (the runs after it are skipped, not applied). */
+ * failure, if any (the runs after it are skipped, not applied). Jobs of
+ * run r this thread took (steal_job) are done when it asks. */
 static bool worker_done(struct engine *eng, unsigned r, int *rc)
 {
     pthread_mutex_lock(&eng->wmu);
@@ -496,6 +649,20 @@ static bool worker_done(struct engine *eng, unsigned r, int *rc)
     *rc = eng->wrc;
     pthread_mutex_unlock(&eng->wmu);
     return done;
+}
+
+/* Waits until the worker is done with run r, a failure (returned), or
+ * a job of a run in [r, to) this thread can take (find_job). */
+static int worker_block(struct engine *eng, unsigned r, unsigned to)
+{
+    unsigned jr;
+    size_t ji;
+    pthread_mutex_lock(&eng->wmu);
+    while (eng->wdone <= r && !eng->wrc && !find_job(eng, r, to, &jr, &ji))
+        pthread_cond_wait(&eng->wcv, &eng->wmu);
+    int rc = eng->wrc;
+    pthread_mutex_unlock(&eng->wmu);
+    return rc;
 }
 
 static int par_start(struct engine *eng)
@@ -720,17 +887,6 @@ static int read_run(struct engine *eng, struct log_iter *it, unsigned slot, uint
     return rc;
 }
 
-/* Whether run r (in `slot`) gives this thread a handler the worker had in
- * the run before: the worker may still be applying it. */
-static bool moved_here(struct engine *eng, unsigned slot)
-{
-    const unsigned char *last = eng->side[(slot + PAR_SLOTS - 1) % PAR_SLOTS];
-    for (size_t i = 0; i < eng->n; i++)
-        if (eng->early[i] && last[i] && !eng->side[slot][i])
-            return true;
-    return false;
-}
-
 /* The parallel counterpart of apply_chunk's loop: applies [from, *to]
  * from it in runs, pipelined. This thread reads run r, posts it to the
  * worker (which applies its early handlers to the posted runs in order),
@@ -756,6 +912,8 @@ static int apply_range_par(struct engine *eng, struct log_iter *it, uint64_t fro
     pthread_mutex_lock(&eng->wmu); /* the worker is idle */
     eng->wposted = eng->wdone = 0;
     eng->wrc = 0;
+    for (size_t i = 0; i < eng->n; i++)
+        atomic_store(&eng->hdone[i], 0);
     pthread_mutex_unlock(&eng->wmu);
     uint64_t writes0 = 0; /* the handlers' writes before this transaction */
     for (size_t i = 0; i < eng->n; i++)
@@ -778,15 +936,13 @@ static int apply_range_par(struct engine *eng, struct log_iter *it, uint64_t fro
             eng->main_ns += dt;
             eng->ph.read_cpu_ns += dt;
             more = want <= *to;
-            if (!rc && nread && moved_here(eng, s)) {
-                int64_t w0 = mono_ns();
-                rc = worker_wait(eng, nread - 1);
-                eng->ph.wait_ns += (uint64_t)(mono_ns() - w0);
-            }
             if (rc)
                 break;
+            atomic_store(&eng->decoded[s], DEC_NONE);
+            for (size_t i = 0; i < eng->n; i++)
+                atomic_store(&eng->job[s][i], JOB_FREE);
             worker_post(eng, nread++);
-            rc = apply_early(eng, 0, s);
+            rc = apply_early(eng, 0, nread - 1);
             /* The runs the worker is done with, without waiting. */
             while (!rc && nlate < nread && worker_done(eng, nlate, &rc) && !rc) {
                 t0 = cpu_ns();
@@ -796,9 +952,17 @@ static int apply_range_par(struct engine *eng, struct log_iter *it, uint64_t fro
                 eng->ph.late_cpu_ns += dt;
             }
         } else {
-            int64_t w0 = mono_ns();
-            rc = worker_wait(eng, nlate);
-            eng->ph.wait_ns += (uint64_t)(mono_ns() - w0);
+            int64_t w0 = mono_ns(), busy = 0;
+            while (!worker_done(eng, nlate, &rc) && !rc) {
+                int64_t b0 = mono_ns();
+                if (steal_job(eng, nlate, nread, &rc)) {
+                    busy += mono_ns() - b0;
+                    continue;
+                }
+                rc = worker_block(eng, nlate, nread);
+            }
+            eng->ph.wait_ns += (uint64_t)(mono_ns() - w0 - busy);
+            eng->ph.steal_ns += (uint64_t)busy;
             int64_t t0 = cpu_ns();
             if (!rc)
                 rc = late_run(eng, nlate++ % PAR_SLOTS);

@@ -166,6 +166,8 @@ struct engine_phase_stats {
     uint64_t wait_ns;     /* parallel: this thread waiting for the worker's run */
     uint64_t read_cpu_ns; /* parallel: this thread reading and decoding the log, CPU */
     uint64_t late_cpu_ns; /* parallel: the late handlers (on this thread), CPU */
+    uint64_t stolen;      /* parallel: worker's handler runs this thread applied */
+    uint64_t steal_ns;    /* ... and the wall time they took (not in wait_ns) */
 };
 void engine_phase_stats(struct engine *eng, struct engine_phase_stats *out);
 /* What engine_replay fills in before it returns (engine_config.replay_stats). */
