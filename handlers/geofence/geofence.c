@@ -97,8 +97,19 @@ struct tcache {
     char s[MPD_TIME_MAX];
 };
 
-/* deferred writes (see "deferred writes" below) */
-enum { PW_HITS, PW_DHITS, PW_INSIDE, PW_POS, PW_HITQ, PW_KINDS };
+/* deferred writes (see "deferred writes" below); the queues' kinds (hitq,
+ * insq, posq) are added in key order */
+enum { PW_HITS, PW_DHITS, PW_INSIDE, PW_POS, PW_HITQ, PW_INSQ, PW_POSQ, PW_KINDS };
+#define PW_QUEUE(kind) ((kind) >= PW_HITQ)
+
+/* The queued sets (geofence_int.h, layout 5): inside and pos, each with
+ * its queue of operations */
+enum { OQ_INSIDE, OQ_POS, OQ_KINDS };
+struct opq {
+    unsigned qdb; /* the queue */
+    int qk;       /* its kind of deferred writes */
+    size_t n;     /* operations queued (pending puts to qdb included) */
+};
 #define PEND_BYTES_MAX (64u << 20)
 
 struct pw {
@@ -144,6 +155,8 @@ struct gf {
     size_t defer_max; /* writes kept for the flush (config defer_max) */
     size_t nq;        /* hits in geofence.hitq (pending puts included) */
     size_t hitq_max;  /* then merged into hits and dhits (config hitq_max) */
+    struct opq oq[OQ_KINDS];
+    size_t opq_max; /* operations queued in insq or posq before a merge (config opq_max) */
     /* deferred writes (below): per kind, then the keys and values */
     struct pend {
         struct pw *w;
@@ -647,11 +660,14 @@ static int pend_apply(struct hctx *ctx, int kind)
                   : kind == PW_DHITS  ? g->dhits
                   : kind == PW_INSIDE ? g->inside
                   : kind == PW_HITQ   ? g->hitq
+                  : kind == PW_INSQ   ? g->oq[OQ_INSIDE].qdb
+                  : kind == PW_POSQ   ? g->oq[OQ_POS].qdb
                                       : g->pos;
     if (!pd->n)
         return 0;
     const uint8_t *base = g->pbuf.data;
-    struct dsort *o = malloc(pd->n * sizeof *o);
+    /* a queue's puts come in key order: no sort (o NULL: in their order) */
+    struct dsort *o = PW_QUEUE(kind) ? NULL : malloc(pd->n * sizeof *o);
     if (o) {
         for (size_t i = 0; i < pd->n; i++)
             dsort_key(&o[i], base + pd->w[i].koff, pd->w[i].kn, &pd->w[i]);
@@ -664,6 +680,8 @@ static int pend_apply(struct hctx *ctx, int kind)
     for (size_t i = 0; i < pd->n && !rc; i++) {
         assert(!o || i == 0 || cmp_dsort_pw(&o[i - 1], &o[i], (void *)base) < 0);
         const struct pw *w = o ? o[i].p : &pd->w[i]; /* no memory: in their order */
+        assert(o || !PW_QUEUE(kind) || i == 0 ||
+               cmp_keys(base + pd->w[i - 1].koff, pd->w[i - 1].kn, base + w->koff, w->kn) < 0);
         if (o && i + 1 < pd->n) {
             const struct pw *nx = o[i + 1].p;
             if (!cmp_keys(base + w->koff, w->kn, base + nx->koff, nx->kn))
@@ -690,6 +708,134 @@ static int pend_apply_all(struct hctx *ctx)
     int rc = 0;
     for (int k = 0; k < PW_KINDS && !rc; k++)
         rc = pend_apply(ctx, k);
+    return rc;
+}
+
+/* ====================================================================== queued sets */
+
+/*
+ * inside and pos are sets that every fix may change (an enter puts, an
+ * exit deletes; a device changing grid cell deletes one key and puts
+ * another), at random keys: even sorted at the flush, a transaction of
+ * 65 536 fixes rewrote nearly every leaf of both trees (bench/geofence:
+ * 0.4 of ~3.2 us of CPU per fix). So, as hits are queued in hitq (emit_hit),
+ * their operations are queued (layout 5): each set has a queue DBI, insq
+ * and posq, keyed by the operation's number in the queue (u64 BE, from 0:
+ * appended), the value
+ *
+ *   op u8 (1 put, 0 delete) | kn u16 BE | the set's key | the put's value
+ *
+ * When opq_max operations (config; default and ceiling GF_OPQ_MAX) have
+ * queued, they are applied to the set in key order (the last of one key
+ * wins) and the queue is emptied: each leaf of the set is rewritten once
+ * per merge, and the queue's pages once when written and once when
+ * emptied. Readers of a set inside apply (roam reads pos, a fence deleted
+ * reads inside) merge its queue first; a query (routes.c) reads the queue
+ * too. Merges happen at inputs (the operation that fills the queue, a roam
+ * fix, a delete), never at transaction boundaries, so the state depends
+ * only on the inputs: live, cairn replay and replays in chunks agree.
+ */
+static const int opq_pk[OQ_KINDS] = {PW_INSIDE, PW_POS}, opq_qk[OQ_KINDS] = {PW_INSQ, PW_POSQ};
+
+static int opq_merge(struct hctx *ctx, int q);
+
+/* Queues a put of k (value v[0..vn)) or a delete of k in set q. */
+static int opq_add(struct hctx *ctx, int q, const struct gf_key *k, const void *v, size_t vn,
+                   bool del)
+{
+    struct gf *g = self(ctx);
+    struct opq *o = &g->oq[q];
+    uint8_t buf[3 + GF_KEY_MAX + 8];
+    assert(vn <= 8 && k->n <= GF_KEY_MAX);
+    buf[0] = del ? 0 : 1;
+    buf[1] = (uint8_t)(k->n >> 8);
+    buf[2] = (uint8_t)k->n;
+    memcpy(buf + 3, k->b, k->n);
+    if (vn)
+        memcpy(buf + 3 + k->n, v, vn);
+    struct gf_key qk;
+    qk.n = 0;
+    qk.over = false;
+    gk_be64(&qk, o->n);
+    uint32_t voff;
+    int rc = pend_value(ctx, buf, 3 + k->n + vn, &voff);
+    if (!rc)
+        rc = pend_add(ctx, o->qk, &qk, voff, 3 + k->n + vn, false);
+    if (rc)
+        return rc;
+    return ++o->n < g->opq_max ? 0 : opq_merge(ctx, q);
+}
+
+/* Whether v[0..vn) is a well-formed queued operation. */
+static bool opq_ok(const uint8_t *v, size_t vn)
+{
+    size_t kn = vn >= 3 ? (size_t)v[1] << 8 | v[2] : 0;
+    return vn >= 3 && v[0] <= 1 && kn >= 1 && kn <= GF_KEY_MAX && 3 + kn <= vn && vn - 3 - kn <= 8;
+}
+
+/* Moves one queued operation (at pbuf offset voff, vn bytes) to the set's
+ * deferred writes. */
+static int opq_move(struct hctx *ctx, int q, uint32_t voff, size_t vn)
+{
+    struct gf *g = self(ctx);
+    const uint8_t *v = g->pbuf.data + voff;
+    if (!opq_ok(v, vn))
+        return CAIRN_ECORRUPT;
+    size_t kn = (size_t)v[1] << 8 | v[2];
+    struct gf_key k;
+    k.n = 0;
+    k.over = false;
+    gk_raw(&k, v + 3, kn);
+    /* the value stays where it is in pbuf */
+    return pend_add(ctx, opq_pk[q], &k, voff + 3 + (uint32_t)kn, vn - 3 - kn, !v[0]);
+}
+
+/* Applies set q's queued operations (as deferred writes of the set, made
+ * in key order at the flush) and empties the queue: first the ones in the
+ * queue DBI, then the pending ones (queued after them), which never reach
+ * it. */
+static int opq_merge(struct hctx *ctx, int q)
+{
+    struct gf *g = self(ctx);
+    struct opq *o = &g->oq[q];
+    struct pend *pq = &g->pend[o->qk];
+    int rc = 0;
+    size_t moved = 0; /* from the DBI */
+    while (!rc && o->n) {
+        if (o->n - moved > pq->n) { /* some are in the DBI */
+            struct hcursor *c = NULL;
+            MDB_val k, v;
+            rc = hctx_cursor_open(ctx, o->qdb, NULL, 0, &c);
+            while (!rc && !(rc = hctx_cursor_next(c, &k, &v))) {
+                uint32_t voff;
+                if (k.mv_size != 8 || !opq_ok(v.mv_data, v.mv_size)) {
+                    rc = CAIRN_ECORRUPT;
+                    break;
+                }
+                /* copied: v is valid until a write. (pend_value may make
+                 * every pending write, the queue's included: those are
+                 * then in the DBI, after the cursor, and read here.) */
+                if ((rc = pend_value(ctx, v.mv_data, v.mv_size, &voff)) ||
+                    (rc = opq_move(ctx, q, voff, v.mv_size)) || (rc = hctx_cursor_del(c)))
+                    break;
+                moved++;
+            }
+            hctx_cursor_close(c);
+            if (rc == CAIRN_ENOTFOUND)
+                rc = 0;
+        }
+        /* the pending ones: their keys must fit pbuf without pend_add
+         * making the pending writes midway (else they go to the DBI
+         * first, and are read from there) */
+        if (rc || g->pbuf.len + pq->n * (GF_KEY_MAX + 1) <= PEND_BYTES_MAX)
+            break;
+        rc = pend_apply_all(ctx);
+    }
+    for (size_t i = 0; i < pq->n && !rc; i++)
+        rc = opq_move(ctx, q, pq->w[i].voff, pq->w[i].vn);
+    assert(rc || moved + pq->n == o->n);
+    pq->n = 0;
+    o->n = 0;
     return rc;
 }
 
@@ -1077,16 +1223,16 @@ static void gf_close(struct hctx *ctx)
     *hctx_user(ctx) = NULL;
 }
 
-/* g->nq: the hits in hitq (at most hitq_max). */
-static int hitq_count(struct hctx *ctx)
+/* *n: the entries of a queue DBI (hitq: at most hitq_max; insq, posq: at
+ * most opq_max). */
+static int queue_count(struct hctx *ctx, unsigned db, size_t *n)
 {
-    struct gf *g = self(ctx);
     struct hcursor *c;
     MDB_val k, v;
-    int rc = hctx_cursor_open(ctx, g->hitq, NULL, 0, &c);
-    g->nq = 0;
+    int rc = hctx_cursor_open(ctx, db, NULL, 0, &c);
+    *n = 0;
     while (!rc && !(rc = hctx_cursor_next(c, &k, &v)))
-        g->nq++;
+        ++*n;
     hctx_cursor_close(c);
     return rc == CAIRN_ENOTFOUND ? 0 : rc;
 }
@@ -1120,6 +1266,11 @@ static int gf_open(struct hctx *ctx)
         json_is_integer(hq) && json_integer_value(hq) >= 1 && json_integer_value(hq) < GF_HITQ_MAX
             ? (size_t)json_integer_value(hq)
             : GF_HITQ_MAX;
+    const json_t *oq = json_object_get(hctx_config(ctx), "opq_max"); /* likewise */
+    g->opq_max =
+        json_is_integer(oq) && json_integer_value(oq) >= 1 && json_integer_value(oq) < GF_OPQ_MAX
+            ? (size_t)json_integer_value(oq)
+            : GF_OPQ_MAX;
     const json_t *ar = json_object_get(hctx_config(ctx), "arrival_radius_m");
     g->arrival_default = json_is_number(ar) && json_number_value(ar) > 0
                              ? json_number_value(ar)
@@ -1132,21 +1283,37 @@ static int gf_open(struct hctx *ctx)
     struct {
         const char *name;
         unsigned *db;
-    } dbs[] = {{"fences", &g->fences}, {"geom", &g->geom}, {"dev", &g->dev},
-               {"inside", &g->inside}, {"hits", &g->hits}, {"dhits", &g->dhits},
-               {"hitq", &g->hitq},     {"pos", &g->pos},   {"near", &g->near},
-               {"orders", &g->orders}, {"oby", &g->oby},   {"meta", &g->meta}};
+    } dbs[] = {{"fences", &g->fences},
+               {"geom", &g->geom},
+               {"dev", &g->dev},
+               {"inside", &g->inside},
+               {"hits", &g->hits},
+               {"dhits", &g->dhits},
+               {"hitq", &g->hitq},
+               {"pos", &g->pos},
+               {"near", &g->near},
+               {"orders", &g->orders},
+               {"oby", &g->oby},
+               {"meta", &g->meta},
+               {"insq", &g->oq[OQ_INSIDE].qdb},
+               {"posq", &g->oq[OQ_POS].qdb}};
     for (size_t i = 0; !rc && i < sizeof dbs / sizeof *dbs; i++)
         rc = hctx_db(ctx, dbs[i].name, 0, dbs[i].db);
     /* A state without the mark is new (nothing in hits yet: the mark goes
      * in at the first flush) or of layout 1 (geofence_int.h), which is
-     * refused, as are layouts 2 and 3 (marks 2 and 3: no hitq). */
+     * refused, as are layouts 2, 3 and 4 (marks 2 and 3: no hitq; 4: no
+     * insq and posq). */
     g->layout = (struct hlayout){
         .meta = g->meta, .probe = g->hits, .layout = GF_LAYOUT, .what = "geofence"};
     if (!rc)
         rc = hlayout_check(ctx, &g->layout);
+    for (int q = 0; q < OQ_KINDS; q++) {
+        g->oq[q].qk = opq_qk[q];
+    }
     if (!rc)
-        rc = hitq_count(ctx);
+        rc = queue_count(ctx, g->hitq, &g->nq);
+    for (int q = 0; q < OQ_KINDS && !rc; q++)
+        rc = queue_count(ctx, g->oq[q].qdb, &g->oq[q].n);
     if (!rc)
         rc = load_fences(ctx);
     if (rc)
@@ -1362,13 +1529,9 @@ static int set_inside(struct hctx *ctx, const struct fix *x, const char *fid, si
     struct gf_key k;
     if (inside_key(&k, &x->ev->tenant, fid, fn, &x->dev))
         return 0;
-    if (!in)
-        return pend_add(ctx, PW_INSIDE, &k, 0, 0, true);
     uint8_t v[8];
-    uint32_t voff;
     gf_be64_put(v, (uint64_t)since);
-    int rc = pend_value(ctx, v, 8, &voff);
-    return rc ? rc : pend_add(ctx, PW_INSIDE, &k, voff, 8, false);
+    return opq_add(ctx, OQ_INSIDE, &k, v, in ? 8 : 0, !in);
 }
 
 /* ====================================================================== the device record */
@@ -1743,13 +1906,13 @@ static int pos_move(struct hctx *ctx, const struct fix *x, const struct devrec *
         gk_be32(&k, ocy);
         gk_be32(&k, ocx);
         gk_raw(&k, x->dev.p, x->dev.n);
-        rc = pend_add(ctx, PW_POS, &k, 0, 0, true);
+        rc = k.over ? 0 : opq_add(ctx, OQ_POS, &k, NULL, 0, true);
     }
     gk_tenant(&k, t->p, t->n);
     gk_be32(&k, ncy);
     gk_be32(&k, ncx);
     gk_raw(&k, x->dev.p, x->dev.n);
-    return rc ? rc : pend_add(ctx, PW_POS, &k, 0, 0, false);
+    return rc || k.over ? rc : opq_add(ctx, OQ_POS, &k, NULL, 0, false);
 }
 
 /* ====================================================================== roam */
@@ -1785,7 +1948,9 @@ static int roam_scan(struct hctx *ctx, const struct fix *x, const struct fence *
     uint32_t x0, y0, x1, y1;
     pos_cell(fmax(x->lon - dlon, -180), fmax(x->lat - dlat, -90), &x0, &y0);
     pos_cell(fmin(x->lon + dlon, 180), fmin(x->lat + dlat, 90), &x1, &y1);
-    int rc = pend_apply(ctx, PW_POS); /* the grid as of this fix */
+    int rc = opq_merge(ctx, OQ_POS); /* the grid as of this fix */
+    if (!rc)
+        rc = pend_apply(ctx, PW_POS);
     *nout = 0;
     for (uint32_t cy = y0; cy <= y1 && !rc; cy++)
         for (uint32_t cx = x0; cx <= x1 && !rc; cx++) {
@@ -2242,7 +2407,9 @@ static int delete_exits(struct hctx *ctx, const struct event *ev, const struct c
     gk_u8str(&k, id->p, id->n);
     size_t pn = k.n;
     struct fence gone = {.id = (char *)id->p, .idlen = (uint8_t)id->n};
-    int rc = pend_apply(ctx, PW_INSIDE); /* the devices inside as of now */
+    int rc = opq_merge(ctx, OQ_INSIDE); /* the devices inside as of now */
+    if (!rc)
+        rc = pend_apply(ctx, PW_INSIDE);
     for (int n = 0; !rc && n < GF_DELETE_EXITS_MAX; n++) {
         struct hcursor *c;
         MDB_val kk, vv;

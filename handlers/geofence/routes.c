@@ -160,6 +160,146 @@ static void scan_close(struct scan *s)
         mdb_cursor_close(s->c);
 }
 
+static int cmp_keys(const uint8_t *a, size_t an, const uint8_t *b, size_t bn)
+{
+    int c = memcmp(a, b, an < bn ? an : bn);
+    return c ? c : an < bn ? -1 : an > bn;
+}
+
+/* ====================================================================== queued sets */
+
+/* The operations queued for inside or pos (geofence.insq, posq:
+ * geofence_int.h) on keys starting with a prefix: the last one of each key,
+ * in key order. They point into the snapshot (valid for the route call). */
+struct qop {
+    const uint8_t *k, *v;
+    size_t kn, vn;
+    uint64_t n; /* the operation's number in the queue */
+    bool del;
+};
+
+static int cmp_qop(const void *a, const void *b)
+{
+    const struct qop *x = a, *y = b;
+    int c = cmp_keys(x->k, x->kn, y->k, y->kn);
+    return c ? c : x->n < y->n ? -1 : x->n > y->n;
+}
+
+/* Reads the whole queue (at most GF_OPQ_MAX operations). */
+static int qops_collect(struct hread *rd, const char *queue, const uint8_t *prefix, size_t pn,
+                        struct qop **out, size_t *nout)
+{
+    struct scan s;
+    MDB_val k, v;
+    struct qop *q = NULL;
+    size_t n = 0, cap = 0;
+    int rc = scan_open(rd, queue, NULL, 0, &s);
+    while (!rc && !(rc = scan_next(&s, NULL, 0, &k, &v))) {
+        const uint8_t *b = v.mv_data;
+        size_t kn = v.mv_size >= 3 ? (size_t)b[1] << 8 | b[2] : 0;
+        if (k.mv_size != 8 || v.mv_size < 3 || b[0] > 1 || 3 + kn > v.mv_size || kn < pn ||
+            memcmp(b + 3, prefix, pn))
+            continue;
+        if (n == cap) {
+            size_t c = cap ? cap * 2 : 64;
+            struct qop *p = realloc(q, c * sizeof *p);
+            if (!p) {
+                rc = CAIRN_ENOMEM;
+                break;
+            }
+            q = p, cap = c;
+        }
+        q[n++] = (struct qop){.k = b + 3,
+                              .kn = kn,
+                              .v = b + 3 + kn,
+                              .vn = v.mv_size - 3 - kn,
+                              .n = cairn_be64_get(k.mv_data),
+                              .del = !b[0]};
+    }
+    scan_close(&s);
+    if (rc && rc != CAIRN_ENOTFOUND) {
+        free(q);
+        return rc;
+    }
+    if (n > 1)
+        qsort(q, n, sizeof *q, cmp_qop);
+    size_t m = 0; /* the last of each key */
+    for (size_t i = 0; i < n; i++) {
+        if (m && !cmp_keys(q[m - 1].k, q[m - 1].kn, q[i].k, q[i].kn))
+            m--;
+        q[m++] = q[i];
+    }
+    *out = q;
+    *nout = m;
+    return 0;
+}
+
+/* A scan of a set merged with its queued operations: the keys a set with
+ * every operation applied would hold. */
+struct mscan {
+    struct scan s;
+    const struct qop *q;
+    size_t qn, qi;
+    bool have, started, end; /* have: k, v hold the set's next entry */
+    MDB_val k, v;
+};
+
+static int mscan_open(struct hread *rd, const char *db, const uint8_t *prefix, size_t pn,
+                      const struct qop *q, size_t qn, struct mscan *m)
+{
+    *m = (struct mscan){.q = q, .qn = qn};
+    int rc = scan_open(rd, db, prefix, pn, &m->s);
+    return rc == CAIRN_ENOTFOUND ? 0 : rc; /* no set yet: the queue only */
+}
+
+/* Like scan_next (from: where to start, at the first call). */
+static int mscan_next(struct mscan *m, const void *from, size_t fn, MDB_val *k, MDB_val *v)
+{
+    const uint8_t *p = m->s.prefix;
+    size_t pn = m->s.pn;
+    if (!m->started) { /* the first queued key >= from (or the prefix) */
+        const uint8_t *f = from ? from : p;
+        size_t lo = 0, hi = m->qn, n = from ? fn : pn;
+        while (lo < hi) {
+            size_t mid = (lo + hi) / 2;
+            if (cmp_keys(m->q[mid].k, m->q[mid].kn, f, n) < 0)
+                lo = mid + 1;
+            else
+                hi = mid;
+        }
+        m->qi = lo;
+        m->started = true;
+    }
+    for (;;) {
+        if (!m->have && !m->end) {
+            int rc = scan_next(&m->s, from, fn, &m->k, &m->v);
+            if (rc && rc != CAIRN_ENOTFOUND)
+                return rc;
+            m->have = !rc;
+            m->end = rc != 0;
+        }
+        const struct qop *q = m->qi < m->qn ? &m->q[m->qi] : NULL;
+        if (q && (q->kn < pn || memcmp(q->k, p, pn)))
+            q = NULL; /* past the prefix */
+        if (!m->have && !q)
+            return CAIRN_ENOTFOUND;
+        int c = !m->have ? 1 : !q ? -1 : cmp_keys(m->k.mv_data, m->k.mv_size, q->k, q->kn);
+        if (c < 0) {
+            *k = m->k, *v = m->v;
+            m->have = false;
+            return 0;
+        }
+        m->qi++;
+        if (!c) /* the queued operation replaces the set's entry */
+            m->have = false;
+        if (!q->del) {
+            *k = (MDB_val){q->kn, (void *)q->k};
+            *v = (MDB_val){q->vn, (void *)q->v};
+            return 0;
+        }
+    }
+}
+
 static int doc_json(struct cairn_buf *out, const MDB_val *v)
 {
     size_t used;
@@ -278,11 +418,16 @@ static int get_inside(struct hread *rd, char **args, struct cairn_buf *out, stru
     cairn_buf_puts(out, ",\"fence_id\":");
     cairn_buf_json_str(out, args[0], strlen(args[0]));
     cairn_buf_puts(out, ",\"devices\":[");
-    struct scan s = {0};
+    struct mscan s = {0};
+    struct qop *q = NULL;
+    size_t qn = 0;
     bool more = false;
+    /* the devices inside with the queued operations applied (insq) */
     if (!rc)
-        rc = scan_open(rd, "inside", p.b, p.n, &s);
-    while (!rc && !(rc = scan_next(&s, NULL, 0, &k, &v))) {
+        rc = qops_collect(rd, "insq", p.b, p.n, &q, &qn);
+    if (!rc)
+        rc = mscan_open(rd, "inside", p.b, p.n, q, qn, &s);
+    while (!rc && !(rc = mscan_next(&s, NULL, 0, &k, &v))) {
         if (n == limit) {
             more = true;
             break;
@@ -293,7 +438,8 @@ static int get_inside(struct hread *rd, char **args, struct cairn_buf *out, stru
         put_time(out, v.mv_size == 8 ? (int64_t)cairn_be64_get(v.mv_data) : 0);
         cairn_buf_putc(out, '}');
     }
-    scan_close(&s);
+    scan_close(&s.s);
+    free(q);
     if (rc && rc != CAIRN_ENOTFOUND)
         return fail(e, rc);
     cairn_buf_printf(out, "],\"truncated\":%s}", more ? "true" : "false");
@@ -357,12 +503,6 @@ static int get_containing(struct hread *rd, char **args, struct cairn_buf *out,
 }
 
 /* ====================================================================== hits */
-
-static int cmp_keys(const uint8_t *a, size_t an, const uint8_t *b, size_t bn)
-{
-    int c = memcmp(a, b, an < bn ? an : bn);
-    return c ? c : an < bn ? -1 : an > bn;
-}
 
 /* The queued hits (geofence.hitq) a query may answer with: the first cap
  * in key order, with their dseq. */
@@ -621,7 +761,13 @@ static int nearby_scan(struct hread *rd, const char *t, double lat, double lon, 
     uint32_t y1 = (uint32_t)floor((fmin(lat + dlat, 90) + 90) / GF_POS_CELL_DEG);
     MDB_dbi ddb;
     int rc = hread_db(rd, "dev", &ddb);
-    size_t seen = 0;
+    size_t seen = 0, qn = 0;
+    struct qop *ops = NULL;
+    struct gf_key tp;
+    gk_tenant(&tp, t, strlen(t));
+    /* the grid with the queued operations applied (posq) */
+    if (!rc)
+        rc = qops_collect(rd, "posq", tp.b, tp.n, &ops, &qn);
     for (uint32_t cy = y0; !rc && cy <= y1 && !*truncated; cy++) {
         struct gf_key p, from, end;
         gk_tenant(&p, t, strlen(t));
@@ -630,10 +776,12 @@ static int nearby_scan(struct hread *rd, const char *t, double lat, double lon, 
         gk_be32(&from, x0);
         end = p;
         gk_be32(&end, x1);
-        struct scan s;
+        struct mscan s;
         MDB_val k, v;
-        rc = scan_open(rd, "pos", p.b, p.n, &s);
-        while (!rc && !(rc = scan_next(&s, from.b, from.n, &k, &v))) {
+        rc = mscan_open(rd, "pos", p.b, p.n, ops, qn, &s);
+        while (!rc && !(rc = mscan_next(&s, from.b, from.n, &k, &v))) {
+            if (k.mv_size < p.n + 4) /* never so in the set; a queue is read as found */
+                continue;
             if (memcmp(k.mv_data, end.b, end.n) > 0)
                 break;
             if (++seen > NEARBY_SCAN_MAX) {
@@ -671,10 +819,11 @@ static int nearby_scan(struct hread *rd, const char *t, double lat, double lon, 
             nr->lon = dlon2;
             nr->time = (int64_t)cairn_be64_get((uint8_t *)dv.mv_data + 17);
         }
-        scan_close(&s);
+        scan_close(&s.s);
         if (rc == CAIRN_ENOTFOUND)
             rc = 0;
     }
+    free(ops);
     return rc;
 }
 

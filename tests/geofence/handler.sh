@@ -163,11 +163,12 @@ echo "ok writes made at once give the same state and events"
 
 # Hits queue in geofence.hitq and are merged into geofence.hits / dhits
 # every hitq_max hits (handlers.geofence.hitq_max, geofence_int.h; the
-# default, 65 536, is never reached here). With 2, merges come inside
-# transactions and between them: the same events, and replay and chunks
-# rebuild that state (the queue's size shapes the state, so both use the
-# same config).
-echo '{"handlers": {"geofence": {"hitq_max": 2}}}' >"$WORK/q2.json"
+# default, 65 536, is never reached here); the operations on inside and pos
+# queue in insq and posq and are applied every opq_max (likewise). With 2,
+# merges come inside transactions and between them: the same events, and
+# replay and chunks rebuild that state (the queues' sizes shape the state,
+# so both use the same config).
+echo '{"handlers": {"geofence": {"hitq_max": 2, "opq_max": 2}}}' >"$WORK/q2.json"
 export CAIRN_CONFIG=$WORK/q2.json
 Q2=$WORK/q2
 DATA_DIR=$Q2 append "$F"
@@ -181,6 +182,13 @@ fi
 if [ "$(entries "$DATA" hits)" != 0 ] || ! [ "$(entries "$DATA" hitq)" -gt 10 ]; then
     fail "default hitq_max: hits merged already"
 fi
+# (with the default, a roam fix merges posq, and a deletion insq, as they
+# read the sets: some operations came after the last of them)
+for q in insq posq; do
+    [ "$(entries "$Q2" $q)" -lt 2 ] || fail "opq_max 2: $(entries "$Q2" $q) operations left in $q"
+    [ "$(entries "$DATA" $q)" -gt 0 ] || fail "default opq_max: $(entries "$DATA" $q) operations in $q"
+done
+[ "$(entries "$Q2" pos)" -gt 2 ] || fail "opq_max 2: $(entries "$Q2" pos) devices in pos"
 live=$(DATA_DIR=$Q2 cairn digest)
 [ "$(DATA_DIR=$Q2 cairn replay --into "$WORK/q2replay")" = "$live" ] || fail "hitq_max 2: replay differs"
 split -n l/8 "$F" "$WORK/q2chunk."
@@ -188,15 +196,16 @@ for f in "$WORK"/q2chunk.*; do
     if [ -s "$f" ]; then DATA_DIR=$WORK/q2chunked append "$f"; fi
 done
 [ "$(DATA_DIR=$WORK/q2chunked cairn digest)" = "$live" ] || fail "hitq_max 2: chunks differ"
-echo "ok hitq_max 2: hits merged, the same events, replay and chunks give its state"
+echo "ok hitq_max and opq_max 2: hits and operations merged, the same events, replay and chunks give its state"
 
 # States of the older layouts are refused when the handler opens, with
 # the way out; cairn replay rebuilds them (from the hitq_max 2 state, whose
 # hits and dhits are not empty). Layout 1 (hit payloads in geofence.hits,
 # no layout mark in geofence.meta: written before geofence.hitlog) is that
 # state without geofence.meta; layouts 2 (payloads in geofence.hitlog) and
-# 3 (no hitq: every hit in hits and dhits) are that state with the mark
-# set to 2 and 3.
+# 3 (no hitq: every hit in hits and dhits) and 4 (no insq and posq: the
+# operations of inside and pos made at once) are that state with the mark
+# set to 2, 3 and 4.
 old_state() { # $1: the directory, $2: awk program run on the dump
     mkdir -p "$1/state"
     cp -r "$Q2/log" "$1/log"
@@ -214,13 +223,13 @@ old_state "$WORK/old" '/^VERSION=/ { h = ""; hold = 1 }
            if (/^HEADER=END/) { hold = 0; skip = h ~ /\ndatabase=geofence\.meta\n/; if (!skip) printf "%s", h }
            next }
     !skip'
-# "layout" is 6c61796f7574 in the dump, its value 00000004 on the next line
-for v in 2 3; do
+# "layout" is 6c61796f7574 in the dump, its value 00000005 on the next line
+for v in 2 3 4; do
     # shellcheck disable=SC2016 # an awk program
     old_state "$WORK/old$v" '/^database=/ { meta = $0 == "database=geofence.meta" }
-    meta && prev == " 6c61796f7574" && $0 == " 00000004" { $0 = " 0000000'"$v"'"; set = 1 }
+    meta && prev == " 6c61796f7574" && $0 == " 00000005" { $0 = " 0000000'"$v"'"; set = 1 }
     { prev = $0; print }
     END { if (!set) exit 1 }'
 done
 unset CAIRN_CONFIG
-echo "ok old-layout states (1, 2 and 3) are refused, and replay rebuilds them"
+echo "ok old-layout states (1, 2, 3 and 4) are refused, and replay rebuilds them"

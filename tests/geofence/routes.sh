@@ -4,7 +4,11 @@
 # The same answers whatever part of the hits is still queued in
 # geofence.hitq (handlers.geofence.hitq_max: the default queues them all
 # here, 1 merges each into the indexes at once, 4 leaves the last two
-# queued, one of them replacing a merged hit of the same key).
+# queued, one of them replacing a merged hit of the same key), and
+# whatever part of the operations on inside and pos is still queued in
+# geofence.insq / posq (handlers.geofence.opq_max, the same values: WITHIN
+# and NEARBY read the sets with their queues applied, d2's move out of
+# its first grid cell and d4's exit and enter again included).
 set -euo pipefail
 . "$CAIRN_SOURCE_DIR/tests/handlers/lib.sh"
 
@@ -44,13 +48,13 @@ ok() { # ok NAME PATH JQ
 }
 for q in default 1 4; do
 if [ $q = default ]; then unset CAIRN_CONFIG; else
-    echo "{\"handlers\": {\"geofence\": {\"hitq_max\": $q}}}" >"$WORK/q.json"
+    echo "{\"handlers\": {\"geofence\": {\"hitq_max\": $q, \"opq_max\": $q}}}" >"$WORK/q.json"
     export CAIRN_CONFIG=$WORK/q.json
     DATA=$WORK/data$q
 fi
 append "$WORK/in.ndjson"
 serve
-echo "hitq_max $q:"
+echo "hitq_max and opq_max $q:"
 ok "fences of t" "fences?tenant=t" '.seq == 11 and ([.fences[].fence_id] == ["A","B"]) and .next == null'
 ok "fences of every tenant (admin)" "fences" '[.fences[] | .tenant + "/" + .fence_id] == ["t/A","t/B","u/A","v/E"]'
 ok "fences paginated" "fences?tenant=t&limit=1" '[.fences[].fence_id] == ["A"] and .next == "A"'
@@ -79,4 +83,6 @@ ok "nearby radius bound" "nearby?tenant=t&lat=0&lon=0&radius_m=1e9" '.error.code
 ok "a later hit of one key replaces the first" "geofence/hits?tenant=v&fence=E" '[.hits[] | .type + " " + (.lat | tostring)] == ["geofence.enter 0.6","geofence.exit 0.5"]'
 ok "... by device too" "geofence/hits?tenant=v&device=d4" '[.hits[] | .type + " " + (.lat | tostring)] == ["geofence.enter 0.6","geofence.exit 0.5"]'
 ok "... and limited" "geofence/hits?tenant=v&fence=E&device=d4&limit=1" '[.hits[].lat] == [0.6] and .truncated == true'
+ok "inside E after an exit and an enter again" "fences/E/inside?tenant=v" '[.devices[].device_id] == ["d4"] and .devices[0].since == "2026-03-01T10:00:05Z"'
+ok "nearby after the move out and back" "nearby?tenant=v&lat=0.6&lon=0.6&radius_m=1000" '[.devices[].device_id] == ["d4"] and .devices[0].distance_m == 0'
 done
