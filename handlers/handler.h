@@ -177,6 +177,10 @@ int hctx_put_new(struct hctx *ctx, unsigned db, const void *k, size_t kn, const 
                  MDB_val *existing);
 /* Deletes; deleting a missing key is not an error. */
 int hctx_del(struct hctx *ctx, unsigned db, const void *k, size_t kn);
+/* Deletes every entry of one of the handler's DBIs at once (emptying a
+ * queue after reading it whole: no delete per entry). A cursor on it is
+ * unset: open it again before reading. */
+int hctx_clear(struct hctx *ctx, unsigned db);
 
 /* Iterates keys starting with prefix, in key order. */
 struct hcursor;

@@ -706,6 +706,18 @@ int hctx_del(struct hctx *ctx, unsigned db, const void *k, size_t kn)
     return rc == MDB_NOTFOUND ? 0 : cairn_mdb_err(rc);
 }
 
+int hctx_clear(struct hctx *ctx, unsigned db)
+{
+    assert(db < ctx->ndbs);
+    txn_lock(ctx);
+    ctx->p->writes++, ctx->writes++;
+    /* del 0: the DBI stays, its pages go to the free list (LMDB walks
+     * the branch pages only); its open cursors are unset by LMDB */
+    int rc = mdb_drop(ctx->p->txn, ctx->dbs[db], 0);
+    txn_end(ctx);
+    return cairn_mdb_err(rc);
+}
+
 /* Frees the idle hcursors of earlier transactions (LMDB freed their
  * cursors when the transaction ended) and unlinks one on dbs[db] of this
  * transaction, if any. */

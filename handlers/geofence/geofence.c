@@ -816,13 +816,13 @@ static int opq_merge(struct hctx *ctx, int q)
                  * every pending write, the queue's included: those are
                  * then in the DBI, after the cursor, and read here.) */
                 if ((rc = pend_value(ctx, v.mv_data, v.mv_size, &voff)) ||
-                    (rc = opq_move(ctx, q, voff, v.mv_size)) || (rc = hctx_cursor_del(c)))
+                    (rc = opq_move(ctx, q, voff, v.mv_size)))
                     break;
                 moved++;
             }
             hctx_cursor_close(c);
-            if (rc == CAIRN_ENOTFOUND)
-                rc = 0;
+            if (rc == CAIRN_ENOTFOUND) /* every entry read: emptied at once */
+                rc = hctx_clear(ctx, o->qdb);
         }
         /* the pending ones: their keys must fit pbuf without pend_add
          * making the pending writes midway (else they go to the DBI
@@ -1425,7 +1425,7 @@ static int hitq_merge(struct hctx *ctx)
         h.over = false;
         gk_raw(&h, v.mv_data, v.mv_size); /* copied: v is valid until a write */
         gf_dhits_key(&d, h.b, h.n);
-        if ((rc = hctx_cursor_del(c)) || (rc = pend_value(ctx, d8, 8, &voff)) ||
+        if ((rc = pend_value(ctx, d8, 8, &voff)) ||
             (rc = pend_add(ctx, PW_HITS, &h, voff, 8, false)))
             break;
         /* the dhits key is one byte longer than the hits key */
@@ -1435,6 +1435,8 @@ static int hitq_merge(struct hctx *ctx)
     hctx_cursor_close(c);
     if (rc == CAIRN_ENOTFOUND)
         rc = 0;
+    if (!rc) /* every entry read: emptied at once (no write to hitq came meanwhile) */
+        rc = hctx_clear(ctx, g->hitq);
     g->nq = 0;
     return rc;
 }

@@ -12,6 +12,9 @@
  *  - hctx_cursor_put: sorted and unsorted puts through a cursor, mixed
  *    with hctx_put/hctx_del on the same DBI, give the state plain puts
  *    give (same digest), and iteration goes on from the put key;
+ *  - hctx_clear empties one DBI (the other untouched), unsets a cursor on
+ *    it, and the emptied DBI takes puts again: the state equals one whose
+ *    entries were deleted one by one (same digest);
  *  - hctx_emit appends through a cursor kept per transaction: dense dseqs
  *    across transactions, an aborted one and interleaved writes;
  *  - hctx_emitted_dseq gives each emitted event's dseq, and
@@ -418,6 +421,63 @@ static void test_cursor_put(void **state)
     fx_close(&cur);
 }
 
+/* hctx_clear against deleting every entry by cursor: the same digest,
+ * within one transaction (cleared after puts, and a cursor open on the
+ * DBI when it is cleared) and across transactions. */
+static void test_clear(void **state)
+{
+    struct fixture dels, clr;
+    uint8_t d1[32], d2[32];
+    uint32_t keys[CP_KEYS];
+    for (uint32_t i = 0; i < CP_KEYS; i++)
+        keys[i] = i * 7919u;
+    fx_open(&dels, *state, "dels", 0);
+    fx_open(&clr, *state, "clear", 0);
+    struct fixture *fs[2] = {&dels, &clr};
+    for (int k = 0; k < 2; k++) {
+        struct fixture *f = fs[k];
+        struct hcursor *c;
+        MDB_val kv, v;
+        assert_int_equal(proj_begin(f->p), 0);
+        write_keys(f, keys, CP_KEYS, 0, false);
+        assert_int_equal(hctx_put(f->ctx, t_db_b, "kept", 4, "b", 1), 0);
+        assert_int_equal(proj_commit(f->p, 1), 0);
+        assert_int_equal(proj_begin(f->p), 0);
+        write_keys(f, keys, CP_KEYS / 2, 1, false); /* some overwritten first */
+        assert_int_equal(hctx_cursor_open(f->ctx, t_db_a, NULL, 0, &c), 0);
+        assert_int_equal(hctx_cursor_next(c, &kv, &v), 0);
+        if (k == 0) {
+            int rc;
+            do
+                assert_int_equal(hctx_cursor_del(c), 0);
+            while (!(rc = hctx_cursor_next(c, &kv, &v)));
+            assert_int_equal(rc, CAIRN_ENOTFOUND);
+        } else {
+            uint64_t w = proj_txn_writes(f->p);
+            assert_int_equal(hctx_clear(f->ctx, t_db_a), 0);
+            assert_int_equal(proj_txn_writes(f->p), w + 1);
+        }
+        hctx_cursor_close(c);
+        /* empty now; the other DBI untouched */
+        assert_int_equal(hctx_cursor_open(f->ctx, t_db_a, NULL, 0, &c), 0);
+        assert_int_equal(hctx_cursor_next(c, &kv, &v), CAIRN_ENOTFOUND);
+        hctx_cursor_close(c);
+        assert_int_equal(hctx_get(f->ctx, t_db_b, "kept", 4, &v), 0);
+        /* it takes puts again, in this transaction and the next */
+        assert_int_equal(hctx_put(f->ctx, t_db_a, "again", 5, "1", 1), 0);
+        assert_int_equal(proj_commit(f->p, 2), 0);
+        assert_int_equal(proj_begin(f->p), 0);
+        assert_int_equal(hctx_put(f->ctx, t_db_a, "later", 5, "2", 1), 0);
+        assert_int_equal(hctx_get(f->ctx, t_db_a, "again", 5, &v), 0);
+        assert_int_equal(proj_commit(f->p, 3), 0);
+    }
+    digest_of(dels.p, d1);
+    digest_of(clr.p, d2);
+    assert_memory_equal(d1, d2, 32);
+    fx_close(&dels);
+    fx_close(&clr);
+}
+
 /* ====================================================================== derived streams */
 
 static int emit_n(struct fixture *f, uint64_t seq, int n)
@@ -672,6 +732,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_put_new, dir_setup, dir_teardown),
         cmocka_unit_test_setup_teardown(test_layout_mark, dir_setup, dir_teardown),
         cmocka_unit_test_setup_teardown(test_cursor_put, dir_setup, dir_teardown),
+        cmocka_unit_test_setup_teardown(test_clear, dir_setup, dir_teardown),
         cmocka_unit_test_setup_teardown(test_emit_appends, dir_setup, dir_teardown),
         cmocka_unit_test_setup_teardown(test_emit_dseq_read_back, dir_setup, dir_teardown),
         cmocka_unit_test_setup_teardown(test_emit_shared, dir_setup, dir_teardown),
