@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # The geofence HTTP routes against `cairn serve --insecure-no-auth` on a
-# free 127.0.0.1 port: fences, one fence, WITHIN, hits, NEARBY, containing.
+# free 127.0.0.1 port: fences, one fence, WITHIN, hits, NEARBY, containing;
+# then WITHIN and NEARBY on a random workload with the operation queues
+# full, partly merged and empty (the same answers).
 # The same answers whatever part of the hits is still queued in
 # geofence.hitq (handlers.geofence.hitq_max: the default queues them all
 # here, 1 merges each into the indexes at once, 4 leaves the last two
@@ -86,3 +88,55 @@ ok "... and limited" "geofence/hits?tenant=v&fence=E&device=d4&limit=1" '[.hits[
 ok "inside E after an exit and an enter again" "fences/E/inside?tenant=v" '[.devices[].device_id] == ["d4"] and .devices[0].since == "2026-03-01T10:00:05Z"'
 ok "nearby after the move out and back" "nearby?tenant=v&lat=0.6&lon=0.6&radius_m=1000" '[.devices[].device_id] == ["d4"] and .devices[0].distance_m == 0'
 done
+
+# WITHIN and NEARBY over a random workload (seeded): 40 fences, 300
+# devices jumping between grid cells, fences deleted and redefined, a roam
+# fence (its fixes merge posq): the answers with every operation applied
+# at once (opq_max 1: the queues stay empty) are the reference; with 7
+# (merges inside and between transactions) and the default (nearly
+# everything queued) the same bytes must come back, `seq` aside.
+python3 - "$T" >"$WORK/rand.ndjson" <<'PY'
+import json, random, sys
+t0, r = int(sys.argv[1]), random.Random(7)
+def ev(s, typ, p):
+    print(json.dumps({"type": typ, "tenant": "r", "time": t0 + s * 10**9, "payload": p}))
+def fence(i, s):
+    x, y, w = r.uniform(0, 0.9), r.uniform(0, 0.9), r.uniform(0.02, 0.2)
+    g = ({"type": "Circle", "center": [x, y], "radius_m": r.uniform(500, 15000)} if i % 3 == 0 else
+         {"type": "Polygon", "coordinates": [[[x, y], [x + w, y], [x + w, y + w], [x, y + w], [x, y]]]})
+    ev(s, "geofence.define", {"fence_id": "f%02d" % i, "geometry": g, "detect": ["enter", "exit"]})
+for i in range(40):
+    fence(i, 0)
+ev(0, "geofence.define", {"fence_id": "roam", "geometry": {"type": "Roam", "target_prefix": "dev-00",
+                                                           "radius_m": 3000}, "devices": ["dev-01"]})
+for s in range(1, 3001):
+    d = r.randrange(300)
+    ev(s, "location", {"device_id": "dev-%03d" % d, "lat": r.uniform(0, 1), "lon": r.uniform(0, 1)})
+    if s % 500 == 0:
+        ev(s, "geofence.delete", {"fence_id": "f%02d" % (s // 500)})
+    if s % 700 == 0:
+        fence(s // 700 + 10, s)
+PY
+answers() { # every fence's WITHIN and NEARBY at 25 points, without the seq
+    for i in $(seq -w 0 39); do get "fences/f$i/inside?tenant=r&limit=1000" | jq -c 'del(.seq)'; done
+    for p in $(seq 0 24); do
+        get "nearby?tenant=r&lat=0.$((p * 4))&lon=0.$((p * 3 + 10))&radius_m=30000&limit=1000" | jq -c 'del(.seq)'
+    done
+}
+for q in 1 7 default; do
+    if [ $q = default ]; then unset CAIRN_CONFIG; else
+        echo "{\"handlers\": {\"geofence\": {\"opq_max\": $q}}}" >"$WORK/q.json"
+        export CAIRN_CONFIG=$WORK/q.json
+    fi
+    DATA=$WORK/rand$q
+    append "$WORK/rand.ndjson"
+    serve
+    answers >"$WORK/answers.$q"
+done
+[ "$(jq -s '[.[] | .devices | length] | add' "$WORK/answers.1")" -gt 300 ] ||
+    fail "the random workload found too few devices: $(head -3 "$WORK/answers.1")"
+for q in 7 default; do
+    cmp -s "$WORK/answers.1" "$WORK/answers.$q" || fail "opq_max $q answers otherwise than 1:
+$(diff "$WORK/answers.1" "$WORK/answers.$q" | head -10)"
+done
+echo "ok WITHIN and NEARBY on a random workload: the same answers with the queues full, partly merged and empty"
