@@ -1136,11 +1136,17 @@ uint64_t proj_hctx_writes(const struct hctx *ctx)
 
 /* ====================================================================== reading */
 
-/* Opens, for the whole environment, every named DBI not in the cache yet.
- * A handle is only usable in transactions that begin after it was opened,
- * so this runs before each snapshot begins. A DBI opened in a read
- * transaction survives only if that transaction commits. Called with the
- * cache lock held and no transaction of this thread open. */
+/* Opens, for the whole environment, every named DBI not in the cache yet,
+ * unless the cache is current. A handle is only usable in transactions
+ * that begin after it was opened, so this runs before a snapshot begins. A
+ * DBI opened in a read transaction survives only if that transaction
+ * commits, and no other transaction may open one meanwhile: the cache lock
+ * is held from the opens to the commit. Called with no lock and no
+ * transaction of this thread. Lock order: the environment's resize lock
+ * (any transaction), then the cache lock — as in proj_snap_dbi, called
+ * with a snapshot open. (Taking the cache lock first, as this did, could
+ * deadlock with a snapshot's proj_snap_dbi while a grow of the map waited
+ * for the write lock: the resize lock prefers writers.) */
 static int refresh_dbis(struct proj *p)
 {
     MDB_txn *txn;
@@ -1151,6 +1157,12 @@ static int refresh_dbis(struct proj *p)
     int rc = cairn_env_read_begin(p->env, &txn);
     if (rc)
         return rc;
+    pthread_mutex_lock(&p->dbi_mu);
+    if (p->dbis_current) { /* another thread refreshed it meanwhile */
+        pthread_mutex_unlock(&p->dbi_mu);
+        cairn_env_read_end(p->env, txn);
+        return 0;
+    }
     rc = mdb_dbi_open(txn, NULL, 0, &main);
     if (!rc)
         rc = mdb_cursor_open(txn, main, &c);
@@ -1174,9 +1186,14 @@ static int refresh_dbis(struct proj *p)
         mdb_cursor_close(c);
     if (rc) {
         cairn_env_read_end(p->env, txn);
+        pthread_mutex_unlock(&p->dbi_mu);
         return cairn_mdb_err(rc);
     }
-    return cairn_env_read_commit(p->env, txn);
+    rc = cairn_env_read_commit(p->env, txn);
+    if (!rc)
+        p->dbis_current = true;
+    pthread_mutex_unlock(&p->dbi_mu);
+    return rc;
 }
 
 int proj_snap_begin(struct proj *p, struct proj_snap **out)
@@ -1189,10 +1206,9 @@ int proj_snap_begin(struct proj *p, struct proj_snap **out)
      * refreshed on first use and after a lookup missed, not per snapshot
      * (that walk was 9 % of a GET). */
     pthread_mutex_lock(&p->dbi_mu);
-    int rc = p->dbis_current ? 0 : refresh_dbis(p);
-    if (!rc)
-        p->dbis_current = true;
+    bool current = p->dbis_current;
     pthread_mutex_unlock(&p->dbi_mu);
+    int rc = current ? 0 : refresh_dbis(p);
     if (!rc)
         rc = cairn_env_read_begin(p->env, &s->txn);
     if (rc) {

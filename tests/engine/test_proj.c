@@ -15,6 +15,10 @@
  *  - hctx_clear empties one DBI (the other untouched), unsets a cursor on
  *    it, and the emptied DBI takes puts again: the state equals one whose
  *    entries were deleted one by one (same digest);
+ *  - snapshots and a grow of the map: a snapshot that refreshes the DBI
+ *    handles while a grow waits for the open snapshots does not keep
+ *    proj_snap_dbi of an open snapshot waiting (the lock-order inversion
+ *    ThreadSanitizer found: it deadlocked the three);
  *  - hctx_emit appends through a cursor kept per transaction: dense dseqs
  *    across transactions, an aborted one and interleaved writes;
  *  - hctx_emitted_dseq gives each emitted event's dseq, and
@@ -38,7 +42,9 @@
 #include <cmocka.h>
 
 #include <ftw.h>
+#include <pthread.h>
 #include <signal.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -478,6 +484,117 @@ static void test_clear(void **state)
     fx_close(&clr);
 }
 
+/* ====================================================================== snapshots and grow */
+
+struct lock_step {
+    struct proj *p;
+    struct proj_snap *s; /* snap_dbi: the open snapshot to look in */
+    int rc;
+    atomic_int tid; /* the thread's, once it runs */
+    atomic_int done;
+};
+
+/* Waits (up to 5 s) until the step's thread sleeps (blocked on a lock):
+ * /proc/self/task/TID/stat says S. */
+static void wait_blocked(struct lock_step *st)
+{
+    for (int i = 0; i < 5000; i++) {
+        char path[64], buf[256];
+        int tid = atomic_load(&st->tid);
+        snprintf(path, sizeof path, "/proc/self/task/%d/stat", tid);
+        FILE *fp = tid ? fopen(path, "r") : NULL;
+        size_t n = fp ? fread(buf, 1, sizeof buf - 1, fp) : 0;
+        if (fp)
+            fclose(fp);
+        buf[n] = '\0';
+        const char *rp = strrchr(buf, ')'); /* "tid (comm) S ..." */
+        if (rp && rp[1] == ' ' && rp[2] == 'S' && !atomic_load(&st->done))
+            return;
+        usleep(1000);
+    }
+    fail_msg("a thread of the test never blocked");
+}
+
+static void *grow_main(void *arg)
+{
+    struct lock_step *st = arg;
+    atomic_store(&st->tid, (int)gettid());
+    st->rc = proj_grow(st->p);
+    atomic_store(&st->done, 1);
+    return NULL;
+}
+
+static void *snap_main(void *arg)
+{
+    struct lock_step *st = arg;
+    struct proj_snap *s;
+    atomic_store(&st->tid, (int)gettid());
+    st->rc = proj_snap_begin(st->p, &s);
+    if (!st->rc)
+        proj_snap_end(s);
+    atomic_store(&st->done, 1);
+    return NULL;
+}
+
+static void *snap_dbi_main(void *arg)
+{
+    struct lock_step *st = arg;
+    MDB_dbi dbi;
+    st->rc = proj_snap_dbi(st->s, "t.a", &dbi);
+    atomic_store(&st->done, 1);
+    return NULL;
+}
+
+/* Waits up to ms for step->done. */
+static bool step_done(struct lock_step *st, int ms)
+{
+    for (int i = 0; i < ms && !atomic_load(&st->done); i++)
+        usleep(1000);
+    return atomic_load(&st->done);
+}
+
+/* A snapshot S is open; a grow waits for it (the resize lock prefers
+ * writers: new transactions wait behind the grow); another snapshot
+ * begins and must refresh the DBI handles (a lookup missed); then S looks
+ * a DBI up. Before the fix the new snapshot held the handle cache's lock
+ * while it waited behind the grow, and S's lookup waited for that lock:
+ * none of the three could go on. Now S's lookup answers, S ends, the grow
+ * and the new snapshot follow. (On a regression the threads stay blocked:
+ * the process exits at once instead of hanging.) */
+static void test_snapshot_grow_no_deadlock(void **state)
+{
+    struct fixture f;
+    fx_open(&f, *state, "dl", 0);
+    struct proj_snap *s;
+    MDB_dbi dbi;
+    assert_int_equal(proj_snap_begin(f.p, &s), 0);
+    assert_int_equal(proj_snap_dbi(s, "t.nothing", &dbi), CAIRN_ENOTFOUND); /* a refresh is due */
+    size_t before = mapsize_of(f.p);
+    struct lock_step grow = {.p = f.p}, snap = {.p = f.p}, look = {.p = f.p, .s = s};
+    pthread_t tg, ts, tl;
+    assert_int_equal(pthread_create(&tg, NULL, grow_main, &grow), 0);
+    wait_blocked(&grow); /* waiting for S */
+    assert_int_equal(pthread_create(&ts, NULL, snap_main, &snap), 0);
+    wait_blocked(&snap); /* waiting behind the grow */
+    assert_false(atomic_load(&grow.done) || atomic_load(&snap.done));
+    assert_int_equal(pthread_create(&tl, NULL, snap_dbi_main, &look), 0);
+    if (!step_done(&look, 5000)) {
+        fprintf(stderr, "test_snapshot_grow_no_deadlock: proj_snap_dbi of the open snapshot "
+                        "waits for the refreshing snapshot, which waits for the grow: deadlock\n");
+        _exit(1);
+    }
+    assert_int_equal(look.rc, 0);
+    proj_snap_end(s);
+    assert_true(step_done(&grow, 5000) && step_done(&snap, 5000));
+    pthread_join(tg, NULL);
+    pthread_join(ts, NULL);
+    pthread_join(tl, NULL);
+    assert_int_equal(grow.rc, 0);
+    assert_int_equal(snap.rc, 0);
+    assert_int_equal(mapsize_of(f.p), 2 * before);
+    fx_close(&f);
+}
+
 /* ====================================================================== derived streams */
 
 static int emit_n(struct fixture *f, uint64_t seq, int n)
@@ -733,6 +850,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_layout_mark, dir_setup, dir_teardown),
         cmocka_unit_test_setup_teardown(test_cursor_put, dir_setup, dir_teardown),
         cmocka_unit_test_setup_teardown(test_clear, dir_setup, dir_teardown),
+        cmocka_unit_test_setup_teardown(test_snapshot_grow_no_deadlock, dir_setup, dir_teardown),
         cmocka_unit_test_setup_teardown(test_emit_appends, dir_setup, dir_teardown),
         cmocka_unit_test_setup_teardown(test_emit_dseq_read_back, dir_setup, dir_teardown),
         cmocka_unit_test_setup_teardown(test_emit_shared, dir_setup, dir_teardown),
