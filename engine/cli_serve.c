@@ -10,6 +10,7 @@
 #include "api.h"
 
 #include <signal.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -21,7 +22,9 @@ struct serve {
     struct engine *eng;
     struct api *api;
     uint64_t tick_ms;
-    bool stopping;
+    /* set by the loop's thread (on_signal), read by the writer's
+     * (applied_trampoline): atomic (ThreadSanitizer found the plain bool) */
+    _Atomic bool stopping;
 };
 
 /* ====================================================================== configuration */
@@ -180,9 +183,8 @@ static void on_tick(uv_timer_t *t)
 static void on_signal(uv_signal_t *h, int sig)
 {
     struct serve *s = h->data;
-    if (s->stopping)
+    if (atomic_exchange(&s->stopping, true))
         return;
-    s->stopping = true;
     fprintf(stderr, "cairn: stopping (signal %d): draining the writer\n", sig);
     uv_timer_stop(&s->tick);
     engine_stop(s->eng); /* every queued write is committed and answered */
@@ -197,7 +199,7 @@ static void applied_trampoline(void *arg, uint64_t checkpoint)
 {
     struct serve *s = arg;
     struct api *a = __atomic_load_n(&s->api, __ATOMIC_ACQUIRE);
-    if (a && !s->stopping)
+    if (a && !atomic_load(&s->stopping))
         api_notify_applied(a, checkpoint);
 }
 
