@@ -106,8 +106,7 @@ enum { PW_HITS, PW_DHITS, PW_INSIDE, PW_POS, PW_HITQ, PW_INSQ, PW_POSQ, PW_KINDS
  * its queue of operations */
 enum { OQ_INSIDE, OQ_POS, OQ_KINDS };
 struct opq {
-    unsigned qdb; /* the queue */
-    int qk;       /* its kind of deferred writes */
+    unsigned qdb; /* the queue (its kind of deferred writes: opq_qk) */
     size_t n;     /* operations queued (pending puts to qdb included) */
 };
 #define PEND_BYTES_MAX (64u << 20)
@@ -760,7 +759,7 @@ static int opq_add(struct hctx *ctx, int q, const struct gf_key *k, const void *
     uint32_t voff;
     int rc = pend_value(ctx, buf, 3 + k->n + vn, &voff);
     if (!rc)
-        rc = pend_add(ctx, o->qk, &qk, voff, 3 + k->n + vn, false);
+        rc = pend_add(ctx, opq_qk[q], &qk, voff, 3 + k->n + vn, false);
     if (rc)
         return rc;
     return ++o->n < g->opq_max ? 0 : opq_merge(ctx, q);
@@ -798,7 +797,7 @@ static int opq_merge(struct hctx *ctx, int q)
 {
     struct gf *g = self(ctx);
     struct opq *o = &g->oq[q];
-    struct pend *pq = &g->pend[o->qk];
+    struct pend *pq = &g->pend[opq_qk[q]];
     int rc = 0;
     size_t moved = 0; /* from the DBI */
     while (!rc && o->n) {
@@ -1307,9 +1306,6 @@ static int gf_open(struct hctx *ctx)
         .meta = g->meta, .probe = g->hits, .layout = GF_LAYOUT, .what = "geofence"};
     if (!rc)
         rc = hlayout_check(ctx, &g->layout);
-    for (int q = 0; q < OQ_KINDS; q++) {
-        g->oq[q].qk = opq_qk[q];
-    }
     if (!rc)
         rc = queue_count(ctx, g->hitq, &g->nq);
     for (int q = 0; q < OQ_KINDS && !rc; q++)
