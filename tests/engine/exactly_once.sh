@@ -65,7 +65,8 @@ state_checkpoint() {
 # leaves its exit status in RC (not printed: fail must not run in a
 # subshell). A finished run must have accepted every line.
 append_slice() {
-  local hook=$1 rc=0
+  local hook=$1 rc=0 t
+  t=$(date +%s%N)
   if [ "$hook" = 0 ]; then
     cairn append --engine "$WORK/slice" >"$WORK/out" 2>"$WORK/err" || rc=$?
   else
@@ -73,6 +74,7 @@ append_slice() {
       >"$WORK/out" 2>"$WORK/err" || rc=$?
   fi
   if [ "$rc" = 0 ]; then
+    LAST_MS=$((($(date +%s%N) - t) / 1000000))
     [ "$(wc -l <"$WORK/out")" = "$(wc -l <"$WORK/slice")" ] || fail "not one result per line"
     ! grep -q '"error"' "$WORK/out" || fail "refused input: $(grep -m3 '"error"' "$WORK/out")"
   elif [ "$rc" != 137 ]; then
@@ -96,7 +98,7 @@ take_slice() { # the next 700..2500 lines
 }
 
 t0=$SECONDS
-crashes=0 windows=0
+crashes=0 windows=0 LAST_MS=400
 for ((round = 1; round <= CRASH_ROUNDS; round++)); do
   take_slice
   hook=$((1 + RANDOM % commits))
@@ -116,12 +118,17 @@ for ((round = 1; round <= CRASH_ROUNDS; round++)); do
   done
 done
 
+# The random moment: within the first quarter of the time the last complete
+# append took (LAST_MS, of a slice 700..2500 lines long like this one: a
+# quarter of the longest is shorter than the shortest), so the kill lands
+# while the process runs, on a fast machine too.
 kills=0
 for ((round = 1; round <= KILL_ROUNDS; round++)); do
   take_slice
   CAIRN_DATA=$DATA "$CAIRN" append --engine "$WORK/slice" >/dev/null 2>&1 &
   pid=$!
-  sleep "$(printf '0.%03d' $((RANDOM % 400)))"
+  ms=$((RANDOM % (LAST_MS / 4 + 1)))
+  sleep "$(printf '%d.%03d' $((ms / 1000)) $((ms % 1000)))"
   if kill -9 "$pid" 2>/dev/null; then kills=$((kills + 1)); fi
   wait "$pid" 2>/dev/null || true
   append_slice 0
