@@ -1318,8 +1318,14 @@ static void test_parallel_apply(void **state)
     cfg.apply_threads = 2;
     par_ntrace = 0;
     cairn_error_clear(&e);
+    static struct engine_replay_stats rs;
+    cfg.replay_stats = &rs;
     assert_int_equal(engine_replay(&cfg, into, 0, &e), 0);
-    assert_true(par_off_main); /* the parallel apply really ran */
+    cfg.replay_stats = NULL;
+    /* The parallel apply really ran: the worker applied runs, or the
+     * writer's thread took every one of them (work stealing; under
+     * valgrind the worker may never get there first). */
+    assert_true(par_off_main || rs.phases.stolen > 0);
     assert_int_equal(par_ntrace, nserial);
     for (size_t i = 0; i < nserial; i++)
         if (strcmp(par_trace[i], serial[i]))
@@ -1353,7 +1359,9 @@ static void test_parallel_apply(void **state)
     par_fail_at = 5000;
     par_off_main = false;
     assert_int_equal(engine_catch_up(eng, 0), CAIRN_EIO);
-    assert_true(par_off_main);
+    struct engine_phase_stats ph;
+    engine_phase_stats(eng, &ph);
+    assert_true(par_off_main || ph.stolen > 0); /* in a parallel apply, as above */
     assert_int_equal(par_fail_at, 0);
     assert_int_equal(proj_checkpoint(engine_proj(eng)), 1);
     par_ntrace = 0;
