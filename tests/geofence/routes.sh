@@ -48,12 +48,22 @@ ok() { # ok NAME PATH JQ
     get "$2" | jq -e "$3" >/dev/null || fail "$1: $(get "$2")"
     echo "ok $1"
 }
-for q in default 1 4; do
-if [ $q = default ]; then unset CAIRN_CONFIG; else
-    echo "{\"handlers\": {\"geofence\": {\"hitq_max\": $q, \"opq_max\": $q}}}" >"$WORK/q.json"
+# queues Q KEY…: CAIRN_CONFIG sets each handlers.geofence KEY to Q (none
+# set for "default")
+queues() {
+    local q=$1 kv=() k
+    shift
+    if [ "$q" = default ]; then
+        unset CAIRN_CONFIG
+        return
+    fi
+    for k in "$@"; do kv+=("\"$k\": $q"); done
+    (IFS=,; echo "{\"handlers\": {\"geofence\": {${kv[*]}}}}") >"$WORK/q.json"
     export CAIRN_CONFIG=$WORK/q.json
-    DATA=$WORK/data$q
-fi
+}
+for q in default 1 4; do
+queues $q hitq_max opq_max
+[ $q = default ] || DATA=$WORK/data$q
 append "$WORK/in.ndjson"
 serve
 echo "hitq_max and opq_max $q:"
@@ -124,10 +134,7 @@ answers() { # every fence's WITHIN and NEARBY at 25 points, without the seq
     done
 }
 for q in 1 7 default; do
-    if [ $q = default ]; then unset CAIRN_CONFIG; else
-        echo "{\"handlers\": {\"geofence\": {\"opq_max\": $q}}}" >"$WORK/q.json"
-        export CAIRN_CONFIG=$WORK/q.json
-    fi
+    queues $q opq_max
     DATA=$WORK/rand$q
     append "$WORK/rand.ndjson"
     serve
