@@ -765,20 +765,13 @@ static int opq_add(struct hctx *ctx, int q, const struct gf_key *k, const void *
     return ++o->n < g->opq_max ? 0 : opq_merge(ctx, q);
 }
 
-/* Whether v[0..vn) is a well-formed queued operation. */
-static bool opq_ok(const uint8_t *v, size_t vn)
-{
-    size_t kn = vn >= 3 ? (size_t)v[1] << 8 | v[2] : 0;
-    return vn >= 3 && v[0] <= 1 && kn >= 1 && kn <= GF_KEY_MAX && 3 + kn <= vn && vn - 3 - kn <= 8;
-}
-
 /* Moves one queued operation (at pbuf offset voff, vn bytes) to the set's
  * deferred writes. */
 static int opq_move(struct hctx *ctx, int q, uint32_t voff, size_t vn)
 {
     struct gf *g = self(ctx);
     const uint8_t *v = g->pbuf.data + voff;
-    if (!opq_ok(v, vn))
+    if (!gf_opq_ok(v, vn))
         return CAIRN_ECORRUPT;
     size_t kn = (size_t)v[1] << 8 | v[2];
     struct gf_key k;
@@ -807,7 +800,7 @@ static int opq_merge(struct hctx *ctx, int q)
             rc = hctx_cursor_open(ctx, o->qdb, NULL, 0, &c);
             while (!rc && !(rc = hctx_cursor_next(c, &k, &v))) {
                 uint32_t voff;
-                if (k.mv_size != 8 || !opq_ok(v.mv_data, v.mv_size)) {
+                if (k.mv_size != 8 || !gf_opq_ok(v.mv_data, v.mv_size)) {
                     rc = CAIRN_ECORRUPT;
                     break;
                 }

@@ -199,6 +199,15 @@ static inline uint64_t gf_time_key(int64_t t)
     return (uint64_t)t ^ (1ull << 63);
 }
 
+/* Whether v[0..vn) is a well-formed operation of insq or posq (op u8 | kn
+ * u16 BE | the set's key, 1..GF_KEY_MAX bytes | a value of at most 8
+ * bytes); the set's key is v[3..3 + kn). */
+static inline bool gf_opq_ok(const uint8_t *v, size_t vn)
+{
+    size_t kn = vn >= 3 ? (size_t)v[1] << 8 | v[2] : 0;
+    return vn >= 3 && v[0] <= 1 && kn >= 1 && kn <= GF_KEY_MAX && 3 + kn <= vn && vn - 3 - kn <= 8;
+}
+
 /* The dhits key of a hit from its hits key h[0..hn) (a key of hitq's
  * values, well formed: the fence id at h[tl + 1], tl = 1 + the tenant's
  * length; hn >= tl + 1 + flen + 9): T | dlen | device | time | kind |

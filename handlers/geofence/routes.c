@@ -197,8 +197,7 @@ static int qops_collect(struct hread *rd, const char *queue, const uint8_t *pref
     while (!rc && !(rc = scan_next(&s, NULL, 0, &k, &v))) {
         const uint8_t *b = v.mv_data;
         size_t kn = v.mv_size >= 3 ? (size_t)b[1] << 8 | b[2] : 0;
-        if (k.mv_size != 8 || v.mv_size < 3 || b[0] > 1 || 3 + kn > v.mv_size || kn < pn ||
-            memcmp(b + 3, prefix, pn))
+        if (k.mv_size != 8 || !gf_opq_ok(b, v.mv_size) || kn < pn || memcmp(b + 3, prefix, pn))
             continue;
         if (n == cap) {
             size_t c = cap ? cap * 2 : 64;
