@@ -428,12 +428,6 @@ static void dsort_key(struct dsort *e, const uint8_t *k, size_t n, void *p)
     e->p = p;
 }
 
-static int cmp_keys(const uint8_t *a, size_t an, const uint8_t *b, size_t bn)
-{
-    int c = memcmp(a, b, an < bn ? an : bn);
-    return c ? c : an < bn ? -1 : an > bn;
-}
-
 /* dsort_cmp of device entries: by key. */
 static int cmp_dsort_dev(const void *a, const void *b, void *arg)
 {
@@ -444,7 +438,7 @@ static int cmp_dsort_dev(const void *a, const void *b, void *arg)
     if (x->k1 != y->k1)
         return x->k1 < y->k1 ? -1 : 1;
     const struct gdev *p = x->p, *q = y->p;
-    return cmp_keys(p->key, p->kn, q->key, q->kn);
+    return gf_cmp_keys(p->key, p->kn, q->key, q->kn);
 }
 
 static bool dsort_lt(const struct dsort *x, const struct dsort *y)
@@ -646,7 +640,7 @@ static int cmp_dsort_pw(const void *a, const void *b, void *arg)
         return x->k1 < y->k1 ? -1 : 1;
     const struct pw *p = x->p, *q = y->p;
     const uint8_t *base = arg;
-    int c = cmp_keys(base + p->koff, p->kn, base + q->koff, q->kn);
+    int c = gf_cmp_keys(base + p->koff, p->kn, base + q->koff, q->kn);
     return c ? c : p->seq < q->seq ? -1 : p->seq > q->seq;
 }
 
@@ -680,10 +674,10 @@ static int pend_apply(struct hctx *ctx, int kind)
         assert(!o || i == 0 || cmp_dsort_pw(&o[i - 1], &o[i], (void *)base) < 0);
         const struct pw *w = o ? o[i].p : &pd->w[i]; /* no memory: in their order */
         assert(o || !PW_QUEUE(kind) || i == 0 ||
-               cmp_keys(base + pd->w[i - 1].koff, pd->w[i - 1].kn, base + w->koff, w->kn) < 0);
+               gf_cmp_keys(base + pd->w[i - 1].koff, pd->w[i - 1].kn, base + w->koff, w->kn) < 0);
         if (o && i + 1 < pd->n) {
             const struct pw *nx = o[i + 1].p;
-            if (!cmp_keys(base + w->koff, w->kn, base + nx->koff, nx->kn))
+            if (!gf_cmp_keys(base + w->koff, w->kn, base + nx->koff, nx->kn))
                 continue; /* a later write of the same key */
         }
         rc = w->del ? hctx_del(ctx, db, base + w->koff, w->kn)

@@ -199,6 +199,13 @@ static inline uint64_t gf_time_key(int64_t t)
     return (uint64_t)t ^ (1ull << 63);
 }
 
+/* LMDB's key order (memcmp, then the shorter first). */
+static inline int gf_cmp_keys(const uint8_t *a, size_t an, const uint8_t *b, size_t bn)
+{
+    int c = memcmp(a, b, an < bn ? an : bn);
+    return c ? c : an < bn ? -1 : an > bn;
+}
+
 /* Whether v[0..vn) is a well-formed operation of insq or posq (op u8 | kn
  * u16 BE | the set's key, 1..GF_KEY_MAX bytes | a value of at most 8
  * bytes); the set's key is v[3..3 + kn). */

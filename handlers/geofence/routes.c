@@ -160,12 +160,6 @@ static void scan_close(struct scan *s)
         mdb_cursor_close(s->c);
 }
 
-static int cmp_keys(const uint8_t *a, size_t an, const uint8_t *b, size_t bn)
-{
-    int c = memcmp(a, b, an < bn ? an : bn);
-    return c ? c : an < bn ? -1 : an > bn;
-}
-
 /* ====================================================================== queued sets */
 
 /* The operations queued for inside or pos (geofence.insq, posq:
@@ -181,7 +175,7 @@ struct qop {
 static int cmp_qop(const void *a, const void *b)
 {
     const struct qop *x = a, *y = b;
-    int c = cmp_keys(x->k, x->kn, y->k, y->kn);
+    int c = gf_cmp_keys(x->k, x->kn, y->k, y->kn);
     return c ? c : x->n < y->n ? -1 : x->n > y->n;
 }
 
@@ -224,7 +218,7 @@ static int qops_collect(struct hread *rd, const char *queue, const uint8_t *pref
         qsort(q, n, sizeof *q, cmp_qop);
     size_t m = 0; /* the last of each key */
     for (size_t i = 0; i < n; i++) {
-        if (m && !cmp_keys(q[m - 1].k, q[m - 1].kn, q[i].k, q[i].kn))
+        if (m && !gf_cmp_keys(q[m - 1].k, q[m - 1].kn, q[i].k, q[i].kn))
             m--;
         q[m++] = q[i];
     }
@@ -261,7 +255,7 @@ static int mscan_next(struct mscan *m, const void *from, size_t fn, MDB_val *k, 
         size_t lo = 0, hi = m->qn, n = from ? fn : pn;
         while (lo < hi) {
             size_t mid = (lo + hi) / 2;
-            if (cmp_keys(m->q[mid].k, m->q[mid].kn, f, n) < 0)
+            if (gf_cmp_keys(m->q[mid].k, m->q[mid].kn, f, n) < 0)
                 lo = mid + 1;
             else
                 hi = mid;
@@ -282,7 +276,7 @@ static int mscan_next(struct mscan *m, const void *from, size_t fn, MDB_val *k, 
             q = NULL; /* past the prefix */
         if (!m->have && !q)
             return CAIRN_ENOTFOUND;
-        int c = !m->have ? 1 : !q ? -1 : cmp_keys(m->k.mv_data, m->k.mv_size, q->k, q->kn);
+        int c = !m->have ? 1 : !q ? -1 : gf_cmp_keys(m->k.mv_data, m->k.mv_size, q->k, q->kn);
         if (c < 0) {
             *k = m->k, *v = m->v;
             m->have = false;
@@ -521,21 +515,21 @@ static void hitq_keep(struct hitq *q, const struct gf_key *k, uint64_t dseq)
 {
     if (q->n == q->cap) {
         const struct qhit *last = &q->slot[q->ord[q->n - 1]];
-        if (cmp_keys(k->b, k->n, last->k, last->kn) > 0)
+        if (gf_cmp_keys(k->b, k->n, last->k, last->kn) > 0)
             return;
     }
     size_t lo = 0, hi = q->n;
     while (lo < hi) { /* the first kept key >= k */
         size_t mid = (lo + hi) / 2;
         const struct qhit *h = &q->slot[q->ord[mid]];
-        if (cmp_keys(h->k, h->kn, k->b, k->n) < 0)
+        if (gf_cmp_keys(h->k, h->kn, k->b, k->n) < 0)
             lo = mid + 1;
         else
             hi = mid;
     }
     if (lo < q->n) {
         struct qhit *h = &q->slot[q->ord[lo]];
-        if (!cmp_keys(h->k, h->kn, k->b, k->n)) {
+        if (!gf_cmp_keys(h->k, h->kn, k->b, k->n)) {
             if (dseq > h->dseq)
                 h->dseq = dseq;
             return;
@@ -676,7 +670,7 @@ static int get_hits(struct hread *rd, char **args, struct cairn_buf *out, struct
         const uint8_t *kb;
         uint64_t dseq;
         const struct qhit *qh = qi < q.n ? &q.slot[q.ord[qi]] : NULL;
-        int c = !have ? 1 : !qh ? -1 : cmp_keys(k.mv_data, k.mv_size, qh->k, qh->kn);
+        int c = !have ? 1 : !qh ? -1 : gf_cmp_keys(k.mv_data, k.mv_size, qh->k, qh->kn);
         if (c < 0) {
             if (v.mv_size != 8) { /* indexed, so it is there */
                 rc = CAIRN_ECORRUPT;
