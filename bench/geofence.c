@@ -4,7 +4,7 @@
  *
  *   bench/geofence [-f FENCES] [-d DEVICES] [-n FIXES] [--batch B] [--log-batch L]
  *                  [--inflight K] [--seed S] [--dir DIR] [--out DIR] [--no-e2e]
- *                  [--all-handlers] [--detect | --detect-only]
+ *                  [--all-handlers] [--detect | --detect-only] [--no-prefetch]
  *
  * FENCES polygons (8..64 vertices, star-shaped, 100 m .. 3 km across)
  * scattered over 20 cities (~0.5 degree around each centre), DEVICES
@@ -243,43 +243,70 @@ static int handler_reopen(struct proj *p, struct hctx *ctx)
     return proj_commit(p, proj_checkpoint(p));
 }
 
+/* Inputs decoded ahead, as the engine decodes a run before applying it
+ * (engine.c, PAR_BATCH): the handler's prefetch is called
+ * HANDLER_PREFETCH_AHEAD inputs ahead, as in apply_early_one. */
+#define RUN_AHEAD 256
+
+static bool no_prefetch; /* --no-prefetch: to measure what it gains */
+
+static int decode_ev(const struct work *w, size_t i, msgpack_zone *zone, msgpack_object *body,
+                     struct event *ev)
+{
+    const struct ev *e = &w->evs[i];
+    size_t off = 0;
+    if (msgpack_unpack((const char *)w->mp.data + e->mp, e->mpn, &off, zone, body) !=
+        MSGPACK_UNPACK_SUCCESS)
+        return CAIRN_ECORRUPT;
+    *ev = (struct event){.seq = i + 1,
+                         .type = {e->type, strlen(e->type)},
+                         .tenant = {"t", 1},
+                         .key = {"", 0},
+                         .time = e->time,
+                         .payload = w->mp.data + e->mp,
+                         .payload_len = e->mpn,
+                         .body = body};
+    return 0;
+}
+
 static int run_handler(struct proj *p, struct hctx *ctx, const struct work *w, size_t lo, size_t hi,
                        size_t batch, uint64_t *derived)
 {
     msgpack_zone zone;
-    msgpack_zone_init(&zone, 2048);
+    msgpack_zone_init(&zone, 65536);
+    static msgpack_object body[RUN_AHEAD];
+    static struct event run[RUN_AHEAD];
     int rc = 0;
     for (size_t i = lo; i < hi && !rc;) {
         if ((rc = proj_begin(p)))
             break;
         size_t i0 = i;
         uint64_t d0 = *derived;
-        for (size_t k = 0; k < batch && i < hi && !rc; k++, i++) {
-            const struct ev *e = &w->evs[i];
-            msgpack_object body;
-            size_t off = 0;
-            if (msgpack_unpack((const char *)w->mp.data + e->mp, e->mpn, &off, &zone, &body) !=
-                MSGPACK_UNPACK_SUCCESS) {
-                rc = CAIRN_ECORRUPT;
-                break;
+        bool full = false;
+        for (size_t k = 0; k < batch && i < hi && !rc && !full;) {
+            size_t nr = hi - i < RUN_AHEAD ? hi - i : RUN_AHEAD;
+            if (nr > batch - k)
+                nr = batch - k;
+            for (size_t j = 0; j < nr && !rc; j++)
+                rc = decode_ev(w, i + j, &zone, &body[j], &run[j]);
+            for (size_t j = 0; !no_prefetch && j < nr && j < HANDLER_PREFETCH_AHEAD && !rc; j++)
+                geofence_handler.prefetch(ctx, &run[j]);
+            size_t j = 0;
+            while (j < nr && !rc) {
+                if (!no_prefetch && j + HANDLER_PREFETCH_AHEAD < nr)
+                    geofence_handler.prefetch(ctx, &run[j + HANDLER_PREFETCH_AHEAD]);
+                rc = geofence_handler.apply(ctx, &run[j++]);
+                const struct event *em;
+                *derived += proj_hctx_emitted(ctx, &em);
+                proj_hctx_clear(ctx);
+                if (!rc && proj_txn_full(p, WRITES_MAX)) {
+                    full = true;
+                    break;
+                }
             }
-            struct event ev = {.seq = i + 1,
-                               .type = {e->type, strlen(e->type)},
-                               .tenant = {"t", 1},
-                               .key = {"", 0},
-                               .time = e->time,
-                               .payload = w->mp.data + e->mp,
-                               .payload_len = e->mpn,
-                               .body = &body};
-            rc = geofence_handler.apply(ctx, &ev);
-            const struct event *em;
-            *derived += proj_hctx_emitted(ctx, &em);
-            proj_hctx_clear(ctx);
+            i += j;
+            k += j;
             msgpack_zone_clear(&zone);
-            if (!rc && proj_txn_full(p, WRITES_MAX)) {
-                i++; /* applied: the loop's step is skipped */
-                break;
-            }
         }
         if (!rc && geofence_handler.flush)
             rc = geofence_handler.flush(ctx);
@@ -754,6 +781,8 @@ int main(int argc, char **argv)
         const char *v = i + 1 < argc ? argv[i + 1] : "0";
         if (!strcmp(argv[i], "--no-e2e"))
             e2e = false;
+        else if (!strcmp(argv[i], "--no-prefetch"))
+            no_prefetch = true;
         else if (!strcmp(argv[i], "--detect"))
             detect = true;
         else if (!strcmp(argv[i], "--detect-only"))
@@ -779,9 +808,10 @@ int main(int argc, char **argv)
         else if (!strcmp(argv[i], "--out") && ++i)
             out = v;
         else {
-            fprintf(stderr, "usage: bench/geofence [-f FENCES] [-d DEVICES] [-n FIXES] [--batch "
-                            "B] [--log-batch L] [--inflight K] [--seed S] [--dir DIR] [--out DIR] "
-                            "[--no-e2e] [--all-handlers] [--detect | --detect-only]\n");
+            fprintf(stderr,
+                    "usage: bench/geofence [-f FENCES] [-d DEVICES] [-n FIXES] [--batch "
+                    "B] [--log-batch L] [--inflight K] [--seed S] [--dir DIR] [--out DIR] "
+                    "[--no-e2e] [--all-handlers] [--detect | --detect-only] [--no-prefetch]\n");
             return 2;
         }
     }

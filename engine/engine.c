@@ -451,7 +451,14 @@ static int apply_early_one(struct engine *eng, size_t i, unsigned r)
     uint32_t *ends = eng->ends + (size_t)slot * eng->n * PAR_BATCH;
     int64_t c0 = cpu_ns();
     proj_hctx_select(eng->ctx[i], slot);
+    void (*prefetch)(struct hctx *, const struct event *) = eng->order[i]->prefetch;
+    for (size_t j = 0; prefetch && j < HANDLER_PREFETCH_AHEAD && j < nb; j++)
+        if (eng->masks[base + j] >> i & 1)
+            prefetch(eng->ctx[i], &batch[j]);
     for (size_t j = 0; j < nb && !rc; j++) {
+        size_t a = j + HANDLER_PREFETCH_AHEAD;
+        if (prefetch && a < nb && eng->masks[base + a] >> i & 1)
+            prefetch(eng->ctx[i], &batch[a]);
         if (eng->masks[base + j] >> i & 1) {
             proj_hctx_mark(eng->ctx[i]);
             rc = timed_apply(eng, i, &batch[j]);

@@ -1445,6 +1445,14 @@ static inline void prefetch_entries(const struct gent *e, uint32_t n)
  * power of two (so the product with v + base is too, rounding included),
  * and floor(2^k y) >> k = floor(y) for y >= 0 (the clamps agree as well).
  * So comparing the finest cells shifted is comparing the level's cells. */
+void geo_index_prefetch_hint(const struct geo_index *ix, const struct geo_hint *hint)
+{
+    if (hint->gen != ix->gen)
+        return;
+    for (int i = 0; i < GEO_HINT_LEVELS && i < ix->nlevels; i++)
+        prefetch_entries(hint->e[i], hint->n[i]);
+}
+
 int geo_index_point_hint(struct geo_index *ix, uint32_t space, double lon, double lat,
                          struct geo_hint *hint, uint32_t **ids, size_t *cap)
 {

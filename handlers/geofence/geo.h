@@ -214,6 +214,9 @@ struct geo_hint {
     uint32_t n[GEO_HINT_LEVELS];
     const void *e[GEO_HINT_LEVELS]; /* per non-empty level, coarsest first */
 };
+/* Starts loading the index entries *hint names, if it is still valid (the
+ * handler's prefetch, geofence.c). No effect on anything. */
+void geo_index_prefetch_hint(const struct geo_index *ix, const struct geo_hint *hint);
 /* geo_index_point, using and refreshing *hint (NULL: none). */
 int geo_index_point_hint(struct geo_index *ix, uint32_t space, double lon, double lat,
                          struct geo_hint *hint, uint32_t **ids, size_t *cap);

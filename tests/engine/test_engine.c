@@ -1155,6 +1155,11 @@ static bool par_off_main; /* a concurrent apply ran on another thread */
 static pthread_t par_main;
 static unsigned par_db[5];
 static uint64_t par_fail_at; /* p_a fails once on the input with this seq */
+/* p_c's prefetch calls (handler.h): how many, and which inputs while
+ * par_check_prefetch is set (p_c_apply then fails an input not prefetched) */
+static bool par_prefetched[PAR_INPUTS + 1];
+static size_t par_nprefetch;
+static bool par_check_prefetch;
 
 static void par_record(char who, const struct event *ev)
 {
@@ -1220,8 +1225,28 @@ static int p_c_apply(struct hctx *ctx, const struct event *ev)
 {
     if (!pthread_equal(pthread_self(), par_main))
         par_off_main = true;
+    if (par_check_prefetch && !par_prefetched[ev->seq])
+        fail_msg("p_c: input %llu applied before its prefetch", (unsigned long long)ev->seq);
     int rc = par_count(ctx, par_db[2]);
     return rc ? rc : payload_int(ev, "n") % 7 ? 0 : emit_k(ctx, ev, "w", 0, NULL, NULL);
+}
+
+/* p_c's prefetch (handler.h): in a parallel apply, called once for every
+ * input it consumes (decoded), before that input's apply. */
+
+static void p_c_prefetch(struct hctx *ctx, const struct event *ev)
+{
+    (void)ctx;
+    if (!ev->body || ev->derived || ev->type.n != 2 || memcmp(ev->type.p, "in", 2) || !ev->seq ||
+        ev->seq > PAR_INPUTS)
+        fail_msg("p_c prefetch: %.*s %llu", (int)ev->type.n, ev->type.p,
+                 (unsigned long long)ev->seq);
+    par_nprefetch++;
+    if (!par_check_prefetch) /* a retried run prefetches again */
+        return;
+    if (par_prefetched[ev->seq])
+        fail_msg("p_c prefetch: input %llu twice", (unsigned long long)ev->seq);
+    par_prefetched[ev->seq] = true;
 }
 
 static int p_l1_apply(struct hctx *ctx, const struct event *ev)
@@ -1262,6 +1287,7 @@ static const struct handler p_c = {.version = HANDLER_VERSION,
                                    .emits = LIST("w"),
                                    .open = p_c_open,
                                    .apply = p_c_apply,
+                                   .prefetch = p_c_prefetch,
                                    .concurrent = true};
 static const struct handler p_l1 = {.version = HANDLER_VERSION,
                                     .name = "p_l1",
@@ -1301,8 +1327,10 @@ static void test_parallel_apply(void **state)
     append_inputs(engine_log(eng), 1, PAR_INPUTS);
     par_ntrace = 0;
     par_off_main = false;
+    par_nprefetch = 0;
     assert_int_equal(engine_catch_up(eng, 0), 0);
     assert_false(par_off_main);
+    assert_int_equal(par_nprefetch, 0); /* serial: no prefetch (handler.h) */
     size_t nserial = par_ntrace;
     memcpy(serial, par_trace, sizeof serial);
     state_digest(engine_proj(eng), d1, &cp1);
@@ -1320,7 +1348,11 @@ static void test_parallel_apply(void **state)
     cairn_error_clear(&e);
     static struct engine_replay_stats rs;
     cfg.replay_stats = &rs;
+    memset(par_prefetched, 0, sizeof par_prefetched);
+    par_check_prefetch = true;
     assert_int_equal(engine_replay(&cfg, into, 0, &e), 0);
+    par_check_prefetch = false;
+    assert_int_equal(par_nprefetch, PAR_INPUTS); /* each input once, before its apply */
     cfg.replay_stats = NULL;
     /* The parallel apply really ran: the worker applied runs, or the
      * writer's thread took every one of them (work stealing; under
