@@ -446,18 +446,161 @@ size_t cairn_tkey(uint8_t *out, size_t cap, const struct cairn_str *tenant,
     return 1 + tenant->n + rest->n;
 }
 
-void cairn_be64_put(uint8_t *p, uint64_t v)
+/* ====================================================================== sorting by key */
+
+static uint64_t be_prefix(const uint8_t *p, size_t n)
 {
-    for (int i = 7; i >= 0; i--, v >>= 8)
-        p[i] = (uint8_t)v;
+    uint8_t b[8] = {0};
+    memcpy(b, p, n < 8 ? n : 8);
+    return cairn_be64_get(b);
 }
 
-uint64_t cairn_be64_get(const uint8_t *p)
+void cairn_ksort_set(struct cairn_ksort *e, const uint8_t *k, size_t n, void *p)
 {
-    uint64_t v = 0;
-    for (int i = 0; i < 8; i++)
-        v = v << 8 | p[i];
-    return v;
+    e->k0 = n ? be_prefix(k, n) : 0;
+    e->k1 = n > 8 ? be_prefix(k + 8, n - 8) : 0;
+    e->p = p;
+}
+
+/* By prefix, then by record address: equal prefixes come out in the
+ * order of the caller's records, which is the callers' order of equal
+ * keys (their records are in event order), so most runs need no sort. */
+static bool ks_lt(const struct cairn_ksort *x, const struct cairn_ksort *y)
+{
+    if (x->k0 != y->k0)
+        return x->k0 < y->k0;
+    return x->k1 != y->k1 ? x->k1 < y->k1 : (uintptr_t)x->p < (uintptr_t)y->p;
+}
+
+static void ks_swap(struct cairn_ksort *x, struct cairn_ksort *y)
+{
+    struct cairn_ksort t = *x;
+    *x = *y;
+    *y = t;
+}
+
+/* The index of the median of o[a], o[b], o[c]. */
+static size_t ks_med3(const struct cairn_ksort *o, size_t a, size_t b, size_t c)
+{
+    if (ks_lt(&o[b], &o[a])) {
+        size_t t = a;
+        a = b, b = t;
+    } /* now o[a] <= o[b] */
+    if (ks_lt(&o[c], &o[a]))
+        return a;
+    return ks_lt(&o[c], &o[b]) ? c : b;
+}
+
+/* Sorts o[0..n) by (k0, k1, p): a quicksort with the comparison inline (a
+ * radix sort over the 16 bytes cost twice as much: most of them vary).
+ * The pivot is the median of three pseudo-random entries (*seed): dirty
+ * lists come in patterns (a rotated sorted run: devices reporting in
+ * turn) that made fixed median-of-three positions quadratic. The order is
+ * the keys' either way. */
+static void ks_prefix(struct cairn_ksort *o, size_t n, uint64_t *seed)
+{
+    while (n > 16) {
+        size_t r[3];
+        for (int k = 0; k < 3; k++) {
+            *seed ^= *seed << 13, *seed ^= *seed >> 7, *seed ^= *seed << 17;
+            r[k] = (size_t)(*seed % n);
+        }
+        /* the median of the three to o[0], then Sedgewick's partition */
+        size_t m = ks_med3(o, r[0], r[1], r[2]);
+        ks_swap(&o[0], &o[m]);
+        struct cairn_ksort piv = o[0];
+        size_t i = 0, j = n;
+        for (;;) {
+            while (++i < n && ks_lt(&o[i], &piv))
+                ;
+            while (ks_lt(&piv, &o[--j]))
+                ;
+            if (i >= j)
+                break;
+            ks_swap(&o[i], &o[j]);
+        }
+        ks_swap(&o[0], &o[j]);
+        /* recurse into the smaller side, loop on the larger */
+        if (j < n - j - 1) {
+            ks_prefix(o, j, seed);
+            o += j + 1;
+            n -= j + 1;
+        } else {
+            ks_prefix(o + j + 1, n - j - 1, seed);
+            n = j;
+        }
+    }
+    for (size_t i = 1; i < n; i++) {
+        struct cairn_ksort t = o[i];
+        size_t j = i;
+        for (; j > 0 && ks_lt(&t, &o[j - 1]); j--)
+            o[j] = o[j - 1];
+        o[j] = t;
+    }
+}
+
+/* How deep ks_level recurses (16 bytes per level) before it leaves a run
+ * to cmp: keys of up to 1 KiB are sorted by bytes all the way. */
+#define KS_DEPTH_MAX 64
+
+/* The bytes every key of o[0, n) shares (n >= 1). */
+static size_t ks_shared(const struct cairn_ksort *o, size_t n, cairn_ksort_key key, void *arg)
+{
+    size_t fn, kn;
+    const uint8_t *f = key(o[0].p, &fn, arg);
+    size_t s = fn;
+    for (size_t i = 1; i < n && s; i++) {
+        const uint8_t *k = key(o[i].p, &kn, arg);
+        s = cairn_shared_prefix(f, s, k, kn);
+    }
+    return s;
+}
+
+/* Sorts o[0, n), whose keys all share their first `skip` bytes: by the 16
+ * bytes after those, then each run that ties on them and is not in order
+ * yet by the bytes its keys share and the 16 after (a level deeper), or
+ * by cmp when that gains nothing (a key ends within the 16: zero padding
+ * tied it) or the keys are deeper than KS_DEPTH_MAX levels. */
+static void ks_level(struct cairn_ksort *o, size_t n, size_t skip, int depth, cairn_ksort_key key,
+                     cairn_ksort_cmp cmp, void *arg, uint64_t *seed)
+{
+    for (size_t i = 0; i < n; i++) {
+        size_t kn;
+        const uint8_t *k = key(o[i].p, &kn, arg);
+        cairn_ksort_set(&o[i], k + skip, kn - skip, o[i].p);
+    }
+    ks_prefix(o, n, seed);
+    for (size_t i = 0, j; i < n; i = j) {
+        for (j = i + 1; j < n && o[j].k0 == o[i].k0 && o[j].k1 == o[i].k1;)
+            j++;
+        size_t a = i + 1;
+        while (a < j && cmp(&o[a - 1], &o[a], arg) <= 0)
+            a++;
+        if (a == j)
+            continue; /* in order already: the same key, in record order */
+        size_t s = ks_shared(o + i, j - i, key, arg);
+        if (s >= skip + 16 && depth < KS_DEPTH_MAX) {
+            ks_level(o + i, j - i, s, depth + 1, key, cmp, arg, seed);
+        } else if (j - i > 16) {
+            qsort_r(o + i, j - i, sizeof *o, cmp, arg);
+        } else {
+            for (; a < j; a++) { /* insertion, from the first out of order */
+                struct cairn_ksort t = o[a];
+                size_t b = a;
+                for (; b > i && cmp(&t, &o[b - 1], arg) < 0; b--)
+                    o[b] = o[b - 1];
+                o[b] = t;
+            }
+        }
+    }
+}
+
+void cairn_ksort(struct cairn_ksort *o, size_t n, cairn_ksort_key key, cairn_ksort_cmp cmp,
+                 void *arg)
+{
+    uint64_t seed = 0x9E3779B97F4A7C15ULL;
+    if (n > 1)
+        ks_level(o, n, ks_shared(o, n, key, arg), 0, key, cmp, arg, &seed);
 }
 
 /* ====================================================================== files */

@@ -208,8 +208,69 @@ int cairn_hex_digit(char c);                            /* 0..15, or -1 */
  * is over CAIRN_TENANT_MAX or the key does not fit in cap. */
 size_t cairn_tkey(uint8_t *out, size_t cap, const struct cairn_str *tenant,
                   const struct cairn_str *rest);
-void cairn_be64_put(uint8_t *p, uint64_t v);
-uint64_t cairn_be64_get(const uint8_t *p);
+/* Inline: index keys and records are full of them (a byte loop behind a
+ * call was measurable in the geofence handler's fixes). */
+static inline void cairn_be64_put(uint8_t *p, uint64_t v)
+{
+#if __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+    v = __builtin_bswap64(v);
+#endif
+    memcpy(p, &v, 8);
+}
+static inline uint64_t cairn_be64_get(const uint8_t *p)
+{
+    uint64_t v;
+    memcpy(&v, p, 8);
+#if __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+    v = __builtin_bswap64(v);
+#endif
+    return v;
+}
+
+/* ======================================================================
+ * Sorting records into LMDB's key order (memcmp, then the shorter first),
+ * as write-backs and index puts want them: puts in key order stay on the
+ * cursor's leaf. The caller lists its records (struct cairn_ksort's p);
+ * cairn_ksort reads each record's key (key()) and keeps 16 of its bytes
+ * (big-endian, zero-padded) next to the pointer, skipping the bytes every
+ * key shares (a tenant, an id stem), and sorts by those with the
+ * comparison inline; a run that ties on them goes a level deeper (the
+ * next 16 bytes past what the run shares) until cmp settles what is left
+ * (keys that differ only in zero bytes at their end, and the caller's
+ * order of equal keys). Equal prefixes come out in the order of their
+ * records' addresses, so where that is the caller's order of equal keys
+ * (records kept in event order) a run of one key costs one cmp per entry.
+ * Comparing through the pointers instead (qsort) cost two cache misses
+ * and a memcmp per comparison once the records outgrow the caches, and
+ * with long tenant names the keys' first 16 bytes alone tie on every key.
+ * ==================================================================== */
+
+struct cairn_ksort {
+    uint64_t k0, k1; /* 16 bytes of the key (set by cairn_ksort) */
+    void *p;         /* the record (set by the caller) */
+};
+
+/* The key of record p (*n: its length). */
+typedef const uint8_t *(*cairn_ksort_key)(const void *p, size_t *n, void *arg);
+/* The order of two entries (struct cairn_ksort) by their records: the
+ * full keys, then whatever the caller adds (a seq). */
+typedef int (*cairn_ksort_cmp)(const void *a, const void *b, void *arg);
+
+/* Sorts o[0, n) (each p set) into cmp's order, which must be LMDB's key
+ * order on key(p) first. */
+void cairn_ksort(struct cairn_ksort *o, size_t n, cairn_ksort_key key, cairn_ksort_cmp cmp,
+                 void *arg);
+/* e's 16 bytes of k[0, n) (zero-padded) and its record p. */
+void cairn_ksort_set(struct cairn_ksort *e, const uint8_t *k, size_t n, void *p);
+/* How many of the first `shared` bytes of a the key b[0, n) shares. */
+static inline size_t cairn_shared_prefix(const uint8_t *a, size_t shared, const uint8_t *b,
+                                         size_t n)
+{
+    size_t m = shared < n ? shared : n, j = 0;
+    while (j < m && a[j] == b[j])
+        j++;
+    return j;
+}
 
 /* ======================================================================
  * Codec. Payloads are stored as msgpack; inputs and outputs are JSON.

@@ -179,10 +179,39 @@ static int key_cmp(const void *x, const void *y)
     return c ? c : (a->vn > b->vn) - (a->vn < b->vn);
 }
 
+/* cairn_ksort's key and cmp of entries: key_cmp. */
+static const uint8_t *key_ksort_key(const void *p, size_t *n, void *arg)
+{
+    (void)arg;
+    const struct hentry *e = p;
+    *n = e->vn;
+    return e->mem.data;
+}
+
+static int key_ksort_cmp(const void *x, const void *y, void *arg)
+{
+    (void)arg;
+    const struct cairn_ksort *a = x, *b = y;
+    return key_cmp(&a->p, &b->p);
+}
+
+/* Through cairn_ksort (common.h): one load of each entry's key instead of
+ * two per comparison; qsort when there is no memory for it. */
 void hcache_sort_dirty(struct hcache *c)
 {
-    if (c->ndirty > 1)
+    if (c->ndirty < 2)
+        return;
+    struct cairn_ksort *o = malloc(c->ndirty * sizeof *o);
+    if (!o) {
         qsort(c->dirty, c->ndirty, sizeof *c->dirty, key_cmp);
+        return;
+    }
+    for (size_t i = 0; i < c->ndirty; i++)
+        o[i].p = c->dirty[i];
+    cairn_ksort(o, c->ndirty, key_ksort_key, key_ksort_cmp, NULL);
+    for (size_t i = 0; i < c->ndirty; i++)
+        c->dirty[i] = o[i].p;
+    free(o);
 }
 
 /* ====================================================================== key sets */

@@ -97,12 +97,6 @@ struct dev {
     struct span status, battery, position, speed, readings;
 };
 
-/* A dirty dev's sort key for the flush (sort_dirty). */
-struct skey {
-    uint64_t a, b; /* key bytes [cp, cp + 16), big-endian, zero-padded */
-    struct hentry *e;
-};
-
 /* An entry of the seen index, in memory (the seen index, below). */
 struct sent {
     int64_t t;   /* the entry's time */
@@ -146,8 +140,6 @@ struct devices {
     struct hcache cache;  /* of struct dev; the dirty ones are written back by flush */
     struct cairn_buf tmp; /* the next mem of the dev being updated */
     struct cairn_buf doc; /* the document being written back */
-    struct skey *sk;      /* sort_dirty's arrays: 2 * sk_cap */
-    size_t sk_cap;
 };
 
 static void seen_free(struct seen *s);
@@ -295,7 +287,6 @@ static void devices_close(struct hctx *ctx)
         seen_free(&d->sn);
         cairn_buf_deinit(&d->tmp);
         cairn_buf_deinit(&d->doc);
-        free(d->sk);
         free(d);
     }
     *hctx_user(ctx) = NULL;
@@ -1214,89 +1205,14 @@ static int dev_write(struct hctx *ctx, struct hcursor *c, struct dev *v)
     return hctx_cursor_put(c, v->e.mem.data, v->e.vn, d->doc.data, d->doc.len);
 }
 
-static uint64_t word_at(const struct hentry *e, size_t at)
-{
-    uint8_t w[8] = {0};
-    if (at < e->vn)
-        memcpy(w, e->mem.data + at, e->vn - at < 8 ? e->vn - at : 8);
-    return cairn_be64_get(w);
-}
-
-/* Key order (memcmp, then the shorter first: LMDB's) of two dirty devs
- * whose keys share their first cp bytes. */
-static bool skey_less(const struct skey *x, const struct skey *y, size_t cp)
-{
-    if (x->a != y->a)
-        return x->a < y->a;
-    if (x->b != y->b)
-        return x->b < y->b;
-    const struct hentry *a = x->e, *b = y->e; /* equal to cp + 16, or padding */
-    size_t n = a->vn < b->vn ? a->vn : b->vn;
-    int c = memcmp(a->mem.data + cp, b->mem.data + cp, n - cp);
-    return c ? c < 0 : a->vn < b->vn;
-}
-
-/* hcache_sort_dirty's order (by key, LMDB's), without its qsort: that
- * called a memcmp through a function pointer per comparison (~850
- * instructions per dirty dev). Here the 16 key bytes past the prefix all
- * dirty keys share (none with tenants of different name lengths; with
- * one tenant, its length byte and name) are two integers next to the
- * pointer, compared inline by a merge sort; the keys themselves are read
- * only on a tie (keys longer than the prefix + 16 bytes that agree on
- * those: a long tenant name's devices). Keys in the list are distinct,
- * so the order is the one qsort gave. */
-static int sort_dirty(struct devices *d)
-{
-    struct hentry **l = d->cache.dirty;
-    size_t n = d->cache.ndirty, cp = n ? l[0]->vn : 0;
-    if (n < 2)
-        return 0;
-    if (n > d->sk_cap) {
-        struct skey *p = realloc(d->sk, 2 * n * sizeof *p);
-        if (!p)
-            return CAIRN_ENOMEM;
-        d->sk = p;
-        d->sk_cap = n;
-    }
-    for (size_t i = 1; i < n && cp; i++) {
-        size_t m = l[i]->vn < cp ? l[i]->vn : cp, j = 0;
-        while (j < m && l[i]->mem.data[j] == l[0]->mem.data[j])
-            j++;
-        cp = j;
-    }
-    struct skey *a = d->sk, *b = d->sk + n;
-    for (size_t i = 0; i < n; i++)
-        a[i] = (struct skey){word_at(l[i], cp), word_at(l[i], cp + 8), l[i]};
-    for (size_t w = 1; w < n; w *= 2) { /* bottom-up merges of runs of w */
-        for (size_t lo = 0; lo < n; lo += 2 * w) {
-            size_t mid = lo + w < n ? lo + w : n, hi = lo + 2 * w < n ? lo + 2 * w : n;
-            size_t i = lo, j = mid, k = lo;
-            while (i < mid && j < hi)
-                b[k++] = skey_less(&a[j], &a[i], cp) ? a[j++] : a[i++];
-            while (i < mid)
-                b[k++] = a[i++];
-            while (j < hi)
-                b[k++] = a[j++];
-        }
-        struct skey *t = a;
-        a = b;
-        b = t;
-    }
-    for (size_t i = 0; i < n; i++)
-        l[i] = a[i].e;
-    return 0;
-}
-
 /* Writes back every device this transaction changed. */
 static int devices_flush(struct hctx *ctx)
 {
     struct devices *d = self(ctx);
     struct hcursor *c = NULL;
-    int rc = sort_dirty(d); /* in key order: see hcache_sort_dirty */
-    if (rc)
-        return rc;
+    hcache_sort_dirty(&d->cache); /* in key order */
     /* Through one cursor: sorted puts stay on the leaf (hctx_cursor_put). */
-    rc = d->cache.ndirty ? hctx_cursor_open(ctx, d->view, NULL, 0, &c) : 0;
+    int rc = d->cache.ndirty ? hctx_cursor_open(ctx, d->view, NULL, 0, &c) : 0;
     for (size_t i = 0; i < d->cache.ndirty && !rc; i++) {
         rc = dev_write(ctx, c, (struct dev *)d->cache.dirty[i]);
         d->cache.dirty[i]->dirty = false;

@@ -408,145 +408,39 @@ static struct gdev *dev_find(struct gf *g, const uint8_t *k, size_t n)
     return g->dcap ? *dev_slot(g, k, n, hcache_hash(k, n)) : NULL;
 }
 
-/* The write-back order is LMDB's key order (memcmp, then length). Records
- * (and deferred writes, below) are sorted through their keys' first 16
- * bytes (big-endian, zero-padded) held next to the pointer, by a
- * least-significant-byte-first radix sort that skips the bytes every key
- * shares (the tenant, an id prefix): comparing through the pointers with
- * qsort was two cache misses and a memcmp per compare, about a tenth of a
- * fix's time with 100 000 devices. Runs of equal prefixes are then sorted
- * by a full comparison (the keys, then what the caller adds). */
-struct dsort {
-    uint64_t k0, k1;
-    void *p;
-};
+/* The write-back order is LMDB's key order (memcmp, then length): records
+ * and deferred writes (below) are sorted with cairn_ksort (common.h), by
+ * their keys' first 16 bytes, then runs of equal prefixes by a full
+ * comparison (the keys, then what the caller adds). */
 
-typedef int (*dsort_cmp)(const void *, const void *, void *);
-
-static uint64_t be_prefix(const uint8_t *p, size_t n)
-{
-    uint8_t b[8] = {0};
-    memcpy(b, p, n < 8 ? n : 8);
-    return gf_be64_get(b);
-}
-
-static void dsort_key(struct dsort *e, const uint8_t *k, size_t n, void *p)
-{
-    e->k0 = be_prefix(k, n);
-    e->k1 = n > 8 ? be_prefix(k + 8, n - 8) : 0;
-    e->p = p;
-}
-
-/* dsort_cmp of device entries: by key. */
-static int cmp_dsort_dev(const void *a, const void *b, void *arg)
+/* cairn_ksort's key and cmp of device entries: by key. */
+static const uint8_t *key_ks_dev(const void *p, size_t *n, void *arg)
 {
     (void)arg;
-    const struct dsort *x = a, *y = b;
-    if (x->k0 != y->k0)
-        return x->k0 < y->k0 ? -1 : 1;
-    if (x->k1 != y->k1)
-        return x->k1 < y->k1 ? -1 : 1;
-    const struct gdev *p = x->p, *q = y->p;
+    const struct gdev *d = p;
+    *n = d->kn;
+    return d->key;
+}
+
+static int cmp_ks_dev(const void *a, const void *b, void *arg)
+{
+    (void)arg;
+    const struct gdev *p = ((const struct cairn_ksort *)a)->p,
+                      *q = ((const struct cairn_ksort *)b)->p;
     return gf_cmp_keys(p->key, p->kn, q->key, q->kn);
-}
-
-static bool dsort_lt(const struct dsort *x, const struct dsort *y)
-{
-    return x->k0 != y->k0 ? x->k0 < y->k0 : x->k1 < y->k1;
-}
-
-static void dsort_swap(struct dsort *x, struct dsort *y)
-{
-    struct dsort t = *x;
-    *x = *y;
-    *y = t;
-}
-
-/* The index of the median of o[a], o[b], o[c]. */
-static size_t dsort_med3(const struct dsort *o, size_t a, size_t b, size_t c)
-{
-    if (dsort_lt(&o[b], &o[a])) {
-        size_t t = a;
-        a = b, b = t;
-    } /* now o[a] <= o[b] */
-    if (dsort_lt(&o[c], &o[a]))
-        return a;
-    return dsort_lt(&o[c], &o[b]) ? c : b;
-}
-
-/* Sorts o[0..n) by (k0, k1): a quicksort with the comparison inline (a
- * radix sort over the 16 bytes cost twice as much: most of them vary).
- * The pivot is the median of three pseudo-random entries (*seed): the
- * dirty lists come in patterns (a rotated sorted run: devices reporting
- * in turn) that made fixed median-of-three positions quadratic. The order
- * is the keys' either way. */
-static void dsort_prefix(struct dsort *o, size_t n, uint64_t *seed)
-{
-    while (n > 16) {
-        size_t r[3];
-        for (int k = 0; k < 3; k++) {
-            *seed ^= *seed << 13, *seed ^= *seed >> 7, *seed ^= *seed << 17;
-            r[k] = (size_t)(*seed % n);
-        }
-        /* the median of the three to o[0], then Sedgewick's partition */
-        size_t m = dsort_med3(o, r[0], r[1], r[2]);
-        dsort_swap(&o[0], &o[m]);
-        struct dsort piv = o[0];
-        size_t i = 0, j = n;
-        for (;;) {
-            while (++i < n && dsort_lt(&o[i], &piv))
-                ;
-            while (dsort_lt(&piv, &o[--j]))
-                ;
-            if (i >= j)
-                break;
-            dsort_swap(&o[i], &o[j]);
-        }
-        dsort_swap(&o[0], &o[j]);
-        /* recurse into the smaller side, loop on the larger */
-        if (j < n - j - 1) {
-            dsort_prefix(o, j, seed);
-            o += j + 1;
-            n -= j + 1;
-        } else {
-            dsort_prefix(o + j + 1, n - j - 1, seed);
-            n = j;
-        }
-    }
-    for (size_t i = 1; i < n; i++) {
-        struct dsort t = o[i];
-        size_t j = i;
-        for (; j > 0 && dsort_lt(&t, &o[j - 1]); j--)
-            o[j] = o[j - 1];
-        o[j] = t;
-    }
-}
-
-/* Sorts o[0..n) as cmp does: by the prefixes, then runs of equal
- * prefixes by cmp. */
-static void dsort_sort(struct dsort *o, size_t n, dsort_cmp cmp, void *arg)
-{
-    uint64_t seed = 0x9E3779B97F4A7C15ULL;
-    dsort_prefix(o, n, &seed);
-    for (size_t i = 0, j; i < n; i = j) {
-        for (j = i + 1; j < n && o[j].k0 == o[i].k0 && o[j].k1 == o[i].k1;)
-            j++;
-        if (j - i > 1)
-            qsort_r(o + i, j - i, sizeof *o, cmp, arg);
-    }
 }
 
 /* Writes the changed records to geofence.dev. */
 static int dev_writeback(struct hctx *ctx)
 {
     struct gf *g = self(ctx);
-    struct dsort *o = g->ndirty > 1 ? malloc(g->ndirty * sizeof *o) : NULL;
+    struct cairn_ksort *o = g->ndirty > 1 ? malloc(g->ndirty * sizeof *o) : NULL;
     if (o) {
         for (size_t i = 0; i < g->ndirty; i++)
-            dsort_key(&o[i], g->dirty[i]->key, g->dirty[i]->kn, g->dirty[i]);
-        dsort_sort(o, g->ndirty, cmp_dsort_dev, NULL);
+            o[i].p = g->dirty[i];
+        cairn_ksort(o, g->ndirty, key_ks_dev, cmp_ks_dev, NULL);
         for (size_t i = 0; i < g->ndirty; i++) {
-            assert(i == 0 || cmp_dsort_dev(&o[i - 1], &o[i], NULL) < 0);
+            assert(i == 0 || cmp_ks_dev(&o[i - 1], &o[i], NULL) < 0);
             g->dirty[i] = o[i].p;
         }
         free(o);
@@ -640,14 +534,19 @@ static int pend_add(struct hctx *ctx, int kind, const struct gf_key *k, uint32_t
     return 0;
 }
 
-static int cmp_dsort_pw(const void *a, const void *b, void *arg)
+/* cairn_ksort's key and cmp of deferred writes (keys at arg + koff): by
+ * key, then in the order they were made. */
+static const uint8_t *key_ks_pw(const void *p, size_t *n, void *arg)
 {
-    const struct dsort *x = a, *y = b;
-    if (x->k0 != y->k0)
-        return x->k0 < y->k0 ? -1 : 1;
-    if (x->k1 != y->k1)
-        return x->k1 < y->k1 ? -1 : 1;
-    const struct pw *p = x->p, *q = y->p;
+    const struct pw *w = p;
+    *n = w->kn;
+    return (const uint8_t *)arg + w->koff;
+}
+
+static int cmp_ks_pw(const void *a, const void *b, void *arg)
+{
+    const struct pw *p = ((const struct cairn_ksort *)a)->p,
+                    *q = ((const struct cairn_ksort *)b)->p;
     const uint8_t *base = arg;
     int c = gf_cmp_keys(base + p->koff, p->kn, base + q->koff, q->kn);
     return c ? c : p->seq < q->seq ? -1 : p->seq > q->seq;
@@ -669,18 +568,18 @@ static int pend_apply(struct hctx *ctx, int kind)
         return 0;
     const uint8_t *base = g->pbuf.data;
     /* a queue's puts come in key order: no sort (o NULL: in their order) */
-    struct dsort *o = PW_QUEUE(kind) ? NULL : malloc(pd->n * sizeof *o);
+    struct cairn_ksort *o = PW_QUEUE(kind) ? NULL : malloc(pd->n * sizeof *o);
     if (o) {
         for (size_t i = 0; i < pd->n; i++)
-            dsort_key(&o[i], base + pd->w[i].koff, pd->w[i].kn, &pd->w[i]);
-        dsort_sort(o, pd->n, cmp_dsort_pw, (void *)base);
+            o[i].p = &pd->w[i];
+        cairn_ksort(o, pd->n, key_ks_pw, cmp_ks_pw, (void *)base);
     }
     /* puts through one cursor (in key order most stay on its leaf);
      * deletes by key (LMDB keeps the cursor valid across them) */
     struct hcursor *c = NULL;
     int rc = hctx_cursor_open(ctx, db, NULL, 0, &c);
     for (size_t i = 0; i < pd->n && !rc; i++) {
-        assert(!o || i == 0 || cmp_dsort_pw(&o[i - 1], &o[i], (void *)base) < 0);
+        assert(!o || i == 0 || cmp_ks_pw(&o[i - 1], &o[i], (void *)base) < 0);
         const struct pw *w = o ? o[i].p : &pd->w[i]; /* no memory: in their order */
         assert(o || !PW_QUEUE(kind) || i == 0 ||
                gf_cmp_keys(base + pd->w[i - 1].koff, pd->w[i - 1].kn, base + w->koff, w->kn) < 0);
@@ -1525,7 +1424,7 @@ static int set_inside(struct hctx *ctx, const struct fix *x, const char *fid, si
     if (inside_key(&k, &x->ev->tenant, fid, fn, &x->dev))
         return 0;
     uint8_t v[8];
-    gf_be64_put(v, (uint64_t)since);
+    cairn_be64_put(v, (uint64_t)since);
     return opq_add(ctx, OQ_INSIDE, &k, v, in ? 8 : 0, !in);
 }
 
@@ -1554,7 +1453,7 @@ struct devrec {
 
 static double get_f64(const uint8_t *p)
 {
-    uint64_t b = gf_be64_get(p);
+    uint64_t b = cairn_be64_get(p);
     double d;
     memcpy(&d, &b, 8);
     return d;
@@ -1564,7 +1463,7 @@ static void put_f64(uint8_t *p, double d)
 {
     uint64_t b;
     memcpy(&b, &d, 8);
-    gf_be64_put(p, b);
+    cairn_be64_put(p, b);
 }
 
 static int rec_decode(const uint8_t *p, size_t n, struct devrec *r, struct mem *mems)
@@ -1574,7 +1473,7 @@ static int rec_decode(const uint8_t *p, size_t n, struct devrec *r, struct mem *
     r->exists = true;
     r->lat = get_f64(p + 1);
     r->lon = get_f64(p + 9);
-    r->time = (int64_t)gf_be64_get(p + 17);
+    r->time = (int64_t)cairn_be64_get(p + 17);
     r->n = (uint32_t)p[25] << 8 | p[26];
     r->m = mems;
     size_t at = 27;
@@ -1584,7 +1483,7 @@ static int rec_decode(const uint8_t *p, size_t n, struct devrec *r, struct mem *
         if (at + 10 > n || at + 10 + p[at + 9] > n || p[at + 9] > GF_FENCE_ID_MAX)
             return CAIRN_ECORRUPT;
         mems[i].state = p[at];
-        mems[i].since = (int64_t)gf_be64_get(p + at + 1);
+        mems[i].since = (int64_t)cairn_be64_get(p + at + 1);
         mems[i].slot = UINT32_MAX;
         mems[i].idlen = p[at + 9];
         memcpy(mems[i].id, p + at + 10, mems[i].idlen);
@@ -1628,13 +1527,13 @@ static int rec_write(struct hctx *ctx, const struct fix *x, struct mem *m, uint3
     h[0] = 1;
     put_f64(h + 1, x->lat);
     put_f64(h + 9, x->lon);
-    gf_be64_put(h + 17, (uint64_t)x->ev->time);
+    cairn_be64_put(h + 17, (uint64_t)x->ev->time);
     h[25] = (uint8_t)(n >> 8);
     h[26] = (uint8_t)n;
     uint8_t *e = h + 27;
     for (uint32_t i = 0; i < n; i++) {
         e[0] = m[i].state;
-        gf_be64_put(e + 1, (uint64_t)m[i].since);
+        cairn_be64_put(e + 1, (uint64_t)m[i].since);
         e[9] = m[i].idlen;
         memcpy(e + 10, m[i].id, m[i].idlen);
         e += 10 + m[i].idlen;
@@ -2488,7 +2387,7 @@ static int delete_exits(struct hctx *ctx, const struct event *ev, const struct c
         rc = hctx_cursor_next(c, &kk, &vv);
         char dev[CAIRN_KEY_MAX];
         size_t dn = rc ? 0 : kk.mv_size - pn;
-        int64_t since = rc || vv.mv_size != 8 ? 0 : (int64_t)gf_be64_get(vv.mv_data);
+        int64_t since = rc || vv.mv_size != 8 ? 0 : (int64_t)cairn_be64_get(vv.mv_data);
         if (!rc) {
             memcpy(dev, (const char *)kk.mv_data + pn, dn);
             rc = hctx_cursor_del(c);

@@ -159,28 +159,10 @@ static inline void gk_u16str(struct gf_key *k, const char *p, size_t n)
     gk_raw(k, l, 2);
     gk_raw(k, p, n);
 }
-/* Big-endian u64s inline (cairn_be64_get/put are calls in a byte loop;
- * these run several times per fix). */
-static inline uint64_t gf_be64_get(const uint8_t *p)
-{
-    uint64_t v;
-    __builtin_memcpy(&v, p, 8);
-#if __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
-    v = __builtin_bswap64(v);
-#endif
-    return v;
-}
-static inline void gf_be64_put(uint8_t *p, uint64_t v)
-{
-#if __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
-    v = __builtin_bswap64(v);
-#endif
-    __builtin_memcpy(p, &v, 8);
-}
 static inline void gk_be64(struct gf_key *k, uint64_t v)
 {
     uint8_t b[8];
-    gf_be64_put(b, v);
+    cairn_be64_put(b, v);
     gk_raw(k, b, 8);
 }
 static inline void gk_be32(struct gf_key *k, uint32_t v)

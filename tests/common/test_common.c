@@ -631,6 +631,88 @@ static void test_fmt_double(void **state)
 
 /* ====================================================================== small helpers */
 
+/* cairn_ksort: keys (lengths 0-40, from an alphabet of four bytes with 0
+ * among them, so long shared prefixes, prefixes of each other, zero bytes
+ * at the end and ties past 16 bytes all come up; from round 20 on, after a
+ * 20-byte stem every key shares, like a long tenant name, so ties go
+ * levels deep), duplicates ordered by their index: the order of a qsort by
+ * memcmp, then length, then index. */
+struct ks_key {
+    uint8_t b[60];
+    size_t n, idx;
+};
+
+static int ks_full_cmp(const struct ks_key *a, const struct ks_key *b)
+{
+    int c = memcmp(a->b, b->b, a->n < b->n ? a->n : b->n);
+    if (c)
+        return c;
+    if (a->n != b->n)
+        return a->n < b->n ? -1 : 1;
+    return (a->idx > b->idx) - (a->idx < b->idx);
+}
+
+static int ks_qsort_cmp(const void *a, const void *b)
+{
+    return ks_full_cmp(a, b);
+}
+
+static const uint8_t *ks_key(const void *p, size_t *n, void *arg)
+{
+    const struct ks_key *k = p;
+    assert_ptr_equal(arg, (void *)ks_key);
+    *n = k->n;
+    return k->b;
+}
+
+static int ks_cmp(const void *a, const void *b, void *arg)
+{
+    const struct cairn_ksort *x = a, *y = b;
+    assert_ptr_equal(arg, (void *)ks_key);
+    return ks_full_cmp(x->p, y->p);
+}
+
+static void test_ksort(void **state)
+{
+    (void)state;
+    static const uint8_t alphabet[4] = {0, 1, 'a', 0xff};
+    uint64_t seed = 12345;
+    for (int round = 0; round < 60; round++) {
+        size_t n = round < 10 ? (size_t)round : 1 + (size_t)(seed % 5000);
+        struct ks_key *k = calloc(n ? n : 1, sizeof *k), *want = calloc(n ? n : 1, sizeof *k);
+        struct cairn_ksort *o = calloc(n ? n : 1, sizeof *o);
+        assert_non_null(k);
+        assert_non_null(want);
+        assert_non_null(o);
+        for (size_t i = 0; i < n; i++) {
+            seed ^= seed << 13, seed ^= seed >> 7, seed ^= seed << 17;
+            size_t stem = round >= 20 ? 20 : 0;
+            if (i && seed % 4 == 0) { /* a duplicate, or a key extending another */
+                k[i] = k[seed % i];
+                if (seed % 8 == 4 && k[i].n < stem + 40)
+                    k[i].b[k[i].n++] = alphabet[(seed >> 8) % 4];
+            } else {
+                memset(k[i].b, 'T', stem);
+                k[i].n = stem + (size_t)(seed % 41);
+                for (size_t j = stem; j < k[i].n; j++)
+                    k[i].b[j] = alphabet[(seed >> (2 * (j % 28))) % 4];
+            }
+            k[i].idx = i;
+            o[i].p = &k[i];
+        }
+        memcpy(want, k, n * sizeof *k);
+        qsort(want, n, sizeof *want, ks_qsort_cmp);
+        cairn_ksort(o, n, ks_key, ks_cmp, (void *)ks_key);
+        for (size_t i = 0; i < n; i++)
+            if (((const struct ks_key *)o[i].p)->idx != want[i].idx)
+                fail_msg("round %d, %zu keys: position %zu holds key %zu, want %zu", round, n, i,
+                         ((const struct ks_key *)o[i].p)->idx, want[i].idx);
+        free(k);
+        free(want);
+        free(o);
+    }
+}
+
 static void test_hex_be64(void **state)
 {
     (void)state;
@@ -1014,6 +1096,7 @@ int main(void)
         cmocka_unit_test(test_codec_depth_round_trip),
         cmocka_unit_test(test_fmt_double),
         cmocka_unit_test(test_hex_be64),
+        cmocka_unit_test(test_ksort),
         cmocka_unit_test(test_errors),
         cmocka_unit_test(test_canonical_bytes),
         cmocka_unit_test(test_utf8_positions),
