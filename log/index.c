@@ -476,10 +476,11 @@ static int wb_ksort_cmp(const void *a, const void *b, void *arena)
 /* Sorts w's records by wb_cmp. A table holds one DBI's records (keys or
  * dedup): they are sorted through cairn_ksort (common.h), by their keys,
  * then seq (the table is in seq order: record order), and moved into
- * place. qsort_r over
- * the 40-byte records themselves (through pointers, a memcmp per
- * comparison once the prefixes tie) was 14 % of the indexer's time with
- * tables of 32 768. A mixed table, or no memory, is sorted with qsort_r. */
+ * place. The sort is the one the handlers' write-backs use; against
+ * qsort_r over the 40-byte records (14 % of the indexer's samples in
+ * bench/ingest) it measured the same there, where most keys tie on long
+ * tenant names (bench/RESULTS.md). A mixed table, or no memory, is sorted
+ * with qsort_r. */
 static void wb_sort(struct wb *w)
 {
     bool one_dbi = true;
