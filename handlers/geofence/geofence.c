@@ -118,6 +118,9 @@ struct pw {
     bool del;
 };
 
+/* The steps of the prefetch chain, and the inputs it keeps (gf_prefetch). */
+#define PF_STEPS 4
+
 struct gf {
     unsigned fences, geom, dev, inside, hits, dhits, hitq, pos, near, orders, oby, meta;
     struct hlayout layout; /* geofence.meta "layout" is GF_LAYOUT */
@@ -163,13 +166,13 @@ struct gf {
     } pend[PW_KINDS];
     struct cairn_buf pbuf;
     uint32_t pseq;
-    /* the prefetch pipeline (gf_prefetch): the last PF_RING inputs it saw */
+    /* the prefetch pipeline (gf_prefetch): the last PF_STEPS inputs it saw */
     struct pf {
         uint64_t h;     /* the device key's hash */
         size_t dcap;    /* the table's size then (0: no entry) */
         struct gdev *d; /* its entry, once step 2 found it */
         uint64_t dgen;  /* dgen then: d is valid while it is unchanged */
-    } pf[4];
+    } pf[PF_STEPS];
     unsigned npf;
     uint64_t dgen; /* bumped when the device table is emptied (dev_drop) */
 };
@@ -392,6 +395,14 @@ struct gdev {
 };
 
 #define REC_SLOTS(n) (((size_t)(n) + 3) & ~(size_t)3)
+/* A geofence.dev record: version 1 | lat f64 | lon f64 | time u64 | the
+ * membership count u16 (at 25) | the memberships (rec_write). */
+#define REC_HEAD 27
+
+static uint32_t rec_count(const uint8_t *p)
+{
+    return (uint32_t)p[25] << 8 | p[26];
+}
 
 static struct gdev **dev_slot(struct gf *g, const uint8_t *k, size_t n, uint64_t h)
 {
@@ -410,7 +421,7 @@ static struct gdev *dev_find(struct gf *g, const uint8_t *k, size_t n)
 
 /* The write-back order is LMDB's key order (memcmp, then length): records
  * and deferred writes (below) are sorted with cairn_ksort (common.h), by
- * their keys' first 16 bytes, then runs of equal prefixes by a full
+ * 16 key bytes past those every key shares, then runs that tie by a full
  * comparison (the keys, then what the caller adds). */
 
 /* cairn_ksort's key and cmp of device entries: by key. */
@@ -1468,15 +1479,15 @@ static void put_f64(uint8_t *p, double d)
 
 static int rec_decode(const uint8_t *p, size_t n, struct devrec *r, struct mem *mems)
 {
-    if (n < 27 || p[0] != 1)
+    if (n < REC_HEAD || p[0] != 1)
         return CAIRN_ECORRUPT;
     r->exists = true;
     r->lat = get_f64(p + 1);
     r->lon = get_f64(p + 9);
     r->time = (int64_t)cairn_be64_get(p + 17);
-    r->n = (uint32_t)p[25] << 8 | p[26];
+    r->n = rec_count(p);
     r->m = mems;
-    size_t at = 27;
+    size_t at = REC_HEAD;
     if (r->n > GF_MEMBERSHIPS_MAX)
         return CAIRN_ECORRUPT;
     for (uint32_t i = 0; i < r->n; i++) {
@@ -1520,7 +1531,7 @@ static int rec_write(struct hctx *ctx, const struct fix *x, struct mem *m, uint3
     uint32_t slots[GF_MEMBERSHIPS_MAX];
     cairn_buf_reset(&g->rec);
     /* n <= GF_MEMBERSHIPS_MAX: at most ~140 KB, within the buffer's max */
-    int rc = cairn_buf_reserve(&g->rec, 27 + (size_t)n * (10 + GF_FENCE_ID_MAX));
+    int rc = cairn_buf_reserve(&g->rec, REC_HEAD + (size_t)n * (10 + GF_FENCE_ID_MAX));
     if (rc)
         return rc;
     uint8_t *h = g->rec.data;
@@ -1530,7 +1541,7 @@ static int rec_write(struct hctx *ctx, const struct fix *x, struct mem *m, uint3
     cairn_be64_put(h + 17, (uint64_t)x->ev->time);
     h[25] = (uint8_t)(n >> 8);
     h[26] = (uint8_t)n;
-    uint8_t *e = h + 27;
+    uint8_t *e = h + REC_HEAD;
     for (uint32_t i = 0; i < n; i++) {
         e[0] = m[i].state;
         cairn_be64_put(e + 1, (uint64_t)m[i].since);
@@ -1882,7 +1893,7 @@ static int roam_scan(struct hctx *ctx, const struct fix *x, const struct fence *
         size_t vn;
         gk_tenant(&dk, x->ev->tenant.p, x->ev->tenant.n);
         gk_raw(&dk, out[i].id, out[i].n);
-        if ((rc = dev_peek(ctx, &dk, &v, &vn)) || vn < 27) {
+        if ((rc = dev_peek(ctx, &dk, &v, &vn)) || vn < REC_HEAD) {
             rc = rc == CAIRN_ENOTFOUND ? 0 : rc;
             continue;
         }
@@ -2212,8 +2223,11 @@ static int on_location(struct hctx *ctx, const struct event *ev)
 static void gf_prefetch(struct hctx *ctx, const struct event *ev)
 {
     struct gf *g = self(ctx);
-    struct pf *e1 = &g->pf[g->npf % 4], *e2 = &g->pf[(g->npf + 3) % 4],
-              *e3 = &g->pf[(g->npf + 2) % 4], *e4 = &g->pf[(g->npf + 1) % 4];
+    /* e1 this input, e2 the one before, … (the ring holds PF_STEPS) */
+    unsigned k = g->npf;
+    struct pf *e1 = &g->pf[k % PF_STEPS], *e2 = &g->pf[(k + PF_STEPS - 1) % PF_STEPS],
+              *e3 = &g->pf[(k + PF_STEPS - 2) % PF_STEPS],
+              *e4 = &g->pf[(k + PF_STEPS - 3) % PF_STEPS];
     g->npf++;
     e1->dcap = 0;
     e1->d = NULL;
@@ -2249,8 +2263,8 @@ static void gf_prefetch(struct hctx *ctx, const struct event *ev)
     }
     if (e4->d && e4->dgen == g->dgen) {
         const struct gdev *d = e4->d;
-        if (d->rec && d->reclen >= 27 && d->slotgen == g->fgen) {
-            uint32_t n = (uint32_t)d->rec[25] << 8 | d->rec[26];
+        if (d->rec && d->reclen >= REC_HEAD && d->slotgen == g->fgen) {
+            uint32_t n = rec_count(d->rec);
             const uint8_t *sp = d->rec + REC_SLOTS(d->reclen);
             for (uint32_t i = 0; i < n && i < 4; i++) {
                 uint32_t slot;
