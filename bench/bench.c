@@ -16,6 +16,13 @@
 #include <sys/resource.h>
 #include <time.h>
 
+#if defined(__has_include)
+#if __has_include(<valgrind/callgrind.h>)
+#include <valgrind/callgrind.h>
+#define CAIRN_HAVE_CALLGRIND 1
+#endif
+#endif
+
 int64_t bench_mono_ns(void)
 {
     struct timespec ts;
@@ -240,4 +247,20 @@ int bench_raw_append(const char *dir, const struct workload_corpus *vals, size_t
     free(lat);
     mdb_env_close(env);
     return rc;
+}
+
+void bench_perf_ctl(const char *cmd)
+{
+#if CAIRN_HAVE_CALLGRIND
+    if (!strcmp(cmd, "enable"))
+        CALLGRIND_START_INSTRUMENTATION;
+    else
+        CALLGRIND_STOP_INSTRUMENTATION;
+#endif
+    const char *path = getenv("CAIRN_BENCH_PERF_CTL");
+    FILE *f = path ? fopen(path, "w") : NULL;
+    if (f) {
+        fprintf(f, "%s\n", cmd);
+        fclose(f);
+    }
 }

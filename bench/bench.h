@@ -31,6 +31,13 @@ double bench_loadavg(void);
 void bench_sort(int64_t *v, size_t n);
 int64_t bench_quantile(const int64_t *v, size_t n, double q);
 
+/* Marks the timed phase a profiler should see: cmd "enable" at its start,
+ * "disable" at its end. With CAIRN_BENCH_PERF_CTL=FIFO
+ * (perf record -D -1 --control fifo:FIFO) perf samples only those phases;
+ * under `valgrind --tool=callgrind --instr-atstart=no` they are the only
+ * ones instrumented (the client requests are no-ops otherwise). */
+void bench_perf_ctl(const char *cmd);
+
 /* Creates parent/cairn-bench-XXXXXX (mkdtemp) and writes its path to out. */
 int bench_tmpdir(const char *parent, char *out, size_t cap);
 /* rm -r path (does not follow symlinks). */

@@ -51,7 +51,7 @@
  * inside.tsv (i TAB fence_id, one line per pair, in fix order) for
  * bench/geofence_postgis.sh, which runs the same fixes through PostGIS and
  * compares the sets. The last line is one JSON object with every figure.
- * CAIRN_BENCH_PERF_CTL and callgrind: see perf_ctl.
+ * CAIRN_BENCH_PERF_CTL and callgrind: see bench_perf_ctl (bench.h).
  */
 #include "bench.h"
 #include "engine.h"
@@ -65,13 +65,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-
-#if defined(__has_include)
-#if __has_include(<valgrind/callgrind.h>)
-#include <valgrind/callgrind.h>
-#define CAIRN_HAVE_CALLGRIND 1
-#endif
-#endif
 
 extern const struct handler geofence_handler;
 size_t geofence_memory(struct hctx *ctx);
@@ -202,27 +195,6 @@ static void make_fixes(struct work *w, int64_t t0, FILE *csv)
 }
 
 /* ====================================================================== the handler alone */
-
-/* With CAIRN_BENCH_PERF_CTL=FIFO (perf record -D -1 --control fifo:FIFO),
- * perf samples only the timed fixes phases. Under
- * `valgrind --tool=callgrind --instr-atstart=no` the same phases are the
- * only ones instrumented (the client requests are no-ops otherwise), so
- * instructions per fix come without simulating the define phase. */
-static void perf_ctl(const char *cmd)
-{
-#if CAIRN_HAVE_CALLGRIND
-    if (!strcmp(cmd, "enable"))
-        CALLGRIND_START_INSTRUMENTATION;
-    else
-        CALLGRIND_STOP_INSTRUMENTATION;
-#endif
-    const char *path = getenv("CAIRN_BENCH_PERF_CTL");
-    FILE *f = path ? fopen(path, "w") : NULL;
-    if (f) {
-        fprintf(f, "%s\n", cmd);
-        fclose(f);
-    }
-}
 
 /* Feeds events [lo, hi) to the handler in state transactions of `batch`,
  * like the engine's catch-up: decode, apply, flush, commit. Like the
@@ -466,13 +438,13 @@ static int phase_handler(const struct work *w, const char *tmp, size_t batch, FI
         hf->open_s = (bench_mono_ns() - a) / 1e9;
     }
     derived = 0;
-    perf_ctl("enable");
+    bench_perf_ctl("enable");
     a = bench_mono_ns();
     int64_t cpu = bench_cpu_ns(), sys = bench_sys_ns();
     if (!rc)
         rc = run_handler(p, ctx, w, w->nf, w->nf + w->nx, batch, &derived);
     hf->fixes_s = (bench_mono_ns() - a) / 1e9;
-    perf_ctl("disable");
+    bench_perf_ctl("disable");
     hf->fixes_cpu_s = (bench_cpu_ns() - cpu) / 1e9;
     hf->fixes_sys_s = (bench_sys_ns() - sys) / 1e9;
     hf->derived = derived;
@@ -545,7 +517,7 @@ static int phase_detect(const struct work *w, struct detect_figures *df)
     df->mem = ix ? geo_index_bytes(ix) + geo_pool_bytes(pool) + w->nf * sizeof *ras : 0;
     uint32_t *cand = NULL;
     size_t cap = 0;
-    perf_ctl("enable");
+    bench_perf_ctl("enable");
     a = bench_mono_ns();
     int64_t cpu = bench_cpu_ns();
     for (size_t i = 0; i < w->nx && !rc; i++) {
@@ -581,7 +553,7 @@ static int phase_detect(const struct work *w, struct detect_figures *df)
     }
     df->fixes_s = (bench_mono_ns() - a) / 1e9;
     df->fixes_cpu_s = (bench_cpu_ns() - cpu) / 1e9;
-    perf_ctl("disable");
+    bench_perf_ctl("disable");
     free(cand);
     geo_index_free(ix);
     for (size_t i = 0; f && i < w->nf; i++)
@@ -733,13 +705,13 @@ static int phase_e2e(const struct work *w, const char *tmp, bool all, unsigned l
         apply0 += st[i].apply_ns;
     struct log_writer_stats ws0, ws1;
     log_writer_stats(engine_writer(x->eng), &ws0);
-    perf_ctl("enable");
+    bench_perf_ctl("enable");
     a = bench_mono_ns();
     int64_t cpu = bench_cpu_ns();
     if (!rc)
         rc = pump(x, w, w->nf, w->nf + w->nx);
     ef->fixes_s = (bench_mono_ns() - a) / 1e9;
-    perf_ctl("disable");
+    bench_perf_ctl("disable");
     ef->fixes_cpu_s = (bench_cpu_ns() - cpu) / 1e9;
     log_writer_stats(engine_writer(x->eng), &ws1);
     ef->batches = ws1.batches - ws0.batches;

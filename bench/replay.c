@@ -24,6 +24,9 @@
  * 3. --per-handler: one more replay per handler with only that handler
  *    (and one with none: the engine's own cost), to see where time goes.
  *
+ * CAIRN_BENCH_PERF_CTL: the replays are the phases a profiler sees
+ * (bench_perf_ctl, bench.h).
+ *
  * Everything runs in one process, one thread, one after the other: each
  * figure is relative to the others of the same run (the machine's load
  * changes between runs).
@@ -326,9 +329,11 @@ static int replay_into(const struct opts *o, const char *data, const char *scrat
     bench_rmtree(into);
     memset(f, 0, sizeof *f);
     cairn_error_clear(&e);
+    bench_perf_ctl("enable");
     fig_begin(f);
     int rc = engine_replay(&cfg, into, 0, &e);
     fig_end(f);
+    bench_perf_ctl("disable");
     if (rc) {
         fprintf(stderr, "bench: replay failed: %s\n", e.code ? e.message : cairn_strerror(rc));
         return rc;
@@ -407,12 +412,12 @@ static void print_row(unsigned run, const char *phase, const struct figures *f,
 static void print_engine_stats(const struct engine_replay_stats *st)
 {
     const struct engine_phase_stats *ph = &st->phases;
-    printf("     phases (wall s): apply %.3f, flush %.3f, commit %.3f over %llu transactions; "
-           "waiting for the worker %.3f; its runs taken %llu (%.3f s); cpu s: reading %.3f, "
-           "late handlers %.3f\n",
+    printf("     phases (wall s): apply %.3f, flush %.3f, commit %.3f over %llu transactions "
+           "(%llu redone: the map filled); waiting for the worker %.3f; its runs taken %llu "
+           "(%.3f s); cpu s: reading %.3f, late handlers %.3f\n",
            (double)ph->apply_ns / 1e9, (double)ph->flush_ns / 1e9, (double)ph->commit_ns / 1e9,
-           (unsigned long long)ph->transactions, (double)ph->wait_ns / 1e9,
-           (unsigned long long)ph->stolen, (double)ph->steal_ns / 1e9,
+           (unsigned long long)ph->transactions, (unsigned long long)ph->redone,
+           (double)ph->wait_ns / 1e9, (unsigned long long)ph->stolen, (double)ph->steal_ns / 1e9,
            (double)ph->read_cpu_ns / 1e9, (double)ph->late_cpu_ns / 1e9);
     printf("     %-14s %6s %10s %9s %9s %10s %10s %9s\n", "handler", "thread", "applied",
            "apply cpu", "flush cpu", "lock calls", "lock waits", "wait s");

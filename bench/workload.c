@@ -38,8 +38,15 @@ struct order {
     uint64_t no;
 };
 
+/* A device's last position, in millionths of a degree off its city. */
+struct pos {
+    int32_t lat, lon;
+    bool set; /* false: no fix yet */
+};
+
 struct workload {
     struct workload_config cfg;
+    struct pos *pos; /* per tenant and device: tenant * devices + device */
     uint64_t rng;
     uint64_t seq;  /* inputs generated so far: feeds unique ids */
     int64_t clock; /* event time of the latest input */
@@ -157,20 +164,36 @@ static int gen_telemetry(struct workload *w, struct cairn_buf *b, unsigned dev)
     return rc;
 }
 
-/* Each tenant's fleet works around one city (schemas/location.json). */
+/* Each tenant's fleet works around one city (schemas/location.json): a
+ * device's first fix is anywhere in a box of 0.3 x 0.5 degrees around it,
+ * each later one up to WALK_STEP millionths of a degree (~ 55 m of
+ * latitude) from the one before, in the box — vehicles between fixes a
+ * few seconds apart, not jumps across town. */
+#define WALK_STEP 500
 static int gen_location(struct workload *w, struct cairn_buf *b, unsigned tenant, unsigned dev)
 {
     static const long lat0[TENANTS_MAX] = {52520008, 48856614, 40712776, 51507351,
                                            37774929, 35689487, 41878113, 59329323};
     static const long lon0[TENANTS_MAX] = {13404954,   2352222,   -74005974, -127758,
                                            -122419416, 139691706, -87629799, 18068581};
+    struct pos *p = &w->pos[tenant * w->cfg.devices + dev % 100000];
+    if (!p->set) {
+        p->set = true;
+        p->lat = (int32_t)range(w, -150000, 150000);
+        p->lon = (int32_t)range(w, -250000, 250000);
+    } else {
+        long la = p->lat + range(w, -WALK_STEP, WALK_STEP),
+             lo = p->lon + range(w, -WALK_STEP, WALK_STEP);
+        p->lat = (int32_t)(la < -150000 ? -150000 : la > 150000 ? 150000 : la);
+        p->lon = (int32_t)(lo < -250000 ? -250000 : lo > 250000 ? 250000 : lo);
+    }
     int rc = cairn_buf_printf(b, "{\"device_id\":\"dev-%06u\",\"lat\":", dev);
     if (!rc)
-        rc = put_fixed(b, lat0[tenant] + range(w, -150000, 150000), 6);
+        rc = put_fixed(b, lat0[tenant] + p->lat, 6);
     if (!rc)
         rc = cairn_buf_puts(b, ",\"lon\":");
     if (!rc)
-        rc = put_fixed(b, lon0[tenant] + range(w, -250000, 250000), 6);
+        rc = put_fixed(b, lon0[tenant] + p->lon, 6);
     if (!rc)
         rc = cairn_buf_puts(b, ",\"alt\":");
     if (!rc)
@@ -458,6 +481,10 @@ int workload_new(struct workload **out, const struct workload_config *cfg)
         w->cfg.start_ns = 1795255200LL * 1000000000LL; /* 2026-11-21T10:00:00Z */
     if (w->cfg.step_ns < 1000000)
         w->cfg.step_ns = 1000000;
+    if (!(w->pos = calloc((size_t)w->cfg.tenants * w->cfg.devices, sizeof *w->pos))) {
+        free(w);
+        return CAIRN_ENOMEM;
+    }
     w->rng = w->cfg.seed;
     w->clock = w->cfg.start_ns;
     for (unsigned i = 0; i < ORDER_POOL; i++) /* orders already under way */
@@ -471,6 +498,8 @@ int workload_new(struct workload **out, const struct workload_config *cfg)
 
 void workload_free(struct workload *w)
 {
+    if (w)
+        free(w->pos);
     free(w);
 }
 

@@ -1108,6 +1108,7 @@ static int apply_chunk(struct engine *eng, uint64_t from, uint64_t to)
             return rrc; /* handlers stay closed; engine_catch_up reopens first */
         if (rc != CAIRN_EMAPFULL)
             return rc;
+        eng->ph.redone++;
         if ((rc = proj_grow(eng->proj)))
             return rc;
     }

@@ -160,6 +160,7 @@ size_t engine_handler_stats(struct engine *eng, struct engine_handler_stats *out
  * transactions (wall clock unless said otherwise). */
 struct engine_phase_stats {
     uint64_t transactions;
+    uint64_t redone;      /* of them: filled the map, aborted, applied again (proj_grow) */
     uint64_t apply_ns;    /* applying the inputs (both threads) */
     uint64_t flush_ns;    /* the handlers' flushes */
     uint64_t commit_ns;   /* the commits */

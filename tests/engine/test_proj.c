@@ -7,6 +7,8 @@
  *    written and the map in use stays usable; transactions that commit
  *    when proj_txn_full says so never fill the map (it grows ahead); a
  *    transaction that filled it teaches proj_grow, so the redo does not;
+ *    a transaction up to twice the biggest so far fits without asking
+ *    (writes after the estimate's last look, as cached handlers' flushes);
  *  - hctx_put_new: stores an absent key, returns the stored value of a
  *    present one without writing;
  *  - hctx_cursor_put: sorted and unsorted puts through a cursor, mixed
@@ -234,6 +236,34 @@ static void test_map_full_teaches(void **state)
                  (unsigned long long)n, cairn_strerror(rc));
     assert_true(m > n / 2 && m < 4 * n);
     assert_int_equal(proj_commit(f.p, 1), 0);
+    fx_close(&f);
+}
+
+/* Writes proj_txn_full never sees — a cached handler's flush comes after
+ * the engine's last look — fit when the transaction adds up to about
+ * twice what the biggest one before did: proj_begin grew ahead. (Room for
+ * only the biggest one, a replay's second transaction — twice the inputs
+ * of a first one cut short — filled the map in its flush and was applied
+ * again.) */
+static void test_map_room_twice_biggest(void **state)
+{
+    struct fixture f;
+    int rc;
+    fx_open(&f, *state, "twice", 16u << 20);
+    assert_int_equal(proj_begin(f.p), 0);
+    uint64_t n = put_until(&f, 2500, false, &rc); /* ~40 % of the map */
+    assert_int_equal(rc, 0);
+    assert_int_equal(proj_commit(f.p, 1), 0);
+    assert_true(mapsize_of(f.p) == 16u << 20);
+    /* Twice as many, never asking: the map must not fill. (put_until
+     * starts its keys over: these are updates first, then new keys.) */
+    assert_int_equal(proj_begin(f.p), 0);
+    uint64_t m = put_until(&f, 2 * n, false, &rc);
+    if (rc)
+        fail_msg("the second transaction failed after %llu of %llu writes: %s",
+                 (unsigned long long)m, (unsigned long long)(2 * n), cairn_strerror(rc));
+    assert_int_equal(proj_commit(f.p, 2), 0);
+
     fx_close(&f);
 }
 
@@ -846,6 +876,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_map_reserved_and_grown_ahead, dir_setup, dir_teardown),
         cmocka_unit_test_setup_teardown(test_map_reserve_failure, dir_setup, dir_teardown),
         cmocka_unit_test_setup_teardown(test_map_full_teaches, dir_setup, dir_teardown),
+        cmocka_unit_test_setup_teardown(test_map_room_twice_biggest, dir_setup, dir_teardown),
         cmocka_unit_test_setup_teardown(test_put_new, dir_setup, dir_teardown),
         cmocka_unit_test_setup_teardown(test_layout_mark, dir_setup, dir_teardown),
         cmocka_unit_test_setup_teardown(test_cursor_put, dir_setup, dir_teardown),
