@@ -36,6 +36,8 @@ struct log_iter {
     uint64_t from;
     uint8_t tk[1 + CAIRN_TENANT_MAX + CAIRN_KEY_MAX];
     size_t tk_len;
+    uintptr_t page; /* the map page of the last value read (readahead_page) */
+    size_t psize;   /* LMDB's page size (a power of two) */
 };
 
 /* Time keys are biased so negative times sort before positive ones. */
@@ -623,8 +625,32 @@ int log_iter_open(struct log_snap *s, uint64_t from, const struct cairn_str *ten
         free(it);
         return cairn_mdb_err(rc);
     }
+    MDB_stat st;
+    if (!mdb_env_stat(mdb_txn_env(txn), &st))
+        it->psize = st.ms_psize;
     *out = it;
     return 0;
+}
+
+/* A sequential read of `events` misses the cache on every page: LMDB's
+ * pages are 4 KiB apart and the hardware prefetchers stop at page
+ * boundaries. `events` is appended (MDB_APPEND), so its leaves mostly
+ * follow each other in the file — and in the map: when the read enters a
+ * page, the page two ahead is prefetched, every line of it (the values
+ * fill it). A guess only: a prefetch of another page, or past the file,
+ * loads nothing useful and faults nothing. bench/replay, the alerts
+ * handler alone (mostly reading): 2.5 M events/s without it, 3.3–4.9 M
+ * with it (one page ahead each event's lines: 2.4–3.3 M). */
+#define READAHEAD_PAGES 2
+static void readahead_page(struct log_iter *it, const void *value)
+{
+    uintptr_t pg = (uintptr_t)value & ~(uintptr_t)(it->psize - 1);
+    if (!it->psize || pg == it->page)
+        return;
+    it->page = pg;
+    const char *p = (const char *)(pg + READAHEAD_PAGES * it->psize);
+    for (size_t off = 0; off < it->psize; off += 64)
+        __builtin_prefetch(p + off);
 }
 
 int log_iter_next(struct log_iter *it, struct log_event *ev)
@@ -639,6 +665,7 @@ int log_iter_next(struct log_iter *it, struct log_event *ev)
         it->started = true;
         if (rc)
             return cairn_mdb_err(rc);
+        readahead_page(it, v.mv_data);
         rc = log_event_decode(v.mv_data, v.mv_size, ev);
         if (!rc && (k.mv_size != 8 || cairn_be64_get(k.mv_data) != ev->seq))
             rc = CAIRN_ECORRUPT;
