@@ -258,3 +258,39 @@ for c in par par_small; do
 done
 [ "$(DATA_DIR=$FLEET cairn stream geofence | wc -l)" -gt 1000 ] || fail "the fleet made too few hits"
 echo "ok parallel replays with prefetching (2-record device table too) give the live state"
+
+# Many orders awaiting arrival: the handler counts, per device, the orders
+# awaiting it (memory only: a fix of a device with none reads nothing) in
+# counters that double, rebuilt from geofence.oby, past half full (4 096
+# at first). 3 000 orders, each its own courier and destination 111 m
+# apart (the radius is 100 m); then a cancel and a reassignment, and fixes
+# of couriers at their destinations — every tenth of the last thousand
+# (added after the counters doubled), at another's, 500 m off. Only the
+# awaited couriers arrive, and replay gives the live state.
+AW=$WORK/awaited
+awk -v t0=$((T0 + 20000)) 'BEGIN {
+    for (i = 0; i < 3000; i++)
+        printf "{\"type\":\"order\",\"tenant\":\"t\",\"time\":%d000000000,\"payload\":{\"order_id\":\"a%d\",\"event_type\":\"order.created\",\"assigned_device_id\":\"c%d\",\"destination\":{\"lat\":0,\"lon\":%.3f}}}\n",
+            t0 + i, i, i, 70 + i / 1000
+}' >"$WORK/awaited.ndjson"
+{
+    ev 24000 order '{"order_id":"a1","event_type":"order.cancelled"}'
+    ev 24001 order '{"order_id":"a2","event_type":"order.assigned","assigned_device_id":"c9999"}'
+    loc 24010 c0 70 0
+    loc 24011 c1 70.001 0    # its order was cancelled
+    loc 24012 c2 70.002 0    # reassigned away
+    loc 24013 c9999 70.002 0 # reassigned to
+    loc 24014 c1500 71 0     # 500 m from its destination
+    loc 24015 c2998 72.999 0 # at another courier's destination
+    for i in $(seq 2000 10 2990) 2999; do
+        loc $((24100 + i)) "c$i" "$(awk -v i="$i" 'BEGIN { printf "%.3f", 70 + i / 1000 }')" 0
+    done
+} >>"$WORK/awaited.ndjson"
+DATA_DIR=$AW append "$WORK/awaited.ndjson"
+got=$(DATA_DIR=$AW cairn stream geofence | jq -r 'select(.type == "order.arrived") | "\(.key) \(.payload.device_id)"')
+want=$(printf 'a0 c0\na2 c9999\n'; for i in $(seq 2000 10 2990) 2999; do echo "a$i c$i"; done)
+[ "$got" = "$want" ] || fail "awaited orders: arrivals
+$(diff <(echo "$want") <(echo "$got"))"
+live=$(DATA_DIR=$AW cairn digest)
+[ "$(DATA_DIR=$AW cairn replay --into "$WORK/awaited_replay")" = "$live" ] || fail "awaited orders: replay differs"
+echo "ok 3 000 awaited orders: only the awaited couriers arrive, and replay gives the live state"
