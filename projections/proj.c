@@ -195,7 +195,7 @@ static int open_meta(struct proj *p)
  *
  * Growing ahead. A map that fills in the middle of a transaction
  * (MDB_MAP_FULL) aborts it, and the engine applies the whole batch again
- * after proj_grow — up to 262 144 inputs in a replay. So proj_begin grows
+ * after proj_grow — up to 524 288 inputs in a replay. So proj_begin grows
  * the map when less than a quarter of it, or less than twice the biggest
  * transaction so far added to the file, is left (once: the first big
  * transaction of a replay, cut short by the estimate below, added 6 228

@@ -887,9 +887,10 @@ static uint64_t cnt_total(struct engine *eng)
     return total;
 }
 
-/* A handler writing a lot per input: 50 000 puts each, so a catch-up of 8
+/* A handler writing a lot per input: 100 000 puts each, so a catch-up of 8
  * inputs must end transactions early (APPLY_WRITES_MAX), each with its
  * flush and checkpoint, and still apply every input exactly once. */
+#define WIDE_PUTS 100000 /* 8 of them: three times APPLY_WRITES_MAX (262 144) */
 static unsigned wide_db;
 static unsigned wide_flushes;
 
@@ -902,7 +903,7 @@ static int wide_apply(struct hctx *ctx, const struct event *ev)
 {
     uint8_t k[16];
     cairn_be64_put(k, ev->seq);
-    for (uint64_t i = 0; i < 50000; i++) {
+    for (uint64_t i = 0; i < WIDE_PUTS; i++) {
         cairn_be64_put(k + 8, i);
         int rc = hctx_put(ctx, wide_db, k, sizeof k, "", 0);
         if (rc)
@@ -935,7 +936,7 @@ static void test_write_bounded_transactions(void **state)
     wide_flushes = 0;
     assert_int_equal(engine_catch_up(eng, 0), 0);
     assert_int_equal(proj_checkpoint(engine_proj(eng)), 8);
-    /* 400 000 writes: more than one transaction, at most one per input */
+    /* 800 000 writes: three transactions or more, at most one per input */
     assert_true(wide_flushes >= 3 && wide_flushes <= 8);
     struct proj_snap *s;
     MDB_dbi dbi;
@@ -943,7 +944,7 @@ static void test_write_bounded_transactions(void **state)
     assert_int_equal(proj_snap_begin(engine_proj(eng), &s), 0);
     assert_int_equal(proj_snap_dbi(s, "wide.rows", &dbi), 0);
     assert_int_equal(mdb_stat(proj_snap_txn(s), dbi, &st), 0);
-    assert_int_equal(st.ms_entries, 8 * 50000);
+    assert_int_equal(st.ms_entries, 8 * WIDE_PUTS);
     proj_snap_end(s);
     engine_close(eng);
 }
