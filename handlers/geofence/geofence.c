@@ -1133,6 +1133,10 @@ static int watch_count(struct hctx *ctx, const uint8_t *k, size_t n, int d)
         w->n--;
     if (d > 0)
         w->n++;
+    if (w->c && !p) { /* not a key of ours: look every device up from now on */
+        free(w->c);
+        w->c = NULL;
+    }
     if (!w->c)
         return 0;
     if (d > 0 && w->n > w->cap / 2)
