@@ -197,12 +197,12 @@ static int open_meta(struct proj *p)
  * (MDB_MAP_FULL) aborts it, and the engine applies the whole batch again
  * after proj_grow — up to 524 288 inputs in a replay. So proj_begin grows
  * the map when less than a quarter of it, or less than twice the biggest
- * transaction so far added to the file, is left (once: the first big
- * transaction of a replay, cut short by the estimate below, added 6 228
- * pages for 139 264 inputs; the next, of 262 144, needed more than the
- * 10 149 left, filled the map in its flush — cached handlers write
- * there, after the estimate's last look — and was applied again: a
- * quarter of the replay's work); and
+ * transaction so far added to the file, is left. (It was "less than the
+ * biggest": a replay's first big transaction, cut short by the estimate
+ * below, added 6 228 pages for 139 264 inputs; the next, of 262 144,
+ * needed more than the 10 149 left, filled the map in its flush — cached
+ * handlers write there, after the estimate's last look — and was applied
+ * again: a quarter of the replay's work.) And
  * proj_txn_full tells the engine to commit early when the writes of the
  * open transaction, at the most pages per write seen (1/4 until a big
  * transaction was seen; at least 1/64), could take half the room left at
