@@ -1091,6 +1091,13 @@ static size_t oby_prefix(const uint8_t *k, size_t n)
     return p <= n ? p : 0;
 }
 
+/* Stops counting (a key not of oby's form): every device is looked up. */
+static void watch_off(struct watch *w)
+{
+    free(w->c);
+    w->c = NULL;
+}
+
 /* Counters for cap entries, from oby; with tenants, each tenant's
  * open_orders too (at open). */
 static int watch_build(struct hctx *ctx, size_t cap, bool tenants)
@@ -1111,10 +1118,8 @@ static int watch_build(struct hctx *ctx, size_t cap, bool tenants)
         g->watch.n++;
         if (g->watch.c && p)
             g->watch.c[watch_slot(&g->watch, k.mv_data, p)]++;
-        else if (g->watch.c) { /* not a key of ours: look every device up */
-            free(g->watch.c);
-            g->watch.c = NULL;
-        }
+        else if (g->watch.c)
+            watch_off(&g->watch);
     }
     hctx_cursor_close(c);
     rc = rc == CAIRN_ENOTFOUND ? 0 : rc;
@@ -1133,10 +1138,8 @@ static int watch_count(struct hctx *ctx, const uint8_t *k, size_t n, int d)
         w->n--;
     if (d > 0)
         w->n++;
-    if (w->c && !p) { /* not a key of ours: look every device up from now on */
-        free(w->c);
-        w->c = NULL;
-    }
+    if (w->c && !p)
+        watch_off(w);
     if (!w->c)
         return 0;
     if (d > 0 && w->n > w->cap / 2)
