@@ -603,6 +603,24 @@ void cairn_ksort(struct cairn_ksort *o, size_t n, cairn_ksort_key key, cairn_kso
         ks_level(o, n, ks_shared(o, n, key, arg), 0, key, cmp, arg, &seed);
 }
 
+int cairn_ksort_ptrs(void *v, size_t n, cairn_ksort_key key, cairn_ksort_cmp cmp, void *arg)
+{
+    if (n < 2)
+        return 0;
+    struct cairn_ksort *o = malloc(n * sizeof *o);
+    if (!o)
+        return CAIRN_ENOMEM;
+    /* memcpy: the array's elements are the caller's pointer type */
+    char *a = v;
+    for (size_t i = 0; i < n; i++)
+        memcpy(&o[i].p, a + i * sizeof o[i].p, sizeof o[i].p);
+    cairn_ksort(o, n, key, cmp, arg);
+    for (size_t i = 0; i < n; i++)
+        memcpy(a + i * sizeof o[i].p, &o[i].p, sizeof o[i].p);
+    free(o);
+    return 0;
+}
+
 /* ====================================================================== files */
 
 int cairn_mkdirs(const char *path)

@@ -260,6 +260,11 @@ typedef int (*cairn_ksort_cmp)(const void *a, const void *b, void *arg);
  * order on key(p) first. */
 void cairn_ksort(struct cairn_ksort *o, size_t n, cairn_ksort_key key, cairn_ksort_cmp cmp,
                  void *arg);
+/* Sorts v, an array of n pointers to records (of any one object type),
+ * in place by cairn_ksort. Returns CAIRN_ENOMEM, v untouched, when there
+ * is no memory for the sort's entries (the caller's fallback: qsort, or
+ * writes out of order). */
+int cairn_ksort_ptrs(void *v, size_t n, cairn_ksort_key key, cairn_ksort_cmp cmp, void *arg);
 /* e's 16 bytes of k[0, n) (zero-padded) and its record p. */
 void cairn_ksort_set(struct cairn_ksort *e, const uint8_t *k, size_t n, void *p);
 /* How many of the first `shared` bytes of a the key b[0, n) shares. */

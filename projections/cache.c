@@ -199,19 +199,8 @@ static int key_ksort_cmp(const void *x, const void *y, void *arg)
  * two per comparison; qsort when there is no memory for it. */
 void hcache_sort_dirty(struct hcache *c)
 {
-    if (c->ndirty < 2)
-        return;
-    struct cairn_ksort *o = malloc(c->ndirty * sizeof *o);
-    if (!o) {
+    if (cairn_ksort_ptrs(c->dirty, c->ndirty, key_ksort_key, key_ksort_cmp, NULL))
         qsort(c->dirty, c->ndirty, sizeof *c->dirty, key_cmp);
-        return;
-    }
-    for (size_t i = 0; i < c->ndirty; i++)
-        o[i].p = c->dirty[i];
-    cairn_ksort(o, c->ndirty, key_ksort_key, key_ksort_cmp, NULL);
-    for (size_t i = 0; i < c->ndirty; i++)
-        c->dirty[i] = o[i].p;
-    free(o);
 }
 
 /* ====================================================================== key sets */

@@ -450,17 +450,11 @@ static int cmp_ks_dev(const void *a, const void *b, void *arg)
 static int dev_writeback(struct hctx *ctx)
 {
     struct gf *g = self(ctx);
-    struct cairn_ksort *o = g->ndirty > 1 ? malloc(g->ndirty * sizeof *o) : NULL;
-    if (o) {
-        for (size_t i = 0; i < g->ndirty; i++)
-            o[i].p = g->dirty[i];
-        cairn_ksort(o, g->ndirty, key_ks_dev, cmp_ks_dev, NULL);
-        for (size_t i = 0; i < g->ndirty; i++) {
-            assert(i == 0 || cmp_ks_dev(&o[i - 1], &o[i], NULL) < 0);
-            g->dirty[i] = o[i].p;
-        }
-        free(o);
-    } /* else unsorted: the same puts, only slower */
+    /* without memory unsorted: the same puts, only slower */
+    if (!cairn_ksort_ptrs(g->dirty, g->ndirty, key_ks_dev, cmp_ks_dev, NULL))
+        for (size_t i = 1; i < g->ndirty; i++)
+            assert(gf_cmp_keys(g->dirty[i - 1]->key, g->dirty[i - 1]->kn, g->dirty[i]->key,
+                               g->dirty[i]->kn) < 0);
     /* through one cursor: in key order most puts stay on its leaf */
     struct hcursor *c = NULL;
     int rc = g->ndirty ? hctx_cursor_open(ctx, g->dev, NULL, 0, &c) : 0;
