@@ -40,6 +40,7 @@ struct proj {
     MDB_txn *txn;           /* the open write transaction, if any */
     unsigned gen;           /* bumped by every proj_begin */
     uint64_t checkpoint;    /* last committed */
+    bool checkpoint_stored; /* meta holds it (else it was never put) */
     uint64_t writes;        /* puts and deletes in the open transaction */
     pthread_mutex_t dbi_mu; /* guards the handle cache below */
     /* Every named DBI of the environment with its handle, opened for the
@@ -153,8 +154,10 @@ static int open_meta(struct proj *p)
             mrc = 0;
     }
     MDB_val k = {10, "checkpoint"}, v;
-    if (!mrc && mdb_get(txn, p->meta, &k, &v) == 0 && v.mv_size == 8)
+    if (!mrc && mdb_get(txn, p->meta, &k, &v) == 0 && v.mv_size == 8) {
         p->checkpoint = cairn_be64_get(v.mv_data);
+        p->checkpoint_stored = true;
+    }
     if (mrc) {
         (p->readonly ? cairn_env_read_end : cairn_env_write_abort)(p->env, txn);
         return cairn_mdb_err(mrc);
@@ -404,12 +407,20 @@ int proj_begin(struct proj *p)
     return rc;
 }
 
+/* The checkpoint is put only when it moves (or was never stored). A
+ * transaction that wrote nothing else then leaves every page clean, and
+ * LMDB commits it without its two syncs: the handlers' open at every start
+ * and the catch-up of a read command (show, stream, digest) with nothing
+ * to apply no longer cost a durable commit. */
 int proj_commit(struct proj *p, uint64_t checkpoint)
 {
-    uint8_t cp[8];
-    cairn_be64_put(cp, checkpoint);
-    MDB_val k = {10, "checkpoint"}, v = {8, cp};
-    int rc = cairn_mdb_err(mdb_put(p->txn, p->meta, &k, &v, 0));
+    int rc = 0;
+    if (checkpoint != p->checkpoint || !p->checkpoint_stored) {
+        uint8_t cp[8];
+        cairn_be64_put(cp, checkpoint);
+        MDB_val k = {10, "checkpoint"}, v = {8, cp};
+        rc = cairn_mdb_err(mdb_put(p->txn, p->meta, &k, &v, 0));
+    }
     if (rc) {
         proj_abort(p);
         return rc;
@@ -418,6 +429,7 @@ int proj_commit(struct proj *p, uint64_t checkpoint)
     p->txn = NULL;
     if (!rc) {
         p->checkpoint = checkpoint;
+        p->checkpoint_stored = true;
         learn_growth(p);
     }
     return rc;
