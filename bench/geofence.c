@@ -12,10 +12,11 @@
  * cities; every fence detects enter and exit. Phases, each timed:
  *
  *   handler  the handler alone, as the engine drives it on replay: the
- *            events in state transactions of at most B (default 65 536;
- *            like the engine's, one ends earlier when proj_txn_full says
- *            so), each payload decoded, applied, the handler's flush and
- *            the commit (with its fsync) included.
+ *            events in state transactions of at most B (default: the
+ *            engine's, ENGINE_APPLY_BATCH, 524 288; like the engine's, one
+ *            ends earlier after ENGINE_APPLY_WRITES_MAX writes or when
+ *            proj_txn_full says so), each payload decoded, applied, the
+ *            handler's flush and the commit (with its fsync) included.
  *            define: every geofence.define; open: close + open (the index
  *            rebuilt from the DBIs); fixes: every location.
  *   e2e      end to end, as `cairn serve` runs: a fresh DATA directory, the
@@ -70,9 +71,10 @@ extern const struct handler geofence_handler;
 size_t geofence_memory(struct hctx *ctx);
 size_t geofence_device_memory(struct hctx *ctx);
 
-#define BATCH_DEFAULT 65536
-#define WRITES_MAX 131072 /* the engine's APPLY_WRITES_MAX */
-#define REQ 1024          /* e2e: inputs per writer request */
+/* The engine's catch-up and replay transactions (engine.h) */
+#define BATCH_DEFAULT ENGINE_APPLY_BATCH
+#define WRITES_MAX ENGINE_APPLY_WRITES_MAX
+#define REQ 1024 /* e2e: inputs per writer request */
 #define INFLIGHT_MAX 64
 #define MEMBERS 1024 /* per device in the inside-set replay */
 
@@ -220,7 +222,8 @@ static int handler_reopen(struct proj *p, struct hctx *ctx)
  * HANDLER_PREFETCH_AHEAD inputs ahead, as in apply_early_one. */
 #define RUN_AHEAD 256
 
-static bool no_prefetch; /* --no-prefetch: to measure what it gains */
+static bool no_prefetch;   /* --no-prefetch: to measure what it gains */
+static uint64_t n_commits; /* state transactions run_handler committed */
 
 static int decode_ev(const struct work *w, size_t i, msgpack_zone *zone, msgpack_object *body,
                      struct event *ev)
@@ -284,8 +287,8 @@ static int run_handler(struct proj *p, struct hctx *ctx, const struct work *w, s
             rc = geofence_handler.flush(ctx);
         if (rc)
             proj_abort(p);
-        else
-            rc = proj_commit(p, i);
+        else if (!(rc = proj_commit(p, i)))
+            n_commits++;
         if (rc == CAIRN_EMAPFULL) {
             /* aborted: like the engine, reopen the handler (its memory saw
              * the batch), grow the map and redo the batch */
@@ -399,7 +402,7 @@ static int inside_sets(struct proj *p, const struct work *w, FILE *tsv, uint64_t
 
 struct handler_figures {
     double define_s, open_s, fixes_s, fixes_cpu_s, fixes_sys_s;
-    uint64_t derived, pairs;
+    uint64_t derived, pairs, commits;
     size_t mem, devmem;
 };
 
@@ -441,8 +444,10 @@ static int phase_handler(const struct work *w, const char *tmp, size_t batch, FI
     bench_perf_ctl("enable");
     a = bench_mono_ns();
     int64_t cpu = bench_cpu_ns(), sys = bench_sys_ns();
+    uint64_t c0 = n_commits;
     if (!rc)
         rc = run_handler(p, ctx, w, w->nf, w->nf + w->nx, batch, &derived);
+    hf->commits = n_commits - c0;
     hf->fixes_s = (bench_mono_ns() - a) / 1e9;
     bench_perf_ctl("disable");
     hf->fixes_cpu_s = (bench_cpu_ns() - cpu) / 1e9;
@@ -849,12 +854,14 @@ int main(int argc, char **argv)
     }
     if (!handler)
         goto json;
-    printf("handler alone, state transactions of %zu events (decode, apply, flush, commit):\n",
-           batch);
+    printf("handler alone, state transactions of at most %zu events or %d writes (decode, apply, "
+           "flush, commit):\n",
+           batch, WRITES_MAX);
     printf("  define     %9.0f fences/s\n", w.nf / hf.define_s);
     printf("  open       %9.3f s (index rebuilt from the DBIs)\n", hf.open_s);
     printf("  fixes      %9.0f location events/s (%.2f us CPU per event, %.2f of it system)\n",
            hrate, hf.fixes_cpu_s * 1e6 / w.nx, hf.fixes_sys_s * 1e6 / w.nx);
+    printf("  commits    %9llu state transactions for the fixes\n", (unsigned long long)hf.commits);
     printf("  derived    %9llu events (enter/exit)\n", (unsigned long long)hf.derived);
     printf("  inside     %9llu (fix, fence) pairs (%.3f fences per fix)\n",
            (unsigned long long)hf.pairs, (double)hf.pairs / w.nx);
@@ -879,14 +886,14 @@ json:
            "\"e2e_per_s\":%.0f,"
            "\"e2e_cpu_us\":%.3f,\"e2e_apply_us\":%.3f,\"e2e_events_per_commit\":%.0f,"
            "\"load\":[%.2f,%.2f],\"handler_sys_us\":%.3f,\"detect_cpu_us\":%.3f,"
-           "\"detect_cand\":%.3f,\"detect_exact\":%.3f}\n",
+           "\"detect_cand\":%.3f,\"detect_exact\":%.3f,\"handler_commits\":%llu}\n",
            w.nf, w.nd, w.nx, batch, (double)w.vertices / w.nf, w.nf / hf.define_s, hf.open_s, hrate,
            hf.fixes_cpu_s * 1e6 / w.nx, (unsigned long long)hf.derived,
            (unsigned long long)hf.pairs, (double)hf.mem / w.nf, (double)hf.devmem / w.nd, erate,
            e2e ? ef.fixes_cpu_s * 1e6 / w.nx : 0, e2e ? ef.apply_s * 1e6 / w.nx : 0,
            ef.batches ? (double)ef.events / ef.batches : 0, load0, load1,
            hf.fixes_sys_s * 1e6 / w.nx, df.fixes_cpu_s * 1e6 / w.nx, (double)df.cand / w.nx,
-           (double)df.exact / w.nx);
+           (double)df.exact / w.nx, (unsigned long long)hf.commits);
     free(w.evs);
     cairn_buf_deinit(&w.mp);
     cairn_buf_deinit(&w.lines);

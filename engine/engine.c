@@ -26,27 +26,10 @@
 #include <time.h>
 #include <unistd.h>
 
-/* Inputs per state transaction while catching up or replaying: big enough
- * to amortise the commit and let the write-back caches (flush) put each
- * entity once for many events, small enough to bound the dirty pages
- * (LMDB spills them past its limit). 262 144 replayed a 1M-event log in
- * 12 % less CPU than 65 536 (same peak RSS); 524 288 (with twice the
- * writes below) in 3 transactions instead of 5, the flushes taking 0.40 s
- * of wall time instead of 0.55 (the caches put 16 000 devices per
- * transaction, whatever its size) and no more memory (peak RSS 618 MB,
- * mostly the maps, against 645). Live batches are far smaller. */
-#define APPLY_BATCH 524288
-/* ... and at most about this many handler writes (puts, deletes, derived
- * events) per state transaction: inputs that each write a lot (a discovery
- * of 1 000 resources) would otherwise make one transaction of ever more
- * dirty pages; past LMDB's dirty list (131 072 pages) it spills them
- * (with MDB_WRITEMAP only a flag is cleared). It was 131 072 writes:
- * bench/compliance, whose first discovery puts to random keys, made 6
- * commits instead of 7–8 at 262 144 and evaluated as fast or faster.
- * Checked after each input, so a single input may go over it.
- * proj_txn_full also ends a transaction early when its writes could fill
- * the state's map (a full map aborts the batch). */
-#define APPLY_WRITES_MAX 262144
+/* The sizes of catch-up and replay transactions: ENGINE_APPLY_BATCH and
+ * ENGINE_APPLY_WRITES_MAX (engine.h, where bench/geofence takes them too). */
+#define APPLY_BATCH ENGINE_APPLY_BATCH
+#define APPLY_WRITES_MAX ENGINE_APPLY_WRITES_MAX
 #define HANDLERS_MAX 64
 /* Distinct event types whose consumers are remembered (inputs and derived
  * types: a few dozen today). Types beyond it are looked up each time. */
