@@ -9,6 +9,9 @@
  *    transaction that filled it teaches proj_grow, so the redo does not;
  *    a transaction up to twice the biggest so far fits without asking
  *    (writes after the estimate's last look, as cached handlers' flushes);
+ *  - a commit that wrote nothing and left the checkpoint as it was
+ *    commits nothing (LMDB's transaction id stays); one that moves it
+ *    stores it;
  *  - hctx_put_new: stores an absent key, returns the stored value of a
  *    present one without writing;
  *  - hctx_cursor_put: sorted and unsorted puts through a cursor, mixed
@@ -330,6 +333,50 @@ static void test_put_new(void **state)
     assert_int_equal(old.mv_size, 0);
     assert_int_equal(proj_commit(f.p, 2), 0);
     fx_close(&f);
+}
+
+/* ====================================================================== commits */
+
+static size_t last_txnid(struct proj *p)
+{
+    MDB_envinfo info;
+    mdb_env_info(cairn_env_mdb(proj_env(p)), &info);
+    return info.me_last_txnid;
+}
+
+/* A transaction that writes nothing and leaves the checkpoint where it was
+ * commits nothing (LMDB's last transaction id does not move, so nothing was
+ * written or synced): every start's handler open, and the catch-up of a
+ * read command with nothing to apply. One that moves the checkpoint, or
+ * the first of a fresh state, stores it. */
+static void test_commit_unchanged_writes_nothing(void **state)
+{
+    struct fixture f;
+    fx_open(&f, *state, "s", 0);
+    size_t t0 = last_txnid(f.p); /* fx_open's commit stored checkpoint 0 */
+    assert_true(t0 > 0);
+    assert_int_equal(proj_begin(f.p), 0);
+    assert_int_equal(proj_commit(f.p, 0), 0);
+    assert_int_equal(last_txnid(f.p), t0);
+    assert_int_equal(proj_begin(f.p), 0);
+    assert_int_equal(hctx_put(f.ctx, t_db_a, "k", 1, "v", 1), 0);
+    assert_int_equal(proj_commit(f.p, 0), 0); /* a write: committed */
+    assert_int_equal(last_txnid(f.p), t0 + 1);
+    assert_int_equal(proj_begin(f.p), 0);
+    assert_int_equal(proj_commit(f.p, 7), 0); /* the checkpoint moves */
+    assert_int_equal(last_txnid(f.p), t0 + 2);
+    assert_int_equal(proj_checkpoint(f.p), 7);
+    fx_close(&f);
+    /* stored: a reopened state has it, and committing it again (as the
+     * engine's open does) writes nothing */
+    struct proj *p;
+    assert_int_equal(proj_open(&p, &(struct proj_config){.dir = f.dir}), 0);
+    assert_int_equal(proj_checkpoint(p), 7);
+    assert_int_equal(last_txnid(p), t0 + 2);
+    assert_int_equal(proj_begin(p), 0);
+    assert_int_equal(proj_commit(p, proj_checkpoint(p)), 0);
+    assert_int_equal(last_txnid(p), t0 + 2);
+    proj_close(p);
 }
 
 /* ====================================================================== hlayout */
@@ -878,6 +925,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_map_full_teaches, dir_setup, dir_teardown),
         cmocka_unit_test_setup_teardown(test_map_room_twice_biggest, dir_setup, dir_teardown),
         cmocka_unit_test_setup_teardown(test_put_new, dir_setup, dir_teardown),
+        cmocka_unit_test_setup_teardown(test_commit_unchanged_writes_nothing, dir_setup,
+                                        dir_teardown),
         cmocka_unit_test_setup_teardown(test_layout_mark, dir_setup, dir_teardown),
         cmocka_unit_test_setup_teardown(test_cursor_put, dir_setup, dir_teardown),
         cmocka_unit_test_setup_teardown(test_clear, dir_setup, dir_teardown),
