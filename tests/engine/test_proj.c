@@ -155,11 +155,12 @@ static uint64_t file_blocks(const char *dir, uint64_t *size)
     return (uint64_t)st.st_blocks * 512;
 }
 
-static uint64_t mapsize_of(struct proj *p)
+/* The state environment's info: its map size, its last transaction id. */
+static MDB_envinfo info_of(struct proj *p)
 {
     MDB_envinfo info;
     mdb_env_info(cairn_env_mdb(proj_env(p)), &info);
-    return info.me_mapsize;
+    return info;
 }
 
 /* ====================================================================== the map and the disk */
@@ -169,7 +170,7 @@ static void test_map_reserved_and_grown_ahead(void **state)
     struct fixture f;
     fx_open(&f, *state, "s", 1u << 20);
     uint64_t size, blocks = file_blocks(f.dir, &size);
-    assert_true(size == mapsize_of(f.p));
+    assert_true(size == info_of(f.p).me_mapsize);
     assert_true(blocks >= size); /* every byte of the map has its block */
 
     /* Random keys, 200-byte values, committed when proj_txn_full says so:
@@ -191,7 +192,7 @@ static void test_map_reserved_and_grown_ahead(void **state)
         assert_int_equal(proj_commit(f.p, ++cp), 0);
     }
     blocks = file_blocks(f.dir, &size);
-    assert_true(size == mapsize_of(f.p));
+    assert_true(size == info_of(f.p).me_mapsize);
     assert_true(size > (1u << 20));
     assert_true(blocks >= size);
     fx_close(&f);
@@ -257,7 +258,7 @@ static void test_map_room_twice_biggest(void **state)
     uint64_t n = put_until(&f, 2500, false, &rc); /* ~40 % of the map */
     assert_int_equal(rc, 0);
     assert_int_equal(proj_commit(f.p, 1), 0);
-    assert_true(mapsize_of(f.p) == 16u << 20);
+    assert_true(info_of(f.p).me_mapsize == 16u << 20);
     /* Twice as many, never asking: the map must not fill. (put_until
      * starts its keys over: these are updates first, then new keys.) */
     assert_int_equal(proj_begin(f.p), 0);
@@ -289,7 +290,7 @@ static void test_map_reserve_failure(void **state)
     int rc = proj_grow(f.p);
     assert_int_equal(setrlimit(RLIMIT_FSIZE, &old), 0);
     assert_int_equal(rc, CAIRN_EIO);
-    assert_true(mapsize_of(f.p) == 1u << 20); /* not grown */
+    assert_true(info_of(f.p).me_mapsize == 1u << 20); /* not grown */
     uint64_t size;
     file_blocks(f.dir, &size);
     assert_true(size == 1u << 20); /* what the failed reservation added is given back */
@@ -298,7 +299,7 @@ static void test_map_reserve_failure(void **state)
     assert_int_equal(hctx_put(f.ctx, t_db_a, "k", 1, "v", 1), 0);
     assert_int_equal(proj_commit(f.p, 1), 0);
     assert_int_equal(proj_grow(f.p), 0);
-    assert_true(mapsize_of(f.p) == 2u << 20);
+    assert_true(info_of(f.p).me_mapsize == 2u << 20);
     uint64_t blocks = file_blocks(f.dir, &size);
     assert_true(size == 2u << 20 && blocks >= size);
     fx_close(&f);
@@ -337,13 +338,6 @@ static void test_put_new(void **state)
 
 /* ====================================================================== commits */
 
-static size_t last_txnid(struct proj *p)
-{
-    MDB_envinfo info;
-    mdb_env_info(cairn_env_mdb(proj_env(p)), &info);
-    return info.me_last_txnid;
-}
-
 /* A transaction that writes nothing and leaves the checkpoint where it was
  * commits nothing (LMDB's last transaction id does not move, so nothing was
  * written or synced): every start's handler open, and the catch-up of a
@@ -353,18 +347,18 @@ static void test_commit_unchanged_writes_nothing(void **state)
 {
     struct fixture f;
     fx_open(&f, *state, "s", 0);
-    size_t t0 = last_txnid(f.p); /* fx_open's commit stored checkpoint 0 */
+    size_t t0 = info_of(f.p).me_last_txnid; /* fx_open's commit stored checkpoint 0 */
     assert_true(t0 > 0);
     assert_int_equal(proj_begin(f.p), 0);
     assert_int_equal(proj_commit(f.p, 0), 0);
-    assert_int_equal(last_txnid(f.p), t0);
+    assert_int_equal(info_of(f.p).me_last_txnid, t0);
     assert_int_equal(proj_begin(f.p), 0);
     assert_int_equal(hctx_put(f.ctx, t_db_a, "k", 1, "v", 1), 0);
     assert_int_equal(proj_commit(f.p, 0), 0); /* a write: committed */
-    assert_int_equal(last_txnid(f.p), t0 + 1);
+    assert_int_equal(info_of(f.p).me_last_txnid, t0 + 1);
     assert_int_equal(proj_begin(f.p), 0);
     assert_int_equal(proj_commit(f.p, 7), 0); /* the checkpoint moves */
-    assert_int_equal(last_txnid(f.p), t0 + 2);
+    assert_int_equal(info_of(f.p).me_last_txnid, t0 + 2);
     assert_int_equal(proj_checkpoint(f.p), 7);
     fx_close(&f);
     /* stored: a reopened state has it, and committing it again (as the
@@ -372,10 +366,10 @@ static void test_commit_unchanged_writes_nothing(void **state)
     struct proj *p;
     assert_int_equal(proj_open(&p, &(struct proj_config){.dir = f.dir}), 0);
     assert_int_equal(proj_checkpoint(p), 7);
-    assert_int_equal(last_txnid(p), t0 + 2);
+    assert_int_equal(info_of(p).me_last_txnid, t0 + 2);
     assert_int_equal(proj_begin(p), 0);
     assert_int_equal(proj_commit(p, proj_checkpoint(p)), 0);
-    assert_int_equal(last_txnid(p), t0 + 2);
+    assert_int_equal(info_of(p).me_last_txnid, t0 + 2);
     proj_close(p);
 }
 
@@ -646,7 +640,7 @@ static void test_snapshot_grow_no_deadlock(void **state)
     MDB_dbi dbi;
     assert_int_equal(proj_snap_begin(f.p, &s), 0);
     assert_int_equal(proj_snap_dbi(s, "t.nothing", &dbi), CAIRN_ENOTFOUND); /* a refresh is due */
-    size_t before = mapsize_of(f.p);
+    size_t before = info_of(f.p).me_mapsize;
     struct lock_step grow = {.p = f.p}, snap = {.p = f.p}, look = {.p = f.p, .s = s};
     pthread_t tg, ts, tl;
     assert_int_equal(pthread_create(&tg, NULL, grow_main, &grow), 0);
@@ -668,7 +662,7 @@ static void test_snapshot_grow_no_deadlock(void **state)
     pthread_join(tl, NULL);
     assert_int_equal(grow.rc, 0);
     assert_int_equal(snap.rc, 0);
-    assert_int_equal(mapsize_of(f.p), 2 * before);
+    assert_int_equal(info_of(f.p).me_mapsize, 2 * before);
     fx_close(&f);
 }
 
