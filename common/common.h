@@ -396,6 +396,9 @@ void cairn_env_write_abort(struct cairn_env *env, MDB_txn *txn);
 /* Doubles the map (up to CAIRN_MAP_SIZE_CEILING). No transaction of this
  * process may be held by the caller. */
 int cairn_env_grow(struct cairn_env *env);
+/* Writes everything committed back to the disk, as mdb_env_sync(env, 1):
+ * CAIRN_EIO when that fails. */
+int cairn_env_sync(struct cairn_env *env);
 /* Translates an LMDB return code: MDB_MAP_FULL -> CAIRN_EMAPFULL,
  * MDB_NOTFOUND -> CAIRN_ENOTFOUND, others -> CAIRN_EDB. */
 int cairn_mdb_err(int rc);

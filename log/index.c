@@ -47,7 +47,6 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
-#include <unistd.h>
 
 #define INDEX_CHUNK 65536 /* events re-indexed per transaction when catching up */
 
@@ -68,7 +67,7 @@ static void boot_id(char out[64])
  * many batches) per page visited, no copy and pwrite of every dirty page
  * per commit. Nothing about durability changes: the index was never
  * synced at commit (MDB_NOSYNC), a process crash leaves its pages with the
- * OS either way, and a clean close syncs it (ienv_sync writes the map
+ * OS either way, and a clean close syncs it (cairn_env_sync writes the map
  * back). Aborted transactions stay invisible: LMDB still copies on write.
  *
  * The catch: with MDB_WRITEMAP, LMDB extends the file to the whole map at
@@ -1245,22 +1244,6 @@ int log_index_catch_up(struct log *log)
     return rc;
 }
 
-/* Writes the index's map back to the disk: what mdb_env_sync(env, 1) does
- * for an MDB_WRITEMAP environment (an msync(MS_SYNC) of the whole map),
- * which on Linux is an fdatasync of the mapped file (shared-mapping stores
- * are dirty pages of its page cache). Done as that fdatasync: valgrind's
- * memcheck checks every byte of an msync's range, half a second for the
- * 256 MiB map — three times per open and close of a log, so over half of
- * every `cairn` command's run in the memcheck tests. */
-static int ienv_sync(struct log *log)
-{
-    int fd;
-    int rc = mdb_env_get_fd(cairn_env_mdb(log->ienv), &fd);
-    if (rc)
-        return cairn_mdb_err(rc);
-    return fdatasync(fd) ? CAIRN_EIO : 0;
-}
-
 /* Drops the index unless it can be trusted (see the file comment), then
  * marks it in use (not clean) and syncs that mark before any append. */
 static int index_trust(struct log *log)
@@ -1299,7 +1282,7 @@ static int index_trust(struct log *log)
         return rc;
     }
     rc = cairn_env_write_commit(log->ienv, txn);
-    return rc ? rc : ienv_sync(log);
+    return rc ? rc : cairn_env_sync(log->ienv);
 }
 
 static int open_index_dbis(struct log *log, MDB_txn *txn)
@@ -1355,7 +1338,7 @@ void log_index_close(struct log *log)
     MDB_txn *txn;
     log_ix_stop(log); /* commits the open index transaction */
     /* A clean close: everything synced, so the index survives a reboot. */
-    if (!log->cfg.readonly && !log->index_stale && !ienv_sync(log) &&
+    if (!log->cfg.readonly && !log->index_stale && !cairn_env_sync(log->ienv) &&
         !ienv_write_begin(log, &txn)) {
         uint8_t one[8] = {0, 0, 0, 0, 0, 0, 0, 1};
         MDB_val k = {5, "clean"}, v = {8, one};
@@ -1363,7 +1346,7 @@ void log_index_close(struct log *log)
             cairn_env_write_abort(log->ienv, txn);
             fprintf(stderr, "cairn: could not mark the log index clean\n");
         } else if (!cairn_env_write_commit(log->ienv, txn)) {
-            ienv_sync(log);
+            cairn_env_sync(log->ienv);
         }
     }
     cairn_env_close(log->ienv);

@@ -367,7 +367,7 @@ void proj_close(struct proj *p)
 
 int proj_sync(struct proj *p)
 {
-    return cairn_mdb_err(mdb_env_sync(cairn_env_mdb(p->env), 1));
+    return cairn_env_sync(p->env);
 }
 
 struct cairn_env *proj_env(struct proj *p)
