@@ -9,6 +9,8 @@
  *    transaction that filled it teaches proj_grow, so the redo does not;
  *    a transaction up to twice the biggest so far fits without asking
  *    (writes after the estimate's last look, as cached handlers' flushes);
+ *    the estimate follows the workload (falls by halves over transactions
+ *    that add little, rises at once with one that adds much);
  *  - a commit that wrote nothing and left the checkpoint as it was
  *    commits nothing (LMDB's transaction id stays); one that moves it
  *    stores it;
@@ -268,6 +270,63 @@ static void test_map_room_twice_biggest(void **state)
                  (unsigned long long)m, (unsigned long long)(2 * n), cairn_strerror(rc));
     assert_int_equal(proj_commit(f.p, 2), 0);
 
+    fx_close(&f);
+}
+
+/* n puts of vn-byte values at random keys from `seed` (keys < 2^keybits:
+ * with few bits, the same keys again and again). */
+static void put_n(struct fixture *f, uint64_t n, uint64_t seed, size_t vn, unsigned keybits)
+{
+    static uint8_t val[1500];
+    memset(val, 'w', sizeof val);
+    assert_true(vn <= sizeof val);
+    for (uint64_t i = 0; i < n; i++) {
+        seed ^= seed << 13, seed ^= seed >> 7, seed ^= seed << 17;
+        uint8_t key[8];
+        cairn_be64_put(key, seed >> (64 - keybits));
+        int rc = hctx_put(f->ctx, t_db_a, key, sizeof key, val, vn);
+        if (rc)
+            fail_msg("put %llu of %llu: %s", (unsigned long long)i, (unsigned long long)n,
+                     cairn_strerror(rc));
+    }
+}
+
+/* The estimate follows the workload: after a transaction of big values
+ * (half a page per write) it refuses what such writes could not fit;
+ * transactions that add nothing to the file (updates of a few small
+ * values) bring it down by halves, so the same number of small writes is
+ * let through; one big transaction raises it again at once. (It was the
+ * most ever seen: after defining 100 000 fences, every transaction of
+ * location fixes ended at a fifth of its writes bound.) */
+static void test_map_estimate_follows_the_workload(void **state)
+{
+    struct fixture f;
+    const uint64_t w = 24000; /* at 1/2 page per write, more than the room */
+    fx_open(&f, *state, "est", 64u << 20);
+    assert_int_equal(proj_begin(f.p), 0);
+    put_n(&f, 6000, 1, 1500, 64);
+    assert_int_equal(proj_commit(f.p, 1), 0);
+    assert_int_equal(proj_begin(f.p), 0);
+    assert_true(proj_txn_full_at(f.p, w, UINT64_MAX));
+    proj_abort(f.p);
+
+    uint64_t cp = 1;
+    for (int i = 0; i < 8; i++) { /* 1/2 halved 8 times: below the 1/64 floor */
+        assert_int_equal(proj_begin(f.p), 0);
+        put_n(&f, 5000, 7 + (uint64_t)i, 8, 6); /* 64 keys */
+        assert_int_equal(proj_commit(f.p, ++cp), 0);
+    }
+    assert_int_equal(proj_begin(f.p), 0);
+    assert_false(proj_txn_full_at(f.p, w, UINT64_MAX));
+    assert_true(proj_txn_full_at(f.p, w, w)); /* the writes bound still holds */
+    proj_abort(f.p);
+
+    assert_int_equal(proj_begin(f.p), 0);
+    put_n(&f, 6000, 99, 1500, 64);
+    assert_int_equal(proj_commit(f.p, ++cp), 0);
+    assert_int_equal(proj_begin(f.p), 0);
+    assert_true(proj_txn_full_at(f.p, w, UINT64_MAX));
+    proj_abort(f.p);
     fx_close(&f);
 }
 
@@ -918,6 +977,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_map_reserve_failure, dir_setup, dir_teardown),
         cmocka_unit_test_setup_teardown(test_map_full_teaches, dir_setup, dir_teardown),
         cmocka_unit_test_setup_teardown(test_map_room_twice_biggest, dir_setup, dir_teardown),
+        cmocka_unit_test_setup_teardown(test_map_estimate_follows_the_workload, dir_setup,
+                                        dir_teardown),
         cmocka_unit_test_setup_teardown(test_put_new, dir_setup, dir_teardown),
         cmocka_unit_test_setup_teardown(test_commit_unchanged_writes_nothing, dir_setup,
                                         dir_teardown),
