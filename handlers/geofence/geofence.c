@@ -446,6 +446,10 @@ static int cmp_ks_dev(const void *a, const void *b, void *arg)
     return gf_cmp_keys(p->key, p->kn, q->key, q->kn);
 }
 
+/* How far ahead dev_writeback and pend_apply load what a later put reads
+ * (an LMDB put takes ~0.3 us, a miss ~0.1). */
+#define WB_AHEAD 8
+
 /* Writes the changed records to geofence.dev. */
 static int dev_writeback(struct hctx *ctx)
 {
@@ -461,6 +465,16 @@ static int dev_writeback(struct hctx *ctx)
     size_t i = 0;
     for (; i < g->ndirty && !rc; i++) {
         struct gdev *d = g->dirty[i];
+        /* In key order the entries are scattered over the table's chunks:
+         * the entry (its key is on its second line) WB_AHEAD ahead, its
+         * record when that entry is half way. */
+        if (i + WB_AHEAD < g->ndirty) {
+            const char *e = (const char *)g->dirty[i + WB_AHEAD];
+            __builtin_prefetch(e);
+            __builtin_prefetch(e + 64);
+        }
+        if (i + WB_AHEAD / 2 < g->ndirty && g->dirty[i + WB_AHEAD / 2]->rec)
+            __builtin_prefetch(g->dirty[i + WB_AHEAD / 2]->rec);
         rc = hctx_cursor_put(c, d->key, d->kn, d->rec, d->reclen);
         d->dirty = false;
     }
@@ -590,6 +604,15 @@ static int pend_apply(struct hctx *ctx, int kind)
     int rc = hctx_cursor_open(ctx, db, NULL, 0, &c);
     for (size_t i = 0; i < pd->n && !rc; i++) {
         const struct pw *w = o ? o[i].p : &pd->w[i]; /* no memory: in their order */
+        /* sorted, the writes and their bytes are scattered: the write
+         * 2 * WB_AHEAD ahead, then its key and value WB_AHEAD ahead */
+        if (o && i + 2 * WB_AHEAD < pd->n)
+            __builtin_prefetch(o[i + 2 * WB_AHEAD].p);
+        if (o && i + WB_AHEAD < pd->n) {
+            const struct pw *a = o[i + WB_AHEAD].p;
+            __builtin_prefetch(base + a->koff);
+            __builtin_prefetch(base + a->voff);
+        }
         assert(o || !PW_QUEUE(kind) || i == 0 ||
                gf_cmp_keys(base + pd->w[i - 1].koff, pd->w[i - 1].kn, base + w->koff, w->kn) < 0);
         if (o && i + 1 < pd->n) {
