@@ -1492,13 +1492,26 @@ int geo_index_point_hint(struct geo_index *ix, uint32_t space, double lon, doubl
         for (int i = 0; i < nl && i < GEO_HINT_LEVELS; i++)
             hint->e[i] = e[i], hint->n[i] = ne[i];
     }
-    size_t n = 0;
+    /* Without branches: room for every entry first, then each id is
+     * stored and counted only if its box holds the point. Whether a box
+     * does is a coin toss the predictor lost about half the time (~40 %
+     * of this function's samples sat on the first comparison). */
+    size_t n = 0, all = 0;
+    for (int k = 0; k < nl; k++)
+        all += ne[k];
+    if (all > *cap) {
+        uint32_t *p = realloc(*ids, all * sizeof *p);
+        if (!p)
+            return CAIRN_ENOMEM;
+        *ids = p;
+        *cap = all;
+    }
+    uint32_t *out = *ids;
     for (int k = 0; k < nl; k++)
         for (uint32_t i = 0; i < ne[k]; i++) {
             const struct gent *g = &e[k][i];
-            if (lon >= g->x0 && lon <= g->x1 && lat >= g->y0 && lat <= g->y1 &&
-                push(ids, cap, n++, g->id))
-                return CAIRN_ENOMEM;
+            out[n] = g->id;
+            n += (lon >= g->x0) & (lon <= g->x1) & (lat >= g->y0) & (lat <= g->y1);
         }
     return (int)n;
 }
