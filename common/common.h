@@ -23,6 +23,15 @@
 #include <stdint.h>
 #include <string.h>
 
+/* A helper whose body is only prefetches (__builtin_prefetch) must be
+ * declared with this. GCC 12 finds such a function pure — a prefetch is
+ * no side effect to it — and deletes every call it did not inline first
+ * (a call to a pure function returning void does nothing). The index's
+ * loads of cell entries (geo.c prefetch_entries) had silently lost every
+ * prefetch that way, in a fix's query and in the geofence handler's
+ * prefetch pipeline: the binary held none. Always inlined, they stay. */
+#define CAIRN_PREFETCH_FN static inline __attribute__((always_inline))
+
 /* ======================================================================
  * Limits. Each is the single source of truth for its value; the README's
  * "Limits" table mirrors this section.

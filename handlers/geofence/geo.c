@@ -1424,7 +1424,7 @@ static struct bucket *find_at(struct geo_index *ix, uint64_t key, size_t i)
 }
 
 /* Every line of a cell's entries (the scan reads them all), at most 16. */
-static inline void prefetch_entries(const struct gent *e, uint32_t n)
+CAIRN_PREFETCH_FN void prefetch_entries(const struct gent *e, uint32_t n)
 {
     if (!n) /* an empty cell's e is NULL: no arithmetic on it (UBSan) */
         return;

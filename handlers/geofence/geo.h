@@ -156,7 +156,7 @@ void geo_raster_build(const struct geo_shape *s, struct geo_raster *r);
 
 /* Prefetches the lines of the geometry the exact test reads before it
  * knows which coordinates it needs (rings, bands). */
-static inline void geo_raster_prefetch_geom(const struct geo_raster *r)
+CAIRN_PREFETCH_FN void geo_raster_prefetch_geom(const struct geo_raster *r)
 {
     for (unsigned i = 0; i < r->glines; i++)
         __builtin_prefetch((const char *)r->geom + 64 * i);
