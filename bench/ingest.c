@@ -44,7 +44,13 @@
 #include <string.h>
 
 #define DEFAULT_N 1000000
-#define DEFAULT_REQ 256
+/* Events per request: what `cairn append` submits (cli_log.c CHUNK_LINES,
+ * 1024 lines a chunk). It was 256: with 8 in flight the writer then held
+ * at most 2 048 events, its batches averaged 620-740 events of a possible
+ * 1 024, and the producer spent much of each commit waiting for a slot —
+ * a stingier client than the CLI (NDJSON 237-286 k events/s here against
+ * 282-348 k at 1024; bench/RESULTS.md, session 12). */
+#define DEFAULT_REQ 1024
 #define DEFAULT_INFLIGHT 8
 #define PRODUCERS_MAX 16
 #define INFLIGHT_MAX 256
@@ -453,7 +459,7 @@ static const char usage[] =
     "  -n N           inputs per phase (default 1000000)\n"
     "  --dir DIR      where the scratch directory is made (default /tmp)\n"
     "  --batch B      writer: events per commit at most (default 1024)\n"
-    "  --req R        events per request (default 256)\n"
+    "  --req R        events per request (default 1024)\n"
     "  --inflight K   requests in flight per producer (default 8)\n"
     "  --producers P  parsing threads (default 1)\n"
     "  --runs R       repeat the three phases R times, report the median (default 1)\n"

@@ -525,15 +525,19 @@ static int wb_seal(struct log *log, struct wb *w, MDB_txn *txn)
         mdb_cursor_close(ac);
     if (rc)
         return cairn_mdb_err(rc);
-    wb_sort(w);
-#ifndef NDEBUG
-    for (size_t i = 1; i < w->n; i++)
-        assert(wb_cmp(&w->rec[i - 1], &w->rec[i], w->arena) < 0);
-#endif
+    wb_sort(w); /* wb_put_range checks the order as it puts */
     if (w->hashed)
         memset(w->slot, 0, w->scap * sizeof *w->slot);
     w->hashed = 0;
     return 0;
+}
+
+/* a's DBI and key prefix are not after b's (wb_cmp's first three steps). */
+static bool wb_pre_le(const struct wb_rec *a, const struct wb_rec *b)
+{
+    if (a->dbi != b->dbi)
+        return a->dbi < b->dbi;
+    return a->pre0 != b->pre0 ? a->pre0 < b->pre0 : a->pre1 <= b->pre1;
 }
 
 /* Puts the sealed records [*at, end) into keys and dedup; *at follows. */
@@ -545,6 +549,12 @@ static int wb_put_range(struct log *log, struct wb *w, MDB_txn *txn, size_t *at,
         rc = mdb_cursor_open(txn, log->dedup, &dc);
     for (; *at < end && !rc; ++*at) {
         const struct wb_rec *r = &w->rec[*at];
+        /* wb_sort's order, checked on what the records hold: the DBI and
+         * the keys' first 16 bytes. (wb_cmp in full, in a pass after the
+         * sort, read the arena at random on every tie — most keys, with
+         * long tenant names: 4-5 % of the indexer's samples. The sort
+         * itself is tested against qsort in test_common.) */
+        assert(*at == 0 || wb_pre_le(&w->rec[*at - 1], r));
         uint8_t val[16];
         cairn_be64_put(val, r->seq);
         cairn_be64_put(val + 8, log_bias(r->time));
