@@ -205,21 +205,31 @@ static void test_map_reserved_and_grown_ahead(void **state)
  * in the doubled map commits before filling it again. The values are big
  * (two per page: far more pages per write than the first estimate), so
  * without the lesson the redo would run into MAP_FULL once more. */
-static uint64_t put_until(struct fixture *f, uint64_t max, bool ask, int *rc)
+/* Puts vn-byte values at random keys drawn from `seed` (keys below
+ * 2^keybits: with few bits, the same keys again and again) until max puts,
+ * a failure (*rc), or — when asked — proj_txn_full. */
+static uint64_t put_keys(struct fixture *f, uint64_t max, bool ask, uint64_t seed, size_t vn,
+                         unsigned keybits, int *rc)
 {
     static uint8_t val[1500];
     memset(val, 'v', sizeof val);
-    uint64_t x = 88172645463325252ull, n = 0;
+    assert_true(vn <= sizeof val && keybits >= 1 && keybits <= 64);
+    uint64_t n = 0;
     *rc = 0;
     while (n < max && !(ask && proj_txn_full(f->p, UINT64_MAX))) {
-        x ^= x << 13, x ^= x >> 7, x ^= x << 17;
+        seed ^= seed << 13, seed ^= seed >> 7, seed ^= seed << 17;
         uint8_t key[8];
-        cairn_be64_put(key, x);
-        if ((*rc = hctx_put(f->ctx, t_db_a, key, sizeof key, val, sizeof val)))
+        cairn_be64_put(key, seed >> (64 - keybits));
+        if ((*rc = hctx_put(f->ctx, t_db_a, key, sizeof key, val, vn)))
             break;
         n++;
     }
     return n;
+}
+
+static uint64_t put_until(struct fixture *f, uint64_t max, bool ask, int *rc)
+{
+    return put_keys(f, max, ask, 88172645463325252ull, 1500, 64, rc);
 }
 
 static void test_map_full_teaches(void **state)
@@ -273,22 +283,14 @@ static void test_map_room_twice_biggest(void **state)
     fx_close(&f);
 }
 
-/* n puts of vn-byte values at random keys from `seed` (keys < 2^keybits:
- * with few bits, the same keys again and again). */
+/* n puts (put_keys), every one of which must succeed. */
 static void put_n(struct fixture *f, uint64_t n, uint64_t seed, size_t vn, unsigned keybits)
 {
-    static uint8_t val[1500];
-    memset(val, 'w', sizeof val);
-    assert_true(vn <= sizeof val);
-    for (uint64_t i = 0; i < n; i++) {
-        seed ^= seed << 13, seed ^= seed >> 7, seed ^= seed << 17;
-        uint8_t key[8];
-        cairn_be64_put(key, seed >> (64 - keybits));
-        int rc = hctx_put(f->ctx, t_db_a, key, sizeof key, val, vn);
-        if (rc)
-            fail_msg("put %llu of %llu: %s", (unsigned long long)i, (unsigned long long)n,
-                     cairn_strerror(rc));
-    }
+    int rc;
+    uint64_t done = put_keys(f, n, false, seed, vn, keybits, &rc);
+    if (rc)
+        fail_msg("put %llu of %llu: %s", (unsigned long long)done, (unsigned long long)n,
+                 cairn_strerror(rc));
 }
 
 /* The estimate follows the workload: after a transaction of big values
