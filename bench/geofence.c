@@ -71,9 +71,6 @@ extern const struct handler geofence_handler;
 size_t geofence_memory(struct hctx *ctx);
 size_t geofence_device_memory(struct hctx *ctx);
 
-/* The engine's catch-up and replay transactions (engine.h) */
-#define BATCH_DEFAULT ENGINE_APPLY_BATCH
-#define WRITES_MAX ENGINE_APPLY_WRITES_MAX
 #define REQ 1024 /* e2e: inputs per writer request */
 #define INFLIGHT_MAX 64
 #define MEMBERS 1024 /* per device in the inside-set replay */
@@ -200,9 +197,10 @@ static void make_fixes(struct work *w, int64_t t0, FILE *csv)
 
 /* Feeds events [lo, hi) to the handler in state transactions of `batch`,
  * like the engine's catch-up: decode, apply, flush, commit. Like the
- * engine, a transaction also ends after the input that made WRITES_MAX
- * writes or whose writes could soon fill the state's map (proj_txn_full:
- * the map starts small and grows ahead of what commits added). */
+ * engine, a transaction also ends after the input that made
+ * ENGINE_APPLY_WRITES_MAX writes or whose writes could soon fill the
+ * state's map (proj_txn_full: the map starts small and grows ahead of what
+ * commits added). */
 static int handler_reopen(struct proj *p, struct hctx *ctx)
 {
     geofence_handler.close(ctx);
@@ -274,7 +272,7 @@ static int run_handler(struct proj *p, struct hctx *ctx, const struct work *w, s
                 const struct event *em;
                 *derived += proj_hctx_emitted(ctx, &em);
                 proj_hctx_clear(ctx);
-                if (!rc && proj_txn_full(p, WRITES_MAX)) {
+                if (!rc && proj_txn_full(p, ENGINE_APPLY_WRITES_MAX)) {
                     full = true;
                     break;
                 }
@@ -749,7 +747,7 @@ static FILE *out_file(const char *dir, const char *name)
 int main(int argc, char **argv)
 {
     struct work w = {.nf = 100000, .nd = 100000, .nx = 1000000};
-    size_t batch = BATCH_DEFAULT;
+    size_t batch = ENGINE_APPLY_BATCH;
     unsigned log_batch = 0, inflight = 8;
     const char *dir = "/tmp", *out = NULL;
     bool e2e = true, all = false, detect = false, handler = true;
@@ -856,7 +854,7 @@ int main(int argc, char **argv)
         goto json;
     printf("handler alone, state transactions of at most %zu events or %d writes (decode, apply, "
            "flush, commit):\n",
-           batch, WRITES_MAX);
+           batch, ENGINE_APPLY_WRITES_MAX);
     printf("  define     %9.0f fences/s\n", w.nf / hf.define_s);
     printf("  open       %9.3f s (index rebuilt from the DBIs)\n", hf.open_s);
     printf("  fixes      %9.0f location events/s (%.2f us CPU per event, %.2f of it system)\n",

@@ -26,10 +26,6 @@
 #include <time.h>
 #include <unistd.h>
 
-/* The sizes of catch-up and replay transactions: ENGINE_APPLY_BATCH and
- * ENGINE_APPLY_WRITES_MAX (engine.h, where bench/geofence takes them too). */
-#define APPLY_BATCH ENGINE_APPLY_BATCH
-#define APPLY_WRITES_MAX ENGINE_APPLY_WRITES_MAX
 #define HANDLERS_MAX 64
 /* Distinct event types whose consumers are remembered (inputs and derived
  * types: a few dozen today). Types beyond it are looked up each time. */
@@ -47,9 +43,9 @@
  * which can take milliseconds on a loaded machine: fewer, bigger
  * runs (4 MiB rather than 1 MiB, ~3 500 inputs of the bench workload) were
  * as fast or up to 1.25x faster on a 1M replay at load 6. A run is the
- * unit of the APPLY_WRITES_MAX check in that mode (a run's writes may go
- * past it, and the check lags PAR_SLOTS - 1 runs: apply_range_par), so
- * keep it small next to it. */
+ * unit of the ENGINE_APPLY_WRITES_MAX check in that mode (a run's writes
+ * may go past it, and the check lags PAR_SLOTS - 1 runs: apply_range_par),
+ * so keep it small next to it. */
 #define PAR_MIN_INPUTS 4096
 #define PAR_BATCH 8192
 #define PAR_BATCH_BYTES (4u << 20)
@@ -920,8 +916,8 @@ static int apply_range_par(struct engine *eng, struct log_iter *it, uint64_t fro
     while (!rc && (more || nlate < nread)) {
         unsigned s = nread % PAR_SLOTS;
         if (more && nread - nlate < PAR_SLOTS) {
-            if (nread >= PAR_SLOTS &&
-                proj_txn_full_at(eng->proj, eng->run_writes[s] - writes0, APPLY_WRITES_MAX)) {
+            if (nread >= PAR_SLOTS && proj_txn_full_at(eng->proj, eng->run_writes[s] - writes0,
+                                                       ENGINE_APPLY_WRITES_MAX)) {
                 *to = want - 1; /* commit here; the caller goes on from the checkpoint */
                 more = false;
                 continue;
@@ -1074,7 +1070,7 @@ static int apply_chunk(struct engine *eng, uint64_t from, uint64_t to)
             }
             while (!rc && want <= to && !(rc = log_iter_next(it, &le))) {
                 rc = le.seq == want ? apply_log_event(eng, &le) : CAIRN_ECORRUPT;
-                if (!rc && want < to && proj_txn_full(eng->proj, APPLY_WRITES_MAX))
+                if (!rc && want < to && proj_txn_full(eng->proj, ENGINE_APPLY_WRITES_MAX))
                     to = want; /* commit here; the caller goes on from the checkpoint */
                 want++;
             }
@@ -1119,7 +1115,7 @@ int engine_catch_up(struct engine *eng, uint64_t to)
         to = head;
     uint64_t cp = proj_checkpoint(eng->proj);
     while (!rc && cp < to) {
-        uint64_t end = to - cp > APPLY_BATCH ? cp + APPLY_BATCH : to;
+        uint64_t end = to - cp > ENGINE_APPLY_BATCH ? cp + ENGINE_APPLY_BATCH : to;
         rc = apply_chunk(eng, cp + 1, end);
         cp = proj_checkpoint(eng->proj);
     }
