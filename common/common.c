@@ -459,6 +459,8 @@ void cairn_ksort_set(struct cairn_ksort *e, const uint8_t *k, size_t n, void *p)
 {
     e->k0 = n ? be_prefix(k, n) : 0;
     e->k1 = n > 8 ? be_prefix(k + 8, n - 8) : 0;
+    e->k2 = n > 16 ? be_prefix(k + 16, n - 16) : 0;
+    e->k3 = n > 24 ? be_prefix(k + 24, n - 24) : 0;
     e->p = p;
 }
 
@@ -469,7 +471,11 @@ static bool ks_lt(const struct cairn_ksort *x, const struct cairn_ksort *y)
 {
     if (x->k0 != y->k0)
         return x->k0 < y->k0;
-    return x->k1 != y->k1 ? x->k1 < y->k1 : (uintptr_t)x->p < (uintptr_t)y->p;
+    if (x->k1 != y->k1)
+        return x->k1 < y->k1;
+    if (x->k2 != y->k2)
+        return x->k2 < y->k2;
+    return x->k3 != y->k3 ? x->k3 < y->k3 : (uintptr_t)x->p < (uintptr_t)y->p;
 }
 
 static void ks_swap(struct cairn_ksort *x, struct cairn_ksort *y)
@@ -491,8 +497,8 @@ static size_t ks_med3(const struct cairn_ksort *o, size_t a, size_t b, size_t c)
     return ks_lt(&o[c], &o[b]) ? c : b;
 }
 
-/* Sorts o[0..n) by (k0, k1, p): a quicksort with the comparison inline (a
- * radix sort over the 16 bytes cost twice as much: most of them vary).
+/* Sorts o[0..n) by (k0, k1, k2, k3, p): a quicksort with the comparison
+ * inline (a radix sort over 16 bytes cost twice as much: most vary).
  * The pivot is the median of three pseudo-random entries (*seed): dirty
  * lists come in patterns (a rotated sorted run: devices reporting in
  * turn) that made fixed median-of-three positions quadratic. The order is
@@ -539,9 +545,9 @@ static void ks_prefix(struct cairn_ksort *o, size_t n, uint64_t *seed)
     }
 }
 
-/* How deep ks_level recurses (16 bytes per level) before it leaves a run
+/* How deep ks_level recurses (32 bytes per level) before it leaves a run
  * to cmp: keys of up to 1 KiB are sorted by bytes all the way. */
-#define KS_DEPTH_MAX 64
+#define KS_DEPTH_MAX 32
 
 /* The bytes every key of o[0, n) shares (n >= 1). */
 static size_t ks_shared(const struct cairn_ksort *o, size_t n, cairn_ksort_key key, void *arg)
@@ -556,10 +562,10 @@ static size_t ks_shared(const struct cairn_ksort *o, size_t n, cairn_ksort_key k
     return s;
 }
 
-/* Sorts o[0, n), whose keys all share their first `skip` bytes: by the 16
+/* Sorts o[0, n), whose keys all share their first `skip` bytes: by the 32
  * bytes after those, then each run that ties on them and is not in order
- * yet by the bytes its keys share and the 16 after (a level deeper), or
- * by cmp when that gains nothing (a key ends within the 16: zero padding
+ * yet by the bytes its keys share and the 32 after (a level deeper), or
+ * by cmp when that gains nothing (a key ends within the 32: zero padding
  * tied it) or the keys are deeper than KS_DEPTH_MAX levels. */
 static void ks_level(struct cairn_ksort *o, size_t n, size_t skip, int depth, cairn_ksort_key key,
                      cairn_ksort_cmp cmp, void *arg, uint64_t *seed)
@@ -571,7 +577,8 @@ static void ks_level(struct cairn_ksort *o, size_t n, size_t skip, int depth, ca
     }
     ks_prefix(o, n, seed);
     for (size_t i = 0, j; i < n; i = j) {
-        for (j = i + 1; j < n && o[j].k0 == o[i].k0 && o[j].k1 == o[i].k1;)
+        for (j = i + 1; j < n && o[j].k0 == o[i].k0 && o[j].k1 == o[i].k1 && o[j].k2 == o[i].k2 &&
+                        o[j].k3 == o[i].k3;)
             j++;
         size_t a = i + 1;
         while (a < j && cmp(&o[a - 1], &o[a], arg) <= 0)
@@ -579,7 +586,7 @@ static void ks_level(struct cairn_ksort *o, size_t n, size_t skip, int depth, ca
         if (a == j)
             continue; /* in order already: the same key, in record order */
         size_t s = ks_shared(o + i, j - i, key, arg);
-        if (s >= skip + 16 && depth < KS_DEPTH_MAX) {
+        if (s >= skip + 32 && depth < KS_DEPTH_MAX) {
             ks_level(o + i, j - i, s, depth + 1, key, cmp, arg, seed);
         } else if (j - i > 16) {
             qsort_r(o + i, j - i, sizeof *o, cmp, arg);

@@ -240,11 +240,11 @@ static inline uint64_t cairn_be64_get(const uint8_t *p)
  * Sorting records into LMDB's key order (memcmp, then the shorter first),
  * as write-backs and index puts want them: puts in key order stay on the
  * cursor's leaf. The caller lists its records (struct cairn_ksort's p);
- * cairn_ksort reads each record's key (key()) and keeps 16 of its bytes
+ * cairn_ksort reads each record's key (key()) and keeps 32 of its bytes
  * (big-endian, zero-padded) next to the pointer, skipping the bytes every
  * key shares (a tenant, an id stem), and sorts by those with the
  * comparison inline; a run that ties on them goes a level deeper (the
- * next 16 bytes past what the run shares) until cmp settles what is left
+ * next 32 bytes past what the run shares) until cmp settles what is left
  * (keys that differ only in zero bytes at their end, and the caller's
  * order of equal keys). Equal prefixes come out in the order of their
  * records' addresses, so where that is the caller's order of equal keys
@@ -252,11 +252,16 @@ static inline uint64_t cairn_be64_get(const uint8_t *p)
  * Comparing through the pointers instead (qsort) cost two cache misses
  * and a memcmp per comparison once the records outgrow the caches, and
  * with long tenant names the keys' first 16 bytes alone tie on every key.
+ * The window is 32 bytes, not 16: keys of several tenants (tlen | tenant
+ * | entity) mostly differ within 32, where 16 held little more than the
+ * tenant and sent nearly every key a level deeper (another read of it
+ * through its pointer, another sort): 33 % less time for 32 768 index
+ * keys of bench/ingest's eight tenants (bench/RESULTS.md, session 13).
  * ==================================================================== */
 
 struct cairn_ksort {
-    uint64_t k0, k1; /* 16 bytes of the key (set by cairn_ksort) */
-    void *p;         /* the record (set by the caller) */
+    uint64_t k0, k1, k2, k3; /* 32 bytes of the key (set by cairn_ksort) */
+    void *p;                 /* the record (set by the caller) */
 };
 
 /* The key of record p (*n: its length). */
@@ -274,7 +279,7 @@ void cairn_ksort(struct cairn_ksort *o, size_t n, cairn_ksort_key key, cairn_kso
  * is no memory for the sort's entries (the caller's fallback: qsort, or
  * writes out of order). */
 int cairn_ksort_ptrs(void *v, size_t n, cairn_ksort_key key, cairn_ksort_cmp cmp, void *arg);
-/* e's 16 bytes of k[0, n) (zero-padded) and its record p. */
+/* e's 32 bytes of k[0, n) (zero-padded) and its record p. */
 void cairn_ksort_set(struct cairn_ksort *e, const uint8_t *k, size_t n, void *p);
 /* How many of the first `shared` bytes of a the key b[0, n) shares. */
 static inline size_t cairn_shared_prefix(const uint8_t *a, size_t shared, const uint8_t *b,

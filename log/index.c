@@ -540,6 +540,16 @@ static bool wb_pre_le(const struct wb_rec *a, const struct wb_rec *b)
     return a->pre0 != b->pre0 ? a->pre0 < b->pre0 : a->pre1 <= b->pre1;
 }
 
+/* Records of one key put in one MDB_MULTIPLE call, at most. */
+#define WB_MULTI_MAX 64
+
+/* a and b (sorted, b after a) have the same DBI and key. */
+static bool wb_same_key(const struct wb *w, const struct wb_rec *a, const struct wb_rec *b)
+{
+    return a->dbi == b->dbi && a->pre0 == b->pre0 && a->pre1 == b->pre1 && a->len == b->len &&
+           (a->len <= 16 || !memcmp(w->arena + a->off + 16, w->arena + b->off + 16, a->len - 16));
+}
+
 /* Puts the sealed records [*at, end) into keys and dedup; *at follows. */
 static int wb_put_range(struct log *log, struct wb *w, MDB_txn *txn, size_t *at, size_t end)
 {
@@ -555,22 +565,35 @@ static int wb_put_range(struct log *log, struct wb *w, MDB_txn *txn, size_t *at,
          * long tenant names: 4-5 % of the indexer's samples. The sort
          * itself is tested against qsort in test_common.) */
         assert(*at == 0 || wb_pre_le(&w->rec[*at - 1], r));
-        uint8_t val[16];
-        cairn_be64_put(val, r->seq);
-        cairn_be64_put(val + 8, log_bias(r->time));
-        MDB_val k = {r->len, w->arena + r->off}, v = {r->dbi == WB_KEYS ? 8 : 16, val};
+        MDB_val k = {r->len, w->arena + r->off};
         if (r->dbi == WB_KEYS) {
             /* A keys entry is its entity's newest: puts come in seq order
              * per key (a run is sorted by key, then seq, and put whole
              * before the next table is sealed; catching up puts with
              * log_index_put, before any of these). MDB_APPENDDUP then
              * skips the search among the key's seqs; should LMDB find one
-             * not below it anyway, the plain put decides as before
-             * (MDB_KEYEXIST leaves the key's entries unchanged). */
-            rc = mdb_cursor_put(kc, &k, &v, MDB_APPENDDUP);
-            if (rc == MDB_KEYEXIST)
+             * not below it anyway, the plain puts decide as before
+             * (MDB_KEYEXIST leaves the key's entries unchanged). The
+             * records of one key, adjacent once sorted, go in one
+             * MDB_MULTIPLE put: one search of the key for all of them. */
+            uint8_t seqs[WB_MULTI_MAX * 8];
+            size_t n = 0;
+            do
+                cairn_be64_put(seqs + 8 * n, w->rec[*at + n].seq);
+            while (++n < WB_MULTI_MAX && *at + n < end && wb_same_key(w, r, &w->rec[*at + n]));
+            MDB_val mv[2] = {{8, seqs}, {n, NULL}};
+            rc = mdb_cursor_put(kc, &k, mv, MDB_MULTIPLE | MDB_APPENDDUP);
+            size_t done = rc ? mv[1].mv_size : n;
+            for (size_t i = done; i < n && (!rc || rc == MDB_KEYEXIST); i++) {
+                MDB_val v = {8, seqs + 8 * i};
                 rc = mdb_cursor_put(kc, &k, &v, 0);
+            }
+            *at += n - 1;
         } else {
+            uint8_t val[16];
+            cairn_be64_put(val, r->seq);
+            cairn_be64_put(val + 8, log_bias(r->time));
+            MDB_val v = {16, val};
             rc = mdb_cursor_put(dc, &k, &v, 0);
         }
     }

@@ -631,14 +631,14 @@ static void test_fmt_double(void **state)
 
 /* ====================================================================== small helpers */
 
-/* cairn_ksort: keys (lengths 0-40, from an alphabet of four bytes with 0
+/* cairn_ksort: keys (lengths 0-72, from an alphabet of four bytes with 0
  * among them, so long shared prefixes, prefixes of each other, zero bytes
- * at the end and ties past 16 bytes all come up; from round 20 on, after a
+ * at the end and ties past its 32-byte window, twice over, all come up; from round 20 on, after a
  * 20-byte stem every key shares, like a long tenant name, so ties go
  * levels deep), duplicates ordered by their index: the order of a qsort by
  * memcmp, then length, then index. */
 struct ks_key {
-    uint8_t b[60];
+    uint8_t b[92];
     size_t n, idx;
 };
 
@@ -689,11 +689,11 @@ static void test_ksort(void **state)
             size_t stem = round >= 20 ? 20 : 0;
             if (i && seed % 4 == 0) { /* a duplicate, or a key extending another */
                 k[i] = k[seed % i];
-                if (seed % 8 == 4 && k[i].n < stem + 40)
+                if (seed % 8 == 4 && k[i].n < stem + 72)
                     k[i].b[k[i].n++] = alphabet[(seed >> 8) % 4];
             } else {
                 memset(k[i].b, 'T', stem);
-                k[i].n = stem + (size_t)(seed % 41);
+                k[i].n = stem + (size_t)(seed % 73);
                 for (size_t j = stem; j < k[i].n; j++)
                     k[i].b[j] = alphabet[(seed >> (2 * (j % 28))) % 4];
             }
