@@ -44,7 +44,7 @@ struct doc {
 
 static int append_obj(struct engine *eng, json_t *obj)
 {
-    struct ingest_event ev;
+    struct ingest_event ev = {0};
     struct log_result r;
     struct cairn_error e;
     int rc = ingest_parse_value(engine_ingest(eng), obj, "bench", 0, false, &ev, &e);

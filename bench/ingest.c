@@ -153,7 +153,9 @@ static void slot_done(struct log_req *req)
     pthread_mutex_unlock(&s->p->mu);
 }
 
-/* Checks what the log said about a finished request, frees its inputs. */
+/* Checks what the log said about a finished request. Its events keep
+ * their memory for the next request's inputs (engine.h), as cairn
+ * append's chunks do. */
 static void slot_recycle(struct run *r, struct slot *s)
 {
     if (s->req.rc)
@@ -162,7 +164,6 @@ static void slot_recycle(struct run *r, struct slot *s)
         if (s->res[i].rc || s->res[i].duplicate)
             run_fail(r, s->res[i].rc, "the log refused an input (%s%s)",
                      cairn_strerror(s->res[i].rc), s->res[i].duplicate ? ", duplicate" : "");
-        ingest_event_deinit(&s->evs[i]);
     }
     s->nev = 0;
 }
@@ -276,6 +277,8 @@ static int64_t threads_cpu_ns(const char *comm)
 static void producer_deinit(struct producer *p)
 {
     for (unsigned i = 0; p->slots && i < p->nslots; i++) {
+        for (size_t j = 0; p->slots[i].evs && j < p->run->o->req; j++)
+            ingest_event_deinit(&p->slots[i].evs[j]);
         free(p->slots[i].evs);
         free(p->slots[i].ins);
         free(p->slots[i].res);

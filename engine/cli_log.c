@@ -114,10 +114,18 @@ struct chunk {
     struct chunk *next;
 };
 
+/* Printed chunks are kept for the next lines (up to CHUNK_SPARE), with
+ * their events' memory (engine.h: a parse reuses it): a fresh chunk per
+ * 1 024 lines was a 300 KB calloc and 1 024 mallocs freed on the other
+ * thread. */
+#define CHUNK_SPARE 16
+
 struct printer {
     pthread_mutex_t mu;
     pthread_cond_t cv;
     struct chunk *head, *tail;
+    struct chunk *spare; /* printed chunks for reuse (linked by next) */
+    size_t nspare;
     bool eof;
     int status;
 };
@@ -132,13 +140,36 @@ static void chunk_done(struct log_req *req)
     pthread_mutex_unlock(&pr->mu);
 }
 
-static void chunk_free(struct chunk *ch)
+/* Forgets the chunk's lines; its events keep their memory. */
+static void chunk_clear(struct chunk *ch)
 {
     for (size_t i = 0; i < ch->nlines; i++)
         free(ch->lines[i].err);
-    for (size_t i = 0; i < ch->nev; i++)
+    ch->nlines = ch->nev = 0;
+    ch->done = false;
+    ch->next = NULL;
+}
+
+static void chunk_free(struct chunk *ch)
+{
+    chunk_clear(ch);
+    for (size_t i = 0; i < CHUNK_LINES; i++) /* an earlier use may have filled more */
         ingest_event_deinit(&ch->evs[i]);
     free(ch);
+}
+
+/* A chunk for the next lines: a printed one, or a new one. */
+static struct chunk *chunk_take(struct printer *pr)
+{
+    pthread_mutex_lock(&pr->mu);
+    struct chunk *ch = pr->spare;
+    if (ch) {
+        pr->spare = ch->next;
+        pr->nspare--;
+        ch->next = NULL;
+    }
+    pthread_mutex_unlock(&pr->mu);
+    return ch ? ch : calloc(1, sizeof *ch);
 }
 
 static int print_chunk(struct chunk *ch, struct cairn_buf *out)
@@ -180,8 +211,17 @@ static void *printer_main(void *arg)
             pr->tail = NULL;
         pthread_mutex_unlock(&pr->mu);
         int st = print_chunk(ch, &out);
-        chunk_free(ch);
+        chunk_clear(ch);
         pthread_mutex_lock(&pr->mu);
+        if (pr->nspare < CHUNK_SPARE) {
+            ch->next = pr->spare;
+            pr->spare = ch;
+            pr->nspare++;
+        } else {
+            pthread_mutex_unlock(&pr->mu);
+            chunk_free(ch);
+            pthread_mutex_lock(&pr->mu);
+        }
         if (st > pr->status && pr->status != CLI_FAIL)
             pr->status = st;
         if (st == CLI_FAIL)
@@ -261,7 +301,7 @@ static int append_feed(struct lines *in, struct ingest *ing, struct log_writer *
         no++;
         if (n != SIZE_MAX && cairn_blank(p, n))
             continue;
-        if (!ch && !(ch = calloc(1, sizeof *ch)))
+        if (!ch && !(ch = chunk_take(pr)))
             return CLI_FAIL;
         chunk_add(ch, ing, no, p, n);
         if (ch->nlines == CHUNK_LINES || !lines_ready(in)) {
@@ -314,6 +354,11 @@ int cmd_append(struct cli *c)
     pthread_cond_broadcast(&pr.cv);
     pthread_mutex_unlock(&pr.mu);
     pthread_join(printer, NULL);
+    while (pr.spare) {
+        struct chunk *ch = pr.spare;
+        pr.spare = ch->next;
+        chunk_free(ch);
+    }
     pthread_mutex_destroy(&pr.mu);
     pthread_cond_destroy(&pr.cv);
     status = fed == CLI_FAIL ? CLI_FAIL : pr.status;

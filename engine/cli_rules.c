@@ -145,7 +145,7 @@ static int load_one(struct engine *eng, const char *dir, const char *file, const
         snprintf(idbuf, sizeof idbuf, "rule:%.200s:%s", id, hex);
         json_t *ev = json_pack("{s:s, s:s, s:s, s:O}", "type", "rule.define", "tenant", tenant,
                                "id", idbuf, "payload", rule);
-        struct ingest_event iev;
+        struct ingest_event iev = {0};
         struct log_result res = {0};
         int rc =
             ev ? ingest_parse_value(engine_ingest(eng), ev, "cli", cairn_now_ns(), false, &iev, &e)

@@ -1358,7 +1358,7 @@ int engine_tick(struct engine *eng, int64_t now, int64_t interval_ns)
     json_t *obj =
         json_pack("{s:s, s:s, s:I, s:{s:I}}", "type", "tick", "tenant", ENGINE_TENANT, "time",
                   (json_int_t)now, "payload", "interval_ms", (json_int_t)(interval_ns / 1000000));
-    struct ingest_event ev;
+    struct ingest_event ev = {0};
     struct log_result res;
     struct cairn_error e;
     if (!obj)

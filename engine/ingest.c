@@ -123,6 +123,17 @@ void ingest_event_deinit(struct ingest_event *ev)
 {
     free(ev->mem);
     ev->mem = NULL;
+    ev->cap = 0;
+}
+
+/* Clears ev for a parse, keeping the memory of an earlier input. */
+static void event_reset(struct ingest_event *ev)
+{
+    uint8_t *mem = ev->mem;
+    size_t cap = ev->cap;
+    memset(ev, 0, sizeof *ev);
+    ev->mem = mem;
+    ev->cap = cap;
 }
 
 /* ====================================================================== envelope fields */
@@ -665,9 +676,15 @@ static int build_event(struct ingest_event *ev, const struct cairn_str *parts, c
     size_t srcn = strlen(source), total = srcn + plen;
     for (int i = 0; i < 4; i++)
         total += parts[i].n;
-    uint8_t *m = malloc(total ? total : 1);
-    if (!m)
-        return CAIRN_ENOMEM;
+    if (total > ev->cap) { /* room for the next inputs too: most are about this size */
+        size_t cap = (total + 255) & ~(size_t)255;
+        free(ev->mem);
+        ev->cap = 0;
+        if (!(ev->mem = malloc(cap)))
+            return CAIRN_ENOMEM;
+        ev->cap = cap;
+    }
+    uint8_t *m = ev->mem;
     struct cairn_str *dst[] = {&ev->in.type, &ev->in.tenant, &ev->in.key, &ev->in.id};
     size_t at = 0;
     for (int i = 0; i < 4; i++) {
@@ -682,7 +699,6 @@ static int build_event(struct ingest_event *ev, const struct cairn_str *parts, c
     memcpy(m + at, payload, plen);
     ev->in.payload = m + at;
     ev->in.payload_len = plen;
-    ev->mem = m;
     return 0;
 }
 
@@ -797,7 +813,14 @@ static int finish(struct ingest *ing, struct checked *c, const uint8_t *payload,
                                ing->payload_max);
     if ((rc = build_event(ev, c->parts, source, payload, plen)))
         return rc;
-    if ((rc = handler_validate(ing, c->schema, ev, body, e)))
+    return handler_validate(ing, c->schema, ev, body, e);
+}
+
+/* What a public parse returns: a refused input leaves the event without
+ * memory (engine.h), whatever the event held before. */
+static int settled(struct ingest_event *ev, int rc)
+{
+    if (rc)
         ingest_event_deinit(ev);
     return rc;
 }
@@ -808,7 +831,7 @@ static int parse_value(struct ingest *ing, const json_t *obj, const char *source
 {
     struct raw_env r;
     struct checked c = {0};
-    memset(ev, 0, sizeof *ev);
+    event_reset(ev);
     if (!json_is_object(obj))
         return cairn_error_set(e, "not_object", "", "an event must be a JSON object");
     int rc = env_from_json(obj, &r, e);
@@ -838,7 +861,7 @@ static int parse_value(struct ingest *ing, const json_t *obj, const char *source
 int ingest_parse_value(struct ingest *ing, const json_t *obj, const char *source, int64_t now,
                        bool engine_only, struct ingest_event *ev, struct cairn_error *e)
 {
-    return parse_value(ing, obj, source, now, engine_only, NULL, ev, e);
+    return settled(ev, parse_value(ing, obj, source, now, engine_only, NULL, ev, e));
 }
 
 /* The in-place path for canonical msgpack: 0, an error, or SLOW when the
@@ -851,7 +874,7 @@ static int parse_mp_fast(struct ingest *ing, const uint8_t *p, size_t n, bool tr
     struct checked c = {0};
     size_t end = 0;
     msgpack_zone zown, *z;
-    memset(ev, 0, sizeof *ev);
+    event_reset(ev);
     int rc = zone_take(&zown, &z);
     if (rc)
         return rc;
@@ -873,7 +896,7 @@ static int parse_mp_fast(struct ingest *ing, const uint8_t *p, size_t n, bool tr
 /* JSON text is transcoded to msgpack in one pass and takes the msgpack
  * path; what the transcoder declines (cairn_json_text_to_msgpack) is
  * parsed by jansson, which also words every JSON syntax error. */
-int ingest_parse_json_for(struct ingest *ing, const char *text, size_t n, const char *source,
+static int parse_json_for(struct ingest *ing, const char *text, size_t n, const char *source,
                           int64_t now, const char *tenant, bool any_tenant, struct ingest_event *ev,
                           struct cairn_error *e)
 {
@@ -901,9 +924,13 @@ int ingest_parse_json_for(struct ingest *ing, const char *text, size_t n, const 
     return rc;
 }
 
-/* JSON text is transcoded to msgpack in one pass and takes the msgpack
- * path; what the transcoder declines (cairn_json_text_to_msgpack) is
- * parsed by jansson, which also words every JSON syntax error. */
+int ingest_parse_json_for(struct ingest *ing, const char *text, size_t n, const char *source,
+                          int64_t now, const char *tenant, bool any_tenant, struct ingest_event *ev,
+                          struct cairn_error *e)
+{
+    return settled(ev, parse_json_for(ing, text, n, source, now, tenant, any_tenant, ev, e));
+}
+
 int ingest_parse_json(struct ingest *ing, const char *text, size_t n, const char *source,
                       int64_t now, struct ingest_event *ev, struct cairn_error *e)
 {
@@ -927,10 +954,10 @@ int ingest_parse_msgpack(struct ingest *ing, const uint8_t *p, size_t n, size_t 
      * carry on after a bad object) are what they always were. Errors are
      * rare; their cost does not matter. */
     json_t *obj;
-    memset(ev, 0, sizeof *ev);
+    event_reset(ev);
     cairn_error_clear(e);
     if ((rc = cairn_msgpack_to_jansson(p, n, &obj, used, e)))
-        return rc;
+        return settled(ev, rc);
     rc = ingest_parse_value(ing, obj, source, now, ing->allow_engine_types, ev, e);
     json_decref(obj);
     return rc;
