@@ -352,6 +352,10 @@ struct hkset {
     size_t n, cap;
     bool loaded; /* built (by one scan of the DBI) */
     bool off;    /* not tracked: every key may exist */
+    /* NULL: a set of whole keys. Else a set of key prefixes: the scan
+     * adds the first prefix(k, n) bytes of each key, and the handler adds
+     * and asks prefixes (alerts: tenant + metric of its bymetric keys). */
+    size_t (*prefix)(const uint8_t *k, size_t n);
 };
 /* Adds key k (never fails: the set is dropped instead). */
 void hkset_add(struct hkset *ks, const uint8_t *k, size_t n);

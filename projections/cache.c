@@ -260,7 +260,7 @@ int hkset_maybe(struct hctx *ctx, struct hkset *ks, unsigned db, const uint8_t *
         if (rc)
             return rc;
         while (!ks->off && !(rc = hctx_cursor_next(c, &ck, &cv)))
-            hkset_add(ks, ck.mv_data, ck.mv_size);
+            hkset_add(ks, ck.mv_data, ks->prefix ? ks->prefix(ck.mv_data, ck.mv_size) : ck.mv_size);
         hctx_cursor_close(c);
         if (rc && rc != CAIRN_ENOTFOUND)
             return rc;
