@@ -633,10 +633,10 @@ static void test_fmt_double(void **state)
 
 /* cairn_ksort: keys (lengths 0-72, from an alphabet of four bytes with 0
  * among them, so long shared prefixes, prefixes of each other, zero bytes
- * at the end and ties past its 32-byte window, twice over, all come up; from round 20 on, after a
- * 20-byte stem every key shares, like a long tenant name, so ties go
- * levels deep), duplicates ordered by their index: the order of a qsort by
- * memcmp, then length, then index. */
+ * at the end and ties past its 32-byte window, twice over, all come up;
+ * from round 20 on, after a 20-byte stem every key shares, like a long
+ * tenant name, so ties go levels deep), duplicates ordered by their
+ * index: the order of a qsort by memcmp, then length, then index. */
 struct ks_key {
     uint8_t b[92];
     size_t n, idx;
