@@ -676,8 +676,10 @@ static int build_event(struct ingest_event *ev, const struct cairn_str *parts, c
     size_t srcn = strlen(source), total = srcn + plen;
     for (int i = 0; i < 4; i++)
         total += parts[i].n;
-    if (total > ev->cap || !ev->mem) { /* room for the next inputs too: most are about this size */
-        size_t cap = (total | 255) + 1; /* a multiple of 256, never 0 */
+    if (total > ev->cap || !ev->mem) {
+        /* room for the next inputs too (most are about this size); a
+         * multiple of 256, never 0 */
+        size_t cap = (total | 255) + 1;
         free(ev->mem);
         ev->cap = 0;
         if (!(ev->mem = malloc(cap)))
