@@ -448,19 +448,12 @@ size_t cairn_tkey(uint8_t *out, size_t cap, const struct cairn_str *tenant,
 
 /* ====================================================================== sorting by key */
 
-static uint64_t be_prefix(const uint8_t *p, size_t n)
-{
-    uint8_t b[8] = {0};
-    memcpy(b, p, n < 8 ? n : 8);
-    return cairn_be64_get(b);
-}
-
 void cairn_ksort_set(struct cairn_ksort *e, const uint8_t *k, size_t n, void *p)
 {
-    e->k0 = n ? be_prefix(k, n) : 0;
-    e->k1 = n > 8 ? be_prefix(k + 8, n - 8) : 0;
-    e->k2 = n > 16 ? be_prefix(k + 16, n - 16) : 0;
-    e->k3 = n > 24 ? be_prefix(k + 24, n - 24) : 0;
+    e->k0 = cairn_be_prefix(k, n);
+    e->k1 = n > 8 ? cairn_be_prefix(k + 8, n - 8) : 0;
+    e->k2 = n > 16 ? cairn_be_prefix(k + 16, n - 16) : 0;
+    e->k3 = n > 24 ? cairn_be_prefix(k + 24, n - 24) : 0;
     e->p = p;
 }
 

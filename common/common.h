@@ -236,6 +236,16 @@ static inline uint64_t cairn_be64_get(const uint8_t *p)
     return v;
 }
 
+/* The first 8 bytes of p[0, n), zero-padded, as a big-endian u64: keys
+ * compared as integers in memcmp's order (cairn_ksort, the log index). */
+static inline uint64_t cairn_be_prefix(const uint8_t *p, size_t n)
+{
+    uint8_t b[8] = {0};
+    if (n)
+        memcpy(b, p, n < 8 ? n : 8);
+    return cairn_be64_get(b);
+}
+
 /* ======================================================================
  * Sorting records into LMDB's key order (memcmp, then the shorter first),
  * as write-backs and index puts want them: puts in key order stay on the

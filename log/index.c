@@ -409,10 +409,9 @@ static int wb_add(struct wb *w, unsigned dbi, const uint8_t *k, size_t n, uint64
         w->arena = arena;
         w->acap = cap;
     }
-    struct cairn_ksort pre; /* the key's prefixes, as wb_sort sorts them */
-    cairn_ksort_set(&pre, k, n, NULL);
+    uint64_t pre0 = cairn_be_prefix(k, n), pre1 = n > 8 ? cairn_be_prefix(k + 8, n - 8) : 0;
     w->rec[w->n++] =
-        (struct wb_rec){pre.k0, pre.k1, seq, time, (uint32_t)w->alen, (uint16_t)n, (uint8_t)dbi};
+        (struct wb_rec){pre0, pre1, seq, time, (uint32_t)w->alen, (uint16_t)n, (uint8_t)dbi};
     memcpy(w->arena + w->alen, k, n);
     w->alen += n;
     return 0;
