@@ -200,11 +200,6 @@ static void test_map_reserved_and_grown_ahead(void **state)
     fx_close(&f);
 }
 
-/* A transaction that fills the map despite the estimate (here: nothing
- * asked proj_txn_full) is aborted; proj_grow learns from it, so the redo
- * in the doubled map commits before filling it again. The values are big
- * (two per page: far more pages per write than the first estimate), so
- * without the lesson the redo would run into MAP_FULL once more. */
 /* Puts vn-byte values at random keys drawn from `seed` (keys below
  * 2^keybits: with few bits, the same keys again and again) until max puts,
  * a failure (*rc), or — when asked — proj_txn_full. */
@@ -232,6 +227,11 @@ static uint64_t put_until(struct fixture *f, uint64_t max, bool ask, int *rc)
     return put_keys(f, max, ask, 88172645463325252ull, 1500, 64, rc);
 }
 
+/* A transaction that fills the map despite the estimate (here: nothing
+ * asked proj_txn_full) is aborted; proj_grow learns from it, so the redo
+ * in the doubled map commits before filling it again. The values are big
+ * (two per page: far more pages per write than the first estimate), so
+ * without the lesson the redo would run into MAP_FULL once more. */
 static void test_map_full_teaches(void **state)
 {
     struct fixture f;
