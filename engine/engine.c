@@ -139,13 +139,7 @@ struct engine {
     _Atomic unsigned hdone[HANDLERS_MAX];
     _Atomic unsigned char decoded[PAR_SLOTS];
     int dec_rc[PAR_SLOTS];
-    bool wflush; /* under wmu: the worker flushes (fside) */
-    /* Concurrent flushes (handler.h, `flush_concurrent`): fside[i] 1: the
-     * worker flushes order[i]; flush_cpu: CPU time of each flush so far,
-     * what the split balances. */
-    unsigned char fside[HANDLERS_MAX];
-    uint64_t flush_cpu[HANDLERS_MAX];
-    bool any_flush_concurrent;
+    uint64_t flush_cpu[HANDLERS_MAX]; /* CPU time of each handler's flushes */
     /* CPU time this thread spends in a parallel apply outside the early
      * handlers' applies (reading and decoding the log, the late
      * handlers): its fixed load when sides are assigned. */
@@ -563,47 +557,27 @@ static bool steal_job(struct engine *eng, unsigned from, unsigned to, int *rc)
     return false;
 }
 
-/* The flushes of the handlers on `side` (fside), in handler order, each
- * timed. */
-static int flush_side(struct engine *eng, unsigned char side)
-{
-    int rc = 0;
-    for (size_t i = 0; i < eng->n && !rc; i++) {
-        if (!eng->order[i]->flush || eng->fside[i] != side)
-            continue;
-        int64_t c0 = cpu_ns();
-        rc = eng->order[i]->flush(eng->ctx[i]);
-        eng->flush_cpu[i] += (uint64_t)(cpu_ns() - c0);
-    }
-    return rc;
-}
-
 /* The worker: the posted runs in order (its early handlers, side 1, but
- * those this thread stole), or the flushes of side 1. After a failure it
- * skips the runs left (they are marked done: the transaction is
- * aborted). */
+ * those this thread stole). After a failure it skips the runs left (they
+ * are marked done: the transaction is aborted). */
 static void *worker_main(void *arg)
 {
     struct engine *eng = arg;
     pthread_mutex_lock(&eng->wmu);
     for (;;) {
-        while (!eng->wflush && eng->wdone == eng->wposted && !eng->wquit)
+        while (eng->wdone == eng->wposted && !eng->wquit)
             pthread_cond_wait(&eng->wcv, &eng->wmu);
         if (eng->wquit)
             break;
-        bool flush = eng->wflush;
         unsigned r = eng->wdone;
         int rc = eng->wrc;
         pthread_mutex_unlock(&eng->wmu);
         if (!rc)
-            rc = flush ? flush_side(eng, 1) : apply_early(eng, 1, r);
+            rc = apply_early(eng, 1, r);
         pthread_mutex_lock(&eng->wmu);
         if (!eng->wrc)
             eng->wrc = rc;
-        if (flush)
-            eng->wflush = false;
-        else
-            eng->wdone = r + 1;
+        eng->wdone = r + 1;
         pthread_cond_broadcast(&eng->wcv);
     }
     pthread_mutex_unlock(&eng->wmu);
@@ -620,12 +594,12 @@ static void worker_post(struct engine *eng, unsigned r)
     pthread_mutex_unlock(&eng->wmu);
 }
 
-/* Waits until the worker is done with run r (or idle, r == UINT_MAX: no
- * flush going and every posted run done); its failure, if any. */
+/* Waits until the worker is done with run r (or idle, r == UINT_MAX:
+ * every posted run done); its failure, if any. */
 static int worker_wait(struct engine *eng, unsigned r)
 {
     pthread_mutex_lock(&eng->wmu);
-    while (eng->wflush || (r == UINT_MAX ? eng->wdone < eng->wposted : eng->wdone <= r))
+    while (r == UINT_MAX ? eng->wdone < eng->wposted : eng->wdone <= r)
         pthread_cond_wait(&eng->wcv, &eng->wmu);
     int rc = eng->wrc;
     pthread_mutex_unlock(&eng->wmu);
@@ -975,49 +949,30 @@ static int apply_range_par(struct engine *eng, struct log_iter *it, uint64_t fro
     return rc;
 }
 
-/* Every handler's flush. After a parallel apply the handlers marked
- * flush_concurrent are split between the two threads (costliest first,
- * each to the less loaded side; the others' flushes are this thread's),
- * and flush at the same time, each state call taking the state lock
- * (shared mode): their sorting and packing overlap, their puts
- * interleave. */
-static int flush_all(struct engine *eng, bool par)
+/* Every handler's flush, in handler order on this thread, each timed.
+ *
+ * Serial on purpose. Until session 14 the flushes of `devices`, `orders`
+ * and `subscriptions` ran on both threads at once (each state call under
+ * the state lock), so that one handler's sorting and packing would
+ * overlap another's puts. But a flush is mostly puts, and LMDB's puts are
+ * serial whatever the threads: the two flushes took turns on the lock,
+ * one thread spinning while the other put. bench/replay: on 1M events the
+ * flush phase took as long either way (0.33-0.40 s) and the concurrent
+ * one 0.24 s more CPU; on 3M events (7 transactions, larger views) the
+ * serial flush phase was 0.18-0.34 s shorter and the replay used 1.7-2.3 s
+ * (15-20 %) less CPU — the devices flush alone went from 1.7-1.8 s of
+ * CPU, 1.3-1.5 s of it waiting for the lock, to 0.34 s. */
+static int flush_all(struct engine *eng)
 {
-    if (!par || !eng->any_flush_concurrent || !eng->worker_started) {
-        for (size_t i = 0; i < eng->n; i++)
-            eng->fside[i] = 0;
-        return flush_side(eng, 0);
+    int rc = 0;
+    for (size_t i = 0; i < eng->n && !rc; i++) {
+        if (!eng->order[i]->flush)
+            continue;
+        int64_t c0 = cpu_ns();
+        rc = eng->order[i]->flush(eng->ctx[i]);
+        eng->flush_cpu[i] += (uint64_t)(cpu_ns() - c0);
     }
-    uint64_t load[2] = {0, 0};
-    bool todo[HANDLERS_MAX];
-    for (size_t i = 0; i < eng->n; i++) {
-        const struct handler *h = eng->order[i];
-        eng->fside[i] = 0;
-        todo[i] = h->flush && h->concurrent && h->flush_concurrent;
-        if (h->flush && !todo[i])
-            load[0] += eng->flush_cpu[i];
-    }
-    for (;;) {
-        size_t pick = eng->n;
-        for (size_t i = 0; i < eng->n; i++)
-            if (todo[i] && (pick == eng->n || eng->flush_cpu[i] > eng->flush_cpu[pick]))
-                pick = i;
-        if (pick == eng->n)
-            break;
-        todo[pick] = false;
-        eng->fside[pick] = load[1] <= load[0];
-        load[eng->fside[pick]] += eng->flush_cpu[pick];
-    }
-    proj_set_shared(eng->proj, true);
-    pthread_mutex_lock(&eng->wmu); /* the worker is idle (apply_range_par waited) */
-    eng->wrc = 0;
-    eng->wflush = true;
-    pthread_cond_broadcast(&eng->wcv);
-    pthread_mutex_unlock(&eng->wmu);
-    int rc = flush_side(eng, 0);
-    int wrc = worker_wait(eng, UINT_MAX);
-    proj_set_shared(eng->proj, false);
-    return rc ? rc : wrc;
+    return rc;
 }
 
 static int open_all(struct engine *eng, struct cairn_error *e);
@@ -1055,7 +1010,6 @@ static int apply_chunk(struct engine *eng, uint64_t from, uint64_t to)
         struct log_snap *s;
         struct log_iter *it = NULL;
         struct log_event le;
-        bool par = false; /* applied in parallel: the worker is there to flush */
         int64_t t0 = mono_ns(), t1;
         int rc = proj_begin(eng->proj);
         if (rc)
@@ -1064,7 +1018,6 @@ static int apply_chunk(struct engine *eng, uint64_t from, uint64_t to)
             rc = log_iter_open(s, from, NULL, NULL, &it);
             uint64_t want = from;
             if (!rc && eng->threads > 1 && eng->any_concurrent && to - from + 1 >= PAR_MIN_INPUTS) {
-                par = true;
                 rc = apply_range_par(eng, it, from, &to);
                 want = to + 1; /* done: skip the serial loop */
             }
@@ -1079,7 +1032,7 @@ static int apply_chunk(struct engine *eng, uint64_t from, uint64_t to)
         }
         eng->ph.apply_ns += (uint64_t)((t1 = mono_ns()) - t0);
         if (!rc)
-            rc = flush_all(eng, par);
+            rc = flush_all(eng);
         eng->ph.flush_ns += (uint64_t)((t0 = mono_ns()) - t1);
         if (rc)
             proj_abort(eng->proj);
@@ -1158,7 +1111,6 @@ static int open_handlers(struct engine *eng, struct cairn_error *e)
         if (eng->order[i]->derived_raw)
             eng->raw_mask |= 1ull << i;
         eng->any_concurrent |= eng->early[i] && eng->order[i]->concurrent;
-        eng->any_flush_concurrent |= eng->order[i]->concurrent && eng->order[i]->flush_concurrent;
     }
     const json_t *hcfg = json_object_get(eng->cfg.config, "handlers");
     for (size_t i = 0; i < eng->n && !rc; i++)

@@ -1378,6 +1378,5 @@ const struct handler devices_handler = {
     .close = devices_close,
     .view = "view",
     .flush = devices_flush,
-    .concurrent = true,       /* touches only its context (handler.h) */
-    .flush_concurrent = true, /* flush: sorts, packs and puts through one cursor */
+    .concurrent = true, /* touches only its context (handler.h) */
 };

@@ -696,6 +696,5 @@ const struct handler orders_handler = {
     .close = orders_close,
     .view = "view",
     .flush = orders_flush,
-    .concurrent = true,       /* touches only its context (handler.h) */
-    .flush_concurrent = true, /* flush: sorts, packs and puts through one cursor */
+    .concurrent = true, /* touches only its context (handler.h) */
 };

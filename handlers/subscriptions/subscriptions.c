@@ -712,6 +712,5 @@ const struct handler subscriptions_handler = {
     .close = subs_close,
     .view = "view",
     .flush = subs_flush,
-    .concurrent = true,       /* touches only its context (handler.h) */
-    .flush_concurrent = true, /* flush: sorts and puts through one cursor */
+    .concurrent = true, /* touches only its context (handler.h) */
 };
