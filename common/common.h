@@ -420,6 +420,12 @@ void cairn_env_write_abort(struct cairn_env *env, MDB_txn *txn);
 /* Doubles the map (up to CAIRN_MAP_SIZE_CEILING). No transaction of this
  * process may be held by the caller. */
 int cairn_env_grow(struct cairn_env *env);
+/* Makes pages [from, from + n) of the map present and writable, as a
+ * write would, without changing a byte (MADV_POPULATE_WRITE; see
+ * "populating the map" in env.c). For an MDB_WRITEMAP environment whose
+ * file is reserved on disk; any thread. 0, or CAIRN_EIO when it could not
+ * (the kernel or /proc does not allow it: later calls do nothing). */
+int cairn_env_populate(struct cairn_env *env, size_t from, size_t n);
 /* Writes everything committed back to the disk, as mdb_env_sync(env, 1):
  * CAIRN_EIO when that fails. */
 int cairn_env_sync(struct cairn_env *env);

@@ -150,7 +150,12 @@ struct engine {
     pthread_mutex_t wmu;
     pthread_cond_t wcv;
     bool wquit; /* under wmu: stop */
-    int wrc;    /* the worker's first failure since the apply or flush began */
+    /* Under wmu: the worker prefaults the state's map, pages [pf_from,
+     * pf_to), while this thread flushes (flush_prefaulted); pf_stop ends it. */
+    bool wpf;
+    uint64_t pf_from, pf_to;
+    _Atomic bool pf_stop;
+    int wrc; /* the worker's first failure since the apply or flush began */
 };
 
 /* ====================================================================== ordering */
@@ -558,17 +563,27 @@ static bool steal_job(struct engine *eng, unsigned from, unsigned to, int *rc)
 }
 
 /* The worker: the posted runs in order (its early handlers, side 1, but
- * those this thread stole). After a failure it skips the runs left (they
- * are marked done: the transaction is aborted). */
+ * those this thread stole), or prefaulting during the flushes. After a
+ * failure it skips the runs left (they are marked done: the transaction
+ * is aborted). */
 static void *worker_main(void *arg)
 {
     struct engine *eng = arg;
     pthread_mutex_lock(&eng->wmu);
     for (;;) {
-        while (eng->wdone == eng->wposted && !eng->wquit)
+        while (!eng->wpf && eng->wdone == eng->wposted && !eng->wquit)
             pthread_cond_wait(&eng->wcv, &eng->wmu);
         if (eng->wquit)
             break;
+        if (eng->wpf) {
+            uint64_t from = eng->pf_from, to = eng->pf_to;
+            pthread_mutex_unlock(&eng->wmu);
+            proj_prefault(eng->proj, from, to, &eng->pf_stop);
+            pthread_mutex_lock(&eng->wmu);
+            eng->wpf = false;
+            pthread_cond_broadcast(&eng->wcv);
+            continue;
+        }
         unsigned r = eng->wdone;
         int rc = eng->wrc;
         pthread_mutex_unlock(&eng->wmu);
@@ -975,6 +990,35 @@ static int flush_all(struct engine *eng)
     return rc;
 }
 
+/* flush_all after a parallel apply, while the worker — idle until the
+ * next transaction — prefaults the pages the flushes are about to write
+ * (proj_prefault). A flush rewrites the dirty entities of the big views,
+ * each put copying a leaf to a page past the file's last (copy on
+ * write), and the first write to such a page was a page fault of ~5 us
+ * on the flushing thread. With the worker making the pages present ahead
+ * of the puts, bench/replay's flush phase went from 0.36 to 0.24 s on 1M
+ * events (median of 8; the replay from 1.94 to 1.76 s) and from 1.47 to
+ * 1.15 s on 3M, the process's major faults from 108 000 to 36 000. */
+static int flush_prefaulted(struct engine *eng)
+{
+    uint64_t from, to;
+    proj_prefault_range(eng->proj, &from, &to);
+    pthread_mutex_lock(&eng->wmu); /* the worker is idle (apply_range_par waited) */
+    atomic_store(&eng->pf_stop, false);
+    eng->pf_from = from;
+    eng->pf_to = to;
+    eng->wpf = true;
+    pthread_cond_broadcast(&eng->wcv);
+    pthread_mutex_unlock(&eng->wmu);
+    int rc = flush_all(eng);
+    atomic_store(&eng->pf_stop, true);
+    pthread_mutex_lock(&eng->wmu);
+    while (eng->wpf)
+        pthread_cond_wait(&eng->wcv, &eng->wmu);
+    pthread_mutex_unlock(&eng->wmu);
+    return rc;
+}
+
 static int open_all(struct engine *eng, struct cairn_error *e);
 
 /* After an aborted state transaction, handlers may hold in-memory caches
@@ -1010,6 +1054,7 @@ static int apply_chunk(struct engine *eng, uint64_t from, uint64_t to)
         struct log_snap *s;
         struct log_iter *it = NULL;
         struct log_event le;
+        bool par = false; /* applied in parallel: the worker is free to prefault */
         int64_t t0 = mono_ns(), t1;
         int rc = proj_begin(eng->proj);
         if (rc)
@@ -1019,6 +1064,7 @@ static int apply_chunk(struct engine *eng, uint64_t from, uint64_t to)
             uint64_t want = from;
             if (!rc && eng->threads > 1 && eng->any_concurrent && to - from + 1 >= PAR_MIN_INPUTS) {
                 rc = apply_range_par(eng, it, from, &to);
+                par = eng->worker_started;
                 want = to + 1; /* done: skip the serial loop */
             }
             while (!rc && want <= to && !(rc = log_iter_next(it, &le))) {
@@ -1032,7 +1078,7 @@ static int apply_chunk(struct engine *eng, uint64_t from, uint64_t to)
         }
         eng->ph.apply_ns += (uint64_t)((t1 = mono_ns()) - t0);
         if (!rc)
-            rc = flush_all(eng);
+            rc = par ? flush_prefaulted(eng) : flush_all(eng);
         eng->ph.flush_ns += (uint64_t)((t0 = mono_ns()) - t1);
         if (rc)
             proj_abort(eng->proj);

@@ -479,6 +479,30 @@ int proj_grow(struct proj *p)
     return rc ? rc : reserve(p, map_size(p));
 }
 
+/* Prefaulting (proj_prefault). The pages past the committed ones that the
+ * open transaction may take: its writes so far at the learned pages per
+ * write (proj_txn_full's estimate), or the most a transaction has added,
+ * if more, plus a lead; within the map. */
+#define PREFAULT_LEAD 1024 /* pages (4 MiB) */
+#define PREFAULT_CHUNK 64  /* pages per madvise: the stop flag is read between */
+
+void proj_prefault_range(const struct proj *p, uint64_t *from, uint64_t *to)
+{
+    double per = p->learned ? p->pages_per_write : PAGES_PER_WRITE_FIRST;
+    uint64_t est = (uint64_t)((double)p->writes * per);
+    est = (est > p->grown_max ? est : p->grown_max) + PREFAULT_LEAD;
+    *from = p->last_pgno + 1;
+    *to = *from + (est < p->room ? est : p->room);
+}
+
+void proj_prefault(struct proj *p, uint64_t from, uint64_t to, const _Atomic bool *stop)
+{
+    for (uint64_t at = from; at < to && !atomic_load_explicit(stop, memory_order_relaxed);
+         at += PREFAULT_CHUNK)
+        if (cairn_env_populate(p->env, at, to - at < PREFAULT_CHUNK ? to - at : PREFAULT_CHUNK))
+            break;
+}
+
 void proj_set_shared(struct proj *p, bool on)
 {
     p->shared = on;
