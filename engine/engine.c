@@ -1431,8 +1431,10 @@ int engine_replay(const struct engine_config *cfg, const char *into, uint64_t to
         return rc;
     if (proj_checkpoint(eng->proj) != 0 && to && proj_checkpoint(eng->proj) > to)
         rc = cairn_error_set(e, "replay", "", "%s is not empty", into);
+    int64_t t0 = mono_ns();
     if (!rc && (rc = proj_sync(eng->proj)))
         cairn_error_set(e, "replay", "", "syncing %s failed: %s", into, cairn_strerror(rc));
+    eng->ph.sync_ns += (uint64_t)(mono_ns() - t0);
     struct engine_replay_stats *st = cfg->replay_stats;
     if (st) {
         st->n = engine_handler_stats(eng, st->handlers, sizeof st->handlers / sizeof *st->handlers);

@@ -123,7 +123,18 @@ void proj_hctx_set_clear(struct hctx *ctx, unsigned set);
  * a count that depends only on the events it applied. */
 uint64_t proj_hctx_writes(const struct hctx *ctx);
 
-/* Shared mode: handlers apply (and flush) on two threads in the same
+/* Prefaulting the map ahead of a transaction's writes (see "populating
+ * the map" in env.c). proj_prefault_range, on the transaction's thread:
+ * the pages it and the next may take — past the last committed one, twice
+ * as many as its writes so far at the learned pages per write, or as the
+ * most a transaction has added, plus a lead. proj_prefault, on another thread
+ * while the transaction writes (the engine's apply worker during the
+ * flushes): makes pages [from, to) present and writable, lowest first,
+ * until *stop. Changes no byte of the state. */
+void proj_prefault_range(const struct proj *p, uint64_t *from, uint64_t *to);
+void proj_prefault(struct proj *p, uint64_t from, uint64_t to, const _Atomic bool *stop);
+
+/* Shared mode: handlers apply on two threads in the same
  * write transaction; each state call (hctx_*) then takes a lock for its
  * duration, and hctx_emit keeps the envelope in the context instead of
  * appending it to the stream (its dseq is known: the stream's head plus
@@ -136,16 +147,6 @@ uint64_t proj_hctx_writes(const struct hctx *ctx);
  * thread owning the transaction while no other thread applies.
  * proj_hctx_reset (and the first emit of a later transaction) drops what
  * an aborted transaction kept. */
-/* Prefaulting the map ahead of a transaction's writes (see "populating
- * the map" in env.c). proj_prefault_range, on the transaction's thread:
- * the pages it may still take — past the last committed one, as many as
- * its writes so far at the learned pages per write, or as the most a
- * transaction has added, plus a lead. proj_prefault, on another thread
- * while the transaction writes (the engine's apply worker during the
- * flushes): makes pages [from, to) present and writable, lowest first,
- * until *stop. Changes no byte of the state. */
-void proj_prefault_range(const struct proj *p, uint64_t *from, uint64_t *to);
-void proj_prefault(struct proj *p, uint64_t from, uint64_t to, const _Atomic bool *stop);
 void proj_set_shared(struct proj *p, bool on);
 int proj_hctx_sync(struct hctx *ctx);
 /* Since ctx was made: its state calls in shared mode (each takes the state
