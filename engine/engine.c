@@ -23,6 +23,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/statvfs.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -1187,6 +1188,44 @@ static int open_all(struct engine *eng, struct cairn_error *e)
     return proj_commit(eng->proj, proj_checkpoint(eng->proj));
 }
 
+/* engine_replay_map (engine.h) for this log and the file system of the
+ * state's directory. */
+size_t engine_replay_map(uint64_t log_bytes, uint64_t to, uint64_t head, uint64_t disk_free)
+{
+    double want = (double)log_bytes / 2;
+    if (to && head && to < head)
+        want *= (double)to / (double)head;
+    uint64_t map = PROJ_MAP_SIZE_INITIAL;
+    while ((double)map < want && map * 2 <= CAIRN_MAP_SIZE_CEILING)
+        map *= 2;
+    return map == PROJ_MAP_SIZE_INITIAL || (double)disk_free < 2.0 * (double)map ? 0 : (size_t)map;
+}
+
+static size_t replay_map(struct engine *eng, const char *sdir)
+{
+    MDB_envinfo info;
+    MDB_stat st;
+    MDB_env *le = cairn_env_mdb(log_env(eng->log));
+    uint64_t head = 0;
+    if (mdb_env_info(le, &info) || mdb_env_stat(le, &st) || log_head(eng->log, &head, NULL))
+        return 0;
+    char dir[4096];
+    snprintf(dir, sizeof dir, "%s", sdir);
+    struct statvfs vfs;
+    int vrc = statvfs(dir, &vfs);
+    if (vrc) { /* not made yet: its parent's file system */
+        char *slash = strrchr(dir, '/');
+        if (slash && slash != dir)
+            *slash = 0;
+        else
+            snprintf(dir, sizeof dir, "%s", slash ? "/" : ".");
+        vrc = statvfs(dir, &vfs);
+    }
+    return vrc ? 0
+               : engine_replay_map((uint64_t)(info.me_last_pgno + 1) * st.ms_psize,
+                                   eng->cfg.apply_to, head, (uint64_t)vfs.f_bavail * vfs.f_frsize);
+}
+
 static int open_parts(struct engine *eng, struct cairn_error *e)
 {
     char dir[4096];
@@ -1209,7 +1248,10 @@ static int open_parts(struct engine *eng, struct cairn_error *e)
         snprintf(sdir, sizeof sdir, "%s", eng->cfg.state_dir);
     else
         snprintf(sdir, sizeof sdir, "%s/state", eng->cfg.data);
-    if ((rc = proj_open(&eng->proj, &(struct proj_config){.dir = sdir, .nosync = eng->nosync})))
+    struct proj_config pc = {.dir = sdir, .nosync = eng->nosync};
+    if (eng->nosync) /* a replay into a fresh directory */
+        pc.map_size = replay_map(eng, sdir);
+    if ((rc = proj_open(&eng->proj, &pc)))
         return cairn_error_set(e, "open", "", "cannot open the state in %s: %s", sdir,
                                cairn_strerror(rc)),
                rc;

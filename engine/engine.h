@@ -209,6 +209,25 @@ struct engine_replay_stats {
     size_t n;
     struct engine_phase_stats phases;
 };
+/* The first map of a replay's fresh state, in bytes (0: the default,
+ * PROJ_MAP_SIZE_INITIAL), for a log of log_bytes used, a replay up to seq
+ * `to` (0: the head) of a log whose head is `head`, and disk_free bytes
+ * free where the state goes.
+ *
+ * A map that doubles is mapped anew each time, and every page touched
+ * after that faults again (a replay of 1M events doubled it twice, 64 to
+ * 256 MiB); and a transaction whose writes could fill the room left ends
+ * early (proj_txn_full), so a small first map also cut the first
+ * transaction short, adding a flush of every dirty entity. A replay knows
+ * roughly how big its state gets: about 0.4 of the log's pages in the
+ * mixed workload of bench/replay (40 000 of 95 000 at 1M events, 108 000
+ * of 286 000 at 3M). So the map starts at the power of two (times the
+ * initial size) above half the log's used bytes — scaled to `to` — if the
+ * file system has twice that free: the whole map is reserved on disk
+ * (proj.c), and a tight disk keeps the small first map. bench/replay, 1M
+ * events: 2 transactions instead of 3, no remap, 1.86 -> 1.67 s (median
+ * of 6). */
+size_t engine_replay_map(uint64_t log_bytes, uint64_t to, uint64_t head, uint64_t disk_free);
 /* 0, or the last failure applying the log to the state (retried). */
 int engine_apply_error(struct engine *eng);
 

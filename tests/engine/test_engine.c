@@ -17,7 +17,10 @@
  *  - after an aborted batch every handler is closed and opened again, so
  *    in-memory caches never keep work that did not commit;
  *  - the parallel apply (handler.h, `concurrent`) gives every handler the
- *    events of the serial apply in the same order, and the same state.
+ *    events of the serial apply in the same order, and the same state;
+ *  - a replay's first map (engine_replay_map): the power of two above half
+ *    the log, scaled to --to, within the ceiling; the default when that is
+ *    no more, or when the disk has less than twice it free.
  *
  * Inputs go straight into the log with log_append (the engine owns the
  * log; its writer is not started), so their types need no schema.
@@ -1405,6 +1408,31 @@ static void test_parallel_apply(void **state)
     assert_memory_equal(d1, d3, 32);
 }
 
+/* ====================================================================== a replay's first map */
+
+static void test_replay_map(void **state)
+{
+    (void)state;
+    const uint64_t MB = 1ull << 20, big = 1ull << 50;
+    /* bench/replay's 1M-event log: 390 MB used -> 256 MiB (half is 186) */
+    assert_int_equal(engine_replay_map(390180864, 0, 1001000, big), 256 * MB);
+    /* its 3M log: 1.17 GB -> 1 GiB */
+    assert_int_equal(engine_replay_map(1170612224, 0, 3003000, big), 1024 * MB);
+    /* --to a quarter of it: 146 MB wanted -> 256 MiB */
+    assert_int_equal(engine_replay_map(1170612224, 750750, 3003000, big), 256 * MB);
+    /* --to past the head counts as the head */
+    assert_int_equal(engine_replay_map(1170612224, 9000000, 3003000, big), 1024 * MB);
+    /* a log of up to twice the initial map: the default (0) */
+    assert_int_equal(engine_replay_map(0, 0, 0, big), 0);
+    assert_int_equal(engine_replay_map(128 * MB, 0, 1000, big), 0);
+    assert_int_equal(engine_replay_map(128 * MB + 4096, 0, 1000, big), 128 * MB);
+    /* the disk must have twice the map free, else the default */
+    assert_int_equal(engine_replay_map(390180864, 0, 1001000, 512 * MB), 256 * MB);
+    assert_int_equal(engine_replay_map(390180864, 0, 1001000, 512 * MB - 1), 0);
+    /* never past the ceiling */
+    assert_int_equal(engine_replay_map(UINT64_MAX, 0, 1, UINT64_MAX), CAIRN_MAP_SIZE_CEILING);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -1413,6 +1441,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_order_refuses_cycles, dir_setup, dir_teardown),
         cmocka_unit_test(test_order_refuses_bad_handlers),
         cmocka_unit_test(test_order_producers_first),
+        cmocka_unit_test(test_replay_map),
         cmocka_unit_test(test_order_random_dags),
         cmocka_unit_test_setup_teardown(test_dispatch, dir_setup, dir_teardown),
         cmocka_unit_test_setup_teardown(test_exactly_once, dir_setup, dir_teardown),
