@@ -42,7 +42,9 @@
  *    found again after the table grew; a dropped fresh entry is not kept;
  *  - prefaulting the map (proj_prefault on another thread while the
  *    transaction writes) changes no byte, across a remap, and does make
- *    the pages present (the thread takes the faults, once).
+ *    the pages present (the thread takes the faults, once); proj_sync
+ *    drops the prefaulted pages past the last used one without changing
+ *    the state or the map's reservation on disk.
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -432,6 +434,21 @@ static void test_prefault(void **state)
         }
     }
     uint8_t da[32], db[32];
+    digest_of(a.p, da);
+    digest_of(b.p, db);
+    assert_memory_equal(da, db, 32);
+
+    /* proj_sync drops the prefaulted pages past the last used one
+     * (FALLOC_FL_ZERO_RANGE): the map stays reserved on disk whole, the
+     * state as it was, and later transactions write there as before. */
+    uint64_t size, blocks;
+    assert_int_equal(proj_sync(a.p), 0);
+    blocks = file_blocks(a.dir, &size);
+    assert_true(size == info_of(a.p).me_mapsize && blocks >= size);
+    digest_of(a.p, da);
+    assert_memory_equal(da, db, 32);
+    pf_txn(&a, 77, 7, true, &faults);
+    pf_txn(&b, 77, 7, false, &faults);
     digest_of(a.p, da);
     digest_of(b.p, db);
     assert_memory_equal(da, db, 32);
