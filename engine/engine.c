@@ -156,7 +156,7 @@ struct engine {
     bool wpf;
     uint64_t pf_from, pf_to;
     _Atomic bool pf_stop;
-    int wrc; /* the worker's first failure since the apply or flush began */
+    int wrc; /* the worker's first failure since the parallel apply began */
 };
 
 /* ====================================================================== ordering */

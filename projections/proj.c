@@ -378,10 +378,10 @@ void proj_close(struct proj *p)
 }
 
 /* Before the sync: the pages past the last used one that prefaulting
- * made present (proj_prefault: an estimate, and the last transaction of a
- * replay leaves the rest unused) are dirty zeroes the sync would write
- * out — up to 200 MB after a replay whose first transaction asked for its
- * pessimistic estimate. FALLOC_FL_ZERO_RANGE drops them from the page
+ * made present (proj_prefault asks for an estimate — twice the growth,
+ * and pessimistic before a first big transaction taught it — and the last
+ * transaction of a replay leaves the rest unused) are dirty zeroes the
+ * sync would write out. FALLOC_FL_ZERO_RANGE drops them from the page
  * cache unwritten and keeps their blocks (the reservation stays: see "the
  * map and the disk"); LMDB reads nothing past its last page. Where the
  * file system cannot, they are written, as before. */
