@@ -329,6 +329,11 @@ int hcache_mark(struct hcache *c, struct hentry *e);
 /* Sorts the dirty list by key (LMDB's order): a flush putting them in
  * that order walks the B-tree once instead of from a cold root per put. */
 void hcache_sort_dirty(struct hcache *c);
+/* Puts every entry changed since the last flush into DBI db — its key to
+ * the rest of its mem — in key order through one cursor, and lists none
+ * as changed after (the flush of a cache whose entries hold their stored
+ * value as is: subscriptions, geofence's order records). */
+int hcache_put_dirty(struct hctx *ctx, struct hcache *c, unsigned db);
 /* Frees every entry; the cache is empty (and usable) after. */
 void hcache_clear(struct hcache *c);
 /* hcache_clear, and the dirty list too (close). */

@@ -103,6 +103,11 @@
  * every ~25 000 fixes, most records several times per transaction
  * (bench/geofence: 2.8-3.1 us of CPU per fix; 2.5-2.7 at 262 144). */
 #define GF_DEFER_MAX 262144u
+/* Order records (geofence.orders) kept in memory between flushes
+ * (geofence.c, "order records"): past this many the cache is emptied
+ * after the next flush. A record is ~100 bytes. Config order_cache_max
+ * lowers it. */
+#define GF_ORDER_CACHE_MAX (1u << 18)
 /* Hits queued in geofence.hitq before they are merged into hits and dhits
  * (config hitq_max lowers it; live and replay must use the same). A query
  * of hits reads the whole queue: ~3 MB at most. */

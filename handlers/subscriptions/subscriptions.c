@@ -258,18 +258,7 @@ static int cust_get(struct hctx *ctx, const uint8_t *vk, size_t vn, struct cust 
 static int subs_flush(struct hctx *ctx)
 {
     struct subs *s = *hctx_user(ctx);
-    struct hcursor *cur = NULL;
-    hcache_sort_dirty(&s->cache); /* in key order: see hcache_sort_dirty */
-    /* Through one cursor: sorted puts stay on the leaf (hctx_cursor_put). */
-    int rc = s->cache.ndirty ? hctx_cursor_open(ctx, s->view, NULL, 0, &cur) : 0;
-    for (size_t i = 0; i < s->cache.ndirty && !rc; i++) {
-        struct cust *c = (struct cust *)s->cache.dirty[i];
-        rc = hctx_cursor_put(cur, c->e.mem.data, c->e.vn, c->e.mem.data + c->e.vn,
-                             c->e.mem.len - c->e.vn);
-        c->e.dirty = false;
-    }
-    hctx_cursor_close(cur);
-    s->cache.ndirty = 0;
+    int rc = hcache_put_dirty(ctx, &s->cache, s->view); /* a customer's mem holds its document */
     if (!rc && s->cache.count > CACHE_MAX)
         hcache_clear(&s->cache); /* every customer is clean (stored): drop them all */
     return rc;

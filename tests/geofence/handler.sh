@@ -152,8 +152,10 @@ DATA_DIR=$WORK/small cairn append "$F" --engine --config "$WORK/small.json" >/de
 echo "ok a 2-record device table gives the same state and events"
 
 # Deferred writes made after every fix instead of at the flush
-# (handlers.geofence.defer_max 1): the same state and stream.
-echo '{"handlers": {"geofence": {"defer_max": 1}}}' >"$WORK/nodefer.json"
+# (handlers.geofence.defer_max 1), and the order records written back and
+# dropped from memory with them (order_cache_max 1: each order event or
+# arrival reads its record from the DBI again): the same state and stream.
+echo '{"handlers": {"geofence": {"defer_max": 1, "order_cache_max": 1}}}' >"$WORK/nodefer.json"
 DATA_DIR=$WORK/nodefer cairn append "$F" --engine --config "$WORK/nodefer.json" >/dev/null
 [ "$(DATA_DIR=$WORK/nodefer cairn digest)" = "$(cairn digest)" ] ||
     fail "writes made at once give another state"
