@@ -108,10 +108,13 @@ run_status st "$CAIRN" append --data "$data" - <"$work/good.ndjson" >"$work/good
 expect_file "append good.ndjson (stdin)" "$work/good.got" "$work/good.want"
 expect_eq "exit status when all accepted (a duplicate is accepted)" "$st" 0
 
-# CRLF line ends, and a last line without a newline
+# CRLF line ends, and a last line without a newline. Explicit times: the
+# ids repeat events of 2026-11-21, and an event without one is stamped
+# with the wall clock, which from 2026-11-24T10:00:04Z on put the
+# originals past the 72 h dedup window (the test failed from then on).
 printf '%s\r\n%s' \
-    '{"type":"telemetry","tenant":"acme","id":"m-2","payload":{"device_id":"d1","event_type":"heartbeat"}}' \
-    '{"type":"telemetry","tenant":"acme","id":"m-1","payload":{"device_id":"d1","event_type":"status"}}' \
+    '{"type":"telemetry","tenant":"acme","id":"m-2","time":"2026-11-21T10:00:06Z","payload":{"device_id":"d1","event_type":"heartbeat"}}' \
+    '{"type":"telemetry","tenant":"acme","id":"m-1","time":"2026-11-21T10:00:06Z","payload":{"device_id":"d1","event_type":"status"}}' \
     >"$work/crlf.ndjson"
 printf '%s\n' '{"line":1,"seq":7,"duplicate":true}' '{"line":2,"seq":1,"duplicate":true}' >"$work/crlf.want"
 run_status st "$CAIRN" append --data "$data" "$work/crlf.ndjson" >"$work/crlf.got"
