@@ -505,7 +505,8 @@ int proj_grow(struct proj *p)
  * writes so far miss what the flushes add, and the next transaction of a
  * catch-up takes about as much again — bench/replay's flush phase went
  * from 0.26 to 0.21 s (median of 10) against once the estimate. The
- * pages asked for and not used are zeroes a final sync writes back. */
+ * pages asked for and not used are dirty zeroes: proj_sync drops them
+ * before a replay's sync; a durable commit writes them out once. */
 #define PREFAULT_LEAD 1024 /* pages (4 MiB) */
 #define PREFAULT_CHUNK 64  /* pages per madvise: the stop flag is read between */
 
