@@ -1192,13 +1192,21 @@ static int open_all(struct engine *eng, struct cairn_error *e)
  * state's directory. */
 size_t engine_replay_map(uint64_t log_bytes, uint64_t to, uint64_t head, uint64_t disk_free)
 {
-    double want = (double)log_bytes / 2;
-    if (to && head && to < head)
-        want *= (double)to / (double)head;
+    double bytes = (double)log_bytes;
+    if (to && head && to < head) {
+        bytes *= (double)to / (double)head;
+        head = to;
+    }
+    /* the state (half the log), and room for a first transaction of
+     * ENGINE_APPLY_BATCH inputs (twice their log bytes) */
+    double txn = head > ENGINE_APPLY_BATCH ? bytes * ENGINE_APPLY_BATCH / (double)head : bytes;
+    double want = bytes / 2 + 2 * txn;
     uint64_t map = PROJ_MAP_SIZE_INITIAL;
     while ((double)map < want && map * 2 <= CAIRN_MAP_SIZE_CEILING)
         map *= 2;
-    return map == PROJ_MAP_SIZE_INITIAL || (double)disk_free < 2.0 * (double)map ? 0 : (size_t)map;
+    while (map > PROJ_MAP_SIZE_INITIAL && (double)disk_free < 2.0 * (double)map)
+        map /= 2;
+    return map == PROJ_MAP_SIZE_INITIAL ? 0 : (size_t)map;
 }
 
 static size_t replay_map(struct engine *eng, const char *sdir)

@@ -38,22 +38,30 @@ struct ingest_config {
  * entity once for many events, small enough to bound the dirty pages
  * (LMDB spills them past its limit). 262 144 replayed a 1M-event log in
  * 12 % less CPU than 65 536 (same peak RSS); 524 288 (with twice the
- * writes below) in 3 transactions instead of 5, the flushes taking 0.40 s
- * of wall time instead of 0.55 (the caches put 16 000 devices per
- * transaction, whatever its size) and no more memory (peak RSS 618 MB,
- * mostly the maps, against 645). Live batches are far smaller. */
-#define ENGINE_APPLY_BATCH 524288
+ * writes below) in 3 transactions instead of 5. Each transaction ends
+ * with a flush that puts every entity the caches changed (16 000 devices,
+ * 16 000 orders, 22 000 customers in bench/replay's 1M-event log,
+ * whatever the transaction's size), and the pages those puts copy are
+ * copied again by the next one; so since session 15 it is 1 048 576 (and
+ * the writes below as many), with a first map big enough for it
+ * (engine_replay_map): the 1M-event replay is one transaction, 11 % less
+ * wall time and 12 % less CPU (median of 6 alternated runs), the 3M one
+ * 3 instead of 6 (17 %), at the same peak RSS (617 MB against 637).
+ * Live batches are far smaller. */
+#define ENGINE_APPLY_BATCH 1048576
 /* ... and at most about this many handler writes (puts, deletes, derived
  * events) per state transaction: inputs that each write a lot (a discovery
  * of 1 000 resources) would otherwise make one transaction of ever more
  * dirty pages; past LMDB's dirty list (131 072 pages) it spills them
- * (with MDB_WRITEMAP only a flag is cleared). It was 131 072 writes:
- * bench/compliance, whose first discovery puts to random keys, made 6
- * commits instead of 7–8 at 262 144 and evaluated as fast or faster.
+ * (with MDB_WRITEMAP only a flag is cleared, and a spilled page touched
+ * again is listed again, not copied). It was 131 072 writes, then 262 144
+ * (bench/compliance, whose first discovery puts to random keys, made 6
+ * commits instead of 7–8 and evaluated as fast or faster), then, with the
+ * batch above, 1 048 576: bench/replay's 1M-event log makes 318 886.
  * Checked after each input, so a single input may go over it.
  * proj_txn_full also ends a transaction early when its writes could fill
  * the state's map (a full map aborts the batch). */
-#define ENGINE_APPLY_WRITES_MAX 262144
+#define ENGINE_APPLY_WRITES_MAX 1048576
 
 /* The tenant the engine appends its ticks under. Tenants starting with
  * '_' are reserved for the engine and refused from producers. */
@@ -217,16 +225,20 @@ struct engine_replay_stats {
  * A map that doubles is mapped anew each time, and every page touched
  * after that faults again (a replay of 1M events doubled it twice, 64 to
  * 256 MiB); and a transaction whose writes could fill the room left ends
- * early (proj_txn_full), so a small first map also cut the first
- * transaction short, adding a flush of every dirty entity. A replay knows
- * roughly how big its state gets: about 0.4 of the log's pages in the
- * mixed workload of bench/replay (40 000 of 95 000 at 1M events, 108 000
- * of 286 000 at 3M). So the map starts at the power of two (times the
- * initial size) above half the log's used bytes — scaled to `to` — if the
- * file system has twice that free: the whole map is reserved on disk
- * (proj.c), and a tight disk keeps the small first map. bench/replay, 1M
- * events: 2 transactions instead of 3, no remap, 1.86 -> 1.67 s (median
- * of 6). */
+ * early (proj_txn_full: at first it counts a quarter page per write, twice
+ * over), so a small first map also cut the first transaction short,
+ * adding a flush of every dirty entity. A replay knows roughly how big its
+ * state gets: about 0.4 of the log's pages in the mixed workload of
+ * bench/replay (40 000 of 95 000 at 1M events, 108 000 of 286 000 at 3M),
+ * and how many inputs its first transaction takes (ENGINE_APPLY_BATCH at
+ * most). So the map starts at the power of two (times the initial size)
+ * above half the log's used bytes plus twice those of the first
+ * transaction's inputs — all scaled to `to` — or, when the file system has
+ * less than twice that free (the whole map is reserved on disk, proj.c),
+ * at the largest such size it has twice free; at the initial size, 0.
+ * proj_sync gives back what the replay did not use. bench/replay, 1M
+ * events: 1 GiB, one transaction (a 256 MiB first map: two; 64 MiB:
+ * three, and two remaps). */
 size_t engine_replay_map(uint64_t log_bytes, uint64_t to, uint64_t head, uint64_t disk_free);
 /* 0, or the last failure applying the log to the state (retried). */
 int engine_apply_error(struct engine *eng);

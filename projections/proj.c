@@ -226,8 +226,11 @@ static int open_meta(struct proj *p)
  *
  * Disk use: the data file is as large as the map, not as its used pages:
  * PROJ_MAP_SIZE_INITIAL at first (kept modest for that reason), then
- * doubled, so up to ~2.7x the pages the state occupies (a 1M-event replay:
- * 45 000 pages, 184 MB, in a 256 MiB file; it was a 184 MB file).
+ * doubled, so up to ~2.7x the pages the state occupies. A replay into a
+ * fresh directory starts bigger (engine_replay_map) and gives the unused
+ * tail back at its end (proj_sync: a 1M-event replay leaves 142 MB of
+ * blocks in a 1 GiB file); LMDB itself truncates the file to the map size
+ * the next writer opens it with, never below the used pages.
  * ==================================================================== */
 
 /* Transactions of at least this many writes teach pages_per_write (small
@@ -385,6 +388,13 @@ void proj_close(struct proj *p)
  * cache unwritten and keeps their blocks (the reservation stays: see "the
  * map and the disk"); LMDB reads nothing past its last page. Where the
  * file system cannot, they are written, as before. */
+/* The pages past the last used one are given back to the file system
+ * (FALLOC_FL_PUNCH_HOLE; the file keeps its size): the prefaulted ones
+ * are dirty zeroes the sync would otherwise write, and a replay's first
+ * map (engine_replay_map) is sized for the transactions it may make, not
+ * for the state it leaves — 1 GiB reserved for bench/replay's 1M events,
+ * 142 MB used. A later transaction reserves the map again first
+ * (proj_begin), so nothing is ever written into a hole. */
 int proj_sync(struct proj *p)
 {
     MDB_stat st;
@@ -392,10 +402,13 @@ int proj_sync(struct proj *p)
     int fd;
     map_pages(p, &pages, &last);
     if (!p->readonly && !p->txn && last + 1 < pages && !mdb_env_stat(cairn_env_mdb(p->env), &st) &&
-        !mdb_env_get_fd(cairn_env_mdb(p->env), &fd) &&
-        fallocate(fd, FALLOC_FL_ZERO_RANGE | FALLOC_FL_KEEP_SIZE, (off_t)((last + 1) * st.ms_psize),
-                  (off_t)((pages - last - 1) * st.ms_psize))) {
-        /* EOPNOTSUPP and the like: the sync writes them */
+        !mdb_env_get_fd(cairn_env_mdb(p->env), &fd)) {
+        uint64_t used = (last + 1) * st.ms_psize;
+        if (!fallocate(fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, (off_t)used,
+                       (off_t)((pages - last - 1) * st.ms_psize)))
+            p->reserved = used < p->reserved ? used : p->reserved;
+        /* else (EOPNOTSUPP and the like) they stay reserved, and the sync
+         * writes the prefaulted ones */
     }
     return cairn_env_sync(p->env);
 }
@@ -505,8 +518,8 @@ int proj_grow(struct proj *p)
  * writes so far miss what the flushes add, and the next transaction of a
  * catch-up takes about as much again — bench/replay's flush phase went
  * from 0.26 to 0.21 s (median of 10) against once the estimate. The
- * pages asked for and not used are dirty zeroes: proj_sync drops them
- * before a replay's sync; a durable commit writes them out once. */
+ * pages asked for and not used are dirty zeroes: proj_sync gives them
+ * back before a replay's sync; a durable commit writes them out once. */
 #define PREFAULT_LEAD 1024 /* pages (4 MiB) */
 #define PREFAULT_CHUNK 64  /* pages per madvise: the stop flag is read between */
 

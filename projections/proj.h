@@ -47,7 +47,9 @@ struct proj_config {
 
 int proj_open(struct proj **out, const struct proj_config *cfg);
 void proj_close(struct proj *p);
-/* Flushes every commit to disk (for an environment opened nosync). */
+/* Flushes every commit to disk (for an environment opened nosync), and
+ * gives the map's pages past the last used one back to the file system (a
+ * later transaction reserves them again before it writes). */
 int proj_sync(struct proj *p);
 struct cairn_env *proj_env(struct proj *p);
 

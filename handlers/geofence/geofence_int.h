@@ -97,8 +97,9 @@
 #define GF_DEV_CACHE_BYTES (256u << 20)
 /* Writes of device records, hits, dhits, inside and pos kept in memory
  * for the flush (geofence.c, "deferred writes"): past this many they are
- * made in apply. Config defer_max lowers it. As many as the engine lets a
- * replay transaction make (ENGINE_APPLY_WRITES_MAX). It was 32 768: with
+ * made in apply. Config defer_max lowers it. As many as the engine let a
+ * replay transaction make until session 15 (ENGINE_APPLY_WRITES_MAX, now
+ * four times that; not measured higher). It was 32 768: with
  * 100 000 devices, each drain wrote back some 20 000 device records
  * every ~25 000 fixes, most records several times per transaction
  * (bench/geofence: 2.8-3.1 us of CPU per fix; 2.5-2.7 at 262 144). */

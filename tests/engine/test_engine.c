@@ -1414,21 +1414,26 @@ static void test_replay_map(void **state)
 {
     (void)state;
     const uint64_t MB = 1ull << 20, big = 1ull << 50;
-    /* bench/replay's 1M-event log: 390 MB used -> 256 MiB (half is 186) */
-    assert_int_equal(engine_replay_map(390180864, 0, 1001000, big), 256 * MB);
-    /* its 3M log: 1.17 GB -> 1 GiB */
-    assert_int_equal(engine_replay_map(1170612224, 0, 3003000, big), 1024 * MB);
-    /* --to a quarter of it: 146 MB wanted -> 256 MiB */
-    assert_int_equal(engine_replay_map(1170612224, 750750, 3003000, big), 256 * MB);
+    /* bench/replay's 1M-event log: 390 MB used -> 1 GiB (195 MB for the
+     * state, 780 for the one transaction of its 1 001 000 inputs) */
+    assert_int_equal(engine_replay_map(390180864, 0, 1001000, big), 1024 * MB);
+    /* its 3M log: 1.17 GB -> 2 GiB (585 MB, and 817 for the first
+     * transaction's 1 048 576 inputs) */
+    assert_int_equal(engine_replay_map(1170612224, 0, 3003000, big), 2048 * MB);
+    /* --to a quarter of it: 293 MB of inputs, one transaction -> 1 GiB */
+    assert_int_equal(engine_replay_map(1170612224, 750750, 3003000, big), 1024 * MB);
     /* --to past the head counts as the head */
-    assert_int_equal(engine_replay_map(1170612224, 9000000, 3003000, big), 1024 * MB);
-    /* a log of up to twice the initial map: the default (0) */
+    assert_int_equal(engine_replay_map(1170612224, 9000000, 3003000, big), 2048 * MB);
+    /* a log small enough for the initial map: the default (0) */
     assert_int_equal(engine_replay_map(0, 0, 0, big), 0);
-    assert_int_equal(engine_replay_map(128 * MB, 0, 1000, big), 0);
-    assert_int_equal(engine_replay_map(128 * MB + 4096, 0, 1000, big), 128 * MB);
-    /* the disk must have twice the map free, else the default */
-    assert_int_equal(engine_replay_map(390180864, 0, 1001000, 512 * MB), 256 * MB);
-    assert_int_equal(engine_replay_map(390180864, 0, 1001000, 512 * MB - 1), 0);
+    assert_int_equal(engine_replay_map(25 * MB, 0, 1000, big), 0);
+    assert_int_equal(engine_replay_map(26 * MB, 0, 1000, big), 128 * MB);
+    /* the disk must have twice the map free: else the largest map that
+     * has, down to the default */
+    assert_int_equal(engine_replay_map(390180864, 0, 1001000, 2048 * MB), 1024 * MB);
+    assert_int_equal(engine_replay_map(390180864, 0, 1001000, 2048 * MB - 1), 512 * MB);
+    assert_int_equal(engine_replay_map(390180864, 0, 1001000, 256 * MB), 128 * MB);
+    assert_int_equal(engine_replay_map(390180864, 0, 1001000, 256 * MB - 1), 0);
     /* never past the ceiling */
     assert_int_equal(engine_replay_map(UINT64_MAX, 0, 1, UINT64_MAX), CAIRN_MAP_SIZE_CEILING);
 }
