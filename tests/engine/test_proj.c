@@ -18,7 +18,10 @@
  *    present one without writing;
  *  - hctx_cursor_put: sorted and unsorted puts through a cursor, mixed
  *    with hctx_put/hctx_del on the same DBI, give the state plain puts
- *    give (same digest), and iteration goes on from the put key;
+ *    give (same digest), and iteration goes on from the put key; keys
+ *    put in order past the last one fill whole leaves (MDB_APPEND), and a
+ *    key past the cursor's last one but not the database's is put as
+ *    usual;
  *  - hctx_clear empties one DBI (the other untouched), unsets a cursor on
  *    it, and the emptied DBI takes puts again: the state equals one whose
  *    entries were deleted one by one (same digest);
@@ -677,6 +680,107 @@ static void test_cursor_put(void **state)
     fx_close(&cur);
 }
 
+/* Leaf pages of t.a in the open transaction of f. */
+static size_t leaf_pages(struct fixture *f)
+{
+    struct hcursor *c;
+    MDB_val k, v;
+    size_t pages = 0;
+    const void *page = NULL;
+    assert_int_equal(hctx_cursor_open(f->ctx, t_db_a, NULL, 0, &c), 0);
+    while (hctx_cursor_next(c, &k, &v) == 0) { /* values of one leaf share its page */
+        const void *pg = (const void *)((uintptr_t)v.mv_data & ~(uintptr_t)4095);
+        pages += pg != page;
+        page = pg;
+    }
+    hctx_cursor_close(c);
+    return pages;
+}
+
+static void put_u32(struct hcursor *c, struct fixture *f, uint32_t k, char fill, size_t vn)
+{
+    uint8_t key[4] = {(uint8_t)(k >> 24), (uint8_t)(k >> 16), (uint8_t)(k >> 8), (uint8_t)k};
+    uint8_t val[1300];
+    memset(val, fill, sizeof val);
+    if (c)
+        assert_int_equal(hctx_cursor_put(c, key, 4, val, vn), 0);
+    else
+        assert_int_equal(hctx_put(f->ctx, t_db_a, key, 4, val, vn), 0);
+}
+
+/* Keys put in order past the last one go in with MDB_APPEND (full leaves)
+ * and give the state plain puts give; a key the cursor's notion of the
+ * last key wrongly takes as past it (another put made a bigger one) is
+ * put as usual. */
+static void test_cursor_append(void **state)
+{
+    struct fixture plain, cur;
+    uint8_t d1[32], d2[32];
+    fx_open(&plain, *state, "plain", 0);
+    fx_open(&cur, *state, "cursor", 0);
+    /* 300 values of 1 300 bytes in key order into an empty database:
+     * three fit a leaf. */
+    struct fixture *fs[2] = {&plain, &cur};
+    size_t leaves[2];
+    for (int k = 0; k < 2; k++) {
+        struct hcursor *c = NULL;
+        assert_int_equal(proj_begin(fs[k]->p), 0);
+        if (k)
+            assert_int_equal(hctx_cursor_open(fs[k]->ctx, t_db_a, NULL, 0, &c), 0);
+        for (uint32_t i = 0; i < 300; i++)
+            put_u32(c, fs[k], 1000 + i, 'a', 1300);
+        hctx_cursor_close(c);
+        leaves[k] = leaf_pages(fs[k]);
+        assert_int_equal(proj_commit(fs[k]->p, 1), 0);
+    }
+    digest_of(plain.p, d1);
+    digest_of(cur.p, d2);
+    assert_memory_equal(d1, d2, 32);
+    assert_int_equal(leaves[1], 100);
+    assert_true(leaves[0] > 140); /* plain puts split in the middle */
+
+    /* Past the end again, before it, on it, and past a stale tail. */
+    for (int k = 0; k < 2; k++) {
+        struct hcursor *c = NULL;
+        assert_int_equal(proj_begin(fs[k]->p), 0);
+        if (k)
+            assert_int_equal(hctx_cursor_open(fs[k]->ctx, t_db_a, NULL, 0, &c), 0);
+        put_u32(c, fs[k], 2000, 'b', 100);   /* appended */
+        put_u32(c, fs[k], 1500, 'c', 100);   /* between keys */
+        put_u32(c, fs[k], 2000, 'd', 200);   /* the last key again */
+        put_u32(NULL, fs[k], 3000, 'e', 10); /* beside the cursor */
+        put_u32(c, fs[k], 2500, 'f', 10);    /* past the cursor's tail, not the last */
+        put_u32(c, fs[k], 2600, 'g', 10);
+        put_u32(c, fs[k], 3001, 'h', 10); /* past the last */
+        put_u32(c, fs[k], 3002, 'i', 10);
+        put_u32(c, fs[k], 999, 'j', 10); /* first */
+        hctx_cursor_close(c);
+        assert_int_equal(proj_commit(fs[k]->p, 2), 0);
+    }
+    digest_of(plain.p, d1);
+    digest_of(cur.p, d2);
+    assert_memory_equal(d1, d2, 32);
+    /* and in key order, each once */
+    assert_int_equal(proj_begin(cur.p), 0);
+    struct hcursor *c;
+    MDB_val k, v;
+    uint32_t prev = 0, n = 0;
+    assert_int_equal(hctx_cursor_open(cur.ctx, t_db_a, NULL, 0, &c), 0);
+    while (hctx_cursor_next(c, &k, &v) == 0) {
+        const uint8_t *b = k.mv_data;
+        uint32_t x = (uint32_t)b[0] << 24 | (uint32_t)b[1] << 16 | (uint32_t)b[2] << 8 | b[3];
+        assert_true(n == 0 || x > prev);
+        if (x == 2000)
+            assert_true(v.mv_size == 200 && ((const uint8_t *)v.mv_data)[0] == 'd');
+        prev = x, n++;
+    }
+    hctx_cursor_close(c);
+    assert_int_equal(n, 300 + 8);
+    proj_abort(cur.p);
+    fx_close(&plain);
+    fx_close(&cur);
+}
+
 /* hctx_clear against deleting every entry by cursor: the same digest,
  * within one transaction (cleared after puts, and a cursor open on the
  * DBI when it is cleared) and across transactions. */
@@ -1105,6 +1209,7 @@ int main(void)
                                         dir_teardown),
         cmocka_unit_test_setup_teardown(test_layout_mark, dir_setup, dir_teardown),
         cmocka_unit_test_setup_teardown(test_cursor_put, dir_setup, dir_teardown),
+        cmocka_unit_test_setup_teardown(test_cursor_append, dir_setup, dir_teardown),
         cmocka_unit_test_setup_teardown(test_clear, dir_setup, dir_teardown),
         cmocka_unit_test_setup_teardown(test_snapshot_grow_no_deadlock, dir_setup, dir_teardown),
         cmocka_unit_test_setup_teardown(test_emit_appends, dir_setup, dir_teardown),
