@@ -155,6 +155,15 @@ static void digest_of(struct proj *p, uint8_t out[32])
     proj_snap_end(s);
 }
 
+/* The two fixtures' states have the same digest. */
+static void assert_same_state(struct fixture *a, struct fixture *b)
+{
+    uint8_t da[32], db[32];
+    digest_of(a->p, da);
+    digest_of(b->p, db);
+    assert_memory_equal(da, db, 32);
+}
+
 /* Bytes of the data file that have disk blocks. */
 static uint64_t file_blocks(const char *dir, uint64_t *size)
 {
@@ -633,7 +642,6 @@ static void write_keys(struct fixture *f, const uint32_t *perm, size_t n, int ro
 static void test_cursor_put(void **state)
 {
     struct fixture plain, cur;
-    uint8_t d1[32], d2[32];
     uint32_t sorted[CP_KEYS], shuffled[CP_KEYS];
     for (uint32_t i = 0; i < CP_KEYS; i++)
         sorted[i] = shuffled[i] = i * 7919u;
@@ -655,9 +663,7 @@ static void test_cursor_put(void **state)
             write_keys(fs[k], perm, CP_KEYS, round, k == 1);
             assert_int_equal(proj_commit(fs[k]->p, (uint64_t)round + 1), 0);
         }
-        digest_of(plain.p, d1);
-        digest_of(cur.p, d2);
-        assert_memory_equal(d1, d2, 32);
+        assert_same_state(&plain, &cur);
     }
     /* A put, then iteration goes on from the put key. */
     assert_int_equal(proj_begin(cur.p), 0);
@@ -715,7 +721,6 @@ static void put_u32(struct hcursor *c, struct fixture *f, uint32_t k, char fill,
 static void test_cursor_append(void **state)
 {
     struct fixture plain, cur;
-    uint8_t d1[32], d2[32];
     fx_open(&plain, *state, "plain", 0);
     fx_open(&cur, *state, "cursor", 0);
     /* 300 values of 1 300 bytes in key order into an empty database:
@@ -733,9 +738,7 @@ static void test_cursor_append(void **state)
         leaves[k] = leaf_pages(fs[k]);
         assert_int_equal(proj_commit(fs[k]->p, 1), 0);
     }
-    digest_of(plain.p, d1);
-    digest_of(cur.p, d2);
-    assert_memory_equal(d1, d2, 32);
+    assert_same_state(&plain, &cur);
     assert_int_equal(leaves[1], 100);
     assert_true(leaves[0] > 140); /* plain puts split in the middle */
 
@@ -757,9 +760,7 @@ static void test_cursor_append(void **state)
         hctx_cursor_close(c);
         assert_int_equal(proj_commit(fs[k]->p, 2), 0);
     }
-    digest_of(plain.p, d1);
-    digest_of(cur.p, d2);
-    assert_memory_equal(d1, d2, 32);
+    assert_same_state(&plain, &cur);
     /* and in key order, each once */
     assert_int_equal(proj_begin(cur.p), 0);
     struct hcursor *c;
@@ -787,7 +788,6 @@ static void test_cursor_append(void **state)
 static void test_clear(void **state)
 {
     struct fixture dels, clr;
-    uint8_t d1[32], d2[32];
     uint32_t keys[CP_KEYS];
     for (uint32_t i = 0; i < CP_KEYS; i++)
         keys[i] = i * 7919u;
@@ -831,9 +831,7 @@ static void test_clear(void **state)
         assert_int_equal(hctx_get(f->ctx, t_db_a, "again", 5, &v), 0);
         assert_int_equal(proj_commit(f->p, 3), 0);
     }
-    digest_of(dels.p, d1);
-    digest_of(clr.p, d2);
-    assert_memory_equal(d1, d2, 32);
+    assert_same_state(&dels, &clr);
     fx_close(&dels);
     fx_close(&clr);
 }
