@@ -425,30 +425,34 @@ static int run_decoded(struct engine *eng, unsigned slot)
 
 /* What an early handler reads of an input first, loaded ahead of it (and
  * of the handler's own prefetch, struct handler, which reads them to find
- * the entity): the input's event, its decoded body and the payload bytes
- * the body's strings point into (prefetch_input, INPUT_PREFETCH_AHEAD
- * inputs beyond the handler's prefetch), then the body's first key/value
- * pairs (prefetch_body, half as far). A run's inputs were read and decoded
- * a whole run before they are applied — 4 MiB of payload, more than a
- * core's L2, partly on the other thread — so each first read of them
- * waited for memory: 60 % of devices_prefetch's samples. bench/replay 1M,
- * 12 alternated runs: median 1.326 -> 1.203 s of wall time, 2.30 -> 2.06 s
- * of CPU; devices' apply 0.475 -> 0.367 s, geofence's 0.400 -> 0.382. */
+ * the entity), in two steps INPUT_PREFETCH_AHEAD inputs apart: first the
+ * input's event and its decoded body's object, whose addresses are known
+ * (prefetch_event), then — their pointers loaded by now — the payload
+ * bytes the body's strings point into and the body's first key/value
+ * pairs (prefetch_input), INPUT_PREFETCH_AHEAD inputs beyond the
+ * handler's prefetch. A run's inputs were read and decoded a whole run
+ * before they are applied — 4 MiB of payload, more than a core's L2,
+ * partly on the other thread — so each first read of them waited for
+ * memory: 60 % of devices_prefetch's samples. bench/replay 1M, 12
+ * alternated runs, with both steps at once: median 1.326 -> 1.203 s of
+ * wall time, 2.30 -> 2.06 s of CPU; devices' apply 0.475 -> 0.367 s,
+ * geofence's 0.400 -> 0.382. Then in two steps (the pointers' loads had
+ * waited for the event's lines), two sets of 10: wall 1.181 -> 1.148 and
+ * 1.329 -> 1.294 s, CPU 2.02 -> 1.96 and 2.28 -> 2.18 s. */
 #define INPUT_PREFETCH_AHEAD 4
+CAIRN_PREFETCH_FN void prefetch_event(const struct engine *eng, size_t k)
+{
+    __builtin_prefetch(&eng->batch[k]);
+    __builtin_prefetch((const char *)&eng->batch[k] + 64);
+    __builtin_prefetch(&eng->bodies[k]);
+}
+
 CAIRN_PREFETCH_FN void prefetch_input(const struct engine *eng, size_t k)
 {
     const struct event *e = &eng->batch[k];
-    __builtin_prefetch(e);
-    __builtin_prefetch((const char *)e + 64);
-    __builtin_prefetch(&eng->bodies[k]);
     __builtin_prefetch(e->payload);
     __builtin_prefetch(e->payload + 64);
-}
-
-/* Then (half as far ahead) the body's key/value pairs. */
-CAIRN_PREFETCH_FN void prefetch_body(const struct engine *eng, size_t k)
-{
-    const msgpack_object *b = eng->batch[k].body;
+    const msgpack_object *b = e->body;
     if (b && b->type == MSGPACK_OBJECT_MAP && b->via.map.size) {
         __builtin_prefetch(b->via.map.ptr);
         __builtin_prefetch((const char *)b->via.map.ptr + 64);
@@ -475,11 +479,11 @@ static int apply_early_one(struct engine *eng, size_t i, unsigned r)
             prefetch(eng->ctx[i], &batch[j]);
     for (size_t j = 0; j < nb && !rc; j++) {
         size_t a = j + HANDLER_PREFETCH_AHEAD;
-        if (a + INPUT_PREFETCH_AHEAD < nb && eng->masks[base + a + INPUT_PREFETCH_AHEAD] >> i & 1)
-            prefetch_input(eng, base + a + INPUT_PREFETCH_AHEAD);
-        if (a + INPUT_PREFETCH_AHEAD / 2 < nb &&
-            eng->masks[base + a + INPUT_PREFETCH_AHEAD / 2] >> i & 1)
-            prefetch_body(eng, base + a + INPUT_PREFETCH_AHEAD / 2);
+        size_t ae = a + 2 * INPUT_PREFETCH_AHEAD, ai = a + INPUT_PREFETCH_AHEAD;
+        if (ae < nb && eng->masks[base + ae] >> i & 1)
+            prefetch_event(eng, base + ae);
+        if (ai < nb && eng->masks[base + ai] >> i & 1)
+            prefetch_input(eng, base + ai);
         if (prefetch && a < nb && eng->masks[base + a] >> i & 1)
             prefetch(eng->ctx[i], &batch[a]);
         if (eng->masks[base + j] >> i & 1) {
