@@ -438,7 +438,9 @@ static int run_decoded(struct engine *eng, unsigned slot)
  * wall time, 2.30 -> 2.06 s of CPU; devices' apply 0.475 -> 0.367 s,
  * geofence's 0.400 -> 0.382. Then in two steps (the pointers' loads had
  * waited for the event's lines), two sets of 10: wall 1.181 -> 1.148 and
- * 1.329 -> 1.294 s, CPU 2.02 -> 1.96 and 2.28 -> 2.18 s. */
+ * 1.329 -> 1.294 s, CPU 2.02 -> 1.96 and 2.28 -> 2.18 s. late_run does
+ * the same for the late handlers' inputs (the metric samples of alerts):
+ * late CPU 0.244 -> 0.187 and 0.246 -> 0.205 s, wall 1.43 -> 1.27 s. */
 #define INPUT_PREFETCH_AHEAD 4
 CAIRN_PREFETCH_FN void prefetch_event(const struct engine *eng, size_t k)
 {
@@ -850,8 +852,15 @@ static int late_run(struct engine *eng, unsigned slot)
     for (size_t i = 0; i < eng->n; i++)
         if (eng->early[i])
             proj_hctx_set_events(eng->ctx[i], slot, &em[i]);
-    for (size_t j = 0; eng->late_mask && j < eng->nbatch[slot] && !rc; j++)
+    size_t base = (size_t)slot * PAR_BATCH, nb = eng->nbatch[slot];
+    for (size_t j = 0; eng->late_mask && j < nb && !rc; j++) {
+        size_t ae = j + 2 * INPUT_PREFETCH_AHEAD, ai = j + INPUT_PREFETCH_AHEAD;
+        if (ae < nb && eng->masks[base + ae] & eng->late_mask)
+            prefetch_event(eng, base + ae);
+        if (ai < nb && eng->masks[base + ai] & eng->late_mask)
+            prefetch_input(eng, base + ai);
         rc = apply_late(eng, slot, j, em);
+    }
     uint64_t writes = 0;
     for (size_t i = 0; i < eng->n && !rc; i++) {
         if (eng->early[i]) {
