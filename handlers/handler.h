@@ -305,6 +305,16 @@ struct hcache {
     struct hentry **dirty; /* changed since the last flush, in order */
     size_t ndirty, dirty_cap;
     struct hentry **fresh; /* where the entry hcache_get_or_new made goes */
+    uint64_t gen;          /* bumped whenever entries are freed (hcache_clear) */
+    /* hcache_prefetch's last three keys: the hash, the table's size then
+     * (0: none), the entry once found (valid while gen is unchanged) */
+    struct hcache_pf {
+        uint64_t h;
+        size_t nslots;
+        const struct hentry *e;
+        uint64_t gen;
+    } pf[3];
+    unsigned npf;
 };
 
 uint64_t hcache_hash(const uint8_t *k, size_t n);
@@ -324,6 +334,14 @@ int hcache_get_or_new(struct hcache *c, const uint8_t *k, size_t n, size_t size,
 void hcache_add(struct hcache *c, struct hentry *e);
 /* The entry of key k, or NULL (no insertion). */
 struct hentry *hcache_find(struct hcache *c, const uint8_t *k, size_t n);
+/* For a handler's prefetch (struct handler): one step for each of the
+ * last three keys it was given (k NULL: none for this input) — the slot of
+ * this one, the entry of the one before, the first lines of the entry's
+ * memory (its key and what follows) of the one before that — so the
+ * lookups hcache_get_or_new makes of them a few inputs later find those
+ * lines in the cache instead of waiting for each in turn. Reads only; an
+ * entry freed since (gen moved) is not touched. */
+void hcache_prefetch(struct hcache *c, const uint8_t *k, size_t n);
 /* Lists e for the next flush (once). */
 int hcache_mark(struct hcache *c, struct hentry *e);
 /* Sorts the dirty list by key (LMDB's order): a flush putting them in

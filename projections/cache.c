@@ -49,6 +49,7 @@ void hentry_free(struct hentry *e)
 
 void hcache_clear(struct hcache *c)
 {
+    c->gen++; /* hcache_prefetch's entries are gone */
     for (size_t i = 0; i < c->nslots; i++)
         hentry_free(c->slots[i].e);
     free(c->slots);
@@ -153,6 +154,34 @@ void hcache_add(struct hcache *c, struct hentry *e)
 struct hentry *hcache_find(struct hcache *c, const uint8_t *k, size_t n)
 {
     return c->nslots ? *slot_of(c, hcache_hash(k, n), k, n) : NULL;
+}
+
+void hcache_prefetch(struct hcache *c, const uint8_t *k, size_t n)
+{
+    unsigned i = c->npf++;
+    struct hcache_pf *p1 = &c->pf[i % 3], *p2 = &c->pf[(i + 2) % 3], *p3 = &c->pf[(i + 1) % 3];
+    p1->nslots = 0;
+    p1->e = NULL;
+    if (k && c->nslots) {
+        p1->h = hcache_hash(k, n);
+        p1->nslots = c->nslots;
+        __builtin_prefetch(&c->slots[p1->h & (c->nslots - 1)]);
+    }
+    if (p2->nslots && p2->nslots == c->nslots) {
+        const struct hslot *s = &c->slots[p2->h & (c->nslots - 1)];
+        if (s->e && s->hash == p2->h) {
+            __builtin_prefetch(s->e);
+            p2->e = s->e;
+            p2->gen = c->gen;
+        }
+    }
+    if (p3->e && p3->gen == c->gen) {
+        const uint8_t *m = p3->e->mem.data;
+        __builtin_prefetch(m);
+        __builtin_prefetch(m + 64);
+        __builtin_prefetch(m + 128);
+        p3->e = NULL;
+    }
 }
 
 int hcache_mark(struct hcache *c, struct hentry *e)

@@ -140,17 +140,6 @@ struct devices {
     struct hcache cache;  /* of struct dev; the dirty ones are written back by flush */
     struct cairn_buf tmp; /* the next mem of the dev being updated */
     struct cairn_buf doc; /* the document being written back */
-    /* devices_prefetch's last PF_STEPS inputs: the key's hash, the table's
-     * size then (0: nothing to do), the entry once found, valid while
-     * pgen (bumped when the cache is emptied) is unchanged */
-    struct pf {
-        uint64_t h;
-        size_t nslots;
-        const struct hentry *e;
-        uint64_t gen;
-    } pf[3];
-    unsigned npf;
-    uint64_t pgen;
 };
 
 static void seen_free(struct seen *s);
@@ -1230,10 +1219,8 @@ static int devices_flush(struct hctx *ctx)
     }
     hctx_cursor_close(c);
     d->cache.ndirty = 0;
-    if (!rc && d->cache.count > CACHE_MAX) {
+    if (!rc && d->cache.count > CACHE_MAX)
         hcache_clear(&d->cache); /* every dev is clean (stored): drop them all */
-        d->pgen++;
-    }
     return rc ? rc : seen_write(ctx);
 }
 
@@ -1374,47 +1361,23 @@ static int on_tick(struct hctx *ctx, const struct event *tick)
     return rc == CAIRN_ENOTFOUND ? 0 : rc;
 }
 
-/* The engine calls this HANDLER_PREFETCH_AHEAD inputs ahead of the
- * apply: over three calls it loads the input's cache slot, then its entry,
- * then the first lines of its document, each a cache miss a dev_get would
- * otherwise wait for in turn. */
+/* The device's cache entry, loaded ahead (hcache_prefetch). Producers put
+ * device_id first; a body that does not is left to the apply. */
 static void devices_prefetch(struct hctx *ctx, const struct event *ev)
 {
     struct devices *d = self(ctx);
-    struct hcache *c = &d->cache;
-    unsigned k = d->npf++;
-    struct pf *p1 = &d->pf[k % 3], *p2 = &d->pf[(k + 2) % 3], *p3 = &d->pf[(k + 1) % 3];
-    p1->nslots = 0;
-    p1->e = NULL;
-    if (c->nslots && ev->body && ev->body->type == MSGPACK_OBJECT_MAP && ev->body->via.map.size) {
-        /* producers put device_id first; anything else is left to apply */
-        const msgpack_object_kv *kv = &ev->body->via.map.ptr[0];
-        struct cairn_str id;
-        uint8_t vk[VKEY_MAX];
-        size_t vn;
+    struct cairn_str id;
+    uint8_t vk[VKEY_MAX];
+    size_t vn = 0;
+    const msgpack_object *b = ev->body;
+    if (b && b->type == MSGPACK_OBJECT_MAP && b->via.map.size) {
+        const msgpack_object_kv *kv = &b->via.map.ptr[0];
         if (kv->key.type == MSGPACK_OBJECT_STR && kv->key.via.str.size == 9 &&
             !memcmp(kv->key.via.str.ptr, "device_id", 9) && mp_str(&kv->val, &id) &&
-            id.n <= CAIRN_KEY_MAX && (vn = hkey_make(vk, sizeof vk, &ev->tenant, &id))) {
-            p1->h = hcache_hash(vk, vn);
-            p1->nslots = c->nslots;
-            __builtin_prefetch(&c->slots[p1->h & (c->nslots - 1)]);
-        }
+            id.n <= CAIRN_KEY_MAX)
+            vn = hkey_make(vk, sizeof vk, &ev->tenant, &id);
     }
-    if (p2->nslots && p2->nslots == c->nslots) {
-        const struct hslot *sl = &c->slots[p2->h & (c->nslots - 1)];
-        if (sl->e && sl->hash == p2->h) {
-            __builtin_prefetch(sl->e);
-            p2->e = sl->e;
-            p2->gen = d->pgen;
-        }
-    }
-    if (p3->e && p3->gen == d->pgen) {
-        const uint8_t *m = p3->e->mem.data;
-        __builtin_prefetch(m);
-        __builtin_prefetch(m + 64);
-        __builtin_prefetch(m + 128);
-        p3->e = NULL;
-    }
+    hcache_prefetch(&d->cache, vn ? vk : NULL, vn);
 }
 
 static int devices_apply(struct hctx *ctx, const struct event *ev)

@@ -43,6 +43,7 @@
  *    truncated one where payloads are checked whole (PROJ_CHECK_PAYLOADS);
  *  - hcache_get_or_new / hcache_add: new entries zeroed with their key,
  *    found again after the table grew; a dropped fresh entry is not kept;
+ *    hcache_prefetch reads no entry freed since it found it;
  *  - prefaulting the map (proj_prefault on another thread while the
  *    transaction writes) changes no byte, across a remap, and does make
  *    the pages present (the thread takes the faults, once); proj_sync
@@ -1189,6 +1190,29 @@ static void test_hcache_get_or_new(void **state)
         hcache_get_or_new(&c, (uint8_t *)"0123456789", 10, sizeof(struct t_entry), 10, &e, &fresh),
         0);
     hentry_free(e);
+
+    /* hcache_prefetch: found keys, absent ones, inputs without a key, a
+     * table that grows between its steps, and entries freed between them
+     * (hcache_clear): it must not read them (ASan fails the test if it
+     * does), and the cache answers as before. */
+    for (int i = 0; i < 5000; i++) {
+        int n = snprintf(key, sizeof key, "key%d", i % 6000);
+        hcache_prefetch(&c, i % 7 ? (uint8_t *)key : NULL, (size_t)n);
+        if (i == 2503) { /* key2502 found: its entry goes now */
+            hcache_clear(&c);
+            assert_int_equal(c.count, 0);
+        }
+        if (i > 2503 && i % 2) { /* refill: the table grows again */
+            assert_int_equal(hcache_get_or_new(&c, (uint8_t *)key, (size_t)n,
+                                               sizeof(struct t_entry), 64, &e, &fresh),
+                             0);
+            if (fresh)
+                hcache_add(&c, e);
+        }
+    }
+    hcache_prefetch(&c, NULL, 0);
+    hcache_prefetch(&c, NULL, 0);
+    assert_int_equal(c.count, 1248);
     hcache_free(&c);
 }
 
