@@ -385,17 +385,13 @@ void proj_close(struct proj *p)
     free(p);
 }
 
-/* Before the sync: the pages past the last used one that prefaulting
- * made present (proj_prefault asks for an estimate — twice the growth,
+/* Before the sync, the pages past the last used one are given back to
+ * the file system (FALLOC_FL_PUNCH_HOLE; the file keeps its size). The
+ * prefaulted ones (proj_prefault asks for an estimate — twice the growth,
  * and pessimistic before a first big transaction taught it — and the last
  * transaction of a replay leaves the rest unused) are dirty zeroes the
- * sync would write out. FALLOC_FL_ZERO_RANGE drops them from the page
- * cache unwritten and keeps their blocks (the reservation stays: see "the
- * map and the disk"); LMDB reads nothing past its last page. Where the
- * file system cannot, they are written, as before. */
-/* The pages past the last used one are given back to the file system
- * (FALLOC_FL_PUNCH_HOLE; the file keeps its size): the prefaulted ones
- * are dirty zeroes the sync would otherwise write, and a replay's first
+ * sync would otherwise write out (until session 15 FALLOC_FL_ZERO_RANGE
+ * dropped just those, keeping the blocks), and a replay's first
  * map (engine_replay_map) is sized for the transactions it may make, not
  * for the state it leaves — 1 GiB reserved for bench/replay's 1M events,
  * 81 MB used. A later transaction reserves the map again first
