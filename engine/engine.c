@@ -65,6 +65,7 @@ struct consumers {
     char type[CAIRN_TYPE_MAX];
     size_t n;
     uint64_t mask;
+    uint64_t decode; /* those of mask that need an input's body decoded (raw_inputs) */
 };
 
 struct engine {
@@ -277,22 +278,35 @@ static int64_t mono_ns(void)
 /* The handlers consuming `type`, as a bit mask over eng->order. Computed
  * once per type (the consumes lists are static): a string compare per
  * handler and type per event was 2 % of replay. */
-static uint64_t consumers_of(struct engine *eng, const struct cairn_str *type)
+static uint64_t consumers_decode(struct engine *eng, const struct cairn_str *type, uint64_t *decode)
 {
     for (size_t i = 0; i < eng->ntypes; i++)
-        if (eng->types[i].n == type->n && !memcmp(eng->types[i].type, type->p, type->n))
+        if (eng->types[i].n == type->n && !memcmp(eng->types[i].type, type->p, type->n)) {
+            *decode = eng->types[i].decode;
             return eng->types[i].mask;
+        }
     uint64_t mask = 0;
+    *decode = 0;
     for (size_t i = 0; i < eng->n; i++)
-        if (in_list(eng->order[i]->consumes, type->p, type->n))
+        if (in_list(eng->order[i]->consumes, type->p, type->n)) {
             mask |= 1ull << i;
+            if (!eng->order[i]->raw_inputs || !in_list(eng->order[i]->raw_inputs, type->p, type->n))
+                *decode |= 1ull << i;
+        }
     if (eng->ntypes < TYPES_MAX && type->n <= CAIRN_TYPE_MAX) {
         struct consumers *c = &eng->types[eng->ntypes++];
         memcpy(c->type, type->p, type->n);
         c->n = type->n;
         c->mask = mask;
+        c->decode = *decode;
     }
     return mask;
+}
+
+static uint64_t consumers_of(struct engine *eng, const struct cairn_str *type)
+{
+    uint64_t decode;
+    return consumers_decode(eng, type, &decode);
 }
 
 static int64_t cpu_ns(void)
@@ -358,11 +372,11 @@ static int apply_input(struct engine *eng, const struct event *in, uint64_t in_m
 static int apply_log_event(struct engine *eng, const struct log_event *le)
 {
     struct cairn_str type = le->type;
-    uint64_t mask = consumers_of(eng, &type);
+    uint64_t decode, mask = consumers_decode(eng, &type, &decode);
     if (!mask)
         return 0; /* no handler consumes it: nothing to decode */
     msgpack_object body;
-    if (mp_unpack(le->payload, le->payload_len, &eng->zone, &body, NULL)) {
+    if (decode && mp_unpack(le->payload, le->payload_len, &eng->zone, &body, NULL)) {
         msgpack_zone_clear(&eng->zone);
         return CAIRN_ECORRUPT;
     }
@@ -373,7 +387,7 @@ static int apply_log_event(struct engine *eng, const struct log_event *le)
                        .time = le->time,
                        .payload = le->payload,
                        .payload_len = le->payload_len,
-                       .body = &body};
+                       .body = decode ? &body : NULL};
     int rc = apply_input(eng, &in, mask);
     msgpack_zone_clear(&eng->zone);
     return rc;
@@ -908,25 +922,27 @@ static int read_run(struct engine *eng, struct log_iter *it, unsigned slot, uint
             rc = CAIRN_ECORRUPT;
             break;
         }
-        uint64_t mask = consumers_of(eng, &le.type);
+        uint64_t decode, mask = consumers_decode(eng, &le.type, &decode);
         if (!mask)
             continue;
         size_t k = base + nb;
-        /* An input only worker-side handlers consume is decoded there. */
-        eng->deferred[k] = !(mask & ~eng->worker_mask[slot]);
-        if (!eng->deferred[k] &&
+        /* An input only worker-side handlers consume is decoded there; one
+         * they all read raw (raw_inputs), nowhere. */
+        eng->deferred[k] = decode && !(mask & ~eng->worker_mask[slot]);
+        if (decode && !eng->deferred[k] &&
             mp_unpack(le.payload, le.payload_len, &eng->rzone[slot], &eng->bodies[k], NULL)) {
             rc = CAIRN_ECORRUPT;
             break;
         }
-        eng->batch[k] = (struct event){.seq = le.seq,
-                                       .type = le.type,
-                                       .tenant = le.tenant,
-                                       .key = le.key,
-                                       .time = le.time,
-                                       .payload = le.payload,
-                                       .payload_len = le.payload_len,
-                                       .body = eng->deferred[k] ? NULL : &eng->bodies[k]};
+        eng->batch[k] =
+            (struct event){.seq = le.seq,
+                           .type = le.type,
+                           .tenant = le.tenant,
+                           .key = le.key,
+                           .time = le.time,
+                           .payload = le.payload,
+                           .payload_len = le.payload_len,
+                           .body = decode && !eng->deferred[k] ? &eng->bodies[k] : NULL};
         eng->masks[k] = mask;
         nb++;
         bytes += le.payload_len;

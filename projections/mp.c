@@ -545,6 +545,42 @@ static bool dec_obj(struct mpdec *d, msgpack_object *o, unsigned depth)
     }
 }
 
+bool mp_raw_get(const uint8_t *p, size_t n, const char *key, msgpack_object *out)
+{
+    const uint8_t *end = p + n;
+    size_t kn = strlen(key);
+    uint64_t pairs;
+    if (!n)
+        return false;
+    if ((*p & 0xf0) == 0x80) {
+        pairs = *p++ & 0x0f;
+    } else if (*p == 0xde && n >= 3) {
+        pairs = be_n(p + 1, 2), p += 3;
+    } else if (*p == 0xdf && n >= 5) {
+        pairs = be_n(p + 1, 4), p += 5;
+    } else {
+        return false; /* not a map */
+    }
+    for (uint64_t i = 0; i < pairs; i++) {
+        const uint8_t *v = raw_skip(p, end);
+        if (!v)
+            return false;
+        /* a string key equal to key (in any of str's encodings, as mp_get
+         * compares them): the first one decides */
+        size_t hl = (*p & 0xe0) == 0xa0 ? 1 : *p == 0xd9 ? 2 : *p == 0xda ? 3 : *p == 0xdb ? 5 : 0;
+        bool hit = hl && (size_t)(v - p) == hl + kn && !memcmp(p + hl, key, kn);
+        if (hit) {
+            if (v >= end || (*v >= 0x80 && *v <= 0x9f) || (*v >= 0xdc && *v <= 0xdf))
+                return false; /* a container (or nothing) */
+            struct mpdec d = {v, end, NULL};
+            return dec_obj(&d, out, 0);
+        }
+        if (!(p = raw_skip(v, end)))
+            return false;
+    }
+    return false;
+}
+
 int mp_unpack(const uint8_t *p, size_t n, msgpack_zone *zone, msgpack_object *out, size_t *used)
 {
     struct mpdec d = {p, p + n, zone};

@@ -134,6 +134,7 @@ static const char *const consumes[] = {ALERT_SOURCES(SRC_TYPE) "alert.ack",
                                        "metric",
                                        "tick",
                                        NULL};
+static const char *const raw_inputs[] = {"metric", NULL};
 static const char *const emits[] = {"alert.triggered", "alert.escalated", "alert.acknowledged",
                                     "alert.resolved", NULL};
 
@@ -1610,9 +1611,9 @@ static bool agg_decode(const MDB_val *v, uint64_t *n, double d[3])
     return true;
 }
 
-/* Counts one sample for one alarm. */
+/* Counts one sample (its labels: a map, or NULL) for one alarm. */
 static int sample_for(struct hctx *ctx, const struct event *ev, const struct cairn_str *alarm_id,
-                      double value)
+                      double value, const msgpack_object *labels)
 {
     struct alerts *al = self(ctx);
     uint8_t k[AGG_KEY_MAX + 128];
@@ -1620,8 +1621,7 @@ static int sample_for(struct hctx *ctx, const struct event *ev, const struct cai
     int rc = load(ctx, al->alarms, k, alarm_key(k, &ev->tenant, alarm_id), &l);
     struct alarm_def d;
     const msgpack_object *def = mp_get(l.doc, "definition");
-    if (rc || !l.doc || !parse_def(def, &d, NULL) ||
-        !labels_match(d.matchers, mp_get(ev->body, "labels"))) {
+    if (rc || !l.doc || !parse_def(def, &d, NULL) || !labels_match(d.matchers, labels)) {
         unload(&l);
         return rc;
     }
@@ -1657,14 +1657,17 @@ static int on_metric(struct hctx *ctx, const struct event *ev)
     struct alerts *al = self(ctx);
     struct cairn_str name;
     double value;
-    if (!mp_str(mp_get(ev->body, "name"), &name) || name.n == 0 || name.n > 200 ||
-        !mp_num(mp_get(ev->body, "value"), &value) || !isfinite(value))
+    msgpack_object no, vo; /* raw_inputs: read from the payload */
+    if (!mp_raw_get(ev->payload, ev->payload_len, "name", &no) || !mp_str(&no, &name) ||
+        name.n == 0 || name.n > 200)
         return 0;
     uint8_t prefix[AGG_KEY_MAX];
     size_t pn = bymetric_key(prefix, &ev->tenant, &name, NULL);
     bool maybe;
     int rc = hkset_maybe(ctx, &al->mk, al->bymetric, prefix, pn, &maybe);
-    if (rc || !maybe)
+    /* most samples feed no alarm: their value is not even read */
+    if (rc || !maybe || !mp_raw_get(ev->payload, ev->payload_len, "value", &vo) ||
+        !mp_num(&vo, &value) || !isfinite(value))
         return rc;
     char ids[ALARMS_PER_METRIC_MAX][128];
     size_t idn[ALARMS_PER_METRIC_MAX], n = 0;
@@ -1679,8 +1682,27 @@ static int on_metric(struct hctx *ctx, const struct event *ev)
     hctx_cursor_close(c);
     if (rc == CAIRN_ENOTFOUND)
         rc = 0;
+    if (rc || !n)
+        return rc;
+    /* Alarms watch it: its labels are needed, decoded here when the
+     * engine did not (raw_inputs). */
+    msgpack_zone z;
+    msgpack_object body;
+    const msgpack_object *b = ev->body;
+    if (!b) {
+        if (!msgpack_zone_init(&z, 1024))
+            return CAIRN_ENOMEM;
+        if (mp_unpack(ev->payload, ev->payload_len, &z, &body, NULL)) {
+            msgpack_zone_destroy(&z);
+            return 0; /* cannot be: it was validated at ingest */
+        }
+        b = &body;
+    }
+    const msgpack_object *labels = mp_get(b, "labels");
     for (size_t i = 0; i < n && !rc; i++)
-        rc = sample_for(ctx, ev, &(struct cairn_str){ids[i], idn[i]}, value);
+        rc = sample_for(ctx, ev, &(struct cairn_str){ids[i], idn[i]}, value, labels);
+    if (!ev->body)
+        msgpack_zone_destroy(&z);
     return rc;
 }
 
@@ -1980,4 +2002,6 @@ const struct handler alerts_handler = {
     /* A cause's fields are read from its payload's bytes (on_source), and
      * its details copied as they are: the engine need not decode it. */
     .derived_raw = true,
+    /* and a metric sample's name and value (on_metric) */
+    .raw_inputs = raw_inputs,
 };

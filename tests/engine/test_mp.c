@@ -9,6 +9,8 @@
  *  - mp_raw_len measures any object msgpack-c can decode, nested or not,
  *    and refuses every truncation, a never-used type byte, and counts
  *    larger than the bytes left;
+ *  - mp_raw_get reads a field of a map's bytes as mp_get finds it in the
+ *    decoded map;
  *  - the packer (mpw_*), which writes scalars and strings directly when
  *    its buffer has room and through msgpack-c otherwise, writes msgpack-c's
  *    bytes either way;
@@ -156,6 +158,49 @@ static void test_raw_len(void **state)
     assert_int_equal(mp_raw_len((const uint8_t *)"\x92\x01\x02", 3), 3);
     assert_int_equal(mp_raw_len((const uint8_t *)"\x81\xa1k\x7f", 4), 4);
     msgpack_sbuffer_destroy(&sb);
+}
+
+static bool obj_same(const msgpack_object *a, const msgpack_object *b);
+
+/* mp_raw_get finds what mp_get finds in the decoded map, in any of a
+ * key's string encodings, the first of two equal keys; refuses
+ * containers, missing keys, non-maps and every truncation. */
+static void test_raw_get(void **state)
+{
+    (void)state;
+    /* {"name":"cpu", "labels":{"a":1}, "value":-2.5, str8 "name":7, "n":true,
+     *  "big":300, "nil":nil} */
+    static const uint8_t m[] = {
+        0x87, 0xa4, 'n',  'a',  'm', 'e',  0xa3, 'c',  'p',  'u', 0xa6, 'l', 'a',  'b',  'e',
+        'l',  's',  0x81, 0xa1, 'a', 0x01, 0xa5, 'v',  'a',  'l', 'u',  'e', 0xcb, 0xc0, 0x04,
+        0,    0,    0,    0,    0,   0,    0xd9, 4,    'n',  'a', 'm',  'e', 0x07, 0xa1, 'n',
+        0xc3, 0xa3, 'b',  'i',  'g', 0xcd, 0x01, 0x2c, 0xa3, 'n', 'i',  'l', 0xc0};
+    msgpack_zone z;
+    msgpack_object body, o;
+    assert_true(msgpack_zone_init(&z, 1024));
+    assert_int_equal(mp_unpack(m, sizeof m, &z, &body, NULL), 0);
+    static const char *const keys[] = {"name", "value", "n", "big", "nil"};
+    for (size_t i = 0; i < sizeof keys / sizeof *keys; i++) {
+        assert_true(mp_raw_get(m, sizeof m, keys[i], &o));
+        assert_true(obj_same(&o, mp_get(&body, keys[i])));
+    }
+    struct cairn_str s;
+    assert_true(mp_raw_get(m, sizeof m, "name", &o) && mp_str(&o, &s));
+    assert_true(s.n == 3 && !memcmp(s.p, "cpu", 3));     /* the first "name" */
+    assert_false(mp_raw_get(m, sizeof m, "labels", &o)); /* a map */
+    assert_false(mp_raw_get(m, sizeof m, "nam", &o));
+    assert_false(mp_raw_get(m, sizeof m, "names", &o));
+    assert_false(mp_raw_get((const uint8_t *)"\x92\xa1n\x01", 4, "n", &o)); /* not a map */
+    /* the key only in its str8 form */
+    static const uint8_t m8[] = {0x81, 0xd9, 5, 'v', 'a', 'l', 'u', 'e', 0x2a};
+    assert_true(mp_raw_get(m8, sizeof m8, "value", &o));
+    assert_true(o.type == MSGPACK_OBJECT_POSITIVE_INTEGER && o.via.u64 == 42);
+    /* truncated: never past the bytes, found only when whole */
+    for (size_t n = 0; n < sizeof m; n++) {
+        bool got = mp_raw_get(m, n, "nil", &o);
+        assert_false(got);
+    }
+    msgpack_zone_destroy(&z);
 }
 
 /* Same type and value; str, bin and ext point at the same bytes. */
@@ -405,6 +450,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_direct_writers_match_msgpack_c),
         cmocka_unit_test(test_raw_len),
+        cmocka_unit_test(test_raw_get),
         cmocka_unit_test(test_unpack_matches_msgpack_c),
         cmocka_unit_test(test_packer_matches_msgpack_c),
     };
