@@ -10,7 +10,9 @@
  *    puts producers before consumers whatever the table order;
  *  - dispatch: derived events reach their consumers in the same catch-up,
  *    carry the cause's seq and time, get dense dseqs per stream (also
- *    across an aborted batch and a reopen), and nobody sees its own;
+ *    across an aborted batch and a reopen), and nobody sees its own; an
+ *    input every consumer of which reads raw (raw_inputs) comes without a
+ *    body, serially and in parallel, and with one when another needs it;
  *  - exactly once: closing/reopening, a "crash" between log and state
  *    commit, apply_to, a failing batch and the writer path never apply an
  *    input twice or skip one; replay gives the same digest;
@@ -1410,6 +1412,74 @@ static void test_parallel_apply(void **state)
 
 /* ====================================================================== a replay's first map */
 
+/* raw_inputs: r_raw reads "in" from the payload (mp_raw_get); its body is
+ * NULL unless another consumer (r_dec) needs it decoded — serial and in a
+ * parallel apply, where both run on the worker or on either thread. */
+static _Atomic long raw_sum, raw_bodies, raw_calls, dec_calls;
+
+static int r_raw_apply(struct hctx *ctx, const struct event *ev)
+{
+    (void)ctx;
+    msgpack_object o;
+    if (!mp_raw_get(ev->payload, ev->payload_len, "n", &o) ||
+        o.type != MSGPACK_OBJECT_POSITIVE_INTEGER)
+        fail_msg("r_raw: no n in input %llu", (unsigned long long)ev->seq);
+    raw_sum += (long)o.via.u64;
+    raw_bodies += ev->body != NULL;
+    raw_calls++;
+    return 0;
+}
+
+static int r_dec_apply(struct hctx *ctx, const struct event *ev)
+{
+    (void)ctx;
+    int64_t n;
+    if (!ev->body || !mp_i64(mp_get(ev->body, "n"), &n) || n != (int64_t)ev->seq)
+        fail_msg("r_dec: input %llu not decoded", (unsigned long long)ev->seq);
+    dec_calls++;
+    return 0;
+}
+
+static const struct handler r_raw = {.version = HANDLER_VERSION,
+                                     .name = "r_raw",
+                                     .consumes = LIST("in"),
+                                     .raw_inputs = LIST("in"),
+                                     .open = noop_open,
+                                     .apply = r_raw_apply,
+                                     .concurrent = true};
+static const struct handler r_dec = {.version = HANDLER_VERSION,
+                                     .name = "r_dec",
+                                     .consumes = LIST("in"),
+                                     .open = noop_open,
+                                     .apply = r_dec_apply,
+                                     .concurrent = true};
+
+static void test_raw_inputs(void **state)
+{
+    const char *dir = *state;
+    const struct handler *const alone[] = {&r_raw, NULL}, *const both[] = {&r_raw, &r_dec, NULL};
+    const long n = PAR_INPUTS;
+    for (int threads = 1; threads <= 2; threads++)
+        for (int with_dec = 0; with_dec <= 1; with_dec++) {
+            char sdir[4200];
+            snprintf(sdir, sizeof sdir, "%s/raw%d%d", dir, threads, with_dec);
+            struct engine_config cfg = config_for(dir, with_dec ? both : alone);
+            cfg.apply_threads = threads;
+            cfg.state_dir = sdir;
+            raw_sum = raw_bodies = raw_calls = dec_calls = 0;
+            struct engine *eng = open_engine(&cfg); /* catches up: every input */
+            if (threads == 1 && !with_dec) {        /* the first: the log is empty */
+                append_inputs(engine_log(eng), 1, n);
+                assert_int_equal(engine_catch_up(eng, 0), 0);
+            }
+            assert_int_equal(raw_calls, n);
+            assert_int_equal(raw_sum, n * (n + 1) / 2);
+            assert_int_equal(raw_bodies, with_dec ? n : 0);
+            assert_int_equal(dec_calls, with_dec ? n : 0);
+            engine_close(eng);
+        }
+}
+
 static void test_replay_map(void **state)
 {
     (void)state;
@@ -1447,6 +1517,7 @@ int main(void)
         cmocka_unit_test(test_order_refuses_bad_handlers),
         cmocka_unit_test(test_order_producers_first),
         cmocka_unit_test(test_replay_map),
+        cmocka_unit_test_setup_teardown(test_raw_inputs, dir_setup, dir_teardown),
         cmocka_unit_test(test_order_random_dags),
         cmocka_unit_test_setup_teardown(test_dispatch, dir_setup, dir_teardown),
         cmocka_unit_test_setup_teardown(test_exactly_once, dir_setup, dir_teardown),
