@@ -1694,7 +1694,7 @@ static int on_metric(struct hctx *ctx, const struct event *ev)
             return CAIRN_ENOMEM;
         if (mp_unpack(ev->payload, ev->payload_len, &z, &body, NULL)) {
             msgpack_zone_destroy(&z);
-            return 0; /* cannot be: it was validated at ingest */
+            return CAIRN_ECORRUPT; /* as the engine's decoding would have */
         }
         b = &body;
     }
