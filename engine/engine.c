@@ -476,6 +476,18 @@ CAIRN_PREFETCH_FN void prefetch_input(const struct engine *eng, size_t k)
     }
 }
 
+/* Both steps for the inputs of the run at base (nb long) that `ahead`
+ * inputs beyond j the handlers in `mask` consume. */
+CAIRN_PREFETCH_FN void prefetch_ahead(const struct engine *eng, size_t base, size_t nb, size_t j,
+                                      uint64_t mask)
+{
+    size_t ae = j + 2 * INPUT_PREFETCH_AHEAD, ai = j + INPUT_PREFETCH_AHEAD;
+    if (ae < nb && eng->masks[base + ae] & mask)
+        prefetch_event(eng, base + ae);
+    if (ai < nb && eng->masks[base + ai] & mask)
+        prefetch_input(eng, base + ai);
+}
+
 /* Applies run r (in `slot`) to the early handler order[i], whose runs
  * before r are done (hdone[i] == r), keeping its emits for the late
  * handlers; its emits of the run are appended to its stream at the end
@@ -496,11 +508,7 @@ static int apply_early_one(struct engine *eng, size_t i, unsigned r)
             prefetch(eng->ctx[i], &batch[j]);
     for (size_t j = 0; j < nb && !rc; j++) {
         size_t a = j + HANDLER_PREFETCH_AHEAD;
-        size_t ae = a + 2 * INPUT_PREFETCH_AHEAD, ai = a + INPUT_PREFETCH_AHEAD;
-        if (ae < nb && eng->masks[base + ae] >> i & 1)
-            prefetch_event(eng, base + ae);
-        if (ai < nb && eng->masks[base + ai] >> i & 1)
-            prefetch_input(eng, base + ai);
+        prefetch_ahead(eng, base, nb, a, 1ull << i);
         if (prefetch && a < nb && eng->masks[base + a] >> i & 1)
             prefetch(eng->ctx[i], &batch[a]);
         if (eng->masks[base + j] >> i & 1) {
@@ -882,11 +890,7 @@ static int late_run(struct engine *eng, unsigned slot)
         for (size_t j = 0, was = 0; eng->early[i] && j < nb; was = ends[i * PAR_BATCH + j++])
             need[j] |= ends[i * PAR_BATCH + j] != was;
     for (size_t j = 0; eng->late_mask && j < nb && !rc; j++) {
-        size_t ae = j + 2 * INPUT_PREFETCH_AHEAD, ai = j + INPUT_PREFETCH_AHEAD;
-        if (ae < nb && eng->masks[base + ae] & eng->late_mask)
-            prefetch_event(eng, base + ae);
-        if (ai < nb && eng->masks[base + ai] & eng->late_mask)
-            prefetch_input(eng, base + ai);
+        prefetch_ahead(eng, base, nb, j, eng->late_mask);
         if (need[j])
             rc = apply_late(eng, slot, j, em);
     }
