@@ -414,13 +414,14 @@ static void print_engine_stats(const struct engine_replay_stats *st)
 {
     const struct engine_phase_stats *ph = &st->phases;
     printf("     phases (wall s): apply %.3f, flush %.3f, commit %.3f over %llu transactions "
-           "(%llu redone: the map filled), final sync %.3f; waiting for the worker %.3f; its runs "
+           "(%llu redone: the map filled), final sync %.3f (handlers' close during it %.3f); "
+           "waiting for the worker %.3f; its runs "
            "taken %llu (%.3f s); cpu s: reading %.3f, late handlers %.3f\n",
            (double)ph->apply_ns / 1e9, (double)ph->flush_ns / 1e9, (double)ph->commit_ns / 1e9,
            (unsigned long long)ph->transactions, (unsigned long long)ph->redone,
-           (double)ph->sync_ns / 1e9, (double)ph->wait_ns / 1e9, (unsigned long long)ph->stolen,
-           (double)ph->steal_ns / 1e9, (double)ph->read_cpu_ns / 1e9,
-           (double)ph->late_cpu_ns / 1e9);
+           (double)ph->sync_ns / 1e9, (double)ph->close_ns / 1e9, (double)ph->wait_ns / 1e9,
+           (unsigned long long)ph->stolen, (double)ph->steal_ns / 1e9,
+           (double)ph->read_cpu_ns / 1e9, (double)ph->late_cpu_ns / 1e9);
     printf("     %-14s %6s %10s %9s %9s %10s %10s %9s\n", "handler", "thread", "applied",
            "apply cpu", "flush cpu", "lock calls", "lock waits", "wait s");
     uint64_t calls = 0, waits = 0, wait_ns = 0;

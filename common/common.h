@@ -429,6 +429,11 @@ int cairn_env_populate(struct cairn_env *env, size_t from, size_t n);
 /* Writes everything committed back to the disk, as mdb_env_sync(env, 1):
  * CAIRN_EIO when that fails. */
 int cairn_env_sync(struct cairn_env *env);
+/* Starts writing the data file's dirty pages back without waiting for
+ * them (sync_file_range, SYNC_FILE_RANGE_WRITE), so that work done before
+ * cairn_env_sync overlaps the disk's. Only a head start: nothing is
+ * durable until cairn_env_sync returns, and a failure here is left to it. */
+void cairn_env_sync_start(struct cairn_env *env);
 /* Translates an LMDB return code: MDB_MAP_FULL -> CAIRN_EMAPFULL,
  * MDB_NOTFOUND -> CAIRN_ENOTFOUND, others -> CAIRN_EDB. */
 int cairn_mdb_err(int rc);

@@ -13,6 +13,7 @@
 #include "common.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -212,6 +213,13 @@ int cairn_env_sync(struct cairn_env *ce)
     if (rc)
         return cairn_mdb_err(rc);
     return fdatasync(fd) ? CAIRN_EIO : 0;
+}
+
+void cairn_env_sync_start(struct cairn_env *ce)
+{
+    int fd;
+    if (!mdb_env_get_fd(ce->env, &fd))
+        (void)sync_file_range(fd, 0, 0, SYNC_FILE_RANGE_WRITE);
 }
 
 /* ====================================================================== populating the map

@@ -209,6 +209,7 @@ struct engine_phase_stats {
     uint64_t stolen;      /* parallel: worker's handler runs this thread applied */
     uint64_t steal_ns;    /* ... and the wall time they took (not in wait_ns) */
     uint64_t sync_ns;     /* engine_replay: the final sync of the new state */
+    uint64_t close_ns;    /* engine_replay: the handlers' close, in sync_ns (sync_start first) */
 };
 void engine_phase_stats(struct engine *eng, struct engine_phase_stats *out);
 /* What engine_replay fills in before it returns (engine_config.replay_stats). */

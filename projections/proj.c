@@ -396,14 +396,14 @@ void proj_close(struct proj *p)
  * for the state it leaves — 1 GiB reserved for bench/replay's 1M events,
  * 81 MB used. A later transaction reserves the map again first
  * (proj_begin), so nothing is ever written into a hole. */
-int proj_sync(struct proj *p)
+static void punch_tail(struct proj *p)
 {
     MDB_stat st;
     uint64_t pages, last;
     int fd;
     map_pages(p, &pages, &last);
     if (!p->readonly && !p->txn && last + 1 < pages && !mdb_env_stat(cairn_env_mdb(p->env), &st) &&
-        !mdb_env_get_fd(cairn_env_mdb(p->env), &fd)) {
+        !mdb_env_get_fd(cairn_env_mdb(p->env), &fd) && (last + 1) * st.ms_psize < p->reserved) {
         uint64_t used = (last + 1) * st.ms_psize;
         if (!fallocate(fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, (off_t)used,
                        (off_t)((pages - last - 1) * st.ms_psize)))
@@ -411,6 +411,18 @@ int proj_sync(struct proj *p)
         /* else (EOPNOTSUPP and the like) they stay reserved, and the sync
          * writes the prefaulted ones */
     }
+}
+
+void proj_sync_start(struct proj *p)
+{
+    punch_tail(p);
+    if (!p->readonly)
+        cairn_env_sync_start(p->env);
+}
+
+int proj_sync(struct proj *p)
+{
+    punch_tail(p); /* (none left after proj_sync_start: reserved is down) */
     return cairn_env_sync(p->env);
 }
 

@@ -51,6 +51,10 @@ void proj_close(struct proj *p);
  * gives the map's pages past the last used one back to the file system (a
  * later transaction reserves them again before it writes). */
 int proj_sync(struct proj *p);
+/* proj_sync's first half: gives the unused pages back and starts the
+ * write-back (cairn_env_sync_start); proj_sync then waits for it. The
+ * caller frees what it no longer needs in between (engine_replay). */
+void proj_sync_start(struct proj *p);
 struct cairn_env *proj_env(struct proj *p);
 
 /* ====================================================================== writing (the engine) */
