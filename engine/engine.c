@@ -131,6 +131,7 @@ struct engine {
     uint64_t early_mask; /* the handlers early[] marks */
     bool *deferred;      /* inputs only worker-side handlers consume: decoded there */
     bool *late_need;     /* late_run's: inputs a late handler has anything of */
+    uint16_t *late_pick; /* ... their positions */
     size_t nbatch[PAR_SLOTS];
     msgpack_zone rzone[PAR_SLOTS], wzone[PAR_SLOTS]; /* bodies decoded here, by the worker */
     bool zones_ok;
@@ -485,17 +486,16 @@ CAIRN_PREFETCH_FN void prefetch_input(const struct engine *eng, size_t k)
     }
 }
 
-/* Both steps for the inputs of the run at base (nb long) that `ahead`
- * inputs beyond j the handlers in `mask` consume (late_run; an early
- * handler walks its pick list: apply_early_one). */
-CAIRN_PREFETCH_FN void prefetch_ahead(const struct engine *eng, size_t base, size_t nb, size_t j,
-                                      uint64_t mask)
+/* Both steps for the inputs at positions p + INPUT_PREFETCH_AHEAD and p of
+ * a list of a run's positions (pk, np long; the run at base). The lists:
+ * an early handler's inputs (pick), the late stage's (late_run). */
+CAIRN_PREFETCH_FN void prefetch_list(const struct engine *eng, size_t base, const uint16_t *pk,
+                                     size_t np, size_t p)
 {
-    size_t ae = j + 2 * INPUT_PREFETCH_AHEAD, ai = j + INPUT_PREFETCH_AHEAD;
-    if (ae < nb && eng->masks[base + ae] & mask)
-        prefetch_event(eng, base + ae);
-    if (ai < nb && eng->masks[base + ai] & mask)
-        prefetch_input(eng, base + ai);
+    if (p + INPUT_PREFETCH_AHEAD < np)
+        prefetch_event(eng, base + pk[p + INPUT_PREFETCH_AHEAD]);
+    if (p < np)
+        prefetch_input(eng, base + pk[p]);
 }
 
 /* Applies run r (in `slot`) to the early handler order[i], whose runs
@@ -520,14 +520,9 @@ static int apply_early_one(struct engine *eng, size_t i, unsigned r)
         prefetch(eng->ctx[i], &batch[pk[p]]);
     for (size_t p = 0; p < np && !rc; p++) {
         size_t j = pk[p], a = p + HANDLER_PREFETCH_AHEAD;
-        /* the input prefetch's two steps, in this handler's inputs */
-        if (a + INPUT_PREFETCH_AHEAD < np)
-            prefetch_event(eng, base + pk[a + INPUT_PREFETCH_AHEAD]);
-        if (a < np) {
-            prefetch_input(eng, base + pk[a]);
-            if (prefetch)
-                prefetch(eng->ctx[i], &batch[pk[a]]);
-        }
+        prefetch_list(eng, base, pk, np, a);
+        if (prefetch && a < np)
+            prefetch(eng->ctx[i], &batch[pk[a]]);
         while (filled < j) /* the inputs it skips emit nothing */
             ends[filled++] = emitted;
         proj_hctx_mark(eng->ctx[i]);
@@ -745,8 +740,9 @@ static int par_start(struct engine *eng)
         eng->deferred = calloc(PAR_SLOTS * PAR_BATCH, sizeof *eng->deferred);
         eng->late_need = calloc(PAR_BATCH, sizeof *eng->late_need);
         eng->pick = calloc(PAR_SLOTS * eng->n * PAR_BATCH, sizeof *eng->pick);
+        eng->late_pick = calloc(PAR_BATCH, sizeof *eng->late_pick);
         if (!eng->batch || !eng->bodies || !eng->masks || !eng->ends || !eng->deferred ||
-            !eng->late_need || !eng->pick)
+            !eng->late_need || !eng->pick || !eng->late_pick)
             return CAIRN_ENOMEM;
     }
     if (!eng->zones_ok) {
@@ -786,6 +782,7 @@ static void par_stop(struct engine *eng)
     free(eng->ends);
     free(eng->deferred);
     free(eng->late_need);
+    free(eng->late_pick);
     free(eng->pick);
     if (eng->zones_ok)
         for (int i = 0; i < PAR_SLOTS; i++) {
@@ -910,10 +907,14 @@ static int late_run(struct engine *eng, unsigned slot)
     for (size_t i = 0; eng->late_mask && i < eng->n; i++)
         for (size_t j = 0, was = 0; eng->early[i] && j < nb; was = ends[i * PAR_BATCH + j++])
             need[j] |= ends[i * PAR_BATCH + j] != was;
-    for (size_t j = 0; eng->late_mask && j < nb && !rc; j++) {
-        prefetch_ahead(eng, base, nb, j, eng->late_mask);
+    uint16_t *lp = eng->late_pick;
+    size_t nl = 0;
+    for (size_t j = 0; eng->late_mask && j < nb; j++)
         if (need[j])
-            rc = apply_late(eng, slot, j, em);
+            lp[nl++] = (uint16_t)j;
+    for (size_t p = 0; p < nl && !rc; p++) {
+        prefetch_list(eng, base, lp, nl, p + INPUT_PREFETCH_AHEAD);
+        rc = apply_late(eng, slot, lp[p], em);
     }
     uint64_t writes = 0;
     for (size_t i = 0; i < eng->n && !rc; i++) {
