@@ -40,6 +40,29 @@ const msgpack_object *mp_get(const msgpack_object *map, const char *key)
     return NULL;
 }
 
+void mp_get_many(const msgpack_object *map, const char *const *keys, size_t nk,
+                 const msgpack_object **out)
+{
+    size_t kl[64], left = nk;
+    assert(nk <= 64);
+    for (size_t i = 0; i < nk; i++)
+        out[i] = NULL, kl[i] = strlen(keys[i]);
+    if (!map || map->type != MSGPACK_OBJECT_MAP)
+        return;
+    for (uint32_t j = 0; j < map->via.map.size && left; j++) {
+        const msgpack_object *k = &map->via.map.ptr[j].key;
+        if (k->type != MSGPACK_OBJECT_STR)
+            continue;
+        const char *kp = k->via.str.size ? k->via.str.ptr : "";
+        for (size_t i = 0; i < nk; i++)
+            if (!out[i] && k->via.str.size == kl[i] && !memcmp(kp, keys[i], kl[i])) {
+                out[i] = &map->via.map.ptr[j].val; /* the first such key, as mp_get */
+                left--;
+                break;
+            }
+    }
+}
+
 const msgpack_object *mp_path(const msgpack_object *map, ...)
 {
     va_list ap;
@@ -545,13 +568,19 @@ static bool dec_obj(struct mpdec *d, msgpack_object *o, unsigned depth)
     }
 }
 
-bool mp_raw_get(const uint8_t *p, size_t n, const char *key, msgpack_object *out)
+uint64_t mp_raw_fields(const uint8_t *p, size_t n, const char *const *keys, size_t nk,
+                       msgpack_object *out, uint64_t *present)
 {
     const uint8_t *end = p + n;
-    size_t kn = strlen(key);
-    uint64_t pairs;
+    size_t kl[64];
+    uint64_t pairs, seen = 0, got = 0, all = nk < 64 ? (1ull << nk) - 1 : ~0ull;
+    assert(nk <= 64);
+    for (size_t i = 0; i < nk; i++)
+        kl[i] = strlen(keys[i]);
+    if (present)
+        *present = 0;
     if (!n)
-        return false;
+        return 0;
     if ((*p & 0xf0) == 0x80) {
         pairs = *p++ & 0x0f;
     } else if (*p == 0xde && n >= 3) {
@@ -559,26 +588,36 @@ bool mp_raw_get(const uint8_t *p, size_t n, const char *key, msgpack_object *out
     } else if (*p == 0xdf && n >= 5) {
         pairs = be_n(p + 1, 4), p += 5;
     } else {
-        return false; /* not a map */
+        return 0; /* not a map */
     }
-    for (uint64_t i = 0; i < pairs; i++) {
+    for (uint64_t j = 0; j < pairs && seen != all; j++) {
         const uint8_t *v = raw_skip(p, end);
         if (!v)
-            return false;
-        /* a string key equal to key (in any of str's encodings, as mp_get
+            break;
+        /* a string key equal to a key (in any of str's encodings, as mp_get
          * compares them): the first one decides */
         size_t hl = (*p & 0xe0) == 0xa0 ? 1 : *p == 0xd9 ? 2 : *p == 0xda ? 3 : *p == 0xdb ? 5 : 0;
-        bool hit = hl && (size_t)(v - p) == hl + kn && !memcmp(p + hl, key, kn);
-        if (hit) {
-            if (v >= end || (*v >= 0x80 && *v <= 0x9f) || (*v >= 0xdc && *v <= 0xdf))
-                return false; /* a container (or nothing) */
+        for (size_t i = 0; hl && i < nk; i++) {
+            if (seen >> i & 1 || (size_t)(v - p) != hl + kl[i] || memcmp(p + hl, keys[i], kl[i]))
+                continue;
+            seen |= 1ull << i;
             struct mpdec d = {v, end, NULL};
-            return dec_obj(&d, out, 0);
+            if (v < end && !((*v >= 0x80 && *v <= 0x9f) || (*v >= 0xdc && *v <= 0xdf)) &&
+                dec_obj(&d, &out[i], 0))
+                got |= 1ull << i; /* a scalar (containers are not decoded) */
+            break;
         }
         if (!(p = raw_skip(v, end)))
-            return false;
+            break;
     }
-    return false;
+    if (present)
+        *present = seen;
+    return got;
+}
+
+bool mp_raw_get(const uint8_t *p, size_t n, const char *key, msgpack_object *out)
+{
+    return mp_raw_fields(p, n, &key, 1, out, NULL) & 1;
 }
 
 int mp_unpack(const uint8_t *p, size_t n, msgpack_zone *zone, msgpack_object *out, size_t *used)

@@ -10,7 +10,8 @@
  *    and refuses every truncation, a never-used type byte, and counts
  *    larger than the bytes left;
  *  - mp_raw_get reads a field of a map's bytes as mp_get finds it in the
- *    decoded map;
+ *    decoded map, mp_raw_fields several at once, and mp_get_many finds
+ *    several as mp_get does;
  *  - the packer (mpw_*), which writes scalars and strings directly when
  *    its buffer has room and through msgpack-c otherwise, writes msgpack-c's
  *    bytes either way;
@@ -200,6 +201,37 @@ static void test_raw_get(void **state)
         bool got = mp_raw_get(m, n, "nil", &o);
         assert_false(got);
     }
+
+    /* mp_raw_fields: several keys in one pass, each as mp_raw_get reads
+     * it; `present` also has the container and the missing keys' bits
+     * clear; mp_get_many: each as mp_get */
+    static const char *const many[] = {"nil", "labels", "name", "missing", "big", "n", "value"};
+    enum { NK = sizeof many / sizeof *many };
+    msgpack_object out[NK];
+    const msgpack_object *got[NK];
+    uint64_t present, bits = mp_raw_fields(m, sizeof m, many, NK, out, &present);
+    mp_get_many(&body, many, NK, got);
+    for (size_t i = 0; i < NK; i++) {
+        bool one = mp_raw_get(m, sizeof m, many[i], &o);
+        assert_int_equal(bits >> i & 1, one);
+        if (one)
+            assert_true(obj_same(&out[i], &o));
+        assert_int_equal(present >> i & 1, mp_get(&body, many[i]) != NULL);
+        assert_ptr_equal(got[i], mp_get(&body, many[i]));
+    }
+    assert_int_equal(present, 0x77);        /* all but "missing" */
+    assert_int_equal(bits, 0x75);           /* and not "labels", a map */
+    for (size_t n = 0; n < sizeof m; n++) { /* truncated: what is whole before the cut */
+        uint64_t b = mp_raw_fields(m, n, many, NK, out, &present);
+        assert_int_equal(b & ~present, 0);
+        assert_int_equal(b & 1, 0); /* "nil" is last: never whole */
+    }
+    assert_int_equal(mp_raw_fields((const uint8_t *)"\x92\xa1n\x01", 4, many, NK, out, &present),
+                     0);
+    assert_int_equal(present, 0);
+    mp_get_many(NULL, many, NK, got);
+    for (size_t i = 0; i < NK; i++)
+        assert_null(got[i]);
     msgpack_zone_destroy(&z);
 }
 
