@@ -95,8 +95,9 @@ struct handler {
     int (*apply)(struct hctx *ctx, const struct event *ev);
     /* Optional: a hint, with no effect on state. When the engine applies a
      * run of inputs (replay, catch-up: engine.c, apply_early_one), it calls
-     * prefetch for the input HANDLER_PREFETCH_AHEAD places ahead of the one
-     * it is about to apply, if the handler consumes it. The handler may
+     * prefetch, once for each input the handler consumes and in their
+     * order, for its input HANDLER_PREFETCH_AHEAD places ahead of the one
+     * it is about to apply (counting only its own inputs). The handler may
      * start loading the memory that input's apply will touch (its entry in
      * a cache, an index cell) so those cache misses overlap the applies in
      * between instead of stalling them. It must not write state, emit, or
