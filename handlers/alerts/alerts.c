@@ -1009,39 +1009,6 @@ static int on_ack(struct hctx *ctx, const struct event *ev)
 
 /* ====================================================================== a payload's fields, raw */
 
-/* The object at p (end: the payload's end): a string's bytes and length
- * (returns true), or, for anything else, false; either way *next is where
- * the object ends, NULL when it is malformed. Strings and one-byte
- * scalars — every value before a violation document's `resource_id` — are
- * read here; containers and the rest go through mp_raw_len. */
-static inline bool raw_next(const uint8_t *p, const uint8_t *end, struct cairn_str *s,
-                            const uint8_t **next)
-{
-    *next = NULL;
-    if (p >= end)
-        return false;
-    uint8_t t = *p;
-    size_t lb = t >= 0xa0 && t <= 0xbf ? 0 : t == 0xd9 ? 1 : t == 0xda ? 2 : t == 0xdb ? 4 : 9;
-    if (lb == 9) {
-        size_t len = t <= 0x7f || t >= 0xe0 || (t >= 0xc0 && t <= 0xc3 && t != 0xc1)
-                         ? 1
-                         : mp_raw_len(p, (size_t)(end - p));
-        *next = len ? p + len : NULL;
-        return false;
-    }
-    p++;
-    if ((size_t)(end - p) < lb)
-        return false;
-    size_t len = lb ? 0 : t & 0x1f;
-    for (size_t i = 0; i < lb; i++)
-        len = len << 8 | *p++;
-    if (len > (size_t)(end - p))
-        return false;
-    *s = (struct cairn_str){(const char *)p, len};
-    *next = p + len;
-    return true;
-}
-
 /* Reads string fields of a derived event's payload (a msgpack map) from
  * its bytes, without decoding it: out[i] is what
  * mp_str(mp_get(body, keys[i])) gives — the value of the first key equal
@@ -1050,45 +1017,16 @@ static inline bool raw_next(const uint8_t *p, const uint8_t *end, struct cairn_s
  * (severity, key, rule, title), which come first in a violation document,
  * and most causes stop at the severity; decoding the whole document into
  * msgpack objects for that was a tenth of the instructions of a first
- * discovery with alerts. A malformed payload reads as missing fields. */
+ * discovery with alerts. One pass (mp_raw_fields), which stops once every
+ * key is seen; a malformed payload reads as missing fields. */
 static void raw_fields(const struct event *ev, const char *const *keys, struct cairn_str *out,
                        bool *found, size_t nk)
 {
-    const uint8_t *p = ev->payload, *end = p ? p + ev->payload_len : p;
-    size_t left = nk, kl[4];
-    bool seen[4] = {false};
+    msgpack_object o[4];
     assert(nk <= 4);
+    uint64_t got = ev->payload ? mp_raw_fields(ev->payload, ev->payload_len, keys, nk, o, NULL) : 0;
     for (size_t i = 0; i < nk; i++)
-        found[i] = false, kl[i] = strlen(keys[i]);
-    if (!p || p >= end)
-        return;
-    uint8_t t = *p++;
-    uint64_t pairs = t & 0x0f;
-    if ((t == 0xde && end - p >= 2) || (t == 0xdf && end - p >= 4)) {
-        pairs = 0;
-        for (int i = 0, lb = t == 0xde ? 2 : 4; i < lb; i++)
-            pairs = pairs << 8 | *p++;
-    } else if (t < 0x80 || t > 0x8f) {
-        return; /* not a map */
-    }
-    for (uint64_t j = 0; j < pairs && left && p; j++) {
-        struct cairn_str k = {NULL, 0}, v = {NULL, 0};
-        bool ks = raw_next(p, end, &k, &p);
-        if (!p)
-            return;
-        const uint8_t *vp = p;
-        bool vs = raw_next(vp, end, &v, &p);
-        for (size_t i = 0; ks && i < nk; i++) {
-            if (seen[i] || k.n != kl[i] || (k.n && *k.p != *keys[i]) || memcmp(k.p, keys[i], k.n))
-                continue;
-            seen[i] = true; /* the first such key decides (mp_get), string or not */
-            left--;
-            if (vs) {
-                out[i] = v;
-                found[i] = true;
-            }
-        }
-    }
+        found[i] = (got >> i & 1) && mp_str(&o[i], &out[i]);
 }
 
 /* ====================================================================== sources */
