@@ -380,13 +380,15 @@ static inline int cairn_rd_key(struct cairn_rd *r, const char *name)
     r->p += n + 1;
     return 0;
 }
-/* The w-byte (1, 2, 4 or 8) big-endian number at p, as one load. */
+/* The w-byte (0, 1, 2, 4 or 8) big-endian number at p, as one load (0
+ * for w 0, reading nothing). */
 static inline uint64_t cairn_rd_be(const uint8_t *p, unsigned w)
 {
     uint64_t v8;
     uint32_t v4;
     uint16_t v2;
     switch (w) {
+    case 0: return 0;
     case 1: return p[0];
     case 2: memcpy(&v2, p, 2); return __builtin_bswap16(v2);
     case 4: memcpy(&v4, p, 4); return __builtin_bswap32(v4);

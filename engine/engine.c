@@ -454,8 +454,9 @@ static int run_decoded(struct engine *eng, unsigned slot)
  * input's event and its decoded body's object, whose addresses are known
  * (prefetch_event), then — their pointers loaded by now — the payload
  * bytes the body's strings point into and the body's first key/value
- * pairs (prefetch_input), INPUT_PREFETCH_AHEAD inputs beyond the
- * handler's prefetch. A run's inputs were read and decoded a whole run
+ * pairs (prefetch_input): for an early handler at the input its own
+ * prefetch reads (apply_early_one says why), for the late stage
+ * INPUT_PREFETCH_AHEAD inputs ahead. A run's inputs were read and decoded a whole run
  * before they are applied — 4 MiB of payload, more than a core's L2,
  * partly on the other thread — so each first read of them waited for
  * memory: 60 % of devices_prefetch's samples. bench/replay 1M, 12

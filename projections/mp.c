@@ -384,21 +384,6 @@ struct mpdec {
     msgpack_zone *zone;
 };
 
-/* The n-byte (0, 1, 2, 4 or 8) big-endian number at p. */
-static inline uint64_t be_n(const uint8_t *p, unsigned n)
-{
-    switch (n) {
-    case 1: return p[0];
-    case 2: return (uint64_t)p[0] << 8 | p[1];
-    case 4: return (uint64_t)p[0] << 24 | (uint64_t)p[1] << 16 | (uint64_t)p[2] << 8 | p[3];
-    case 8:
-        return (uint64_t)p[0] << 56 | (uint64_t)p[1] << 48 | (uint64_t)p[2] << 40 |
-               (uint64_t)p[3] << 32 | (uint64_t)p[4] << 24 | (uint64_t)p[5] << 16 |
-               (uint64_t)p[6] << 8 | p[7];
-    default: return 0;
-    }
-}
-
 /* A str, bin or ext body of len bytes at d->p. */
 static inline bool dec_raw(struct mpdec *d, msgpack_object *o, msgpack_object_type t, uint64_t len)
 {
@@ -440,7 +425,7 @@ static inline bool dec_item(struct mpdec *d, msgpack_object *o, unsigned depth)
             return dec_raw(d, o, MSGPACK_OBJECT_STR, t & 0x1f);
         }
         if (t == 0xcb && d->end - d->p >= 9) {
-            uint64_t v = be_n(d->p + 1, 8);
+            uint64_t v = cairn_rd_be(d->p + 1, 8);
             d->p += 9;
             o->type = MSGPACK_OBJECT_FLOAT64;
             memcpy(&o->via.f64, &v, sizeof v);
@@ -530,7 +515,7 @@ static bool dec_obj(struct mpdec *d, msgpack_object *o, unsigned depth)
     unsigned n = lb[t - 0xc0];
     if ((size_t)(d->end - d->p) < n)
         return false;
-    uint64_t v = be_n(d->p, n);
+    uint64_t v = cairn_rd_be(d->p, n);
     d->p += n;
     switch (t) {
     case 0xc0: o->type = MSGPACK_OBJECT_NIL; return true;
@@ -612,9 +597,9 @@ uint64_t mp_raw_fields(const uint8_t *p, size_t n, const char *const *keys, size
     if ((*p & 0xf0) == 0x80) {
         pairs = *p++ & 0x0f;
     } else if (*p == 0xde && n >= 3) {
-        pairs = be_n(p + 1, 2), p += 3;
+        pairs = cairn_rd_be(p + 1, 2), p += 3;
     } else if (*p == 0xdf && n >= 5) {
-        pairs = be_n(p + 1, 4), p += 5;
+        pairs = cairn_rd_be(p + 1, 4), p += 5;
     } else {
         return 0; /* not a map */
     }
