@@ -56,6 +56,17 @@ int cairn_error_set(struct cairn_error *e, const char *code, const char *field, 
 
 /* ====================================================================== buffers */
 
+void *cairn_calloc_written(size_t n, size_t size)
+{
+    if (size && n > SIZE_MAX / size)
+        return NULL;
+    size_t bytes = n * size;
+    void *p = malloc(bytes ? bytes : 1);
+    if (p)
+        memset(p, 0, bytes);
+    return p;
+}
+
 void cairn_buf_init(struct cairn_buf *b, size_t max)
 {
     b->data = NULL;

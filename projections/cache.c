@@ -91,7 +91,7 @@ static int grow(struct hcache *c)
     size_t n = c->nslots ? c->nslots * 2 : 1024;
     struct hslot *old = c->slots;
     size_t oldn = c->nslots;
-    if (!(c->slots = calloc(n, sizeof *c->slots))) {
+    if (!(c->slots = cairn_calloc_written(n, sizeof *c->slots))) {
         c->slots = old;
         return CAIRN_ENOMEM;
     }
@@ -259,7 +259,7 @@ void hkset_add(struct hkset *ks, const uint8_t *k, size_t n)
         return;
     if ((ks->n + 1) * 2 > ks->cap) {
         size_t cap = ks->cap ? 2 * ks->cap : 4096;
-        uint64_t *t = cap / 2 <= HKSET_MAX ? calloc(cap, sizeof *t) : NULL;
+        uint64_t *t = cap / 2 <= HKSET_MAX ? cairn_calloc_written(cap, sizeof *t) : NULL;
         if (!t) {
             hkset_free(ks);
             ks->loaded = ks->off = true;

@@ -262,6 +262,26 @@ static void test_time_round_trip(void **state)
     }
 }
 
+/* ====================================================================== allocation */
+
+static void test_calloc_written(void **state)
+{
+    (void)state;
+    /* 4 MiB: past malloc's mmap threshold, fresh pages from the kernel */
+    size_t n = (size_t)1 << 19;
+    uint64_t *t = cairn_calloc_written(n, sizeof *t);
+    assert_non_null(t);
+    for (size_t i = 0; i < n; i++)
+        assert_true(t[i] == 0);
+    t[n - 1] = 7;
+    free(t);
+    void *z = cairn_calloc_written(0, 8); /* empty: a valid pointer to free */
+    assert_non_null(z);
+    free(z);
+    assert_null(cairn_calloc_written(SIZE_MAX / 8 + 1, 8)); /* n * size overflows */
+    assert_null(cairn_calloc_written(2, SIZE_MAX));
+}
+
 /* ====================================================================== buffers */
 
 static void test_buf_max(void **state)
@@ -1087,6 +1107,7 @@ int main(void)
         cmocka_unit_test(test_time_format),
         cmocka_unit_test(test_time_round_trip),
         cmocka_unit_test(test_time_format_cached),
+        cmocka_unit_test(test_calloc_written),
         cmocka_unit_test(test_buf_max),
         cmocka_unit_test(test_json_escape),
         cmocka_unit_test(test_codec_round_trip),
