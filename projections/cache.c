@@ -23,14 +23,30 @@ uint64_t hcache_hash(const uint8_t *k, size_t n)
 {
     const uint64_t m = 0xff51afd7ed558ccdull;
     uint64_t h = 0x9e3779b97f4a7c15ull ^ n, w;
+    bool whole = n >= 8; /* a tail can be loaded as the key's last 8 bytes */
     for (; n >= 8; k += 8, n -= 8) {
         memcpy(&w, k, 8);
         h = (h ^ w) * m;
         h ^= h >> 32;
     }
     if (n) {
-        w = 0;
-        memcpy(&w, k, n);
+        /* The tail's n bytes alone, in the word's low bytes: when the key
+         * has 8 bytes, one load of its last 8 and a shift. The copy of a
+         * variable length compiles to a byte loop into the stack and a
+         * reload that waits for its stores: 30 % of the hash's
+         * instructions in a replay (callgrind), and the keys of the
+         * handlers' caches are rarely a multiple of 8 bytes. */
+        if (whole) {
+            memcpy(&w, k + n - 8, 8);
+#if __BYTE_ORDER__ == __ORDER_BIG_ENDIAN__
+            w &= ~0ull >> 8 * (8 - n);
+#else
+            w >>= 8 * (8 - n);
+#endif
+        } else {
+            w = 0;
+            memcpy(&w, k, n);
+        }
         h = (h ^ w) * m;
         h ^= h >> 32;
     }

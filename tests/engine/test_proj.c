@@ -1140,6 +1140,34 @@ static void test_emit_payload_checks(void **state)
     fx_close(&f);
 }
 
+/* ====================================================================== hcache_hash */
+
+/* The hash reads exactly the key's bytes, wherever they are: the same
+ * bytes at another (unaligned) address with other bytes around them hash
+ * the same; and, each word's mix and the finalizer being bijections, two
+ * keys of one length that differ in one byte never hash the same — for
+ * every length, tails of every size included. */
+static void test_hcache_hash(void **state)
+{
+    (void)state;
+    uint8_t a[64], b[80];
+    for (size_t i = 0; i < sizeof a; i++)
+        a[i] = (uint8_t)(i * 37 + 11);
+    for (size_t n = 0; n <= 40; n++) {
+        uint64_t h = hcache_hash(a, n);
+        for (size_t off = 1; off < 9; off++) {
+            memset(b, 0xa5 ^ (int)off, sizeof b);
+            memcpy(b + off, a, n);
+            assert_true(hcache_hash(b + off, n) == h);
+        }
+        for (size_t i = 0; i < n; i++) {
+            a[i] ^= 0x40;
+            assert_true(hcache_hash(a, n) != h);
+            a[i] ^= 0x40;
+        }
+    }
+}
+
 /* ====================================================================== hcache_get_or_new */
 
 struct t_entry {
@@ -1238,6 +1266,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_emit_dseq_read_back, dir_setup, dir_teardown),
         cmocka_unit_test_setup_teardown(test_emit_shared, dir_setup, dir_teardown),
         cmocka_unit_test_setup_teardown(test_emit_payload_checks, dir_setup, dir_teardown),
+        cmocka_unit_test(test_hcache_hash),
         cmocka_unit_test(test_hcache_get_or_new),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
