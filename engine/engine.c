@@ -86,6 +86,7 @@ struct engine {
     int apply_rc;      /* last apply failure (the writer thread retries) */
     bool closed;       /* handlers are closed (a reopen failed): reopen before applying */
     bool nosync;       /* a replay into a fresh directory: state commits without fsync */
+    size_t cache_max;  /* ENGINE_CACHE_ENTRIES_MAX, or the config's (caches_full) */
     _Atomic uint64_t applied[HANDLERS_MAX], apply_ns[HANDLERS_MAX];
     /* CPU time of each early handler's runs in parallel applies (the
      * thread's CPU clock, read around each handler's run: a system call,
@@ -1004,6 +1005,17 @@ static int read_run(struct engine *eng, struct log_iter *it, unsigned slot, uint
     return rc;
 }
 
+/* Whether the handlers' caches hold more entries than a transaction may
+ * leave them (hcache_live, process-wide): a replay or catch-up
+ * transaction ends there, like at its write bound (engine.h,
+ * ENGINE_CACHE_ENTRIES_MAX). Checked where the write bound is: after each
+ * input of a serial apply, before each run of a parallel one (lagging the
+ * runs in flight). */
+static bool caches_full(const struct engine *eng)
+{
+    return hcache_live() > eng->cache_max;
+}
+
 /* The parallel counterpart of apply_chunk's loop: applies [from, *to]
  * from it in runs, pipelined. This thread reads run r, posts it to the
  * worker (which applies its early handlers to the posted runs in order),
@@ -1040,8 +1052,9 @@ static int apply_range_par(struct engine *eng, struct log_iter *it, uint64_t fro
     while (!rc && (more || nlate < nread)) {
         unsigned s = nread % PAR_SLOTS;
         if (more && nread - nlate < PAR_SLOTS) {
-            if (nread >= PAR_SLOTS && proj_txn_full_at(eng->proj, eng->run_writes[s] - writes0,
-                                                       ENGINE_APPLY_WRITES_MAX)) {
+            if (nread >= PAR_SLOTS && (proj_txn_full_at(eng->proj, eng->run_writes[s] - writes0,
+                                                        ENGINE_APPLY_WRITES_MAX) ||
+                                       caches_full(eng))) {
                 *to = want - 1; /* commit here; the caller goes on from the checkpoint */
                 more = false;
                 continue;
@@ -1204,7 +1217,8 @@ static int apply_chunk(struct engine *eng, uint64_t from, uint64_t to)
             }
             while (!rc && want <= to && !(rc = log_iter_next(it, &le))) {
                 rc = le.seq == want ? apply_log_event(eng, &le) : CAIRN_ECORRUPT;
-                if (!rc && want < to && proj_txn_full(eng->proj, ENGINE_APPLY_WRITES_MAX))
+                if (!rc && want < to &&
+                    (proj_txn_full(eng->proj, ENGINE_APPLY_WRITES_MAX) || caches_full(eng)))
                     to = want; /* commit here; the caller goes on from the checkpoint */
                 want++;
             }
@@ -1414,6 +1428,7 @@ static int open_engine(struct engine **out, const struct engine_config *cfg, boo
     }
     eng->cfg = *cfg;
     eng->nosync = nosync;
+    eng->cache_max = cfg->cache_entries_max ? cfg->cache_entries_max : ENGINE_CACHE_ENTRIES_MAX;
     pthread_mutex_init(&eng->wmu, NULL);
     pthread_cond_init(&eng->wcv, NULL);
     const json_t *at = json_object_get(cfg->config, "apply_threads");

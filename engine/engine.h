@@ -35,20 +35,23 @@ struct ingest_config {
 
 /* Inputs per state transaction while catching up or replaying: big enough
  * to amortise the commit and let the write-back caches (flush) put each
- * entity once for many events, small enough to bound the dirty pages
- * (LMDB spills them past its limit). 262 144 replayed a 1M-event log in
- * 12 % less CPU than 65 536 (same peak RSS); 524 288 (with twice the
- * writes below) in 3 transactions instead of 5. Each transaction ends
- * with a flush that puts every entity the caches changed (16 000 devices,
- * 16 000 orders, 22 000 customers in bench/replay's 1M-event log,
- * whatever the transaction's size), and the pages those puts copy are
- * copied again by the next one; so since session 15 it is 1 048 576 (and
- * the writes below as many), with a first map big enough for it
- * (engine_replay_map): the 1M-event replay is one transaction, 11 % less
- * wall time and 12 % less CPU (median of 6 alternated runs), the 3M one
- * 3 instead of 6 (17 %), at the same peak RSS (617 MB against 637).
- * Live batches are far smaller. */
-#define ENGINE_APPLY_BATCH 1048576
+ * entity once for many events, while the handlers' memory stays bounded
+ * by the cache bound below. Each transaction ends with a flush that puts
+ * every entity the caches changed (16 000 devices, 16 000 orders, 22 000
+ * customers in bench/replay's 1M-event log, whatever the transaction's
+ * size), and after a commit every page those puts touch is copied again
+ * (copy on write), the old ones left free: fewer transactions are faster.
+ * 262 144 replayed a 1M-event log in 12 % less CPU than 65 536; 1 048 576
+ * (session 15) made it one transaction, 11 % less wall time than two.
+ * Since session 17 it is 4 194 304: bench/replay's 3M-event log is one
+ * transaction instead of three, 4 alternated pairs: wall 4.24 -> 3.50 s
+ * (medians), the flushes 0.89 -> 0.27 s, the final sync 0.45 -> 0.30, the
+ * apply phase even; the state 223 MB instead of 380 (26 000 of its pages
+ * free), the peak RSS 1.63 GB instead of 1.77 (fewer pages of the state's
+ * map). The digest is the same either way. Bigger logs end their
+ * transactions at the write bound or at the cache bound, whichever comes
+ * first. Live batches are far smaller. */
+#define ENGINE_APPLY_BATCH 4194304
 /* ... and at most about this many handler writes (puts, deletes, derived
  * events) per state transaction: inputs that each write a lot (a discovery
  * of 1 000 resources) would otherwise make one transaction of ever more
@@ -62,6 +65,16 @@ struct ingest_config {
  * proj_txn_full also ends a transaction early when its writes could fill
  * the state's map (a full map aborts the batch). */
 #define ENGINE_APPLY_WRITES_MAX 1048576
+/* ... and it ends once the handlers' write-back caches hold more than this
+ * many entries (hcache_live: every entity a transaction touched stays in
+ * memory until its flush; after it, each cache keeps at most its own
+ * maximum, 65 536-262 144 entries, ~700 000 in all). With the batch above
+ * that bounds the handlers' memory where 1 048 576 inputs did before: a
+ * transaction of inputs that each name a new device, order or customer
+ * ends after about 1.4 million of them (a few hundred bytes to a few KB
+ * each), not 4 million. bench/replay's logs keep ~150 000 (3M events).
+ * engine_config.cache_entries_max overrides it (tests). */
+#define ENGINE_CACHE_ENTRIES_MAX 2097152
 
 /* The tenant the engine appends its ticks under. Tenants starting with
  * '_' are reserved for the engine and refused from producers. */
@@ -149,6 +162,9 @@ struct engine_config {
      * "apply_threads", else 2 when the machine has two CPUs or more. The
      * state is the same either way. */
     int apply_threads;
+    /* 0: ENGINE_CACHE_ENTRIES_MAX (a transaction's bound on the entries
+     * of the handlers' caches) */
+    size_t cache_entries_max;
     struct log_config log; /* batch/queue settings (dir is filled in) */
     /* Called on the writer thread after the state applied up to
      * `checkpoint` (the API wakes subscribers and min_seq waiters). Must

@@ -333,9 +333,12 @@ struct hcache {
 
 uint64_t hcache_hash(const uint8_t *k, size_t n);
 /* The slot of key k (*hash set): *slot is its entry, or NULL where a new
- * one goes — store it there and count it (c->count++). */
+ * one goes — store it there with hcache_store, before any other call on
+ * the cache. */
 int hcache_slot(struct hcache *c, const uint8_t *k, size_t n, uint64_t *hash,
                 struct hentry ***slot);
+/* Stores new entry e in the empty slot hcache_slot gave, and counts it. */
+void hcache_store(struct hcache *c, struct hentry **slot, struct hentry *e);
 /* The entry of key k (*fresh false), or a new one (*fresh true): `size`
  * bytes, zeroed (a handler's entry type, starting with its struct hentry),
  * with hash and vn set and mem (maximum `max`) holding the key. A new
@@ -368,6 +371,13 @@ void hcache_sort_dirty(struct hcache *c);
 int hcache_put_dirty(struct hctx *ctx, struct hcache *c, unsigned db);
 /* Frees every entry; the cache is empty (and usable) after. */
 void hcache_clear(struct hcache *c);
+/* Entries held by all the caches of the process (added, not yet cleared):
+ * the engine ends a replay or catch-up transaction when they pass its
+ * bound (engine.h, ENGINE_CACHE_ENTRIES_MAX), so the handlers' memory
+ * stays bounded however many inputs a transaction may take. Process-wide:
+ * two engines in one process end their transactions on the sum (earlier,
+ * never later). */
+size_t hcache_live(void);
 /* hcache_clear, and the dirty list too (close). */
 void hcache_free(struct hcache *c);
 

@@ -8,6 +8,7 @@
  */
 #include "handler.h"
 
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -63,8 +64,19 @@ void hentry_free(struct hentry *e)
     }
 }
 
+/* Entries in every cache of the process (hcache_add adds one, hcache_clear
+ * takes its cache's away): what the engine bounds a transaction's cached
+ * entities by (hcache_live). */
+static _Atomic size_t live;
+
+size_t hcache_live(void)
+{
+    return atomic_load_explicit(&live, memory_order_relaxed);
+}
+
 void hcache_clear(struct hcache *c)
 {
+    atomic_fetch_sub_explicit(&live, c->count, memory_order_relaxed);
     c->gen++; /* hcache_prefetch's entries are gone */
     for (size_t i = 0; i < c->nslots; i++)
         hentry_free(c->slots[i].e);
@@ -159,12 +171,19 @@ int hcache_get_or_new(struct hcache *c, const uint8_t *k, size_t n, size_t size,
     return 0;
 }
 
+void hcache_store(struct hcache *c, struct hentry **slot, struct hentry *e)
+{
+    assert(!*slot);
+    *slot = e;
+    c->count++;
+    atomic_fetch_add_explicit(&live, 1, memory_order_relaxed);
+}
+
 void hcache_add(struct hcache *c, struct hentry *e)
 {
-    assert(c->fresh && !*c->fresh);
-    *c->fresh = e;
+    assert(c->fresh);
+    hcache_store(c, c->fresh, e);
     c->fresh = NULL;
-    c->count++;
 }
 
 struct hentry *hcache_find(struct hcache *c, const uint8_t *k, size_t n)

@@ -420,8 +420,7 @@ static int cache_put(struct alerts *a, const uint8_t *k, size_t kn, const uint8_
         w->hash = h;
         w->vn = (uint32_t)kn;
         cairn_buf_init(&w->mem, 1 + CAIRN_TENANT_MAX + 16 + DOC_MAX);
-        *slot = w;
-        a->cache.count++;
+        hcache_store(&a->cache, slot, w);
     }
     ((struct aentry *)w)->dseq = dseq;
     cairn_buf_reset(&w->mem);

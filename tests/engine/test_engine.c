@@ -931,6 +931,19 @@ static const struct handler wide_handler = {.version = HANDLER_VERSION,
                                             .apply = wide_apply,
                                             .flush = wide_flush};
 
+/* The entries of the state's DBI `name` (committed). */
+static uint64_t dbi_entries(struct engine *eng, const char *name)
+{
+    struct proj_snap *s;
+    MDB_dbi dbi;
+    MDB_stat st;
+    assert_int_equal(proj_snap_begin(engine_proj(eng), &s), 0);
+    assert_int_equal(proj_snap_dbi(s, name, &dbi), 0);
+    assert_int_equal(mdb_stat(proj_snap_txn(s), dbi, &st), 0);
+    proj_snap_end(s);
+    return st.ms_entries;
+}
+
 static void test_write_bounded_transactions(void **state)
 {
     const char *dir = *state;
@@ -943,15 +956,101 @@ static void test_write_bounded_transactions(void **state)
     assert_int_equal(proj_checkpoint(engine_proj(eng)), 8);
     /* 800 000 writes: three transactions or more, at most one per input */
     assert_true(wide_flushes >= 3 && wide_flushes <= 8);
-    struct proj_snap *s;
-    MDB_dbi dbi;
-    MDB_stat st;
-    assert_int_equal(proj_snap_begin(engine_proj(eng), &s), 0);
-    assert_int_equal(proj_snap_dbi(s, "wide.rows", &dbi), 0);
-    assert_int_equal(mdb_stat(proj_snap_txn(s), dbi, &st), 0);
-    assert_int_equal(st.ms_entries, 8 * WIDE_PUTS);
-    proj_snap_end(s);
+    assert_int_equal(dbi_entries(eng, "wide.rows"), 8 * WIDE_PUTS);
     engine_close(eng);
+}
+
+/* A handler keeping one cache entry per input (key: the seq), written
+ * back and dropped by its flush: a catch-up whose caches pass the cache
+ * bound (engine_config.cache_entries_max) must end transactions there,
+ * each with its flush and checkpoint, and store every input once. */
+static unsigned kept_db, kept_flushes;
+
+static int kept_open(struct hctx *ctx)
+{
+    struct hcache *c = calloc(1, sizeof *c);
+    if (!c)
+        return CAIRN_ENOMEM;
+    *hctx_user(ctx) = c;
+    return hctx_db(ctx, "rows", 0, &kept_db);
+}
+
+static int kept_apply(struct hctx *ctx, const struct event *ev)
+{
+    struct hcache *c = *hctx_user(ctx);
+    uint8_t k[8];
+    struct hentry *e;
+    bool fresh;
+    cairn_be64_put(k, ev->seq);
+    int rc = hcache_get_or_new(c, k, sizeof k, sizeof *e, 64, &e, &fresh);
+    if (rc)
+        return rc;
+    if (fresh)
+        hcache_add(c, e);
+    return hcache_mark(c, e);
+}
+
+static int kept_flush(struct hctx *ctx)
+{
+    struct hcache *c = *hctx_user(ctx);
+    kept_flushes++;
+    int rc = hcache_put_dirty(ctx, c, kept_db);
+    hcache_clear(c);
+    return rc;
+}
+
+static void kept_close(struct hctx *ctx)
+{
+    struct hcache *c = *hctx_user(ctx);
+    if (c)
+        hcache_free(c);
+    free(c);
+    *hctx_user(ctx) = NULL;
+}
+
+static const struct handler kept_handler = {.version = HANDLER_VERSION,
+                                            .name = "kept",
+                                            .consumes = LIST("in"),
+                                            .open = kept_open,
+                                            .apply = kept_apply,
+                                            .flush = kept_flush,
+                                            .close = kept_close};
+
+/* Catches eng up (the log's 1 000 inputs), checks that it took `flushes`
+ * transactions and stored every input once, and closes it: every cache
+ * entry is freed. */
+static void kept_done(struct engine *eng, unsigned flushes)
+{
+    assert_int_equal(engine_catch_up(eng, 0), 0);
+    assert_int_equal(proj_checkpoint(engine_proj(eng)), 1000);
+    assert_int_equal(kept_flushes, flushes);
+    assert_int_equal(dbi_entries(eng, "kept.rows"), 1000);
+    engine_close(eng);
+    assert_int_equal(hcache_live(), 0);
+}
+
+static void test_cache_bounded_transactions(void **state)
+{
+    const char *dir = *state;
+    char other[300];
+    const struct handler *const table[] = {&kept_handler, NULL};
+    /* every engine the tests before opened freed its caches */
+    assert_int_equal(hcache_live(), 0);
+    struct engine_config cfg = config_for(dir, table);
+    cfg.cache_entries_max = 100;
+    struct engine *eng = open_engine(&cfg);
+    append_inputs(engine_log(eng), 1, 1000);
+    kept_flushes = 0;
+    /* a transaction ends at the input that makes 101 entries: 9 of 101
+     * inputs, then the last 91 */
+    kept_done(eng, 10);
+
+    /* The default bound: the same 1 000 inputs in one transaction. */
+    snprintf(other, sizeof other, "%s/state.default", dir);
+    cfg.cache_entries_max = 0;
+    cfg.state_dir = other;
+    kept_flushes = 0;
+    kept_done(open_engine(&cfg), 1); /* open catches up */
 }
 
 static void test_exactly_once(void **state)
@@ -1487,13 +1586,16 @@ static void test_replay_map(void **state)
     /* bench/replay's 1M-event log: 390 MB used -> 1 GiB (195 MB for the
      * state, 780 for the one transaction of its 1 001 000 inputs) */
     assert_int_equal(engine_replay_map(390180864, 0, 1001000, big), 1024 * MB);
-    /* its 3M log: 1.17 GB -> 2 GiB (585 MB, and 817 for the first
-     * transaction's 1 048 576 inputs) */
-    assert_int_equal(engine_replay_map(1170612224, 0, 3003000, big), 2048 * MB);
+    /* its 3M log: 1.17 GB -> 4 GiB (585 MB, and 2 341 for the one
+     * transaction of its 3 003 000 inputs: ENGINE_APPLY_BATCH is more) */
+    assert_int_equal(engine_replay_map(1170612224, 0, 3003000, big), 4096 * MB);
+    /* a 10M log of the same inputs: 3.9 GB -> 8 GiB (1 861 MB, and 3 119
+     * for a first transaction of ENGINE_APPLY_BATCH inputs) */
+    assert_int_equal(engine_replay_map(3902040746, 0, 10010000, big), 8192 * MB);
     /* --to a quarter of it: 293 MB of inputs, one transaction -> 1 GiB */
     assert_int_equal(engine_replay_map(1170612224, 750750, 3003000, big), 1024 * MB);
     /* --to past the head counts as the head */
-    assert_int_equal(engine_replay_map(1170612224, 9000000, 3003000, big), 2048 * MB);
+    assert_int_equal(engine_replay_map(1170612224, 9000000, 3003000, big), 4096 * MB);
     /* a log small enough for the initial map: the default (0) */
     assert_int_equal(engine_replay_map(0, 0, 0, big), 0);
     assert_int_equal(engine_replay_map(25 * MB, 0, 1000, big), 0);
@@ -1522,6 +1624,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_dispatch, dir_setup, dir_teardown),
         cmocka_unit_test_setup_teardown(test_exactly_once, dir_setup, dir_teardown),
         cmocka_unit_test_setup_teardown(test_write_bounded_transactions, dir_setup, dir_teardown),
+        cmocka_unit_test_setup_teardown(test_cache_bounded_transactions, dir_setup, dir_teardown),
         cmocka_unit_test_setup_teardown(test_abort_reopens_handlers, dir_setup, dir_teardown),
         cmocka_unit_test_setup_teardown(test_parallel_apply, dir_setup, dir_teardown),
     };

@@ -1182,6 +1182,7 @@ static void test_hcache_get_or_new(void **state)
     struct hentry *e;
     bool fresh;
     char key[16];
+    size_t live0 = hcache_live();
     /* 5 000 keys (the table grows several times), each found again. */
     for (int i = 0; i < 5000; i++) {
         int n = snprintf(key, sizeof key, "key%d", i);
@@ -1197,6 +1198,7 @@ static void test_hcache_get_or_new(void **state)
         hcache_add(&c, e);
     }
     assert_int_equal(c.count, 5000);
+    assert_int_equal(hcache_live(), live0 + 5000); /* counted as added */
     for (int i = 0; i < 5000; i++) {
         int n = snprintf(key, sizeof key, "key%d", i);
         assert_int_equal(hcache_get_or_new(&c, (uint8_t *)key, (size_t)n, sizeof(struct t_entry),
@@ -1213,6 +1215,7 @@ static void test_hcache_get_or_new(void **state)
     hentry_free(e);
     assert_null(hcache_find(&c, (uint8_t *)"gone", 4));
     assert_int_equal(c.count, 5000);
+    assert_int_equal(hcache_live(), live0 + 5000); /* a dropped fresh entry never was */
     /* A key of exactly mem's maximum fits. */
     assert_int_equal(
         hcache_get_or_new(&c, (uint8_t *)"0123456789", 10, sizeof(struct t_entry), 10, &e, &fresh),
@@ -1229,6 +1232,7 @@ static void test_hcache_get_or_new(void **state)
         if (i == 2503) { /* key2502 found: its entry goes now */
             hcache_clear(&c);
             assert_int_equal(c.count, 0);
+            assert_int_equal(hcache_live(), live0);
         }
         if (i > 2503 && i % 2) { /* refill: the table grows again */
             assert_int_equal(hcache_get_or_new(&c, (uint8_t *)key, (size_t)n,
@@ -1241,7 +1245,24 @@ static void test_hcache_get_or_new(void **state)
     hcache_prefetch(&c, NULL, 0);
     hcache_prefetch(&c, NULL, 0);
     assert_int_equal(c.count, 1248);
+    assert_int_equal(hcache_live(), live0 + 1248);
+    /* hcache_store: what a handler finding its slot itself stores counts */
+    uint64_t h;
+    struct hentry **slot;
+    assert_int_equal(hcache_slot(&c, (uint8_t *)"stored", 6, &h, &slot), 0);
+    assert_null(*slot);
+    struct hentry *se = calloc(1, sizeof *se);
+    assert_non_null(se);
+    se->hash = h;
+    se->vn = 6;
+    cairn_buf_init(&se->mem, 64);
+    assert_int_equal(cairn_buf_append(&se->mem, "stored", 6), 0);
+    hcache_store(&c, slot, se);
+    assert_int_equal(c.count, 1249);
+    assert_ptr_equal(hcache_find(&c, (uint8_t *)"stored", 6), se);
+    assert_int_equal(hcache_live(), live0 + 1249);
     hcache_free(&c);
+    assert_int_equal(hcache_live(), live0);
 }
 
 int main(void)
