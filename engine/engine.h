@@ -68,10 +68,11 @@ struct ingest_config {
 /* ... and it ends once the handlers' write-back caches hold more than this
  * many entries (hcache_live: every entity a transaction touched stays in
  * memory until its flush; after it, each cache keeps at most its own
- * maximum, 65 536-262 144 entries, ~700 000 in all). With the batch above
- * that bounds the handlers' memory where 1 048 576 inputs did before: a
+ * maximum, 65 536-262 144 entries, 851 968 in all — below this bound, so
+ * a transaction always has room to grow). With the batch above that
+ * bounds the handlers' memory about where 1 048 576 inputs did before: a
  * transaction of inputs that each name a new device, order or customer
- * ends after about 1.4 million of them (a few hundred bytes to a few KB
+ * ends after 1.2-2.1 million of them (a few hundred bytes to a few KB
  * each), not 4 million. bench/replay's logs keep ~150 000 (3M events).
  * engine_config.cache_entries_max overrides it (tests). */
 #define ENGINE_CACHE_ENTRIES_MAX 2097152
