@@ -511,7 +511,9 @@ int cairn_env_sync(struct cairn_env *env);
 /* Starts writing the data file's dirty pages back without waiting for
  * them (sync_file_range, SYNC_FILE_RANGE_WRITE), so that work done before
  * cairn_env_sync overlaps the disk's. Only a head start: nothing is
- * durable until cairn_env_sync returns, and a failure here is left to it. */
+ * durable until cairn_env_sync returns, and a failure here is left to it.
+ * The map's pages are unmapped first (their bytes stay; see env.c): call
+ * it with no transaction open, when the map is not about to be read. */
 void cairn_env_sync_start(struct cairn_env *env);
 /* Translates an LMDB return code: MDB_MAP_FULL -> CAIRN_EMAPFULL,
  * MDB_NOTFOUND -> CAIRN_ENOTFOUND, others -> CAIRN_EDB. */

@@ -215,9 +215,27 @@ int cairn_env_sync(struct cairn_env *ce)
     return fdatasync(fd) ? CAIRN_EIO : 0;
 }
 
+static uint8_t *map_base(struct cairn_env *ce, size_t *len);
+
+/* The map's pages leave this process's page tables first (MADV_DONTNEED:
+ * on a shared file mapping a page stays in the page cache with its bytes,
+ * a dirty one dirty, and the next access maps it again). Writing back a
+ * page that is mapped write-protects its entry, and each is a TLB
+ * shootdown: an interrupt of every other CPU running the process — 20 000
+ * for bench/replay's 1M-event state, felt by whatever the other thread
+ * does meanwhile (engine_replay: the handlers' close). Unmapping the
+ * range flushes the TLB once. Tried only (trylock), as populating: a
+ * thread about to remap must not wait for this. */
 void cairn_env_sync_start(struct cairn_env *ce)
 {
     int fd;
+    size_t len;
+    if (!pthread_rwlock_tryrdlock(&ce->resize)) {
+        uint8_t *base = map_base(ce, &len);
+        if (base)
+            (void)madvise(base, len, MADV_DONTNEED);
+        pthread_rwlock_unlock(&ce->resize);
+    }
     if (!mdb_env_get_fd(ce->env, &fd))
         (void)sync_file_range(fd, 0, 0, SYNC_FILE_RANGE_WRITE);
 }
@@ -270,11 +288,10 @@ static uint8_t *map_address(struct cairn_env *ce, size_t *len)
     return found;
 }
 
-int cairn_env_populate(struct cairn_env *ce, size_t from, size_t n)
+/* The map's address and length (NULL: not found), with `resize` held
+ * shared by the caller. */
+static uint8_t *map_base(struct cairn_env *ce, size_t *len)
 {
-    int rc = 0;
-    if (pthread_rwlock_tryrdlock(&ce->resize))
-        return 0; /* a remap is due: skip, the writes will fault */
     pthread_mutex_lock(&ce->pop_mu);
     if (!ce->pop_off && (!ce->pop_found || ce->pop_gen != ce->map_gen)) {
         ce->pop_base = map_address(ce, &ce->pop_len);
@@ -282,10 +299,19 @@ int cairn_env_populate(struct cairn_env *ce, size_t from, size_t n)
         ce->pop_found = true;
         ce->pop_off = !ce->pop_base;
     }
-    size_t psize = (size_t)sysconf(_SC_PAGESIZE);
     uint8_t *base = ce->pop_off ? NULL : ce->pop_base;
-    size_t len = ce->pop_len;
+    *len = ce->pop_len;
     pthread_mutex_unlock(&ce->pop_mu);
+    return base;
+}
+
+int cairn_env_populate(struct cairn_env *ce, size_t from, size_t n)
+{
+    int rc = 0;
+    if (pthread_rwlock_tryrdlock(&ce->resize))
+        return 0; /* a remap is due: skip, the writes will fault */
+    size_t psize = (size_t)sysconf(_SC_PAGESIZE), len;
+    uint8_t *base = map_base(ce, &len);
     if (!base) {
         rc = CAIRN_EIO;
     } else if (from < len / psize) {
