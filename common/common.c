@@ -576,6 +576,13 @@ static void ks_level(struct cairn_ksort *o, size_t n, size_t skip, int depth, ca
 {
     for (size_t i = 0; i < n; i++) {
         size_t kn;
+        /* What key() reads, loaded ahead: the record 8 on (o[].p: where
+         * the callers' keys are found), the key of the one 4 on. Each is
+         * a cache miss when the records are many (a flush's entries). */
+        if (i + 8 < n)
+            __builtin_prefetch(o[i + 8].p);
+        if (i + 4 < n)
+            __builtin_prefetch(key(o[i + 4].p, &kn, arg) + skip);
         const uint8_t *k = key(o[i].p, &kn, arg);
         cairn_ksort_set(&o[i], k + skip, kn - skip, o[i].p);
     }

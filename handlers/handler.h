@@ -364,6 +364,20 @@ int hcache_mark(struct hcache *c, struct hentry *e);
 /* Sorts the dirty list by key (LMDB's order): a flush putting them in
  * that order walks the B-tree once instead of from a cold root per put. */
 void hcache_sort_dirty(struct hcache *c);
+/* For a loop writing the dirty list back, at position i: loads the
+ * entry 8 ahead, and the first two lines of the memory of the one 4 ahead
+ * (its entry loaded by then). A flush visits thousands of entries, each a
+ * cache miss or two once the sort has moved on. */
+static inline void hcache_prefetch_dirty(const struct hcache *c, size_t i)
+{
+    if (i + 8 < c->ndirty)
+        __builtin_prefetch(c->dirty[i + 8]);
+    if (i + 4 < c->ndirty) {
+        const uint8_t *m = c->dirty[i + 4]->mem.data;
+        __builtin_prefetch(m);
+        __builtin_prefetch(m + 64);
+    }
+}
 /* Puts every entry changed since the last flush into DBI db — its key to
  * the rest of its mem — in key order through one cursor, and lists none
  * as changed after (the flush of a cache whose entries hold their stored

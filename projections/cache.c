@@ -391,11 +391,14 @@ int hcache_put_dirty(struct hctx *ctx, struct hcache *c, unsigned db)
     hcache_sort_dirty(c);
     /* through one cursor: sorted puts stay on the leaf (hctx_cursor_put) */
     int rc = c->ndirty ? hctx_cursor_open(ctx, db, NULL, 0, &cur) : 0;
-    for (size_t i = 0; i < c->ndirty && !rc; i++) {
+    size_t i = 0;
+    for (; i < c->ndirty && !rc; i++) {
         struct hentry *e = c->dirty[i];
+        hcache_prefetch_dirty(c, i);
+        e->dirty = false; /* here, not in a pass of its own: an entry is a cache miss */
         rc = hctx_cursor_put(cur, e->mem.data, e->vn, e->mem.data + e->vn, e->mem.len - e->vn);
     }
-    for (size_t i = 0; i < c->ndirty; i++) /* after a failure the transaction aborts */
+    for (; i < c->ndirty; i++) /* after a failure (the transaction aborts) */
         c->dirty[i]->dirty = false;
     hctx_cursor_close(cur);
     c->ndirty = 0;

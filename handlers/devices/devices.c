@@ -1214,6 +1214,7 @@ static int devices_flush(struct hctx *ctx)
     /* Through one cursor: sorted puts stay on the leaf (hctx_cursor_put). */
     int rc = d->cache.ndirty ? hctx_cursor_open(ctx, d->view, NULL, 0, &c) : 0;
     for (size_t i = 0; i < d->cache.ndirty && !rc; i++) {
+        hcache_prefetch_dirty(&d->cache, i);
         rc = dev_write(ctx, c, (struct dev *)d->cache.dirty[i]);
         d->cache.dirty[i]->dirty = false;
     }

@@ -622,6 +622,7 @@ static int orders_flush(struct hctx *ctx)
     /* Through one cursor: sorted puts stay on the leaf (hctx_cursor_put). */
     int rc = os->cache.ndirty ? hctx_cursor_open(ctx, os->view, NULL, 0, &c) : 0;
     for (size_t i = 0; i < os->cache.ndirty && !rc; i++) {
+        hcache_prefetch_dirty(&os->cache, i);
         rc = ord_write(ctx, c, (struct ord *)os->cache.dirty[i]);
         os->cache.dirty[i]->dirty = false;
     }
