@@ -305,6 +305,15 @@ static uint8_t *map_base(struct cairn_env *ce, size_t *len)
     return base;
 }
 
+/* Populating at least this many pages, the range is advised sequential
+ * for the time of it: the kernel then reads the file's fresh blocks in
+ * batches (readahead; the blocks are reserved and unwritten, so "read" is
+ * zeroing) instead of one page per call — LMDB advises a MDB_NORDAHEAD map
+ * random. A test on this VM, 20 000 pages of a fallocated file in chunks:
+ * 5.2 us a page advised random, 1.6 with 512-page chunks advised
+ * sequential — but 9-11 with 64- or 128-page chunks. */
+#define POPULATE_SEQ_MIN 256
+
 int cairn_env_populate(struct cairn_env *ce, size_t from, size_t n)
 {
     int rc = 0;
@@ -316,7 +325,15 @@ int cairn_env_populate(struct cairn_env *ce, size_t from, size_t n)
         rc = CAIRN_EIO;
     } else if (from < len / psize) {
         n = n < len / psize - from ? n : len / psize - from;
-        if (madvise(base + from * psize, n * psize, MADV_POPULATE_WRITE)) {
+        uint8_t *at = base + from * psize;
+        unsigned flags = 0;
+        bool seq = n >= POPULATE_SEQ_MIN && !mdb_env_get_flags(ce->env, &flags);
+        if (seq)
+            (void)madvise(at, n * psize, MADV_SEQUENTIAL);
+        int prc = madvise(at, n * psize, MADV_POPULATE_WRITE);
+        if (seq) /* back to what LMDB advised (MDB_NORDAHEAD: random) */
+            (void)madvise(at, n * psize, flags & MDB_NORDAHEAD ? MADV_RANDOM : MADV_NORMAL);
+        if (prc) {
             /* EINVAL: a kernel without it; the others (memory) may pass */
             if (errno == EINVAL || errno == EPERM) {
                 pthread_mutex_lock(&ce->pop_mu);

@@ -1060,6 +1060,9 @@ static int apply_range_par(struct engine *eng, struct log_iter *it, uint64_t fro
                 continue;
             }
             int64_t t0 = cpu_ns();
+            /* Before each run: the state's next pages are present, so the
+             * run's first writes to them do not each fault (proj.h). */
+            proj_prefault_ahead(eng->proj);
             assign_sides(eng, s);
             rc = read_run(eng, it, s, &want, *to);
             uint64_t dt = (uint64_t)(cpu_ns() - t0);

@@ -34,6 +34,7 @@ struct proj {
     bool ahead_failed;      /* a grow ahead failed: warned once, retried at MAP_FULL */
     uint64_t room;          /* pages of the map past the last used one, at begin */
     uint64_t last_pgno;     /* the last used page at begin */
+    uint64_t pf_ahead;      /* proj_prefault_ahead populated the pages up to here */
     uint64_t grown_max;     /* most pages a committed transaction added to the file */
     double pages_per_write; /* pages per write a transaction may add (learn_growth) */
     bool learned;           /* pages_per_write was measured */
@@ -459,6 +460,7 @@ int proj_begin(struct proj *p)
         uint64_t pages;
         map_pages(p, &pages, &p->last_pgno);
         p->room = pages - p->last_pgno - 1;
+        p->pf_ahead = p->last_pgno + 1;
     }
     return rc;
 }
@@ -534,7 +536,10 @@ int proj_grow(struct proj *p)
  * pages asked for and not used are dirty zeroes: proj_sync gives them
  * back before a replay's sync; a durable commit writes them out once. */
 #define PREFAULT_LEAD 1024 /* pages (4 MiB) */
-#define PREFAULT_CHUNK 64  /* pages per madvise: the stop flag is read between */
+#define PREFAULT_CHUNK 512 /* pages per madvise: the stop flag is read between */
+/* proj_prefault_ahead keeps up to this many pages past the transaction's
+ * last one populated (8 MiB), topping them up when half are used. */
+#define PREFAULT_AHEAD 2048
 
 void proj_prefault_range(const struct proj *p, uint64_t *from, uint64_t *to)
 {
@@ -606,6 +611,19 @@ static void txn_mu_wait(_Atomic int *mu)
         syscall(SYS_futex, mu, FUTEX_WAIT_PRIVATE, 2, NULL, NULL, 0);
 }
 
+static inline bool txn_mu_try(_Atomic int *mu)
+{
+    int free = 0;
+    return atomic_compare_exchange_strong_explicit(mu, &free, 1, memory_order_acquire,
+                                                   memory_order_relaxed);
+}
+
+static inline void txn_mu_unlock(_Atomic int *mu)
+{
+    if (atomic_exchange_explicit(mu, 0, memory_order_release) == 2)
+        syscall(SYS_futex, mu, FUTEX_WAKE_PRIVATE, 1, NULL, NULL, 0);
+}
+
 /* Before a use of the write transaction by ctx (see struct proj); txn_end
  * after it. A lock the other thread holds is counted and its wait timed
  * (the clock is read only then): proj_hctx_lock_stats. */
@@ -616,9 +634,7 @@ static inline void txn_lock(struct hctx *ctx)
     atomic_store_explicit(&ctx->lock_calls,
                           atomic_load_explicit(&ctx->lock_calls, memory_order_relaxed) + 1,
                           memory_order_relaxed);
-    int free = 0;
-    if (atomic_compare_exchange_strong_explicit(&ctx->p->txn_mu, &free, 1, memory_order_acquire,
-                                                memory_order_relaxed))
+    if (txn_mu_try(&ctx->p->txn_mu))
         return;
     int64_t t0 = mono_ns();
     txn_mu_wait(&ctx->p->txn_mu);
@@ -628,8 +644,36 @@ static inline void txn_lock(struct hctx *ctx)
 
 static inline void txn_end(struct hctx *ctx)
 {
-    if (ctx->p->shared && atomic_exchange_explicit(&ctx->p->txn_mu, 0, memory_order_release) == 2)
-        syscall(SYS_futex, &ctx->p->txn_mu, FUTEX_WAKE_PRIVATE, 1, NULL, NULL, 0);
+    if (ctx->p->shared)
+        txn_mu_unlock(&ctx->p->txn_mu);
+}
+
+/* The pages the open transaction uses: the metas and every DBI's (the
+ * free and main DBs included) — its next page, but for pages it freed
+ * and took again. LMDB does not say where its next page is. */
+static uint64_t txn_pages(struct proj *p)
+{
+    MDB_stat st;
+    uint64_t n = 2;
+    if (p->shared && !txn_mu_try(&p->txn_mu))
+        txn_mu_wait(&p->txn_mu);
+    for (MDB_dbi d = 0; d < PROJ_DBIS_MAX + 2; d++)
+        if (!mdb_stat(p->txn, d, &st))
+            n += st.ms_branch_pages + st.ms_leaf_pages + st.ms_overflow_pages;
+    if (p->shared)
+        txn_mu_unlock(&p->txn_mu);
+    return n;
+}
+
+void proj_prefault_ahead(struct proj *p)
+{
+    uint64_t used = txn_pages(p), end = p->last_pgno + 1 + p->room;
+    if (used + PREFAULT_AHEAD / 2 <= p->pf_ahead)
+        return;
+    uint64_t from = used > p->pf_ahead ? used : p->pf_ahead;
+    uint64_t to = used + PREFAULT_AHEAD < end ? used + PREFAULT_AHEAD : end;
+    if (from < to && !cairn_env_populate(p->env, from, to - from))
+        p->pf_ahead = to;
 }
 
 void proj_hctx_lock_stats(const struct hctx *ctx, uint64_t *calls, uint64_t *waits,

@@ -139,6 +139,16 @@ uint64_t proj_hctx_writes(const struct hctx *ctx);
  * until *stop. Changes no byte of the state. */
 void proj_prefault_range(const struct proj *p, uint64_t *from, uint64_t *to);
 void proj_prefault(struct proj *p, uint64_t from, uint64_t to, const _Atomic bool *stop);
+/* While a transaction writes, on any thread (it takes the state lock in
+ * shared mode to read where the transaction is): keeps the pages just past
+ * its last one populated, in batches, so that the writes do not fault on
+ * them one by one. A replay's apply phase takes ~7 400 fresh pages on 1M
+ * events (the streams, violations, geofence): each first write was a
+ * fault reading the reserved block (zeroes) and preparing it for writing,
+ * 6-7 us; populated 1 024 at a time from the reading thread, ~5 us, and
+ * the apply threads no longer stop for them: pairs against without, wall
+ * 0.949 and 0.965, CPU 0.943 and 0.966 (10 pairs each). */
+void proj_prefault_ahead(struct proj *p);
 
 /* Shared mode: handlers apply on two threads in the same
  * write transaction; each state call (hctx_*) then takes a lock for its

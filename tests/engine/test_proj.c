@@ -497,6 +497,59 @@ static void test_prefault(void **state)
     fx_close(&b);
 }
 
+/* This thread's page faults (minor and major) so far. */
+static long thread_faults(void)
+{
+    struct rusage u;
+    getrusage(RUSAGE_THREAD, &u);
+    return u.ru_minflt + u.ru_majflt;
+}
+
+/* proj_prefault_ahead, called by the transaction's own thread between its
+ * writes (as the engine's reading thread before each run; in shared mode,
+ * where it takes the state lock to see where the transaction is): the
+ * state is byte for byte the one built without it, transaction after
+ * transaction. And the writes after it find their pages present: 1 500
+ * puts of 1 000 bytes take ~900 fresh pages, and fault on far fewer. */
+static void test_prefault_ahead(void **state)
+{
+    struct fixture a, b;
+    fx_open(&a, *state, "a", 0);
+    fx_open(&b, *state, "b", 0);
+    long fa = 0, fb = 0, grown = 0;
+    for (uint64_t i = 1; i <= 4; i++) {
+        for (int k = 0; k < 2; k++) {
+            struct fixture *f = k ? &b : &a;
+            assert_int_equal(proj_begin(f->p), 0);
+            proj_set_shared(f->p, i % 2 == 0); /* the lock, taken and given back */
+            put_n(f, 500, 3000 + i, 1000, 64);
+            if (!k)
+                proj_prefault_ahead(f->p);
+            long f0 = thread_faults();
+            size_t p0 = info_of(f->p).me_last_pgno;
+            put_n(f, 1500, 5000 + i, 1000, 64);
+            *(k ? &fb : &fa) += thread_faults() - f0;
+            proj_set_shared(f->p, false);
+            assert_int_equal(proj_commit(f->p, i), 0);
+            if (k)
+                grown += (long)(info_of(f->p).me_last_pgno - p0);
+        }
+    }
+    uint8_t da[32], db[32];
+    digest_of(a.p, da);
+    digest_of(b.p, db);
+    assert_memory_equal(da, db, 32);
+    if (cairn_env_populate(proj_env(a.p), 2, 1) == 0) { /* Linux >= 5.14 */
+        /* the faults the prefault saved: over a quarter of the pages the
+         * file grew by (~half on the test VM; the rest are the other
+         * faults of the same puts, ASan's among them, alike in both) */
+        assert_true(fb >= grown / 2);
+        assert_true(fb - fa >= grown / 4);
+    }
+    fx_close(&a);
+    fx_close(&b);
+}
+
 /* ====================================================================== hctx_put_new */
 
 static void test_put_new(void **state)
@@ -1270,6 +1323,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(test_map_reserved_and_grown_ahead, dir_setup, dir_teardown),
         cmocka_unit_test_setup_teardown(test_prefault, dir_setup, dir_teardown),
+        cmocka_unit_test_setup_teardown(test_prefault_ahead, dir_setup, dir_teardown),
         cmocka_unit_test_setup_teardown(test_map_reserve_failure, dir_setup, dir_teardown),
         cmocka_unit_test_setup_teardown(test_map_full_teaches, dir_setup, dir_teardown),
         cmocka_unit_test_setup_teardown(test_map_room_twice_biggest, dir_setup, dir_teardown),
