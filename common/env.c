@@ -309,10 +309,11 @@ static uint8_t *map_base(struct cairn_env *ce, size_t *len)
  * for the time of it: the kernel then reads the file's fresh blocks in
  * batches (readahead; the blocks are reserved and unwritten, so "read" is
  * zeroing) instead of one page per call — LMDB advises a MDB_NORDAHEAD map
- * random. A test on this VM, 20 000 pages of a fallocated file in chunks:
- * 5.2 us a page advised random, 1.6 with 512-page chunks advised
- * sequential — but 9-11 with 64- or 128-page chunks. */
-#define POPULATE_SEQ_MIN 256
+ * random. A test on this VM, 20 000 pages of a fallocated file populated
+ * in chunks: 5.0-5.2 us a page advised random; advised sequential, 1.4-1.7
+ * us in chunks of 1 024 or 2 048 pages, but erratic in chunks of 512
+ * (1.5-9 us) and 9-11 us in chunks of 64 or 128. */
+#define POPULATE_SEQ_MIN 1024
 
 int cairn_env_populate(struct cairn_env *ce, size_t from, size_t n)
 {

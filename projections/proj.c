@@ -536,7 +536,8 @@ int proj_grow(struct proj *p)
  * pages asked for and not used are dirty zeroes: proj_sync gives them
  * back before a replay's sync; a durable commit writes them out once. */
 #define PREFAULT_LEAD 1024 /* pages (4 MiB) */
-#define PREFAULT_CHUNK 512 /* pages per madvise: the stop flag is read between */
+/* pages per madvise, POPULATE_SEQ_MIN (env.c); the stop flag is read between */
+#define PREFAULT_CHUNK 1024
 /* proj_prefault_ahead keeps up to this many pages past the transaction's
  * last one populated (8 MiB), topping them up when half are used. */
 #define PREFAULT_AHEAD 2048
