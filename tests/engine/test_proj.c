@@ -394,14 +394,20 @@ struct pf_run {
     long faults; /* page faults the prefaulting thread took */
 };
 
+/* This thread's page faults (minor and major) so far. */
+static long thread_faults(void)
+{
+    struct rusage u;
+    getrusage(RUSAGE_THREAD, &u);
+    return u.ru_minflt + u.ru_majflt;
+}
+
 static void *pf_main(void *arg)
 {
     struct pf_run *r = arg;
-    struct rusage a, b;
-    getrusage(RUSAGE_THREAD, &a);
+    long f0 = thread_faults();
     proj_prefault(r->p, r->from, r->to, &r->stop);
-    getrusage(RUSAGE_THREAD, &b);
-    r->faults = (b.ru_minflt - a.ru_minflt) + (b.ru_majflt - a.ru_majflt);
+    r->faults = thread_faults() - f0;
     return NULL;
 }
 
@@ -495,14 +501,6 @@ static void test_prefault(void **state)
     fx_close(&c);
     fx_close(&a);
     fx_close(&b);
-}
-
-/* This thread's page faults (minor and major) so far. */
-static long thread_faults(void)
-{
-    struct rusage u;
-    getrusage(RUSAGE_THREAD, &u);
-    return u.ru_minflt + u.ru_majflt;
 }
 
 /* proj_prefault_ahead, called by the transaction's own thread between its
