@@ -81,8 +81,9 @@ struct consumers {
  * the heap, and part of the heap's growth faults. The first chunk is made as
  * large as a run needs instead: RUN_ZONE_CHUNK to start with, twice as
  * large after a run outgrew it (up to RUN_ZONE_MAX), so a replay's runs
- * decode into the same few warm megabytes. Pairs on a 1M replay: wall and
- * CPU 0.91 against 8 KiB chunks. */
+ * decode into the same few warm megabytes. Pairs on a 1M replay against
+ * 8 KiB chunks: wall 0.925 and 0.934 (8 and 9 of 10 better), 1.013 in a
+ * fast phase of the machine (4 of 10); 3M 0.959 and 0.976. */
 struct run_zone {
     msgpack_zone z;
     void *first;  /* z's first chunk (its head while a run fits); NULL: no z */
