@@ -802,10 +802,20 @@ static int worker_block(struct engine *eng, unsigned r, unsigned to)
     return rc;
 }
 
+/* The run zones, given back when the engine applies inputs one at a time
+ * again (serving after a catch-up: they hold a few MiB each once grown);
+ * par_start makes them again. */
+static void par_release_zones(struct engine *eng)
+{
+    for (int i = 0; i < PAR_SLOTS; i++) {
+        run_zone_destroy(&eng->rzone[i]);
+        run_zone_destroy(&eng->wzone[i]);
+    }
+    eng->zones_ok = false;
+}
+
 static int par_start(struct engine *eng)
 {
-    if (eng->worker_started)
-        return 0;
     if (!eng->batch) {
         eng->batch = calloc(PAR_SLOTS * PAR_BATCH, sizeof *eng->batch);
         eng->bodies = calloc(PAR_SLOTS * PAR_BATCH, sizeof *eng->bodies);
@@ -826,14 +836,13 @@ static int par_start(struct engine *eng)
             ok = run_zone_init(&eng->wzone[i], RUN_ZONE_CHUNK) && ok;
         }
         if (!ok) {
-            for (int i = 0; i < PAR_SLOTS; i++) {
-                run_zone_destroy(&eng->rzone[i]);
-                run_zone_destroy(&eng->wzone[i]);
-            }
+            par_release_zones(eng);
             return CAIRN_ENOMEM;
         }
         eng->zones_ok = true;
     }
+    if (eng->worker_started)
+        return 0;
     if (pthread_create(&eng->worker, NULL, worker_main, eng))
         return CAIRN_ENOMEM;
     eng->worker_started = true;
@@ -858,11 +867,7 @@ static void par_stop(struct engine *eng)
     free(eng->late_need);
     free(eng->late_pick);
     free(eng->pick);
-    if (eng->zones_ok)
-        for (int i = 0; i < PAR_SLOTS; i++) {
-            run_zone_destroy(&eng->rzone[i]);
-            run_zone_destroy(&eng->wzone[i]);
-        }
+    par_release_zones(eng);
 }
 
 /* Which thread applies each early handler in the run of `slot`: the
@@ -1269,6 +1274,8 @@ static int apply_chunk(struct engine *eng, uint64_t from, uint64_t to)
                 rc = apply_range_par(eng, it, from, &to);
                 par = eng->worker_started;
                 want = to + 1; /* done: skip the serial loop */
+            } else if (eng->zones_ok) {
+                par_release_zones(eng); /* the worker is idle */
             }
             while (!rc && want <= to && !(rc = log_iter_next(it, &le))) {
                 rc = le.seq == want ? apply_log_event(eng, &le) : CAIRN_ECORRUPT;
