@@ -2240,6 +2240,23 @@ enum { OR_DEV, OR_LAT, OR_LON, OR_RADIUS, OR_ARRIVED, OR_CLOSED, OR_N };
 static const char *const record_keys[OR_N] = {"device_id", "lat",        "lon",
                                               "radius_m",  "arrived_at", "closed"};
 
+/* An order record's fields in one pass over its bytes (r: their values;
+ * *present: which are there), its destination's into *lat, *lon and
+ * *radius, each left as it is when the record has none. Returns
+ * mp_raw_fields's answer. */
+static uint64_t record_read(const uint8_t *vp, size_t vn, msgpack_object r[OR_N], uint64_t *present,
+                            double *lat, double *lon, double *radius)
+{
+    uint64_t got = mp_raw_fields(vp, vn, record_keys, OR_N, r, present);
+    if (got >> OR_LAT & 1)
+        mp_num(&r[OR_LAT], lat);
+    if (got >> OR_LON & 1)
+        mp_num(&r[OR_LON], lon);
+    if (got >> OR_RADIUS & 1)
+        mp_num(&r[OR_RADIUS], radius);
+    return got;
+}
+
 static int check_arrivals(struct hctx *ctx, const struct fix *x, struct tenant *t)
 {
     struct gf *g = self(ctx);
@@ -2276,18 +2293,12 @@ static int check_arrivals(struct hctx *ctx, const struct fix *x, struct tenant *
         }
         size_t vn;
         const uint8_t *vp = ord_bytes(oe, &vn);
-        /* Three fields of the record, read from its bytes (on_order says
-         * why): decoding it with msgpack_unpack_next took a zone, an 8 KiB
-         * malloc and free, per order a fix checks. */
+        /* Read from the record's bytes (on_order says why): decoding it
+         * with msgpack_unpack_next took a zone, an 8 KiB malloc and free,
+         * per order a fix checks. */
         msgpack_object r[OR_N];
         double lat = 0, lon = 0, radius = 0;
-        uint64_t got = mp_raw_fields(vp, vn, record_keys, OR_N, r, NULL);
-        if (got >> OR_LAT & 1)
-            mp_num(&r[OR_LAT], &lat);
-        if (got >> OR_LON & 1)
-            mp_num(&r[OR_LON], &lon);
-        if (got >> OR_RADIUS & 1)
-            mp_num(&r[OR_RADIUS], &radius);
+        record_read(vp, vn, r, NULL, &lat, &lon, &radius);
         double d = geo_dist(lon, lat, x->lon, x->lat);
         if (d > radius)
             continue;
@@ -2726,18 +2737,12 @@ static int on_order(struct hctx *ctx, const struct event *ev)
     bool arrived = false, closed = false;
     if (oe->exists) {
         msgpack_object r[OR_N];
-        uint64_t present, got = mp_raw_fields(vp, vn, record_keys, OR_N, r, &present);
+        uint64_t present, got = record_read(vp, vn, r, &present, &lat, &lon, &radius);
         struct cairn_str d;
         if (got >> OR_DEV & 1 && mp_str(&r[OR_DEV], &d) && d.n <= sizeof devbuf) {
             memcpy(devbuf, d.p, d.n);
             dev = (struct cairn_str){devbuf, d.n};
         }
-        if (got >> OR_LAT & 1)
-            mp_num(&r[OR_LAT], &lat);
-        if (got >> OR_LON & 1)
-            mp_num(&r[OR_LON], &lon);
-        if (got >> OR_RADIUS & 1)
-            mp_num(&r[OR_RADIUS], &radius);
         arrived = present >> OR_ARRIVED & 1;
         closed = present >> OR_CLOSED & 1;
     }
