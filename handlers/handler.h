@@ -378,11 +378,19 @@ static inline void hcache_prefetch_dirty(const struct hcache *c, size_t i)
         __builtin_prefetch(m + 64);
     }
 }
-/* Puts every entry changed since the last flush into DBI db — its key to
- * the rest of its mem — in key order through one cursor, and lists none
- * as changed after (the flush of a cache whose entries hold their stored
- * value as is: subscriptions, geofence's order records). */
-int hcache_put_dirty(struct hctx *ctx, struct hcache *c, unsigned db);
+/* Writes one changed entry back through cur (a handler's own encoding of
+ * its in-memory form). */
+typedef int (*hcache_write_fn)(struct hctx *ctx, struct hcursor *cur, struct hentry *e);
+/* The flush of a cache: writes every entry changed since the last flush
+ * into DBI db in key order through one cursor — with write, or, when it
+ * is NULL, the entry's key to the rest of its mem as is (a cache whose
+ * entries hold their stored value: subscriptions, geofence's order
+ * records) — and lists none as changed after, even when a write fails
+ * (the transaction then aborts and the engine reopens the handlers).
+ * Then, when the cache holds more than keep_max entries, frees them all:
+ * every one is stored, and the next transaction loads what it needs. */
+int hcache_flush(struct hctx *ctx, struct hcache *c, unsigned db, hcache_write_fn write,
+                 size_t keep_max);
 /* Frees every entry; the cache is empty (and usable) after. */
 void hcache_clear(struct hcache *c);
 /* Entries held by all the caches of the process (added, not yet cleared):

@@ -385,7 +385,8 @@ int hlayout_mark(struct hctx *ctx, struct hlayout *l)
     return rc;
 }
 
-int hcache_put_dirty(struct hctx *ctx, struct hcache *c, unsigned db)
+int hcache_flush(struct hctx *ctx, struct hcache *c, unsigned db, hcache_write_fn write,
+                 size_t keep_max)
 {
     struct hcursor *cur = NULL;
     hcache_sort_dirty(c);
@@ -396,11 +397,15 @@ int hcache_put_dirty(struct hctx *ctx, struct hcache *c, unsigned db)
         struct hentry *e = c->dirty[i];
         hcache_prefetch_dirty(c, i);
         e->dirty = false; /* here, not in a pass of its own: an entry is a cache miss */
-        rc = hctx_cursor_put(cur, e->mem.data, e->vn, e->mem.data + e->vn, e->mem.len - e->vn);
+        rc = write ? write(ctx, cur, e)
+                   : hctx_cursor_put(cur, e->mem.data, e->vn, e->mem.data + e->vn,
+                                     e->mem.len - e->vn);
     }
     for (; i < c->ndirty; i++) /* after a failure (the transaction aborts) */
         c->dirty[i]->dirty = false;
     hctx_cursor_close(cur);
     c->ndirty = 0;
+    if (!rc && c->count > keep_max)
+        hcache_clear(c); /* every entry is clean (stored): drop them all */
     return rc;
 }

@@ -431,36 +431,31 @@ static int cache_put(struct alerts *a, const uint8_t *k, size_t kn, const uint8_
     return hcache_mark(&a->cache, w);
 }
 
+/* Writes one document: the reference to the event that holds it, or the
+ * document itself. */
+static int aentry_write(struct hctx *ctx, struct hcursor *c, struct hentry *w)
+{
+    (void)ctx;
+    uint64_t dseq = ((struct aentry *)w)->dseq;
+    uint8_t ref[VREF_LEN];
+    return dseq ? hctx_cursor_put(c, w->mem.data, w->vn, ref, vref_make(ref, dseq))
+                : hctx_cursor_put(c, w->mem.data, w->vn, w->mem.data + w->vn, w->mem.len - w->vn);
+}
+
 /* Puts the documents written since the last put, in key order through one
- * cursor (hcache_sort_dirty, hctx_cursor_put: LMDB walks the B-tree in
- * order instead of from the root per put). They stay in the cache, clean. */
+ * cursor; they stay in the cache, clean. */
 static int put_dirty(struct hctx *ctx)
 {
     struct alerts *a = self(ctx);
-    struct hcursor *c = NULL;
-    hcache_sort_dirty(&a->cache);
-    int rc = a->cache.ndirty ? hctx_cursor_open(ctx, a->view, NULL, 0, &c) : 0;
-    for (size_t i = 0; i < a->cache.ndirty && !rc; i++) {
-        struct hentry *w = a->cache.dirty[i];
-        uint64_t dseq = ((struct aentry *)w)->dseq;
-        uint8_t ref[VREF_LEN];
-        rc = dseq ? hctx_cursor_put(c, w->mem.data, w->vn, ref, vref_make(ref, dseq))
-                  : hctx_cursor_put(c, w->mem.data, w->vn, w->mem.data + w->vn, w->mem.len - w->vn);
-        w->dirty = false;
-    }
-    hctx_cursor_close(c);
-    a->cache.ndirty = 0;
-    return rc;
+    return hcache_flush(ctx, &a->cache, a->view, aentry_write, SIZE_MAX);
 }
 
-/* Puts every alert document this transaction wrote (and not put yet). */
+/* Puts every alert document this transaction wrote (and not put yet), and
+ * drops the cache's documents when it holds more than CACHE_MAX. */
 static int alerts_flush(struct hctx *ctx)
 {
     struct alerts *a = self(ctx);
-    int rc = put_dirty(ctx);
-    if (!rc && a->cache.count > CACHE_MAX)
-        hcache_clear(&a->cache); /* every document is stored: drop them all */
-    return rc;
+    return hcache_flush(ctx, &a->cache, a->view, aentry_write, CACHE_MAX);
 }
 
 /* load() of the view: the document commit wrote last, if any (from the

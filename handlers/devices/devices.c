@@ -1149,9 +1149,10 @@ static uint8_t *put_span(uint8_t *o, const struct dev *v, const struct span *s)
 
 /* Packs the dev's document (keys in the order of the file comment) and
  * puts it in the view through c. */
-static int dev_write(struct hctx *ctx, struct hcursor *c, struct dev *v)
+static int dev_write(struct hctx *ctx, struct hcursor *c, struct hentry *e)
 {
     struct devices *d = self(ctx);
+    struct dev *v = (struct dev *)e;
     struct cairn_str tenant, id;
     if (!hkey_split(v->e.mem.data, v->e.vn, &tenant, &id))
         return CAIRN_ECORRUPT;
@@ -1209,19 +1210,7 @@ static int dev_write(struct hctx *ctx, struct hcursor *c, struct dev *v)
 static int devices_flush(struct hctx *ctx)
 {
     struct devices *d = self(ctx);
-    struct hcursor *c = NULL;
-    hcache_sort_dirty(&d->cache); /* in key order */
-    /* Through one cursor: sorted puts stay on the leaf (hctx_cursor_put). */
-    int rc = d->cache.ndirty ? hctx_cursor_open(ctx, d->view, NULL, 0, &c) : 0;
-    for (size_t i = 0; i < d->cache.ndirty && !rc; i++) {
-        hcache_prefetch_dirty(&d->cache, i);
-        rc = dev_write(ctx, c, (struct dev *)d->cache.dirty[i]);
-        d->cache.dirty[i]->dirty = false;
-    }
-    hctx_cursor_close(c);
-    d->cache.ndirty = 0;
-    if (!rc && d->cache.count > CACHE_MAX)
-        hcache_clear(&d->cache); /* every dev is clean (stored): drop them all */
+    int rc = hcache_flush(ctx, &d->cache, d->view, dev_write, CACHE_MAX);
     return rc ? rc : seen_write(ctx);
 }
 

@@ -1024,10 +1024,7 @@ static int ord_put(struct hctx *ctx, struct ordent *o, const uint8_t *rec, size_
 static int ord_writeback(struct hctx *ctx)
 {
     struct gf *g = self(ctx);
-    int rc = hcache_put_dirty(ctx, &g->ocache, g->orders);
-    if (!rc && g->ocache.count > g->ocache_max)
-        hcache_clear(&g->ocache); /* every record is stored: drop them all */
-    return rc;
+    return hcache_flush(ctx, &g->ocache, g->orders, NULL, g->ocache_max);
 }
 
 static int gf_flush(struct hctx *ctx)

@@ -573,9 +573,10 @@ static uint8_t *put_time_opt(struct orders *os, uint8_t *o, bool set, int64_t t)
 
 /* Packs r's document (keys in the order of the file comment) and puts it
  * in the view. */
-static int ord_write(struct hctx *ctx, struct hcursor *c, struct ord *r)
+static int ord_write(struct hctx *ctx, struct hcursor *c, struct hentry *e)
 {
     struct orders *os = *hctx_user(ctx);
+    struct ord *r = (struct ord *)e;
     const struct order *n = &r->o;
     struct cairn_str tenant, id;
     if (!hkey_split(r->e.mem.data, r->e.vn, &tenant, &id))
@@ -617,20 +618,7 @@ static int ord_write(struct hctx *ctx, struct hcursor *c, struct ord *r)
 static int orders_flush(struct hctx *ctx)
 {
     struct orders *os = *hctx_user(ctx);
-    struct hcursor *c = NULL;
-    hcache_sort_dirty(&os->cache); /* in key order: see hcache_sort_dirty */
-    /* Through one cursor: sorted puts stay on the leaf (hctx_cursor_put). */
-    int rc = os->cache.ndirty ? hctx_cursor_open(ctx, os->view, NULL, 0, &c) : 0;
-    for (size_t i = 0; i < os->cache.ndirty && !rc; i++) {
-        hcache_prefetch_dirty(&os->cache, i);
-        rc = ord_write(ctx, c, (struct ord *)os->cache.dirty[i]);
-        os->cache.dirty[i]->dirty = false;
-    }
-    hctx_cursor_close(c);
-    os->cache.ndirty = 0;
-    if (!rc && os->cache.count > CACHE_MAX)
-        hcache_clear(&os->cache); /* every ord is clean (stored): drop them all */
-    return rc;
+    return hcache_flush(ctx, &os->cache, os->view, ord_write, CACHE_MAX);
 }
 
 /* order.invalid_transition {order_id, from, to, reason, event_type} */

@@ -258,10 +258,8 @@ static int cust_get(struct hctx *ctx, const uint8_t *vk, size_t vn, struct cust 
 static int subs_flush(struct hctx *ctx)
 {
     struct subs *s = *hctx_user(ctx);
-    int rc = hcache_put_dirty(ctx, &s->cache, s->view); /* a customer's mem holds its document */
-    if (!rc && s->cache.count > CACHE_MAX)
-        hcache_clear(&s->cache); /* every customer is clean (stored): drop them all */
-    return rc;
+    /* a customer's mem holds its document */
+    return hcache_flush(ctx, &s->cache, s->view, NULL, CACHE_MAX);
 }
 
 /* ====================================================================== reading */

@@ -994,9 +994,7 @@ static int kept_flush(struct hctx *ctx)
 {
     struct hcache *c = *hctx_user(ctx);
     kept_flushes++;
-    int rc = hcache_put_dirty(ctx, c, kept_db);
-    hcache_clear(c);
-    return rc;
+    return hcache_flush(ctx, c, kept_db, NULL, 0);
 }
 
 static void kept_close(struct hctx *ctx)
