@@ -15,10 +15,11 @@
  *            events in state transactions of at most B (default: the
  *            engine's, ENGINE_APPLY_BATCH, 524 288; like the engine's, one
  *            ends earlier after ENGINE_APPLY_WRITES_MAX writes or when
- *            proj_txn_full says so), each payload decoded, applied, the
- *            handler's flush and the commit (with its fsync) included.
- *            define: every geofence.define; open: close + open (the index
- *            rebuilt from the DBIs); fixes: every location.
+ *            proj_txn_full says so), each payload decoded (but those it
+ *            reads raw: raw_inputs), applied, the handler's flush and the
+ *            commit (with its fsync) included. define: every
+ *            geofence.define; open: close + open (the index rebuilt from
+ *            the DBIs); fixes: every location.
  *   e2e      end to end, as `cairn serve` runs: a fresh DATA directory, the
  *            engine with the geofence handler (--all-handlers: every
  *            handler), its log writer thread started; this thread parses
@@ -228,8 +229,13 @@ static int decode_ev(const struct work *w, size_t i, msgpack_zone *zone, msgpack
 {
     const struct ev *e = &w->evs[i];
     size_t off = 0;
-    if (msgpack_unpack((const char *)w->mp.data + e->mp, e->mpn, &off, zone, body) !=
-        MSGPACK_UNPACK_SUCCESS)
+    bool raw = false; /* the handler reads it from the payload (raw_inputs): not decoded */
+    for (const char *const *t = geofence_handler.raw_inputs; t && *t && !raw; t++)
+        raw = !strcmp(*t, e->type);
+    if (raw)
+        body = NULL;
+    else if (msgpack_unpack((const char *)w->mp.data + e->mp, e->mpn, &off, zone, body) !=
+             MSGPACK_UNPACK_SUCCESS)
         return CAIRN_ECORRUPT;
     *ev = (struct event){.seq = i + 1,
                          .type = {e->type, strlen(e->type)},

@@ -67,6 +67,8 @@
 
 static const char *const consumes[] = {"telemetry", "location", "tick", NULL};
 static const char *const emits[] = {"device.online", "device.offline", NULL};
+/* Read from the payload's bytes, not decoded by the engine (struct rv). */
+static const char *const raw_inputs[] = {"telemetry", "location", NULL};
 
 /* Where a packed value lives in a dev's mem; len 0: null. */
 struct span {
@@ -613,66 +615,50 @@ static int seen_take(struct seen *s, int64_t threshold, struct sent **out)
 
 /* ====================================================================== updating a dev */
 
+/* A value of the payload, as its bytes (p NULL: absent). Telemetry and
+ * location reach devices undecoded (raw_inputs): the log holds canonical
+ * msgpack (cairn_mp_canonical: the bytes the packer writes, map keys
+ * unique strings, at most 64 per map), so a value's bytes are the ones
+ * packing its decoded form wrote before, and are copied as they are.
+ * Decoding every telemetry and location body into msgpack objects, for
+ * devices to pack most of it again, was ~8 % of a replay. (A payload that
+ * is not canonical, which ingest never stores, would keep its own forms:
+ * still the same state on every replay.) */
+struct rv {
+    const uint8_t *p;
+    uint32_t n;
+};
+
 /* The payload fields devices reads, found in one pass over the payload
- * (five mp_get scans per event were 2.3 % of replay); NULL when absent.
+ * (five mp_get scans per event were 2.3 % of replay); p NULL when absent.
  * The first occurrence wins, as with mp_get. */
 #define POS_FIELDS 5
 static const char *const pos_names[POS_FIELDS] = {"lat", "lon", "alt", "accuracy", "heading"};
+static const uint8_t pos_len[POS_FIELDS] = {3, 3, 3, 8, 7};
 
 struct devin {
-    const msgpack_object *device_id, *status, *battery, *data, *speed, *pos[POS_FIELDS];
+    struct rv device_id, status, battery, data, speed, pos[POS_FIELDS];
 };
 
-static void scan_body(const msgpack_object *body, struct devin *in)
+/* mp_raw_len, with the kinds payloads and readings hold most (short
+ * strings, ints, floats, nil, booleans) measured inline. 0: malformed. */
+static inline size_t raw_len(const uint8_t *p, size_t n)
 {
-    memset(in, 0, sizeof *in);
-    if (!body || body->type != MSGPACK_OBJECT_MAP)
-        return;
-    for (uint32_t i = 0; i < body->via.map.size; i++) {
-        const msgpack_object *k = &body->via.map.ptr[i].key, *val = &body->via.map.ptr[i].val;
-        const msgpack_object **slot = NULL;
-        if (k->type != MSGPACK_OBJECT_STR)
-            continue;
-        const char *p = k->via.str.ptr;
-        switch (k->via.str.size) {
-        case 9: slot = !memcmp(p, "device_id", 9) ? &in->device_id : NULL; break;
-        case 6: slot = !memcmp(p, "status", 6) ? &in->status : NULL; break;
-        case 4: slot = !memcmp(p, "data", 4) ? &in->data : NULL; break;
-        case 5: slot = !memcmp(p, "speed", 5) ? &in->speed : NULL; break;
-        case 7:
-            slot = !memcmp(p, "battery", 7)   ? &in->battery
-                   : !memcmp(p, "heading", 7) ? &in->pos[4]
-                                              : NULL;
-            break;
-        case 8: slot = !memcmp(p, "accuracy", 8) ? &in->pos[3] : NULL; break;
-        case 3:
-            for (int f = 0; f < 3 && !slot; f++)
-                slot = !memcmp(p, pos_names[f], 3) ? &in->pos[f] : NULL;
-            break;
-        default: break;
-        }
-        if (slot && !*slot)
-            *slot = val;
-    }
-}
-
-/* mp_raw_len, with the kinds readings hold most (short strings, ints,
- * floats, nil, booleans) measured inline. */
-static size_t raw_len(const uint8_t *p, size_t n)
-{
-    size_t len = 0;
-    if (n && (p[0] <= 0x7f || p[0] >= 0xe0 || p[0] == 0xc0 || p[0] == 0xc2 || p[0] == 0xc3))
-        len = 1;
-    else if (n && (p[0] & 0xe0) == 0xa0)
+    size_t len;
+    if (!n)
+        return 0;
+    if (p[0] <= 0x7f || p[0] >= 0xe0 || p[0] == 0xc0 || p[0] == 0xc2 || p[0] == 0xc3)
+        len = 1; /* fixints, nil, booleans */
+    else if ((p[0] & 0xe0) == 0xa0)
         len = 1u + (p[0] & 0x1f);
-    else if (n && p[0] == 0xcb)
+    else if (p[0] == 0xcb)
         len = 9;
-    else if (n && p[0] >= 0xcc && p[0] <= 0xd3) /* u8..u64, i8..i64 */
+    else if (p[0] >= 0xcc && p[0] <= 0xd3) /* u8..u64, i8..i64 */
         len = 1 + (1u << ((p[0] - 0xcc) & 3));
-    else if (n && p[0] == 0xca)
+    else if (p[0] == 0xca)
         len = 5;
     else
-        return mp_raw_len(p, n);
+        return mp_raw_len(p, n); /* refuses 0xc1 (never written) */
     return len <= n ? len : 0;
 }
 
@@ -687,9 +673,9 @@ static bool raw_str(const uint8_t *p, size_t n, struct cairn_str *s)
     else if (p[0] == 0xd9 && n >= 2)
         h = 2, len = p[1];
     else if (p[0] == 0xda && n >= 3)
-        h = 3, len = (size_t)p[1] << 8 | p[2];
+        h = 3, len = (size_t)cairn_rd_be(p + 1, 2);
     else if (p[0] == 0xdb && n >= 5)
-        h = 5, len = (size_t)cairn_be64_get((const uint8_t[8]){0, 0, 0, 0, p[1], p[2], p[3], p[4]});
+        h = 5, len = (size_t)cairn_rd_be(p + 1, 4);
     else
         return false;
     if (len > n - h)
@@ -698,23 +684,111 @@ static bool raw_str(const uint8_t *p, size_t n, struct cairn_str *s)
     return true;
 }
 
-/* The index of the first string key of data equal to s, or -1. */
-static long data_find(const msgpack_object *data, uint32_t nd, const struct cairn_str *s)
+/* The pairs of a packed map, read one at a time (rmap_next). */
+struct rmap {
+    const uint8_t *at, *end;
+    uint32_t left;
+};
+
+/* Starts reading the map in v; false when v is absent or not a map. */
+static bool rmap_open(struct rmap *m, const struct rv *v)
 {
-    for (uint32_t i = 0; i < nd; i++) {
-        const msgpack_object *k = &data->via.map.ptr[i].key;
-        if (k->type == MSGPACK_OBJECT_STR && k->via.str.size == s->n &&
-            !memcmp(k->via.str.ptr, s->p, s->n))
-            return (long)i;
+    const uint8_t *p = v->p;
+    size_t n = v->n;
+    if (!p || !n)
+        return false;
+    if ((p[0] & 0xf0) == 0x80)
+        m->left = p[0] & 0x0f, m->at = p + 1;
+    else if (p[0] == 0xde && n >= 3)
+        m->left = (uint32_t)cairn_rd_be(p + 1, 2), m->at = p + 3;
+    else if (p[0] == 0xdf && n >= 5)
+        m->left = (uint32_t)cairn_rd_be(p + 1, 4), m->at = p + 5;
+    else
+        return false;
+    m->end = p + n;
+    return true;
+}
+
+/* The next pair: 1 with *k and *val, 0 past the last, CAIRN_ECORRUPT
+ * when the bytes end inside one (the map is not what its header says). */
+static int rmap_next(struct rmap *m, struct rv *k, struct rv *val)
+{
+    if (!m->left)
+        return 0;
+    size_t kn = raw_len(m->at, (size_t)(m->end - m->at)), vn;
+    if (!kn || !(vn = raw_len(m->at + kn, (size_t)(m->end - m->at) - kn)))
+        return CAIRN_ECORRUPT;
+    *k = (struct rv){m->at, (uint32_t)kn};
+    *val = (struct rv){m->at + kn, (uint32_t)vn};
+    m->at += kn + vn;
+    m->left--;
+    return 1;
+}
+
+/* The pairs of a map in v, 0 when v is absent or not a map. */
+static uint32_t rmap_size(const struct rv *v)
+{
+    struct rmap m;
+    return rmap_open(&m, v) ? m.left : 0;
+}
+
+/* Finds devices' fields in the payload (p, n): 0, or CAIRN_ECORRUPT when
+ * it is a map whose bytes do not hold its pairs. */
+static int scan_body(const uint8_t *p, size_t n, struct devin *in)
+{
+    struct rmap m;
+    struct rv k, val;
+    int more;
+    memset(in, 0, sizeof *in);
+    if (!rmap_open(&m, &(struct rv){p, (uint32_t)n}))
+        return 0; /* not a map: no fields */
+    while ((more = rmap_next(&m, &k, &val)) > 0) {
+        struct cairn_str s;
+        struct rv *slot = NULL;
+        if (!raw_str(k.p, k.n, &s))
+            continue;
+        switch (s.n) {
+        case 9: slot = !memcmp(s.p, "device_id", 9) ? &in->device_id : NULL; break;
+        case 6: slot = !memcmp(s.p, "status", 6) ? &in->status : NULL; break;
+        case 4: slot = !memcmp(s.p, "data", 4) ? &in->data : NULL; break;
+        case 5: slot = !memcmp(s.p, "speed", 5) ? &in->speed : NULL; break;
+        case 7:
+            slot = !memcmp(s.p, "battery", 7)   ? &in->battery
+                   : !memcmp(s.p, "heading", 7) ? &in->pos[4]
+                                                : NULL;
+            break;
+        case 8: slot = !memcmp(s.p, "accuracy", 8) ? &in->pos[3] : NULL; break;
+        case 3:
+            for (int f = 0; f < 3 && !slot; f++)
+                slot = !memcmp(s.p, pos_names[f], 3) ? &in->pos[f] : NULL;
+            break;
+        default: break;
+        }
+        if (slot && !slot->p)
+            *slot = val;
     }
-    return -1;
+    return more;
+}
+
+/* The value of data's first string key equal to s: true with *val. */
+static bool data_find(const struct rv *data, const struct cairn_str *s, struct rv *val)
+{
+    struct rmap m;
+    struct rv k;
+    struct cairn_str ks;
+    if (!rmap_open(&m, data))
+        return false;
+    while (rmap_next(&m, &k, val) > 0)
+        if (raw_str(k.p, k.n, &ks) && ks.n == s->n && !memcmp(ks.p, s->p, s->n))
+            return true;
+    return false;
 }
 
 /* Writes the readings pairs: data (new) merged over the dev's (old): old
  * keys keep their order, new values win, new string keys are appended up
  * to READINGS_MAX. Keys are only ever strings (only string keys are
  * added), so they are compared as strings. */
-static int merge_readings(struct mpw *w, const struct dev *v, const msgpack_object *data,
+static int merge_readings(struct mpw *w, const struct dev *v, const struct rv *data,
                           uint32_t *count)
 {
     struct {
@@ -723,7 +797,7 @@ static int merge_readings(struct mpw *w, const struct dev *v, const msgpack_obje
         struct cairn_str s;
         bool str;
     } old[READINGS_MAX];
-    uint32_t no = v->nread, nd = data && data->type == MSGPACK_OBJECT_MAP ? data->via.map.size : 0;
+    uint32_t no = v->nread;
     const uint8_t *p = v->e.mem.data + v->readings.off, *end = p + v->readings.len;
     if (no > READINGS_MAX)
         return CAIRN_ECORRUPT;
@@ -739,64 +813,75 @@ static int merge_readings(struct mpw *w, const struct dev *v, const msgpack_obje
         old[j].str = raw_str(old[j].k, old[j].kn, &old[j].s);
     }
     for (uint32_t j = 0; j < no; j++) {
-        long i = old[j].str ? data_find(data, nd, &old[j].s) : -1;
+        struct rv nv;
         mpw_raw(w, old[j].k, old[j].kn);
-        if (i >= 0)
-            mpw_obj(w, &data->via.map.ptr[i].val);
+        if (old[j].str && data_find(data, &old[j].s, &nv))
+            mpw_raw(w, nv.p, nv.n);
         else
             mpw_raw(w, old[j].val, old[j].vn);
     }
     uint32_t nadd = 0;
-    for (uint32_t i = 0; i < nd && no + nadd < READINGS_MAX; i++) {
-        const msgpack_object_kv *kv = &data->via.map.ptr[i];
-        if (kv->key.type != MSGPACK_OBJECT_STR)
+    struct rmap m;
+    struct rv k, val;
+    int more = rmap_open(&m, data);
+    while (more && no + nadd < READINGS_MAX && (more = rmap_next(&m, &k, &val)) > 0) {
+        struct cairn_str s;
+        if (!raw_str(k.p, k.n, &s))
             continue;
-        struct cairn_str s = {kv->key.via.str.ptr, kv->key.via.str.size};
         bool known = false;
         for (uint32_t j = 0; j < no && !known; j++)
             known = old[j].str && old[j].s.n == s.n && !memcmp(old[j].s.p, s.p, s.n);
         if (!known) {
-            mpw_obj(w, &kv->key);
-            mpw_obj(w, &kv->val);
+            mpw_raw(w, k.p, k.n);
+            mpw_raw(w, val.p, val.n);
             nadd++;
         }
     }
     *count = no + nadd;
-    return 0;
+    return more < 0 ? more : 0;
 }
 
 /* A value from the event when it has one (and use), else the dev's. */
 static void value_or_keep(struct mpw *w, struct span *out, const struct dev *v,
-                          const struct span *keep, const msgpack_object *o)
+                          const struct span *keep, const struct rv *o)
 {
     size_t at = w->buf->len;
-    if (o)
-        mpw_obj(w, o);
+    if (o && o->p)
+        mpw_raw(w, o->p, o->n);
     else
         mpw_raw(w, v->e.mem.data + keep->off, keep->len);
     *out = (struct span){(uint32_t)at, (uint32_t)(w->buf->len - at)};
 }
 
 /* The fields of a location event's position (the open form: no map
- * header, no time; see struct dev); returns how many. */
-static uint32_t write_position(struct mpw *w, const struct devin *in)
+ * header, no time; see struct dev) into t, emptied first: each field the
+ * event has, as its key and its value's bytes. *npos: how many. */
+static int pack_position(struct cairn_buf *t, const struct devin *in, uint32_t *npos)
 {
-    uint32_t n = 0;
+    size_t need = 0;
     for (size_t i = 0; i < POS_FIELDS; i++)
-        if (in->pos[i]) {
-            mpw_kv_obj(w, pos_names[i], in->pos[i]);
-            n++;
+        need += in->pos[i].p ? 1 + pos_len[i] + in->pos[i].n : 0;
+    cairn_buf_reset(t);
+    int rc = t->cap >= need ? 0 : cairn_buf_reserve(t, need);
+    if (rc)
+        return rc;
+    uint8_t *o = t->data;
+    *npos = 0;
+    for (size_t i = 0; i < POS_FIELDS; i++)
+        if (in->pos[i].p) {
+            o = mpd_raw(mpd_strn(o, pos_names[i], pos_len[i]), in->pos[i].p, in->pos[i].n);
+            ++*npos;
         }
-    return n;
+    t->len = (size_t)(o - t->data);
+    return 0;
 }
 
 /* The values of a newer event over the dev's: status, battery and
  * readings from telemetry, position and speed from location. Built in
  * the scratch buffer, then copied into the dev's mem. Only for telemetry
  * data of more than 64 entries now (update_in_place does the rest, to the
- * same bytes). */
-static int take_values(struct devices *d, struct dev *v, const struct event *ev,
-                       const struct devin *in, bool loc)
+ * same bytes; a canonical payload has none). */
+static int take_values(struct devices *d, struct dev *v, const struct devin *in)
 {
     struct cairn_buf *t = &d->tmp;
     struct mpw w;
@@ -810,21 +895,14 @@ static int take_values(struct devices *d, struct dev *v, const struct event *ev,
     if (rc)
         return rc;
     mpw_init(&w, t);
-    value_or_keep(&w, &n.status, v, &v->status, loc ? NULL : in->status);
-    value_or_keep(&w, &n.battery, v, &v->battery, loc ? NULL : in->battery);
+    value_or_keep(&w, &n.status, v, &v->status, &in->status);
+    value_or_keep(&w, &n.battery, v, &v->battery, &in->battery);
     size_t at = t->len;
-    if (loc) {
-        n.npos = write_position(&w, in);
-        n.pos_open = true;
-        n.pos_time = ev->time;
-    } else
-        mpw_raw(&w, v->e.mem.data + v->position.off, v->position.len);
+    mpw_raw(&w, v->e.mem.data + v->position.off, v->position.len);
     n.position = (struct span){(uint32_t)at, (uint32_t)(t->len - at)};
-    value_or_keep(&w, &n.speed, v, &v->speed, loc ? in->speed : NULL);
+    value_or_keep(&w, &n.speed, v, &v->speed, NULL);
     at = t->len;
-    if (loc)
-        mpw_raw(&w, v->e.mem.data + v->readings.off, v->readings.len);
-    else if ((rc = merge_readings(&w, v, in->data, &n.nread)))
+    if ((rc = merge_readings(&w, v, &in->data, &n.nread)))
         return rc;
     n.readings = (struct span){(uint32_t)at, (uint32_t)(t->len - at)};
     if ((rc = mpw_finish(&w)))
@@ -846,161 +924,31 @@ static int take_values(struct devices *d, struct dev *v, const struct event *ev,
 /* update_in_place's spans, in the order of their bytes in mem. */
 enum { SP_STATUS, SP_BATTERY, SP_POSITION, SP_SPEED, SP_READINGS, SP_N };
 
-/* Replaces the n bytes at `at` of v's memory, inside span sp, with src's
- * bytes: the rest of the memory moves when the length differs, and the
- * spans after sp with it. */
-static int replace(struct dev *v, int sp, size_t at, size_t n, const struct cairn_buf *src)
+/* Replaces the n bytes at `at` of v's memory, inside span sp, with the
+ * len bytes at src (never inside v's memory): the rest of the memory
+ * moves when the length differs, and the spans after sp with it. */
+static int replace(struct dev *v, int sp, size_t at, size_t n, const uint8_t *src, size_t len)
 {
     struct cairn_buf *m = &v->e.mem;
     struct span *s[SP_N] = {&v->status, &v->battery, &v->position, &v->speed, &v->readings};
-    if (src->len != n) {
-        int rc = src->len > n ? cairn_buf_reserve(m, src->len - n) : 0;
+    if (len != n) {
+        int rc = len > n ? cairn_buf_reserve(m, len - n) : 0;
         if (rc)
             return rc;
-        memmove(m->data + at + src->len, m->data + at + n, m->len - at - n);
-        m->len = m->len - n + src->len;
-        s[sp]->len = (uint32_t)(s[sp]->len - n + src->len);
+        memmove(m->data + at + len, m->data + at + n, m->len - at - n);
+        m->len = m->len - n + len;
+        s[sp]->len = (uint32_t)(s[sp]->len - n + len);
         for (int k = sp + 1; k < SP_N; k++)
-            s[k]->off = (uint32_t)(s[k]->off - n + src->len);
+            s[k]->off = (uint32_t)(s[k]->off - n + len);
     }
-    memcpy(m->data + at, src->data, src->len);
+    memcpy(m->data + at, src, len);
     return 0;
 }
 
-/* A number as mpw_obj writes it (the packer's direct form: msgpack-c's
- * bytes); NULL for any other type. */
-static uint8_t *put_num(uint8_t *o, const msgpack_object *v)
+/* Span sp becomes the event's value o (kept when it has none). */
+static int replace_value(struct dev *v, int sp, const struct span *s, const struct rv *o)
 {
-    uint64_t u;
-    uint32_t u32;
-    float f;
-    switch (v->type) {
-    case MSGPACK_OBJECT_POSITIVE_INTEGER: return mpd_u64(o, v->via.u64);
-    case MSGPACK_OBJECT_NEGATIVE_INTEGER: return mpd_i64(o, v->via.i64);
-    case MSGPACK_OBJECT_FLOAT64: memcpy(&u, &v->via.f64, sizeof u); return mpd_be(o, 0xcb, u, 8);
-    case MSGPACK_OBJECT_FLOAT32:
-        f = (float)v->via.f64;
-        memcpy(&u32, &f, sizeof u32);
-        return mpd_be(o, 0xca, u32, 4);
-    default: return NULL;
-    }
-}
-
-/* write_position into the scratch buffer (emptied first): the fields
- * written directly when all are numbers (the schema's types; the packer's
- * key and value calls were 9 % of the handler), else by write_position. */
-static int pack_position(struct cairn_buf *t, const struct devin *in, uint32_t *npos)
-{
-    static const uint8_t name_len[POS_FIELDS] = {3, 3, 3, 8, 7};
-    cairn_buf_reset(t);
-    int rc = t->cap >= POS_FIELDS * (1 + 8 + MPD_HDR_MAX)
-                 ? 0
-                 : cairn_buf_reserve(t, POS_FIELDS * (1 + 8 + MPD_HDR_MAX));
-    if (rc)
-        return rc;
-    uint8_t *o = t->data;
-    *npos = 0;
-    for (size_t i = 0; i < POS_FIELDS && o; i++) {
-        if (in->pos[i]) {
-            o = put_num(mpd_strn(o, pos_names[i], name_len[i]), in->pos[i]);
-            ++*npos;
-        }
-    }
-    if (o) {
-        t->len = (size_t)(o - t->data);
-        return 0;
-    }
-    struct mpw w;
-    mpw_init(&w, t);
-    *npos = write_position(&w, in);
-    return mpw_finish(&w);
-}
-
-/* Packs o into the scratch buffer (emptied first): numbers, booleans and
- * nil directly (put_num: the same bytes), the rest through the packer. */
-static int pack_obj(struct cairn_buf *t, const msgpack_object *o)
-{
-    struct mpw w;
-    uint8_t *p;
-    cairn_buf_reset(t);
-    int rc = t->cap >= MPD_HDR_MAX ? 0 : cairn_buf_reserve(t, MPD_HDR_MAX);
-    if (rc)
-        return rc;
-    if (o->type == MSGPACK_OBJECT_BOOLEAN)
-        p = mpd_bool(t->data, o->via.boolean);
-    else if (o->type == MSGPACK_OBJECT_NIL)
-        p = mpd_nil(t->data);
-    else
-        p = put_num(t->data, o);
-    if (p) {
-        t->len = (size_t)(p - t->data);
-        return 0;
-    }
-    mpw_init(&w, t);
-    mpw_obj(&w, o);
-    return mpw_finish(&w);
-}
-
-/* The n bytes at `at` of span sp (a value) become the packed o: a number,
- * boolean or nil packed on the stack and, when it keeps its length (the
- * usual case: a float for a float), written over the old bytes; anything
- * else through the scratch buffer and replace. *len: the new length. */
-static int set_value(struct devices *d, struct dev *v, int sp, size_t at, size_t n,
-                     const msgpack_object *o, size_t *len)
-{
-    uint8_t b[MPD_HDR_MAX], *e;
-    if (o->type == MSGPACK_OBJECT_BOOLEAN)
-        e = mpd_bool(b, o->via.boolean);
-    else if (o->type == MSGPACK_OBJECT_NIL)
-        e = mpd_nil(b);
-    else
-        e = put_num(b, o);
-    if (e && (size_t)(e - b) == n) {
-        memcpy(v->e.mem.data + at, b, n);
-        *len = n;
-        return 0;
-    }
-    int rc = 0;
-    if (e) {
-        memcpy(d->tmp.data, b, (size_t)(e - b)); /* tmp holds at least MPD_HDR_MAX (open) */
-        d->tmp.len = (size_t)(e - b);
-    } else {
-        rc = pack_obj(&d->tmp, o);
-    }
-    *len = d->tmp.len;
-    return rc ? rc : replace(v, sp, at, n, &d->tmp);
-}
-
-/* Span sp becomes the packed o (kept when o is NULL: the event has no
- * such value). */
-static int replace_value(struct devices *d, struct dev *v, int sp, struct span *s,
-                         const msgpack_object *o)
-{
-    size_t len;
-    return o ? set_value(d, v, sp, s->off, s->len, o, &len) : 0;
-}
-
-/* The length of the stored reading (key or value) at p, n bytes left:
- * raw_len's common kinds inline (a call per key and value was 7 % of the
- * handler). 0 when malformed. */
-static inline size_t reading_len(const uint8_t *p, size_t n)
-{
-    size_t len;
-    if (!n)
-        return 0;
-    if (p[0] <= 0x7f || p[0] >= 0xe0 || (p[0] >= 0xc0 && p[0] <= 0xc3))
-        len = 1; /* fixints, nil, booleans (0xc1 is refused by raw_len: never stored) */
-    else if ((p[0] & 0xe0) == 0xa0)
-        len = 1u + (p[0] & 0x1f);
-    else if (p[0] == 0xcb)
-        len = 9;
-    else if (p[0] >= 0xcc && p[0] <= 0xd3) /* u8..u64, i8..i64 */
-        len = 1 + (1u << ((p[0] - 0xcc) & 3));
-    else if (p[0] == 0xca)
-        len = 5;
-    else
-        return raw_len(p, n);
-    return len <= n ? len : 0;
+    return o->p ? replace(v, sp, s->off, s->len, o->p, o->n) : 0;
 }
 
 /* Two keys of n bytes equal: 8 <= n <= 16 as two overlapping words
@@ -1035,33 +983,38 @@ static inline bool name_eq(const char *p, uint32_t n, const struct cairn_str *s)
  * right after the previous match: data lists its keys in the order they
  * were first stored, so most old keys are found at the first try
  * instead of by a scan of data (the scans were 8 % of the handler). */
-static int merge_in_place(struct devices *d, struct dev *v, const msgpack_object *data, uint32_t nd)
+static int merge_in_place(struct dev *v, const struct rv *data)
 {
     struct {
         const char *p;
         uint32_t n;
-    } dk[64];           /* data's keys; p NULL: not a string */
+        struct rv k, val;
+    } dk[64];           /* data's pairs; p NULL: a key that is not a string */
     uint64_t known = 0; /* data entries whose key is an old key */
-    uint32_t no = v->nread, hint = 0;
+    uint32_t no = v->nread, hint = 0, nd = 0;
     size_t at = v->readings.off;
-    bool distinct = nd <= 16;
-    int rc;
+    struct rmap m;
+    int rc = rmap_open(&m, data);
     if (no > READINGS_MAX)
         return CAIRN_ECORRUPT;
-    for (uint32_t i = 0; i < nd; i++) {
-        const msgpack_object *k = &data->via.map.ptr[i].key;
-        bool str = k->type == MSGPACK_OBJECT_STR;
-        dk[i].p = str ? (k->via.str.ptr ? k->via.str.ptr : "") : NULL;
-        dk[i].n = str ? k->via.str.size : 0;
-        for (uint32_t i2 = 0; distinct && str && i2 < i; i2++)
-            distinct = !name_eq(dk[i2].p, dk[i2].n, &(struct cairn_str){dk[i].p, dk[i].n});
+    while (rc && nd < 64 && (rc = rmap_next(&m, &dk[nd].k, &dk[nd].val)) > 0) {
+        struct cairn_str s;
+        bool str = raw_str(dk[nd].k.p, dk[nd].k.n, &s);
+        dk[nd].p = str ? s.p : NULL;
+        dk[nd++].n = str ? (uint32_t)s.n : 0;
     }
+    if (rc < 0)
+        return rc;
+    bool distinct = nd <= 16;
+    for (uint32_t i = 1; distinct && i < nd; i++)
+        for (uint32_t i2 = 0; distinct && dk[i].p && i2 < i; i2++)
+            distinct = !name_eq(dk[i2].p, dk[i2].n, &(struct cairn_str){dk[i].p, dk[i].n});
     for (uint32_t j = 0; j < no; j++) {
         size_t end = (size_t)v->readings.off + v->readings.len, kn, vn;
         const uint8_t *p = v->e.mem.data + at;
         struct cairn_str s;
         long first = -1;
-        if (!(kn = reading_len(p, end - at)) || !(vn = reading_len(p + kn, end - at - kn)))
+        if (!(kn = raw_len(p, end - at)) || !(vn = raw_len(p + kn, end - at - kn)))
             return CAIRN_ECORRUPT;
         if ((p[0] & 0xe0) == 0xa0) /* a short string key: raw_str inline */
             s = (struct cairn_str){(const char *)p + 1, kn - 1};
@@ -1079,25 +1032,23 @@ static int merge_in_place(struct devices *d, struct dev *v, const msgpack_object
             hint = (uint32_t)first + 1;
         }
         at += kn;
-        if (first >= 0 &&
-            (rc = set_value(d, v, SP_READINGS, at, vn, &data->via.map.ptr[first].val, &vn)))
-            return rc;
+        if (first >= 0) {
+            const struct rv *nv = &dk[first].val;
+            if ((rc = replace(v, SP_READINGS, at, vn, nv->p, nv->n)))
+                return rc;
+            vn = nv->n;
+        }
         at += vn;
     }
-    struct mpw w;
-    size_t len = v->e.mem.len;
     uint32_t nadd = 0;
-    mpw_init(&w, &v->e.mem); /* appends */
-    for (uint32_t i = 0; i < nd && no + nadd < READINGS_MAX; i++) {
-        const msgpack_object_kv *kv = &data->via.map.ptr[i];
-        if (kv->key.type == MSGPACK_OBJECT_STR && !(known >> i & 1)) {
-            mpw_obj(&w, &kv->key);
-            mpw_obj(&w, &kv->val);
+    size_t len = v->e.mem.len;
+    for (uint32_t i = 0; i < nd && no + nadd < READINGS_MAX; i++)
+        if (dk[i].p && !(known >> i & 1)) { /* appended: readings ends mem */
+            if ((rc = cairn_buf_append(&v->e.mem, dk[i].k.p, dk[i].k.n)) ||
+                (rc = cairn_buf_append(&v->e.mem, dk[i].val.p, dk[i].val.n)))
+                return rc;
             nadd++;
         }
-    }
-    if ((rc = mpw_finish(&w)))
-        return rc;
     v->readings.len += (uint32_t)(v->e.mem.len - len);
     v->nread = no + nadd;
     return 0;
@@ -1114,21 +1065,20 @@ static int update_in_place(struct devices *d, struct dev *v, const struct event 
     if (loc) {
         uint32_t npos;
         if ((rc = pack_position(&d->tmp, in, &npos)) ||
-            (rc = replace(v, SP_POSITION, v->position.off, v->position.len, &d->tmp)))
+            (rc = replace(v, SP_POSITION, v->position.off, v->position.len, d->tmp.data,
+                          d->tmp.len)))
             return rc;
         v->npos = npos;
         v->pos_open = true;
         v->pos_time = ev->time;
-        return replace_value(d, v, SP_SPEED, &v->speed, in->speed);
+        return replace_value(v, SP_SPEED, &v->speed, &in->speed);
     }
-    const msgpack_object *data = in->data;
-    uint32_t nd = data && data->type == MSGPACK_OBJECT_MAP ? data->via.map.size : 0;
-    if (nd > 64)
-        return take_values(d, v, ev, in, loc);
-    if ((rc = replace_value(d, v, SP_STATUS, &v->status, in->status)) ||
-        (rc = replace_value(d, v, SP_BATTERY, &v->battery, in->battery)))
+    if (rmap_size(&in->data) > 64)
+        return take_values(d, v, in);
+    if ((rc = replace_value(v, SP_STATUS, &v->status, &in->status)) ||
+        (rc = replace_value(v, SP_BATTERY, &v->battery, &in->battery)))
         return rc;
-    return merge_in_place(d, v, data, nd);
+    return merge_in_place(v, &in->data);
 }
 
 /* ====================================================================== writing back */
@@ -1239,14 +1189,15 @@ static int on_device_event(struct hctx *ctx, const struct event *ev)
     uint8_t vk[VKEY_MAX];
     size_t vn;
     struct devin in;
-    scan_body(ev->body, &in);
-    if (!mp_str(in.device_id, &id) || id.n > CAIRN_KEY_MAX ||
+    int rc = scan_body(ev->payload, ev->payload_len, &in);
+    if (rc)
+        return rc;
+    if (!raw_str(in.device_id.p, in.device_id.n, &id) || id.n > CAIRN_KEY_MAX ||
         !(vn = hkey_make(vk, sizeof vk, &ev->tenant, &id)))
         return 0; /* the schema requires it; an old log may not have it */
     struct dev *v;
     bool exists;
-    int rc = dev_get(ctx, vk, vn, false, &v, &exists);
-    if (rc)
+    if ((rc = dev_get(ctx, vk, vn, false, &v, &exists)))
         return rc;
     bool loc = ev->type.n == 8 && !memcmp(ev->type.p, "location", 8);
     bool was_online = exists && v->online;
@@ -1359,14 +1310,12 @@ static void devices_prefetch(struct hctx *ctx, const struct event *ev)
     struct cairn_str id;
     uint8_t vk[VKEY_MAX];
     size_t vn = 0;
-    const msgpack_object *b = ev->body;
-    if (b && b->type == MSGPACK_OBJECT_MAP && b->via.map.size) {
-        const msgpack_object_kv *kv = &b->via.map.ptr[0];
-        if (kv->key.type == MSGPACK_OBJECT_STR && kv->key.via.str.size == 9 &&
-            !memcmp(kv->key.via.str.ptr, "device_id", 9) && mp_str(&kv->val, &id) &&
-            id.n <= CAIRN_KEY_MAX)
-            vn = hkey_make(vk, sizeof vk, &ev->tenant, &id);
-    }
+    struct rmap m;
+    struct rv k, val;
+    if (rmap_open(&m, &(struct rv){ev->payload, (uint32_t)ev->payload_len}) &&
+        rmap_next(&m, &k, &val) > 0 && k.n == 10 && k.p[0] == 0xa9 &&
+        !memcmp(k.p + 1, "device_id", 9) && raw_str(val.p, val.n, &id) && id.n <= CAIRN_KEY_MAX)
+        vn = hkey_make(vk, sizeof vk, &ev->tenant, &id);
     hcache_prefetch(&d->cache, vn ? vk : NULL, vn);
 }
 
@@ -1389,4 +1338,5 @@ const struct handler devices_handler = {
     .view = "view",
     .flush = devices_flush,
     .concurrent = true, /* touches only its context (handler.h) */
+    .raw_inputs = raw_inputs,
 };

@@ -45,6 +45,8 @@
 
 static const char *const consumes[] = {"geofence.define", "geofence.delete", "location", "order",
                                        NULL};
+/* Read from the payload's bytes, not decoded by the engine (location_fields). */
+static const char *const raw_inputs[] = {"location", NULL};
 static const char *const emits[] = {
     "geofence.enter",  "geofence.exit",    "geofence.inside",  "geofence.outside", "geofence.cross",
     "geofence.nearby", "geofence.faraway", "geofence.refused", "order.arrived",    NULL};
@@ -2342,34 +2344,26 @@ static int check_arrivals(struct hctx *ctx, const struct fix *x, struct tenant *
 
 /* ====================================================================== location */
 
-/* The fields of a location payload in one pass over its keys (four
- * mp_get calls were four passes); like mp_get, the first of duplicate keys
- * counts. */
-static void location_fields(const msgpack_object *body, const msgpack_object *f[4])
+/* The fields of a location payload (device_id, lat, lon, accuracy) in
+ * one pass over its bytes: location reaches geofence undecoded
+ * (raw_inputs), and only these four scalars are read. f[j] is &o[j], or
+ * NULL when the field is missing or not a scalar (which no reader here
+ * takes); like mp_get, the first of duplicate keys counts. */
+static void location_fields(const struct event *ev, msgpack_object o[4], const msgpack_object *f[4])
 {
     static const char *const names[4] = {"device_id", "lat", "lon", "accuracy"};
-    static const uint32_t lens[4] = {9, 3, 3, 8};
-    f[0] = f[1] = f[2] = f[3] = NULL;
-    if (!body || body->type != MSGPACK_OBJECT_MAP)
-        return;
-    for (uint32_t i = 0; i < body->via.map.size; i++) {
-        const msgpack_object *k = &body->via.map.ptr[i].key;
-        if (k->type != MSGPACK_OBJECT_STR)
-            continue;
-        for (int j = 0; j < 4; j++)
-            if (!f[j] && k->via.str.size == lens[j] && !memcmp(k->via.str.ptr, names[j], lens[j])) {
-                f[j] = &body->via.map.ptr[i].val;
-                break;
-            }
-    }
+    uint64_t got = mp_raw_fields(ev->payload, ev->payload_len, names, 4, o, NULL);
+    for (int j = 0; j < 4; j++)
+        f[j] = got >> j & 1 ? &o[j] : NULL;
 }
 
 static int on_location(struct hctx *ctx, const struct event *ev)
 {
     struct gf *g = self(ctx);
     struct fix x = {.ev = ev};
+    msgpack_object fo[4];
     const msgpack_object *fl[4];
-    location_fields(ev->body, fl);
+    location_fields(ev, fo, fl);
     if (!mp_str(fl[0], &x.dev) || x.dev.n > CAIRN_KEY_MAX || !mp_num(fl[1], &x.lat) ||
         !mp_num(fl[2], &x.lon) || !isfinite(x.lat) || !isfinite(x.lon))
         return 0;
@@ -2468,8 +2462,9 @@ static void gf_prefetch(struct hctx *ctx, const struct event *ev)
     e1->dcap = 0;
     e1->d = NULL;
     if (ev->type.n == 8 && !memcmp(ev->type.p, "location", 8) && g->dcap) {
+        msgpack_object fo[4];
         const msgpack_object *fl[4];
-        location_fields(ev->body, fl);
+        location_fields(ev, fo, fl);
         struct gf_key dk;
         gk_tenant(&dk, ev->tenant.p, ev->tenant.n);
         if (fl[0] && fl[0]->type == MSGPACK_OBJECT_STR)
@@ -2863,4 +2858,5 @@ const struct handler geofence_handler = {
      * the membership buffer; qsort_r, no globals), so catch-up and replay
      * may run it on the engine's second thread */
     .concurrent = true,
+    .raw_inputs = raw_inputs,
 };
