@@ -140,7 +140,7 @@ struct devices {
     struct seen sn;             /* devices.seen, mirrored (the seen index, below) */
     int64_t offline_after_ns;
     struct hcache cache;  /* of struct dev; the dirty ones are written back by flush */
-    struct cairn_buf tmp; /* the next mem of the dev being updated */
+    struct cairn_buf tmp; /* scratch: a position packed, a dev's next mem (take_values) */
     struct cairn_buf doc; /* the document being written back */
 };
 
@@ -275,9 +275,7 @@ static int devices_open(struct hctx *ctx)
     cairn_buf_init(&d->tmp, DOC_MAX);
     cairn_buf_init(&d->doc, DOC_MAX + 4096);
     *hctx_user(ctx) = d;
-    int rc = cairn_buf_reserve(&d->tmp, 256); /* set_value writes a scalar there directly */
-    if (!rc)
-        rc = hctx_db(ctx, "view", 0, &d->view);
+    int rc = hctx_db(ctx, "view", 0, &d->view);
     return rc ? rc : hctx_db(ctx, "seen", 0, &d->seen);
 }
 
