@@ -461,6 +461,23 @@ static inline int cairn_rd_str(struct cairn_rd *r, struct cairn_str *s, bool nil
     r->p += n;
     return 0;
 }
+/* A map's header (fixmap, map16, map32): *pairs its key/value pairs. */
+static inline int cairn_rd_map(struct cairn_rd *r, uint32_t *pairs)
+{
+    if (r->p >= r->end)
+        return CAIRN_ECORRUPT;
+    uint8_t t = *r->p;
+    unsigned w = t == 0xde ? 2 : t == 0xdf ? 4 : 0;
+    if ((t & 0xf0) == 0x80) {
+        *pairs = t & 0x0f;
+    } else if (!w || r->end - r->p < (ptrdiff_t)(1 + w)) {
+        return CAIRN_ECORRUPT;
+    } else {
+        *pairs = (uint32_t)cairn_rd_be(r->p + 1, w);
+    }
+    r->p += 1 + w;
+    return 0;
+}
 
 /* Shortest round-trip formatting of a finite double into out (>= 32 bytes);
  * returns the length. */

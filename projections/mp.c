@@ -592,17 +592,12 @@ uint64_t mp_raw_fields(const uint8_t *p, size_t n, const char *const *keys, size
         kl[i] = strlen(keys[i]);
     if (present)
         *present = 0;
-    if (!n)
-        return 0;
-    if ((*p & 0xf0) == 0x80) {
-        pairs = *p++ & 0x0f;
-    } else if (*p == 0xde && n >= 3) {
-        pairs = cairn_rd_be(p + 1, 2), p += 3;
-    } else if (*p == 0xdf && n >= 5) {
-        pairs = cairn_rd_be(p + 1, 4), p += 5;
-    } else {
+    struct cairn_rd r = {p, end};
+    uint32_t np;
+    if (cairn_rd_map(&r, &np))
         return 0; /* not a map */
-    }
+    p = r.p;
+    pairs = np;
     for (uint64_t j = 0; j < pairs && seen != all; j++) {
         const uint8_t *v = raw_skip(p, end);
         if (!v)

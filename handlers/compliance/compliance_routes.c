@@ -60,14 +60,11 @@ int violations_view_doc(struct hread *rd, const MDB_val *k, const MDB_val *v, st
         return rc == CAIRN_ENOTFOUND ? CAIRN_ECORRUPT : rc; /* a record without its event */
     if (!r.resolved)
         return cairn_buf_append(out, doc, dn);
-    const uint8_t *p = doc, *end = doc + dn;
+    struct cairn_rd hdr = {doc, doc + dn};
     uint32_t nkv;
-    if (p < end && (*p & 0xf0) == 0x80)
-        nkv = *p & 0x0f, p += 1;
-    else if (end - p >= 3 && *p == 0xde)
-        nkv = (uint32_t)p[1] << 8 | p[2], p += 3;
-    else
-        return CAIRN_ECORRUPT;
+    if ((rc = cairn_rd_map(&hdr, &nkv)))
+        return rc;
+    const uint8_t *p = hdr.p, *end = hdr.end;
     if ((rc = cairn_buf_reserve(out, dn + 64 + MPD_TIME_MAX + r.resolution.n)))
         return rc;
     uint8_t *o = out->data + out->len;

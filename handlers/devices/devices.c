@@ -663,48 +663,25 @@ static inline size_t raw_len(const uint8_t *p, size_t n)
 /* A packed msgpack string's bytes; false for any other type. */
 static bool raw_str(const uint8_t *p, size_t n, struct cairn_str *s)
 {
-    size_t h, len;
-    if (n < 1)
-        return false;
-    if ((p[0] & 0xe0) == 0xa0)
-        h = 1, len = p[0] & 0x1f;
-    else if (p[0] == 0xd9 && n >= 2)
-        h = 2, len = p[1];
-    else if (p[0] == 0xda && n >= 3)
-        h = 3, len = (size_t)cairn_rd_be(p + 1, 2);
-    else if (p[0] == 0xdb && n >= 5)
-        h = 5, len = (size_t)cairn_rd_be(p + 1, 4);
-    else
-        return false;
-    if (len > n - h)
-        return false;
-    *s = (struct cairn_str){(const char *)p + h, len};
-    return true;
+    if (!n)
+        return false; /* p may be NULL: an absent value */
+    struct cairn_rd r = {p, p + n};
+    return !cairn_rd_str(&r, s, false);
 }
 
 /* The pairs of a packed map, read one at a time (rmap_next). */
 struct rmap {
-    const uint8_t *at, *end;
+    struct cairn_rd r;
     uint32_t left;
 };
 
 /* Starts reading the map in v; false when v is absent or not a map. */
 static bool rmap_open(struct rmap *m, const struct rv *v)
 {
-    const uint8_t *p = v->p;
-    size_t n = v->n;
-    if (!p || !n)
+    if (!v->p)
         return false;
-    if ((p[0] & 0xf0) == 0x80)
-        m->left = p[0] & 0x0f, m->at = p + 1;
-    else if (p[0] == 0xde && n >= 3)
-        m->left = (uint32_t)cairn_rd_be(p + 1, 2), m->at = p + 3;
-    else if (p[0] == 0xdf && n >= 5)
-        m->left = (uint32_t)cairn_rd_be(p + 1, 4), m->at = p + 5;
-    else
-        return false;
-    m->end = p + n;
-    return true;
+    m->r = (struct cairn_rd){v->p, v->p + v->n};
+    return !cairn_rd_map(&m->r, &m->left);
 }
 
 /* The next pair: 1 with *k and *val, 0 past the last, CAIRN_ECORRUPT
@@ -713,12 +690,13 @@ static int rmap_next(struct rmap *m, struct rv *k, struct rv *val)
 {
     if (!m->left)
         return 0;
-    size_t kn = raw_len(m->at, (size_t)(m->end - m->at)), vn;
-    if (!kn || !(vn = raw_len(m->at + kn, (size_t)(m->end - m->at) - kn)))
+    const uint8_t *p = m->r.p;
+    size_t left = (size_t)(m->r.end - p), kn = raw_len(p, left), vn;
+    if (!kn || !(vn = raw_len(p + kn, left - kn)))
         return CAIRN_ECORRUPT;
-    *k = (struct rv){m->at, (uint32_t)kn};
-    *val = (struct rv){m->at + kn, (uint32_t)vn};
-    m->at += kn + vn;
+    *k = (struct rv){p, (uint32_t)kn};
+    *val = (struct rv){p + kn, (uint32_t)vn};
+    m->r.p = p + kn + vn;
     m->left--;
     return 1;
 }

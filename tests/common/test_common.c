@@ -1,7 +1,8 @@
 /*
  * test_common.c — the common module: RFC 3339 time, bounded buffers, JSON
  * string escaping, the JSON <-> msgpack codec (key order, integers, reals,
- * the depth limit), hex and big-endian helpers, error helpers.
+ * the depth limit), hex and big-endian helpers, error helpers, the
+ * canonical msgpack reader (cairn_rd_map, cairn_rd_str).
  *
  * Every expected value is spelled out literally: a test that recomputes its
  * expectation with the code under test cannot fail.
@@ -1096,6 +1097,55 @@ static void test_transcode_random(void **state)
     assert_true(transcoded == 2000); /* every one of these is in its subset */
 }
 
+/* ====================================================================== the canonical reader */
+
+/* cairn_rd_map and cairn_rd_str over literal bytes (the forms msgpack-c's
+ * packer writes): each header's count, where the reader stops, and the
+ * refusals — another type, a header cut short — which leave p alone
+ * (cairn_rd_map) or report CAIRN_ECORRUPT. */
+static void test_rd_map_str(void **state)
+{
+    (void)state;
+    static const struct {
+        const char *bytes;
+        size_t n, used;
+        int rc;
+        uint32_t pairs;
+    } maps[] = {
+        {"\x80", 1, 1, 0, 0},                          /* fixmap, empty */
+        {"\x8f", 1, 1, 0, 15},                         /* fixmap, 15 pairs */
+        {"\xde\x00\x10", 3, 3, 0, 16},                 /* map16 */
+        {"\xde\x01\x02", 3, 3, 0, 258},                /* map16, both bytes */
+        {"\xdf\x00\x01\x00\x00", 5, 5, 0, 65536},      /* map32 */
+        {"\xdf\x01\x02\x03\x04", 5, 5, 0, 0x01020304}, /* map32, every byte */
+        {"\xde\x00", 2, 0, CAIRN_ECORRUPT, 0},         /* map16 cut short */
+        {"\xdf\x00\x00\x01", 4, 0, CAIRN_ECORRUPT, 0}, /* map32 cut short */
+        {"\x90", 1, 0, CAIRN_ECORRUPT, 0},             /* an array */
+        {"\xa1x", 2, 0, CAIRN_ECORRUPT, 0},            /* a string */
+        {"", 0, 0, CAIRN_ECORRUPT, 0},                 /* nothing */
+    };
+    for (size_t i = 0; i < sizeof maps / sizeof maps[0]; i++) {
+        const uint8_t *b = (const uint8_t *)maps[i].bytes;
+        struct cairn_rd r = {b, b + maps[i].n};
+        uint32_t pairs = 77;
+        assert_int_equal(cairn_rd_map(&r, &pairs), maps[i].rc);
+        assert_ptr_equal(r.p, b + maps[i].used);
+        assert_int_equal(pairs, maps[i].rc ? 77 : maps[i].pairs);
+    }
+    /* A map then its first key: the reader goes on where the header ended. */
+    static const uint8_t doc[] = {0x81, 0xa2, 'i', 'd', 0xd9, 0x20, 'a'};
+    struct cairn_rd r = {doc, doc + sizeof doc};
+    uint32_t pairs;
+    struct cairn_str k;
+    assert_int_equal(cairn_rd_map(&r, &pairs), 0);
+    assert_int_equal(pairs, 1);
+    assert_int_equal(cairn_rd_str(&r, &k, false), 0);
+    assert_int_equal(k.n, 2);
+    assert_memory_equal(k.p, "id", 2);
+    /* str8 of 32 bytes with one byte left: refused */
+    assert_int_equal(cairn_rd_str(&r, &k, false), CAIRN_ECORRUPT);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -1123,6 +1173,7 @@ int main(void)
         cmocka_unit_test(test_utf8_positions),
         cmocka_unit_test(test_transcode_cases),
         cmocka_unit_test(test_transcode_random),
+        cmocka_unit_test(test_rd_map_str),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
