@@ -614,14 +614,14 @@ static int seen_take(struct seen *s, int64_t threshold, struct sent **out)
 /* ====================================================================== updating a dev */
 
 /* A value of the payload, as its bytes (p NULL: absent). Telemetry and
- * location reach devices undecoded (raw_inputs): the log holds canonical
- * msgpack (cairn_mp_canonical: the bytes the packer writes, map keys
- * unique strings, at most 64 per map), so a value's bytes are the ones
- * packing its decoded form wrote before, and are copied as they are.
- * Decoding every telemetry and location body into msgpack objects, for
- * devices to pack most of it again, was ~8 % of a replay. (A payload that
- * is not canonical, which ingest never stores, would keep its own forms:
- * still the same state on every replay.) */
+ * location reach devices undecoded (raw_inputs): ingest stores every
+ * payload as the bytes cairn_json_to_msgpack writes (canonical msgpack
+ * input as it came, anything else transcoded: the packer's forms, unique
+ * string keys), so a value's bytes are the ones packing its decoded form
+ * wrote before, and are copied as they are. Decoding every telemetry and
+ * location body into msgpack objects, for devices to pack most of it
+ * again, was ~8 % of a replay. (A payload in other forms, which ingest
+ * never stores, would keep them: still the same state on every replay.) */
 struct rv {
     const uint8_t *p;
     uint32_t n;
@@ -856,7 +856,8 @@ static int pack_position(struct cairn_buf *t, const struct devin *in, uint32_t *
  * readings from telemetry, position and speed from location. Built in
  * the scratch buffer, then copied into the dev's mem. Only for telemetry
  * data of more than 64 entries now (update_in_place does the rest, to the
- * same bytes; a canonical payload has none). */
+ * same bytes; JSON objects of more than 64 keys are stored through the
+ * transcoder's slow path). */
 static int take_values(struct devices *d, struct dev *v, const struct devin *in)
 {
     struct cairn_buf *t = &d->tmp;
