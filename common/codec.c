@@ -102,6 +102,66 @@ int cairn_json_to_msgpack(const json_t *v, struct cairn_buf *out, struct cairn_e
 
 /* ====================================================================== msgpack -> JSON text */
 
+/* The type bytes 0xc0..0xdf: the size of their length field (0xff:
+ * never used), the fixed bytes after it, and what the length counts:
+ * 0 bytes, 1 array items, 2 map pairs. */
+static const struct {
+    uint8_t lb, fixed, items;
+} raw_fmt[32] = {
+    {0, 0, 0}, {0xff, 0, 0}, {0, 0, 0}, {0, 0, 0},             /* nil, -, false, true */
+    {1, 0, 0}, {2, 0, 0},    {4, 0, 0},                        /* bin 8/16/32 */
+    {1, 1, 0}, {2, 1, 0},    {4, 1, 0},                        /* ext 8/16/32 (+ type) */
+    {0, 4, 0}, {0, 8, 0},                                      /* float 32/64 */
+    {0, 1, 0}, {0, 2, 0},    {0, 4, 0}, {0, 8, 0},             /* uint 8..64 */
+    {0, 1, 0}, {0, 2, 0},    {0, 4, 0}, {0, 8, 0},             /* int 8..64 */
+    {0, 2, 0}, {0, 3, 0},    {0, 5, 0}, {0, 9, 0}, {0, 17, 0}, /* fixext 1..16 */
+    {1, 0, 0}, {2, 0, 0},    {4, 0, 0},                        /* str 8/16/32 */
+    {2, 0, 1}, {4, 0, 1},    {2, 0, 2}, {4, 0, 2},             /* array 16/32, map 16/32 */
+};
+
+/* Containers add their items to a count of objects still to skip instead
+ * of recursing, so any nesting costs no stack. */
+const uint8_t *cairn_mp_skip(const uint8_t *p, const uint8_t *end)
+{
+    uint64_t left = 1; /* objects still to skip */
+    while (left--) {
+        if (p >= end)
+            return NULL;
+        uint8_t t = *p++;
+        uint64_t body = 0, items = 0;
+        if (t <= 0x7f || t >= 0xe0) {
+            continue; /* fixint */
+        } else if (t <= 0x8f) {
+            items = 2u * (t & 0x0f);
+        } else if (t <= 0x9f) {
+            items = t & 0x0f;
+        } else if (t <= 0xbf) {
+            body = t & 0x1f;
+        } else {
+            unsigned lb = raw_fmt[t - 0xc0].lb;
+            uint64_t len = 0;
+            if (lb == 0xff || (size_t)(end - p) < lb)
+                return NULL;
+            for (unsigned i = 0; i < lb; i++)
+                len = len << 8 | *p++;
+            body = raw_fmt[t - 0xc0].fixed;
+            if (raw_fmt[t - 0xc0].items)
+                items = len * raw_fmt[t - 0xc0].items;
+            else
+                body += len;
+        }
+        if (body > (uint64_t)(end - p))
+            return NULL;
+        p += body;
+        /* Every object takes at least a byte: more pending than bytes
+         * left is malformed (and bounds the counter). */
+        if (left + items > (uint64_t)(end - p))
+            return NULL;
+        left += items;
+    }
+    return p;
+}
+
 /* An integer in decimal, without printf (documents are full of them). */
 static int put_int(struct cairn_buf *out, bool neg, uint64_t v)
 {
@@ -171,13 +231,29 @@ static int obj_to_json(const msgpack_object *o, struct cairn_buf *out, int depth
     return CAIRN_ECORRUPT;
 }
 
+/* msgpack-c's unpacker allocates a container's items from its count
+ * before it reads them: an array32 of 2^32-1 items in five bytes asks for
+ * 128 GiB. The bytes it is given are first walked by cairn_mp_skip, which
+ * refuses a count larger than the bytes left, so what it allocates stays
+ * within a small multiple of the input. True with *n cut to the first
+ * value's length; false when that value is malformed or truncated. */
+static bool bounded(const uint8_t *p, size_t *n)
+{
+    const uint8_t *e = cairn_mp_skip(p, p + *n);
+    if (!e)
+        return false;
+    *n = (size_t)(e - p);
+    return true;
+}
+
 int cairn_msgpack_to_json(const uint8_t *p, size_t n, struct cairn_buf *out, size_t *used)
 {
     msgpack_unpacked u;
     size_t off = 0;
     msgpack_unpacked_init(&u);
     int rc = CAIRN_ECORRUPT;
-    if (msgpack_unpack_next(&u, (const char *)p, n, &off) == MSGPACK_UNPACK_SUCCESS)
+    if (bounded(p, &n) &&
+        msgpack_unpack_next(&u, (const char *)p, n, &off) == MSGPACK_UNPACK_SUCCESS)
         rc = obj_to_json(&u.data, out, 0);
     msgpack_unpacked_destroy(&u);
     if (!rc && used)
@@ -266,8 +342,8 @@ int cairn_msgpack_to_jansson(const uint8_t *p, size_t n, json_t **out, size_t *u
     msgpack_unpacked u;
     size_t off = 0;
     msgpack_unpacked_init(&u);
-    int rc = msgpack_unpack_next(&u, (const char *)p, n, &off);
-    if (rc != MSGPACK_UNPACK_SUCCESS) {
+    if (!bounded(p, &n) ||
+        msgpack_unpack_next(&u, (const char *)p, n, &off) != MSGPACK_UNPACK_SUCCESS) {
         msgpack_unpacked_destroy(&u);
         return cairn_error_set(e, "invalid_msgpack", "", "not a complete msgpack value");
     }

@@ -351,6 +351,12 @@ int cairn_msgpack_to_jansson(const uint8_t *p, size_t n, json_t **out, size_t *u
  * through jansson, which canonicalises or reports the error), not
  * necessarily that the value is invalid. */
 bool cairn_mp_canonical(const uint8_t *p, size_t n, int max_depth, size_t *used);
+/* The end of the msgpack object at p..end, any nesting (no recursion);
+ * NULL when it is malformed or truncated, or a container counts more
+ * items than there are bytes left (every item takes at least one). Run
+ * over untrusted bytes before msgpack-c's unpacker, which allocates a
+ * container's items from its count before reading them. */
+const uint8_t *cairn_mp_skip(const uint8_t *p, const uint8_t *end);
 /* cairn_mp_canonical, and in the same pass the value decoded into *o as
  * msgpack_unpack would decode it (the same object: strings point into p,
  * arrays and maps are allocated in z). False also when z cannot allocate;

@@ -305,70 +305,9 @@ void mpw_raw(struct mpw *w, const void *p, size_t n)
 
 /* ====================================================================== raw objects */
 
-/* The type bytes 0xc0..0xdf: the size of their length field (0xff:
- * never used), the fixed bytes after it, and what the length counts:
- * 0 bytes, 1 array items, 2 map pairs. */
-static const struct {
-    uint8_t lb, fixed, items;
-} raw_fmt[32] = {
-    {0, 0, 0}, {0xff, 0, 0}, {0, 0, 0}, {0, 0, 0},             /* nil, -, false, true */
-    {1, 0, 0}, {2, 0, 0},    {4, 0, 0},                        /* bin 8/16/32 */
-    {1, 1, 0}, {2, 1, 0},    {4, 1, 0},                        /* ext 8/16/32 (+ type) */
-    {0, 4, 0}, {0, 8, 0},                                      /* float 32/64 */
-    {0, 1, 0}, {0, 2, 0},    {0, 4, 0}, {0, 8, 0},             /* uint 8..64 */
-    {0, 1, 0}, {0, 2, 0},    {0, 4, 0}, {0, 8, 0},             /* int 8..64 */
-    {0, 2, 0}, {0, 3, 0},    {0, 5, 0}, {0, 9, 0}, {0, 17, 0}, /* fixext 1..16 */
-    {1, 0, 0}, {2, 0, 0},    {4, 0, 0},                        /* str 8/16/32 */
-    {2, 0, 1}, {4, 0, 1},    {2, 0, 2}, {4, 0, 2},             /* array 16/32, map 16/32 */
-};
-
-/* The object at p..end: returns its end, NULL when malformed. Containers
- * add their items to a count of objects still to skip instead of
- * recursing, so any nesting costs no stack. */
-static const uint8_t *raw_skip(const uint8_t *p, const uint8_t *end)
-{
-    uint64_t left = 1; /* objects still to skip */
-    while (left--) {
-        if (p >= end)
-            return NULL;
-        uint8_t t = *p++;
-        uint64_t body = 0, items = 0;
-        if (t <= 0x7f || t >= 0xe0) {
-            continue; /* fixint */
-        } else if (t <= 0x8f) {
-            items = 2u * (t & 0x0f);
-        } else if (t <= 0x9f) {
-            items = t & 0x0f;
-        } else if (t <= 0xbf) {
-            body = t & 0x1f;
-        } else {
-            unsigned lb = raw_fmt[t - 0xc0].lb;
-            uint64_t len = 0;
-            if (lb == 0xff || (size_t)(end - p) < lb)
-                return NULL;
-            for (unsigned i = 0; i < lb; i++)
-                len = len << 8 | *p++;
-            body = raw_fmt[t - 0xc0].fixed;
-            if (raw_fmt[t - 0xc0].items)
-                items = len * raw_fmt[t - 0xc0].items;
-            else
-                body += len;
-        }
-        if (body > (uint64_t)(end - p))
-            return NULL;
-        p += body;
-        /* Every object takes at least a byte: more pending than bytes
-         * left is malformed (and bounds the counter). */
-        if (left + items > (uint64_t)(end - p))
-            return NULL;
-        left += items;
-    }
-    return p;
-}
-
 size_t mp_raw_len(const uint8_t *p, size_t n)
 {
-    const uint8_t *e = raw_skip(p, p + n);
+    const uint8_t *e = cairn_mp_skip(p, p + n);
     return e ? (size_t)(e - p) : 0;
 }
 
@@ -599,7 +538,7 @@ uint64_t mp_raw_fields(const uint8_t *p, size_t n, const char *const *keys, size
     p = r.p;
     pairs = np;
     for (uint64_t j = 0; j < pairs && seen != all; j++) {
-        const uint8_t *v = raw_skip(p, end);
+        const uint8_t *v = cairn_mp_skip(p, end);
         if (!v)
             break;
         /* a string key equal to a key (in any of str's encodings, as mp_get
@@ -615,7 +554,7 @@ uint64_t mp_raw_fields(const uint8_t *p, size_t n, const char *const *keys, size
                 got |= 1ull << i; /* a scalar (containers are not decoded) */
             break;
         }
-        if (!(p = raw_skip(v, end)))
+        if (!(p = cairn_mp_skip(v, end)))
             break;
     }
     if (present)

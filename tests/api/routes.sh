@@ -142,6 +142,17 @@ fi
 printf '\x81\xa4type' >"$WORK/trunc.msgpack"
 post_file "$ING" application/msgpack "$WORK/trunc.msgpack"
 expect_jq "truncated msgpack: 400 with a per-line error" 400 '(.results | length) == 1 and .results[0].line == 1 and (.results[0].error.code | type) == "string"'
+# An array32 counting 2^32-1 items in a five-byte body, and a map32 as
+# large inside an event: refused as malformed, without trying to allocate
+# their items first (msgpack-c's unpacker asked for 128 GiB).
+printf '\xdd\xff\xff\xff\xff' >"$WORK/huge.msgpack"
+post_file "$ING" application/msgpack "$WORK/huge.msgpack"
+expect_jq "msgpack array counting more items than the body holds: 400" 400 \
+    '.results == [{"line":1,"error":{"code":"invalid_msgpack","field":"","message":"not a complete msgpack value"}}]'
+printf '\x81\xa4type\xdf\xff\xff\xff\xff\xa1a\x01' >"$WORK/huge.msgpack"
+post_file "$ING" application/msgpack "$WORK/huge.msgpack"
+expect_jq "msgpack map counting more pairs than the body holds: 400" 400 \
+    '.results == [{"line":1,"error":{"code":"invalid_msgpack","field":"","message":"not a complete msgpack value"}}]'
 
 # ---------------------------------------------------------------- schemas
 

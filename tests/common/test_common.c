@@ -507,6 +507,25 @@ static void test_codec_bad_msgpack(void **state)
     assert_int_equal(used, 1);
     assert_int_equal(out.len, 1);
     assert_int_equal(out.data[0], '1');
+    /* Counts the bytes cannot hold: an array32 or map32 of 2^32-1 items in
+     * five bytes, and the same inside a map, are refused without first
+     * allocating room for their items (msgpack-c's unpacker asked malloc
+     * for 128 GiB and AddressSanitizer aborted: the HTTP fuzz target, a
+     * five-byte application/msgpack body). */
+    static const uint8_t big_arr[] = {0xdd, 0xff, 0xff, 0xff, 0xff};
+    static const uint8_t big_map[] = {0xdf, 0xff, 0xff, 0xff, 0xff, 0xa1, 'a', 0x01};
+    static const uint8_t inner[] = {0x81, 0xa1, 'a', 0xdd, 0x7f, 0xff, 0xff, 0xff, 0x01, 0x02};
+    const struct {
+        const uint8_t *p;
+        size_t n;
+    } bad[] = {{big_arr, sizeof big_arr}, {big_map, sizeof big_map}, {inner, sizeof inner}};
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        cairn_buf_reset(&out);
+        assert_int_equal(cairn_msgpack_to_json(bad[i].p, bad[i].n, &out, NULL), CAIRN_ECORRUPT);
+        cairn_error_clear(&e);
+        assert_int_equal(cairn_msgpack_to_jansson(bad[i].p, bad[i].n, &j, NULL, &e), CAIRN_EINVAL);
+        assert_string_equal(e.code, "invalid_msgpack");
+    }
     cairn_buf_deinit(&out);
     assert_null(j);
 }

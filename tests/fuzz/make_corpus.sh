@@ -350,4 +350,11 @@ post /v1/events application/x-ndjson '' >44-ndjson-empty-body
     get "/v1/streams/devices?key=$(printf 'k%.0s' $(seq 300))&type=%"
     get '/v1/audit/events?cursor=%g0'
 } >53-refused-params
+# msgpack containers counting more items than the body holds: an array32
+# of 2^32-1 items in five bytes, then a map32 of as many pairs inside a
+# map (msgpack-c's unpacker once asked malloc for 128 GiB for them).
+{
+    post /v1/events application/msgpack $'\xdd\xff\xff\xff\xff'
+    post /v1/events application/msgpack $'\x81\xa4type\xdf\xff\xff\xff\xff\xa1a\x01'
+} >54-msgpack-huge-count
 ls | wc -l
