@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # tests/fuzz/make_corpus.sh — writes the seed corpus of tests/fuzz_http.c
-# into tests/fuzz/corpus/ (one file per seed, replacing the directory).
+# into tests/fuzz/corpus/ and that of tests/fuzz_codec.c into
+# tests/fuzz/codec_corpus/ (one file per seed, replacing the directories).
 #
 # Each seed is the bytes one client input sends: a request (or several,
 # pipelined), "\n@@conn@@\n" between connections, "!\n" in front of a
@@ -357,4 +358,32 @@ post /v1/events application/x-ndjson '' >44-ndjson-empty-body
     post /v1/events application/msgpack $'\xdd\xff\xff\xff\xff'
     post /v1/events application/msgpack $'\x81\xa4type\xdf\xff\xff\xff\xff\xa1a\x01'
 } >54-msgpack-huge-count
+ls | wc -l
+
+# ---------------------------------------------------------------- codec
+# Each seed is read both as JSON text and as msgpack (tests/fuzz_codec.c).
+codec="$out/../codec_corpus"
+rm -rf "$codec"
+mkdir -p "$codec"
+cd "$codec"
+printf '%s' "$TEL" >01-json-telemetry
+printf '%s' "$LOC" >02-json-location
+printf '%s' '{"n":[0,-0,1,-1,127,128,-32,-33,65536,-2147483649,9223372036854775807],"r":[0.1,-0.0,1e22,4.9e-324,1.5e300],"s":["","\u00e9\ud83d\ude00","\"\\\/\b\f\n\r\t"],"b":[true,false,null],"o":{"a":{"b":[[],{}]}}}' >03-json-kinds
+printf '%s' '{"a":1,"a":2}' >04-json-duplicate
+printf '%s' '{"big":18446744073709551616,"deep":[[[[[[[[[[[[[[[[[[[[[[[[[[1]]]]]]]]]]]]]]]]]]]]]]]]]}' >05-json-refused
+# msgpack: the ingest example of the HTTP corpus (canonical)
+printf '%s' "$MP" >06-mp-canonical
+# the same numbers in wider forms than needed, a float32, bin and ext
+printf '\x86\xa1a\xcc\x01\xa1b\xd1\xff\xff\xa1c\xca\x3f\xc0\x00\x00\xa1d\xc4\x02\xab\xcd\xa1e\xd4\x01\x02\xa1f\xd9\x01x' >07-mp-wide
+# map16 and array16 with few items, a map keyed by an integer, a NaN
+printf '\xde\x00\x01\xa1k\xdc\x00\x02\x01\x02' >08-mp-wide-containers
+printf '\x81\x01\xcb\x7f\xf8\x00\x00\x00\x00\x00\x00' >09-mp-int-key-nan
+# counts beyond the bytes (msgpack-c allocated 128 GiB for the first)
+printf '\xdd\xff\xff\xff\xff' >10-mp-huge-array
+printf '\x81\xa1a\xdf\x00\x01\x00\x00\xa1b\x01' >11-mp-huge-map
+# 40 nested arrays: deeper than msgpack-c's 32 and Cairn's 24
+printf '\x91%.0s' $(seq 40) >12-mp-deep
+printf '\x01' >>12-mp-deep
+# a double that needs 17 digits to come back (0.30000000000000004)
+printf '\x81\xa1r\xcb\x3f\xd3\x33\x33\x33\x33\x33\x34' >13-mp-float17
 ls | wc -l
