@@ -162,6 +162,12 @@ const uint8_t *cairn_mp_skip(const uint8_t *p, const uint8_t *end)
     return p;
 }
 
+size_t cairn_mp_len(const uint8_t *p, size_t n)
+{
+    const uint8_t *e = cairn_mp_skip(p, p + n);
+    return e ? (size_t)(e - p) : 0;
+}
+
 /* An integer in decimal, without printf (documents are full of them). */
 static int put_int(struct cairn_buf *out, bool neg, uint64_t v)
 {
@@ -231,28 +237,14 @@ static int obj_to_json(const msgpack_object *o, struct cairn_buf *out, int depth
     return CAIRN_ECORRUPT;
 }
 
-/* msgpack-c's unpacker allocates a container's items from its count
- * before it reads them: an array32 of 2^32-1 items in five bytes asks for
- * 128 GiB. The bytes it is given are first walked by cairn_mp_skip, which
- * refuses a count larger than the bytes left, so what it allocates stays
- * within a small multiple of the input. True with *n cut to the first
- * value's length; false when that value is malformed or truncated. */
-static bool bounded(const uint8_t *p, size_t *n)
-{
-    const uint8_t *e = cairn_mp_skip(p, p + *n);
-    if (!e)
-        return false;
-    *n = (size_t)(e - p);
-    return true;
-}
-
 int cairn_msgpack_to_json(const uint8_t *p, size_t n, struct cairn_buf *out, size_t *used)
 {
     msgpack_unpacked u;
     size_t off = 0;
     msgpack_unpacked_init(&u);
     int rc = CAIRN_ECORRUPT;
-    if (bounded(p, &n) &&
+    /* bounded first: see cairn_mp_len */
+    if ((n = cairn_mp_len(p, n)) &&
         msgpack_unpack_next(&u, (const char *)p, n, &off) == MSGPACK_UNPACK_SUCCESS)
         rc = obj_to_json(&u.data, out, 0);
     msgpack_unpacked_destroy(&u);
@@ -342,7 +334,7 @@ int cairn_msgpack_to_jansson(const uint8_t *p, size_t n, json_t **out, size_t *u
     msgpack_unpacked u;
     size_t off = 0;
     msgpack_unpacked_init(&u);
-    if (!bounded(p, &n) ||
+    if (!(n = cairn_mp_len(p, n)) || /* bounded first: see cairn_mp_len */
         msgpack_unpack_next(&u, (const char *)p, n, &off) != MSGPACK_UNPACK_SUCCESS) {
         msgpack_unpacked_destroy(&u);
         return cairn_error_set(e, "invalid_msgpack", "", "not a complete msgpack value");

@@ -353,10 +353,15 @@ int cairn_msgpack_to_jansson(const uint8_t *p, size_t n, json_t **out, size_t *u
 bool cairn_mp_canonical(const uint8_t *p, size_t n, int max_depth, size_t *used);
 /* The end of the msgpack object at p..end, any nesting (no recursion);
  * NULL when it is malformed or truncated, or a container counts more
- * items than there are bytes left (every item takes at least one). Run
- * over untrusted bytes before msgpack-c's unpacker, which allocates a
- * container's items from its count before reading them. */
+ * items than there are bytes left (every item takes at least one). */
 const uint8_t *cairn_mp_skip(const uint8_t *p, const uint8_t *end);
+/* The same as a length: that of the object at p (n bytes available), 0
+ * when cairn_mp_skip refuses it. Untrusted bytes are cut to it before
+ * msgpack-c's unpacker sees them: that allocates a container's items
+ * from its count before reading them (an array32 of 2^32-1 items in five
+ * bytes asked for 128 GiB); bounded so, what it allocates stays within a
+ * small multiple of the input. */
+size_t cairn_mp_len(const uint8_t *p, size_t n);
 /* cairn_mp_canonical, and in the same pass the value decoded into *o as
  * msgpack_unpack would decode it (the same object: strings point into p,
  * arrays and maps are allocated in z). False also when z cannot allocate;

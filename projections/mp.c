@@ -307,8 +307,7 @@ void mpw_raw(struct mpw *w, const void *p, size_t n)
 
 size_t mp_raw_len(const uint8_t *p, size_t n)
 {
-    const uint8_t *e = cairn_mp_skip(p, p + n);
-    return e ? (size_t)(e - p) : 0;
+    return cairn_mp_len(p, n);
 }
 
 /* ====================================================================== decoding */
