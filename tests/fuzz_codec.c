@@ -10,7 +10,7 @@
  *                  cairn_json_to_msgpack (the slow path), and canonical
  *                  bytes — or decline and append nothing. It never takes
  *                  what jansson refuses.
- *   as msgpack     cairn_mp_skip bounds the first value; only then does
+ *   as msgpack     cairn_mp_len bounds the first value; only then does
  *                  msgpack-c's unpacker see it (given a count beyond the
  *                  bytes, it allocates first). projections' mp_unpack and
  *                  msgpack-c must then agree: both fail, or both decode
@@ -140,17 +140,16 @@ static void msgpack_side(const uint8_t *data, size_t size)
     struct cairn_buf bx, by;
     cairn_buf_init(&bx, SIZE_MAX);
     cairn_buf_init(&by, SIZE_MAX);
-    const uint8_t *end = cairn_mp_skip(data, data + size);
-    size_t n = end ? (size_t)(end - data) : 0;
+    size_t n = cairn_mp_len(data, size); /* 0: malformed */
     msgpack_zone z;
     msgpack_object mine;
     size_t used = 0;
     if (!msgpack_zone_init(&z, 256))
         abort();
     int rc = mp_unpack(data, size, &z, &mine, &used);
-    if (!end) {
+    if (!n) {
         if (!rc)
-            fail("mp_unpack decoded what cairn_mp_skip calls malformed", data, size, NULL, 0);
+            fail("mp_unpack decoded what cairn_mp_len calls malformed", data, size, NULL, 0);
     } else {
         msgpack_unpacked u;
         size_t off = 0;
@@ -163,7 +162,7 @@ static void msgpack_side(const uint8_t *data, size_t size)
                  data, n, NULL, 0);
         if (theirs) {
             if (off != n || used != n)
-                fail("cairn_mp_skip, mp_unpack and msgpack-c end the value in different places",
+                fail("cairn_mp_len, mp_unpack and msgpack-c end the value in different places",
                      data, n, NULL, 0);
             same_object("mp_unpack and msgpack-c decode differently", &mine, &u.data, &bx, &by);
         }
