@@ -30,6 +30,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "../codec_check.h"
 #include "handler.h"
 
 /* msgpack-c's bytes of one packing call (into sb, reset first). */
@@ -161,8 +162,6 @@ static void test_raw_len(void **state)
     msgpack_sbuffer_destroy(&sb);
 }
 
-static bool obj_same(const msgpack_object *a, const msgpack_object *b);
-
 /* mp_raw_get finds what mp_get finds in the decoded map, in any of a
  * key's string encodings, the first of two equal keys; refuses
  * containers, missing keys, non-maps and every truncation. */
@@ -183,7 +182,7 @@ static void test_raw_get(void **state)
     static const char *const keys[] = {"name", "value", "n", "big", "nil"};
     for (size_t i = 0; i < sizeof keys / sizeof *keys; i++) {
         assert_true(mp_raw_get(m, sizeof m, keys[i], &o));
-        assert_true(obj_same(&o, mp_get(&body, keys[i])));
+        assert_true(codec_same(&o, mp_get(&body, keys[i])));
     }
     struct cairn_str s;
     assert_true(mp_raw_get(m, sizeof m, "name", &o) && mp_str(&o, &s));
@@ -215,7 +214,7 @@ static void test_raw_get(void **state)
         bool one = mp_raw_get(m, sizeof m, many[i], &o);
         assert_int_equal(bits >> i & 1, one);
         if (one)
-            assert_true(obj_same(&out[i], &o));
+            assert_true(codec_same(&out[i], &o));
         assert_int_equal(present >> i & 1, mp_get(&body, many[i]) != NULL);
         assert_ptr_equal(got[i], mp_get(&body, many[i]));
     }
@@ -235,44 +234,6 @@ static void test_raw_get(void **state)
     msgpack_zone_destroy(&z);
 }
 
-/* Same type and value; str, bin and ext point at the same bytes. */
-static bool obj_same(const msgpack_object *a, const msgpack_object *b)
-{
-    if (a->type != b->type)
-        return false;
-    switch (a->type) {
-    case MSGPACK_OBJECT_NIL: return true;
-    case MSGPACK_OBJECT_BOOLEAN: return a->via.boolean == b->via.boolean;
-    case MSGPACK_OBJECT_POSITIVE_INTEGER: return a->via.u64 == b->via.u64;
-    case MSGPACK_OBJECT_NEGATIVE_INTEGER: return a->via.i64 == b->via.i64;
-    case MSGPACK_OBJECT_FLOAT32:
-    case MSGPACK_OBJECT_FLOAT64: return !memcmp(&a->via.f64, &b->via.f64, sizeof a->via.f64);
-    case MSGPACK_OBJECT_STR:
-    case MSGPACK_OBJECT_BIN:
-        return a->via.str.size == b->via.str.size &&
-               (!a->via.str.size || a->via.str.ptr == b->via.str.ptr);
-    case MSGPACK_OBJECT_EXT:
-        return a->via.ext.type == b->via.ext.type && a->via.ext.size == b->via.ext.size &&
-               a->via.ext.ptr == b->via.ext.ptr;
-    case MSGPACK_OBJECT_ARRAY:
-        if (a->via.array.size != b->via.array.size)
-            return false;
-        for (uint32_t i = 0; i < a->via.array.size; i++)
-            if (!obj_same(&a->via.array.ptr[i], &b->via.array.ptr[i]))
-                return false;
-        return true;
-    case MSGPACK_OBJECT_MAP:
-        if (a->via.map.size != b->via.map.size)
-            return false;
-        for (uint32_t i = 0; i < a->via.map.size; i++)
-            if (!obj_same(&a->via.map.ptr[i].key, &b->via.map.ptr[i].key) ||
-                !obj_same(&a->via.map.ptr[i].val, &b->via.map.ptr[i].val))
-                return false;
-        return true;
-    }
-    return false;
-}
-
 /* mp_unpack and msgpack_unpack on p[0..n): both fail, or both decode the
  * same object of the same length. Returns whether they decoded. */
 static bool unpack_agree(const uint8_t *p, size_t n)
@@ -288,7 +249,7 @@ static bool unpack_agree(const uint8_t *p, size_t n)
     assert_int_equal(mine, theirs);
     if (mine) {
         assert_int_equal(used, off);
-        assert_true(obj_same(&a, &b));
+        assert_true(codec_same(&a, &b));
     }
     msgpack_zone_destroy(&z1);
     msgpack_zone_destroy(&z2);
