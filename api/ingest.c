@@ -188,17 +188,24 @@ static int parse_ndjson(struct req *r)
     return 0;
 }
 
+/* Each value through the ingest's in-place msgpack path, bound to the
+ * token's tenant as NDJSON lines are (parse_json_text). */
 static int parse_msgpack(struct req *r)
 {
+    struct ingest *ing = engine_ingest(r->api->eng);
+    bool admin = r->tok.roles & API_ROLE_ADMIN;
     const uint8_t *p = r->body.data;
     size_t left = r->body.len;
     if (alloc_lines(r, API_BATCH_EVENTS_MAX))
         return CAIRN_ENOMEM;
     while (left && r->nlines < API_BATCH_EVENTS_MAX) {
-        json_t *obj;
         size_t used = 0;
         struct cairn_error *e = &r->errs[r->nlines++];
-        if (cairn_msgpack_to_jansson(p, left, &obj, &used, e)) {
+        if (!ingest_parse_msgpack_for(ing, p, left, &used, "http", cairn_now_ns(), r->tok.tenant,
+                                      admin, &r->evs[r->nev], e)) {
+            r->nev++;
+            e->code = NULL;
+        } else if (!used) {
             /* The rest cannot be framed: this line reports it — with an
              * error even when the decoder gave none (it did not for a map
              * with an empty key, and the line then read as a success
@@ -207,11 +214,6 @@ static int parse_msgpack(struct req *r)
                 cairn_error_set(e, "invalid_msgpack", "", "this msgpack value cannot be decoded");
             break;
         }
-        size_t before = r->nev;
-        take_object(r, obj, e);
-        json_decref(obj);
-        if (r->nev > before)
-            e->code = NULL;
         p += used;
         left -= used;
     }

@@ -6,7 +6,8 @@
 #      throughput (wrk);
 #   2. POST /v1/events, NDJSON batches of BATCH events, events/s, next to
 #      `cairn append` of as many of the same events into a fresh directory
-#      (the ratio is the HTTP overhead);
+#      (the ratio is the HTTP overhead), and the same batches as msgpack
+#      (tests/api/msgpack.js; needs node, skipped without it);
 #   3. SSE fan-out: SSE_SUBS subscribers on /v1/streams/subscriptions while
 #      SSE_EVENTS Stripe invoice.payment_failed inputs are POSTed (each
 #      derives one payment.failed): events delivered per second, over all
@@ -92,6 +93,12 @@ telemetry() { # telemetry COUNT
 }
 telemetry "$DEVICES" >"$WORK/devices.ndjson"
 telemetry "$BATCH" >"$WORK/batch.ndjson"
+MSGPACK=
+if command -v node >/dev/null; then
+    node tests/api/msgpack.js <"$WORK/batch.ndjson" >"$WORK/batch.msgpack" && MSGPACK=1
+else
+    log "node is missing: no msgpack ingest round"
+fi
 # Stripe invoice.payment_failed, one customer each: each derives one
 # payment.failed on the subscriptions stream.
 awk -v n="$SSE_EVENTS" 'BEGIN { for (i = 0; i < n; i++) printf \
@@ -177,6 +184,8 @@ POST_RATES=()
 APPEND_RATES=()
 POST_CPU=()
 APPEND_CPU=()
+POST_MP_RATES=()
+POST_MP_CPU=()
 median() { printf '%s\n' "$@" | sort -n | awk '{ v[NR] = $1 } END { print v[int((NR + 1) / 2)] }'; }
 for round in $(seq "$ROUNDS"); do
     start_server "$WORK/post-$round"
@@ -192,6 +201,19 @@ for round in $(seq "$ROUNDS"); do
     POST=$(grep '^RESULT' "$WORK/post-$round.txt")
     POST_RATES+=("$(val events_per_s "$POST")")
     POST_CPU+=("$(per $((c1 - c0)) "$(val events "$POST")")")
+    if [ -n "$MSGPACK" ]; then
+        start_server "$WORK/post-mp-$round"
+        log "POST /v1/events: $BATCH-event msgpack batches, wrk -t1 -c4 (round $round)"
+        c0=$(cpu_us)
+        wrk -t1 -c4 -d "${DURATION}s" -s bench/http_post.lua "$URL" -- "$TOKEN" \
+            "$WORK/batch.msgpack" "$BATCH" application/msgpack >"$WORK/post-mp-$round.txt"
+        c1=$(cpu_us)
+        stop_server
+        rm -rf "$WORK/post-mp-$round"
+        POST_MP=$(grep '^RESULT' "$WORK/post-mp-$round.txt")
+        POST_MP_RATES+=("$(val events_per_s "$POST_MP")")
+        POST_MP_CPU+=("$(per $((c1 - c0)) "$(val events "$POST_MP")")")
+    fi
     for _ in $(seq "$(val accepted "$POST")"); do cat "$WORK/batch.ndjson"; done >"$WORK/append.ndjson"
     log "cairn append: $(val events "$POST") events into a fresh directory (round $round)"
     t0=$(date +%s%N)
@@ -209,6 +231,12 @@ POST_RATE=$(median "${POST_RATES[@]}")
 APPEND_RATE=$(median "${APPEND_RATES[@]}")
 POST_CPU_US=$(median "${POST_CPU[@]}")
 APPEND_CPU_US=$(median "${APPEND_CPU[@]}")
+POST_MP_RATE=n/a
+POST_MP_CPU_US=n/a
+if [ -n "$MSGPACK" ]; then
+    POST_MP_RATE=$(median "${POST_MP_RATES[@]}")
+    POST_MP_CPU_US=$(median "${POST_MP_CPU[@]}")
+fi
 
 # ---------------------------------------------------------------- SSE fan-out
 start_server "$WORK/sse"
@@ -277,6 +305,7 @@ what one core could serve.
 | GET, paced (1 ms pause per connection) | wrk -t1 -c64 | $(val rps "$GET_PACED") req/s, p50 $(ms "$(val p50_us "$GET_PACED")") ms, p99 $(ms "$(val p99_us "$GET_PACED")") ms, p99.9 $(ms "$(val p999_us "$GET_PACED")") ms | $(val cpu_us "$GET_PACED") µs/req | 30 000/s, p99 < 2 ms |
 | GET, max throughput | wrk -t1 -c32 | $(val rps "$GET_MAX") req/s, p50 $(ms "$(val p50_us "$GET_MAX")") ms, p99 $(ms "$(val p99_us "$GET_MAX")") ms | $(val cpu_us "$GET_MAX") µs/req | 30 000/s, p99 < 2 ms |
 | POST /v1/events, NDJSON × $BATCH | wrk -t1 -c4 | $POST_RATE events/s, median of ${POST_RATES[*]} (last round: $(val accepted "$POST") × 202, $(val non202 "$POST") other; p50 $(ms "$(val p50_us "$POST")") ms per batch) | $POST_CPU_US µs/event | |
+| POST /v1/events, msgpack × $BATCH (the same events, smallest forms) | wrk -t1 -c4 | $POST_MP_RATE events/s, median of ${POST_MP_RATES[*]:-none} ($(pct "$POST_MP_RATE" "$POST_RATE") % of NDJSON) | $POST_MP_CPU_US µs/event | |
 | \`cairn append\`, as many of the same events, fresh directory | CLI | $APPEND_RATE events/s, median of ${APPEND_RATES[*]} | $APPEND_CPU_US µs/event (the CLI process) | |
 | HTTP ingest / append | | $RATIO % | $(pct "$APPEND_CPU_US" "$POST_CPU_US") % (append CPU / server CPU) | ≥ 60 % |
 | SSE live: $SSE_SUBS subscribers while $SSE_EVENTS inputs are POSTed | bench/http_sse | $(val rate "${SSE_LINE:-}") events/s delivered ($(val delivered "${SSE_LINE:-}"), the last $(val last_ms "${SSE_LINE:-}") ms after the subscribers were ready; POSTing, 1 000 per request, 4 at a time, took $SSE_POST_MS ms; complete=$(val complete "${SSE_LINE:-}")) | $(per $((c1 - c0)) "$(val delivered "${SSE_LINE:-}")") µs/delivery (incl. ingest) | |

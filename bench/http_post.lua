@@ -1,7 +1,7 @@
 -- bench/http_post.lua — wrk script for bench/http.sh: POST /v1/events of
--- one NDJSON batch file, over and over (the lines carry no idempotency id,
--- so every POST appends new events).
---   wrk … -s bench/http_post.lua URL -- TOKEN BATCH_FILE EVENTS_PER_BATCH
+-- one batch file, over and over (the events carry no idempotency id, so
+-- every POST appends new events); NDJSON unless CONTENT_TYPE says otherwise.
+--   wrk … -s bench/http_post.lua URL -- TOKEN BATCH_FILE EVENTS_PER_BATCH [CONTENT_TYPE]
 -- Prints one RESULT line: requests, non-202 answers, events/s.
 local threads = {}
 
@@ -16,7 +16,7 @@ function init(args)
     per_batch = tonumber(args[3])
     req = wrk.format("POST", "/v1/events", {
         ["Authorization"] = "Bearer " .. args[1],
-        ["Content-Type"] = "application/x-ndjson",
+        ["Content-Type"] = args[4] or "application/x-ndjson",
     }, body)
 end
 

@@ -115,10 +115,18 @@ int ingest_parse_json(struct ingest *ing, const char *text, size_t n, const char
 int ingest_parse_json_for(struct ingest *ing, const char *text, size_t n, const char *source,
                           int64_t now, const char *tenant, bool any_tenant, struct ingest_event *ev,
                           struct cairn_error *e);
-/* The same for one msgpack-encoded input object. */
+/* The same for one msgpack-encoded input object at p (n bytes available).
+ * *used (if not NULL) gets the bytes the object took — also when the object
+ * decodes but is not a valid input, so a batch can go on after it; it is
+ * left alone when the bytes at p do not decode (not one complete msgpack
+ * value, or one no JSON can hold). */
 int ingest_parse_msgpack(struct ingest *ing, const uint8_t *p, size_t n, size_t *used,
                          const char *source, int64_t now, struct ingest_event *ev,
                          struct cairn_error *e);
+/* ingest_parse_msgpack bound to `tenant`, as ingest_parse_json_for. */
+int ingest_parse_msgpack_for(struct ingest *ing, const uint8_t *p, size_t n, size_t *used,
+                             const char *source, int64_t now, const char *tenant, bool any_tenant,
+                             struct ingest_event *ev, struct cairn_error *e);
 /* The same for an already parsed object (borrowed). `engine_only` allows
  * types only the engine may append (tick). */
 int ingest_parse_value(struct ingest *ing, const json_t *obj, const char *source, int64_t now,

@@ -943,12 +943,14 @@ int ingest_parse_json(struct ingest *ing, const char *text, size_t n, const char
  * object) is checked in place and its payload bytes stored as they are: no
  * jansson tree, no re-encoding. Anything else — other widths, float32,
  * duplicate or non-string keys, bin/ext — takes the slow path through
- * jansson, which canonicalises it or reports the error. */
-int ingest_parse_msgpack(struct ingest *ing, const uint8_t *p, size_t n, size_t *used,
-                         const char *source, int64_t now, struct ingest_event *ev,
-                         struct cairn_error *e)
+ * jansson, which canonicalises it or reports the error. Bound to `tenant`
+ * as parse_json_for is. */
+int ingest_parse_msgpack_for(struct ingest *ing, const uint8_t *p, size_t n, size_t *used,
+                             const char *source, int64_t now, const char *tenant, bool any_tenant,
+                             struct ingest_event *ev, struct cairn_error *e)
 {
-    int rc = parse_mp_fast(ing, p, n, false, used, source, now, NULL, ev, e);
+    struct bind bind = {tenant, any_tenant};
+    int rc = parse_mp_fast(ing, p, n, false, used, source, now, &bind, ev, e);
     if (!rc)
         return 0;
     /* Refused or declined: the path through jansson decides, so that the
@@ -960,9 +962,16 @@ int ingest_parse_msgpack(struct ingest *ing, const uint8_t *p, size_t n, size_t 
     cairn_error_clear(e);
     if ((rc = cairn_msgpack_to_jansson(p, n, &obj, used, e)))
         return settled(ev, rc);
-    rc = ingest_parse_value(ing, obj, source, now, ing->allow_engine_types, ev, e);
+    rc = parse_value(ing, obj, source, now, ing->allow_engine_types, &bind, ev, e);
     json_decref(obj);
-    return rc;
+    return settled(ev, rc);
+}
+
+int ingest_parse_msgpack(struct ingest *ing, const uint8_t *p, size_t n, size_t *used,
+                         const char *source, int64_t now, struct ingest_event *ev,
+                         struct cairn_error *e)
+{
+    return ingest_parse_msgpack_for(ing, p, n, used, source, now, NULL, true, ev, e);
 }
 
 /* ====================================================================== results */

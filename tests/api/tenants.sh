@@ -113,6 +113,20 @@ printf '%s\n' "{\"type\":\"telemetry\",\"tenant\":\"acme\",\"payload\":{\"device
 post_file "$B_ING" application/x-ndjson "$WORK/mixed.ndjson"
 expect_jq "globex's batch with an acme line: that line refused" 202 \
     '.results[0] == {"line":1,"error":{"code":"forbidden","field":"/tenant","message":"this token may only write tenant globex"}} and .results[1].seq == 11'
+# The same batch as msgpack, in the smallest forms (the ingest's in-place
+# path) and in the widest (its path through jansson): the acme line is
+# refused, the line without a tenant is globex's (its id is globex's x-10,
+# so a duplicate of seq 11, not a new event or an acme one).
+if command -v node >/dev/null; then
+    for form in "" --wide; do
+        node "$API_HERE/msgpack.js" $form <"$WORK/mixed.ndjson" >"$WORK/mixed.msgpack"
+        post_file "$B_ING" application/msgpack "$WORK/mixed.msgpack"
+        expect_jq "globex's msgpack batch ${form:-(smallest forms)} with an acme line: that line refused" 202 \
+            '.results == [{"line":1,"error":{"code":"forbidden","field":"/tenant","message":"this token may only write tenant globex"}},{"line":2,"seq":11,"duplicate":true}]'
+    done
+else
+    fail "node is required for the msgpack batches"
+fi
 get "$A" /v1/devices/sneaky
 expect "nothing of globex's reached acme" 404 "$(err not_found 'no devices entity sneaky')"
 

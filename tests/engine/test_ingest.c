@@ -897,7 +897,40 @@ static void test_msgpack_noncanonical(void **state)
     assert_string_equal(e.code, "wrong_type");
 }
 
-/* A caller bound to a tenant (an HTTP token). */
+/* One JSON text through a bound parser: as text (form 0), as canonical
+ * msgpack (1: the in-place path) and as msgpack with the outer map in a
+ * wider form than needed (2: declined by the in-place path, decided by the
+ * path through jansson). */
+static int parse_bound(int form, const char *text, const char *tenant, bool any,
+                       struct ingest_event *ev, struct cairn_error *e)
+{
+    cairn_error_clear(e);
+    if (form == 0)
+        return ingest_parse_json_for(g_ing, text, strlen(text), "t", NOW, tenant, any, ev, e);
+    json_t *obj = json_loads(text, 0, NULL);
+    struct cairn_buf mp;
+    cairn_buf_init(&mp, 4096);
+    assert_non_null(obj);
+    assert_int_equal(cairn_json_to_msgpack(obj, &mp, NULL), 0);
+    json_decref(obj);
+    assert_int_equal(mp.data[0] & 0xf0, 0x80); /* a fixmap */
+    if (form == 2) {
+        uint8_t n = mp.data[0] & 0x0f;
+        assert_int_equal(cairn_buf_reserve(&mp, 2), 0);
+        memmove(mp.data + 3, mp.data + 1, mp.len - 1);
+        mp.data[0] = 0xde; /* map16 */
+        mp.data[1] = 0;
+        mp.data[2] = n;
+        mp.len += 2;
+    }
+    size_t used = 0;
+    int rc = ingest_parse_msgpack_for(g_ing, mp.data, mp.len, &used, "t", NOW, tenant, any, ev, e);
+    assert_int_equal(used, mp.len); /* consumed, accepted or not */
+    cairn_buf_deinit(&mp);
+    return rc;
+}
+
+/* A caller bound to a tenant (an HTTP token), in every form of input. */
 static void test_bound_tenant(void **state)
 {
     (void)state;
@@ -906,29 +939,22 @@ static void test_bound_tenant(void **state)
     const char *none = "{\"type\":\"telemetry\",\"payload\":" TELEMETRY "}";
     const char *other = "{\"type\":\"telemetry\",\"tenant\":\"beta\",\"payload\":" TELEMETRY "}";
     const char *nul = "{\"type\":\"telemetry\",\"tenant\":null,\"payload\":" TELEMETRY "}";
-    cairn_error_clear(&e);
-    assert_int_equal(
-        ingest_parse_json_for(g_ing, none, strlen(none), "t", NOW, "acme", false, &ev, &e), 0);
-    assert_str(ev.in.tenant, "acme");
-    ingest_event_deinit(&ev);
-    assert_int_equal(
-        ingest_parse_json_for(g_ing, other, strlen(other), "t", NOW, "acme", false, &ev, &e),
-        CAIRN_EINVAL);
-    assert_string_equal(e.code, "forbidden");
-    assert_string_equal(e.field, "/tenant");
-    cairn_error_clear(&e);
-    assert_int_equal(
-        ingest_parse_json_for(g_ing, other, strlen(other), "t", NOW, "acme", true, &ev, &e), 0);
-    assert_str(ev.in.tenant, "beta");
-    ingest_event_deinit(&ev);
-    assert_int_equal(
-        ingest_parse_json_for(g_ing, nul, strlen(nul), "t", NOW, "acme", false, &ev, &e),
-        CAIRN_EINVAL);
-    assert_string_equal(e.code, "missing_field");
-    /* unbound: no tenant is an error */
-    cairn_error_clear(&e);
-    assert_int_equal(ingest_parse_json(g_ing, none, strlen(none), "t", NOW, &ev, &e), CAIRN_EINVAL);
-    assert_string_equal(e.code, "missing_field");
+    for (int form = 0; form < 3; form++) {
+        assert_int_equal(parse_bound(form, none, "acme", false, &ev, &e), 0);
+        assert_str(ev.in.tenant, "acme");
+        ingest_event_deinit(&ev);
+        assert_int_equal(parse_bound(form, other, "acme", false, &ev, &e), CAIRN_EINVAL);
+        assert_string_equal(e.code, "forbidden");
+        assert_string_equal(e.field, "/tenant");
+        assert_int_equal(parse_bound(form, other, "acme", true, &ev, &e), 0);
+        assert_str(ev.in.tenant, "beta");
+        ingest_event_deinit(&ev);
+        assert_int_equal(parse_bound(form, nul, "acme", false, &ev, &e), CAIRN_EINVAL);
+        assert_string_equal(e.code, "missing_field");
+        /* unbound: no tenant is an error */
+        assert_int_equal(parse_bound(form, none, NULL, true, &ev, &e), CAIRN_EINVAL);
+        assert_string_equal(e.code, "missing_field");
+    }
 }
 
 /* ====================================================================== result lines */
