@@ -188,36 +188,43 @@ static int parse_ndjson(struct req *r)
     return 0;
 }
 
-/* Each value through the ingest's in-place msgpack path, bound to the
- * token's tenant as NDJSON lines are (parse_json_text). */
+/* Values are framed with cairn_mp_len (the walk that bounds untrusted
+ * msgpack, common.h) and counted before anything is allocated, as NDJSON
+ * lines are; each then takes the ingest's in-place msgpack path, bound to
+ * the token's tenant as NDJSON lines are. A value that frames but is no
+ * valid input (a bin, a non-string key, too deep…) is one refused line and
+ * the batch goes on; bytes that do not frame are the last line, refused. */
 static int parse_msgpack(struct req *r)
 {
     struct ingest *ing = engine_ingest(r->api->eng);
     bool admin = r->tok.roles & API_ROLE_ADMIN;
-    const uint8_t *p = r->body.data;
-    size_t left = r->body.len;
-    if (alloc_lines(r, API_BATCH_EVENTS_MAX))
+    const uint8_t *p = r->body.data, *end = p + r->body.len;
+    size_t lines = 0;
+    for (const uint8_t *q = p; q < end && lines <= API_BATCH_EVENTS_MAX; lines++) {
+        size_t n = cairn_mp_len(q, (size_t)(end - q));
+        q = n ? q + n : end;
+    }
+    if (lines > API_BATCH_EVENTS_MAX)
+        return CAIRN_ETOOBIG;
+    if (alloc_lines(r, lines))
         return CAIRN_ENOMEM;
-    while (left && r->nlines < API_BATCH_EVENTS_MAX) {
-        size_t used = 0;
+    while (p < end) {
         struct cairn_error *e = &r->errs[r->nlines++];
-        if (!ingest_parse_msgpack_for(ing, p, left, &used, "http", cairn_now_ns(), r->tok.tenant,
-                                      admin, &r->evs[r->nev], e)) {
-            r->nev++;
-            e->code = NULL;
-        } else if (!used) {
-            /* The rest cannot be framed: this line reports it — with an
-             * error even when the decoder gave none (it did not for a map
-             * with an empty key, and the line then read as a success
-             * with seq 0). */
-            if (!e->code)
-                cairn_error_set(e, "invalid_msgpack", "", "this msgpack value cannot be decoded");
+        size_t n = cairn_mp_len(p, (size_t)(end - p));
+        if (!n) {
+            cairn_error_set(e, "invalid_msgpack", "", "not a complete msgpack value");
             break;
         }
-        p += used;
-        left -= used;
+        if (!ingest_parse_msgpack_for(ing, p, n, NULL, "http", cairn_now_ns(), r->tok.tenant, admin,
+                                      &r->evs[r->nev], e)) {
+            r->nev++;
+            e->code = NULL;
+        } else if (!e->code) { /* every refusal names its reason */
+            cairn_error_set(e, "invalid_msgpack", "", "this msgpack value cannot be decoded");
+        }
+        p += n;
     }
-    return left ? CAIRN_ETOOBIG * (r->nlines == API_BATCH_EVENTS_MAX) : 0;
+    return 0;
 }
 
 static void submit(struct req *r)
