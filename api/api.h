@@ -105,6 +105,9 @@ struct api_token {
  * (now in seconds), and reads tenant and roles. 0 or CAIRN_EINVAL with e. */
 int api_jwt_verify(const uint8_t *secret, size_t slen, const char *jwt, size_t n, int64_t now,
                    struct api_token *tok, struct cairn_error *e);
+/* The longest token accepted, in bytes (the Authorization header holds
+ * "Bearer " and one such token). */
+#define API_JWT_MAX 8192
 /* A verifier: one keyed HMAC context and a bounded cache of verified
  * tokens (loop thread only; see auth.c). The cache holds at most
  * API_JWT_CACHE_SETS x API_JWT_CACHE_WAYS tokens of at most

@@ -10,8 +10,12 @@
 #include <pthread.h>
 #include <stdatomic.h>
 
+/* The request target's limit, in bytes (431 beyond). The Authorization
+ * header holds "Bearer " and a token of API_JWT_MAX bytes; each other
+ * header Cairn reads is limited by its buffer in struct req (one byte
+ * less than its size: 431 beyond, naming the header). */
 #define API_URL_MAX 8192
-#define API_HDR_VALUE_MAX 8192
+#define API_AUTH_VALUE_MAX (sizeof "Bearer " - 1 + API_JWT_MAX)
 #define API_ROUTE_NAMES_MAX 32
 #define API_METRIC_TYPES_MAX 64
 
@@ -47,10 +51,10 @@ struct req {
     struct api *api;       /* set before the writer sees the request */
     struct req *next_done; /* writer -> loop completion list */
     /* Text buffers, NUL-terminated; not zeroed beyond their first byte. */
-    char url[API_URL_MAX];
-    char path[API_URL_MAX];  /* percent-decoded path */
-    char query[API_URL_MAX]; /* raw query string (without '?') */
-    char auth[API_HDR_VALUE_MAX];
+    char url[API_URL_MAX + 1];
+    char path[API_URL_MAX + 1];  /* percent-decoded path */
+    char query[API_URL_MAX + 1]; /* raw query string (without '?') */
+    char auth[API_AUTH_VALUE_MAX + 1];
     char content_type[256];
     char accept[256];
     char last_event_id[32];
@@ -82,6 +86,9 @@ struct conn {
     bool lingering;    /* the last response is written: write side shut, draining input */
     size_t drained;    /* bytes read and dropped while lingering */
     const char *dup_header; /* a single-valued header received twice (400) */
+    const char *over;       /* 431: the header or "url" over its own limit (NULL: the total) */
+    bool over_header;
+    size_t over_max; /* that limit, in bytes */
     uv_shutdown_t shutdown;
     int writes;      /* writes not yet completed */
     int parse_error; /* status to answer on a parser error (400, 413, 431) */

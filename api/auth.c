@@ -29,14 +29,12 @@
 #include <stdlib.h>
 #include <string.h>
 
-#define JWT_MAX 8192
-
 /* ====================================================================== base64url */
 
 static int b64url_decode(const char *s, size_t n, uint8_t *out, size_t cap, size_t *outn)
 {
-    char tmp[JWT_MAX + 4];
-    if (n > JWT_MAX || n % 4 == 1)
+    char tmp[API_JWT_MAX + 4];
+    if (n > API_JWT_MAX || n % 4 == 1)
         return CAIRN_EINVAL;
     for (size_t i = 0; i < n; i++) {
         char c = s[i];
@@ -95,7 +93,7 @@ static unsigned role_bit(const char *s, size_t n)
 
 static json_t *decode_part(const char *s, size_t n)
 {
-    uint8_t raw[JWT_MAX];
+    uint8_t raw[API_JWT_MAX];
     size_t rn;
     if (b64url_decode(s, n, raw, sizeof raw, &rn))
         return NULL;
@@ -158,7 +156,7 @@ static int verify_full(EVP_MAC_CTX *ctx, const uint8_t *secret, size_t slen, con
 {
     const char *d1 = memchr(jwt, '.', n),
                *d2 = d1 ? memchr(d1 + 1, '.', n - (size_t)(d1 + 1 - jwt)) : NULL;
-    if (n > JWT_MAX || !d1 || !d2 || memchr(d2 + 1, '.', n - (size_t)(d2 + 1 - jwt)))
+    if (n > API_JWT_MAX || !d1 || !d2 || memchr(d2 + 1, '.', n - (size_t)(d2 + 1 - jwt)))
         return cairn_error_set(e, "invalid_token", "", "the token is not a compact JWT");
     size_t hn = (size_t)(d1 - jwt);
     if (hn != sizeof canon_header - 1 || memcmp(jwt, canon_header, hn)) {

@@ -397,6 +397,16 @@ static int on_message_begin(http_parser *p)
     return 0;
 }
 
+/* 431 for one part over its own limit: a header (its name) or, with
+ * NULL, the request target. */
+static void too_long(struct conn *c, const char *header, size_t max)
+{
+    c->parse_error = 431;
+    c->over = header ? header : "url";
+    c->over_header = header != NULL;
+    c->over_max = max;
+}
+
 static int limit_headers(struct conn *c, size_t n)
 {
     c->header_bytes += n;
@@ -413,8 +423,8 @@ static int on_url(http_parser *p, const char *at, size_t n)
     struct req *r = c->cur;
     if (limit_headers(c, n))
         return -1;
-    if (r->url_len + n >= sizeof r->url) {
-        c->parse_error = 431;
+    if (r->url_len + n > API_URL_MAX) {
+        too_long(c, NULL, API_URL_MAX);
         return -1;
     }
     memcpy(r->url + r->url_len, at, n);
@@ -493,7 +503,7 @@ static int on_header_value(http_parser *p, const char *at, size_t n)
             return -1;
         }
         if (have + 2 >= slots[i].cap) {
-            c->parse_error = 431;
+            too_long(c, slots[i].display, slots[i].cap - 1);
             return -1;
         }
         memcpy(slot + have, ", ", 2);
@@ -504,7 +514,7 @@ static int on_header_value(http_parser *p, const char *at, size_t n)
     if (!slots[i].cap)
         return 0;
     if (have + n >= slots[i].cap) {
-        c->parse_error = 431;
+        too_long(c, slots[i].display, slots[i].cap - 1);
         return -1;
     }
     memcpy(slot + have, at, n);
@@ -563,6 +573,11 @@ static void parse_failed(struct conn *c)
 {
     struct req *r = c->cur;
     int status = c->parse_error ? c->parse_error : 400;
+    /* http_parser refuses a second Content-Length itself, before
+     * on_header_value sees it: named as any repeated header is. */
+    if (r && HTTP_PARSER_ERRNO(&c->parser) == HPE_UNEXPECTED_CONTENT_LENGTH &&
+        !strcmp(c->hdr_name, "content-length") && (r->seen & 1u << header_slot("content-length")))
+        c->dup_header = "Content-Length";
     /* The parser is stuck in its error state; the connection closes once
      * the error response is written. Until then nothing more is parsed
      * or read (re-running the parser would spin on the same bytes). */
@@ -582,6 +597,10 @@ static void parse_failed(struct conn *c)
     c->active = r;
     if (status == 413)
         http_error(r, 413, "too_large", "body", "the body is over the %zu-byte limit", r->body.max);
+    else if (status == 431 && c->over)
+        http_error(r, 431, "too_large", c->over, "the %s%s is over its %zu-byte limit",
+                   c->over_header ? c->over : "request target", c->over_header ? " header" : "",
+                   c->over_max);
     else if (status == 431)
         http_error(r, 431, "too_large", "headers",
                    "the request line and headers are over %zu "

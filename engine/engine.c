@@ -1446,6 +1446,24 @@ static size_t replay_map(struct engine *eng, const char *sdir)
                                    eng->cfg.apply_to, head, (uint64_t)vfs.f_bavail * vfs.f_frsize);
 }
 
+/* The config file's limits.payload_max: the largest payload ingest
+ * accepts, in msgpack bytes (absent: CAIRN_PAYLOAD_MAX_DEFAULT). It bounds
+ * what is appended, not what is replayed, so it takes no part in the
+ * state. */
+static int config_payload_max(const json_t *config, size_t *out, struct cairn_error *e)
+{
+    const json_t *v = json_object_get(json_object_get(config, "limits"), "payload_max");
+    if (!v)
+        return 0;
+    if (!json_is_integer(v) || json_integer_value(v) < 1 ||
+        json_integer_value(v) > CAIRN_PAYLOAD_MAX_CEILING)
+        return cairn_error_set(e, "config", "limits.payload_max",
+                               "limits.payload_max must be an integer from 1 to %u (bytes)",
+                               (unsigned)CAIRN_PAYLOAD_MAX_CEILING);
+    *out = (size_t)json_integer_value(v);
+    return 0;
+}
+
 static int open_parts(struct engine *eng, struct cairn_error *e)
 {
     char dir[4096];
@@ -1461,7 +1479,8 @@ static int open_parts(struct engine *eng, struct cairn_error *e)
     struct ingest_config ic = {.schema_dir = eng->cfg.schema_dir,
                                .allow_engine_types = eng->cfg.allow_engine_types,
                                .handlers = eng->cfg.handlers};
-    if ((rc = ingest_open(&eng->ing, &ic, e)))
+    if ((rc = config_payload_max(eng->cfg.config, &ic.payload_max, e)) ||
+        (rc = ingest_open(&eng->ing, &ic, e)))
         return rc;
     char sdir[4096];
     if (eng->cfg.state_dir)

@@ -58,6 +58,26 @@ expect "a mangled header part: 401" 401 "$(invalid 'the token header is not base
 
 # ---------------------------------------------------------------- crafted tokens
 
+# The longest token, API_JWT_MAX (8 KiB) bytes, is accepted; one byte more
+# passes the Authorization header's limit ("Bearer " and 8 KiB): 431.
+# (Header and signature take 36 + 43 bytes and two dots: claims of 6 083
+# bytes encode to the other 8 111.)
+padded() { # padded BYTES: valid read claims of exactly BYTES bytes
+    local base n
+    base=$(claims acme '["read"]' $((NOW + 600)) ',"pad":""')
+    n=$(($1 - ${#base}))
+    claims acme '["read"]' $((NOW + 600)) ",\"pad\":\"$(head -c "$n" /dev/zero | tr '\0' a)\""
+}
+big=$(jwt "$HS" "$(padded 6083)" "$JWT_FILE")
+eq "a token of 8 192 bytes" "${#big}" 8192
+get "$big" /v1/devices
+expect_status "... is accepted" 200
+big=$(jwt "$HS" "$(padded 6084)" "$JWT_FILE")
+eq "a token of 8 193 bytes" "${#big}" 8193
+get "$big" /v1/devices
+expect "... passes the Authorization header's limit: 431" 431 \
+    "$(err too_large 'the Authorization header is over its 8199-byte limit' Authorization)"
+
 get "$(jwt "$HS" "$GOOD_CLAIMS" "$JWT_FILE")" /v1/devices
 expect_status "a correctly crafted token is accepted (the crafting works)" 200
 get "$(jwt '{"alg":"HS256"}' "$GOOD_CLAIMS" "$JWT_FILE")" /v1/devices

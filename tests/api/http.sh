@@ -211,9 +211,15 @@ revive "[BUG-1] after a msgpack 413"
 req GET /healthz -H "X-Filler: $(head -c 17000 /dev/zero | tr '\0' a)"
 expect "headers over 16 KiB: 431" 431 "$(err too_large 'the request line and headers are over 16384 bytes' headers)"
 revive "[BUG-1] after a 431"
-req GET "/v1/devices?x=$(head -c 9000 /dev/zero | tr '\0' a)" -H "Authorization: Bearer $READ"
-expect_status "a request line over 8 KiB: 431" 431
+req GET "/v1/devices?x=$(head -c 8179 /dev/zero | tr '\0' a)" -H "Authorization: Bearer $READ"
+expect "a request target of 8 KiB + 1: 431 naming it" 431 "$(err too_large 'the request target is over its 8192-byte limit' url)"
 revive "[BUG-1] after a long request line"
+req GET "/v1/devices?x=$(head -c 8178 /dev/zero | tr '\0' a)" -H "Authorization: Bearer $READ"
+expect_status "a request target of exactly 8 KiB is read" 200
+req GET /v1/devices -H "Authorization: Bearer $READ" -H "Accept: $(head -c 256 /dev/zero | tr '\0' a)"
+expect "an Accept header over its 255 bytes: 431 naming it" 431 "$(err too_large 'the Accept header is over its 255-byte limit' Accept)"
+req GET /v1/devices -H "Authorization: Bearer $READ" -H "Accept: $(head -c 255 /dev/zero | tr '\0' a)"
+expect_status "an Accept header of 255 bytes is read" 200
 printf 'BREW /healthz HTCPCP/1.0\r\nHost: t\r\n\r\n' >"$WORK/bad.req"
 raw "$WORK/bad.req" "$WORK/bad.resp" 3
 check "[BUG-1] a malformed request line: one 400, then close" \

@@ -260,4 +260,26 @@ expect_file "verify of a tampered log" "$work/verify.got" "$work/verify.want"
 "$CAIRN" verify --data "$data" --to 9 | jq -e '.ok == true and .events == 9' >/dev/null ||
     fail "verify --to 9 of a log tampered at 10"
 
+# ---------------------------------------------------------------- limits.payload_max
+# The config file's payload limit applies to append as to the server; a
+# value that is not one is refused, naming the key, before anything runs.
+echo '{"limits":{"payload_max":64}}' >"$work/small.json"
+cat >"$work/sizes.ndjson" <<'EOF'
+{"type":"telemetry","tenant":"acme","payload":{"device_id":"d5","event_type":"status"}}
+{"type":"telemetry","tenant":"acme","payload":{"device_id":"d5","event_type":"status","data":{"note":"enough to pass 64 bytes of msgpack"}}}
+EOF
+run_status st "$CAIRN" append --data "$work/limited" --config "$work/small.json" "$work/sizes.ndjson" >"$work/sizes.got"
+expect_eq "append over limits.payload_max: exit status" "$st" 2
+cat >"$work/sizes.want" <<'EOF'
+{"line":1,"seq":1}
+{"line":2,"error":{"code":"too_large","field":"/payload","message":"payload is over the 64-byte limit"}}
+EOF
+expect_file "append with limits.payload_max 64" "$work/sizes.got" "$work/sizes.want"
+echo '{"limits":{"payload_max":"1MiB"}}' >"$work/bad.json"
+run_status st "$CAIRN" append --data "$work/limited" --config "$work/bad.json" "$work/sizes.ndjson" >/dev/null 2>"$work/bad.err"
+expect_eq "a payload_max that is no number: exit status" "$st" 1
+echo '{"error":{"code":"config","message":"limits.payload_max must be an integer from 1 to 16777216 (bytes)"}}' >"$work/bad.want"
+expect_file "a payload_max that is no number" "$work/bad.err" "$work/bad.want"
+expect_eq "... and nothing appended" "$("$CAIRN" head --data "$work/limited" | jq -c .seq)" 1
+
 echo "cli_append: ok"
