@@ -1446,24 +1446,6 @@ static size_t replay_map(struct engine *eng, const char *sdir)
                                    eng->cfg.apply_to, head, (uint64_t)vfs.f_bavail * vfs.f_frsize);
 }
 
-/* The config file's limits.payload_max: the largest payload ingest
- * accepts, in msgpack bytes (absent: CAIRN_PAYLOAD_MAX_DEFAULT). It bounds
- * what is appended, not what is replayed, so it takes no part in the
- * state. */
-static int config_payload_max(const json_t *config, size_t *out, struct cairn_error *e)
-{
-    const json_t *v = json_object_get(json_object_get(config, "limits"), "payload_max");
-    if (!v)
-        return 0;
-    if (!json_is_integer(v) || json_integer_value(v) < 1 ||
-        json_integer_value(v) > CAIRN_PAYLOAD_MAX_CEILING)
-        return cairn_error_set(e, "config", "limits.payload_max",
-                               "limits.payload_max must be an integer from 1 to %u (bytes)",
-                               (unsigned)CAIRN_PAYLOAD_MAX_CEILING);
-    *out = (size_t)json_integer_value(v);
-    return 0;
-}
-
 static int open_parts(struct engine *eng, struct cairn_error *e)
 {
     char dir[4096];
@@ -1479,8 +1461,10 @@ static int open_parts(struct engine *eng, struct cairn_error *e)
     struct ingest_config ic = {.schema_dir = eng->cfg.schema_dir,
                                .allow_engine_types = eng->cfg.allow_engine_types,
                                .handlers = eng->cfg.handlers};
-    if ((rc = config_payload_max(eng->cfg.config, &ic.payload_max, e)) ||
-        (rc = ingest_open(&eng->ing, &ic, e)))
+    /* limits.payload_max: in range (engine_config_check), or absent (0) */
+    const json_t *pm = json_object_get(json_object_get(eng->cfg.config, "limits"), "payload_max");
+    ic.payload_max = json_is_integer(pm) ? (size_t)json_integer_value(pm) : 0;
+    if ((rc = ingest_open(&eng->ing, &ic, e)))
         return rc;
     char sdir[4096];
     if (eng->cfg.state_dir)
@@ -1500,6 +1484,9 @@ static int open_parts(struct engine *eng, struct cairn_error *e)
 static int open_engine(struct engine **out, const struct engine_config *cfg, bool nosync,
                        struct cairn_error *e)
 {
+    int rc = engine_config_check(cfg->config, cfg->handlers ? cfg->handlers : handler_table, e);
+    if (rc)
+        return rc;
     struct engine *eng = calloc(1, sizeof *eng);
     if (!eng)
         return CAIRN_ENOMEM;
@@ -1520,7 +1507,7 @@ static int open_engine(struct engine **out, const struct engine_config *cfg, boo
     const char *crash = getenv("CAIRN_TEST_CRASH_BEFORE_APPLY");
     if (crash)
         eng->crash_countdown = strtol(crash, NULL, 10);
-    int rc = open_parts(eng, e);
+    rc = open_parts(eng, e);
     if (!rc)
         rc = open_handlers(eng, e);
     uint64_t head = 0;

@@ -185,10 +185,19 @@ struct engine_config {
     struct engine_replay_stats *replay_stats;
 };
 
+/* Checks a config document (NULL: none) against what its readers accept
+ * (config.c): 0, or CAIRN_EINVAL with e->code "config", e->field the JSON
+ * pointer of the first bad value and e->message "<pointer>: <reason>".
+ * `table`: the registered handlers, whose sections it checks against
+ * their config_schema. */
+int engine_config_check(const json_t *config, const struct handler *const *table,
+                        struct cairn_error *e);
+
 /* Opens the log (and, unless log_readonly, takes the writer lock), the
  * schemas, the state and every handler in dependency order, then brings
- * the state up to the log head (or apply_to). A handler cycle is refused
- * with e naming the handlers. */
+ * the state up to the log head (or apply_to). The config is checked first
+ * (engine_config_check). A handler cycle is refused with e naming the
+ * handlers. */
 int engine_open(struct engine **out, const struct engine_config *cfg, struct cairn_error *e);
 /* Stops the writer thread, draining its queue (every request answered). */
 void engine_stop(struct engine *eng);

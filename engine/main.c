@@ -147,9 +147,14 @@ int main(int argc, char **argv)
     json_error_t je;
     c.config = cfg_file && *cfg_file ? json_load_file(cfg_file, JSON_REJECT_DUPLICATES, &je)
                                      : json_object();
-    if (!json_is_object(c.config)) {
-        cli_fail("config", "%s: line %d: %s", cfg_file, je.line,
-                 c.config ? "the config must be a JSON object" : je.text);
+    struct cairn_error ce;
+    cairn_error_clear(&ce);
+    if (!json_is_object(c.config) || engine_config_check(c.config, handler_table, &ce)) {
+        if (!json_is_object(c.config))
+            cli_fail("config", "%s: line %d: %s", cfg_file, je.line,
+                     c.config ? "the config must be a JSON object" : je.text);
+        else /* every command: a bad setting is refused even where unused */
+            cli_fail("config", "%s: %s", cfg_file, ce.message);
         json_decref(c.config);
         free(rest);
         return CLI_FAIL;

@@ -174,6 +174,13 @@ struct handler {
      * engine decoding each sample, labels and all, was 12-28 ms of the
      * log's reading in a 1M-event replay, most samples feeding no alarm. */
     const char *const *raw_inputs;
+    /* Optional (NULL: the handler has no settings). A JSON Schema (text)
+     * of its config section, handlers.<name>, which hctx_config returns:
+     * the engine checks the config file against it before anything opens
+     * (engine_config_check), so open can read its settings without
+     * second-guessing them, and a misspelt key or a wrong type is refused
+     * at start, named, rather than quietly meaning the default. */
+    const char *config_schema;
 };
 
 /* The registered handlers, NULL-terminated (handlers/registry.c). */

@@ -253,6 +253,20 @@ static bool get_time(const msgpack_object *o, int64_t *t)
 
 /* ====================================================================== open / close */
 
+/* handlers.alerts (README, alerts): escalation_s by severity (0 to a
+ * year), min_severity one severity or one per source. */
+#define ESC "{\"type\":\"integer\",\"minimum\":0,\"maximum\":31536000}"
+#define SEV "{\"enum\":[\"critical\",\"high\",\"medium\",\"low\",\"info\"]}"
+static const char config_schema[] =
+    "{\"type\":\"object\",\"additionalProperties\":false,\"properties\":{"
+    "\"escalation_s\":{\"type\":\"object\",\"additionalProperties\":false,\"properties\":{"
+    "\"critical\":" ESC ",\"high\":" ESC ",\"medium\":" ESC ",\"low\":" ESC ",\"info\":" ESC "}},"
+    "\"min_severity\":{\"anyOf\":[" SEV ",{\"type\":\"object\",\"additionalProperties\":false,"
+    "\"properties\":{\"compliance\":" SEV ",\"devices\":" SEV ",\"orders\":" SEV ","
+    "\"payments\":" SEV ",\"geofence\":" SEV "}}]}}}";
+#undef ESC
+#undef SEV
+
 static void read_config(struct alerts *a, const json_t *cfg)
 {
     const json_t *esc = json_object_get(cfg, "escalation_s");
@@ -1921,6 +1935,7 @@ static const struct handler_route routes[] = {
 const struct handler alerts_handler = {
     .version = HANDLER_VERSION,
     .name = "alerts",
+    .config_schema = config_schema,
     .consumes = consumes,
     .emits = emits,
     .open = alerts_open,

@@ -258,6 +258,12 @@ static int dev_get(struct hctx *ctx, const uint8_t *vk, size_t vn, bool strict, 
 
 /* ====================================================================== open, close */
 
+/* handlers.devices (README, Configuration). */
+static const char config_schema[] =
+    "{\"type\":\"object\",\"additionalProperties\":false,\"properties\":{"
+    "\"offline_after_s\":{\"type\":\"integer\",\"minimum\":1,\"maximum\":31536000},"
+    "\"seen_mirror_max\":{\"type\":\"integer\",\"minimum\":0}}}";
+
 static int devices_open(struct hctx *ctx)
 {
     struct devices *d = calloc(1, sizeof *d);
@@ -1306,6 +1312,7 @@ static int devices_apply(struct hctx *ctx, const struct event *ev)
 const struct handler devices_handler = {
     .version = HANDLER_VERSION,
     .name = "devices",
+    .config_schema = config_schema,
     .consumes = consumes,
     .emits = emits,
     .open = devices_open,

@@ -1343,6 +1343,20 @@ static int queue_count(struct hctx *ctx, unsigned db, size_t *n)
     return rc == CAIRN_ENOTFOUND ? 0 : rc;
 }
 
+/* handlers.geofence (README, Configuration): the maxima are the
+ * ceilings below. */
+static const char config_schema[] =
+    "{\"type\":\"object\",\"additionalProperties\":false,\"properties\":{"
+    "\"arrival_radius_m\":{\"type\":\"number\",\"exclusiveMinimum\":0,\"maximum\":1000000},"
+    "\"device_cache_max\":{\"type\":\"integer\",\"minimum\":1,\"maximum\":1048576},"
+    "\"order_cache_max\":{\"type\":\"integer\",\"minimum\":1,\"maximum\":262144},"
+    "\"defer_max\":{\"type\":\"integer\",\"minimum\":1,\"maximum\":262144},"
+    "\"hitq_max\":{\"type\":\"integer\",\"minimum\":1,\"maximum\":65536},"
+    "\"opq_max\":{\"type\":\"integer\",\"minimum\":1,\"maximum\":65536}}}";
+_Static_assert(GF_DEV_CACHE_MAX == 1048576 && GF_ORDER_CACHE_MAX == 262144 &&
+                   GF_DEFER_MAX == 262144 && GF_HITQ_MAX == 65536 && GF_OPQ_MAX == 65536,
+               "the maxima of config_schema");
+
 static int gf_open(struct hctx *ctx)
 {
     struct gf *g = calloc(1, sizeof *g);
@@ -2844,6 +2858,7 @@ size_t geofence_device_memory(struct hctx *ctx)
 const struct handler geofence_handler = {
     .version = HANDLER_VERSION,
     .name = "geofence",
+    .config_schema = config_schema,
     .consumes = consumes,
     .emits = emits,
     .open = gf_open,

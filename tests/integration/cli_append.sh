@@ -278,8 +278,33 @@ expect_file "append with limits.payload_max 64" "$work/sizes.got" "$work/sizes.w
 echo '{"limits":{"payload_max":"1MiB"}}' >"$work/bad.json"
 run_status st "$CAIRN" append --data "$work/limited" --config "$work/bad.json" "$work/sizes.ndjson" >/dev/null 2>"$work/bad.err"
 expect_eq "a payload_max that is no number: exit status" "$st" 1
-echo '{"error":{"code":"config","message":"limits.payload_max must be an integer from 1 to 16777216 (bytes)"}}' >"$work/bad.want"
+echo "{\"error\":{\"code\":\"config\",\"message\":\"$work/bad.json: /limits/payload_max: must be an integer, got string\"}}" >"$work/bad.want"
 expect_file "a payload_max that is no number" "$work/bad.err" "$work/bad.want"
 expect_eq "... and nothing appended" "$("$CAIRN" head --data "$work/limited" | jq -c .seq)" 1
+
+# ---------------------------------------------------------------- the config file is checked
+# Every setting against what its reader accepts (engine/config.c), for
+# every command: a misspelt key or a wrong type is named, not defaulted.
+config_refused() { # config_refused NAME JSON MESSAGE
+    echo "$2" >"$work/cfg.json"
+    run_status st "$CAIRN" head --data "$data" --config "$work/cfg.json" >/dev/null 2>"$work/cfg.err"
+    expect_eq "$1: exit status" "$st" 1
+    echo "{\"error\":{\"code\":\"config\",\"message\":\"$work/cfg.json: $3\"}}" >"$work/cfg.want"
+    expect_file "$1" "$work/cfg.err" "$work/cfg.want"
+}
+config_refused "a misspelt section" '{"lmits":{}}' '/lmits: is not allowed'
+config_refused "a misspelt handler" '{"handlers":{"devics":{}}}' '/handlers/devics: no handler is named devics'
+config_refused "settings for a handler that has none" '{"handlers":{"orders":{"x":1}}}' \
+    '/handlers/orders: the orders handler has no settings'
+config_refused "a handler setting of the wrong type" '{"handlers":{"devices":{"offline_after_s":"600"}}}' \
+    '/handlers/devices/offline_after_s: must be an integer, got string'
+config_refused "a handler setting out of range" '{"handlers":{"geofence":{"hitq_max":65537}}}' \
+    '/handlers/geofence/hitq_max: must be <= 65536'
+config_refused "a writer setting out of range" '{"log":{"batch_max":0}}' '/log/batch_max: must be >= 1'
+config_refused "a misspelt HTTP limit" '{"limits":{"body_maximum":1}}' '/limits/body_maximum: is not allowed'
+config_refused "a Stripe secret that is not a list" '{"stripe_secrets":{"acme":"f"}}' \
+    '/stripe_secrets/acme: must be an array, got string'
+echo '{"listen":"127.0.0.1:8080","apply_threads":1,"tick_interval_ms":500,"limits":{"payload_max":1048576},"log":{"batch_max":512},"handlers":{"devices":{"offline_after_s":600},"alerts":{"min_severity":{"geofence":"info"},"escalation_s":{"high":60}},"orders":{}}}' >"$work/good.json"
+"$CAIRN" head --data "$data" --config "$work/good.json" >/dev/null || fail "a valid config is accepted"
 
 echo "cli_append: ok"
