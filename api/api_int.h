@@ -115,6 +115,7 @@ struct api {
     struct req *done; /* requests whose commit returned (LIFO) */
     _Atomic uint64_t applied;
     bool closing;
+    bool write_failing; /* the last ingest write failed (said once on stderr) */
     int handles_open;
     /* Metrics (loop thread only). */
     uint64_t http_counts[API_ROUTE_NAMES_MAX][6]; /* by route, by status class 1xx..5xx */

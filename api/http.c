@@ -190,9 +190,9 @@ void http_error_from(struct req *r, int status, const struct cairn_error *e)
         cairn_buf_json_str(&b, e->field, strlen(e->field));
     }
     cairn_buf_puts(&b, "}}\n");
-    const char *extra = status == 429   ? "Retry-After: 1\r\n"
-                        : status == 401 ? "WWW-Authenticate: Bearer\r\n"
-                                        : NULL;
+    const char *extra = status == 429 || status == 503 ? "Retry-After: 1\r\n"
+                        : status == 401                ? "WWW-Authenticate: Bearer\r\n"
+                                                       : NULL;
     metrics_rejected(r->c->a, e->code ? e->code : "error");
     http_respond(r, status, "application/json", b.data, b.len, extra);
     cairn_buf_deinit(&b);

@@ -105,11 +105,24 @@ void api_ingest_done(struct req *r)
         req_free(r);
         return;
     }
+    struct api *a = r->api;
     if (r->lreq.rc) {
+        /* Said once per streak of failed writes, and again when one
+         * succeeds: an operator's log shows a full disk, not only the
+         * clients. */
+        if (!a->write_failing)
+            fprintf(stderr,
+                    "cairn: the log could not be written: %s; ingest answers 503 until a write "
+                    "succeeds\n",
+                    cairn_strerror(r->lreq.rc));
+        a->write_failing = true;
         http_error(r, 503, "unavailable", NULL, "the log could not be written: %s",
                    cairn_strerror(r->lreq.rc));
         return;
     }
+    if (a->write_failing)
+        fprintf(stderr, "cairn: the log is written again\n");
+    a->write_failing = false;
     count_accepted(r);
     if (r->batch)
         answer_batch(r);

@@ -27,6 +27,7 @@ const char *cairn_strerror(int err)
     case CAIRN_ETOOBIG: return "too large";
     case CAIRN_ECLOSED: return "closed";
     case CAIRN_EMAPFULL: return "map full";
+    case CAIRN_ENOSPC: return "no space left on the disk";
     }
     return "unknown error";
 }

@@ -126,6 +126,7 @@ enum cairn_err {
     CAIRN_ETOOBIG = -9,   /* a buffer or input passed its limit */
     CAIRN_ECLOSED = -10,  /* the component is shutting down */
     CAIRN_EMAPFULL = -11, /* internal: map full, grow and retry */
+    CAIRN_ENOSPC = -12,   /* the disk is full (or a quota or file size limit is reached) */
 };
 
 /* A static, human-readable description of a CAIRN_E* code. */
@@ -544,8 +545,12 @@ int cairn_env_sync(struct cairn_env *env);
  * it with no transaction open, when the map is not about to be read. */
 void cairn_env_sync_start(struct cairn_env *env);
 /* Translates an LMDB return code: MDB_MAP_FULL -> CAIRN_EMAPFULL,
- * MDB_NOTFOUND -> CAIRN_ENOTFOUND, others -> CAIRN_EDB. */
+ * MDB_NOTFOUND -> CAIRN_ENOTFOUND, ENOSPC/EDQUOT/EFBIG (a write LMDB could
+ * not make) -> CAIRN_ENOSPC, others -> CAIRN_EDB. */
 int cairn_mdb_err(int rc);
+/* Translates an errno of a file operation: ENOSPC/EDQUOT/EFBIG ->
+ * CAIRN_ENOSPC, ENOMEM -> CAIRN_ENOMEM, others -> CAIRN_EIO. */
+int cairn_errno_err(int err);
 
 /* mkdir -p; returns 0 or CAIRN_EIO. */
 int cairn_mkdirs(const char *path);

@@ -19,6 +19,7 @@
 #include <stdlib.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
+#include <sys/statvfs.h>
 #include <sys/sysmacros.h>
 #include <unistd.h>
 
@@ -36,6 +37,17 @@ struct cairn_env {
     bool pop_found, pop_off;
 };
 
+int cairn_errno_err(int err)
+{
+    switch (err) {
+    case ENOSPC:
+    case EDQUOT:
+    case EFBIG: return CAIRN_ENOSPC;
+    case ENOMEM: return CAIRN_ENOMEM;
+    default: return CAIRN_EIO;
+    }
+}
+
 int cairn_mdb_err(int rc)
 {
     switch (rc) {
@@ -47,6 +59,9 @@ int cairn_mdb_err(int rc)
     case MDB_INVALID:
     case MDB_VERSION_MISMATCH: return CAIRN_ECORRUPT;
     case ENOMEM: return CAIRN_ENOMEM;
+    case ENOSPC:
+    case EDQUOT:
+    case EFBIG: return CAIRN_ENOSPC;
     default: return CAIRN_EDB;
     }
 }
@@ -162,11 +177,27 @@ int cairn_env_write_begin(struct cairn_env *ce, MDB_txn **txn)
     return txn_begin(ce, 0, txn);
 }
 
+/* LMDB reports a write the disk cut short as EIO ("short write,
+ * filesystem full?", mdb_page_flush): the usual way a full disk shows.
+ * Said as the full disk it is when the file system has less than a
+ * megabyte left after it. */
+#define FULL_DISK_FREE (1u << 20)
+
+static int commit_err(struct cairn_env *ce, int rc)
+{
+    const char *path;
+    struct statvfs vfs;
+    if (rc == EIO && !mdb_env_get_path(ce->env, &path) && !statvfs(path, &vfs) &&
+        (uint64_t)vfs.f_bavail * vfs.f_frsize < FULL_DISK_FREE)
+        return CAIRN_ENOSPC;
+    return cairn_mdb_err(rc);
+}
+
 int cairn_env_write_commit(struct cairn_env *ce, MDB_txn *txn)
 {
     int rc = mdb_txn_commit(txn);
     pthread_rwlock_unlock(&ce->resize);
-    return cairn_mdb_err(rc);
+    return rc ? commit_err(ce, rc) : 0;
 }
 
 void cairn_env_write_abort(struct cairn_env *ce, MDB_txn *txn)

@@ -76,7 +76,7 @@ static void boot_id(char out[64])
  * (posix_fallocate) before a write transaction may use it: ienv_write_begin
  * checks, inside the transaction (the map cannot change under it), that
  * the whole map is reserved, reserves what a grow added, and refuses with
- * CAIRN_EIO — before anything is written — when the disk cannot hold it.
+ * CAIRN_ENOSPC — before anything is written — when the disk cannot hold it.
  * That fails the batch's check as a failed index commit did. The data file
  * is then as large as the map (up to twice the pages used) on disk.
  */
@@ -100,7 +100,7 @@ static int ienv_write_begin(struct log *log, MDB_txn **txn)
         fprintf(stderr,
                 "cairn: log index %s/index: cannot reserve %llu MiB of disk for its map: %s\n",
                 log->cfg.dir, (unsigned long long)(info.me_mapsize >> 20), strerror(err));
-        return CAIRN_EIO;
+        return cairn_errno_err(err);
     }
     log->ireserved = info.me_mapsize;
     return 0;

@@ -198,7 +198,7 @@ static int open_meta(struct proj *p)
  *               map is larger than what is reserved (another process grew
  *               it, or a grow's reservation failed).
  *
- * A full disk thus surfaces as CAIRN_EIO from open, grow or begin, with a
+ * A full disk thus surfaces as CAIRN_ENOSPC from open, grow or begin, with a
  * message naming the directory, before anything is written — like a
  * failed commit: the state stays at its last checkpoint and the engine
  * retries with the next batch.
@@ -289,7 +289,7 @@ static int reserve(struct proj *p, uint64_t size)
                 "cairn: state %s: cannot reserve %llu MiB of disk for its map: %s; "
                 "the state stays at its last checkpoint until space is freed\n",
                 p->dir, (unsigned long long)(size >> 20), strerror(err));
-        return CAIRN_EIO;
+        return cairn_errno_err(err);
     }
     p->reserved = size;
     return 0;
