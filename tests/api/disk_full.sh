@@ -16,8 +16,9 @@ if ! mount -t tmpfs -o size=420m tmpfs "$FS" 2>/dev/null; then
     echo "# skipped: cannot mount a tmpfs here (needs root)"
     exit 77
 fi
-# lib.sh's cleanup stops the server first; then the file system can go.
-trap 'st=$?; (exit "$st"); cleanup; umount "$FS" && rmdir "$FS"; exit "$st"' EXIT
+# lib.sh's cleanup stops the server first; then the file system can go
+# (set +e: a failed run's status must not stop the trap before umount).
+trap 'st=$?; set +e; (exit "$st"); cleanup; umount "$FS" && rmdir "$FS"; exit "$st"' EXIT
 DATA=$FS/data
 
 # batch N: 500 telemetry inputs with ids n-N-K, ~110 KB.
