@@ -528,6 +528,11 @@ void cairn_env_write_abort(struct cairn_env *env, MDB_txn *txn);
 /* Doubles the map (up to CAIRN_MAP_SIZE_CEILING). No transaction of this
  * process may be held by the caller. */
 int cairn_env_grow(struct cairn_env *env);
+/* Writes a consistent, compacted copy of the environment, as one read
+ * snapshot sees it (writers, in this process or another, go on
+ * meanwhile), to dir/data.mdb; dir is created and must hold no data.mdb.
+ * CAIRN_ENOSPC when the disk cannot hold it, CAIRN_EIO otherwise. */
+int cairn_env_copy(struct cairn_env *env, const char *dir);
 /* Makes pages [from, from + n) of the map present and writable, as a
  * write would, without changing a byte (MADV_POPULATE_WRITE; see
  * "populating the map" in env.c). For an MDB_WRITEMAP environment whose

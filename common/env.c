@@ -206,6 +206,17 @@ void cairn_env_write_abort(struct cairn_env *ce, MDB_txn *txn)
     pthread_rwlock_unlock(&ce->resize);
 }
 
+int cairn_env_copy(struct cairn_env *ce, const char *dir)
+{
+    int rc = cairn_mkdirs(dir);
+    if (rc)
+        return rc;
+    pthread_rwlock_rdlock(&ce->resize); /* the map may not move under the copy */
+    int mrc = mdb_env_copy2(ce->env, dir, MDB_CP_COMPACT);
+    pthread_rwlock_unlock(&ce->resize);
+    return !mrc ? 0 : mrc == ENOSPC || mrc == EDQUOT || mrc == EFBIG ? CAIRN_ENOSPC : CAIRN_EIO;
+}
+
 int cairn_env_grow(struct cairn_env *ce)
 {
     int rc = 0;

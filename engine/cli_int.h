@@ -49,5 +49,6 @@ int cmd_rules(struct cli *c);
 int cmd_tail(struct cli *c);
 int cmd_verify(struct cli *c);
 int cmd_head(struct cli *c);
+int cmd_backup(struct cli *c);
 
 #endif

@@ -36,6 +36,8 @@ static const char usage[] =
     "                           print a derived stream as NDJSON\n"
     "  tick [--time T] [--interval-ms N]\n"
     "                           append one engine tick (operators, tests)\n"
+    "  backup DEST              a consistent copy of the data directory into DEST, safe\n"
+    "                           while a server writes (restore: cairn serve --data DEST)\n"
     "  rules load DIR --tenant T append DIR/*.json as rule.define inputs (unchanged rules "
     "skipped)\n"
     "\n"
@@ -112,6 +114,7 @@ static const struct {
     {"append", cmd_append}, {"tail", cmd_tail},     {"verify", cmd_verify}, {"head", cmd_head},
     {"serve", cmd_serve},   {"replay", cmd_replay}, {"digest", cmd_digest}, {"show", cmd_show},
     {"stream", cmd_stream}, {"tick", cmd_tick},     {"token", cmd_token},   {"rules", cmd_rules},
+    {"backup", cmd_backup},
 };
 
 int main(int argc, char **argv)

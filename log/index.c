@@ -47,6 +47,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 #define INDEX_CHUNK 65536 /* events re-indexed per transaction when catching up */
 
@@ -1337,6 +1338,10 @@ int log_index_open(struct log *log)
     bool ro = log->cfg.readonly;
     if (snprintf(dir, sizeof dir, "%s/index", log->cfg.dir) >= (int)sizeof dir)
         return CAIRN_EINVAL;
+    if (ro && access(dir, F_OK)) { /* never indexed (a backup's copy): nothing to say */
+        log->ienv = NULL;
+        return 0;
+    }
     int rc = cairn_env_open(&log->ienv, dir, 8, log->cfg.map_size,
                             ro ? MDB_RDONLY
                                : MDB_NOSYNC | MDB_NOMETASYNC | MDB_WRITEMAP | MDB_NORDAHEAD);

@@ -529,8 +529,9 @@ int log_snap_get(struct log_snap *s, uint64_t seq, struct log_event *ev)
  * entity reads look it up, then scan the log past `indexed`. */
 static int snap_index(struct log_snap *s, MDB_txn **itxn, uint64_t *indexed)
 {
-    if (!s->log->ienv)
-        return CAIRN_ENOTFOUND; /* a log never indexed (read-only, no writer yet) */
+    if (!s->log->ienv) /* a log never indexed (a reader; no writer opened it yet: a
+                           backup's copy): entity reads scan the whole log */
+        return CAIRN_ENOTFOUND;
     if (!s->itxn) {
         int rc = cairn_env_read_begin(s->log->ienv, &s->itxn);
         if (rc)
@@ -578,12 +579,13 @@ int log_snap_last_of(struct log_snap *s, const struct cairn_str *tenant,
     MDB_txn *itxn;
     uint64_t indexed;
     int rc = snap_index(s, &itxn, &indexed);
-    if (rc == CAIRN_ENOTFOUND) {
-        *seq = 0;
-        return 0;
-    }
-    if (rc || (rc = log_last_of(itxn, s->log->keys, tenant, key, seq)))
+    *seq = 0;
+    if (rc == CAIRN_ENOTFOUND) { /* never indexed: the whole log is scanned */
+        rc = 0;
+        indexed = 0;
+    } else if (rc || (rc = log_last_of(itxn, s->log->keys, tenant, key, seq))) {
         return rc;
+    }
     /* Then the events the index does not cover yet. */
     uint8_t tk[1 + CAIRN_TENANT_MAX + CAIRN_KEY_MAX];
     size_t tk_len = log_tenant_key(tk, tenant, key);
@@ -616,11 +618,17 @@ int log_iter_open(struct log_snap *s, uint64_t from, const struct cairn_str *ten
     }
     MDB_txn *txn = s->txn;
     int rc = it->entity ? snap_index(s, &txn, &it->indexed) : 0;
+    if (rc == CAIRN_ENOTFOUND) { /* never indexed: the whole log is the tail */
+        rc = 0;
+        txn = s->txn;
+        it->indexed = 0;
+        it->tail = true;
+    }
     if (rc) {
         free(it);
         return rc;
     }
-    rc = mdb_cursor_open(txn, it->entity ? s->log->keys : s->log->events, &it->cur);
+    rc = mdb_cursor_open(txn, it->entity && !it->tail ? s->log->keys : s->log->events, &it->cur);
     if (rc) {
         free(it);
         return cairn_mdb_err(rc);
