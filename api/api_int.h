@@ -115,7 +115,8 @@ struct api {
     struct req *done; /* requests whose commit returned (LIFO) */
     _Atomic uint64_t applied;
     bool closing;
-    bool write_failing; /* the last ingest write failed (said once on stderr) */
+    bool write_failing;      /* the last ingest write failed (said once on stderr) */
+    uint64_t write_failures; /* ingest requests whose write failed */
     int handles_open;
     /* Metrics (loop thread only). */
     uint64_t http_counts[API_ROUTE_NAMES_MAX][6]; /* by route, by status class 1xx..5xx */

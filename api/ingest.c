@@ -116,6 +116,7 @@ void api_ingest_done(struct req *r)
                     "succeeds\n",
                     cairn_strerror(r->lreq.rc));
         a->write_failing = true;
+        a->write_failures++;
         http_error(r, 503, "unavailable", NULL, "the log could not be written: %s",
                    cairn_strerror(r->lreq.rc));
         return;

@@ -169,6 +169,15 @@ static void render_http(struct api *a, struct cairn_buf *b)
     }
     gauge(b, "cairn_sse_subscribers", "Open SSE subscriptions.", a->nsubs);
     gauge(b, "cairn_http_connections", "Open HTTP connections.", a->nconns);
+    gauge(b, "cairn_log_write_failing",
+          "1 while ingest writes fail (the last one did: a full disk, say), else 0.",
+          a->write_failing);
+    cairn_buf_printf(b,
+                     "# HELP cairn_log_write_failures_total Ingest requests whose log write "
+                     "failed (answered 503).\n"
+                     "# TYPE cairn_log_write_failures_total counter\n"
+                     "cairn_log_write_failures_total %llu\n",
+                     (unsigned long long)a->write_failures);
 }
 
 void metrics_render(struct api *a, struct cairn_buf *b)

@@ -47,6 +47,10 @@ eq "... with Retry-After" "$(header Retry-After)" 1
 post_file "$ING" application/x-ndjson "$WORK/batch.ndjson"
 expect_status "a second write on the full disk: 503 again" 503
 server_alive "the disk full"
+METRICS=$(token acme metrics)
+metric() { curl -s -m 2 -H "Authorization: Bearer $METRICS" "$URL/metrics" | awk -v m="$1" '$1 == m { print $2 }'; }
+eq "metrics: cairn_log_write_failing 1" "$(metric cairn_log_write_failing)" 1
+eq "metrics: cairn_log_write_failures_total 2" "$(metric cairn_log_write_failures_total)" 2
 eq "the server said it once on stderr" \
     "$(grep -c '^cairn: the log could not be written: no space left on the disk; ingest answers 503 until a write succeeds$' "$SERVER_LOG")" 1
 
@@ -55,6 +59,7 @@ post_file "$ING" application/x-ndjson "$WORK/batch.ndjson"
 expect_jq "space freed: the same batch is accepted, its seqs right after the last acknowledged" 202 \
     "[.results[].seq] == [range($((acked + 1)); $((acked + 501)))]"
 eq "the server said that too" "$(grep -c '^cairn: the log is written again$' "$SERVER_LOG")" 1
+eq "metrics: cairn_log_write_failing 0 again" "$(metric cairn_log_write_failing)" 0
 get "$ING" "/v1/devices/d19?min_seq=$((acked + 500))"
 expect_jq "the state followed" 200 ".seq == $((acked + 500)) and .item.battery == $(((n + 499) % 101))"
 stop_server
