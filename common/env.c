@@ -214,7 +214,7 @@ int cairn_env_copy(struct cairn_env *ce, const char *dir)
     pthread_rwlock_rdlock(&ce->resize); /* the map may not move under the copy */
     int mrc = mdb_env_copy2(ce->env, dir, MDB_CP_COMPACT);
     pthread_rwlock_unlock(&ce->resize);
-    return !mrc ? 0 : mrc == ENOSPC || mrc == EDQUOT || mrc == EFBIG ? CAIRN_ENOSPC : CAIRN_EIO;
+    return mrc ? cairn_errno_err(mrc) : 0;
 }
 
 int cairn_env_grow(struct cairn_env *ce)

@@ -269,14 +269,12 @@ static int devices_open(struct hctx *ctx)
     struct devices *d = calloc(1, sizeof *d);
     if (!d)
         return CAIRN_ENOMEM;
+    /* Settings in range (config_schema, engine_config_check), or absent. */
     const json_t *oa = json_object_get(hctx_config(ctx), "offline_after_s");
     d->offline_after_ns =
-        (json_is_integer(oa) && json_integer_value(oa) > 0 ? json_integer_value(oa)
-                                                           : DEFAULT_OFFLINE_AFTER_S) *
-        1000000000LL;
+        (json_is_integer(oa) ? json_integer_value(oa) : DEFAULT_OFFLINE_AFTER_S) * 1000000000LL;
     const json_t *sm = json_object_get(hctx_config(ctx), "seen_mirror_max");
-    d->sn.max = json_is_integer(sm) && json_integer_value(sm) >= 0 ? (size_t)json_integer_value(sm)
-                                                                   : SEEN_MIRROR_MAX;
+    d->sn.max = json_is_integer(sm) ? (size_t)json_integer_value(sm) : SEEN_MIRROR_MAX;
     cairn_time_cache_init(&d->ts);
     cairn_buf_init(&d->tmp, DOC_MAX);
     cairn_buf_init(&d->doc, DOC_MAX + 4096);

@@ -1357,6 +1357,13 @@ _Static_assert(GF_DEV_CACHE_MAX == 1048576 && GF_ORDER_CACHE_MAX == 262144 &&
                    GF_DEFER_MAX == 262144 && GF_HITQ_MAX == 65536 && GF_OPQ_MAX == 65536,
                "the maxima of config_schema");
 
+/* A count setting: in range (engine_config_check), or absent: dflt. */
+static size_t cfg_count(struct hctx *ctx, const char *name, size_t dflt)
+{
+    const json_t *v = json_object_get(hctx_config(ctx), name);
+    return json_is_integer(v) ? (size_t)json_integer_value(v) : dflt;
+}
+
 static int gf_open(struct hctx *ctx)
 {
     struct gf *g = calloc(1, sizeof *g);
@@ -1368,38 +1375,16 @@ static int gf_open(struct hctx *ctx)
     cairn_buf_init(&g->rec, 1u << 20);
     cairn_buf_init(&g->tmp, CAIRN_PAYLOAD_MAX_CEILING);
     cairn_buf_init(&g->pbuf, PEND_BYTES_MAX + 4 * (GF_KEY_MAX + 1) + 2048);
-    const json_t *dm = json_object_get(hctx_config(ctx), "device_cache_max");
-    g->dev_max = json_is_integer(dm) && json_integer_value(dm) >= 1 &&
-                         json_integer_value(dm) < GF_DEV_CACHE_MAX
-                     ? (size_t)json_integer_value(dm)
-                     : GF_DEV_CACHE_MAX;
-    const json_t *om = json_object_get(hctx_config(ctx), "order_cache_max");
-    g->ocache_max = json_is_integer(om) && json_integer_value(om) >= 1 &&
-                            json_integer_value(om) < GF_ORDER_CACHE_MAX
-                        ? (size_t)json_integer_value(om)
-                        : GF_ORDER_CACHE_MAX;
-    const json_t *dx = json_object_get(hctx_config(ctx), "defer_max");
-    g->defer_max =
-        json_is_integer(dx) && json_integer_value(dx) >= 1 && json_integer_value(dx) < GF_DEFER_MAX
-            ? (size_t)json_integer_value(dx)
-            : GF_DEFER_MAX;
+    g->dev_max = cfg_count(ctx, "device_cache_max", GF_DEV_CACHE_MAX);
+    g->ocache_max = cfg_count(ctx, "order_cache_max", GF_ORDER_CACHE_MAX);
+    g->defer_max = cfg_count(ctx, "defer_max", GF_DEFER_MAX);
     /* part of the state's shape: live and replay must use the same (it
      * changes what hitq and the indexes hold at a checkpoint, not any
      * answer) */
-    const json_t *hq = json_object_get(hctx_config(ctx), "hitq_max");
-    g->hitq_max =
-        json_is_integer(hq) && json_integer_value(hq) >= 1 && json_integer_value(hq) < GF_HITQ_MAX
-            ? (size_t)json_integer_value(hq)
-            : GF_HITQ_MAX;
-    const json_t *oq = json_object_get(hctx_config(ctx), "opq_max"); /* likewise */
-    g->opq_max =
-        json_is_integer(oq) && json_integer_value(oq) >= 1 && json_integer_value(oq) < GF_OPQ_MAX
-            ? (size_t)json_integer_value(oq)
-            : GF_OPQ_MAX;
+    g->hitq_max = cfg_count(ctx, "hitq_max", GF_HITQ_MAX);
+    g->opq_max = cfg_count(ctx, "opq_max", GF_OPQ_MAX); /* likewise */
     const json_t *ar = json_object_get(hctx_config(ctx), "arrival_radius_m");
-    g->arrival_default = json_is_number(ar) && json_number_value(ar) > 0
-                             ? json_number_value(ar)
-                             : GF_ARRIVAL_RADIUS_DEFAULT;
+    g->arrival_default = json_is_number(ar) ? json_number_value(ar) : GF_ARRIVAL_RADIUS_DEFAULT;
     int rc = geo_index_new(&g->ix);
     if (!rc && !(g->pool = geo_pool_new()))
         rc = CAIRN_ENOMEM;
