@@ -1392,22 +1392,33 @@ static int try_branch(struct vctx *c, const struct node *n, const msgpack_object
     return r;
 }
 
-/* No branch matched: names the reason the first branch gave, which is the
- * one a schema author usually means. Kept out of line, so the scratch error
- * does not sit in every anyOf frame of the recursion. */
+/* No branch matched: names the reason of the branch that got furthest into
+ * the value (the deepest pointer; the first of equals), the one the input
+ * most likely meant: {"geofenc": "info"} against [a severity string, an
+ * object of severities by source] is told that /geofenc is not allowed,
+ * not that it is no severity. Kept out of line, so the scratch errors do
+ * not sit in every anyOf frame of the recursion. */
 __attribute__((noinline)) static int fail_branches(struct vctx *c, const struct list *l,
                                                    const char *kw, const char *how,
                                                    const msgpack_object *v)
 {
     if (!c->e)
         return V_FAIL;
-    struct cairn_error first, *saved = c->e;
-    cairn_error_clear(&first);
-    c->e = &first;
-    validate_node(c, l->v[0], v);
+    struct cairn_error best, cur, *saved = c->e;
+    size_t bi = 0;
+    for (size_t i = 0; i < l->n; i++) {
+        cairn_error_clear(&cur);
+        c->e = &cur;
+        validate_node(c, l->v[i], v);
+        if (i == 0 || strlen(cur.field) > strlen(best.field)) {
+            best = cur;
+            bi = i;
+        }
+    }
     c->e = saved;
-    return mismatch(c, "no_match", "must match %s of the %zu %s schemas (the first says: %s%s%s)",
-                    how, l->n, kw, first.field, first.field[0] ? " " : "", first.message);
+    return mismatch(c, "no_match",
+                    "must match %s of the %zu %s schemas (#%zu, the closest, says: %s%s%s)", how,
+                    l->n, kw, bi, best.field, best.field[0] ? " " : "", best.message);
 }
 
 static int check_any(struct vctx *c, const struct node *n, const msgpack_object *v)

@@ -300,6 +300,9 @@ config_refused "a handler setting of the wrong type" '{"handlers":{"devices":{"o
     '/handlers/devices/offline_after_s: must be an integer, got string'
 config_refused "a handler setting out of range" '{"handlers":{"geofence":{"hitq_max":65537}}}' \
     '/handlers/geofence/hitq_max: must be <= 65536'
+config_refused "a misspelt source in min_severity: the object branch is named" \
+    '{"handlers":{"alerts":{"min_severity":{"geofenc":"info"}}}}' \
+    '/handlers/alerts/min_severity: must match at least one of the 2 anyOf schemas (#1, the closest, says: /handlers/alerts/min_severity/geofenc is not allowed)'
 config_refused "a writer setting out of range" '{"log":{"batch_max":0}}' '/log/batch_max: must be >= 1'
 config_refused "a misspelt HTTP limit" '{"limits":{"body_maximum":1}}' '/limits/body_maximum: is not allowed'
 config_refused "a Stripe secret that is not a list" '{"stripe_secrets":{"acme":"f"}}' \

@@ -359,8 +359,19 @@ static const struct err_case err_cases[] = {
      "must match the pattern ^evt_"},
     {"{\"pattern\":\"c$\"}", "\"ab\\u0000c\"", "", NULL, NULL, NULL},
     {"{\"anyOf\":[{\"type\":\"string\"},{\"type\":\"null\"}]}", "{\"x\":1}", "/p", "no_match", "/p",
-     "must match at least one of the 2 anyOf schemas (the first says: /p must be a "
+     "must match at least one of the 2 anyOf schemas (#0, the closest, says: /p must be a "
      "string, got object)"},
+    /* the branch that got furthest into the value is the one named */
+    {"{\"anyOf\":[{\"enum\":[\"low\",\"high\"]},{\"type\":\"object\",\"properties\":{"
+     "\"geofence\":{\"enum\":[\"low\"]}},\"additionalProperties\":false}]}",
+     "{\"geofenc\":\"low\"}", "/p", "no_match", "/p",
+     "must match at least one of the 2 anyOf schemas (#1, the closest, says: /p/geofenc is not "
+     "allowed)"},
+    {"{\"oneOf\":[{\"type\":\"string\"},{\"type\":\"object\",\"properties\":{\"a\":{"
+     "\"type\":\"integer\"}}}]}",
+     "{\"a\":\"x\"}", "", "no_match", "",
+     "must match exactly one of the 2 oneOf schemas (#1, the closest, says: /a must be an "
+     "integer, got string)"},
     {"{\"oneOf\":[{\"minimum\":0},{\"maximum\":10}]}", "5", "", "ambiguous", "",
      "must match exactly one of the 2 oneOf schemas, matches #0 and #1"},
     {"{\"oneOf\":[{\"type\":\"string\"},{\"type\":\"null\"}]}", "1", "", "no_match", "", NULL},
