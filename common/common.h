@@ -530,8 +530,9 @@ void cairn_env_write_abort(struct cairn_env *env, MDB_txn *txn);
 int cairn_env_grow(struct cairn_env *env);
 /* Writes a consistent, compacted copy of the environment, as one read
  * snapshot sees it (writers, in this process or another, go on
- * meanwhile), to dir/data.mdb; dir is created and must hold no data.mdb.
- * A failure as cairn_errno_err says it (CAIRN_ENOSPC: the disk is full). */
+ * meanwhile), to dir/data.mdb, synced; dir is created and must hold no
+ * data.mdb. A failure leaves no data.mdb: CAIRN_ENOSPC (the disk is full),
+ * CAIRN_EBUSY (the map grew under every attempt), else as cairn_errno_err. */
 int cairn_env_copy(struct cairn_env *env, const char *dir);
 /* Makes pages [from, from + n) of the map present and writable, as a
  * write would, without changing a byte (MADV_POPULATE_WRITE; see

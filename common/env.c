@@ -206,15 +206,42 @@ void cairn_env_write_abort(struct cairn_env *ce, MDB_txn *txn)
     pthread_rwlock_unlock(&ce->resize);
 }
 
+/* A writer in another process (a server) that grows the map while a
+ * reader here copies makes the copy's read transaction meet
+ * MDB_MAP_RESIZED as it begins: the size is adopted and the copy begun
+ * again, as txn_begin does for every other read. */
+#define COPY_ATTEMPTS 8
+
 int cairn_env_copy(struct cairn_env *ce, const char *dir)
 {
+    char path[4200];
     int rc = cairn_mkdirs(dir);
     if (rc)
         return rc;
-    pthread_rwlock_rdlock(&ce->resize); /* the map may not move under the copy */
-    int mrc = mdb_env_copy2(ce->env, dir, MDB_CP_COMPACT);
-    pthread_rwlock_unlock(&ce->resize);
-    return mrc ? cairn_errno_err(mrc) : 0;
+    snprintf(path, sizeof path, "%.4000s/data.mdb", dir);
+    int fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
+    if (fd < 0)
+        return cairn_errno_err(errno);
+    int mrc = MDB_MAP_RESIZED;
+    for (int attempt = 0; attempt < COPY_ATTEMPTS && mrc == MDB_MAP_RESIZED; attempt++) {
+        if (attempt)
+            adopt_mapsize(ce);
+        if (ftruncate(fd, 0) || lseek(fd, 0, SEEK_SET)) {
+            mrc = errno;
+            break;
+        }
+        pthread_rwlock_rdlock(&ce->resize); /* the map may not move under the copy */
+        mrc = mdb_env_copyfd2(ce->env, fd, MDB_CP_COMPACT);
+        pthread_rwlock_unlock(&ce->resize);
+    }
+    if (!mrc && fsync(fd))
+        mrc = errno;
+    if (close(fd) && !mrc)
+        mrc = errno;
+    if (!mrc)
+        return 0;
+    unlink(path);
+    return mrc == MDB_MAP_RESIZED ? CAIRN_EBUSY : cairn_errno_err(mrc);
 }
 
 int cairn_env_grow(struct cairn_env *ce)

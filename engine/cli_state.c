@@ -446,15 +446,50 @@ int cmd_tick(struct cli *c)
 
 /* ====================================================================== backup */
 
-/* Copies one environment (state or log) of c->data into dest/<name>. */
-static int copy_env(struct cairn_env *env, const char *dest, const char *name)
+/* Copies one environment (state or log) of c->data into stage/<name>. */
+static int copy_env(struct cairn_env *env, const char *stage, const char *name)
 {
     char dir[4200];
-    snprintf(dir, sizeof dir, "%.4000s/%s", dest, name);
+    snprintf(dir, sizeof dir, "%.4000s/%s", stage, name);
     int rc = cairn_env_copy(env, dir);
     if (rc)
         cli_fail("backup", "copying the %s into %s failed: %s", name, dir, cairn_strerror(rc));
     return rc;
+}
+
+/* Copies the state (when there is one) and then the log of c->data into
+ * stage. *state: whether there was a state. */
+static int copy_data(const struct cli *c, const char *stage, bool *state)
+{
+    char dir[4200];
+    struct proj *p = NULL;
+    struct log *log;
+    snprintf(dir, sizeof dir, "%.4000s/state/data.mdb", c->data);
+    *state = access(dir, F_OK) == 0; /* a log no engine ran on yet has none */
+    snprintf(dir, sizeof dir, "%.4000s/state", c->data);
+    if (*state && proj_open(&p, &(struct proj_config){.dir = dir, .readonly = true})) {
+        cli_fail("open", "cannot open the state in %s", dir);
+        return CAIRN_EIO;
+    }
+    int rc = *state ? copy_env(proj_env(p), stage, "state") : 0;
+    proj_close(p);
+    if (rc || (rc = cli_open_log(c, true, &log)))
+        return rc;
+    rc = copy_env(log_env(log), stage, "log");
+    log_close(log);
+    return rc;
+}
+
+/* Moves stage/<name> to dest/<name>; a failure leaves it in place. */
+static int promote(const char *stage, const char *dest, const char *name)
+{
+    char from[4200], to[4200];
+    snprintf(from, sizeof from, "%.4000s/%s", stage, name);
+    snprintf(to, sizeof to, "%.4000s/%s", dest, name);
+    if (access(from, F_OK) || !rename(from, to))
+        return 0;
+    cli_fail("backup", "cannot move %s to %s: %s", from, to, strerror(errno));
+    return CAIRN_EIO;
 }
 
 /*
@@ -465,7 +500,10 @@ static int copy_env(struct cairn_env *env, const char *dest, const char *name)
  * of its log; the log index is not copied (it is derived: the first
  * process that opens the copy for writing rebuilds it from the log), and
  * that process brings the state up to the log head as after any stop.
- * DEST is a data directory: `cairn serve --data DEST` restores.
+ * Both are written under DEST/.partial and moved into DEST only once both
+ * are complete and synced: a failed backup (a full disk) leaves no half
+ * copy that a later command would open — it removes what it wrote. DEST
+ * is a data directory: `cairn serve --data DEST` restores.
  */
 int cmd_backup(struct cli *c)
 {
@@ -478,26 +516,25 @@ int cmd_backup(struct cli *c)
         cli_fail("usage", "backup %s: the directory exists and is not empty", dest);
         return CLI_FAIL;
     }
-    char dir[4200];
-    struct proj *p = NULL;
-    struct log *log;
-    snprintf(dir, sizeof dir, "%.4000s/state/data.mdb", c->data);
-    bool state = access(dir, F_OK) == 0; /* a log no engine ran on yet has none */
-    snprintf(dir, sizeof dir, "%.4000s/state", c->data);
-    if (state && proj_open(&p, &(struct proj_config){.dir = dir, .readonly = true})) {
-        cli_fail("open", "cannot open the state in %s", dir);
-        return CLI_FAIL;
+    char stage[4200], dir[4200];
+    snprintf(stage, sizeof stage, "%.4000s/.partial", dest);
+    bool state;
+    int rc = cairn_mkdirs(stage);
+    if (rc)
+        cli_fail("backup", "cannot create %s: %s", stage, cairn_strerror(rc));
+    if (!rc && !(rc = copy_data(c, stage, &state)) && !(rc = promote(stage, dest, "state")))
+        rc = promote(stage, dest, "log");
+    for (int i = 0; i < 2; i++) { /* what a failure left in the stage */
+        snprintf(dir, sizeof dir, "%.4000s/%s", stage, i ? "log" : "state");
+        remove_env_dir(dir);
     }
-    int rc = state ? copy_env(proj_env(p), dest, "state") : 0;
-    proj_close(p);
-    if (rc || cli_open_log(c, true, &log))
-        return CLI_FAIL;
-    rc = copy_env(log_env(log), dest, "log");
-    log_close(log);
+    rmdir(stage);
     if (rc)
         return CLI_FAIL;
     /* What the copy holds, read back from it. */
     struct cli copy = *c;
+    struct log *log;
+    struct proj *p;
     uint64_t head = 0, checkpoint = 0;
     uint8_t hash[LOG_HASH_LEN];
     char hex[2 * LOG_HASH_LEN + 1];

@@ -54,6 +54,15 @@ eq "metrics: cairn_log_write_failures_total 2" "$(metric cairn_log_write_failure
 eq "the server said it once on stderr" \
     "$(grep -c '^cairn: the log could not be written: no space left on the disk; ingest answers 503 until a write succeeds$' "$SERVER_LOG")" 1
 
+# A backup onto the full disk fails, saying why, and leaves nothing a
+# later command could open half-written (it wrote under .partial).
+if "$CAIRN" backup --data "$DATA" "$FS/copy" >/dev/null 2>"$WORK/backup.err"; then
+    fail "a backup onto the full disk succeeded"
+else
+    check "a backup onto the full disk says why: $(cat "$WORK/backup.err")" \
+        grep -q 'no space left on the disk' "$WORK/backup.err"
+fi
+eq "... and leaves its directory empty" "$(ls -A "$FS/copy" 2>/dev/null)" ""
 rm -f "$FS/filler"
 post_file "$ING" application/x-ndjson "$WORK/batch.ndjson"
 expect_jq "space freed: the same batch is accepted, its seqs right after the last acknowledged" 202 \
