@@ -71,6 +71,38 @@ static int check(const char *schema, const json_t *doc, const char *where, struc
     return rc;
 }
 
+/* The integer a real with no fraction stands for, as a new jansson
+ * integer; NULL for anything else (2^53 and beyond: a double no longer
+ * holds every integer). */
+static json_t *integral(const json_t *v)
+{
+    double d = json_is_real(v) ? json_real_value(v) : 0.5;
+    if (!(d >= -9007199254740992.0 && d <= 9007199254740992.0) || d != (double)(int64_t)d)
+        return NULL;
+    return json_integer((json_int_t)d);
+}
+
+void engine_config_normalize(json_t *v)
+{
+    const char *k;
+    json_t *item, *n;
+    size_t i;
+    json_object_foreach(v, k, item)
+    {
+        if ((n = integral(item)))
+            json_object_set_new(v, k, n);
+        else
+            engine_config_normalize(item);
+    }
+    json_array_foreach(v, i, item)
+    {
+        if ((n = integral(item)))
+            json_array_set_new(v, i, n);
+        else
+            engine_config_normalize(item);
+    }
+}
+
 int engine_config_check(const json_t *config, const struct handler *const *table,
                         struct cairn_error *e)
 {

@@ -185,6 +185,11 @@ struct engine_config {
     struct engine_replay_stats *replay_stats;
 };
 
+/* Turns every real of the document with no fraction into an integer
+ * (600.0 -> 600): JSON Schema counts it as an integer, as
+ * engine_config_check does, while the readers take integers as jansson
+ * integers. Call it on a loaded file before checking it (main.c). */
+void engine_config_normalize(json_t *doc);
 /* Checks a config document (NULL: none) against what its readers accept
  * (config.c): 0, or CAIRN_EINVAL with e->code "config", e->field the JSON
  * pointer of the first bad value and e->message "<pointer>: <reason>".

@@ -152,6 +152,7 @@ int main(int argc, char **argv)
                                      : json_object();
     struct cairn_error ce;
     cairn_error_clear(&ce);
+    engine_config_normalize(c.config);
     if (!json_is_object(c.config) || engine_config_check(c.config, handler_table, &ce)) {
         if (!json_is_object(c.config))
             cli_fail("config", "%s: line %d: %s", cfg_file, je.line,

@@ -275,6 +275,12 @@ cat >"$work/sizes.want" <<'EOF'
 {"line":2,"error":{"code":"too_large","field":"/payload","message":"payload is over the 64-byte limit"}}
 EOF
 expect_file "append with limits.payload_max 64" "$work/sizes.got" "$work/sizes.want"
+# 64.0 is the integer 64 (JSON Schema's reading, and now the readers' too:
+# they had ignored a real and kept the default).
+echo '{"limits":{"payload_max":64.0}}' >"$work/real.json"
+run_status st "$CAIRN" append --data "$work/limited-real" --config "$work/real.json" "$work/sizes.ndjson" >"$work/real.got"
+expect_eq "limits.payload_max 64.0: exit status" "$st" 2
+expect_file "limits.payload_max 64.0 is 64" "$work/real.got" "$work/sizes.want"
 echo '{"limits":{"payload_max":"1MiB"}}' >"$work/bad.json"
 run_status st "$CAIRN" append --data "$work/limited" --config "$work/bad.json" "$work/sizes.ndjson" >/dev/null 2>"$work/bad.err"
 expect_eq "a payload_max that is no number: exit status" "$st" 1
