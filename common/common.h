@@ -76,6 +76,9 @@
 /* Events waiting for the writer; producers block or get "busy" (HTTP 429)
  * beyond it, so memory stays bounded under overload. */
 #define CAIRN_QUEUE_MAX_DEFAULT 65536
+/* log.queue_max's ceiling: the writer allocates two arrays of this many
+ * inputs and results up front (~300 bytes an event: 300 MiB at most). */
+#define CAIRN_QUEUE_MAX_CEILING 1048576
 /* Derived events one handler may emit for one input: a complete discovery
  * scan that drops many resources resolves one violation per resource and
  * rule, so this is generous; past it the batch fails loudly. */

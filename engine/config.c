@@ -24,7 +24,8 @@
 
 /* Everything but `handlers`, whose sections the handlers describe. Bounds
  * are the readers': tick_interval_ms as the --tick-interval-ms flag,
- * batch_max CAIRN_BATCH_MAX_CEILING, payload_max CAIRN_PAYLOAD_MAX_CEILING,
+ * batch_max CAIRN_BATCH_MAX_CEILING, queue_max CAIRN_QUEUE_MAX_CEILING,
+ * payload_max CAIRN_PAYLOAD_MAX_CEILING,
  * 8 Stripe secrets per tenant (API_STRIPE_SECRETS_MAX); counts read into
  * 32-bit fields stop at 2^32 - 1. */
 #define U32 "{\"type\":\"integer\",\"minimum\":1,\"maximum\":4294967295}"
@@ -47,12 +48,13 @@ static const char config_schema[] =
     "\"log\":{\"type\":\"object\",\"additionalProperties\":false,\"properties\":{"
     "\"batch_max\":{\"type\":\"integer\",\"minimum\":1,\"maximum\":65536},"
     "\"batch_wait_us\":{\"type\":\"integer\",\"minimum\":0,\"maximum\":4294967295},"
-    "\"queue_max\":" U32 "}},"
+    "\"queue_max\":{\"type\":\"integer\",\"minimum\":1,\"maximum\":1048576}}},"
     "\"handlers\":{\"type\":\"object\"}}}";
 #undef U32
 #undef SIZE
 _Static_assert(CAIRN_PAYLOAD_MAX_CEILING == 16777216, "limits.payload_max in config_schema");
 _Static_assert(CAIRN_BATCH_MAX_CEILING == 65536, "log.batch_max in config_schema");
+_Static_assert(CAIRN_QUEUE_MAX_CEILING == 1048576, "log.queue_max in config_schema");
 
 /* Validates `doc` against the schema text `schema`; the error names the
  * value by its pointer from the document's root (`where` its prefix). */

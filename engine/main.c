@@ -154,11 +154,15 @@ int main(int argc, char **argv)
     cairn_error_clear(&ce);
     engine_config_normalize(c.config);
     if (!json_is_object(c.config) || engine_config_check(c.config, handler_table, &ce)) {
-        if (!json_is_object(c.config))
-            cli_fail("config", "%s: line %d: %s", cfg_file, je.line,
-                     c.config ? "the config must be a JSON object" : je.text);
-        else /* every command: a bad setting is refused even where unused */
+        if (json_is_object(
+                c.config)) /* every command: a bad setting is refused even where unused */
             cli_fail("config", "%s: %s", cfg_file, ce.message);
+        else if (c.config) /* JSON, but not an object */
+            cli_fail("config", "%s: the config must be a JSON object", cfg_file);
+        else if (je.line > 0)
+            cli_fail("config", "%s: line %d: %s", cfg_file, je.line, je.text);
+        else /* not read at all: the text says why (no such file…) */
+            cli_fail("config", "%s", je.text);
         json_decref(c.config);
         free(rest);
         return CLI_FAIL;

@@ -249,6 +249,8 @@ int log_writer_start(struct log_writer **out, struct log *log, log_commit_fn on_
     if (w->batch_max > CAIRN_BATCH_MAX_CEILING)
         w->batch_max = CAIRN_BATCH_MAX_CEILING;
     w->queue_max = cfg->queue_max ? cfg->queue_max : CAIRN_QUEUE_MAX_DEFAULT;
+    if (w->queue_max > CAIRN_QUEUE_MAX_CEILING)
+        w->queue_max = CAIRN_QUEUE_MAX_CEILING;
     if (w->queue_max < w->batch_max)
         w->queue_max = w->batch_max;
     w->batch_wait_us = cfg->batch_wait_us;

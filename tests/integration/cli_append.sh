@@ -310,6 +310,12 @@ config_refused "a misspelt source in min_severity: the object branch is named" \
     '{"handlers":{"alerts":{"min_severity":{"geofenc":"info"}}}}' \
     '/handlers/alerts/min_severity: must match at least one of the 2 anyOf schemas (#1, the closest, says: /handlers/alerts/min_severity/geofenc is not allowed)'
 config_refused "a writer setting out of range" '{"log":{"batch_max":0}}' '/log/batch_max: must be >= 1'
+config_refused "a writer queue past its ceiling (allocated up front)" '{"log":{"queue_max":1048577}}' \
+    '/log/queue_max: must be <= 1048576'
+run_status st "$CAIRN" head --data "$data" --config "$work/no-such.json" >/dev/null 2>"$work/cfg.err"
+expect_eq "a config file that is not there: exit status" "$st" 1
+echo "{\"error\":{\"code\":\"config\",\"message\":\"unable to open $work/no-such.json: No such file or directory\"}}" >"$work/cfg.want"
+expect_file "a config file that is not there (no 'line -1')" "$work/cfg.err" "$work/cfg.want"
 config_refused "a misspelt HTTP limit" '{"limits":{"body_maximum":1}}' '/limits/body_maximum: is not allowed'
 config_refused "a Stripe secret that is not a list" '{"stripe_secrets":{"acme":"f"}}' \
     '/stripe_secrets/acme: must be an array, got string'
