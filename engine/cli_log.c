@@ -127,6 +127,7 @@ struct printer {
     struct chunk *spare; /* printed chunks for reuse (linked by next) */
     size_t nspare;
     bool eof;
+    bool failed; /* a batch could not be written: the feeder reads no further */
     int status;
 };
 
@@ -176,17 +177,26 @@ static int print_chunk(struct chunk *ch, struct cairn_buf *out)
 {
     int status = CLI_OK;
     cairn_buf_reset(out);
+    /* A batch that could not be written: each of its lines is answered
+     * with why (nothing of it is in the log), and the run fails. */
+    struct cairn_error unwritten;
+    cairn_error_clear(&unwritten);
+    if (ch->req.rc) {
+        cairn_error_set(&unwritten, "unavailable", "", "the log could not be written: %s",
+                        cairn_strerror(ch->req.rc));
+        status = CLI_FAIL;
+    }
     for (size_t i = 0; i < ch->nlines; i++) {
         const struct line *ln = &ch->lines[i];
-        const struct log_result *r = ln->ev >= 0 ? &ch->res[ln->ev] : NULL;
-        if (ln->ev >= 0 && ch->req.rc) {
-            cli_fail("append", "the batch holding line %lu failed: %s", ln->no,
-                     cairn_strerror(ch->req.rc));
-            return CLI_FAIL;
-        }
-        if (ln->err || r->rc)
+        const struct log_result *r = NULL;
+        const struct cairn_error *err = ln->err;
+        if (ln->ev >= 0 && ch->req.rc)
+            err = &unwritten;
+        else if (ln->ev >= 0)
+            r = &ch->res[ln->ev];
+        if (status == CLI_OK && (err || (r && r->rc)))
             status = CLI_REJECTED;
-        if (ingest_result_json(out, ln->no, r, ln->err) || cairn_buf_putc(out, '\n'))
+        if (ingest_result_json(out, ln->no, r, err) || cairn_buf_putc(out, '\n'))
             return CLI_FAIL;
     }
     fwrite(out->data, 1, out->len, stdout);
@@ -211,8 +221,14 @@ static void *printer_main(void *arg)
             pr->tail = NULL;
         pthread_mutex_unlock(&pr->mu);
         int st = print_chunk(ch, &out);
+        if (ch->req.rc)
+            cli_fail("append",
+                     "the log could not be written (lines %lu to %lu): %s; no further "
+                     "input is read",
+                     ch->lines[0].no, ch->lines[ch->nlines - 1].no, cairn_strerror(ch->req.rc));
         chunk_clear(ch);
         pthread_mutex_lock(&pr->mu);
+        pr->failed |= st == CLI_FAIL;
         if (pr->nspare < CHUNK_SPARE) {
             ch->next = pr->spare;
             pr->spare = ch;
@@ -298,6 +314,11 @@ static int append_feed(struct lines *in, struct ingest *ing, struct log_writer *
     size_t n;
     int rc;
     while ((rc = lines_next(in, &p, &n)) == 1) {
+        pthread_mutex_lock(&pr->mu);
+        bool failed = pr->failed;
+        pthread_mutex_unlock(&pr->mu);
+        if (failed) /* a batch could not be written: nothing after it is appended */
+            break;
         no++;
         if (n != SIZE_MAX && cairn_blank(p, n))
             continue;

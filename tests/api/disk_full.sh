@@ -77,4 +77,26 @@ check "the chain verifies" bash -c "'$CAIRN' verify --data '$DATA' | jq -e '.ok 
 live=$("$CAIRN" digest --data "$DATA")
 clean=$("$CAIRN" replay --data "$DATA" --into "$WORK/clean")
 eq "the state equals a clean replay" "$live" "$clean"
+
+# `cairn append` on the full disk: the batch that cannot be written is
+# answered line by line with why, no further input is read, exit 1; what it
+# acknowledged is in the log.
+head0=$("$CAIRN" head --data "$DATA" | jq .seq)
+avail=$(df -m --output=avail "$FS" | tail -1)
+head -c $(((avail - 4) * 1048576)) /dev/zero >"$FS/filler" 2>/dev/null || true
+for n in $(seq 1000 1100); do batch "$n" && sed 's/^{/{"tenant":"acme",/' "$WORK/batch.ndjson"; done >"$WORK/many.ndjson"
+run_st=0
+"$CAIRN" append --data "$DATA" "$WORK/many.ndjson" >"$WORK/append.out" 2>"$WORK/append.err" || run_st=$?
+eq "append on the full disk: exit status 1" "$run_st" 1
+check "it said why and that it stopped: $(head -c 300 "$WORK/append.err")" \
+    grep -q 'no space left on the disk; no further input is read' "$WORK/append.err"
+acked=$(jq -s '[.[] | select(.seq)] | length' "$WORK/append.out")
+unwritten=$(jq -s '[.[] | select(.error.code == "unavailable" and .error.message == "the log could not be written: no space left on the disk")] | length' "$WORK/append.out")
+check "every line it answered has a seq or that error ($acked acknowledged, $unwritten not written)" \
+    [ "$((acked + unwritten))" = "$(wc -l <"$WORK/append.out")" ] && [ "$unwritten" -gt 0 ]
+check "it stopped reading: $(wc -l <"$WORK/append.out") of $(wc -l <"$WORK/many.ndjson") lines answered" \
+    [ "$(wc -l <"$WORK/append.out")" -lt "$(wc -l <"$WORK/many.ndjson")" ]
+rm -f "$FS/filler"
+eq "what it acknowledged is in the log" "$("$CAIRN" head --data "$DATA" | jq .seq)" "$((head0 + acked))"
+check "the chain still verifies" bash -c "'$CAIRN' verify --data '$DATA' | jq -e .ok >/dev/null"
 finish
