@@ -93,17 +93,20 @@ static void apply_file_limits(const json_t *cfg, struct api_config *ac, struct l
     cfg_uint(g, "queue_max", &lc->queue_max);
 }
 
+/* The JWT secret file is only named by each source (*jwt_file: the one
+ * that wins so far) and read once the precedence is settled (cmd_serve):
+ * a secret file the config names but a flag overrides is never opened, so
+ * a missing one does not stop the server. */
 static bool apply_file(const json_t *cfg, struct api_config *ac, struct log_config *lc,
-                       uint64_t *tick_ms)
+                       uint64_t *tick_ms, const char **jwt_file)
 {
     const json_t *v;
     struct cairn_error e;
     if ((v = json_object_get(cfg, "listen")) && json_is_string(v) &&
         !set_listen(ac, json_string_value(v)))
         return false;
-    if ((v = json_object_get(cfg, "jwt_secret_file")) && json_is_string(v) &&
-        !set_jwt(ac, json_string_value(v)))
-        return false;
+    if ((v = json_object_get(cfg, "jwt_secret_file")) && json_is_string(v))
+        *jwt_file = json_string_value(v);
     if (json_is_true(json_object_get(cfg, "insecure_no_auth")))
         ac->insecure_no_auth = true;
     if ((v = json_object_get(cfg, "tick_interval_ms")) && json_is_integer(v))
@@ -129,16 +132,19 @@ static bool apply_file(const json_t *cfg, struct api_config *ac, struct log_conf
     return true;
 }
 
-static bool apply_env(struct api_config *ac)
+static bool apply_env(struct api_config *ac, const char **jwt_file)
 {
     const char *v = getenv("CAIRN_LISTEN");
     if (v && *v && !set_listen(ac, v))
         return false;
     v = getenv("CAIRN_JWT_SECRET_FILE");
-    return !(v && *v && !set_jwt(ac, v));
+    if (v && *v)
+        *jwt_file = v;
+    return true;
 }
 
-static bool apply_flags(struct cli *c, struct api_config *ac, uint64_t *tick_ms)
+static bool apply_flags(struct cli *c, struct api_config *ac, uint64_t *tick_ms,
+                        const char **jwt_file)
 {
     struct cairn_error e;
     for (int i = 0; i < c->argc; i++) {
@@ -147,8 +153,7 @@ static bool apply_flags(struct cli *c, struct api_config *ac, uint64_t *tick_ms)
             if (!set_listen(ac, v))
                 return false;
         } else if (cli_opt(c, &i, "--jwt-secret-file", &v)) {
-            if (!set_jwt(ac, v))
-                return false;
+            *jwt_file = v;
         } else if (cli_opt(c, &i, "--stripe-secret", &v)) {
             if (api_config_add_stripe(ac, v, &e)) {
                 cli_fail("config", "%s", e.message);
@@ -263,8 +268,9 @@ int cmd_serve(struct cli *c)
     api_config_init(&ac);
     int status = CLI_FAIL;
     signal(SIGPIPE, SIG_IGN); /* a client that disconnects must not kill us */
-    if (apply_file(c->config, &ac, &lc, &s.tick_ms) && apply_env(&ac) &&
-        apply_flags(c, &ac, &s.tick_ms)) {
+    const char *jwt_file = NULL;
+    if (apply_file(c->config, &ac, &lc, &s.tick_ms, &jwt_file) && apply_env(&ac, &jwt_file) &&
+        apply_flags(c, &ac, &s.tick_ms, &jwt_file) && (!jwt_file || set_jwt(&ac, jwt_file))) {
         uv_loop_init(&s.loop);
         status = run(&s, c, &ac, &lc);
         uv_loop_close(&s.loop);

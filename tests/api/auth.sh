@@ -29,7 +29,12 @@ claims() { # claims TENANT ROLES-JSON EXP [EXTRA]
 }
 GOOD_CLAIMS=$(claims acme '["read"]' $((NOW + 600)))
 
+# Precedence (README, Configuration): the --jwt-secret-file flag lib.sh
+# passes wins over the config file's, which names a file that is not there
+# and so must never be opened.
+echo '{"jwt_secret_file":"/nonexistent/cairn-jwt.secret"}' >"$CONFIG"
 start_server
+pass "the server starts on the flag's secret although the config file names a missing one"
 ING=$(token acme ingest)
 READ=$(token acme read)
 AUD=$(token acme audit)
