@@ -154,8 +154,8 @@ int main(int argc, char **argv)
     cairn_error_clear(&ce);
     engine_config_normalize(c.config);
     if (!json_is_object(c.config) || engine_config_check(c.config, handler_table, &ce)) {
-        if (json_is_object(
-                c.config)) /* every command: a bad setting is refused even where unused */
+        /* every command: a bad setting is refused even where it is unused */
+        if (json_is_object(c.config))
             cli_fail("config", "%s: %s", cfg_file, ce.message);
         else if (c.config) /* JSON, but not an object */
             cli_fail("config", "%s: the config must be a JSON object", cfg_file);
