@@ -142,28 +142,19 @@ static int alloc_lines(struct req *r, size_t n)
     return r->evs && r->ins && r->res && r->errs ? 0 : CAIRN_ENOMEM;
 }
 
-/* Validates one decoded input object into line i. */
-static void take_object(struct req *r, json_t *obj, struct cairn_error *e)
+/* Validates one decoded input object (a route's event) into line i,
+ * bound to the token's tenant by the ingest, as every body is. */
+static void take_object(struct req *r, const json_t *obj, struct cairn_error *e)
 {
-    bool admin = r->tok.roles & API_ROLE_ADMIN;
-    if (json_is_object(obj)) {
-        const json_t *t = json_object_get(obj, "tenant");
-        if (!t && r->tok.tenant[0])
-            json_object_set_new(obj, "tenant", json_string(r->tok.tenant));
-        else if (json_is_string(t) && !admin && strcmp(json_string_value(t), r->tok.tenant)) {
-            cairn_error_set(e, "forbidden", "/tenant", "this token may only write tenant %s",
-                            r->tok.tenant);
-            return;
-        }
-    }
     struct ingest *ing = engine_ingest(r->api->eng);
-    if (!ingest_parse_value(ing, obj, "http", cairn_now_ns(), false, &r->evs[r->nev], e))
+    if (!ingest_parse_value_for(ing, obj, "http", cairn_now_ns(), false, r->tok.tenant,
+                                r->tok.roles & API_ROLE_ADMIN, &r->evs[r->nev], e))
         r->nev++;
 }
 
 /* One JSON text (a single event, an NDJSON line): the ingest's fast path
  * (transcoded to msgpack in one pass, no jansson tree), bound to the
- * token's tenant as take_object binds a decoded object. */
+ * token's tenant. */
 static void parse_json_text(struct req *r, const char *p, size_t n, struct cairn_error *e)
 {
     struct ingest *ing = engine_ingest(r->api->eng);

@@ -131,6 +131,10 @@ int ingest_parse_msgpack_for(struct ingest *ing, const uint8_t *p, size_t n, siz
  * types only the engine may append (tick). */
 int ingest_parse_value(struct ingest *ing, const json_t *obj, const char *source, int64_t now,
                        bool engine_only, struct ingest_event *ev, struct cairn_error *e);
+/* ingest_parse_value bound to `tenant`, as ingest_parse_json_for. */
+int ingest_parse_value_for(struct ingest *ing, const json_t *obj, const char *source, int64_t now,
+                           bool engine_only, const char *tenant, bool any_tenant,
+                           struct ingest_event *ev, struct cairn_error *e);
 void ingest_event_deinit(struct ingest_event *ev);
 
 /* Writes the entity key a payload of `type` implies into out (cap bytes):

@@ -860,10 +860,18 @@ static int parse_value(struct ingest *ing, const json_t *obj, const char *source
     return rc;
 }
 
+int ingest_parse_value_for(struct ingest *ing, const json_t *obj, const char *source, int64_t now,
+                           bool engine_only, const char *tenant, bool any_tenant,
+                           struct ingest_event *ev, struct cairn_error *e)
+{
+    struct bind bind = {tenant, any_tenant};
+    return settled(ev, parse_value(ing, obj, source, now, engine_only, &bind, ev, e));
+}
+
 int ingest_parse_value(struct ingest *ing, const json_t *obj, const char *source, int64_t now,
                        bool engine_only, struct ingest_event *ev, struct cairn_error *e)
 {
-    return settled(ev, parse_value(ing, obj, source, now, engine_only, NULL, ev, e));
+    return ingest_parse_value_for(ing, obj, source, now, engine_only, NULL, true, ev, e);
 }
 
 /* The in-place path for canonical msgpack: 0, an error, or SLOW when the
